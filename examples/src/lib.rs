@@ -1,0 +1,1 @@
+//! Demonstrations and lab benchmark programs (see `src/bin/`).

@@ -1,0 +1,1 @@
+//! # netlab — network-namespace test lab
