@@ -4,3 +4,6 @@
 //! UPDATE, CLOSE and ESP. The engine performs no IO and reads no clock or
 //! random number generator of its own.
 #![forbid(unsafe_code)]
+
+pub mod crypto;
+pub mod wire;
