@@ -1,7 +1,116 @@
 //! # preservetcp — keep unmodified TCP connections alive across address pairs
 //!
-//! Implements the PREFIX_SYN / PREFIX_ACK IPv6 destination options of Hansen
-//! (1999) and the userspace NFQUEUE realization on Linux.
+//! The pure part of PreserveTCP (Hansen 1999, section 4.3, after a proposal by
+//! P. R. Tattam): during the TCP handshake both ends exchange their
+//! alternative IPv6 prefixes in a destination options header; afterwards a
+//! connection may move between any of the N×M address pairs while the kernel
+//! keeps seeing the original pair. This crate holds the sans-IO pieces a
+//! userspace (NFQUEUE) daemon builds on:
+//!
+//! - [`wire`]: the destination options header codec with the PREFIX_SYN and
+//!   PREFIX_ACK options;
+//! - [`packet`]: inserting/stripping that header in IPv6 TCP packets, and
+//!   address rewriting;
+//! - [`checksum`]: TCP-over-IPv6/IPv4 and IPv4 header checksums, full and
+//!   incremental (RFC 1624);
+//! - [`select`]: which local prefixes to offer and which received prefixes to
+//!   accept, with DoS limits and rejection statistics;
+//! - [`pairs`]: the N×M address pair table with O(1) lookups both ways;
+//! - [`policy`]: the address change policy as a state machine.
+//!
+//! ## The exchange
+//!
+//! ```text
+//!  client                                             server
+//!    SYN      [DSTOPTS: PREFIX_SYN(client prefixes)]  ->
+//!          <- SYN+ACK [DSTOPTS: PREFIX_SYN(server prefixes),
+//!                               PREFIX_ACK(echo of client's PREFIX_SYN)]
+//!    ACK      [DSTOPTS: PREFIX_ACK(echo of server's)] ->
+//! ```
+//!
+//! The thesis (5.2.3) adds PREFIX_SYN to every segment with SYN set and
+//! PREFIX_ACK to a segment with ACK set while an echo is pending, so the
+//! SYN+ACK carries both. Within one header only the *first* option of each
+//! kind counts; later ones are ignored (thesis 4.3.2). The PREFIX_ACK is the
+//! received PREFIX_SYN with only the type octet changed (5.2.4); it shows the
+//! peer understood the option and agrees on the set. The set of addresses
+//! never changes after the handshake (5.3.3).
+//!
+//! ## Option types (thesis Table 4.2)
+//!
+//! | option     | action | change | rest  | hex  |
+//! |------------|--------|--------|-------|------|
+//! | PREFIX_SYN | 00     | 0      | 01011 | 0x0B |
+//! | PREFIX_ACK | 00     | 0      | 01100 | 0x0C |
+//!
+//! Action `00`: a node that does not know the option skips it, so a peer
+//! without PreserveTCP simply ignores the PREFIX_SYN and the connection is
+//! plain TCP. Change bit `0`: the option data does not change en route (the
+//! thesis sets it to 0 explicitly; it matters for AH, which then covers the
+//! option).
+//!
+//! ## Byte layout
+//!
+//! The destination options header (RFC 8200 4.6) is a whole number of
+//! 8-octet units; the options follow the two header octets without any
+//! alignment, and the prefixes follow each other inside the option without
+//! alignment (thesis 4.3.2: compactness over alignment). Thesis Figure 4.5,
+//! two 64-bit prefixes (24 bytes, Hdr Ext Len 2):
+//!
+//! ```text
+//!  0                   1                   2                   3
+//!  0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
+//! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//! |  Next Header  | Hdr Ext Len=2 | Type=0x0B     | Opt Len = 18  |
+//! +---------------+---------------+---------------+---------------+
+//! | PLen = 64     |  prefix 1 (8 bytes) ...                       |
+//! +---------------+                                               +
+//! |                                               +---------------+
+//! |                                               | PLen = 64     |
+//! +-----------------------------------------------+---------------+
+//! |  prefix 2 (8 bytes) ...                                       |
+//! +                                               +---------------+
+//! |                                               | PadN=1 | Len=0|
+//! +-----------------------------------------------+---------------+
+//! ```
+//!
+//! Each prefix is a length octet with the *true* prefix length in bits
+//! (0–128) followed by `ceil(len/8)` bytes. When the length is not a multiple
+//! of 8, the remaining low bits of the last byte are the corresponding bits of
+//! the sender's address (its interface identifier), so the receiver can form
+//! the address by copying whole bytes. The option data is at most 255 bytes
+//! (e.g. 28 prefixes of 64 bits). Padding after the options is Pad1 for one
+//! byte and PadN otherwise.
+//!
+//! ## Choices the thesis leaves open (kept stable)
+//! - Parsing is strict: PadN data must be zero (RFC 8200), any malformed
+//!   PREFIX option in the header makes the whole header an error (the daemon
+//!   then treats the connection as plain TCP), and prefix lengths above 128
+//!   are errors. Unknown options are kept verbatim.
+//! - On receipt the padding bits of a prefix are ignored: the alternative
+//!   address is the first `len` bits of the prefix plus the remaining bits of
+//!   the peer's address for the connection ([`wire::Prefix::combine`]).
+//!   Echoes copy the bytes verbatim, padding included.
+//! - Limits: at most 8 prefixes offered and 8 accepted per connection
+//!   ([`select::Limits`]), prefixes of 16 to 127 bits; scope and validity
+//!   rules are in [`select`]. The pair table therefore holds at most 9×9
+//!   tuples per connection.
+//! - The thesis notes (8.2) that the TCP checksum does not cover the options;
+//!   this crate adds no separate checksum (it would break interoperability
+//!   with the thesis layout). Validation limits what a corrupted or forged
+//!   option can do.
+//! - Address change policy and its timing: see [`policy`].
 #![forbid(unsafe_code)]
 
+pub mod checksum;
+pub mod packet;
+pub mod pairs;
+pub mod policy;
+pub mod select;
 pub mod wire;
+
+pub use packet::{PacketError, insert_dest_opts, parse_ipv6_tcp, strip_dest_opts};
+pub use pairs::{AddrPair, AddressPairs, ConnId, FourTuple};
+pub use policy::{ChangePolicy, Decision, PolicyConfig, PolicyEvent, SwitchReason};
+pub use select::{Limits, LocalAddress, PrefixStats, Validation};
+pub use wire::{DestOption, DestOptsHeader, Prefix, PrefixOption, WireError};

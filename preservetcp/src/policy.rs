@@ -1,0 +1,645 @@
+//! The address change policy (thesis 4.3.4, 5.2.5) as a sans-IO state
+//! machine, one per connection.
+//!
+//! Inputs are [`PolicyEvent`]s with the current time; outputs are
+//! [`Decision`]s "switch to pair X" and [`ChangePolicy::next_deadline`], the
+//! time at which the caller should sample `tcp_info` again.
+//!
+//! # Rules
+//! - **Change the destination, keep the source** on a retransmission timeout,
+//!   a stall or a routing error (thesis 5.2.5). Destinations are tried in the
+//!   order the peer listed them, starting after the current one, each once
+//!   per outage (thesis 4.3.4). When all have been tried the round starts
+//!   again (the kernel's own `tcp_retries2` still ends a hopeless
+//!   connection); with one peer address only, the source is rotated instead.
+//! - **Change the source only when it is gone** (address removed / link
+//!   down). The destination is kept. When a usable local address comes back
+//!   while the current source is gone, the connection moves to it.
+//! - **Follow the peer**: a segment arriving on another of the connection's
+//!   pairs makes that pair current at once (thesis 6.3: "changing address in
+//!   response to peer address change").
+//!
+//! # Signals and the 1-second failover target
+//! The kernel does not know about alternative addresses, so the daemon reads
+//! `tcp_info` of the socket: `tcpi_retransmits` (consecutive RTOs without
+//! progress), `tcpi_unacked` and `tcpi_last_ack_recv`.
+//! - RTO rule: switch when the RTO count has grown by
+//!   [`PolicyConfig::rto_threshold`] since the last switch (default 1). With
+//!   Linux's minimum RTO of 200 ms, the first RTO fires ≈ 0.2 s + RTT after
+//!   the loss; the *next* retransmission (≈ 3 × RTO after the loss because of
+//!   exponential backoff) then already goes out on the new pair, ≈ 0.6 s on
+//!   a LAN. A threshold of 2 would move that to ≈ 1.4 s, missing a ≤ 1.0 s
+//!   target, hence the default of 1.
+//! - Stall rule (faster, independent of backoff): switch when data is
+//!   unacknowledged and no ACK arrived for [`PolicyConfig::stall_timeout`]
+//!   (default 300 ms), and not again sooner than that after a switch.
+//!   Because the kernel only retransmits on its own timer, the daemon should
+//!   pair a stall switch with a way to provoke a retransmission (that is the
+//!   daemon's concern, not this state machine's).
+//!
+//! Known simplification: a late segment still in flight on a pair we just
+//! left makes the connection follow it back; the thesis's kernel behaves
+//! the same way.
+
+use std::net::Ipv6Addr;
+use std::time::{Duration, Instant};
+
+use crate::pairs::AddrPair;
+
+/// Default RTO threshold.
+pub const DEFAULT_RTO_THRESHOLD: u32 = 1;
+/// Default stall timeout.
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// Tunables of the policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PolicyConfig {
+    /// RTOs since the last switch that trigger a destination change (≥ 1).
+    pub rto_threshold: u32,
+    /// Unacked data without any ACK for this long triggers a destination
+    /// change; `None` disables the stall rule.
+    pub stall_timeout: Option<Duration>,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            rto_threshold: DEFAULT_RTO_THRESHOLD,
+            stall_timeout: Some(DEFAULT_STALL_TIMEOUT),
+        }
+    }
+}
+
+/// An input to the policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyEvent {
+    /// A `tcp_info` sample of the connection's socket.
+    TcpInfo {
+        /// `tcpi_retransmits`: consecutive RTOs without progress (0 after progress).
+        retransmits: u32,
+        /// `tcpi_unacked`: segments sent and not yet acknowledged.
+        unacked: u32,
+        /// `tcpi_last_ack_recv`: time since the last ACK was received.
+        since_last_ack: Duration,
+    },
+    /// Sending to `peer` failed with no route / unreachable (ENETUNREACH,
+    /// EHOSTUNREACH, or an ICMPv6 destination unreachable).
+    RoutingError {
+        /// The destination that failed.
+        peer: Ipv6Addr,
+    },
+    /// A local address was removed or its link went down.
+    LocalGone(Ipv6Addr),
+    /// A local address became usable (again).
+    LocalBack(Ipv6Addr),
+    /// A segment of this connection arrived on `pair` (local = its
+    /// destination, peer = its source).
+    PeerSegment(AddrPair),
+}
+
+/// Why the policy switched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SwitchReason {
+    /// The RTO count reached the threshold.
+    RetransmissionTimeout,
+    /// Unacked data without ACKs for the stall timeout.
+    Stall,
+    /// Routing error for the current destination.
+    RoutingError,
+    /// The current source address went away.
+    SourceGone,
+    /// A usable source came back while the current one was gone.
+    SourceBack,
+    /// The peer's segments arrived on another pair.
+    PeerMoved,
+}
+
+/// Output: use `to` as the connection's pair from now on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// The new current pair.
+    pub to: AddrPair,
+    /// Why.
+    pub reason: SwitchReason,
+}
+
+/// Per-connection address change state machine.
+#[derive(Debug, Clone)]
+pub struct ChangePolicy {
+    config: PolicyConfig,
+    locals: Vec<(Ipv6Addr, bool)>,
+    peers: Vec<Ipv6Addr>,
+    cur_local: usize,
+    cur_peer: usize,
+    /// Peers used during the current outage.
+    tried: Vec<bool>,
+    /// RTO count at the last switch.
+    rto_base: u32,
+    last_switch: Option<Instant>,
+    /// When the last ACK was received, while data is outstanding.
+    stalled_since: Option<Instant>,
+    switches: u64,
+}
+
+impl ChangePolicy {
+    /// A policy for a connection with local addresses `locals` and peer
+    /// addresses `peers`, each list starting with the original address
+    /// (as returned by [`crate::pairs::AddressPairs::locals`]/`peers`).
+    /// Returns `None` if either list is empty.
+    pub fn new(config: PolicyConfig, locals: &[Ipv6Addr], peers: &[Ipv6Addr]) -> Option<Self> {
+        if locals.is_empty() || peers.is_empty() {
+            return None;
+        }
+        let mut tried = vec![false; peers.len()];
+        if let Some(t) = tried.first_mut() {
+            *t = true;
+        }
+        Some(Self {
+            config: PolicyConfig {
+                rto_threshold: config.rto_threshold.max(1),
+                ..config
+            },
+            locals: locals.iter().map(|a| (*a, true)).collect(),
+            peers: peers.to_vec(),
+            cur_local: 0,
+            cur_peer: 0,
+            tried,
+            rto_base: 0,
+            last_switch: None,
+            stalled_since: None,
+            switches: 0,
+        })
+    }
+
+    /// The current pair.
+    pub fn current(&self) -> AddrPair {
+        AddrPair {
+            local: self
+                .locals
+                .get(self.cur_local)
+                .map_or(Ipv6Addr::UNSPECIFIED, |l| l.0),
+            peer: self
+                .peers
+                .get(self.cur_peer)
+                .copied()
+                .unwrap_or(Ipv6Addr::UNSPECIFIED),
+        }
+    }
+
+    /// Number of switches decided so far.
+    pub fn switches(&self) -> u64 {
+        self.switches
+    }
+
+    /// When the caller should next sample `tcp_info` so the stall rule can
+    /// fire on time (`None` when nothing is outstanding or the rule is off).
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let stall = self.config.stall_timeout?;
+        let since = self.stalled_since?;
+        let mut at = since.checked_add(stall)?;
+        if let Some(ls) = self.last_switch.and_then(|t| t.checked_add(stall)) {
+            at = at.max(ls);
+        }
+        Some(at)
+    }
+
+    /// Feeds one event; returns a decision when the pair changes.
+    pub fn handle(&mut self, event: PolicyEvent, now: Instant) -> Option<Decision> {
+        match event {
+            PolicyEvent::TcpInfo {
+                retransmits,
+                unacked,
+                since_last_ack,
+            } => self.on_tcp_info(retransmits, unacked, since_last_ack, now),
+            PolicyEvent::RoutingError { peer } => {
+                if peer == self.current().peer {
+                    self.switch_destination(SwitchReason::RoutingError, now)
+                } else {
+                    None
+                }
+            }
+            PolicyEvent::LocalGone(addr) => self.on_local_gone(addr, now),
+            PolicyEvent::LocalBack(addr) => self.on_local_back(addr, now),
+            PolicyEvent::PeerSegment(pair) => self.on_peer_segment(pair, now),
+        }
+    }
+
+    fn on_tcp_info(
+        &mut self,
+        retransmits: u32,
+        unacked: u32,
+        since_last_ack: Duration,
+        now: Instant,
+    ) -> Option<Decision> {
+        if retransmits < self.rto_base {
+            // Progress reset the kernel's counter.
+            self.rto_base = 0;
+        }
+        let stall = self.config.stall_timeout;
+        let healthy =
+            retransmits == 0 && (unacked == 0 || stall.is_none_or(|s| since_last_ack < s));
+        if healthy {
+            self.end_outage();
+        }
+        self.stalled_since = if unacked > 0 {
+            now.checked_sub(since_last_ack)
+        } else {
+            None
+        };
+        if retransmits >= self.rto_base.saturating_add(self.config.rto_threshold) {
+            let d = self.switch_destination(SwitchReason::RetransmissionTimeout, now);
+            self.rto_base = retransmits;
+            return d;
+        }
+        if let Some(s) = stall
+            && unacked > 0
+            && since_last_ack >= s
+            && self
+                .last_switch
+                .is_none_or(|t| now.saturating_duration_since(t) >= s)
+        {
+            let d = self.switch_destination(SwitchReason::Stall, now);
+            self.rto_base = retransmits;
+            return d;
+        }
+        None
+    }
+
+    fn end_outage(&mut self) {
+        self.tried.iter_mut().for_each(|t| *t = false);
+        if let Some(t) = self.tried.get_mut(self.cur_peer) {
+            *t = true;
+        }
+    }
+
+    fn local_usable(&self, i: usize) -> bool {
+        self.locals.get(i).is_some_and(|l| l.1)
+    }
+
+    fn next_usable_local(&self) -> Option<usize> {
+        let n = self.locals.len();
+        (1..=n)
+            .map(|k| (self.cur_local + k) % n)
+            .find(|&i| i != self.cur_local && self.local_usable(i))
+    }
+
+    fn decide(&mut self, reason: SwitchReason, now: Instant) -> Option<Decision> {
+        self.switches += 1;
+        self.last_switch = Some(now);
+        Some(Decision {
+            to: self.current(),
+            reason,
+        })
+    }
+
+    fn switch_destination(&mut self, reason: SwitchReason, now: Instant) -> Option<Decision> {
+        let n = self.peers.len();
+        if n > 1 {
+            let mut next = (1..n)
+                .map(|k| (self.cur_peer + k) % n)
+                .find(|&i| !self.tried.get(i).copied().unwrap_or(true));
+            if next.is_none() {
+                // Every destination was tried in this outage: new round.
+                self.end_outage();
+                next = Some((self.cur_peer + 1) % n);
+            }
+            let next = next?;
+            self.cur_peer = next;
+            if let Some(t) = self.tried.get_mut(next) {
+                *t = true;
+            }
+            if !self.local_usable(self.cur_local)
+                && let Some(l) = self.next_usable_local()
+            {
+                self.cur_local = l;
+            }
+            return self.decide(reason, now);
+        }
+        // A single peer address: the source is the only thing left to vary.
+        let l = self.next_usable_local()?;
+        self.cur_local = l;
+        self.decide(reason, now)
+    }
+
+    fn on_local_gone(&mut self, addr: Ipv6Addr, now: Instant) -> Option<Decision> {
+        let i = self.locals.iter().position(|l| l.0 == addr)?;
+        if let Some(l) = self.locals.get_mut(i) {
+            l.1 = false;
+        }
+        if i != self.cur_local {
+            return None;
+        }
+        let l = self.next_usable_local()?;
+        self.cur_local = l;
+        self.decide(SwitchReason::SourceGone, now)
+    }
+
+    fn on_local_back(&mut self, addr: Ipv6Addr, now: Instant) -> Option<Decision> {
+        let i = self.locals.iter().position(|l| l.0 == addr)?;
+        if let Some(l) = self.locals.get_mut(i) {
+            l.1 = true;
+        }
+        if i == self.cur_local || self.local_usable(self.cur_local) {
+            return None;
+        }
+        self.cur_local = i;
+        self.decide(SwitchReason::SourceBack, now)
+    }
+
+    fn on_peer_segment(&mut self, pair: AddrPair, now: Instant) -> Option<Decision> {
+        if pair == self.current() {
+            return None;
+        }
+        let li = self.locals.iter().position(|l| l.0 == pair.local)?;
+        let pi = self.peers.iter().position(|p| *p == pair.peer)?;
+        if !self.local_usable(li) {
+            return None;
+        }
+        self.cur_local = li;
+        self.cur_peer = pi;
+        self.end_outage();
+        self.decide(SwitchReason::PeerMoved, now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(s: &str) -> Ipv6Addr {
+        s.parse().unwrap()
+    }
+    const MS: Duration = Duration::from_millis(1);
+
+    fn info(retransmits: u32, unacked: u32, since_ms: u64) -> PolicyEvent {
+        PolicyEvent::TcpInfo {
+            retransmits,
+            unacked,
+            since_last_ack: MS * since_ms as u32,
+        }
+    }
+
+    /// Client and server of the thesis's section 6.3.
+    fn client() -> ChangePolicy {
+        ChangePolicy::new(
+            PolicyConfig {
+                stall_timeout: None,
+                ..PolicyConfig::default()
+            },
+            &[
+                a("3ffe:2a00:100:3100::f00d:cafe"),
+                a("3ffe:2a00:100:3200::f00d:cafe"),
+            ],
+            &[
+                a("3ffe:2a00:100:3100::dead:beef"),
+                a("3ffe:2a00:100:3200::dead:beef"),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn thesis_demo_sequence() {
+        let t0 = Instant::now();
+        let mut c = client();
+        let mut s = ChangePolicy::new(
+            PolicyConfig {
+                stall_timeout: None,
+                ..PolicyConfig::default()
+            },
+            &[
+                a("3ffe:2a00:100:3100::dead:beef"),
+                a("3ffe:2a00:100:3200::dead:beef"),
+            ],
+            &[
+                a("3ffe:2a00:100:3100::f00d:cafe"),
+                a("3ffe:2a00:100:3200::f00d:cafe"),
+            ],
+        )
+        .unwrap();
+        // Healthy traffic: nothing happens.
+        assert_eq!(c.handle(info(0, 1, 10), t0), None);
+        // Cable pulled; the client's RTO fires: destination changes, source kept.
+        let d = c.handle(info(1, 1, 400), t0 + 400 * MS).unwrap();
+        assert_eq!(d.reason, SwitchReason::RetransmissionTimeout);
+        assert_eq!(
+            d.to,
+            AddrPair {
+                local: a("3ffe:2a00:100:3100::f00d:cafe"),
+                peer: a("3ffe:2a00:100:3200::dead:beef")
+            }
+        );
+        // The server sees the client's segment on another pair and follows.
+        let seen = AddrPair {
+            local: a("3ffe:2a00:100:3200::dead:beef"),
+            peer: a("3ffe:2a00:100:3100::f00d:cafe"),
+        };
+        let d = s
+            .handle(PolicyEvent::PeerSegment(seen), t0 + 500 * MS)
+            .unwrap();
+        assert_eq!((d.to, d.reason), (seen, SwitchReason::PeerMoved));
+        // Its replies still go to the dead client address: RTO, change destination.
+        let d = s.handle(info(1, 1, 400), t0 + 900 * MS).unwrap();
+        assert_eq!(d.reason, SwitchReason::RetransmissionTimeout);
+        let server_final = AddrPair {
+            local: a("3ffe:2a00:100:3200::dead:beef"),
+            peer: a("3ffe:2a00:100:3200::f00d:cafe"),
+        };
+        assert_eq!(d.to, server_final);
+        // The client sees the server on the other pair and follows.
+        let client_final = AddrPair {
+            local: a("3ffe:2a00:100:3200::f00d:cafe"),
+            peer: a("3ffe:2a00:100:3200::dead:beef"),
+        };
+        let d = c
+            .handle(PolicyEvent::PeerSegment(client_final), t0 + 1000 * MS)
+            .unwrap();
+        assert_eq!((d.to, d.reason), (client_final, SwitchReason::PeerMoved));
+        // Four address changes in all, as in the thesis.
+        assert_eq!(c.switches() + s.switches(), 4);
+        // Segments on the current pair change nothing.
+        assert_eq!(c.handle(PolicyEvent::PeerSegment(client_final), t0), None);
+    }
+
+    #[test]
+    fn rto_threshold_counts_since_last_switch() {
+        let t0 = Instant::now();
+        let mut p = ChangePolicy::new(
+            PolicyConfig {
+                rto_threshold: 2,
+                stall_timeout: None,
+            },
+            &[a("2001:db8::1")],
+            &[a("2001:db8:1::2"), a("2001:db8:2::2"), a("2001:db8:3::2")],
+        )
+        .unwrap();
+        assert_eq!(p.handle(info(1, 1, 300), t0), None);
+        let d = p.handle(info(2, 1, 900), t0).unwrap();
+        assert_eq!(d.to.peer, a("2001:db8:2::2"));
+        assert_eq!(d.to.local, a("2001:db8::1"));
+        // The kernel's counter keeps growing; only 2 more RTOs switch again.
+        assert_eq!(p.handle(info(3, 1, 2000), t0), None);
+        let d = p.handle(info(4, 1, 4000), t0).unwrap();
+        assert_eq!(d.to.peer, a("2001:db8:3::2"));
+        // All tried: a new round starts at the next (the original).
+        let d = p.handle(info(6, 1, 9000), t0).unwrap();
+        assert_eq!(d.to.peer, a("2001:db8:1::2"));
+        // Progress resets the counter baseline.
+        assert_eq!(p.handle(info(0, 0, 0), t0), None);
+        assert_eq!(p.handle(info(1, 1, 300), t0), None);
+        let d = p.handle(info(2, 1, 900), t0).unwrap();
+        assert_eq!(d.to.peer, a("2001:db8:2::2"));
+    }
+
+    #[test]
+    fn stall_rule_and_deadline() {
+        let t0 = Instant::now();
+        let mut p = ChangePolicy::new(
+            PolicyConfig::default(),
+            &[a("2001:db8::1")],
+            &[a("2001:db8:1::2"), a("2001:db8:2::2")],
+        )
+        .unwrap();
+        // Data outstanding, last ACK 100 ms ago: deadline at ack + 300 ms.
+        assert_eq!(p.handle(info(0, 3, 100), t0 + 100 * MS), None);
+        assert_eq!(p.next_deadline(), Some(t0 + 300 * MS));
+        // At the deadline, still no ACK: switch (no RTO yet).
+        let d = p.handle(info(0, 3, 300), t0 + 300 * MS).unwrap();
+        assert_eq!(d.reason, SwitchReason::Stall);
+        assert_eq!(d.to.peer, a("2001:db8:2::2"));
+        // Not again before another stall timeout has passed since the switch.
+        assert_eq!(p.next_deadline(), Some(t0 + 600 * MS));
+        assert_eq!(p.handle(info(0, 3, 400), t0 + 400 * MS), None);
+        // The RTO that fires meanwhile counts against the new baseline...
+        let d = p.handle(info(1, 3, 500), t0 + 500 * MS).unwrap();
+        assert_eq!(d.reason, SwitchReason::RetransmissionTimeout);
+        // ...and an ACK ends the outage: no more deadline.
+        assert_eq!(p.handle(info(0, 0, 5), t0 + 700 * MS), None);
+        assert_eq!(p.next_deadline(), None);
+    }
+
+    #[test]
+    fn routing_error_changes_destination_only_for_current() {
+        let t0 = Instant::now();
+        let mut c = client();
+        assert_eq!(
+            c.handle(
+                PolicyEvent::RoutingError {
+                    peer: a("3ffe:2a00:100:3200::dead:beef")
+                },
+                t0
+            ),
+            None,
+            "error for a destination not in use"
+        );
+        let d = c
+            .handle(
+                PolicyEvent::RoutingError {
+                    peer: a("3ffe:2a00:100:3100::dead:beef"),
+                },
+                t0,
+            )
+            .unwrap();
+        assert_eq!(d.reason, SwitchReason::RoutingError);
+        assert_eq!(d.to.peer, a("3ffe:2a00:100:3200::dead:beef"));
+        assert_eq!(d.to.local, a("3ffe:2a00:100:3100::f00d:cafe"));
+    }
+
+    #[test]
+    fn source_changes_only_when_gone() {
+        let t0 = Instant::now();
+        let mut c = client();
+        // Removing a non-current local changes nothing.
+        assert_eq!(
+            c.handle(
+                PolicyEvent::LocalGone(a("3ffe:2a00:100:3200::f00d:cafe")),
+                t0
+            ),
+            None
+        );
+        assert_eq!(
+            c.handle(
+                PolicyEvent::LocalBack(a("3ffe:2a00:100:3200::f00d:cafe")),
+                t0
+            ),
+            None
+        );
+        let d = c
+            .handle(
+                PolicyEvent::LocalGone(a("3ffe:2a00:100:3100::f00d:cafe")),
+                t0,
+            )
+            .unwrap();
+        assert_eq!(d.reason, SwitchReason::SourceGone);
+        assert_eq!(
+            d.to,
+            AddrPair {
+                local: a("3ffe:2a00:100:3200::f00d:cafe"),
+                peer: a("3ffe:2a00:100:3100::dead:beef"),
+            },
+            "destination kept"
+        );
+        // The peer cannot pull us back onto a gone source.
+        assert_eq!(
+            c.handle(
+                PolicyEvent::PeerSegment(AddrPair {
+                    local: a("3ffe:2a00:100:3100::f00d:cafe"),
+                    peer: a("3ffe:2a00:100:3100::dead:beef"),
+                }),
+                t0
+            ),
+            None
+        );
+        // Both gone: nothing to switch to; the first coming back is used.
+        assert_eq!(
+            c.handle(
+                PolicyEvent::LocalGone(a("3ffe:2a00:100:3200::f00d:cafe")),
+                t0
+            ),
+            None
+        );
+        let d = c
+            .handle(
+                PolicyEvent::LocalBack(a("3ffe:2a00:100:3100::f00d:cafe")),
+                t0,
+            )
+            .unwrap();
+        assert_eq!(d.reason, SwitchReason::SourceBack);
+        assert_eq!(d.to.local, a("3ffe:2a00:100:3100::f00d:cafe"));
+        // Unknown addresses and pairs are ignored.
+        assert_eq!(c.handle(PolicyEvent::LocalGone(a("2001:db8::9")), t0), None);
+        assert_eq!(
+            c.handle(
+                PolicyEvent::PeerSegment(AddrPair {
+                    local: a("3ffe:2a00:100:3100::f00d:cafe"),
+                    peer: a("2001:db8::9"),
+                }),
+                t0
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn single_peer_rotates_source() {
+        let t0 = Instant::now();
+        let mut p = ChangePolicy::new(
+            PolicyConfig::default(),
+            &[a("2001:db8:1::1"), a("2001:db8:2::1")],
+            &[a("2001:db8:9::2")],
+        )
+        .unwrap();
+        let d = p.handle(info(1, 1, 400), t0).unwrap();
+        assert_eq!(d.to.local, a("2001:db8:2::1"));
+        assert_eq!(d.to.peer, a("2001:db8:9::2"));
+        // Nothing at all to vary: no decision.
+        let mut q = ChangePolicy::new(
+            PolicyConfig::default(),
+            &[a("2001:db8:1::1")],
+            &[a("2001:db8:9::2")],
+        )
+        .unwrap();
+        assert_eq!(q.handle(info(1, 1, 400), t0), None);
+        assert!(ChangePolicy::new(PolicyConfig::default(), &[], &[a("2001:db8:9::2")]).is_none());
+    }
+}
