@@ -197,6 +197,18 @@ impl Link {
         self.change_drops(e, true)
     }
 
+    /// [`Link::drop_rx`] on both ends: the link silently loses everything in both
+    /// directions while both interfaces stay up. Returns when both drops are in effect.
+    pub fn drop_both(&self) -> Result<FaultStamp> {
+        let (a, b) = (self.ends[0].host.clone(), self.ends[1].host.clone());
+        let first = self.drop_rx(&a)?;
+        let second = self.drop_rx(&b)?;
+        Ok(FaultStamp {
+            requested: first.requested,
+            ..second
+        })
+    }
+
     /// Removes the receive-side drop of `host` on this link. Idempotent.
     pub fn restore_rx(&self, host: &Host) -> Result<FaultStamp> {
         let e = self.end(host)?;

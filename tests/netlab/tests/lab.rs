@@ -185,6 +185,20 @@ fn receive_drop_is_silent_and_restore_heals() {
     let healed = l0.restore().expect("restore");
     assert!(healed.at > broke.at);
     l0.wait_usable(READY).expect("healed");
+
+    // Both directions at once.
+    let both = l0.drop_both().expect("drop_both");
+    assert!(both.requested <= both.at);
+    for from in [&a, &b] {
+        assert!(
+            l0.check_tcp(from, Family::V4, Duration::from_millis(300))
+                .is_err()
+        );
+    }
+    l1.check_tcp(&b, Family::V4, Duration::from_secs(2))
+        .expect("other link works");
+    l0.restore().expect("restore both");
+    l0.wait_usable(READY).expect("healed");
     let log = lab.fault_log();
     assert!(
         log.iter()
@@ -505,4 +519,44 @@ fn cleanup_stale_removes_leftovers_of_dead_processes() {
     assert!(!Path::new("/etc/netns").join(&name).exists());
     assert!(!report.namespaces.contains(&h.netns().to_owned()));
     assert!(netns_list().contains(h.netns()), "live labs are left alone");
+}
+
+#[test]
+fn not_root_gets_typed_error() {
+    const CHILD: &str = "NETLAB_NOT_ROOT_CHILD";
+    if std::env::var_os(CHILD).is_some() {
+        // Running as `nobody` (see below).
+        assert!(matches!(Lab::new(), Err(LabError::NotRoot)));
+        assert!(matches!(netlab::cleanup_stale(), Err(LabError::NotRoot)));
+        return;
+    }
+    // Re-run this very test as an unprivileged user from a world-readable copy of the binary.
+    let exe = std::env::current_exe().unwrap();
+    let copy = std::env::temp_dir().join(format!("netlab-notroot-{}", std::process::id()));
+    std::fs::copy(&exe, &copy).unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&copy)
+        .args(["--exact", "not_root_gets_typed_error", "--test-threads=1"])
+        .env(CHILD, "1")
+        .output()
+        .expect("setpriv (util-linux)");
+    let _ = std::fs::remove_file(&copy);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("1 passed"), "{text}");
+}
+
+#[test]
+fn handles_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Lab>();
+    check::<Host>();
+    check::<Link>();
+    check::<netlab::Capture>();
+    check::<netlab::Process>();
 }
