@@ -300,6 +300,9 @@ impl Lab {
             });
         }
         write_etc_files(&self.inner, &st)?;
+        for e in &ends {
+            wait_oper_up(e.host.netns(), &e.dev, LINK_UP_TIMEOUT)?;
+        }
         let ends: [LinkEnd; 2] = ends
             .try_into()
             .map_err(|_| LabError::BadLink(a.name().to_owned(), b.name().to_owned()))?;
@@ -419,6 +422,46 @@ fn iface_name(k: usize, peer: &str) -> String {
     let mut s = format!("l{k}-{peer}");
     s.truncate(15);
     s
+}
+
+/// How long [`Lab::link`] waits for the kernel to report a new link operational.
+const LINK_UP_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Waits until `dev` reports operational state UP. Until the kernel's link watch has
+/// processed the carrier change, the device transmits through a no-op qdisc that discards
+/// packets; a neighbour solicitation or ARP request lost that way is only retried after a
+/// second, so traffic sent right after creating a link would stall for ~1 s.
+pub(crate) fn wait_oper_up(netns: &str, dev: &str, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let out = tools::ip(["-n", netns, "-o", "link", "show", "dev", dev])?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        if text
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .windows(2)
+            .any(|w| w == ["state", "UP"])
+        {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(LabError::Timeout {
+                what: format!("{dev} in {netns} to become operational"),
+                after: timeout,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Whether `dev` is administratively up (the `UP` flag in `<...>`).
+pub(crate) fn admin_up(netns: &str, dev: &str) -> Result<bool> {
+    let out = tools::ip(["-n", netns, "-o", "link", "show", "dev", dev])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text
+        .split_once('<')
+        .and_then(|(_, r)| r.split_once('>'))
+        .is_some_and(|(flags, _)| flags.split(',').any(|f| f == "UP")))
 }
 
 fn create_netns(name: &str) -> Result<()> {

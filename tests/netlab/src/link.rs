@@ -13,7 +13,7 @@ use crate::counters::{self, Counters};
 use crate::error::{LabError, Result, io_err};
 use crate::fault::{FaultAction, FaultEvent, FaultStamp, RateLimit};
 use crate::host::Host;
-use crate::lab::LabInner;
+use crate::lab::{self, LabInner};
 use crate::tools::{self, Tool};
 
 /// An address family.
@@ -154,6 +154,18 @@ impl Link {
         for e in ends {
             tools::ip(["-n", e.host.netns(), "link", "set", "dev", &e.dev, word])?;
         }
+        if up {
+            // Report the time the link works again, not just when it was switched on.
+            let mut both = true;
+            for e in &self.ends {
+                both &= lab::admin_up(e.host.netns(), &e.dev)?;
+            }
+            if both {
+                for e in &self.ends {
+                    lab::wait_oper_up(e.host.netns(), &e.dev, Duration::from_secs(3))?;
+                }
+            }
+        }
         let stamp = FaultStamp::finish(t0);
         let action = if up {
             FaultAction::Up
@@ -171,7 +183,8 @@ impl Link {
         self.set_state(&[&self.ends[0], &self.ends[1]], false)
     }
 
-    /// Sets both ends up again (addresses are kept across down/up).
+    /// Sets both ends up again (addresses are kept across down/up); returns once the
+    /// kernel reports the link operational.
     pub fn up(&self) -> Result<FaultStamp> {
         self.set_state(&[&self.ends[0], &self.ends[1]], true)
     }
@@ -182,7 +195,8 @@ impl Link {
         self.set_state(&[e], false)
     }
 
-    /// Sets only `host`'s end up.
+    /// Sets only `host`'s end up (and, if the other end is up too, waits until the link is
+    /// operational).
     pub fn up_side(&self, host: &Host) -> Result<FaultStamp> {
         let e = self.end(host)?;
         self.set_state(&[e], true)
@@ -384,10 +398,45 @@ impl Link {
         Ok(())
     }
 
+    /// Whether IPv6 is operational on `host`'s end: the kernel has configured the
+    /// interface's link-local address (it does so only once the link watch has seen the
+    /// carrier come up, which the kernel rate-limits to once a second, so a fresh or
+    /// re-enabled link can take up to ~1 s before IPv6 packets flow).
+    pub fn ipv6_ready(&self, host: &Host) -> Result<bool> {
+        let e = self.end(host)?;
+        let dev = e.dev.clone();
+        e.host.run(move || {
+            std::fs::read_to_string("/proc/thread-self/net/if_inet6")
+                .map(|t| if_inet6_ready(&t, &dev))
+                .map_err(io_err("reading /proc/thread-self/net/if_inet6"))
+        })?
+    }
+
+    /// Polls [`Link::ipv6_ready`] on both ends until true or `timeout`.
+    pub fn wait_ipv6_ready(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        for e in &self.ends {
+            while !self.ipv6_ready(&e.host)? {
+                if Instant::now() >= deadline {
+                    return Err(LabError::Timeout {
+                        what: format!("IPv6 ready on {} in {}", e.dev, e.host.name()),
+                        after: timeout,
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        Ok(())
+    }
+
     /// Waits until the link carries TCP in both families and both directions, retrying
-    /// until `timeout` (useful right after creation or after [`Link::restore`]).
+    /// until `timeout` (useful right after creation or after [`Link::up`]/[`Link::restore`]).
+    /// Waits for [`Link::ipv6_ready`] first (unless a receive drop is active, which would
+    /// fail the TCP checks anyway).
     pub fn wait_usable(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
+        // Not fatal here: the TCP checks below report the real problem.
+        let _ = self.wait_ipv6_ready(timeout);
         for family in Family::ALL {
             for from in [&self.ends[0].host, &self.ends[1].host] {
                 loop {
@@ -414,6 +463,20 @@ impl Link {
     }
 }
 
+/// Whether `/proc/net/if_inet6` lists a non-tentative link-local address on `dev`.
+/// Line format: address, ifindex, prefix length, scope, flags, name (hex fields).
+fn if_inet6_ready(text: &str, dev: &str) -> bool {
+    const SCOPE_LINK: u32 = 0x20;
+    const IFA_F_TENTATIVE: u32 = 0x40;
+    text.lines().any(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let hex = |i: usize| f.get(i).and_then(|s| u32::from_str_radix(s, 16).ok());
+        f.get(5) == Some(&dev)
+            && hex(3) == Some(SCOPE_LINK)
+            && hex(4).is_some_and(|fl| fl & IFA_F_TENTATIVE == 0)
+    })
+}
+
 /// The complete nftables state of one host: an `inet` table whose input chain drops what
 /// arrives on the listed interfaces. Applied atomically with `nft -f`.
 fn nft_script<'a>(devs: impl Iterator<Item = &'a str>) -> String {
@@ -428,6 +491,18 @@ fn nft_script<'a>(devs: impl Iterator<Item = &'a str>) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn if_inet6_readiness() {
+        let t = "20010db8000100000000000000000001 02 40 00 80 l0-b
+fe800000000000000c4f0afffebac844 03 40 20 80 l1-b
+fe800000000000000c4f0afffebac845 02 40 20 c0 l0-x
+";
+        assert!(!super::if_inet6_ready(t, "l0-b"), "global only");
+        assert!(super::if_inet6_ready(t, "l1-b"));
+        assert!(!super::if_inet6_ready(t, "l0-x"), "tentative");
+        assert!(!super::if_inet6_ready("garbage\n\n", "l0-b"));
+    }
+
     #[test]
     fn nft_script_lists_each_dropped_device() {
         let s = super::nft_script(["l0-b", "l1-b"].into_iter());
