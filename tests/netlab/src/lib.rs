@@ -88,6 +88,15 @@
 //!   kernel's interface counters (dropped-by-nftables packets count as received).
 //! * [`Host::ping`] is an in-process ICMP echo over raw sockets, so the `ping` binary is
 //!   not needed.
+//! * [`Lab::link`], [`Link::up`] and [`Link::up_side`] return only once the kernel reports
+//!   the link operational (`state UP`). Before that the device still sends through a no-op
+//!   qdisc that discards packets; the first neighbour solicitation / ARP request would be
+//!   lost and only retried after 1 s, stalling the first connection by a second.
+//! * Dropping uses priority -300 on the input hook, so it runs before any filter chain
+//!   other components add; ARP is not affected (it is not in the `inet` family), IPv6
+//!   neighbour discovery is (it is ICMPv6).
+//! * Interface names, addresses and the nftables table name (`inet netlab`) are stable:
+//!   tests may rely on them.
 
 #![forbid(unsafe_code)]
 
