@@ -505,7 +505,8 @@ fn cleanup_stale_removes_leftovers_of_dead_processes() {
     let dead = (4_194_000..4_194_300)
         .find(|p| !Path::new(&format!("/proc/{p}")).exists())
         .unwrap();
-    let name = format!("nl{dead}-0-ghost");
+    // Unique per test process, so parallel runs of this test do not collide.
+    let name = format!("nl{dead}-{}-ghost", std::process::id());
     let st = std::process::Command::new("ip")
         .args(["netns", "add", &name])
         .status()
