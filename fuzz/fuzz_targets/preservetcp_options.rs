@@ -28,11 +28,17 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(view) = parse_ipv6_tcp(data) {
         let tcp = view.tcp.to_vec();
         let (stripped, removed) = strip_dest_opts(data).expect("strip after parse");
-        assert_eq!(parse_ipv6_tcp(&stripped).expect("stripped parses").tcp, &tcp[..]);
-        if let Some(h) = removed {
-            if let Ok(back) = insert_dest_opts(&stripped, &h) {
-                assert_eq!(parse_ipv6_tcp(&back).expect("reinserted parses").tcp, &tcp[..]);
-            }
+        assert_eq!(
+            parse_ipv6_tcp(&stripped).expect("stripped parses").tcp,
+            &tcp[..]
+        );
+        if let Some(h) = removed
+            && let Ok(back) = insert_dest_opts(&stripped, &h)
+        {
+            assert_eq!(
+                parse_ipv6_tcp(&back).expect("reinserted parses").tcp,
+                &tcp[..]
+            );
         }
     }
 });

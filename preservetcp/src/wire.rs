@@ -78,6 +78,10 @@ pub enum WireError {
     /// The options do not fit into a 2048-byte destination options header.
     #[error("destination options header would be {0} bytes, more than 2048")]
     HeaderTooLong(usize),
+    /// An `Unknown` option was given a type that has its own variant
+    /// (Pad1, PadN, PREFIX_SYN, PREFIX_ACK), which would not parse back as given.
+    #[error("option type {0:#04x} must use its own variant, not Unknown")]
+    ReservedUnknownType(u8),
     /// A Pad1 or PadN option was passed to a constructor that adds padding itself.
     #[error("explicit padding is not accepted here, it is added automatically")]
     ExplicitPadding,
@@ -343,10 +347,13 @@ impl DestOptsHeader {
             if o.is_padding() {
                 return Err(WireError::ExplicitPadding);
             }
-            if let DestOption::Unknown { data, .. } = o
-                && data.len() > MAX_OPTION_DATA
-            {
-                return Err(WireError::OptionTooLong(data.len()));
+            if let DestOption::Unknown { ty, data } = o {
+                if matches!(*ty, OPT_PAD1 | OPT_PADN | OPT_PREFIX_SYN | OPT_PREFIX_ACK) {
+                    return Err(WireError::ReservedUnknownType(*ty));
+                }
+                if data.len() > MAX_OPTION_DATA {
+                    return Err(WireError::OptionTooLong(data.len()));
+                }
             }
             len += o.encoded_len();
         }
@@ -659,6 +666,35 @@ mod tests {
         assert_eq!(
             DestOptsHeader::new(6, vec![DestOption::Pad1]),
             Err(WireError::ExplicitPadding)
+        );
+        assert_eq!(
+            DestOptsHeader::new(
+                6,
+                vec![DestOption::Unknown {
+                    ty: OPT_PREFIX_SYN,
+                    data: vec![]
+                }]
+            ),
+            Err(WireError::ReservedUnknownType(OPT_PREFIX_SYN))
+        );
+        assert_eq!(
+            DestOptsHeader::new(
+                6,
+                vec![DestOption::Unknown {
+                    ty: 0x3e,
+                    data: vec![0; 256]
+                }]
+            ),
+            Err(WireError::OptionTooLong(256))
+        );
+        // 8 options of 255 data bytes do not fit into 2048 bytes.
+        let big = DestOption::Unknown {
+            ty: 0x3e,
+            data: vec![0; 255],
+        };
+        assert_eq!(
+            DestOptsHeader::new(6, vec![big; 8]),
+            Err(WireError::HeaderTooLong(2064))
         );
         // Unknown options survive verbatim.
         let bytes = [59, 0, 0x3e, 2, 0xaa, 0xbb, 0, 0];
