@@ -23,8 +23,13 @@
 //! The kernel does not know about alternative addresses, so the daemon reads
 //! `tcp_info` of the socket: `tcpi_retransmits` (consecutive RTOs without
 //! progress), `tcpi_unacked` and `tcpi_last_ack_recv`.
-//! - RTO rule: switch when the RTO count has grown by
-//!   [`PolicyConfig::rto_threshold`] since the last switch (default 1). With
+//! - RTO rule: switch when [`PolicyConfig::rto_threshold`] RTOs (default 1)
+//!   concerned segments sent on the current pair. An RTO only counts
+//!   against a pair if the segment that timed out went out on it: when the
+//!   policy switches while data sent on the old pair is outstanding, the
+//!   first RTO after the switch is the old pair's (it sends the first
+//!   retransmission over the new pair) and is not counted; when nothing was
+//!   outstanding (e.g. after following the peer) the next RTO counts. With
 //!   Linux's minimum RTO of 200 ms, the first RTO fires ≈ 0.2 s + RTT after
 //!   the loss; the *next* retransmission (≈ 3 × RTO after the loss because of
 //!   exponential backoff) then already goes out on the new pair, ≈ 0.6 s on
@@ -32,10 +37,14 @@
 //!   target, hence the default of 1.
 //! - Stall rule (faster, independent of backoff): switch when data is
 //!   unacknowledged and no ACK arrived for [`PolicyConfig::stall_timeout`]
-//!   (default 300 ms), and not again sooner than that after a switch.
-//!   Because the kernel only retransmits on its own timer, the daemon should
-//!   pair a stall switch with a way to provoke a retransmission (that is the
-//!   daemon's concern, not this state machine's).
+//!   (default 300 ms). After a switch it fires again only once the new pair
+//!   has been tested for that long: from the first retransmission seen after
+//!   the switch if data was outstanding, else from the switch itself. On a
+//!   path with a large RTO (say 1 s) this moves the first retransmission onto
+//!   the new pair (recovery ≈ 1 s instead of ≈ 3 s). Because the kernel only
+//!   retransmits on its own timer, a daemon that wants to go faster must
+//!   provoke a retransmission itself (the daemon's concern, not this state
+//!   machine's).
 //!
 //! Known simplification: a late segment still in flight on a pair we just
 //! left makes the connection follow it back; the thesis's kernel behaves
@@ -133,12 +142,48 @@ pub struct ChangePolicy {
     cur_peer: usize,
     /// Peers used during the current outage.
     tried: Vec<bool>,
-    /// RTO count at the last switch.
-    rto_base: u32,
-    last_switch: Option<Instant>,
+    /// The last switch of the current outage, if any.
+    mark: Option<SwitchMark>,
+    /// `tcpi_retransmits` of the last sample.
+    last_retx: u32,
+    /// `tcpi_unacked` of the last sample.
+    last_unacked: u32,
     /// When the last ACK was received, while data is outstanding.
     stalled_since: Option<Instant>,
     switches: u64,
+}
+
+/// What was true when the policy last switched, to tell which RTOs concern
+/// the new pair.
+#[derive(Debug, Clone, Copy)]
+struct SwitchMark {
+    at: Instant,
+    /// `tcpi_retransmits` at the switch.
+    retx: u32,
+    /// Whether data sent on the previous pair was outstanding.
+    had_unacked: bool,
+    /// When a retransmission after the switch was first seen.
+    retx_seen: Option<Instant>,
+}
+
+impl SwitchMark {
+    /// Since when the new pair is being tested: from the switch if nothing
+    /// was outstanding (the next transmission uses the new pair), else from
+    /// the first retransmission after the switch.
+    fn tested_since(&self) -> Option<Instant> {
+        if self.had_unacked {
+            self.retx_seen
+        } else {
+            Some(self.at)
+        }
+    }
+
+    /// RTO count at which the new pair has failed `threshold` times.
+    fn rto_required(&self, threshold: u32) -> u32 {
+        self.retx
+            .saturating_add(u32::from(self.had_unacked))
+            .saturating_add(threshold)
+    }
 }
 
 impl ChangePolicy {
@@ -164,8 +209,9 @@ impl ChangePolicy {
             cur_local: 0,
             cur_peer: 0,
             tried,
-            rto_base: 0,
-            last_switch: None,
+            mark: None,
+            last_retx: 0,
+            last_unacked: 0,
             stalled_since: None,
             switches: 0,
         })
@@ -191,16 +237,17 @@ impl ChangePolicy {
         self.switches
     }
 
-    /// When the caller should next sample `tcp_info` so the stall rule can
-    /// fire on time (`None` when nothing is outstanding or the rule is off).
+    /// The earliest time the stall rule could fire, so the caller samples
+    /// `tcp_info` then (`None` when nothing is outstanding, the rule is off,
+    /// or the new pair still awaits the kernel's next retransmission; the
+    /// caller keeps sampling at its regular interval in any case).
     pub fn next_deadline(&self) -> Option<Instant> {
         let stall = self.config.stall_timeout?;
-        let since = self.stalled_since?;
-        let mut at = since.checked_add(stall)?;
-        if let Some(ls) = self.last_switch.and_then(|t| t.checked_add(stall)) {
-            at = at.max(ls);
+        let at = self.stalled_since?.checked_add(stall)?;
+        match self.mark {
+            None => Some(at),
+            Some(m) => Some(at.max(m.tested_since()?.checked_add(stall)?)),
         }
-        Some(at)
     }
 
     /// Feeds one event; returns a decision when the pair changes.
@@ -231,41 +278,52 @@ impl ChangePolicy {
         since_last_ack: Duration,
         now: Instant,
     ) -> Option<Decision> {
-        if retransmits < self.rto_base {
-            // Progress reset the kernel's counter.
-            self.rto_base = 0;
-        }
         let stall = self.config.stall_timeout;
+        // The kernel resets its counter when an ACK advances: the path works.
+        let progressed = retransmits < self.last_retx;
         let healthy =
             retransmits == 0 && (unacked == 0 || stall.is_none_or(|s| since_last_ack < s));
-        if healthy {
+        if progressed || healthy {
             self.end_outage();
         }
+        self.last_retx = retransmits;
+        self.last_unacked = unacked;
         self.stalled_since = if unacked > 0 {
             now.checked_sub(since_last_ack)
         } else {
             None
         };
-        if retransmits >= self.rto_base.saturating_add(self.config.rto_threshold) {
-            let d = self.switch_destination(SwitchReason::RetransmissionTimeout, now);
-            self.rto_base = retransmits;
-            return d;
+        if let Some(m) = self.mark.as_mut()
+            && retransmits > m.retx
+            && m.retx_seen.is_none()
+        {
+            m.retx_seen = Some(now);
+        }
+        let threshold = self.config.rto_threshold;
+        let required = self.mark.map_or(threshold, |m| m.rto_required(threshold));
+        if retransmits >= required {
+            return self.switch_destination(SwitchReason::RetransmissionTimeout, now);
         }
         if let Some(s) = stall
             && unacked > 0
             && since_last_ack >= s
-            && self
-                .last_switch
-                .is_none_or(|t| now.saturating_duration_since(t) >= s)
+            && self.mark.is_none_or(|m| {
+                m.tested_since()
+                    .is_some_and(|t| now.saturating_duration_since(t) >= s)
+            })
         {
-            let d = self.switch_destination(SwitchReason::Stall, now);
-            self.rto_base = retransmits;
-            return d;
+            return self.switch_destination(SwitchReason::Stall, now);
         }
         None
     }
 
+    /// The current pair works: forget the outage.
     fn end_outage(&mut self) {
+        self.mark = None;
+        self.reset_tried();
+    }
+
+    fn reset_tried(&mut self) {
         self.tried.iter_mut().for_each(|t| *t = false);
         if let Some(t) = self.tried.get_mut(self.cur_peer) {
             *t = true;
@@ -285,7 +343,12 @@ impl ChangePolicy {
 
     fn decide(&mut self, reason: SwitchReason, now: Instant) -> Option<Decision> {
         self.switches += 1;
-        self.last_switch = Some(now);
+        self.mark = Some(SwitchMark {
+            at: now,
+            retx: self.last_retx,
+            had_unacked: self.last_unacked > 0,
+            retx_seen: None,
+        });
         Some(Decision {
             to: self.current(),
             reason,
@@ -300,7 +363,7 @@ impl ChangePolicy {
                 .find(|&i| !self.tried.get(i).copied().unwrap_or(true));
             if next.is_none() {
                 // Every destination was tried in this outage: new round.
-                self.end_outage();
+                self.reset_tried();
                 next = Some((self.cur_peer + 1) % n);
             }
             let next = next?;
@@ -357,7 +420,7 @@ impl ChangePolicy {
         }
         self.cur_local = li;
         self.cur_peer = pi;
-        self.end_outage();
+        self.reset_tried();
         self.decide(SwitchReason::PeerMoved, now)
     }
 }
@@ -477,18 +540,36 @@ mod tests {
         let d = p.handle(info(2, 1, 900), t0).unwrap();
         assert_eq!(d.to.peer, a("2001:db8:2::2"));
         assert_eq!(d.to.local, a("2001:db8::1"));
-        // The kernel's counter keeps growing; only 2 more RTOs switch again.
+        // RTO 3 concerns the retransmission sent on the old pair; RTOs 4 and
+        // 5 are the new pair's two failures.
         assert_eq!(p.handle(info(3, 1, 2000), t0), None);
-        let d = p.handle(info(4, 1, 4000), t0).unwrap();
+        assert_eq!(p.handle(info(4, 1, 4000), t0), None);
+        let d = p.handle(info(5, 1, 8000), t0).unwrap();
         assert_eq!(d.to.peer, a("2001:db8:3::2"));
         // All tried: a new round starts at the next (the original).
-        let d = p.handle(info(6, 1, 9000), t0).unwrap();
+        assert_eq!(p.handle(info(7, 1, 9000), t0), None);
+        let d = p.handle(info(8, 1, 9000), t0).unwrap();
         assert_eq!(d.to.peer, a("2001:db8:1::2"));
-        // Progress resets the counter baseline.
+        // Progress (the kernel's counter drops) ends the outage.
         assert_eq!(p.handle(info(0, 0, 0), t0), None);
         assert_eq!(p.handle(info(1, 1, 300), t0), None);
         let d = p.handle(info(2, 1, 900), t0).unwrap();
         assert_eq!(d.to.peer, a("2001:db8:2::2"));
+    }
+
+    #[test]
+    fn first_rto_after_switch_with_outstanding_data_is_not_counted() {
+        let t0 = Instant::now();
+        let mut c = client();
+        let d = c.handle(info(1, 1, 400), t0).unwrap();
+        assert_eq!(d.to.peer, a("3ffe:2a00:100:3200::dead:beef"));
+        // RTO 2: the retransmission sent at RTO 1 on the old pair timed out;
+        // the one sent now is the first over the new pair.
+        assert_eq!(c.handle(info(2, 1, 1200), t0), None);
+        // RTO 3: the new pair failed too; back to the original destination.
+        let d = c.handle(info(3, 1, 2800), t0).unwrap();
+        assert_eq!(d.to.peer, a("3ffe:2a00:100:3100::dead:beef"));
+        assert_eq!(d.to.local, a("3ffe:2a00:100:3100::f00d:cafe"));
     }
 
     #[test]
@@ -503,19 +584,30 @@ mod tests {
         // Data outstanding, last ACK 100 ms ago: deadline at ack + 300 ms.
         assert_eq!(p.handle(info(0, 3, 100), t0 + 100 * MS), None);
         assert_eq!(p.next_deadline(), Some(t0 + 300 * MS));
-        // At the deadline, still no ACK: switch (no RTO yet).
+        // At the deadline, still no ACK: switch before any RTO.
         let d = p.handle(info(0, 3, 300), t0 + 300 * MS).unwrap();
         assert_eq!(d.reason, SwitchReason::Stall);
         assert_eq!(d.to.peer, a("2001:db8:2::2"));
-        // Not again before another stall timeout has passed since the switch.
-        assert_eq!(p.next_deadline(), Some(t0 + 600 * MS));
-        assert_eq!(p.handle(info(0, 3, 400), t0 + 400 * MS), None);
-        // The RTO that fires meanwhile counts against the new baseline...
-        let d = p.handle(info(1, 3, 500), t0 + 500 * MS).unwrap();
-        assert_eq!(d.reason, SwitchReason::RetransmissionTimeout);
-        // ...and an ACK ends the outage: no more deadline.
-        assert_eq!(p.handle(info(0, 0, 5), t0 + 700 * MS), None);
+        // The new pair is untested until the kernel retransmits.
         assert_eq!(p.next_deadline(), None);
+        assert_eq!(p.handle(info(0, 3, 400), t0 + 400 * MS), None);
+        // RTO 1 sends the first retransmission over the new pair: not counted,
+        // and the stall clock for the new pair starts now.
+        assert_eq!(p.handle(info(1, 3, 500), t0 + 500 * MS), None);
+        assert_eq!(p.next_deadline(), Some(t0 + 800 * MS));
+        assert_eq!(p.handle(info(1, 3, 700), t0 + 700 * MS), None);
+        let d = p.handle(info(1, 3, 800), t0 + 800 * MS).unwrap();
+        assert_eq!(d.reason, SwitchReason::Stall);
+        assert_eq!(d.to.peer, a("2001:db8:1::2"), "new round");
+        // After this stall switch, RTO 2 is again the old pair's; RTO 3 counts.
+        assert_eq!(p.handle(info(2, 3, 900), t0 + 900 * MS), None);
+        let d = p.handle(info(3, 3, 1000), t0 + 1000 * MS).unwrap();
+        assert_eq!(d.reason, SwitchReason::RetransmissionTimeout);
+        assert_eq!(d.to.peer, a("2001:db8:2::2"));
+        // An ACK ends the outage: no more deadline, no more switches.
+        assert_eq!(p.handle(info(0, 0, 5), t0 + 1100 * MS), None);
+        assert_eq!(p.next_deadline(), None);
+        assert_eq!(p.switches(), 3);
     }
 
     #[test]
