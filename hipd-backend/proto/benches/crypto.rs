@@ -56,10 +56,10 @@ fn bench_dh(c: &mut Criterion) {
 
 fn bench_puzzle(c: &mut Criterion) {
     let be = OpensslBackend::new();
-    let hi = Hit([
+    let hi = Hit::from_bytes([
         0x20, 0x01, 0x00, 0x21, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
     ]);
-    let hr = Hit([0x20, 0x01, 0x00, 0x21, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9]);
+    let hr = Hit::from_bytes([0x20, 0x01, 0x00, 0x21, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9]);
     let i = [0xA5u8; 32];
     let mut start = [0u8; 32];
     c.bench_function("puzzle/solve-k10-sha256", |b| {

@@ -15,7 +15,7 @@ fn hits() -> (Hit, Hit) {
     a[15] = 1;
     let mut b = a;
     b[15] = 2;
-    (Hit(a), Hit(b))
+    (Hit::from_bytes(a), Hit::from_bytes(b))
 }
 
 fn inner_packet(src: &Hit, dst: &Hit) -> Vec<u8> {
@@ -24,8 +24,8 @@ fn inner_packet(src: &Hit, dst: &Hit) -> Vec<u8> {
     p[4..6].copy_from_slice(&((PKT - 40) as u16).to_be_bytes());
     p[6] = 17;
     p[7] = 64;
-    p[8..24].copy_from_slice(&src.0);
-    p[24..40].copy_from_slice(&dst.0);
+    p[8..24].copy_from_slice(src.as_bytes());
+    p[24..40].copy_from_slice(dst.as_bytes());
     for (i, b) in p[40..].iter_mut().enumerate() {
         *b = i as u8;
     }

@@ -38,7 +38,7 @@ pub fn decrypt(
     if cipher == HipCipher::Null {
         return backend.hip_cipher_decrypt(cipher, key, iv, ciphertext);
     }
-    if ciphertext.is_empty() || ciphertext.len() % 16 != 0 {
+    if ciphertext.is_empty() || !ciphertext.len().is_multiple_of(16) {
         return Err(CryptoError::DecryptionFailed);
     }
     let mut pt = backend.hip_cipher_decrypt(cipher, key, iv, ciphertext)?;

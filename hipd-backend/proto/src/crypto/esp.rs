@@ -197,23 +197,41 @@ impl ReplayWindow {
 
     /// Reconstruct the 64-bit sequence number from its low half (RFC 4303
     /// App. A2.2) and check it against the window without updating it.
+    ///
+    /// With ESN a low half that falls left of the window is read as the next
+    /// 2^32 subspace (so it is "new" here and its ICV decides); see
+    /// [`SecurityAssociation::open`] for how such failures are reported.
     pub fn check(&self, seq_lo: u32) -> Result<u64, EspError> {
+        self.infer(seq_lo).map(|(seq, _)| seq)
+    }
+
+    /// Like [`Self::check`]; also returns whether the high half was advanced
+    /// because the low half lay left of the window.
+    fn infer(&self, seq_lo: u32) -> Result<(u64, bool), EspError> {
         let w = self.size;
         let tl = self.top & 0xFFFF_FFFF;
         let th = self.top >> 32;
         let sl = u64::from(seq_lo);
-        let seq_hi = if tl >= w - 1 {
-            if sl >= tl - w + 1 { th } else { th + 1 }
+        let (seq_hi, advanced) = if tl >= w - 1 {
+            if sl > tl - w {
+                (th, false)
+            } else {
+                (th + 1, true)
+            }
         } else {
             let lower = (tl + (1 << 32) - (w - 1)) & 0xFFFF_FFFF;
-            if sl >= lower && th > 0 { th - 1 } else { th }
+            if sl >= lower && th > 0 {
+                (th - 1, false)
+            } else {
+                (th, false)
+            }
         };
         let seq = (seq_hi << 32) | sl;
         if seq == 0 {
             return Err(EspError::OutOfWindow(0));
         }
         if seq > self.top {
-            return Ok(seq);
+            return Ok((seq, advanced));
         }
         if self.top - seq >= w {
             return Err(EspError::OutOfWindow(seq));
@@ -222,7 +240,7 @@ impl ReplayWindow {
         if self.bits[(pos / 64) as usize] & (1 << (pos % 64)) != 0 {
             return Err(EspError::Replay(seq));
         }
-        Ok(seq)
+        Ok((seq, false))
     }
 
     /// Record an authenticated sequence number.
@@ -404,9 +422,14 @@ impl SecurityAssociation {
         self.beet.deliver_as = family;
         Ok(())
     }
-    /// Last sequence number sent (outbound) .
+    /// Last sequence number sent (outbound); 0 before the first packet.
     pub fn last_seq_sent(&self) -> u64 {
         self.last_seq
+    }
+    /// Continue an outbound SA after `last_seq` (restoring saved SA state).
+    /// Never move it backwards on a live SA: the peer would drop the replays.
+    pub fn set_last_seq_sent(&mut self, last_seq: u64) {
+        self.last_seq = last_seq;
     }
     /// The anti-replay window (inbound).
     pub fn replay_window(&self) -> &ReplayWindow {
@@ -471,12 +494,12 @@ impl SecurityAssociation {
                 addrs4[..4].copy_from_slice(&src4);
                 addrs4[4..].copy_from_slice(&dst4);
                 let mut addrs6 = [0u8; 32];
-                addrs6[..16].copy_from_slice(&self.beet.local_hit.0);
-                addrs6[16..].copy_from_slice(&self.beet.peer_hit.0);
+                addrs6[..16].copy_from_slice(self.beet.local_hit.as_bytes());
+                addrs6[16..].copy_from_slice(self.beet.peer_hit.as_bytes());
                 let new = if proto == 17 && old == 0 {
                     full_v6_checksum(
-                        &self.beet.local_hit.0,
-                        &self.beet.peer_hit.0,
+                        self.beet.local_hit.as_bytes(),
+                        self.beet.peer_hit.as_bytes(),
                         proto,
                         &[&head[..hl], &payload[hl..]],
                     )
@@ -510,7 +533,9 @@ impl SecurityAssociation {
                 let payload = inner
                     .get(40..40 + pl)
                     .ok_or(EspError::BadInner("IPv6 payload length"))?;
-                if inner[8..24] != self.beet.local_hit.0 || inner[24..40] != self.beet.peer_hit.0 {
+                if inner[8..24] != *self.beet.local_hit.as_bytes()
+                    || inner[24..40] != *self.beet.peer_hit.as_bytes()
+                {
                     return Err(EspError::AddressMismatch);
                 }
                 Ok((inner[6], payload, None))
@@ -532,7 +557,7 @@ impl SecurityAssociation {
                 }
                 let src: [u8; 4] = [inner[12], inner[13], inner[14], inner[15]];
                 let dst: [u8; 4] = [inner[16], inner[17], inner[18], inner[19]];
-                if src != local.octets() || dst != peer.octets() {
+                if src != local.addr().octets() || dst != peer.addr().octets() {
                     return Err(EspError::AddressMismatch);
                 }
                 Ok((inner[9], payload, Some((src, dst))))
@@ -560,7 +585,7 @@ impl SecurityAssociation {
             });
         }
         let seq_lo = u32::from_be_bytes([esp[4], esp[5], esp[6], esp[7]]);
-        let seq = self.replay.check(seq_lo)?;
+        let (seq, advanced) = self.replay.infer(seq_lo)?;
         let need = open_buffer_len(esp.len());
         if out.len() < need {
             return Err(EspError::BufferTooSmall { needed: need });
@@ -574,6 +599,13 @@ impl SecurityAssociation {
             .transform
             .open((seq >> 32) as u32, esp, &mut out[hl..])
             .map_err(|e| match e {
+                // A low half left of the window was read as the next
+                // subspace (RFC 4303 App. A2.2) and did not authenticate: by
+                // far the likeliest cause is a late packet from the current
+                // subspace, so report it as out of window.
+                CryptoError::IntegrityCheckFailed if advanced => {
+                    EspError::OutOfWindow(seq - (1 << 32))
+                }
                 CryptoError::IntegrityCheckFailed => EspError::AuthFailed,
                 CryptoError::Malformed { .. } => EspError::TooShort,
                 other => EspError::Crypto(other),
@@ -603,8 +635,8 @@ impl SecurityAssociation {
                 h[4..6].copy_from_slice(&pl.to_be_bytes());
                 h[6] = next_header;
                 h[7] = hop_limit;
-                h[8..24].copy_from_slice(&self.beet.peer_hit.0);
-                h[24..40].copy_from_slice(&self.beet.local_hit.0);
+                h[8..24].copy_from_slice(self.beet.peer_hit.as_bytes());
+                h[24..40].copy_from_slice(self.beet.local_hit.as_bytes());
             }
             InnerFamily::V4 => {
                 let (local, peer) = self.beet.lsis.ok_or(EspError::NoLsi)?;
@@ -614,11 +646,11 @@ impl SecurityAssociation {
                     let p = &mut out[20..20 + payload_len];
                     let old = u16::from_be_bytes([p[off], p[off + 1]]);
                     let mut addrs6 = [0u8; 32];
-                    addrs6[..16].copy_from_slice(&self.beet.peer_hit.0);
-                    addrs6[16..].copy_from_slice(&self.beet.local_hit.0);
+                    addrs6[..16].copy_from_slice(self.beet.peer_hit.as_bytes());
+                    addrs6[16..].copy_from_slice(self.beet.local_hit.as_bytes());
                     let mut addrs4 = [0u8; 8];
-                    addrs4[..4].copy_from_slice(&peer.octets());
-                    addrs4[4..].copy_from_slice(&local.octets());
+                    addrs4[..4].copy_from_slice(&peer.addr().octets());
+                    addrs4[4..].copy_from_slice(&local.addr().octets());
                     let mut new = csum_replace(old, &addrs6, &addrs4);
                     if next_header == 17 && new == 0 {
                         new = 0xFFFF;
@@ -633,8 +665,8 @@ impl SecurityAssociation {
                 h[8] = hop_limit;
                 h[9] = next_header;
                 h[10..12].copy_from_slice(&[0, 0]);
-                h[12..16].copy_from_slice(&peer.octets());
-                h[16..20].copy_from_slice(&local.octets());
+                h[12..16].copy_from_slice(&peer.addr().octets());
+                h[16..20].copy_from_slice(&local.addr().octets());
                 let c = ipv4_header_checksum(h);
                 h[10..12].copy_from_slice(&c.to_be_bytes());
             }

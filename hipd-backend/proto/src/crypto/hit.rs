@@ -15,10 +15,11 @@
 //!   cSHAKE customization string). This is an interpretation; no published
 //!   HIPv2 test vector was found to confirm it.
 
-use std::fmt;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::Ipv4Addr;
 
 use sha3::digest::{ExtendableOutput, Update, XofReader};
+
+pub use crate::wire::{Hit, Lsi};
 
 use super::{CryptoBackend, CryptoError, HitSuite};
 
@@ -28,78 +29,15 @@ pub const HIP_CONTEXT_ID: [u8; 16] = [
 ];
 
 /// The first 28 bits of an ORCHIDv2 (2001:20::/28), left-aligned in a u32.
-pub const ORCHID_V2_PREFIX: u32 = 0x2001_0020;
-/// The ORCHIDv1 prefix (2001:10::/28; deprecated, accepted by [`Hit::is_orchid`]).
-pub const ORCHID_V1_PREFIX: u32 = 0x2001_0010;
+pub const ORCHID_V2_PREFIX: u32 = Hit::ORCHID_V2_PREFIX;
 
-/// A 128-bit Host Identity Tag, in network byte order. `Ord` is the numeric
-/// order of the big-endian 128-bit integer (the HIP tie-break order).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-pub struct Hit(pub [u8; 16]);
-
-impl Hit {
-    /// All-zero HIT (opportunistic receiver HIT).
-    pub const ZERO: Hit = Hit([0; 16]);
-
-    /// Bytes in network order.
-    pub const fn as_bytes(&self) -> &[u8; 16] {
-        &self.0
-    }
-
-    /// True for an ORCHIDv2 (2001:20::/28) address.
-    pub const fn is_orchid_v2(&self) -> bool {
-        self.prefix28() == ORCHID_V2_PREFIX
-    }
-
-    /// True for ORCHIDv2 or the deprecated ORCHIDv1 prefix.
-    pub const fn is_orchid(&self) -> bool {
-        let p = self.prefix28();
-        p == ORCHID_V2_PREFIX || p == ORCHID_V1_PREFIX
-    }
-
-    const fn prefix28(&self) -> u32 {
-        u32::from_be_bytes([self.0[0], self.0[1], self.0[2], self.0[3]]) & 0xFFFF_FFF0
-    }
-
-    /// The 4-bit OGA ID (HIT suite ID) of an ORCHIDv2 HIT.
-    pub const fn oga_id(&self) -> u8 {
-        self.0[3] & 0x0F
-    }
-
-    /// The HIT suite of an ORCHIDv2 HIT.
-    pub fn suite(&self) -> Result<HitSuite, CryptoError> {
-        if !self.is_orchid_v2() {
-            return Err(CryptoError::Malformed {
-                what: "HIT",
-                reason: "not an ORCHIDv2 (2001:20::/28)",
-            });
-        }
-        HitSuite::try_from(self.oga_id())
-    }
-}
-
-impl From<Ipv6Addr> for Hit {
-    fn from(a: Ipv6Addr) -> Self {
-        Hit(a.octets())
-    }
-}
-
-impl From<Hit> for Ipv6Addr {
-    fn from(h: Hit) -> Self {
-        Ipv6Addr::from(h.0)
-    }
-}
-
-impl fmt::Debug for Hit {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Hit({})", Ipv6Addr::from(self.0))
-    }
-}
-
-impl fmt::Display for Hit {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&Ipv6Addr::from(self.0), f)
-    }
+/// The HIT suite of an ORCHIDv2 HIT (its OGA ID), as the crypto layer's enum.
+pub fn hit_suite(hit: &Hit) -> Result<HitSuite, CryptoError> {
+    let suite = hit.suite().ok_or(CryptoError::Malformed {
+        what: "HIT",
+        reason: "not an ORCHIDv2 (2001:20::/28)",
+    })?;
+    HitSuite::try_from(suite.value())
 }
 
 /// Derive the ORCHIDv2 HIT of a Host Identity field (`hi` = the bytes of
@@ -129,36 +67,17 @@ pub fn derive_hit(
     let mut out = [0u8; 16];
     out[..4].copy_from_slice(&(ORCHID_V2_PREFIX | u32::from(suite.id())).to_be_bytes());
     out[4..].copy_from_slice(&hash96);
-    Ok(Hit(out))
+    Ok(Hit::from_bytes(out))
 }
-
-/// A Local Scope Identifier: an IPv4 stand-in for a HIT, from 1.0.0.0/8
-/// (the daemon owns pool allocation; this type only enforces the range).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
-pub struct Lsi(Ipv4Addr);
 
 /// The LSI range, 1.0.0.0/8.
 pub const LSI_PREFIX: Ipv4Addr = Ipv4Addr::new(1, 0, 0, 0);
 /// Prefix length of the LSI range.
 pub const LSI_PREFIX_LEN: u8 = 8;
 
-impl Lsi {
-    /// Accepts addresses inside 1.0.0.0/8 except the network (1.0.0.0) and
-    /// broadcast (1.255.255.255) addresses.
-    pub fn new(addr: Ipv4Addr) -> Option<Lsi> {
-        if is_lsi(addr) { Some(Lsi(addr)) } else { None }
-    }
-    /// The address.
-    pub const fn addr(&self) -> Ipv4Addr {
-        self.0
-    }
-    /// Network-order bytes.
-    pub const fn octets(&self) -> [u8; 4] {
-        self.0.octets()
-    }
-}
-
-/// True when `addr` is a usable LSI (see [`Lsi::new`]).
+/// True when `addr` is a usable LSI: inside 1.0.0.0/8 but not the network
+/// (1.0.0.0) or broadcast (1.255.255.255) address. ([`Lsi::new`] accepts the
+/// whole /8; the daemon's pool should use this stricter check.)
 pub fn is_lsi(addr: Ipv4Addr) -> bool {
     let o = addr.octets();
     o[0] == 1 && o[1..] != [0, 0, 0] && o[1..] != [255, 255, 255]

@@ -432,3 +432,32 @@ impl TryFrom<u16> for EspSuite {
         }
     }
 }
+
+/// Conversions between the wire module's open identifier enums and the typed
+/// crypto enums.
+mod wire_conv {
+    use super::*;
+    use crate::wire;
+
+    macro_rules! conv {
+        ($crypto:ty, $wire:ty, $repr:ty) => {
+            impl TryFrom<$wire> for $crypto {
+                type Error = CryptoError;
+                fn try_from(v: $wire) -> Result<Self, CryptoError> {
+                    <$crypto>::try_from(<$repr>::from(v))
+                }
+            }
+            impl From<$crypto> for $wire {
+                fn from(v: $crypto) -> $wire {
+                    <$wire>::from_value(v.id())
+                }
+            }
+        };
+    }
+
+    conv!(DhGroup, wire::DhGroupId, u8);
+    conv!(HipCipher, wire::HipCipherId, u16);
+    conv!(HiAlgorithm, wire::HiAlgorithm, u16);
+    conv!(HitSuite, wire::HitSuiteId, u8);
+    conv!(EspSuite, wire::EspSuiteId, u16);
+}

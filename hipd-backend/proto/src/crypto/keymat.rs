@@ -67,8 +67,8 @@ impl Keymat {
             (hit_r, hit_i)
         };
         let mut info = [0u8; 32];
-        info[..16].copy_from_slice(&lo.0);
-        info[16..].copy_from_slice(&hi.0);
+        info[..16].copy_from_slice(lo.as_bytes());
+        info[16..].copy_from_slice(hi.as_bytes());
         Ok(Keymat {
             alg,
             prk: Zeroizing::new(prk.as_ref().to_vec()),

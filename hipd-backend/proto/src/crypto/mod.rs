@@ -51,7 +51,7 @@ pub use esp::{
     BeetAddrs, EspError, InnerFamily, Opened, ReplayWindow, SaDirection, SaParams,
     SecurityAssociation,
 };
-pub use hit::{HIP_CONTEXT_ID, Hit, Lsi, derive_hit, is_lsi};
+pub use hit::{HIP_CONTEXT_ID, Hit, Lsi, derive_hit, hit_suite, is_lsi};
 pub use identity::{HostId, PublicKey};
 pub use ids::{
     DhGroup, EcCurve, EdCurve, EspSuite, GcmKeySize, HashAlg, HiAlgorithm, HipCipher, HitSuite,

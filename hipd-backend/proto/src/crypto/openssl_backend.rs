@@ -535,7 +535,7 @@ impl EspTransform for OsslEsp {
         if pkt.len() < total + 16 {
             return Err(CryptoError::BufferTooSmall { needed: total + 16 });
         }
-        if ct_len % s.block_len() != 0 {
+        if !ct_len.is_multiple_of(s.block_len()) {
             return Err(CryptoError::Malformed {
                 what: "ESP plaintext",
                 reason: "not block aligned",
@@ -600,7 +600,7 @@ impl EspTransform for OsslEsp {
             .filter(|&o| o >= ct_off)
             .ok_or(too_short)?;
         let ct = &pkt[ct_off..icv_off];
-        if ct.is_empty() || ct.len() % s.block_len() != 0 {
+        if ct.is_empty() || !ct.len().is_multiple_of(s.block_len()) {
             return Err(CryptoError::Malformed {
                 what: "ESP packet",
                 reason: "ciphertext not block aligned",
@@ -671,7 +671,7 @@ fn hip_crypt(
     let Some(cipher) = hip_cbc(c) else {
         return Ok(data.to_vec());
     };
-    if data.len() % 16 != 0 {
+    if !data.len().is_multiple_of(16) {
         return Err(CryptoError::Malformed {
             what: "ENCRYPTED",
             reason: "not block aligned",

@@ -69,7 +69,7 @@ fn attempt(
     j: &[u8],
     k: u8,
 ) -> Result<bool, CryptoError> {
-    let d = backend.digest(alg, &[i, &hit_i.0, &hit_r.0, j])?;
+    let d = backend.digest(alg, &[i, hit_i.as_bytes(), hit_r.as_bytes(), j])?;
     Ok(ltrunc_is_zero(d.as_ref(), k))
 }
 
