@@ -501,12 +501,42 @@ mod tests {
             }
             if let Ok((stripped, hdr)) = strip_dest_opts(&b) {
                 let before = parse_ipv6_tcp(&b).unwrap();
-                let v = parse_ipv6_tcp(&stripped).unwrap();
-                prop_assert_eq!(v.tcp, before.tcp);
+                match parse_ipv6_tcp(&stripped) {
+                    Ok(v) => prop_assert_eq!(v.tcp, before.tcp),
+                    // An earlier, never-parsed destination options header is
+                    // now the one before TCP and is malformed.
+                    Err(PacketError::Wire(_)) => prop_assert!(hdr.is_some()),
+                    Err(e) => prop_assert!(false, "stripped packet fails: {}", e),
+                }
                 let removed = hdr.map_or(0, |h| h.len());
                 prop_assert_eq!(stripped.len() + removed, b.len());
             }
         }
+    }
+
+    #[test]
+    fn only_the_header_before_tcp_is_parsed() {
+        let (s, d) = (a("2001:db8::1"), a("2001:db8::2"));
+        let tcp = tcp_segment(2, b"");
+        let mut pkt = build_ipv6_tcp(s, d, 64, &tcp).unwrap();
+        pkt[6] = IPPROTO_DSTOPTS;
+        pkt.truncate(40);
+        // A malformed destination options header (non-zero PadN) first...
+        pkt.extend_from_slice(&[IPPROTO_DSTOPTS, 0, 1, 4, 0, 0, 9, 0]);
+        // ...then a valid one before TCP.
+        pkt.extend_from_slice(&[IPPROTO_TCP, 0, 1, 4, 0, 0, 0, 0]);
+        pkt.extend_from_slice(&tcp);
+        let pl = (pkt.len() - 40) as u16;
+        pkt[4..6].copy_from_slice(&pl.to_be_bytes());
+        let v = parse_ipv6_tcp(&pkt).unwrap();
+        assert_eq!(v.tcp, &tcp[..]);
+        assert_eq!(v.dest_opts.unwrap().options(), &[DestOption::PadN(4)]);
+        let (stripped, _) = strip_dest_opts(&pkt).unwrap();
+        assert_eq!(stripped.len(), pkt.len() - 8);
+        assert_eq!(
+            parse_ipv6_tcp(&stripped),
+            Err(PacketError::Wire(WireError::NonZeroPadding { offset: 2 }))
+        );
     }
 
     #[test]
