@@ -1,0 +1,270 @@
+//! Per-peer association state.
+//!
+//! The UPDATE layer (SEQ/ACK, LOCATOR_SET, address verification, rekey)
+//! builds on this struct: the locator sets already carry preference and
+//! verification state, the KEYMAT drawer and the HIP keys stay here after
+//! the base exchange, and the SPIs are indexed by the endpoint's SPI map.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use super::{AssocId, Transport};
+use crate::crypto::{self, DhGroup, EspSuite, HashAlg, HipCipher, HipKeys, Keymat};
+use crate::wire::Hit;
+
+/// RFC 7401 §4.4 association states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum State {
+    /// No state (never stored; reported for unknown peers).
+    Unassociated,
+    /// I1 sent, waiting for R1.
+    I1Sent,
+    /// I2 sent, waiting for R2.
+    I2Sent,
+    /// R2 sent, waiting for the first data / UPDATE or the EC timeout.
+    R2Sent,
+    /// Established.
+    Established,
+    /// CLOSE sent, waiting for CLOSE_ACK.
+    Closing,
+    /// CLOSE received and acknowledged.
+    Closed,
+    /// The exchange failed.
+    Failed,
+}
+
+/// Our role in the base exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// We sent I1/I2.
+    Initiator,
+    /// We sent R1/R2.
+    Responder,
+}
+
+/// Verification state of a peer locator (RFC 8046 §5.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LocatorState {
+    /// Announced but not verified.
+    Unverified,
+    /// Verified (the base-exchange address is ACTIVE).
+    Active,
+    /// Lifetime expired.
+    Deprecated,
+}
+
+/// A peer address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerLocator {
+    /// Address.
+    pub addr: IpAddr,
+    /// Verification state.
+    pub state: LocatorState,
+    /// Preferred for sending.
+    pub preferred: bool,
+    /// Lifetime in seconds (`u32::MAX` = unbounded).
+    pub lifetime: u32,
+}
+
+/// A local address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalLocator {
+    /// Address.
+    pub addr: IpAddr,
+    /// Preferred for sending.
+    pub preferred: bool,
+}
+
+/// The algorithms negotiated in the base exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Suites {
+    /// DH group.
+    pub dh_group: DhGroup,
+    /// HIP cipher (ENCRYPTED).
+    pub hip_cipher: HipCipher,
+    /// ESP transform.
+    pub esp: EspSuite,
+    /// RHASH (puzzle, HIP_MAC, KEYMAT) = the Responder's HIT suite hash.
+    pub rhash: HashAlg,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Retx {
+    pub src: Option<IpAddr>,
+    pub dst: IpAddr,
+    pub payload: Vec<u8>,
+    pub deadline: Instant,
+    pub timeout: Duration,
+    pub retries_left: u32,
+}
+
+/// One association (one per HIT pair).
+#[derive(Debug)]
+pub struct Association {
+    pub(crate) id: AssocId,
+    pub(crate) state: State,
+    pub(crate) role: Role,
+    pub(crate) local_hit: Hit,
+    pub(crate) local_identity: usize,
+    pub(crate) peer_hit: Option<Hit>,
+    pub(crate) peer_host_id: Option<crypto::HostId>,
+    /// Responder's HOST_ID TLV exactly as in R1 (for HIP_MAC_2).
+    pub(crate) r1_host_id_tlv: Vec<u8>,
+    pub(crate) local_locators: Vec<LocalLocator>,
+    pub(crate) peer_locators: Vec<PeerLocator>,
+    pub(crate) transport: Transport,
+    pub(crate) suites: Option<Suites>,
+    pub(crate) keymat: Option<Keymat>,
+    pub(crate) hip_keys: Option<HipKeys>,
+    pub(crate) keymat_index: u16,
+    pub(crate) spi_in: u32,
+    pub(crate) spi_out: u32,
+    pub(crate) r1_counter: Option<u64>,
+    pub(crate) retx: Option<Retx>,
+    /// Deadline of the current state (EC timeout, CLOSED/E-FAILED hold).
+    pub(crate) state_deadline: Option<Instant>,
+    pub(crate) close_echo: Option<Vec<u8>>,
+    /// Responder: (#J, DH public) of the I2 that built the association.
+    pub(crate) i2_fingerprint: Option<(Vec<u8>, Vec<u8>)>,
+    /// Responder: the R2 sent, for duplicate I2s.
+    pub(crate) last_r2: Option<Vec<u8>>,
+    /// Initiator: the DH groups offered in our I1.
+    pub(crate) offered_groups: Vec<DhGroup>,
+}
+
+impl Association {
+    pub(crate) fn new(id: AssocId, role: Role, local_hit: Hit, local_identity: usize) -> Self {
+        Association {
+            id,
+            state: State::Unassociated,
+            role,
+            local_hit,
+            local_identity,
+            peer_hit: None,
+            peer_host_id: None,
+            r1_host_id_tlv: Vec::new(),
+            local_locators: Vec::new(),
+            peer_locators: Vec::new(),
+            transport: Transport::Native,
+            suites: None,
+            keymat: None,
+            hip_keys: None,
+            keymat_index: 0,
+            spi_in: 0,
+            spi_out: 0,
+            r1_counter: None,
+            retx: None,
+            state_deadline: None,
+            close_echo: None,
+            i2_fingerprint: None,
+            last_r2: None,
+            offered_groups: Vec::new(),
+        }
+    }
+
+    /// Handle.
+    pub fn id(&self) -> AssocId {
+        self.id
+    }
+    /// State.
+    pub fn state(&self) -> State {
+        self.state
+    }
+    /// Our role in the base exchange.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+    /// Our HIT.
+    pub fn local_hit(&self) -> Hit {
+        self.local_hit
+    }
+    /// The peer's HIT (`None` while an opportunistic I1 is outstanding).
+    pub fn peer_hit(&self) -> Option<Hit> {
+        self.peer_hit
+    }
+    /// The peer's Host Identity once learned.
+    pub fn peer_host_id(&self) -> Option<&crypto::HostId> {
+        self.peer_host_id.as_ref()
+    }
+    /// Negotiated algorithms (after R1 / I2).
+    pub fn suites(&self) -> Option<Suites> {
+        self.suites
+    }
+    /// Our inbound SPI (0 before it is chosen).
+    pub fn spi_inbound(&self) -> u32 {
+        self.spi_in
+    }
+    /// The peer's inbound SPI = our outbound SPI (0 before it is known).
+    pub fn spi_outbound(&self) -> u32 {
+        self.spi_out
+    }
+    /// KEYMAT index where the ESP keys of the base exchange start.
+    pub fn keymat_index(&self) -> u16 {
+        self.keymat_index
+    }
+    /// Local locators.
+    pub fn local_locators(&self) -> &[LocalLocator] {
+        &self.local_locators
+    }
+    /// Peer locators.
+    pub fn peer_locators(&self) -> &[PeerLocator] {
+        &self.peer_locators
+    }
+    /// Control transport.
+    pub fn transport(&self) -> Transport {
+        self.transport
+    }
+    /// The preferred peer locator (the first ACTIVE preferred one, else the
+    /// first one).
+    pub fn preferred_peer_locator(&self) -> Option<IpAddr> {
+        self.peer_locators
+            .iter()
+            .find(|l| l.preferred && l.state == LocatorState::Active)
+            .or(self.peer_locators.first())
+            .map(|l| l.addr)
+    }
+    /// The preferred local locator.
+    pub fn preferred_local_locator(&self) -> Option<IpAddr> {
+        self.local_locators
+            .iter()
+            .find(|l| l.preferred)
+            .or(self.local_locators.first())
+            .map(|l| l.addr)
+    }
+    /// Whether we are HOST_g (greater HIT) toward the peer.
+    pub fn local_is_g(&self) -> bool {
+        self.peer_hit.is_some_and(|p| self.local_hit > p)
+    }
+
+    pub(crate) fn set_exchange_locators(&mut self, local: IpAddr, peer: IpAddr) {
+        self.local_locators = vec![LocalLocator {
+            addr: local,
+            preferred: true,
+        }];
+        let mut others: Vec<PeerLocator> = self
+            .peer_locators
+            .iter()
+            .filter(|l| l.addr != peer)
+            .cloned()
+            .map(|mut l| {
+                l.preferred = false;
+                l
+            })
+            .collect();
+        let mut v = vec![PeerLocator {
+            addr: peer,
+            state: LocatorState::Active,
+            preferred: true,
+            lifetime: u32::MAX,
+        }];
+        v.append(&mut others);
+        self.peer_locators = v;
+    }
+
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        match (self.retx.as_ref().map(|r| r.deadline), self.state_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}

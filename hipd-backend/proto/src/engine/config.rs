@@ -1,0 +1,131 @@
+//! Endpoint configuration.
+
+use std::time::Duration;
+
+use super::Transport;
+use crate::crypto::{DhGroup, EspSuite, GcmKeySize, HipCipher, HitSuite};
+
+/// Configuration of an [`Endpoint`](super::Endpoint). Lists are in
+/// preference order. See the [module docs](super) for the defaults' rationale.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// DH groups (I1 DH_GROUP_LIST and the Responder's R1 list).
+    pub dh_groups: Vec<DhGroup>,
+    /// HIP ciphers (R1 list; the Initiator's preference).
+    pub hip_ciphers: Vec<HipCipher>,
+    /// Initiator HIT suites this host accepts (R1 HIT_SUITE_LIST).
+    pub hit_suites: Vec<HitSuite>,
+    /// ESP transforms (R1 list; the Initiator's preference).
+    pub esp_suites: Vec<EspSuite>,
+    /// Puzzle difficulty #K put in R1s.
+    pub puzzle_k: u8,
+    /// R1 / puzzle secret rotation period.
+    pub r1_rotation: Duration,
+    /// Highest #K this host will solve as Initiator.
+    pub max_puzzle_k: u8,
+    /// Maximum puzzle attempts per R1 (inline solving).
+    pub puzzle_budget: u64,
+    /// Initial I1 retransmission timeout.
+    pub i1_timeout: Duration,
+    /// I1 retransmissions before E-FAILED.
+    pub i1_retries: u32,
+    /// Initial I2 retransmission timeout.
+    pub i2_timeout: Duration,
+    /// I2 retransmissions before E-FAILED.
+    pub i2_retries: u32,
+    /// Initial CLOSE retransmission timeout.
+    pub close_timeout: Duration,
+    /// CLOSE retransmissions before giving up.
+    pub close_retries: u32,
+    /// How long CLOSED is held (answers retransmitted CLOSEs).
+    pub closed_hold: Duration,
+    /// How long E-FAILED is held before the association is removed.
+    pub failed_hold: Duration,
+    /// Put an ECHO_REQUEST_SIGNED in R1s and require it echoed in I2.
+    pub r1_echo_signed: bool,
+    /// Answer opportunistic I1s (receiver HIT zero).
+    pub accept_opportunistic: bool,
+    /// Anti-replay window of inbound SAs (packets).
+    pub replay_window: usize,
+    /// Transport of I1s sent by [`Endpoint::connect`](super::Endpoint::connect).
+    pub initiator_transport: Transport,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            dh_groups: vec![
+                DhGroup::EcdhP384,
+                DhGroup::EcdhP256,
+                DhGroup::Modp3072,
+                DhGroup::Modp2048,
+            ],
+            hip_ciphers: vec![HipCipher::Aes256Cbc, HipCipher::Aes128Cbc],
+            hit_suites: vec![
+                HitSuite::RsaDsaSha256,
+                HitSuite::EcdsaSha384,
+                HitSuite::EddsaCshake128,
+            ],
+            esp_suites: vec![
+                EspSuite::AesGcm16(GcmKeySize::Aes128),
+                EspSuite::Aes256CbcSha256,
+                EspSuite::Aes128CbcSha256,
+            ],
+            puzzle_k: 10,
+            r1_rotation: Duration::from_secs(120),
+            max_puzzle_k: 24,
+            puzzle_budget: 1 << 26,
+            i1_timeout: Duration::from_secs(1),
+            i1_retries: 5,
+            i2_timeout: Duration::from_secs(1),
+            i2_retries: 5,
+            close_timeout: Duration::from_secs(1),
+            close_retries: 5,
+            closed_hold: Duration::from_secs(240),
+            failed_hold: Duration::from_secs(30),
+            r1_echo_signed: false,
+            accept_opportunistic: true,
+            replay_window: crate::crypto::esp::DEFAULT_REPLAY_WINDOW,
+            initiator_transport: Transport::Native,
+        }
+    }
+}
+
+impl Config {
+    /// Checks the configuration.
+    pub fn validate(&self) -> Result<(), super::EngineError> {
+        use super::EngineError::Config as E;
+        if self.dh_groups.is_empty() {
+            return Err(E("no DH group"));
+        }
+        if self.hip_ciphers.is_empty() {
+            return Err(E("no HIP cipher"));
+        }
+        if self.esp_suites.is_empty() {
+            return Err(E("no ESP suite"));
+        }
+        if self.hit_suites.is_empty() {
+            return Err(E("no HIT suite"));
+        }
+        if self.r1_rotation.is_zero() {
+            return Err(E("zero R1 rotation period"));
+        }
+        if self.dh_groups.len() > 255 || self.hip_ciphers.len() > 6 || self.esp_suites.len() > 6 {
+            return Err(E(
+                "list too long (DH ≤ 255, HIP_CIPHER and ESP_TRANSFORM ≤ 6)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The PUZZLE Lifetime exponent covering one rotation period:
+    /// the smallest L with 2^(L−32) s ≥ the period.
+    pub fn puzzle_lifetime_exp(&self) -> u8 {
+        let secs = self.r1_rotation.as_secs().max(1);
+        let mut e = 0u8;
+        while (1u64 << e) < secs && e < 63 {
+            e += 1;
+        }
+        32 + e
+    }
+}

@@ -1,0 +1,324 @@
+//! # The sans-IO HIPv2 engine: base exchange, NOTIFY, CLOSE
+//!
+//! One [`Endpoint`] per host, in the style of quinn-proto: bytes, time
+//! ([`std::time::Instant`] passed in) and randomness (a 32-byte seed at construction)
+//! go in; packets ([`Transmit`]), [`Event`]s and the next deadline come out.
+//! The engine performs no IO and reads no clock.
+//!
+//! ```text
+//! handle(now, Datagram)  ─┐                        ┌─> poll_transmit() -> Transmit
+//! connect(now, ...)       ├─> Endpoint (state) ────┼─> poll_event()    -> Event
+//! close(now, peer_hit)    │                        └─> poll_timeout()  -> Instant
+//! handle_timeout(now)    ─┘
+//! ```
+//!
+//! ## Choices the standards leave open (kept stable)
+//!
+//! * **Randomness.** A ChaCha20 CSPRNG seeded from the 32-byte seed given to
+//!   [`Endpoint::new`] draws every engine-level random value (DH private key
+//!   entropy, SPIs, puzzle secrets, ECHO nonces, #J start values, ENCRYPTED
+//!   IVs, ESP IV-generator seeds). Two endpoints built with the same seed,
+//!   identities and inputs behave identically, except for what the crypto
+//!   backend randomises internally (ECDSA nonces, RSA-PSS salts, RSA key
+//!   generation), which never influences control flow.
+//! * **RHASH of an association** = the hash of the **Responder's** HIT suite
+//!   (RFC 7401 §5.2.4 / §6.5: the Responder's HIT suite fixes RHASH). It is
+//!   used for the puzzle, HIP_MAC and the KEYMAT HKDF. Because the crypto
+//!   layer has no cSHAKE128/KMAC128, an **Ed25519 identity (HIT suite 5)
+//!   can initiate but not respond**: no R1 is precomputed for it and I1s
+//!   addressed to it are dropped ([`Stats::unsupported`]).
+//! * **Stateless Responder.** R1s are precomputed per (local identity,
+//!   DH group) at construction and on every rotation
+//!   ([`Config::r1_rotation`]), each signed with receiver HIT = 0 and
+//!   PUZZLE Opaque = #I = 0, so answering an I1 is a lookup, a copy, an
+//!   HMAC for #I and the receiver-HIT/checksum patch. The puzzle
+//!   `#I = HMAC-RHASH(secret_gen, HIT-I ‖ HIT-R ‖ IP-I ‖ IP-R)` (RFC 7401
+//!   Appendix A), `Opaque` = low 16 bits of the R1 generation counter.
+//!   Solutions are accepted for the current and the previous generation,
+//!   i.e. for one to two rotation periods; the PUZZLE Lifetime field
+//!   announces at least one rotation period. An I2 must therefore come from
+//!   the same address pair as its I1. R1_COUNTER is always sent and is
+//!   required in I2. R1s are not rate-limited by the engine.
+//! * **DH group.** The Responder chooses the first group of its own list
+//!   that the I1 offered; with no overlap it uses its first group. The
+//!   Initiator treats a group other than the first Responder entry it
+//!   offered as a downgrade: the R1 is dropped ([`Stats::downgrade`]) and
+//!   the I1 retransmission continues. A group the Initiator does not
+//!   support fails the association with NOTIFY NO_DH_PROPOSAL_CHOSEN.
+//! * **HIP_CIPHER / ESP_TRANSFORM.** The Initiator picks the first entry
+//!   of its own preference list that the R1 offers (only the first 6 R1
+//!   entries are considered). NULL-ENCRYPT and the NULL ESP suite are
+//!   offered only when configured. With NULL-ENCRYPT the I2 carries a
+//!   plain HOST_ID, otherwise ENCRYPTED{HOST_ID}.
+//! * **Puzzle solving** is done inline when the R1 arrives, with at most
+//!   [`Config::puzzle_budget`] attempts from a random #J; #K above
+//!   [`Config::max_puzzle_k`] or an exhausted budget fails the association
+//!   ([`FailReason::PuzzleTooHard`]). K ≤ 20 is fine inline.
+//! * **Retransmission.** I1: [`Config::i1_timeout`] (1 s), doubled per
+//!   retry, [`Config::i1_retries`] (5) retries, then E-FAILED. The first I1
+//!   goes to up to 3 peer locators, retries only to the first. I2: 1 s,
+//!   doubled, 5 retries. CLOSE: 1 s, doubled, 5 retries, then the
+//!   association is removed. CLOSED is held for [`Config::closed_hold`]
+//!   (2·MSL = 4 min), E-FAILED for [`Config::failed_hold`] (30 s).
+//! * **R2-SENT.** The Responder hands the SAs out in
+//!   [`Event::Established`] as soon as it sends R2 (they are usable), but
+//!   the association stays R2-SENT until the data plane reports ESP traffic
+//!   on the inbound SPI ([`Endpoint::esp_received`]), an UPDATE arrives, or
+//!   the EC timeout (I2 timeout × (I2 retries + 1)) expires.
+//! * **Duplicate I2** (same #J and DH public value as the one that built
+//!   the association) → the stored R2 is resent ([`Stats::replay`]).
+//!   A different valid I2 replaces the association (peer restart): a new
+//!   [`Event::Established`] follows with new SAs under the same
+//!   [`AssocId`].
+//! * **Simultaneous open.** The host with the greater HIT answers I1s in
+//!   I1-SENT/I2-SENT with R1 and processes the peer's I2 as Responder
+//!   (keeping its [`AssocId`]); the smaller one drops the peer's I1 and
+//!   completes as Initiator.
+//! * **NOTIFY** is sent for: I2 errors after the puzzle verified
+//!   (UNSUPPORTED_CRITICAL_PARAMETER_TYPE with the type as data,
+//!   INVALID_SYNTAX, INVALID_DH_CHOSEN, INVALID_HIP_CIPHER_CHOSEN,
+//!   INVALID_ESP_TRANSFORM_CHOSEN, ENCRYPTION_FAILED, HIP_MAC_FAILED,
+//!   AUTHENTICATION_FAILED, INVALID_HIT); R1 negotiation failures on the
+//!   Initiator (NO_DH_PROPOSAL_CHOSEN, NO_HIP_PROPOSAL_CHOSEN,
+//!   NO_ESP_PROPOSAL_CHOSEN, UNSUPPORTED_HIT_SUITE); and for bad packets of
+//!   an association whose peer has keys (R2/CLOSE/CLOSE_ACK). Nothing is
+//!   ever sent in answer to a packet that failed its checksum, a bad
+//!   puzzle, or an I1. Every NOTIFY is signed and carries no HOST_ID. A
+//!   received NOTIFY never changes state: it becomes
+//!   [`Event::NotifyReceived`], `authenticated` when the signature verified
+//!   with the association's peer HI; with no known HI it is reported
+//!   unauthenticated; a NOTIFY whose signature fails is dropped.
+//! * **ECHO.** With [`Config::r1_echo_signed`] the R1 carries an 8-byte
+//!   ECHO_REQUEST_SIGNED derived from the generation secret, and the I2 must
+//!   echo it. The Initiator echoes every ECHO_REQUEST_SIGNED/UNSIGNED of an
+//!   R1 in the I2 (signed / unsigned). CLOSE carries a 16-byte random
+//!   ECHO_REQUEST_SIGNED that CLOSE_ACK must echo.
+//! * **ESP.** The Initiator's inbound SPI (SPI-RI) travels in the I2
+//!   ESP_INFO, the Responder's (SPI-IR) in the R2; SPIs are random, ≥ 256
+//!   and unique per endpoint. The KEYMAT Index is the byte after the four
+//!   HIP keys; a peer announcing another index is refused (INVALID_SYNTAX).
+//!   Each side creates its outbound and inbound
+//!   [`SecurityAssociation`](crate::crypto::SecurityAssociation) and
+//!   **moves** them to the data plane in [`Event::Established`]; the
+//!   engine keeps only SPIs, suites and keys needed for rekeying.
+//! * **Transports.** Native HIP (protocol 139) or UDP encapsulation; for UDP
+//!   the [`Datagram::payload`] is the HIP packet after the 32-bit zero
+//!   marker and its checksum must be zero. Replies use the transport the
+//!   request came in on; new exchanges use [`Config::initiator_transport`].
+//!   A transmit with `src: None` (I1 only: the engine does not know the
+//!   source address) carries a zero checksum; the sender fills it in with
+//!   [`Transmit::fill_checksum`] after choosing the source address.
+//! * **Not done here** (documented gaps): UPDATE (counted as
+//!   [`Stats::unhandled`]; the next layer adds it on top of [`Association`]),
+//!   UAL idle closing (the daemon calls [`Endpoint::close`]), retrying an I1
+//!   with another local HIT when the R1 rejects our HIT suite (the
+//!   association fails instead), and restarting on a higher R1 counter in
+//!   I2-SENT (the I2 is resent instead).
+
+mod assoc;
+pub mod config;
+mod endpoint;
+mod stats;
+pub mod testing;
+
+use std::net::IpAddr;
+
+pub use assoc::{Association, LocalLocator, LocatorState, PeerLocator, Role, State, Suites};
+pub use config::Config;
+pub use endpoint::Endpoint;
+pub use stats::Stats;
+
+use crate::crypto::{CryptoError, EspSuite, SecurityAssociation};
+use crate::wire::{ChecksumMode, Hit, NotifyType, Packet, WireError};
+
+/// How a HIP control packet travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// IP protocol 139.
+    Native,
+    /// UDP encapsulation (RFC 5770/9028), with the 32-bit zero marker
+    /// removed/added by the caller.
+    Udp {
+        /// Source port.
+        src_port: u16,
+        /// Destination port.
+        dst_port: u16,
+    },
+}
+
+impl Transport {
+    /// The transport of a reply (ports swapped).
+    pub fn reply(self) -> Transport {
+        match self {
+            Transport::Native => Transport::Native,
+            Transport::Udp { src_port, dst_port } => Transport::Udp {
+                src_port: dst_port,
+                dst_port: src_port,
+            },
+        }
+    }
+}
+
+/// A received HIP control packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Datagram {
+    /// Source IP address.
+    pub src: IpAddr,
+    /// Destination IP address (one of ours).
+    pub dst: IpAddr,
+    /// Transport.
+    pub transport: Transport,
+    /// The HIP packet.
+    pub payload: Vec<u8>,
+}
+
+/// A HIP control packet to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// Source address to use, when the engine knows it. With `None` the
+    /// checksum is zero: call [`Transmit::fill_checksum`] after choosing.
+    pub src: Option<IpAddr>,
+    /// Destination address.
+    pub dst: IpAddr,
+    /// Transport.
+    pub transport: Transport,
+    /// The HIP packet.
+    pub payload: Vec<u8>,
+}
+
+impl Transmit {
+    /// Sets `src` and recomputes the HIP checksum for it (zero for UDP).
+    /// Returns false (and changes nothing) for mixed address families.
+    pub fn fill_checksum(&mut self, src: IpAddr) -> bool {
+        let mode = match self.transport {
+            Transport::Udp { .. } => ChecksumMode::Udp,
+            Transport::Native => match ChecksumMode::from_addrs(src, self.dst) {
+                Some(m) => m,
+                None => return false,
+            },
+        };
+        Packet::new_unchecked(&mut self.payload[..]).fill_checksum(mode);
+        self.src = Some(src);
+        true
+    }
+}
+
+/// Handle of an association inside one [`Endpoint`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AssocId(pub u64);
+
+/// Why an association failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FailReason {
+    /// I1 retransmissions exhausted.
+    I1Timeout,
+    /// I2 retransmissions exhausted.
+    I2Timeout,
+    /// The Responder's DH group is not one we support.
+    NoDhProposal,
+    /// No common HIP cipher.
+    NoHipCipher,
+    /// No common ESP transform (or no ESP transport format).
+    NoEspTransform,
+    /// The Responder does not accept our HIT suite.
+    UnsupportedHitSuite,
+    /// The Responder's HIT suite has no RHASH this implementation supports.
+    UnsupportedResponderSuite,
+    /// The puzzle #K is above the limit or the budget ran out.
+    PuzzleTooHard,
+    /// A crypto operation failed locally.
+    Crypto(CryptoError),
+}
+
+/// The SAs and parameters of an established association, handed to the
+/// data plane.
+#[derive(Debug)]
+pub struct EstablishedSas {
+    /// ESP suite.
+    pub suite: EspSuite,
+    /// SA for packets we send (SPI chosen by the peer).
+    pub outbound: SecurityAssociation,
+    /// SA for packets we receive (SPI chosen by us).
+    pub inbound: SecurityAssociation,
+}
+
+/// Something the application or data plane must know.
+#[derive(Debug)]
+pub enum Event {
+    /// The base exchange completed (Initiator: R2 verified, state
+    /// ESTABLISHED; Responder: R2 sent, state R2-SENT).
+    Established {
+        /// Association.
+        id: AssocId,
+        /// Our role.
+        role: Role,
+        /// Our HIT.
+        local_hit: Hit,
+        /// Peer HIT.
+        peer_hit: Hit,
+        /// Our address used for the exchange.
+        local_locator: IpAddr,
+        /// Peer address used for the exchange.
+        peer_locator: IpAddr,
+        /// Transport of the control exchange.
+        transport: Transport,
+        /// The ESP SA pair.
+        sas: Box<EstablishedSas>,
+    },
+    /// The association failed (state E-FAILED).
+    Failed {
+        /// Association.
+        id: AssocId,
+        /// Peer HIT if known.
+        peer_hit: Option<Hit>,
+        /// Why.
+        reason: FailReason,
+    },
+    /// The association was closed (CLOSE received → CLOSED; or our CLOSE
+    /// was acknowledged / timed out). Tear down the SAs.
+    Closed {
+        /// Association.
+        id: AssocId,
+        /// Peer HIT.
+        peer_hit: Hit,
+    },
+    /// A NOTIFY arrived (informational; no state change).
+    NotifyReceived {
+        /// Sender's HIT.
+        peer_hit: Hit,
+        /// Whether the signature verified with a known peer HI.
+        authenticated: bool,
+        /// Notify message type.
+        msg_type: NotifyType,
+        /// Notification data.
+        data: Vec<u8>,
+    },
+    /// The Responder's association moved from R2-SENT to ESTABLISHED.
+    Confirmed {
+        /// Association.
+        id: AssocId,
+    },
+}
+
+/// Errors of the engine's API calls.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    /// Invalid configuration.
+    #[error("invalid configuration: {0}")]
+    Config(&'static str),
+    /// No local identity with this HIT.
+    #[error("no local identity with HIT {0}")]
+    UnknownIdentity(Hit),
+    /// No association with this peer / id.
+    #[error("no such association")]
+    UnknownAssociation,
+    /// `connect` without any peer locator.
+    #[error("no peer locator given")]
+    NoLocators,
+    /// Crypto failure.
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    /// Codec failure while building a packet.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+}

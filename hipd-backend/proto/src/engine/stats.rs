@@ -1,0 +1,45 @@
+//! Drop and activity counters.
+
+/// Counters of an [`Endpoint`](super::Endpoint). Every dropped packet
+/// increments exactly one of the reason counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Packets handed to `handle`.
+    pub received: u64,
+    /// Transmits produced.
+    pub sent: u64,
+    /// R1s sent in answer to I1s.
+    pub r1_sent: u64,
+    /// NOTIFYs sent.
+    pub notify_sent: u64,
+    /// Dropped: wrong checksum.
+    pub bad_checksum: u64,
+    /// Dropped: HIP_MAC / HIP_MAC_2 did not verify.
+    pub bad_hmac: u64,
+    /// Dropped: HIP_SIGNATURE(_2) did not verify.
+    pub bad_signature: u64,
+    /// Dropped: puzzle solution wrong, unknown or expired R1 generation.
+    pub bad_puzzle: u64,
+    /// Dropped: unknown critical parameter.
+    pub unsupported_critical: u64,
+    /// Dropped: malformed packet or parameter, missing mandatory parameter.
+    pub malformed: u64,
+    /// Dropped: packet not expected in the association's state.
+    pub unexpected_state: u64,
+    /// Duplicate / replayed R1 or I2 (answered by a retransmission or dropped).
+    pub replay: u64,
+    /// Dropped: HOST_ID does not match the sender's HIT.
+    pub bad_host_id: u64,
+    /// Dropped: R1 DH group shows a downgrade.
+    pub downgrade: u64,
+    /// Dropped: no association / local HIT for the packet.
+    pub unknown_association: u64,
+    /// Dropped: negotiation failed (answered with a NOTIFY).
+    pub negotiation_failed: u64,
+    /// Dropped: ENCRYPTED could not be decrypted.
+    pub decrypt_failed: u64,
+    /// Dropped: an algorithm the engine cannot use (e.g. Ed25519 Responder).
+    pub unsupported: u64,
+    /// Dropped: packet types this layer does not handle yet (UPDATE).
+    pub unhandled: u64,
+}
