@@ -344,6 +344,26 @@ fn replay_and_window() {
 }
 
 #[test]
+fn in_order_stream_crosses_window_size_boundaries() {
+    // Regression: the ESN inference must not overflow when the top sequence
+    // number equals the window size minus one.
+    for window in [64usize, 1024] {
+        let mut p = pair_with(EspSuite::NullSha256, window, false, InnerFamily::V6);
+        let inner = ipv6_packet(&hit(1), &hit(2), 17, udp_segment(4));
+        for seq in 1..=(2 * window as u64 + 5) {
+            let esp = seal(&mut p.tx, &inner);
+            let mut out = vec![0u8; open_buffer_len(esp.len())];
+            assert_eq!(p.rx.open(&esp, 1, &mut out).unwrap().seq, seq);
+        }
+    }
+    let mut w = ReplayWindow::new(64);
+    w.accept(63);
+    assert_eq!(w.check(64), Ok(64));
+    assert_eq!(w.check(1), Ok(1));
+    assert_eq!(w.check(63), Err(EspError::Replay(63)));
+}
+
+#[test]
 fn default_window_is_large() {
     let mut p = pair_with(EspSuite::NullSha256, 1000, false, InnerFamily::V6);
     assert_eq!(p.rx.replay_window().size(), 1024);

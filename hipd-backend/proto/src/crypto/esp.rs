@@ -213,7 +213,7 @@ impl ReplayWindow {
         let th = self.top >> 32;
         let sl = u64::from(seq_lo);
         let (seq_hi, advanced) = if tl >= w - 1 {
-            if sl > tl - w {
+            if sl + w > tl {
                 (th, false)
             } else {
                 (th + 1, true)
