@@ -338,13 +338,13 @@ enum Phase {
     Failed,
 }
 
-/// One chunk of bytes to write to the transport, as up to three slices
-/// (control bytes and frame header, then the payload, which may wrap around
-/// the ring buffer). Write them in order (e.g. with `writev`) and report the
+/// One chunk of bytes to write to the transport, as up to four slices
+/// (control frames and a DATA frame header, the payload, which may wrap
+/// around the ring buffer, then trailing control frames such as SHUTDOWN). Write them in order (e.g. with `writev`) and report the
 /// count with [`Session::advance`].
 #[derive(Debug, Clone, Copy)]
 pub struct Transmit<'a> {
-    parts: [&'a [u8]; 3],
+    parts: [&'a [u8]; 4],
 }
 
 impl<'a> Transmit<'a> {
@@ -354,11 +354,12 @@ impl<'a> Transmit<'a> {
     }
 
     /// The slices as `IoSlice`s for vectored writes (empty ones included).
-    pub fn io_slices(&self) -> [IoSlice<'a>; 3] {
+    pub fn io_slices(&self) -> [IoSlice<'a>; 4] {
         [
             IoSlice::new(self.parts[0]),
             IoSlice::new(self.parts[1]),
             IoSlice::new(self.parts[2]),
+            IoSlice::new(self.parts[3]),
         ]
     }
 
@@ -445,6 +446,8 @@ pub struct Session {
     stage_data_start: u64,
     stage_data_len: usize,
     stage_data_pos: usize,
+    stage_tail: Vec<u8>,
+    stage_tail_pos: usize,
 
     events: VecDeque<Event>,
     stats: Stats,
@@ -510,6 +513,8 @@ impl Session {
             stage_data_start: 0,
             stage_data_len: 0,
             stage_data_pos: 0,
+            stage_tail: Vec::new(),
+            stage_tail_pos: 0,
             events: VecDeque::new(),
             stats: Stats::default(),
         })
@@ -736,6 +741,8 @@ impl Session {
         self.stage_ctrl_pos = 0;
         self.stage_data_len = 0;
         self.stage_data_pos = 0;
+        self.stage_tail.clear();
+        self.stage_tail_pos = 0;
         self.ack_needed = false;
         self.ping_needed = false;
         self.pong_pending = None;
@@ -1235,7 +1242,9 @@ impl Session {
     }
 
     fn stage_empty(&self) -> bool {
-        self.stage_ctrl_pos >= self.stage_ctrl.len() && self.stage_data_pos >= self.stage_data_len
+        self.stage_ctrl_pos >= self.stage_ctrl.len()
+            && self.stage_data_pos >= self.stage_data_len
+            && self.stage_tail_pos >= self.stage_tail.len()
     }
 
     fn build_stage(&mut self, now: Instant) {
@@ -1243,6 +1252,8 @@ impl Session {
         self.stage_ctrl_pos = 0;
         self.stage_data_len = 0;
         self.stage_data_pos = 0;
+        self.stage_tail.clear();
+        self.stage_tail_pos = 0;
         self.stage_ctrl.append(&mut self.ctrl_pending);
         if self.frames_allowed() {
             if let Some(n) = self.pong_pending.take() {
@@ -1278,12 +1289,12 @@ impl Session {
             if self.write_shutdown && staged_end == written {
                 if self.close_requested {
                     if self.snd_acked == written && !self.close_sent {
-                        Control::Close(written).emit(&mut self.stage_ctrl);
+                        Control::Close(written).emit(&mut self.stage_tail);
                         self.close_sent = true;
                         self.shutdown_sent = true;
                     }
                 } else if !self.shutdown_sent {
-                    Control::Shutdown(written).emit(&mut self.stage_ctrl);
+                    Control::Shutdown(written).emit(&mut self.stage_tail);
                     self.shutdown_sent = true;
                 }
             }
@@ -1306,11 +1317,19 @@ impl Session {
             }
         }
         let ctrl = self.stage_ctrl.get(self.stage_ctrl_pos..).unwrap_or(&[]);
-        let off = (self.stage_data_start - self.snd_acked) as usize + self.stage_data_pos;
         let len = self.stage_data_len - self.stage_data_pos;
-        let (a, b) = ring_range(&self.send_buf, off, len);
+        let (a, b) = if len == 0 {
+            (&[][..], &[][..])
+        } else {
+            // ACKs only cover advanced bytes, so the unsent rest of the
+            // staged frame is still in the ring.
+            let pos = self.stage_data_start + self.stage_data_pos as u64;
+            let off = pos.saturating_sub(self.snd_acked) as usize;
+            ring_range(&self.send_buf, off, len)
+        };
+        let tail = self.stage_tail.get(self.stage_tail_pos..).unwrap_or(&[]);
         Some(Transmit {
-            parts: [ctrl, a, b],
+            parts: [ctrl, a, b, tail],
         })
     }
 
@@ -1335,6 +1354,9 @@ impl Session {
             self.stats.bytes_sent += d as u64;
             self.snd_next = end;
         }
+        n -= d;
+        let t = n.min(self.stage_tail.len() - self.stage_tail_pos.min(self.stage_tail.len()));
+        self.stage_tail_pos += t;
     }
 }
 
