@@ -355,3 +355,20 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn rng_helpers_draw_entropy_from_the_caller() {
+    use hip_proto::crypto::{DhGroup, dh_generate_with_rng, generate_identity_with_rng};
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::SeedableRng;
+    let mut r1 = ChaCha20Rng::seed_from_u64(7);
+    let mut r2 = ChaCha20Rng::seed_from_u64(7);
+    let a = generate_identity_with_rng(&be(), IdentitySpec::Ed25519, &mut r1).unwrap();
+    let b = generate_identity_with_rng(&be(), IdentitySpec::Ed25519, &mut r2).unwrap();
+    assert_eq!(a.host_id(), b.host_id());
+    let c = generate_identity_with_rng(&be(), IdentitySpec::Ed25519, &mut r1).unwrap();
+    assert_ne!(a.host_id(), c.host_id());
+    let d1 = dh_generate_with_rng(&be(), DhGroup::EcdhP256, &mut r1).unwrap();
+    let d2 = dh_generate_with_rng(&be(), DhGroup::EcdhP256, &mut r2).unwrap();
+    assert_ne!(d1.public_value(), d2.public_value()); // streams diverged by one draw
+}

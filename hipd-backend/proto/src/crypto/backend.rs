@@ -192,3 +192,26 @@ pub trait CryptoBackend: Send + Sync + fmt::Debug {
         iv_seed: &[u8; 32],
     ) -> Result<Box<dyn EspTransform>, CryptoError>;
 }
+
+/// [`CryptoBackend::generate_identity`] with the entropy drawn from `rng`
+/// (the caller's CSPRNG; RSA still uses the backend's internal generator).
+pub fn generate_identity_with_rng<R: rand_core::CryptoRng + ?Sized>(
+    backend: &dyn CryptoBackend,
+    spec: IdentitySpec,
+    rng: &mut R,
+) -> Result<Box<dyn PrivateIdentity>, CryptoError> {
+    let mut e = Zeroizing::new(vec![0u8; spec.entropy_len()]);
+    rng.fill_bytes(&mut e);
+    backend.generate_identity(spec, &e)
+}
+
+/// [`CryptoBackend::dh_generate`] with the entropy drawn from `rng`.
+pub fn dh_generate_with_rng<R: rand_core::CryptoRng + ?Sized>(
+    backend: &dyn CryptoBackend,
+    group: DhGroup,
+    rng: &mut R,
+) -> Result<Box<dyn DhKeyPair>, CryptoError> {
+    let mut e = Zeroizing::new(vec![0u8; group.private_entropy_len()]);
+    rng.fill_bytes(&mut e);
+    backend.dh_generate(group, &e)
+}

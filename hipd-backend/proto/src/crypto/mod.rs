@@ -46,7 +46,10 @@ pub mod keymat;
 pub mod openssl_backend;
 pub mod puzzle;
 
-pub use backend::{CryptoBackend, DhKeyPair, Digest, EspTransform, IdentitySpec, PrivateIdentity};
+pub use backend::{
+    CryptoBackend, DhKeyPair, Digest, EspTransform, IdentitySpec, PrivateIdentity,
+    dh_generate_with_rng, generate_identity_with_rng,
+};
 pub use esp::{
     BeetAddrs, EspError, InnerFamily, Opened, ReplayWindow, SaDirection, SaParams,
     SecurityAssociation,
