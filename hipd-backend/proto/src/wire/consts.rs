@@ -1,7 +1,7 @@
 //! Wire constants and algorithm identifiers of HIPv2 and its extensions.
 //!
 //! Parameter type numbers live in [`param_type`]; packet types are the
-//! [`PacketType`](crate::wire::PacketType) enum. Every identifier registry
+//! [`PacketType`] enum. Every identifier registry
 //! is an *open* enum: the named variants cover the values defined by the
 //! RFCs, and `Unknown(v)` carries any other value so that it can be
 //! re-emitted unchanged. Equality, ordering and hashing of these enums use
@@ -21,7 +21,7 @@ pub const MAX_PACKET_LEN: usize = 2048;
 pub const HIP_UDP_PORT: u16 = 10500;
 /// The Controls bit "A": the sender's HI is anonymous.
 pub const CONTROL_ANONYMOUS: u16 = 0x0001;
-/// HIT_SUITE_LIST / ORCHID context identifier for HIP (RFC 7401 §3.2).
+/// ORCHID context identifier of HIP (RFC 7401 §3.2, RFC 7343).
 pub const HIP_ORCHID_CONTEXT_ID: [u8; 16] = [
     0xF0, 0xEF, 0xF0, 0x2F, 0xBF, 0xF4, 0x3D, 0x0F, 0xE7, 0x93, 0x0C, 0x3C, 0x6E, 0x61, 0x74, 0xEA,
 ];

@@ -17,6 +17,27 @@
 //! * [`checksum`] and [`ChecksumMode`] — the pseudo-header checksum;
 //! * [`classify_udp`] — UDP-encapsulation demultiplexing.
 //!
+//! ## Example
+//!
+//! ```
+//! use hip_proto::wire::{ChecksumMode, DhGroupId, Packet, PacketRepr, PacketType, Param};
+//!
+//! let i1 = PacketRepr::new(
+//!     PacketType::I1,
+//!     "2001:20::1".parse().unwrap(),
+//!     "2001:20::2".parse().unwrap(),
+//! )
+//! .with(Param::DhGroupList(vec![DhGroupId::Modp1536, DhGroupId::NistP384]));
+//! let mode = ChecksumMode::Ipv6 {
+//!     src: "2001:db8::1".parse().unwrap(),
+//!     dst: "2001:db8::2".parse().unwrap(),
+//! };
+//! let bytes = i1.to_bytes(mode).unwrap();
+//! let packet = Packet::new_checked(&bytes[..]).unwrap();
+//! assert!(packet.verify_checksum(mode));
+//! assert_eq!(PacketRepr::parse(&packet).unwrap(), i1);
+//! ```
+//!
 //! ## Decisions on points the standards leave open (kept stable)
 //!
 //! * **Fixed header bits.** RFC 7401 says the fixed bits (P = 0 in byte 2,
