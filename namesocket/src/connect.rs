@@ -16,6 +16,31 @@
 //!   before `connect` so that `TCP_USER_TIMEOUT` also bounds the handshake.
 //! * [`listen_dual`]: the `nlisten` listener.
 //!
+//! # The nconnect chain
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use namesocket::addrsel::plan_paths;
+//! use namesocket::connect::{FailScope, PathSet, connect_pairs};
+//! use namesocket::resolve::Resolver;
+//!
+//! // All addresses of the name, both families (hosts file, then DNS).
+//! let res = Resolver::system().resolve("peer.example", "4433")?;
+//! // Every destination x suitable local source, RFC 6724 + RFC 8305 order.
+//! let mut paths = PathSet::new(plan_paths(&res.addrs)?);
+//! let (stream, path) =
+//!     connect_pairs(&paths.to_vec(), Duration::from_secs(5), Duration::from_millis(250))?;
+//! # drop(stream);
+//! // ... the path dies: deprioritize it and reconnect over the other pairs.
+//! paths.mark_failed(&path, FailScope::Pair);
+//! let (_stream, _path) = connect_pairs(
+//!     &paths.reconnect_order(Some(&path)),
+//!     Duration::from_secs(5),
+//!     Duration::from_millis(250),
+//! )?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # Choices (stable)
 //!
 //! * [`DEFAULT_STAGGER`] is 250 ms, the RFC 8305 §5 recommended Connection

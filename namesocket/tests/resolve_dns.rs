@@ -175,7 +175,7 @@ fn resolv_conf_file_is_honoured() {
         .iter()
         .find_map(|a| start_dnsmasq(&format!("rc-{a}"), a, 53))
     else {
-        panic!("no free loopback address for port 53");
+        panic!("no loopback address with a free port 53 (this test needs root)");
     };
     let dir = tmpdir("resolvconf");
     let rc = dir.join("resolv.conf");
