@@ -1,0 +1,581 @@
+//! Base exchange over the in-memory pair harness: algorithm matrix,
+//! opportunistic, simultaneous open, loss recovery, CLOSE.
+
+use std::net::{IpAddr, Ipv6Addr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hip_proto::crypto::esp::open_buffer_len;
+use hip_proto::crypto::{
+    CryptoBackend, DhGroup, EspSuite, GcmKeySize, HipCipher, OpensslBackend, PrivateIdentity,
+    SecurityAssociation,
+};
+use hip_proto::engine::testing::{IdentityKind, LinkConfig, Pair, Side, test_identity};
+use hip_proto::engine::{Config, Endpoint, Event, FailReason, Role, State};
+use hip_proto::wire::{Hit, PacketType};
+
+fn backend() -> Arc<dyn CryptoBackend> {
+    Arc::new(OpensslBackend::new())
+}
+
+fn addr(n: u16) -> IpAddr {
+    IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, n))
+}
+
+fn endpoint(id: Arc<dyn PrivateIdentity>, cfg: Config, seed: u8, now: Instant) -> Endpoint {
+    Endpoint::new(cfg, vec![id], backend(), [seed; 32], now).expect("endpoint")
+}
+
+fn fast_config() -> Config {
+    Config {
+        puzzle_k: 4,
+        ..Config::default()
+    }
+}
+
+fn pair(a: Arc<dyn PrivateIdentity>, b: Arc<dyn PrivateIdentity>, ca: Config, cb: Config) -> Pair {
+    let now = Instant::now();
+    Pair::new(
+        endpoint(a, ca, 1, now),
+        addr(1),
+        endpoint(b, cb, 2, now),
+        addr(2),
+        now,
+        LinkConfig::default(),
+        7,
+    )
+}
+
+fn established(events: &[Event]) -> usize {
+    events
+        .iter()
+        .filter(|e| matches!(e, Event::Established { .. }))
+        .count()
+}
+
+fn both_established(p: &Pair) -> bool {
+    established(&p.a.events) >= 1 && established(&p.b.events) >= 1
+}
+
+/// Takes the SAs from the last Established event of a host.
+fn take_sas(events: &mut Vec<Event>) -> (SecurityAssociation, SecurityAssociation, Hit, Hit) {
+    let pos = events
+        .iter()
+        .rposition(|e| matches!(e, Event::Established { .. }))
+        .expect("established event");
+    match events.remove(pos) {
+        Event::Established {
+            sas,
+            local_hit,
+            peer_hit,
+            ..
+        } => {
+            let s = *sas;
+            (s.outbound, s.inbound, local_hit, peer_hit)
+        }
+        _ => unreachable!(),
+    }
+}
+
+fn inner_packet(src: Hit, dst: Hit, payload: &[u8]) -> Vec<u8> {
+    let mut p = vec![0u8; 40];
+    p[0] = 0x60;
+    p[4..6].copy_from_slice(&(payload.len() as u16).to_be_bytes());
+    p[6] = 59;
+    p[7] = 64;
+    p[8..24].copy_from_slice(src.as_bytes());
+    p[24..40].copy_from_slice(dst.as_bytes());
+    p.extend_from_slice(payload);
+    p
+}
+
+fn esp_round_trip(tx: &mut SecurityAssociation, rx: &mut SecurityAssociation, src: Hit, dst: Hit) {
+    let payload: Vec<u8> = (0..100u8).collect();
+    let inner = inner_packet(src, dst, &payload);
+    let mut out = vec![0u8; tx.seal_buffer_len(inner.len())];
+    let n = tx.seal(&inner, &mut out).expect("seal");
+    let mut plain = vec![0u8; open_buffer_len(n)];
+    let o = rx.open(&out[..n], 64, &mut plain).expect("open");
+    assert_eq!(&plain[40..o.len], &payload[..]);
+    assert_eq!(&plain[8..24], src.as_bytes());
+    assert_eq!(&plain[24..40], dst.as_bytes());
+}
+
+/// Runs a BEX and checks states, SPIs and ESP in both directions.
+fn check_bex(p: &mut Pair) {
+    assert!(
+        p.run_until(Duration::from_secs(30), both_established),
+        "BEX did not complete: a={:?} b={:?}",
+        p.a.endpoint.stats(),
+        p.b.endpoint.stats()
+    );
+    let (mut a_out, mut a_in, a_hit, a_peer) = take_sas(&mut p.a.events);
+    let (mut b_out, mut b_in, b_hit, b_peer) = take_sas(&mut p.b.events);
+    assert_eq!((a_hit, a_peer), (b_peer, b_hit));
+    assert_eq!(a_out.spi(), b_in.spi());
+    assert_eq!(b_out.spi(), a_in.spi());
+    assert_ne!(a_in.spi(), b_in.spi());
+    esp_round_trip(&mut a_out, &mut b_in, a_hit, b_hit);
+    esp_round_trip(&mut b_out, &mut a_in, b_hit, a_hit);
+    let a = p.a.endpoint.association_by_peer(b_hit).expect("assoc a");
+    let b = p.b.endpoint.association_by_peer(a_hit).expect("assoc b");
+    assert_eq!(a.state(), State::Established);
+    assert_eq!(b.state(), State::R2Sent);
+    assert_eq!(a.role(), Role::Initiator);
+    assert_eq!(b.role(), Role::Responder);
+    assert_eq!(a.suites(), b.suites());
+    assert_eq!(a.spi_inbound(), b.spi_outbound());
+    assert_eq!(a.keymat_index(), b.keymat_index());
+    // The Responder confirms on the first ESP packet.
+    let spi = b.spi_inbound();
+    let now = p.now;
+    p.b.endpoint.esp_received(now, spi);
+    assert_eq!(
+        p.b.endpoint.association_by_peer(a_hit).map(|x| x.state()),
+        Some(State::Established)
+    );
+}
+
+#[test]
+fn bex_matrix_all_algorithms() {
+    let groups = [
+        DhGroup::EcdhP256,
+        DhGroup::EcdhP384,
+        DhGroup::EcdhP521,
+        DhGroup::Modp1536,
+        DhGroup::Modp2048,
+        DhGroup::Modp3072,
+    ];
+    let ciphers = [HipCipher::Null, HipCipher::Aes128Cbc, HipCipher::Aes256Cbc];
+    let esps = [
+        EspSuite::Aes128CbcSha1,
+        EspSuite::NullSha256,
+        EspSuite::Aes128CbcSha256,
+        EspSuite::Aes256CbcSha256,
+        EspSuite::AesGcm8(GcmKeySize::Aes128),
+        EspSuite::AesGcm16(GcmKeySize::Aes128),
+    ];
+    let mut runs = 0;
+    for kind in IdentityKind::ALL {
+        // Ed25519 cannot respond (no cSHAKE128/KMAC RHASH): pair it with
+        // a P-256 Responder.
+        let resp_kind = if kind == IdentityKind::Ed25519 {
+            IdentityKind::EcdsaP256
+        } else {
+            kind
+        };
+        for (gi, &g) in groups.iter().enumerate() {
+            for &c in &ciphers {
+                for (ei, &e) in esps.iter().enumerate() {
+                    // Full cross product for the cheap ECDH groups; MODP
+                    // groups with a rotating subset of ESP suites.
+                    if gi >= 3 && (ei + gi) % 3 != 0 {
+                        continue;
+                    }
+                    let cfg = Config {
+                        dh_groups: vec![g],
+                        hip_ciphers: vec![c],
+                        esp_suites: vec![e],
+                        puzzle_k: 2,
+                        ..Config::default()
+                    };
+                    let mut p = pair(
+                        test_identity(kind, 0),
+                        test_identity(resp_kind, 1),
+                        cfg.clone(),
+                        cfg,
+                    );
+                    let b_hit = p.b.endpoint.local_hits()[0];
+                    let now = p.now;
+                    p.a.endpoint
+                        .connect(now, Some(b_hit), vec![addr(2)], None)
+                        .expect("connect");
+                    check_bex(&mut p);
+                    let s =
+                        p.a.endpoint
+                            .association_by_peer(b_hit)
+                            .and_then(|a| a.suites())
+                            .expect("suites");
+                    assert_eq!((s.dh_group, s.hip_cipher, s.esp), (g, c, e));
+                    runs += 1;
+                }
+            }
+        }
+    }
+    assert!(runs >= 4 * 3 * (3 * 6 + 3 * 2));
+}
+
+#[test]
+fn bex_every_initiator_responder_pair() {
+    let responders = [
+        IdentityKind::Rsa,
+        IdentityKind::EcdsaP256,
+        IdentityKind::EcdsaP384,
+    ];
+    for ik in IdentityKind::ALL {
+        for rk in responders {
+            let mut p = pair(
+                test_identity(ik, 0),
+                test_identity(rk, 1),
+                fast_config(),
+                fast_config(),
+            );
+            let b_hit = p.b.endpoint.local_hits()[0];
+            let now = p.now;
+            p.a.endpoint
+                .connect(now, Some(b_hit), vec![addr(2)], None)
+                .unwrap();
+            check_bex(&mut p);
+            // Defaults negotiate the Responder's first DH group the
+            // Initiator offered, the Initiator's first cipher / ESP suite.
+            let s =
+                p.a.endpoint
+                    .association_by_peer(b_hit)
+                    .unwrap()
+                    .suites()
+                    .unwrap();
+            assert_eq!(s.dh_group, DhGroup::EcdhP384);
+            assert_eq!(s.hip_cipher, HipCipher::Aes256Cbc);
+            assert_eq!(s.esp, EspSuite::AesGcm16(GcmKeySize::Aes128));
+        }
+    }
+}
+
+#[test]
+fn ed25519_cannot_respond() {
+    let mut p = pair(
+        test_identity(IdentityKind::EcdsaP256, 0),
+        test_identity(IdentityKind::Ed25519, 1),
+        fast_config(),
+        fast_config(),
+    );
+    let b_hit = p.b.endpoint.local_hits()[0];
+    let now = p.now;
+    p.a.endpoint
+        .connect(now, Some(b_hit), vec![addr(2)], None)
+        .unwrap();
+    p.run_for(Duration::from_secs(2));
+    assert!(p.b.endpoint.stats().unsupported >= 1);
+    assert_eq!(p.count_sent(Side::B, PacketType::R1), 0);
+}
+
+#[test]
+fn dh_negotiation_uses_responder_order() {
+    let ca = Config {
+        dh_groups: vec![DhGroup::Modp2048, DhGroup::EcdhP256, DhGroup::EcdhP384],
+        ..fast_config()
+    };
+    let cb = Config {
+        dh_groups: vec![DhGroup::EcdhP256, DhGroup::Modp2048],
+        hip_ciphers: vec![HipCipher::Aes128Cbc, HipCipher::Aes256Cbc],
+        esp_suites: vec![EspSuite::Aes128CbcSha256, EspSuite::Aes256CbcSha256],
+        ..fast_config()
+    };
+    let mut p = pair(
+        test_identity(IdentityKind::EcdsaP256, 0),
+        test_identity(IdentityKind::EcdsaP384, 1),
+        ca,
+        cb,
+    );
+    let b_hit = p.b.endpoint.local_hits()[0];
+    let now = p.now;
+    p.a.endpoint
+        .connect(now, Some(b_hit), vec![addr(2)], None)
+        .unwrap();
+    check_bex(&mut p);
+    let s =
+        p.a.endpoint
+            .association_by_peer(b_hit)
+            .unwrap()
+            .suites()
+            .unwrap();
+    assert_eq!(s.dh_group, DhGroup::EcdhP256, "Responder's order wins");
+    // The Initiator's preference picks the cipher/ESP among the offered.
+    assert_eq!(s.hip_cipher, HipCipher::Aes256Cbc);
+    assert_eq!(s.esp, EspSuite::Aes256CbcSha256);
+}
+
+#[test]
+fn opportunistic_bex_learns_the_hit() {
+    let mut p = pair(
+        test_identity(IdentityKind::EcdsaP256, 0),
+        test_identity(IdentityKind::Rsa, 0),
+        fast_config(),
+        fast_config(),
+    );
+    let b_hit = p.b.endpoint.local_hits()[0];
+    let now = p.now;
+    let id =
+        p.a.endpoint
+            .connect(now, None, vec![addr(2)], None)
+            .unwrap();
+    assert_eq!(p.a.endpoint.association(id).unwrap().peer_hit(), None);
+    check_bex(&mut p);
+    assert_eq!(
+        p.a.endpoint.association(id).unwrap().peer_hit(),
+        Some(b_hit)
+    );
+}
+
+#[test]
+fn simultaneous_open_larger_hit_responds() {
+    let mut p = pair(
+        test_identity(IdentityKind::EcdsaP256, 2),
+        test_identity(IdentityKind::EcdsaP384, 2),
+        fast_config(),
+        fast_config(),
+    );
+    let a_hit = p.a.endpoint.local_hits()[0];
+    let b_hit = p.b.endpoint.local_hits()[0];
+    let now = p.now;
+    let ida =
+        p.a.endpoint
+            .connect(now, Some(b_hit), vec![addr(2)], None)
+            .unwrap();
+    let idb =
+        p.b.endpoint
+            .connect(now, Some(a_hit), vec![addr(1)], None)
+            .unwrap();
+    assert!(p.run_until(Duration::from_secs(30), both_established));
+    assert_eq!(established(&p.a.events), 1);
+    assert_eq!(established(&p.b.events), 1);
+    let (greater, smaller) = if a_hit > b_hit {
+        (&p.a, &p.b)
+    } else {
+        (&p.b, &p.a)
+    };
+    let g = greater.endpoint.associations().next().unwrap();
+    let s = smaller.endpoint.associations().next().unwrap();
+    assert_eq!(g.role(), Role::Responder);
+    assert_eq!(s.role(), Role::Initiator);
+    assert_eq!(p.a.endpoint.association_count(), 1);
+    assert_eq!(p.b.endpoint.association_count(), 1);
+    // Both keep the handle returned by connect.
+    assert!(p.a.endpoint.association(ida).is_some());
+    assert!(p.b.endpoint.association(idb).is_some());
+    // The smaller host never sent an R1.
+    let smaller_side = if a_hit > b_hit { Side::B } else { Side::A };
+    assert_eq!(p.count_sent(smaller_side, PacketType::R1), 0);
+    assert_eq!(p.count_sent(smaller_side.other(), PacketType::I2), 0);
+}
+
+/// Drops the first `n` packets of type `ty` sent by `from`.
+fn drop_first(p: &mut Pair, from: Side, ty: PacketType, n: usize) {
+    let mut left = n;
+    p.set_filter(Some(Box::new(move |side, t| {
+        let pt = hip_proto::wire::Packet::new_unchecked(&t.payload[..]).packet_type();
+        if side == from && pt == ty && left > 0 {
+            left -= 1;
+            return false;
+        }
+        true
+    })));
+}
+
+#[test]
+fn lost_packets_are_recovered_by_retransmission() {
+    for (from, ty) in [
+        (Side::A, PacketType::I1),
+        (Side::B, PacketType::R1),
+        (Side::A, PacketType::I2),
+        (Side::B, PacketType::R2),
+    ] {
+        let mut p = pair(
+            test_identity(IdentityKind::EcdsaP256, 0),
+            test_identity(IdentityKind::EcdsaP256, 1),
+            fast_config(),
+            fast_config(),
+        );
+        drop_first(&mut p, from, ty, 2);
+        let b_hit = p.b.endpoint.local_hits()[0];
+        let now = p.now;
+        p.a.endpoint
+            .connect(now, Some(b_hit), vec![addr(2)], None)
+            .unwrap();
+        check_bex(&mut p);
+        assert!(p.count_sent(from, ty) >= 3, "{ty:?} was retransmitted");
+        // Only one association on each side despite the duplicates.
+        assert_eq!(p.b.endpoint.association_count(), 1);
+        assert_eq!(established(&p.b.events), 0, "one Established per side");
+    }
+}
+
+#[test]
+fn lossy_reordering_duplicating_link_converges() {
+    for seed in 0..6u64 {
+        let now = Instant::now();
+        let mut p = Pair::new(
+            endpoint(
+                test_identity(IdentityKind::EcdsaP256, 0),
+                fast_config(),
+                3,
+                now,
+            ),
+            addr(1),
+            endpoint(
+                test_identity(IdentityKind::EcdsaP384, 1),
+                fast_config(),
+                4,
+                now,
+            ),
+            addr(2),
+            now,
+            LinkConfig {
+                latency: Duration::from_millis(20),
+                jitter: Duration::from_millis(30),
+                loss: 0.25,
+                duplicate: 0.3,
+            },
+            seed,
+        );
+        let b_hit = p.b.endpoint.local_hits()[0];
+        p.a.endpoint
+            .connect(now, Some(b_hit), vec![addr(2)], None)
+            .unwrap();
+        assert!(
+            p.run_until(Duration::from_secs(60), both_established),
+            "seed {seed}"
+        );
+        assert_eq!(established(&p.a.events), 1);
+        assert_eq!(p.b.endpoint.association_count(), 1);
+    }
+}
+
+#[test]
+fn i1_retries_exhausted_fails() {
+    let mut p = pair(
+        test_identity(IdentityKind::EcdsaP256, 0),
+        test_identity(IdentityKind::EcdsaP256, 1),
+        fast_config(),
+        fast_config(),
+    );
+    p.set_filter(Some(Box::new(|side, _| side != Side::A)));
+    let b_hit = p.b.endpoint.local_hits()[0];
+    let now = p.now;
+    let id =
+        p.a.endpoint
+            .connect(now, Some(b_hit), vec![addr(2)], None)
+            .unwrap();
+    let failed = |p: &Pair| {
+        p.a.events.iter().any(|e| {
+            matches!(
+                e,
+                Event::Failed {
+                    reason: FailReason::I1Timeout,
+                    ..
+                }
+            )
+        })
+    };
+    assert!(p.run_until(Duration::from_secs(120), failed));
+    // 1 + 5 retries with 1, 2, 4, 8, 16, 32 s timeouts.
+    assert_eq!(p.count_sent(Side::A, PacketType::I1), 6);
+    assert!(p.now - now >= Duration::from_secs(63));
+    assert_eq!(p.a.endpoint.association(id).unwrap().state(), State::Failed);
+    // E-FAILED is eventually forgotten.
+    p.run_for(Duration::from_secs(40));
+    assert!(p.a.endpoint.association(id).is_none());
+}
+
+#[test]
+fn close_and_close_ack() {
+    let mut p = pair(
+        test_identity(IdentityKind::Rsa, 0),
+        test_identity(IdentityKind::EcdsaP384, 0),
+        fast_config(),
+        fast_config(),
+    );
+    let a_hit = p.a.endpoint.local_hits()[0];
+    let b_hit = p.b.endpoint.local_hits()[0];
+    let now = p.now;
+    p.a.endpoint
+        .connect(now, Some(b_hit), vec![addr(2)], None)
+        .unwrap();
+    check_bex(&mut p);
+    // Lose the first CLOSE: it is retransmitted.
+    drop_first(&mut p, Side::A, PacketType::Close, 1);
+    let now = p.now;
+    p.a.endpoint.close(now, b_hit).unwrap();
+    assert_eq!(
+        p.a.endpoint.association_by_peer(b_hit).unwrap().state(),
+        State::Closing
+    );
+    let closed = |p: &Pair| {
+        p.a.events.iter().any(|e| matches!(e, Event::Closed { .. }))
+            && p.b.events.iter().any(|e| matches!(e, Event::Closed { .. }))
+    };
+    assert!(p.run_until(Duration::from_secs(10), closed));
+    p.run_for(Duration::from_millis(100));
+    assert!(
+        p.a.endpoint.association_by_peer(b_hit).is_none(),
+        "A forgot B"
+    );
+    assert_eq!(
+        p.b.endpoint.association_by_peer(a_hit).unwrap().state(),
+        State::Closed
+    );
+    assert_eq!(p.count_sent(Side::A, PacketType::Close), 2);
+    assert!(p.count_sent(Side::B, PacketType::CloseAck) >= 1);
+    // CLOSED is held, then removed.
+    p.run_for(Duration::from_secs(300));
+    assert_eq!(p.b.endpoint.association_count(), 0);
+    // A new BEX works after closing.
+    let now = p.now;
+    p.a.endpoint
+        .connect(now, Some(b_hit), vec![addr(2)], None)
+        .unwrap();
+    check_bex(&mut p);
+}
+
+#[test]
+fn r1_rotation_and_counter() {
+    let cfg = Config {
+        r1_rotation: Duration::from_secs(10),
+        ..fast_config()
+    };
+    let mut p = pair(
+        test_identity(IdentityKind::EcdsaP256, 0),
+        test_identity(IdentityKind::EcdsaP256, 1),
+        cfg.clone(),
+        cfg,
+    );
+    assert_eq!(p.b.endpoint.r1_counter(), 1);
+    let start = p.now;
+    // Two rotations within 25 s (at 10 s and 20 s).
+    assert!(p.run_until(Duration::from_secs(25), |p| p.b.endpoint.r1_counter() == 3));
+    assert!(p.now - start >= Duration::from_secs(20));
+    let b_hit = p.b.endpoint.local_hits()[0];
+    let now = p.now;
+    p.a.endpoint
+        .connect(now, Some(b_hit), vec![addr(2)], None)
+        .unwrap();
+    check_bex(&mut p);
+}
+
+#[test]
+fn udp_transport_bex() {
+    let cfg = Config {
+        initiator_transport: hip_proto::engine::Transport::Udp {
+            src_port: 10500,
+            dst_port: 10500,
+        },
+        ..fast_config()
+    };
+    let mut p = pair(
+        test_identity(IdentityKind::EcdsaP256, 0),
+        test_identity(IdentityKind::EcdsaP256, 1),
+        cfg.clone(),
+        cfg,
+    );
+    p.set_filter(Some(Box::new(|_, t| {
+        // Under UDP the HIP checksum is zero.
+        assert_eq!(&t.payload[4..6], &[0, 0]);
+        matches!(t.transport, hip_proto::engine::Transport::Udp { .. })
+    })));
+    let b_hit = p.b.endpoint.local_hits()[0];
+    let now = p.now;
+    p.a.endpoint
+        .connect(now, Some(b_hit), vec![addr(2)], None)
+        .unwrap();
+    check_bex(&mut p);
+}
