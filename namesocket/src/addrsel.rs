@@ -625,7 +625,8 @@ impl AddrSelector {
                 let mut srcs: Vec<&LocalAddr> =
                     locals.iter().filter(|s| self.source_suits(s, &d)).collect();
                 srcs.sort_by(|a, b| self.compare_sources(&dip, a, b, out_if));
-                srcs.dedup_by(|a, b| a.addr == b.addr && a.ifindex == b.ifindex);
+                let mut seen = std::collections::HashSet::new();
+                srcs.retain(|s| seen.insert((s.addr, s.ifindex)));
                 (d, srcs)
             })
             .collect();

@@ -515,3 +515,90 @@ fn local_addresses_from_kernel_include_loopback() {
     let plan = plan_paths(&[sa("127.0.0.1:80")]).unwrap();
     assert_eq!(plan[0].src, Some(ip("127.0.0.1")));
 }
+
+// ---- properties -----------------------------------------------------------------
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn any_ip() -> impl Strategy<Value = IpAddr> {
+        prop_oneof![
+            any::<u32>().prop_map(|b| IpAddr::V4(Ipv4Addr::from_bits(b))),
+            any::<u128>().prop_map(|b| IpAddr::V6(Ipv6Addr::from_bits(b))),
+            // Concentrate on interesting prefixes too.
+            (0usize..6, any::<u64>()).prop_map(|(i, low)| {
+                let hi: u64 = [
+                    0xfe80_0000_0000_0000,
+                    0x2001_0db8_0001_0000,
+                    0x2002_c633_6401_0000,
+                    0xfd00_0000_0000_0000,
+                    0x0000_0000_0000_0000,
+                    0x2001_0db8_0002_0000,
+                ][i];
+                IpAddr::V6(Ipv6Addr::from_bits(
+                    (u128::from(hi) << 64) | u128::from(low),
+                ))
+            }),
+        ]
+    }
+
+    fn any_local() -> impl Strategy<Value = LocalAddr> {
+        (any_ip(), 0u8..=128, 0u32..4, any::<[bool; 5]>()).prop_map(|(a, p, i, f)| {
+            let mut l = LocalAddr::new(a, p, i);
+            l.deprecated = f[0];
+            l.temporary = f[1];
+            l.home = f[2];
+            l.care_of = f[3];
+            l.tentative = f[4];
+            l
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn parse_if_inet6_never_panics(s in "\\PC*") {
+            let _ = parse_if_inet6(&s);
+        }
+
+        #[test]
+        fn source_comparison_is_antisymmetric(d in any_ip(), a in any_local(), b in any_local(), o in proptest::option::of(0u32..4)) {
+            let sel = AddrSelector::default();
+            let ab = sel.compare_sources(&d, &a, &b, o);
+            let ba = sel.compare_sources(&d, &b, &a, o);
+            prop_assert_eq!(ab, ba.reverse());
+        }
+
+        #[test]
+        fn pairing_covers_every_destination_once_per_source(
+            dsts in proptest::collection::vec((any_ip(), 1u16..3), 0..6),
+            locals in proptest::collection::vec(any_local(), 0..6),
+        ) {
+            let sel = AddrSelector::default();
+            let dsts: Vec<SocketAddr> = dsts.into_iter().map(|(i, p)| SocketAddr::new(i, p)).collect();
+            let got = sel.path_candidates(&dsts, &locals, &HashMap::new(), &PairingOptions::default());
+            // Every (canonical) destination appears; pairs are unique and
+            // same-family; each pair's source is suitable.
+            for d in &dsts {
+                let c = canonical_dst(d);
+                prop_assert!(got.iter().any(|p| p.dst.ip() == c.ip() && p.dst.port() == c.port()));
+            }
+            let mut seen = std::collections::HashSet::new();
+            for p in &got {
+                prop_assert!(seen.insert(p.clone()));
+                if let Some(s) = p.src {
+                    prop_assert_eq!(s.is_ipv4(), p.dst.is_ipv4());
+                    prop_assert!(locals.iter().any(|l| l.addr == s && sel.source_suits(l, &p.dst)));
+                }
+            }
+            // Interleaving alternates while both families remain.
+            let fam: Vec<bool> = got.iter().map(|c| c.is_ipv4()).collect();
+            let n4 = fam.iter().filter(|f| **f).count();
+            let n6 = fam.len() - n4;
+            let alternating = 2 * n4.min(n6);
+            for w in fam.iter().take(alternating).collect::<Vec<_>>().windows(2) {
+                prop_assert_ne!(w[0], w[1]);
+            }
+        }
+    }
+}

@@ -212,4 +212,24 @@ fe80::9% emptyzone
         assert_eq!(e.len(), 1);
         assert_eq!(lookup_hosts(&e, "\u{00e9}t\u{00e9}").len(), 1);
     }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn never_panics_and_finds_what_it_parsed(s in "\\PC*", name in "[a-z]{1,8}") {
+                let e = parse_hosts(&s);
+                for entry in &e {
+                    prop_assert!(!entry.names.is_empty());
+                }
+                let _ = lookup_hosts(&e, &name);
+                let line = format!("{s}\n127.0.0.9 {name}\n");
+                let e = parse_hosts(&line);
+                let addr: IpAddr = "127.0.0.9".parse().unwrap();
+                prop_assert!(lookup_hosts(&e, &name).iter().any(|m| m.addr == addr));
+            }
+        }
+    }
 }

@@ -101,4 +101,17 @@ mh-resume 4433/tcp namesock resume-alt
         assert_eq!(e.len(), 7);
         assert_eq!(e[4].aliases, vec!["www"]);
     }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn never_panics(s in "\\PC*", name in "[a-z]{1,8}") {
+                let e = parse_services(&s);
+                let _ = lookup_service(&e, &name, "tcp");
+            }
+        }
+    }
 }
