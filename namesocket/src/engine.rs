@@ -1210,11 +1210,9 @@ impl Session {
     /// resume window.
     pub fn handle_timeout(&mut self, now: Instant) {
         match self.phase {
-            Phase::Disconnected { since } => {
-                if now >= since + self.config.resume_window {
-                    self.phase = Phase::Failed;
-                    self.events.push_back(Event::ResumeWindowExpired);
-                }
+            Phase::Disconnected { since } if now >= since + self.config.resume_window => {
+                self.phase = Phase::Failed;
+                self.events.push_back(Event::ResumeWindowExpired);
             }
             Phase::AwaitNewAck | Phase::AwaitResumeAck | Phase::Established => {
                 if let Some(r) = self.last_rx

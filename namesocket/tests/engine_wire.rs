@@ -146,7 +146,10 @@ fn encode(frames: &[OwnedFrame]) -> Vec<u8> {
 
 /// Decodes a whole stream fed in the given pieces; DATA pieces are merged
 /// with adjacent DATA so the result is independent of the split.
-fn decode_pieces(pieces: &[&[u8]]) -> Result<(Vec<u8>, Vec<(usize, Control)>), WireError> {
+/// Concatenated DATA plus each control frame with the data offset it followed.
+type Decoded = (Vec<u8>, Vec<(usize, Control)>);
+
+fn decode_pieces(pieces: &[&[u8]]) -> Result<Decoded, WireError> {
     let mut dec = FrameDecoder::new();
     let mut data = Vec::new();
     let mut ctrl = Vec::new();
@@ -165,7 +168,7 @@ fn decode_pieces(pieces: &[&[u8]]) -> Result<(Vec<u8>, Vec<(usize, Control)>), W
     Ok((data, ctrl))
 }
 
-fn expected(frames: &[OwnedFrame]) -> (Vec<u8>, Vec<(usize, Control)>) {
+fn expected(frames: &[OwnedFrame]) -> Decoded {
     let mut data = Vec::new();
     let mut ctrl = Vec::new();
     for f in frames {
