@@ -149,7 +149,9 @@ pub trait CryptoBackend: Send + Sync + fmt::Debug {
         entropy: &[u8],
     ) -> Result<Box<dyn PrivateIdentity>, CryptoError>;
 
-    /// Load an identity from PEM (PKCS#8, or traditional RSA/EC).
+    /// Load an identity from PEM (PKCS#8, or traditional RSA/EC). Accepts
+    /// RSA ≥ 2048 bits, EC keys on P-256/P-384 and Ed25519; encrypted PEMs
+    /// are refused (no passphrase prompt).
     fn identity_from_pem(&self, pem: &[u8]) -> Result<Box<dyn PrivateIdentity>, CryptoError>;
 
     /// Verify a HIP signature by `host_id` over `msg`.
