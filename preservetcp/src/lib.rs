@@ -104,12 +104,16 @@
 #![forbid(unsafe_code)]
 
 pub mod checksum;
+pub mod control;
+pub mod engine;
 pub mod packet;
 pub mod pairs;
 pub mod policy;
 pub mod select;
 pub mod wire;
 
+pub use control::{OPT_IN_MARK, opt_in};
+pub use engine::{Action, Engine, EngineConfig, TcpSample, Verdict};
 pub use packet::{PacketError, insert_dest_opts, parse_ipv6_tcp, strip_dest_opts};
 pub use pairs::{AddrPair, AddressPairs, ConnId, FourTuple};
 pub use policy::{ChangePolicy, Decision, PolicyConfig, PolicyEvent, SwitchReason};

@@ -297,6 +297,56 @@ pub fn strip_dest_opts(packet: &[u8]) -> Result<(Vec<u8>, Option<DestOptsHeader>
     Ok((out, Some(opts)))
 }
 
+/// Removes the destination options header directly before TCP using only
+/// the extension header framing (Next Header and Hdr Ext Len), without
+/// parsing the options. For packets whose options are malformed (which
+/// [`parse_ipv6_tcp`] rejects): the daemon drops such a header and passes
+/// the segment on as plain TCP. Returns `None` when the chain itself is
+/// broken, there is no such header, or the TCP header is invalid.
+pub fn strip_dest_opts_framing(packet: &[u8]) -> Option<Vec<u8>> {
+    let payload_len = usize::from(load_u16(packet, 4)?);
+    if packet.first().map(|b| b >> 4) != Some(6) || payload_len == 0 {
+        return None;
+    }
+    let packet = packet.get(..IPV6_HEADER_LEN + payload_len)?;
+    let mut nh_offset = NEXT_HEADER_OFFSET;
+    let mut nh = *packet.get(NEXT_HEADER_OFFSET)?;
+    let mut off = IPV6_HEADER_LEN;
+    // (offset of the Next Header octet naming it, offset, length) of the
+    // last destination options header.
+    let mut last: Option<(usize, usize, usize)> = None;
+    for _ in 0..=MAX_EXTENSION_HEADERS {
+        match nh {
+            IPPROTO_TCP => {
+                let (named_at, start, len) = last.filter(|l| l.1 + l.2 == off)?;
+                let tcp = packet.get(off..)?;
+                TcpHeader::parse(tcp).ok()?;
+                let mut out = Vec::with_capacity(packet.len() - len);
+                out.extend_from_slice(packet.get(..start)?);
+                *out.get_mut(named_at)? = IPPROTO_TCP;
+                out.extend_from_slice(tcp);
+                set_payload_len(&mut out).ok()?;
+                return Some(out);
+            }
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
+                let next = *packet.get(off)?;
+                let len = (usize::from(*packet.get(off + 1)?) + 1) * 8;
+                if off + len > packet.len() {
+                    return None;
+                }
+                if nh == IPPROTO_DSTOPTS {
+                    last = Some((nh_offset, off, len));
+                }
+                nh_offset = off;
+                nh = next;
+                off += len;
+            }
+            _ => return None,
+        }
+    }
+    None
+}
+
 /// Rewrites the source and destination addresses of an IPv6 TCP packet in
 /// place and updates the TCP checksum incrementally (RFC 1624).
 pub fn rewrite_addresses_v6(

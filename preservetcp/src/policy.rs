@@ -46,6 +46,17 @@
 //!   provoke a retransmission itself (the daemon's concern, not this state
 //!   machine's).
 //!
+//! # Routable sources (a choice of this crate)
+//! "Keep the source" assumes any source works with any destination. When
+//! each link is its own subnet, a destination is only reachable with the
+//! source on the link that routes to it (the peer would otherwise answer to
+//! a source behind the failed link). The caller may therefore name, per
+//! peer address, the local address that routes to it
+//! ([`ChangePolicy::set_route_source`]). When set: a destination change
+//! also moves the source to that address, destinations whose routable
+//! source is gone are skipped while others remain, and when the source goes
+//! away the destination moves to one the new source routes to.
+//!
 //! Known simplification: a late segment still in flight on a pair we just
 //! left makes the connection follow it back; the thesis's kernel behaves
 //! the same way.
@@ -121,6 +132,8 @@ pub enum SwitchReason {
     SourceBack,
     /// The peer's segments arrived on another pair.
     PeerMoved,
+    /// An explicit move ([`ChangePolicy::force`]).
+    Requested,
 }
 
 /// Output: use `to` as the connection's pair from now on.
@@ -151,6 +164,8 @@ pub struct ChangePolicy {
     /// When the last ACK was received, while data is outstanding.
     stalled_since: Option<Instant>,
     switches: u64,
+    /// Per peer index: the index of the local address that routes to it.
+    route_source: Vec<Option<usize>>,
 }
 
 /// What was true when the policy last switched, to tell which RTOs concern
@@ -214,7 +229,44 @@ impl ChangePolicy {
             last_unacked: 0,
             stalled_since: None,
             switches: 0,
+            route_source: vec![None; peers.len()],
         })
+    }
+
+    /// Declares that `local` is the source that routes to `peer` (see the
+    /// module docs). Returns `false` if either is not one of the
+    /// connection's addresses.
+    pub fn set_route_source(&mut self, peer: Ipv6Addr, local: Ipv6Addr) -> bool {
+        let Some(li) = self.locals.iter().position(|l| l.0 == local) else {
+            return false;
+        };
+        let Some(pi) = self.peers.iter().position(|p| *p == peer) else {
+            return false;
+        };
+        if let Some(r) = self.route_source.get_mut(pi) {
+            *r = Some(li);
+        }
+        true
+    }
+
+    /// Makes `pair` current (an explicit move requested by an
+    /// administrator or application); `None` if it is not one of the
+    /// connection's pairs.
+    pub fn force(&mut self, pair: AddrPair, now: Instant) -> Option<Decision> {
+        let li = self.locals.iter().position(|l| l.0 == pair.local)?;
+        let pi = self.peers.iter().position(|p| *p == pair.peer)?;
+        self.cur_local = li;
+        self.cur_peer = pi;
+        self.reset_tried();
+        self.decide(SwitchReason::Requested, now)
+    }
+
+    /// Whether the routable source of peer `i` (if declared) is usable.
+    fn peer_reachable(&self, i: usize) -> bool {
+        match self.route_source.get(i).copied().flatten() {
+            Some(li) => self.local_usable(li),
+            None => true,
+        }
     }
 
     /// The current pair.
@@ -358,23 +410,32 @@ impl ChangePolicy {
     fn switch_destination(&mut self, reason: SwitchReason, now: Instant) -> Option<Decision> {
         let n = self.peers.len();
         if n > 1 {
-            let mut next = (1..n)
-                .map(|k| (self.cur_peer + k) % n)
-                .find(|&i| !self.tried.get(i).copied().unwrap_or(true));
+            let untried = |me: &Self, reachable: bool| {
+                (1..n).map(|k| (me.cur_peer + k) % n).find(|&i| {
+                    !me.tried.get(i).copied().unwrap_or(true)
+                        && (!reachable || me.peer_reachable(i))
+                })
+            };
+            let mut next = untried(self, true).or_else(|| untried(self, false));
             if next.is_none() {
                 // Every destination was tried in this outage: new round.
                 self.reset_tried();
-                next = Some((self.cur_peer + 1) % n);
+                next = untried(self, true).or(Some((self.cur_peer + 1) % n));
             }
             let next = next?;
             self.cur_peer = next;
             if let Some(t) = self.tried.get_mut(next) {
                 *t = true;
             }
-            if !self.local_usable(self.cur_local)
-                && let Some(l) = self.next_usable_local()
-            {
-                self.cur_local = l;
+            match self.route_source.get(next).copied().flatten() {
+                Some(li) if self.local_usable(li) => self.cur_local = li,
+                _ => {
+                    if !self.local_usable(self.cur_local)
+                        && let Some(l) = self.next_usable_local()
+                    {
+                        self.cur_local = l;
+                    }
+                }
             }
             return self.decide(reason, now);
         }
@@ -394,6 +455,15 @@ impl ChangePolicy {
         }
         let l = self.next_usable_local()?;
         self.cur_local = l;
+        // The destination stays unless the new source cannot reach it.
+        let routed = |pi: usize| self.route_source.get(pi).copied().flatten();
+        if let Some(r) = routed(self.cur_peer)
+            && r != l
+            && let Some(pi) = (0..self.peers.len()).find(|&pi| routed(pi) == Some(l))
+        {
+            self.cur_peer = pi;
+            self.reset_tried();
+        }
         self.decide(SwitchReason::SourceGone, now)
     }
 

@@ -1,0 +1,398 @@
+//! `preservetcpd`: the privileged PreserveTCP daemon (Linux, NFQUEUE).
+//!
+//! ```text
+//! preservetcpd [--ports 5001,8000] [--queue 7] [--control PATH]
+//!              [--interval-ms 50] [--stall-ms 300] [--keep-rules]
+//! ```
+//!
+//! Installs the ip6tables rules described in `rules.rs`, binds NFQUEUE
+//! `queue` (outgoing) and `queue + 1` (incoming), and runs three threads:
+//! packets (the [`preservetcp::Engine`]), a poller (every `interval-ms`:
+//! sock_diag `tcp_info` of tracked connections, local addresses and link
+//! states, route checks of current pairs, per-connection rule changes) and
+//! the control socket (JSON lines, see [`preservetcp::control`]). Prints
+//! `ready` on stdout once everything is in place. Removes its rules on
+//! SIGTERM/SIGINT unless `--keep-rules`.
+
+mod rules;
+mod sys;
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use preservetcp::FourTuple;
+use preservetcp::control::{DEFAULT_CONTROL_PATH, Request, Response};
+use preservetcp::engine::{Action, Engine, EngineConfig, Verdict};
+use preservetcp::pairs::AddrPair;
+use preservetcp::policy::PolicyConfig;
+
+use rules::Rules;
+
+#[derive(Debug)]
+struct Args {
+    ports: Vec<u16>,
+    queue: u16,
+    control: PathBuf,
+    interval: Duration,
+    stall: Option<Duration>,
+    keep_rules: bool,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        ports: Vec::new(),
+        queue: 7,
+        control: PathBuf::from(DEFAULT_CONTROL_PATH),
+        interval: Duration::from_millis(50),
+        stall: Some(preservetcp::policy::DEFAULT_STALL_TIMEOUT),
+        keep_rules: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        let mut val = || it.next().ok_or(format!("{k} needs a value"));
+        match k.as_str() {
+            "--ports" => {
+                for p in val()?.split(',').filter(|p| !p.is_empty()) {
+                    a.ports
+                        .push(p.parse().map_err(|e| format!("port {p}: {e}"))?);
+                }
+            }
+            "--queue" => a.queue = val()?.parse().map_err(|e| format!("--queue: {e}"))?,
+            "--control" => a.control = PathBuf::from(val()?),
+            "--interval-ms" => {
+                a.interval = Duration::from_millis(
+                    val()?.parse().map_err(|e| format!("--interval-ms: {e}"))?,
+                );
+            }
+            "--stall-ms" => {
+                let ms: u64 = val()?.parse().map_err(|e| format!("--stall-ms: {e}"))?;
+                a.stall = (ms > 0).then(|| Duration::from_millis(ms));
+            }
+            "--keep-rules" => a.keep_rules = true,
+            "-h" | "--help" => {
+                println!(
+                    "preservetcpd [--ports P1,P2] [--queue N] [--control PATH] \
+                     [--interval-ms MS] [--stall-ms MS (0 = off)] [--keep-rules]"
+                );
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    if a.queue == u16::MAX {
+        return Err("--queue must be below 65535".into());
+    }
+    Ok(a)
+}
+
+struct Shared {
+    engine: Mutex<Engine>,
+    rules: Rules,
+    start: Instant,
+}
+
+impl Shared {
+    fn engine(&self) -> MutexGuard<'_, Engine> {
+        self.engine.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn log(&self, msg: &str) {
+        eprintln!("[{:9.3}] {msg}", self.start.elapsed().as_secs_f64());
+    }
+
+    fn run_actions(&self, actions: Vec<Action>) {
+        for a in actions {
+            let r = match a {
+                Action::Redirect(t) => self.rules.redirect(&t),
+                Action::Unredirect(t) => self.rules.unredirect(&t),
+            };
+            if let Err(e) = r {
+                self.log(&format!("rule change failed: {e}"));
+            }
+        }
+    }
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("preservetcpd: {e}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = run(args) {
+        eprintln!("preservetcpd: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let rules = Rules::new(args.queue, args.queue + 1, args.ports.clone());
+    let config = EngineConfig {
+        policy: PolicyConfig {
+            stall_timeout: args.stall,
+            ..PolicyConfig::default()
+        },
+        ..EngineConfig::default()
+    };
+    let shared = Arc::new(Shared {
+        engine: Mutex::new(Engine::new(config)),
+        rules,
+        start: Instant::now(),
+    });
+    shared
+        .engine()
+        .set_locals(sys::local_addresses(), Instant::now());
+
+    let mut queue = nfq::Queue::open().map_err(|e| format!("nfqueue: {e}"))?;
+    for q in [args.queue, args.queue + 1] {
+        queue.bind(q).map_err(|e| format!("bind queue {q}: {e}"))?;
+        queue
+            .set_queue_max_len(q, 8192)
+            .map_err(|e| format!("queue len {q}: {e}"))?;
+        // Packets pass unmodified when the queue is full rather than being dropped.
+        queue
+            .set_fail_open(q, true)
+            .map_err(|e| format!("fail-open {q}: {e}"))?;
+    }
+    let mut diag = sys::Diag::new().map_err(|e| format!("sock_diag: {e}"))?;
+    shared.rules.install()?;
+
+    let _ = std::fs::remove_file(&args.control);
+    let listener = UnixListener::bind(&args.control)
+        .map_err(|e| format!("{}: {e}", args.control.display()))?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        let sh = shared.clone();
+        let keep = args.keep_rules;
+        let control = args.control.clone();
+        std::thread::spawn(move || {
+            let mut signals = nix::sys::signal::SigSet::empty();
+            signals.add(nix::sys::signal::Signal::SIGTERM);
+            signals.add(nix::sys::signal::Signal::SIGINT);
+            if let Ok(sig) = signals.wait() {
+                sh.log(&format!("{sig:?}: exiting"));
+            }
+            stop.store(true, Ordering::SeqCst);
+            if !keep {
+                sh.rules.remove_all();
+            }
+            let _ = std::fs::remove_file(control);
+            std::process::exit(0);
+        });
+    }
+    // Block the signals in every thread so the waiting thread gets them.
+    let mut block = nix::sys::signal::SigSet::empty();
+    block.add(nix::sys::signal::Signal::SIGTERM);
+    block.add(nix::sys::signal::Signal::SIGINT);
+    block.thread_block().map_err(|e| format!("sigmask: {e}"))?;
+
+    {
+        let sh = shared.clone();
+        std::thread::spawn(move || control_loop(&sh, listener));
+    }
+    {
+        let sh = shared.clone();
+        let interval = args.interval;
+        std::thread::spawn(move || poll_loop(&sh, &mut diag, interval));
+    }
+    println!("ready");
+    let _ = std::io::stdout().flush();
+    shared.log(&format!(
+        "queues {}/{} ports {:?} control {}",
+        args.queue,
+        args.queue + 1,
+        args.ports,
+        args.control.display()
+    ));
+
+    let q_out = args.queue;
+    while !stop.load(Ordering::Relaxed) {
+        let mut msg = match queue.recv() {
+            Ok(m) => m,
+            Err(e) => {
+                shared.log(&format!("nfqueue recv: {e}"));
+                continue;
+            }
+        };
+        let now = Instant::now();
+        let (verdict, actions) = {
+            let mut eng = shared.engine();
+            let v = if msg.get_queue_num() == q_out {
+                eng.outbound(msg.get_payload(), now)
+            } else {
+                eng.inbound(msg.get_payload(), now)
+            };
+            (v, eng.take_actions())
+        };
+        if let Verdict::Replace(p) = verdict {
+            msg.set_payload(p);
+        }
+        msg.set_verdict(nfq::Verdict::Accept);
+        if let Err(e) = queue.verdict(msg) {
+            shared.log(&format!("nfqueue verdict: {e}"));
+        }
+        if !actions.is_empty() {
+            // Rule changes spawn ip6tables: keep them off the packet path.
+            let sh = shared.clone();
+            for a in &actions {
+                sh.log(&format!("{a:?}"));
+            }
+            std::thread::spawn(move || sh.run_actions(actions));
+        }
+    }
+    Ok(())
+}
+
+fn poll_loop(sh: &Shared, diag: &mut sys::Diag, interval: Duration) {
+    let mut last_conns: Vec<(u64, AddrPair)> = Vec::new();
+    loop {
+        std::thread::sleep(interval);
+        let now = Instant::now();
+        let locals = sys::local_addresses();
+        let socks = match diag.dump() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                sh.log(&format!("sock_diag: {e}"));
+                None
+            }
+        };
+        let actions = {
+            let mut eng = sh.engine();
+            eng.set_locals(locals, now);
+            eng.expire(now);
+            if let Some(socks) = &socks {
+                for t in eng.originals() {
+                    match socks.get(&t) {
+                        Some(s) => {
+                            if let Some(sample) = s.sample {
+                                eng.tcp_info(&s.tuple, sample, now);
+                            }
+                        }
+                        None => eng.socket_gone(&t),
+                    }
+                }
+            }
+            let checks: Vec<(FourTuple, AddrPair)> = eng
+                .originals()
+                .into_iter()
+                .take(256)
+                .filter_map(|t| eng.current_pair(&t).map(|p| (t, p)))
+                .collect();
+            for (t, p) in checks {
+                if sys::route_ok(p.local, p.peer).is_err() {
+                    eng.routing_error(&t, p.peer, now);
+                }
+            }
+            let conns: Vec<(u64, AddrPair)> = eng
+                .connections()
+                .iter()
+                .map(|c| {
+                    (
+                        c.id,
+                        AddrPair {
+                            local: c.current.local,
+                            peer: c.current.peer,
+                        },
+                    )
+                })
+                .collect();
+            let known: HashSet<u64> = last_conns.iter().map(|c| c.0).collect();
+            for (id, pair) in &conns {
+                let old = last_conns.iter().find(|c| c.0 == *id).map(|c| c.1);
+                if !known.contains(id) {
+                    sh.log(&format!(
+                        "conn {id} tracked on {}",
+                        rules::fmt_pair(pair.local, pair.peer)
+                    ));
+                } else if old != Some(*pair) {
+                    let why = eng
+                        .connections()
+                        .into_iter()
+                        .find(|c| c.id == *id)
+                        .and_then(|c| c.last_reason);
+                    sh.log(&format!(
+                        "conn {id} moved to {} ({})",
+                        rules::fmt_pair(pair.local, pair.peer),
+                        why.unwrap_or_default()
+                    ));
+                }
+            }
+            last_conns = conns;
+            eng.take_actions()
+        };
+        for a in &actions {
+            sh.log(&format!("{a:?}"));
+        }
+        sh.run_actions(actions);
+    }
+}
+
+fn control_loop(sh: &Shared, listener: UnixListener) {
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        let Ok(read_half) = stream.try_clone() else {
+            continue;
+        };
+        let mut w = stream;
+        for line in BufReader::new(read_half).lines() {
+            let Ok(line) = line else { break };
+            if line.trim().is_empty() {
+                continue;
+            }
+            let resp = match serde_json::from_str::<Request>(&line) {
+                Ok(req) => handle(sh, req),
+                Err(e) => Response::error(format!("bad request: {e}")),
+            };
+            let mut out = serde_json::to_string(&resp).unwrap_or_else(|_| "{\"ok\":false}".into());
+            out.push('\n');
+            if w.write_all(out.as_bytes()).is_err() {
+                break;
+            }
+        }
+    }
+}
+
+fn handle(sh: &Shared, req: Request) -> Response {
+    match req {
+        Request::List => Response {
+            connections: Some(sh.engine().connections()),
+            ..Response::ok()
+        },
+        Request::Stats => Response {
+            stats: Some(sh.engine().stats().to_map()),
+            ..Response::ok()
+        },
+        Request::Move { id, local, peer } => {
+            let actions = {
+                let mut eng = sh.engine();
+                if let Err(e) = eng.move_to(id, AddrPair { local, peer }, Instant::now()) {
+                    return Response::error(e);
+                }
+                eng.take_actions()
+            };
+            sh.run_actions(actions);
+            Response::ok()
+        }
+        Request::OptIn(t) => {
+            let t = FourTuple {
+                local: t.local,
+                local_port: t.local_port,
+                peer: t.peer,
+                peer_port: t.peer_port,
+            };
+            match sh.rules.opt_in(&t) {
+                Ok(()) => Response::ok(),
+                Err(e) => Response::error(e),
+            }
+        }
+    }
+}

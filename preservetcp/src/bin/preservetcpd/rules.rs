@@ -1,0 +1,251 @@
+//! The ip6tables (nf_tables backend) rules that feed the NFQUEUEs.
+//!
+//! Everything lives in the `mangle` table in three chains of our own:
+//!
+//! ```text
+//! OUTPUT     -> PTCP_OUT:
+//!   -p tcp -j PTCP_MOVED                         (per moved connection: queue)
+//!   SYN (no ACK) of covered traffic              -> queue OUT
+//!   SYN+ACK whose SYN carried a dest-opts header -> queue OUT   (connmark bit)
+//!   2nd packet in the original direction of covered traffic -> queue OUT
+//!                                                (the ACK that gets PREFIX_ACK)
+//! PREROUTING -> PTCP_PRE:
+//!   SYN with a dest-opts header -> connmark bit  (so its SYN+ACK is queued)
+//!   tcp with a dest-opts header -> queue IN      (handshake options)
+//!   tcp matching a local socket -> RETURN        (original pairs: fast path)
+//!   tcp without SYN             -> queue IN      (alternative pairs)
+//! ```
+//!
+//! "Covered" is `-m multiport --ports <ports>` for each configured port
+//! list and `-m mark --mark OPT_IN_MARK/OPT_IN_MASK` for opted-in sockets;
+//! [`Rules::opt_in`] adds a rule for one 4-tuple. Every NFQUEUE rule has
+//! `--queue-bypass`: without a daemon, traffic is plain TCP.
+//!
+//! The socket match ignores listeners bound to the unspecified address, so
+//! a segment on an alternative pair (no socket has that tuple) is queued
+//! and rewritten before the kernel would answer it with a RST, while
+//! segments on a connection's original tuple go straight to the kernel.
+
+use std::net::Ipv6Addr;
+use std::process::Command;
+
+use preservetcp::FourTuple;
+use preservetcp::control::{OPT_IN_MARK, OPT_IN_MASK};
+
+const OUT: &str = "PTCP_OUT";
+const PRE: &str = "PTCP_PRE";
+const MOVED: &str = "PTCP_MOVED";
+/// Connmark bit set for connections whose SYN carried a dest-opts header.
+const CT_BIT: &str = "0x1000000/0x1000000";
+
+#[derive(Debug, Clone)]
+pub struct Rules {
+    q_out: u16,
+    q_in: u16,
+    ports: Vec<u16>,
+}
+
+fn ip6t(args: &[String]) -> Result<(), String> {
+    let out = Command::new("ip6tables")
+        .arg("-w")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip6tables: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip6tables {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+fn s(v: &[&str]) -> Vec<String> {
+    v.iter().map(|x| x.to_string()).collect()
+}
+
+fn tuple_match(t: &FourTuple) -> Vec<String> {
+    vec![
+        "-p".into(),
+        "tcp".into(),
+        "-s".into(),
+        t.local.to_string(),
+        "-d".into(),
+        t.peer.to_string(),
+        "--sport".into(),
+        t.local_port.to_string(),
+        "--dport".into(),
+        t.peer_port.to_string(),
+    ]
+}
+
+impl Rules {
+    pub fn new(q_out: u16, q_in: u16, ports: Vec<u16>) -> Self {
+        Self { q_out, q_in, ports }
+    }
+
+    fn queue(&self, q: u16) -> Vec<String> {
+        s(&["-j", "NFQUEUE", "--queue-num"])
+            .into_iter()
+            .chain([q.to_string(), "--queue-bypass".into()])
+            .collect()
+    }
+
+    fn covered(&self) -> Vec<Vec<String>> {
+        let mut v = vec![vec![
+            "-m".into(),
+            "mark".into(),
+            "--mark".into(),
+            format!("{OPT_IN_MARK:#x}/{OPT_IN_MASK:#x}"),
+        ]];
+        // multiport takes at most 15 ports per rule.
+        for chunk in self.ports.chunks(15) {
+            let list: Vec<String> = chunk.iter().map(u16::to_string).collect();
+            v.push(vec![
+                "-m".into(),
+                "multiport".into(),
+                "--ports".into(),
+                list.join(","),
+            ]);
+        }
+        v
+    }
+
+    fn append(&self, chain: &str, m: Vec<String>, q: u16) -> Result<(), String> {
+        let mut a = vec!["-t".into(), "mangle".into(), "-A".into(), chain.into()];
+        a.extend(m);
+        a.extend(self.queue(q));
+        ip6t(&a)
+    }
+
+    /// Removes our chains (ignoring errors: they may not exist).
+    pub fn remove_all(&self) {
+        for (hook, chain) in [("OUTPUT", OUT), ("PREROUTING", PRE)] {
+            while ip6t(&s(&["-t", "mangle", "-D", hook, "-j", chain])).is_ok() {}
+        }
+        for c in [OUT, PRE, MOVED] {
+            let _ = ip6t(&s(&["-t", "mangle", "-F", c]));
+            let _ = ip6t(&s(&["-t", "mangle", "-X", c]));
+        }
+    }
+
+    /// Installs the static rules.
+    pub fn install(&self) -> Result<(), String> {
+        self.remove_all();
+        for c in [OUT, PRE, MOVED] {
+            ip6t(&s(&["-t", "mangle", "-N", c]))?;
+        }
+        ip6t(&s(&["-t", "mangle", "-A", OUT, "-p", "tcp", "-j", MOVED]))?;
+        for cov in self.covered() {
+            let mut m = s(&["-p", "tcp", "--tcp-flags", "SYN,ACK", "SYN"]);
+            m.extend(cov.clone());
+            self.append(OUT, m, self.q_out)?;
+            let mut m = s(&["-p", "tcp", "!", "--tcp-flags", "SYN", "SYN"]);
+            m.extend(cov);
+            m.extend(s(&[
+                "-m",
+                "connbytes",
+                "--connbytes",
+                "2:2",
+                "--connbytes-dir",
+                "original",
+                "--connbytes-mode",
+                "packets",
+            ]));
+            self.append(OUT, m, self.q_out)?;
+        }
+        let m = s(&[
+            "-p",
+            "tcp",
+            "--tcp-flags",
+            "SYN,ACK",
+            "SYN,ACK",
+            "-m",
+            "connmark",
+            "--mark",
+            CT_BIT,
+        ]);
+        self.append(OUT, m, self.q_out)?;
+
+        ip6t(&s(&[
+            "-t",
+            "mangle",
+            "-A",
+            PRE,
+            "-p",
+            "tcp",
+            "--syn",
+            "-m",
+            "ipv6header",
+            "--header",
+            "dst",
+            "--soft",
+            "-j",
+            "CONNMARK",
+            "--or-mark",
+            "0x1000000",
+        ]))?;
+        let m = s(&["-p", "tcp", "-m", "ipv6header", "--header", "dst", "--soft"]);
+        self.append(PRE, m, self.q_in)?;
+        ip6t(&s(&[
+            "-t", "mangle", "-A", PRE, "-p", "tcp", "-m", "socket", "-j", "RETURN",
+        ]))?;
+        self.append(PRE, s(&["-p", "tcp", "!", "--syn"]), self.q_in)?;
+
+        ip6t(&s(&["-t", "mangle", "-I", "OUTPUT", "1", "-j", OUT]))?;
+        ip6t(&s(&["-t", "mangle", "-I", "PREROUTING", "1", "-j", PRE]))?;
+        Ok(())
+    }
+
+    /// Queue every outgoing packet of the connection with this original tuple.
+    pub fn redirect(&self, t: &FourTuple) -> Result<(), String> {
+        let mut a = s(&["-t", "mangle", "-A", MOVED]);
+        a.extend(tuple_match(t));
+        a.extend(self.queue(self.q_out));
+        ip6t(&a)
+    }
+
+    /// Undo [`Rules::redirect`].
+    pub fn unredirect(&self, t: &FourTuple) -> Result<(), String> {
+        let mut a = s(&["-t", "mangle", "-D", MOVED]);
+        a.extend(tuple_match(t));
+        a.extend(self.queue(self.q_out));
+        ip6t(&a)
+    }
+
+    /// Cover one 4-tuple (SYN and the ACK after the SYN+ACK).
+    pub fn opt_in(&self, t: &FourTuple) -> Result<(), String> {
+        let mut m = tuple_match(t);
+        m.extend(s(&["--tcp-flags", "SYN,ACK", "SYN"]));
+        let mut a = s(&["-t", "mangle", "-I", OUT, "2"]);
+        a.extend(m);
+        a.extend(self.queue(self.q_out));
+        ip6t(&a)?;
+        let mut m = tuple_match(t);
+        m.extend(s(&[
+            "!",
+            "--tcp-flags",
+            "SYN",
+            "SYN",
+            "-m",
+            "connbytes",
+            "--connbytes",
+            "2:2",
+            "--connbytes-dir",
+            "original",
+            "--connbytes-mode",
+            "packets",
+        ]));
+        let mut a = s(&["-t", "mangle", "-I", OUT, "2"]);
+        a.extend(m);
+        a.extend(self.queue(self.q_out));
+        ip6t(&a)
+    }
+}
+
+/// Unused-address helper kept for symmetry in logs.
+pub fn fmt_pair(l: Ipv6Addr, p: Ipv6Addr) -> String {
+    format!("[{l}]->[{p}]")
+}

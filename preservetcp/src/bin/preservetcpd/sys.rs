@@ -1,0 +1,152 @@
+//! Kernel state the daemon reads: TCP sockets with `tcp_info` (sock_diag),
+//! local IPv6 addresses with their link state, and route checks.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use netlink_packet_core::{
+    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+};
+use netlink_packet_sock_diag::SockDiagMessage;
+use netlink_packet_sock_diag::constants::{AF_INET6, IPPROTO_TCP};
+use netlink_packet_sock_diag::inet::nlas::Nla;
+use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, StateFlags};
+use netlink_sys::protocols::NETLINK_SOCK_DIAG;
+use netlink_sys::{Socket, SocketAddr as NlAddr};
+use preservetcp::engine::{LocalAddr, TcpSample};
+use preservetcp::{FourTuple, LocalAddress};
+
+/// One TCP socket from the dump.
+#[derive(Debug, Clone, Copy)]
+pub struct SockState {
+    pub tuple: FourTuple,
+    pub sample: Option<TcpSample>,
+}
+
+pub struct Diag {
+    sock: Socket,
+    buf: Vec<u8>,
+}
+
+impl Diag {
+    pub fn new() -> io::Result<Self> {
+        let mut sock = Socket::new(NETLINK_SOCK_DIAG)?;
+        sock.bind_auto()?;
+        sock.connect(&NlAddr::new(0, 0))?;
+        Ok(Self {
+            sock,
+            buf: vec![0; 1 << 16],
+        })
+    }
+
+    /// All IPv6 TCP sockets except listeners and TIME_WAIT, keyed by tuple.
+    pub fn dump(&mut self) -> io::Result<HashMap<FourTuple, SockState>> {
+        let mut hdr = NetlinkHeader::default();
+        hdr.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        let states = StateFlags::all() - StateFlags::LISTEN - StateFlags::TIME_WAIT;
+        let mut packet = NetlinkMessage::new(
+            hdr,
+            SockDiagMessage::InetRequest(InetRequest {
+                family: AF_INET6,
+                protocol: IPPROTO_TCP,
+                extensions: ExtensionFlags::INFO,
+                states,
+                socket_id: SocketId::new_v6(),
+            })
+            .into(),
+        );
+        packet.finalize();
+        let mut req = vec![0; packet.buffer_len()];
+        packet.serialize(&mut req[..]);
+        self.sock.send(&req, 0)?;
+        let mut out = HashMap::new();
+        loop {
+            let n = self.sock.recv(&mut &mut self.buf[..], 0)?;
+            let mut off = 0;
+            while off < n {
+                let bytes = self.buf.get(off..n).unwrap_or(&[]);
+                let msg = NetlinkMessage::<SockDiagMessage>::deserialize(bytes)
+                    .map_err(|e| io::Error::other(e.to_string()))?;
+                let len = msg.header.length as usize;
+                match msg.payload {
+                    NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
+                        let id = &r.header.socket_id;
+                        if let (IpAddr::V6(l), IpAddr::V6(p)) =
+                            (id.source_address, id.destination_address)
+                        {
+                            let tuple = FourTuple {
+                                local: l,
+                                local_port: id.source_port,
+                                peer: p,
+                                peer_port: id.destination_port,
+                            };
+                            let sample = r.nlas.iter().find_map(|n| match n {
+                                Nla::TcpInfo(i) => Some(TcpSample {
+                                    retransmits: u32::from(i.retransmits),
+                                    unacked: i.unacked,
+                                    since_last_ack: Duration::from_millis(u64::from(
+                                        i.last_ack_recv,
+                                    )),
+                                }),
+                                _ => None,
+                            });
+                            out.insert(tuple, SockState { tuple, sample });
+                        }
+                    }
+                    NetlinkPayload::Done(_) => return Ok(out),
+                    NetlinkPayload::Error(e) => {
+                        return Err(io::Error::other(format!("sock_diag: {e:?}")));
+                    }
+                    _ => {}
+                }
+                if len == 0 {
+                    break;
+                }
+                off += len;
+            }
+        }
+    }
+}
+
+/// Local IPv6 addresses (from `/proc/net/if_inet6`) with their link state
+/// (`/sys/class/net/<dev>/operstate`: `up` or `unknown` count as up).
+pub fn local_addresses() -> Vec<LocalAddr> {
+    let Ok(text) = std::fs::read_to_string("/proc/net/if_inet6") else {
+        return Vec::new();
+    };
+    let mut oper: HashMap<String, bool> = HashMap::new();
+    let mut v = Vec::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (Some(hex), Some(plen), Some(dev)) = (f.first(), f.get(2), f.get(5)) else {
+            continue;
+        };
+        let (Ok(a), Ok(plen)) = (u128::from_str_radix(hex, 16), u8::from_str_radix(plen, 16))
+        else {
+            continue;
+        };
+        let up = *oper.entry((*dev).to_string()).or_insert_with(|| {
+            std::fs::read_to_string(format!("/sys/class/net/{dev}/operstate"))
+                .map(|s| matches!(s.trim(), "up" | "unknown"))
+                .unwrap_or(true)
+        });
+        v.push(LocalAddr {
+            addr: LocalAddress {
+                addr: Ipv6Addr::from(a),
+                prefix_len: plen,
+            },
+            up,
+        });
+    }
+    v
+}
+
+/// Whether `peer` is routable from `local`: a UDP socket bound to `local`
+/// and connected to `peer` makes the kernel do the route lookup. `Err` for
+/// no route / unreachable / the source gone.
+pub fn route_ok(local: Ipv6Addr, peer: Ipv6Addr) -> io::Result<()> {
+    let s = UdpSocket::bind(SocketAddr::from((local, 0)))?;
+    s.connect(SocketAddr::from((peer, 9)))
+}

@@ -1,0 +1,741 @@
+//! The daemon's packet engine: sans-IO, one per host.
+//!
+//! The daemon feeds it every packet its NFQUEUE rules catch, split by
+//! direction: [`Engine::outbound`] for packets the local TCP sends (queued in
+//! the OUTPUT hook, still carrying the kernel's *original* tuple) and
+//! [`Engine::inbound`] for packets received (queued in PREROUTING, carrying
+//! the *wire* tuple). Each call returns a [`Verdict`]. The daemon also feeds
+//! `tcp_info` samples ([`Engine::tcp_info`]), the local address list with
+//! link state ([`Engine::set_locals`]), routing errors and closed sockets,
+//! and collects [`Action`]s: connections whose outgoing packets must be
+//! queued from now on (they moved off their original pair) or no longer.
+//!
+//! # Handshake (thesis 5.2.3/5.2.4)
+//! - Outgoing SYN: insert PREFIX_SYN with the prefixes chosen by
+//!   [`crate::select::prefixes_to_offer`] from the usable local addresses
+//!   (an empty PREFIX_SYN when there is nothing to offer, so the peer can
+//!   still offer its own); remember the offer.
+//! - Incoming SYN with PREFIX_SYN: validate the prefixes, remember the
+//!   option for the echo; strip the header before the kernel sees it.
+//! - Outgoing SYN+ACK of such a connection: PREFIX_SYN (our offer) and
+//!   PREFIX_ACK (the echo). A SYN without PREFIX_SYN gets a plain SYN+ACK:
+//!   the server side only answers offers.
+//! - Incoming SYN+ACK: validate the peer's prefixes and compute which of our
+//!   prefixes it acknowledged; strip.
+//! - The client's next outgoing segment (the ACK of the SYN+ACK) gets
+//!   PREFIX_ACK; the connection is entered into the pair table. A SYN+ACK
+//!   without PREFIX_SYN means a peer without PreserveTCP: plain TCP.
+//! - Incoming ACK with PREFIX_ACK at the server: the connection is entered.
+//!
+//! Headers are only stripped when they carry nothing but PREFIX options and
+//! padding; a header with malformed options is counted
+//! ([`Stats::malformed_options`]) and removed, so the segment continues as
+//! plain TCP (the kernel would skip the unknown options anyway).
+//!
+//! # After the handshake
+//! Outgoing packets of a connection whose current pair differs from the
+//! original are rewritten to the current pair; incoming packets on any of
+//! the N×M pairs are rewritten to the original tuple. A packet arriving on
+//! another pair than the current one makes the connection follow the peer.
+//!
+//! # Limits (thesis 8.2)
+//! At most [`EngineConfig::max_pending`] handshakes and
+//! [`EngineConfig::max_connections`] connections are tracked; beyond that
+//! new connections are plain TCP (counted). Unfinished handshakes expire
+//! after [`EngineConfig::pending_timeout`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv6Addr;
+use std::time::{Duration, Instant};
+
+use crate::control::{ConnInfo, PairInfo, TupleInfo};
+use crate::packet::{insert_dest_opts, parse_ipv6_tcp, rewrite_addresses_v6, strip_dest_opts};
+use crate::pairs::{AddrPair, AddressPairs, ConnId, FourTuple};
+use crate::policy::{ChangePolicy, Decision, PolicyConfig, PolicyEvent, SwitchReason};
+use crate::select::{
+    Limits, LocalAddress, PrefixStats, acknowledged_locals, offer_option, validate_received,
+};
+use crate::wire::{DestOption, DestOptsHeader, IPPROTO_TCP, PrefixOption};
+
+/// What to do with a queued packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Let it pass unchanged.
+    Accept,
+    /// Let it pass with these bytes instead.
+    Replace(Vec<u8>),
+}
+
+/// Work for the daemon outside the packet path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// The connection left its original pair: queue its outgoing packets
+    /// (match the original tuple in OUTPUT).
+    Redirect(FourTuple),
+    /// The connection is back on its original pair or gone: stop queueing.
+    Unredirect(FourTuple),
+}
+
+/// A `tcp_info` sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpSample {
+    /// `tcpi_retransmits`.
+    pub retransmits: u32,
+    /// `tcpi_unacked`.
+    pub unacked: u32,
+    /// `tcpi_last_ack_recv`.
+    pub since_last_ack: Duration,
+}
+
+/// A local address with the state of its link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalAddr {
+    /// Address and on-link prefix length.
+    pub addr: LocalAddress,
+    /// Whether its link is up.
+    pub up: bool,
+}
+
+/// Engine tunables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// Prefix limits.
+    pub limits: Limits,
+    /// Address change policy.
+    pub policy: PolicyConfig,
+    /// Most unfinished handshakes tracked.
+    pub max_pending: usize,
+    /// Most connections tracked.
+    pub max_connections: usize,
+    /// Unfinished handshakes are forgotten after this long.
+    pub pending_timeout: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            policy: PolicyConfig::default(),
+            max_pending: 4096,
+            max_connections: 65536,
+            pending_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Engine counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Outbound packets seen.
+    pub packets_out: u64,
+    /// Inbound packets seen.
+    pub packets_in: u64,
+    /// Packets that are not IPv6/TCP or could not be parsed (passed).
+    pub unparsed: u64,
+    /// SYNs that got PREFIX_SYN.
+    pub syn_offers: u64,
+    /// SYN+ACKs that got PREFIX_SYN + PREFIX_ACK.
+    pub synack_answers: u64,
+    /// Handshakes where the peer did not answer the offer (plain TCP).
+    pub plain_peers: u64,
+    /// Connections entered into the pair table.
+    pub connections: u64,
+    /// Connections removed (socket closed).
+    pub closed: u64,
+    /// Headers with malformed options (removed, connection plain).
+    pub malformed_options: u64,
+    /// Handshakes or connections refused because a limit was reached.
+    pub over_limit: u64,
+    /// Connections the pair table refused (conflicts, too many addresses).
+    pub table_errors: u64,
+    /// Outbound packets rewritten to the current pair.
+    pub rewritten_out: u64,
+    /// Inbound packets rewritten to the original tuple.
+    pub rewritten_in: u64,
+    /// Address changes.
+    pub switches: u64,
+    /// Pending handshakes expired.
+    pub expired: u64,
+    /// Received prefixes and rejections.
+    pub prefixes: PrefixStats,
+}
+
+impl Stats {
+    /// The counters by name (for the control socket).
+    pub fn to_map(&self) -> BTreeMap<String, u64> {
+        let p = &self.prefixes;
+        [
+            ("packets_out", self.packets_out),
+            ("packets_in", self.packets_in),
+            ("unparsed", self.unparsed),
+            ("syn_offers", self.syn_offers),
+            ("synack_answers", self.synack_answers),
+            ("plain_peers", self.plain_peers),
+            ("connections", self.connections),
+            ("closed", self.closed),
+            ("malformed_options", self.malformed_options),
+            ("over_limit", self.over_limit),
+            ("table_errors", self.table_errors),
+            ("rewritten_out", self.rewritten_out),
+            ("rewritten_in", self.rewritten_in),
+            ("switches", self.switches),
+            ("expired", self.expired),
+            ("prefixes_received", p.received),
+            ("prefixes_accepted", p.accepted),
+            ("prefixes_rejected", p.rejected()),
+            ("prefixes_rejected_length", p.rejected_length),
+            ("prefixes_rejected_address", p.rejected_address),
+            ("prefixes_rejected_scope", p.rejected_scope),
+            ("prefixes_rejected_own", p.rejected_own),
+            ("prefixes_rejected_duplicate", p.rejected_duplicate),
+            ("prefixes_rejected_over_limit", p.rejected_over_limit),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Client,
+    Server,
+}
+
+#[derive(Debug, Clone)]
+struct Pending {
+    role: Role,
+    created: Instant,
+    /// Our PREFIX_SYN.
+    sent: Option<PrefixOption>,
+    /// The peer's PREFIX_SYN (echoed verbatim).
+    peer_syn: Option<PrefixOption>,
+    /// Validated peer alternatives.
+    peer_alts: Vec<Ipv6Addr>,
+    /// Our alternatives the peer acknowledged.
+    acked_locals: Vec<Ipv6Addr>,
+}
+
+#[derive(Debug, Clone)]
+struct Conn {
+    original: FourTuple,
+    policy: ChangePolicy,
+    redirected: bool,
+    last_reason: Option<SwitchReason>,
+}
+
+/// The per-host engine.
+#[derive(Debug)]
+pub struct Engine {
+    config: EngineConfig,
+    locals: Vec<LocalAddr>,
+    pending: HashMap<FourTuple, Pending>,
+    pairs: AddressPairs,
+    conns: HashMap<ConnId, Conn>,
+    next_id: u64,
+    actions: Vec<Action>,
+    stats: Stats,
+}
+
+fn on_link(local: &LocalAddress, addr: Ipv6Addr) -> bool {
+    let n = u32::from(local.prefix_len.min(128));
+    let mask = u128::MAX.checked_shl(128 - n).unwrap_or(0);
+    u128::from(local.addr) & mask == u128::from(addr) & mask
+}
+
+fn reason_name(r: SwitchReason) -> &'static str {
+    match r {
+        SwitchReason::RetransmissionTimeout => "retransmission_timeout",
+        SwitchReason::Stall => "stall",
+        SwitchReason::RoutingError => "routing_error",
+        SwitchReason::SourceGone => "source_gone",
+        SwitchReason::SourceBack => "source_back",
+        SwitchReason::PeerMoved => "peer_moved",
+        SwitchReason::Requested => "requested",
+    }
+}
+
+/// Whether a header holds only PREFIX options and padding (ours to strip).
+fn only_ours(h: &DestOptsHeader) -> bool {
+    h.options().iter().all(|o| {
+        matches!(
+            o,
+            DestOption::Pad1
+                | DestOption::PadN(_)
+                | DestOption::PrefixSyn(_)
+                | DestOption::PrefixAck(_)
+        )
+    })
+}
+
+impl Engine {
+    /// A new engine.
+    pub fn new(config: EngineConfig) -> Self {
+        Self {
+            config,
+            locals: Vec::new(),
+            pending: HashMap::new(),
+            pairs: AddressPairs::default(),
+            conns: HashMap::new(),
+            next_id: 1,
+            actions: Vec::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Takes the pending actions.
+    pub fn take_actions(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.actions)
+    }
+
+    /// The original tuples of all tracked connections.
+    pub fn originals(&self) -> Vec<FourTuple> {
+        self.conns.values().map(|c| c.original).collect()
+    }
+
+    /// The current wire pair of the connection with this original tuple.
+    pub fn current_pair(&self, original: &FourTuple) -> Option<AddrPair> {
+        self.pairs.lookup_original(original).map(|(_, w)| w.pair())
+    }
+
+    /// Sets the local address list (and link states); addresses whose link
+    /// went down or that disappeared are reported to every connection's
+    /// policy as gone, those that came back as back.
+    pub fn set_locals(&mut self, locals: Vec<LocalAddr>, now: Instant) {
+        let was_up = |me: &Self, a: Ipv6Addr| me.locals.iter().any(|l| l.addr.addr == a && l.up);
+        let mut events = Vec::new();
+        for old in &self.locals {
+            let still = locals.iter().any(|l| l.addr.addr == old.addr.addr && l.up);
+            if old.up && !still {
+                events.push(PolicyEvent::LocalGone(old.addr.addr));
+            }
+        }
+        for new in &locals {
+            if new.up && !was_up(self, new.addr.addr) {
+                events.push(PolicyEvent::LocalBack(new.addr.addr));
+            }
+        }
+        self.locals = locals;
+        for ev in events {
+            self.feed_all(ev, now);
+        }
+    }
+
+    fn feed_all(&mut self, ev: PolicyEvent, now: Instant) {
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        for id in ids {
+            self.feed(id, ev, now);
+        }
+    }
+
+    fn feed(&mut self, id: ConnId, ev: PolicyEvent, now: Instant) {
+        let d = match self.conns.get_mut(&id) {
+            Some(c) => c.policy.handle(ev, now),
+            None => return,
+        };
+        if let Some(d) = d {
+            self.apply(id, d);
+        }
+    }
+
+    fn apply(&mut self, id: ConnId, d: Decision) {
+        if self.pairs.set_current(id, d.to).is_err() {
+            return;
+        }
+        self.stats.switches += 1;
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.last_reason = Some(d.reason);
+            let moved = d.to != c.original.pair();
+            if moved != c.redirected {
+                c.redirected = moved;
+                self.actions.push(if moved {
+                    Action::Redirect(c.original)
+                } else {
+                    Action::Unredirect(c.original)
+                });
+            }
+        }
+    }
+
+    /// A `tcp_info` sample of the socket with this original tuple.
+    pub fn tcp_info(&mut self, original: &FourTuple, s: TcpSample, now: Instant) {
+        if let Some((id, _)) = self.pairs.lookup_original(original) {
+            self.feed(
+                id,
+                PolicyEvent::TcpInfo {
+                    retransmits: s.retransmits,
+                    unacked: s.unacked,
+                    since_last_ack: s.since_last_ack,
+                },
+                now,
+            );
+        }
+    }
+
+    /// Sending on the connection's current pair failed with a routing error.
+    pub fn routing_error(&mut self, original: &FourTuple, peer: Ipv6Addr, now: Instant) {
+        if let Some((id, _)) = self.pairs.lookup_original(original) {
+            self.feed(id, PolicyEvent::RoutingError { peer }, now);
+        }
+    }
+
+    /// The socket with this original tuple is gone: forget the connection.
+    pub fn socket_gone(&mut self, original: &FourTuple) {
+        if let Some((id, _)) = self.pairs.lookup_original(original) {
+            self.pairs.remove(id);
+            if let Some(c) = self.conns.remove(&id) {
+                self.stats.closed += 1;
+                if c.redirected {
+                    self.actions.push(Action::Unredirect(c.original));
+                }
+            }
+        }
+    }
+
+    /// Moves connection `id` to `pair` (control socket).
+    pub fn move_to(&mut self, id: u64, pair: AddrPair, now: Instant) -> Result<(), String> {
+        let id = ConnId(id);
+        let c = self.conns.get_mut(&id).ok_or("no such connection")?;
+        let d = c
+            .policy
+            .force(pair, now)
+            .ok_or("not one of the connection's pairs")?;
+        self.apply(id, d);
+        Ok(())
+    }
+
+    /// Forgets handshakes older than the pending timeout.
+    pub fn expire(&mut self, now: Instant) {
+        let t = self.config.pending_timeout;
+        let before = self.pending.len();
+        self.pending
+            .retain(|_, p| now.saturating_duration_since(p.created) < t);
+        self.stats.expired += (before - self.pending.len()) as u64;
+    }
+
+    /// The connections for the control socket.
+    pub fn connections(&self) -> Vec<ConnInfo> {
+        let mut v: Vec<ConnInfo> = self
+            .conns
+            .iter()
+            .map(|(id, c)| {
+                let cur = self.pairs.current(*id).unwrap_or(c.original.pair());
+                ConnInfo {
+                    id: id.0,
+                    original: TupleInfo {
+                        local: c.original.local,
+                        local_port: c.original.local_port,
+                        peer: c.original.peer,
+                        peer_port: c.original.peer_port,
+                    },
+                    current: PairInfo {
+                        local: cur.local,
+                        peer: cur.peer,
+                    },
+                    locals: self
+                        .pairs
+                        .locals(*id)
+                        .map(<[_]>::to_vec)
+                        .unwrap_or_default(),
+                    peers: self.pairs.peers(*id).map(<[_]>::to_vec).unwrap_or_default(),
+                    switches: c.policy.switches(),
+                    last_reason: c.last_reason.map(|r| reason_name(r).to_string()),
+                }
+            })
+            .collect();
+        v.sort_by_key(|c| c.id);
+        v
+    }
+
+    fn offer(&self, conn_local: Ipv6Addr) -> PrefixOption {
+        let cands: Vec<LocalAddress> = self
+            .locals
+            .iter()
+            .filter(|l| l.up)
+            .map(|l| l.addr)
+            .collect();
+        offer_option(conn_local, &cands, &self.config.limits)
+    }
+
+    fn install(&mut self, original: FourTuple, local_alts: &[Ipv6Addr], peer_alts: &[Ipv6Addr]) {
+        if self.conns.len() >= self.config.max_connections {
+            self.stats.over_limit += 1;
+            return;
+        }
+        let id = ConnId(self.next_id);
+        self.next_id += 1;
+        if self
+            .pairs
+            .insert(id, original, local_alts, peer_alts)
+            .is_err()
+        {
+            self.stats.table_errors += 1;
+            return;
+        }
+        let locals = self.pairs.locals(id).map(<[_]>::to_vec).unwrap_or_default();
+        let peers = self.pairs.peers(id).map(<[_]>::to_vec).unwrap_or_default();
+        let Some(mut policy) = ChangePolicy::new(self.config.policy, &locals, &peers) else {
+            self.pairs.remove(id);
+            self.stats.table_errors += 1;
+            return;
+        };
+        for p in &peers {
+            let routed = locals.iter().find(|l| {
+                self.locals
+                    .iter()
+                    .any(|la| la.addr.addr == **l && on_link(&la.addr, *p))
+            });
+            if let Some(l) = routed {
+                policy.set_route_source(*p, *l);
+            }
+        }
+        self.stats.connections += 1;
+        self.conns.insert(
+            id,
+            Conn {
+                original,
+                policy,
+                redirected: false,
+                last_reason: None,
+            },
+        );
+    }
+
+    fn add_pending(&mut self, key: FourTuple, p: Pending) -> bool {
+        if !self.pending.contains_key(&key) && self.pending.len() >= self.config.max_pending {
+            self.stats.over_limit += 1;
+            return false;
+        }
+        self.pending.insert(key, p);
+        true
+    }
+
+    /// A packet the local TCP sends (OUTPUT hook, original tuple).
+    pub fn outbound(&mut self, pkt: &[u8], now: Instant) -> Verdict {
+        self.stats.packets_out += 1;
+        let Ok((t, f, has_opts)) = parse_ipv6_tcp(pkt).map(|v| {
+            let t = FourTuple {
+                local: v.src,
+                local_port: v.tcp_header.src_port,
+                peer: v.dst,
+                peer_port: v.tcp_header.dst_port,
+            };
+            (t, v.tcp_header.flags, v.dest_opts.is_some())
+        }) else {
+            self.stats.unparsed += 1;
+            return Verdict::Accept;
+        };
+        if f.syn && !f.ack {
+            if has_opts || self.pairs.lookup_original(&t).is_some() {
+                return Verdict::Accept;
+            }
+            let offer = match self.pending.get(&t) {
+                Some(p) if p.role == Role::Client => p.sent.clone().unwrap_or_default(),
+                _ => {
+                    if self.conns.len() >= self.config.max_connections {
+                        self.stats.over_limit += 1;
+                        return Verdict::Accept;
+                    }
+                    let offer = self.offer(t.local);
+                    let p = Pending {
+                        role: Role::Client,
+                        created: now,
+                        sent: Some(offer.clone()),
+                        peer_syn: None,
+                        peer_alts: Vec::new(),
+                        acked_locals: Vec::new(),
+                    };
+                    if !self.add_pending(t, p) {
+                        return Verdict::Accept;
+                    }
+                    offer
+                }
+            };
+            return match DestOptsHeader::with_prefixes(IPPROTO_TCP, Some(offer), None)
+                .ok()
+                .and_then(|h| insert_dest_opts(pkt, &h).ok())
+            {
+                Some(out) => {
+                    self.stats.syn_offers += 1;
+                    Verdict::Replace(out)
+                }
+                None => Verdict::Accept,
+            };
+        }
+        if f.syn && f.ack {
+            if has_opts {
+                return Verdict::Accept;
+            }
+            let offer = self.offer(t.local);
+            let Some(p) = self.pending.get_mut(&t).filter(|p| p.role == Role::Server) else {
+                return Verdict::Accept;
+            };
+            let Some(echo) = p.peer_syn.clone() else {
+                return Verdict::Accept;
+            };
+            let offer = p.sent.get_or_insert(offer).clone();
+            return match DestOptsHeader::with_prefixes(IPPROTO_TCP, Some(offer), Some(echo))
+                .ok()
+                .and_then(|h| insert_dest_opts(pkt, &h).ok())
+            {
+                Some(out) => {
+                    self.stats.synack_answers += 1;
+                    Verdict::Replace(out)
+                }
+                None => Verdict::Accept,
+            };
+        }
+        if self.pending.get(&t).is_some_and(|p| p.role == Role::Client)
+            && let Some(p) = self.pending.remove(&t)
+        {
+            let Some(echo) = p.peer_syn else {
+                self.stats.plain_peers += 1;
+                return Verdict::Accept;
+            };
+            self.install(t, &p.acked_locals, &p.peer_alts);
+            if has_opts {
+                return Verdict::Accept;
+            }
+            return match DestOptsHeader::with_prefixes(IPPROTO_TCP, None, Some(echo))
+                .ok()
+                .and_then(|h| insert_dest_opts(pkt, &h).ok())
+            {
+                Some(out) => Verdict::Replace(out),
+                None => Verdict::Accept,
+            };
+        }
+        if let Some((_, wire)) = self.pairs.lookup_original(&t)
+            && wire != t
+        {
+            let mut out = pkt.to_vec();
+            if rewrite_addresses_v6(&mut out, wire.local, wire.peer).is_ok() {
+                self.stats.rewritten_out += 1;
+                return Verdict::Replace(out);
+            }
+        }
+        Verdict::Accept
+    }
+
+    /// A received packet (PREROUTING, wire tuple).
+    pub fn inbound(&mut self, pkt: &[u8], now: Instant) -> Verdict {
+        self.stats.packets_in += 1;
+        match parse_ipv6_tcp(pkt) {
+            Ok(_) => self.inbound_parsed(pkt, now),
+            Err(crate::packet::PacketError::Wire(_)) => {
+                self.stats.malformed_options += 1;
+                match crate::packet::strip_dest_opts_framing(pkt) {
+                    Some(stripped) => match self.inbound_parsed(&stripped, now) {
+                        Verdict::Accept => Verdict::Replace(stripped),
+                        r => r,
+                    },
+                    None => Verdict::Accept,
+                }
+            }
+            Err(_) => {
+                self.stats.unparsed += 1;
+                Verdict::Accept
+            }
+        }
+    }
+
+    fn inbound_parsed(&mut self, pkt: &[u8], now: Instant) -> Verdict {
+        let Ok((wire, f, opts)) = parse_ipv6_tcp(pkt).map(|v| {
+            let wire = FourTuple {
+                local: v.dst,
+                local_port: v.tcp_header.dst_port,
+                peer: v.src,
+                peer_port: v.tcp_header.src_port,
+            };
+            (wire, v.tcp_header.flags, v.dest_opts)
+        }) else {
+            self.stats.unparsed += 1;
+            return Verdict::Accept;
+        };
+        let mut out: Option<Vec<u8>> = None;
+        if let Some(h) = opts
+            && (h.prefix_syn().is_some() || h.prefix_ack().is_some())
+        {
+            self.handshake_options(&wire, f.syn, f.ack, &h, now);
+            if only_ours(&h) {
+                out = strip_dest_opts(pkt).ok().map(|(p, _)| p);
+            }
+        }
+        if let Some(m) = self.pairs.lookup_wire(&wire) {
+            if !m.on_current {
+                self.feed(m.id, PolicyEvent::PeerSegment(wire.pair()), now);
+            }
+            if wire != m.original {
+                let mut buf = out.unwrap_or_else(|| pkt.to_vec());
+                if rewrite_addresses_v6(&mut buf, m.original.peer, m.original.local).is_ok() {
+                    self.stats.rewritten_in += 1;
+                }
+                return Verdict::Replace(buf);
+            }
+        }
+        match out {
+            Some(p) => Verdict::Replace(p),
+            None => Verdict::Accept,
+        }
+    }
+
+    fn handshake_options(
+        &mut self,
+        wire: &FourTuple,
+        syn: bool,
+        ack: bool,
+        h: &DestOptsHeader,
+        now: Instant,
+    ) {
+        let limits = self.config.limits;
+        if syn && !ack {
+            let Some(ps) = h.prefix_syn() else { return };
+            if self.pairs.lookup_original(wire).is_some() {
+                return;
+            }
+            let val = validate_received(wire.peer, ps, &limits);
+            self.stats.prefixes.merge(&val.stats);
+            let p = Pending {
+                role: Role::Server,
+                created: now,
+                sent: self.pending.get(wire).and_then(|p| p.sent.clone()),
+                peer_syn: Some(ps.clone()),
+                peer_alts: val.addresses(),
+                acked_locals: Vec::new(),
+            };
+            self.add_pending(*wire, p);
+        } else if syn && ack {
+            let Some(p) = self
+                .pending
+                .get_mut(wire)
+                .filter(|p| p.role == Role::Client)
+            else {
+                return;
+            };
+            if let Some(ps) = h.prefix_syn() {
+                let val = validate_received(wire.peer, ps, &limits);
+                self.stats.prefixes.merge(&val.stats);
+                p.peer_alts = val.addresses();
+                p.peer_syn = Some(ps.clone());
+            }
+            if let (Some(pa), Some(sent)) = (h.prefix_ack(), p.sent.as_ref()) {
+                p.acked_locals = acknowledged_locals(wire.local, sent, pa);
+            }
+        } else if ack {
+            let Some(p) = self.pending.get(wire).filter(|p| p.role == Role::Server) else {
+                return;
+            };
+            let (Some(pa), Some(sent)) = (h.prefix_ack(), p.sent.as_ref()) else {
+                return;
+            };
+            let acked = acknowledged_locals(wire.local, sent, pa);
+            let peers = p.peer_alts.clone();
+            self.pending.remove(wire);
+            self.install(*wire, &acked, &peers);
+        }
+    }
+}

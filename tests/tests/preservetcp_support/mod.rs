@@ -1,0 +1,183 @@
+//! Shared helpers of the preservetcp lab tests: building and starting
+//! `preservetcpd` inside lab hosts, test files and checksums.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use netlab::{Family, Host, Lab, Link, Process};
+
+/// Builds (once per test process) and returns the daemon binary.
+pub fn daemon_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        // target/<profile>/deps/<test> -> target/<profile>/preservetcpd
+        let exe = std::env::current_exe().expect("current_exe");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target dir")
+            .to_path_buf();
+        let target = profile_dir.parent().expect("target root").to_path_buf();
+        let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        let mut c = Command::new(env!("CARGO"));
+        c.args(["build", "-q", "-p", "preservetcp", "--bin", "preservetcpd"])
+            .env("CARGO_TARGET_DIR", &target)
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+        if release {
+            c.arg("--release");
+        }
+        let st = c.status().expect("running cargo build");
+        assert!(st.success(), "building preservetcpd failed");
+        let bin = profile_dir.join("preservetcpd");
+        assert!(bin.exists(), "{} missing", bin.display());
+        bin
+    })
+    .clone()
+}
+
+/// A running daemon in a host.
+pub struct Daemon {
+    pub proc: Process,
+    pub control: PathBuf,
+}
+
+impl Daemon {
+    /// Starts preservetcpd in `host` covering `ports`, waits for "ready".
+    pub fn start(lab: &Lab, host: &Host, ports: &[u16]) -> Daemon {
+        let control = lab
+            .artifacts_dir()
+            .join(format!("ptcpd-{}.sock", host.name()));
+        let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+        let bin = daemon_bin();
+        let proc = host
+            .spawn([
+                bin.to_str().expect("utf-8 path"),
+                "--ports",
+                &ports.join(","),
+                "--control",
+                control.to_str().expect("utf-8 path"),
+            ])
+            .expect("spawn preservetcpd");
+        let t0 = Instant::now();
+        while !proc.stdout_so_far().contains("ready") {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "preservetcpd did not start: {}",
+                proc.stderr_so_far()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Daemon { proc, control }
+    }
+
+    pub fn request(&self, req: &preservetcp::control::Request) -> preservetcp::control::Response {
+        preservetcp::control::request(&self.control, req).expect("control request")
+    }
+
+    pub fn connections(&self) -> Vec<preservetcp::control::ConnInfo> {
+        self.request(&preservetcp::control::Request::List)
+            .connections
+            .expect("connections")
+    }
+
+    pub fn stat(&self, name: &str) -> u64 {
+        let s = self
+            .request(&preservetcp::control::Request::Stats)
+            .stats
+            .expect("stats");
+        *s.get(name).unwrap_or_else(|| panic!("no counter {name}"))
+    }
+
+    pub fn log(&self) -> String {
+        self.proc.stderr_so_far()
+    }
+}
+
+/// Two hosts, two links.
+pub struct TwoLinks {
+    pub lab: Lab,
+    pub a: Host,
+    pub b: Host,
+    pub l0: Link,
+    pub l1: Link,
+}
+
+pub fn two_links() -> TwoLinks {
+    let lab = Lab::new().expect("lab");
+    let a = lab.add_host("a").expect("host a");
+    let b = lab.add_host("b").expect("host b");
+    let l0 = lab.link(&a, &b).expect("link 0");
+    let l1 = lab.link(&a, &b).expect("link 1");
+    lab.wait_usable(Duration::from_secs(10)).expect("usable");
+    TwoLinks { lab, a, b, l0, l1 }
+}
+
+/// Writes `mb` MiB of pseudo-random bytes (xorshift, seeded) to `path`.
+pub fn make_file(path: &Path, mb: usize, seed: u64) {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).expect("create"));
+    let mut x = seed | 1;
+    let mut buf = vec![0u8; 1 << 20];
+    for _ in 0..mb {
+        for chunk in buf.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let b = x.to_le_bytes();
+            chunk.copy_from_slice(&b[..chunk.len()]);
+        }
+        f.write_all(&buf).expect("write");
+    }
+    f.flush().expect("flush");
+}
+
+/// sha256 of a file (with `sha256sum`).
+pub fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("sha256sum");
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+pub fn v6(link: &Link, host: &Host) -> std::net::Ipv6Addr {
+    match link.addr(host, Family::V6) {
+        std::net::IpAddr::V6(a) => a,
+        std::net::IpAddr::V4(_) => unreachable!("asked for V6"),
+    }
+}
+
+/// Waits until `path` holds at least `bytes` bytes.
+pub fn wait_size(path: &Path, bytes: u64, timeout: Duration) {
+    let t0 = Instant::now();
+    while std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) < bytes {
+        assert!(
+            t0.elapsed() < timeout,
+            "{} did not reach {bytes} bytes",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits for a process to end within `timeout`, panicking with its output otherwise.
+pub fn finish(p: Process, what: &str, timeout: Duration) -> netlab::ProcessOutput {
+    let out = p
+        .wait_timeout(timeout)
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {} {}",
+        out.stdout,
+        out.stderr
+    );
+    out
+}
