@@ -7,7 +7,19 @@
 #![forbid(unsafe_code)]
 
 pub mod addrsel;
+pub mod api;
+mod async_io;
 pub mod connect;
+mod driver;
 pub mod engine;
+mod error;
+mod listener;
 pub mod resolve;
+mod stream;
 pub mod wire;
+
+pub use async_io::{AsyncNameListener, AsyncNameStream};
+pub use driver::{KEY_ROTATION, Options, PathLog};
+pub use error::{Error, Result};
+pub use listener::{ListenerStats, NameListener};
+pub use stream::NameStream;

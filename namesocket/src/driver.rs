@@ -1,0 +1,744 @@
+//! The blocking (std) driver core shared by [`NameStream`](crate::NameStream)
+//! and [`NameListener`](crate::NameListener).
+//!
+//! # How the IO is done
+//!
+//! * The application thread does the IO of its own calls inline: it locks the
+//!   connection, reads what the transport has (non-blocking), feeds it to the
+//!   engine, writes what the engine wants to send (vectored, non-blocking),
+//!   and releases the lock before it sleeps in `poll(2)` on the transport and
+//!   the connection's wake pipe. This keeps a `send`/`recv` as cheap as on a
+//!   plain socket.
+//! * One process-wide *keeper* thread serves the timers of every connection
+//!   while the application is not inside a call (heartbeats, dead-path
+//!   detection, delayed ACKs, the resume window) and carries closed
+//!   connections until their CLOSE handshake is done (like the kernel's
+//!   lingering close).
+//! * When the engine reports `PathDead` on a client, a *reconnector* thread
+//!   races the remaining address pairs (the failed pair's source and
+//!   destination go to the back), attaches the new transport and lets the
+//!   engine resume. Waiting application calls are woken through the wake pipe.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+use crate::addrsel::PathCandidate;
+use crate::connect::{self, FailScope, PathSet, RaceConfig, SocketOptions};
+use crate::engine::{self, Event, KeyPair, Session};
+use crate::error::{Error, Failure};
+use crate::resolve::{Resolver, ResolverConfig};
+
+/// Options for namesocket clients and servers.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Session tunables (heartbeat, dead timeout, resume window, buffers).
+    pub session: engine::Config,
+    /// Name resolution (hosts file, DNS servers).
+    pub resolver: ResolverConfig,
+    /// Bound on one TCP connection attempt (initial connect and reconnects).
+    pub connect_attempt_timeout: Duration,
+    /// Happy-Eyeballs delay between starting connection attempts.
+    pub connect_stagger: Duration,
+    /// Server: time a new connection has to send NEW or RESUME.
+    pub handshake_timeout: Duration,
+    /// Server: listen backlog (also bounds the queue of sessions not yet
+    /// accepted).
+    pub backlog: i32,
+    /// `TCP_NODELAY` on transports (default on: frames are written whole).
+    pub nodelay: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            session: engine::Config::default(),
+            resolver: ResolverConfig::default(),
+            connect_attempt_timeout: Duration::from_secs(3),
+            connect_stagger: Duration::from_millis(50),
+            handshake_timeout: Duration::from_secs(5),
+            backlog: 128,
+            nodelay: true,
+        }
+    }
+}
+
+impl Options {
+    /// Options with the faster failure detection profile: heartbeat 50 ms,
+    /// dead timeout 150 ms (failover in well under 0.3 s on a lab link).
+    pub fn fast_failover() -> Self {
+        let mut o = Options::default();
+        o.session.heartbeat_interval = Duration::from_millis(50);
+        o.session.dead_timeout = Duration::from_millis(150);
+        o.connect_attempt_timeout = Duration::from_millis(500);
+        o.connect_stagger = Duration::from_millis(20);
+        o
+    }
+
+    pub(crate) fn socket_options(&self) -> SocketOptions {
+        SocketOptions {
+            nodelay: self.nodelay,
+            // A backstop behind the heartbeat: the kernel gives up on data
+            // that stays unacknowledged for twice the dead timeout.
+            user_timeout: Some((self.session.dead_timeout * 2).max(Duration::from_millis(500))),
+            keepalive: None,
+        }
+    }
+
+    pub(crate) fn race(&self) -> RaceConfig {
+        RaceConfig {
+            per_attempt_timeout: self.connect_attempt_timeout,
+            stagger: self.connect_stagger,
+            socket_options: self.socket_options(),
+        }
+    }
+}
+
+/// What happened on a connection, for logs, demos and benchmarks.
+#[derive(Debug, Clone, Default)]
+pub struct PathLog {
+    /// Transports declared dead (heartbeat silence or transport error).
+    pub path_failures: u64,
+    /// Successful resumes.
+    pub resumes: u64,
+    /// Bytes sent again after resumes.
+    pub retransmitted_bytes: u64,
+    /// When the last path failure was detected.
+    pub last_failure_at: Option<Instant>,
+    /// When the last resume completed.
+    pub last_resume_at: Option<Instant>,
+    /// The address pair in use (client side: the connected candidate).
+    pub current_path: Option<(Option<std::net::IpAddr>, SocketAddr)>,
+    /// Every (time, message) the driver logged about paths.
+    pub history: Vec<(Instant, String)>,
+}
+
+impl PathLog {
+    pub(crate) fn note(&mut self, now: Instant, msg: String) {
+        tracing::info!("{msg}");
+        if self.history.len() < 256 {
+            self.history.push((now, msg));
+        }
+    }
+}
+
+pub(crate) struct Transport {
+    pub(crate) stream: Arc<TcpStream>,
+    pub(crate) local: Option<SocketAddr>,
+    pub(crate) peer: Option<SocketAddr>,
+}
+
+impl Transport {
+    pub(crate) fn new(stream: TcpStream) -> io::Result<Self> {
+        stream.set_nonblocking(true)?;
+        Ok(Transport {
+            local: stream.local_addr().ok(),
+            peer: stream.peer_addr().ok(),
+            stream: Arc::new(stream),
+        })
+    }
+}
+
+pub(crate) struct ClientCtx {
+    /// The network namespace the session was created in (reconnects happen
+    /// there, whichever thread runs them).
+    pub(crate) netns: Option<Arc<std::fs::File>>,
+    pub(crate) host: String,
+    pub(crate) service: String,
+    pub(crate) paths: PathSet,
+    pub(crate) reconnecting: bool,
+    pub(crate) last_path: Option<PathCandidate>,
+}
+
+pub(crate) struct ConnState {
+    pub(crate) session: Session,
+    pub(crate) transport: Option<Transport>,
+    pub(crate) client: Option<ClientCtx>,
+    pub(crate) options: Options,
+    pub(crate) rng: StdRng,
+    pub(crate) failure: Option<Failure>,
+    pub(crate) log: PathLog,
+    /// The application closed its handle; the keeper carries it to the end.
+    pub(crate) app_closed: bool,
+}
+
+/// One namesocket connection (either end).
+pub(crate) struct Conn {
+    pub(crate) st: Mutex<ConnState>,
+    wake_rx: UnixStream,
+    wake_tx: UnixStream,
+    waiters: AtomicUsize,
+}
+
+const READ_CHUNK: usize = 64 * 1024;
+/// Most bytes one pump reads before it lets the application run.
+const READ_BUDGET: usize = 1 << 20;
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; READ_CHUNK]);
+}
+
+impl Conn {
+    pub(crate) fn new(state: ConnState) -> io::Result<Arc<Conn>> {
+        let (wake_rx, wake_tx) = UnixStream::pair()?;
+        wake_rx.set_nonblocking(true)?;
+        wake_tx.set_nonblocking(true)?;
+        let conn = Arc::new(Conn {
+            st: Mutex::new(state),
+            wake_rx,
+            wake_tx,
+            waiters: AtomicUsize::new(0),
+        });
+        keeper().register(&conn);
+        Ok(conn)
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, ConnState> {
+        // A panic while holding the lock leaves a consistent-enough state for
+        // reporting errors; never propagate the poison.
+        self.st.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wakes threads sleeping in [`Conn::wait`].
+    pub(crate) fn notify(&self) {
+        if self.waiters.load(Ordering::Acquire) > 0 {
+            let _ = (&self.wake_tx).write(&[1]);
+        }
+    }
+
+    fn drain_wake(&self) {
+        let mut buf = [0u8; 64];
+        while let Ok(n) = (&self.wake_rx).read(&mut buf) {
+            if n < buf.len() {
+                break;
+            }
+        }
+    }
+
+    /// Releases the lock and sleeps until the transport is ready for what is
+    /// wanted, the wake pipe fires, the engine's next deadline, or
+    /// `until`. Returns the lock re-acquired.
+    pub(crate) fn wait<'a>(
+        &'a self,
+        st: MutexGuard<'a, ConnState>,
+        want_write: bool,
+        until: Option<Instant>,
+    ) -> MutexGuard<'a, ConnState> {
+        let stream = st.transport.as_ref().map(|t| Arc::clone(&t.stream));
+        let deadline = match (st.session.poll_timeout(), until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let write_pending = want_write || st.session_has_output();
+        self.waiters.fetch_add(1, Ordering::AcqRel);
+        drop(st);
+        let timeout = poll_timeout(deadline);
+        {
+            let mut fds = Vec::with_capacity(2);
+            fds.push(PollFd::new(self.wake_rx.as_fd(), PollFlags::POLLIN));
+            if let Some(s) = &stream {
+                let mut flags = PollFlags::POLLIN;
+                if write_pending {
+                    flags |= PollFlags::POLLOUT;
+                }
+                fds.push(PollFd::new(s.as_fd(), flags));
+            }
+            let _ = poll(&mut fds, timeout);
+        }
+        self.waiters.fetch_sub(1, Ordering::AcqRel);
+        self.drain_wake();
+        self.lock()
+    }
+
+    /// Raw descriptors to poll for readiness (used by `nselect`): the wake
+    /// pipe and the current transport.
+    pub(crate) fn poll_handles(&self, st: &ConnState) -> (Option<Arc<TcpStream>>, Option<Instant>) {
+        (
+            st.transport.as_ref().map(|t| Arc::clone(&t.stream)),
+            st.session.poll_timeout(),
+        )
+    }
+
+    pub(crate) fn wake_fd(&self) -> &UnixStream {
+        &self.wake_rx
+    }
+
+    pub(crate) fn begin_wait(&self) {
+        self.waiters.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn end_wait(&self) {
+        self.waiters.fetch_sub(1, Ordering::AcqRel);
+        self.drain_wake();
+    }
+}
+
+pub(crate) fn poll_timeout(deadline: Option<Instant>) -> PollTimeout {
+    match deadline {
+        None => PollTimeout::NONE,
+        Some(d) => {
+            let left = d.saturating_duration_since(Instant::now());
+            let ms = left.as_nanos().div_ceil(1_000_000);
+            PollTimeout::try_from(ms.min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX)
+        }
+    }
+}
+
+impl ConnState {
+    pub(crate) fn new(session: Session, options: Options, client: Option<ClientCtx>) -> Self {
+        ConnState {
+            session,
+            transport: None,
+            client,
+            options,
+            rng: StdRng::from_os_rng(),
+            failure: None,
+            log: PathLog::default(),
+            app_closed: false,
+        }
+    }
+
+    pub(crate) fn session_has_output(&self) -> bool {
+        // Conservative: the engine may owe bytes whenever data is unsent;
+        // `poll_transmit` needs &mut, so ask cheaply through the counters.
+        let s = self.session.stats();
+        s.bytes_written > s.bytes_sent.saturating_sub(s.bytes_retransmitted)
+    }
+
+    /// The terminal error, if the session is over.
+    pub(crate) fn terminal_error(&self) -> Option<Error> {
+        self.failure.as_ref().map(Failure::to_error)
+    }
+
+    fn drop_transport(&mut self) {
+        if let Some(t) = self.transport.take() {
+            let _ = t.stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// Runs the engine as far as it can go without blocking: reads available
+/// input, fires due timers, writes pending output, handles events. Returns
+/// true when something changed that a waiting thread may care about.
+pub(crate) fn pump(conn: &Arc<Conn>, st: &mut ConnState, now: Instant) -> bool {
+    pump_with(conn, st, now, true)
+}
+
+/// [`pump`] that skips the speculative read when `read` is false (the send
+/// path reads ACKs only when the send buffer runs low or a timer is due, so a
+/// send costs one write system call, like on a plain socket).
+pub(crate) fn pump_with(conn: &Arc<Conn>, st: &mut ConnState, now: Instant, read: bool) -> bool {
+    let due = st.session.poll_timeout().is_some_and(|t| t <= now);
+    let mut changed = if read || due { read_input(st, now) } else { false };
+    if st.session.poll_timeout().is_some_and(|t| t <= now) {
+        st.session.handle_timeout(now);
+        changed = true;
+    }
+    flush(st, now);
+    changed |= handle_events(conn, st, now);
+    // Events may have queued output (e.g. a resume acknowledgement).
+    flush(st, now);
+    changed
+}
+
+fn read_input(st: &mut ConnState, now: Instant) -> bool {
+    let Some(t) = st.transport.as_ref() else {
+        return false;
+    };
+    let stream = Arc::clone(&t.stream);
+    let mut total = 0usize;
+    let mut changed = false;
+    SCRATCH.with(|scratch| {
+        let mut buf = scratch.borrow_mut();
+        loop {
+            match (&*stream).read(&mut buf[..]) {
+                Ok(0) => {
+                    st.session.transport_down(now);
+                    st.drop_transport();
+                    changed = true;
+                    return;
+                }
+                Ok(n) => {
+                    changed = true;
+                    total += n;
+                    if let Err(e) = st.session.handle_input(now, &buf[..n]) {
+                        tracing::debug!(error = %e, "namesocket: bad input on transport");
+                        // The engine raised PathDead or failed the session;
+                        // either way this transport is done.
+                        st.session.transport_down(now);
+                        st.drop_transport();
+                        return;
+                    }
+                    if total >= READ_BUDGET {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::debug!(error = %e, "namesocket: transport read error");
+                    st.session.transport_down(now);
+                    st.drop_transport();
+                    changed = true;
+                    return;
+                }
+            }
+        }
+    });
+    changed
+}
+
+pub(crate) fn flush(st: &mut ConnState, now: Instant) {
+    loop {
+        let Some(t) = st.transport.as_ref() else {
+            return;
+        };
+        let stream = Arc::clone(&t.stream);
+        let Some(tx) = st.session.poll_transmit(now) else {
+            return;
+        };
+        let slices = tx.io_slices();
+        match (&*stream).write_vectored(&slices) {
+            Ok(0) => {
+                st.session.transport_down(now);
+                st.drop_transport();
+                return;
+            }
+            Ok(n) => st.session.advance(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                tracing::debug!(error = %e, "namesocket: transport write error");
+                st.session.transport_down(now);
+                st.drop_transport();
+                return;
+            }
+        }
+    }
+}
+
+fn handle_events(conn: &Arc<Conn>, st: &mut ConnState, now: Instant) -> bool {
+    let mut changed = false;
+    while let Some(ev) = st.session.poll_event() {
+        changed = true;
+        match ev {
+            Event::Connected => {}
+            Event::PathDead => {
+                st.log.path_failures += 1;
+                st.log.last_failure_at = Some(now);
+                let path = st.transport.as_ref().and_then(|t| t.peer);
+                st.log.note(now, format!("path dead (peer {path:?}); transport dropped"));
+                st.drop_transport();
+                if st.client.is_some() {
+                    start_reconnect(conn, st);
+                }
+            }
+            Event::Resumed { retransmitted_bytes } => {
+                st.log.resumes += 1;
+                st.log.retransmitted_bytes += retransmitted_bytes;
+                st.log.last_resume_at = Some(now);
+                let took = st.log.last_failure_at.map(|f| now.saturating_duration_since(f));
+                st.log.note(
+                    now,
+                    format!(
+                        "resumed; {retransmitted_bytes} bytes re-sent; {took:?} after the failure was detected"
+                    ),
+                );
+            }
+            Event::PeerClosed => {}
+            Event::Closed => {
+                if st.failure.is_none() {
+                    st.failure = Some(Failure::Closed);
+                }
+                flush(st, now);
+                st.drop_transport();
+            }
+            Event::ResumeWindowExpired => {
+                st.failure = Some(Failure::ResumeWindowExpired);
+                st.log.note(now, "resume window expired".into());
+                st.drop_transport();
+            }
+            Event::Error(e) => {
+                st.log.note(now, format!("session failed: {e}"));
+                st.failure = Some(Failure::Session(e));
+                st.drop_transport();
+            }
+        }
+    }
+    changed
+}
+
+fn start_reconnect(conn: &Arc<Conn>, st: &mut ConnState) {
+    let Some(client) = st.client.as_mut() else {
+        return;
+    };
+    if let Some(failed) = client.last_path.as_ref() {
+        client.paths.mark_failed(failed, FailScope::DestinationOrSource);
+    }
+    if client.reconnecting {
+        return;
+    }
+    client.reconnecting = true;
+    let weak = Arc::downgrade(conn);
+    let spawned = std::thread::Builder::new()
+        .name("namesocket-reconnect".into())
+        .spawn(move || reconnect_loop(weak));
+    if spawned.is_err()
+        && let Some(c) = st.client.as_mut()
+    {
+        c.reconnecting = false;
+    }
+}
+
+/// The calling thread's network namespace, to be re-entered by helper threads.
+pub(crate) fn current_netns() -> Option<Arc<std::fs::File>> {
+    std::fs::File::open("/proc/thread-self/ns/net").ok().map(Arc::new)
+}
+
+fn reconnect_loop(weak: Weak<Conn>) {
+    if let Some(conn) = weak.upgrade() {
+        let ns = conn.lock().client.as_ref().and_then(|c| c.netns.clone());
+        if let Some(ns) = ns
+            && let Err(e) = nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+        {
+            tracing::warn!(error = %e, "namesocket: cannot enter the session's network namespace");
+        }
+    }
+    let mut backoff = Duration::from_millis(20);
+    let mut rounds = 0u32;
+    loop {
+        let Some(conn) = weak.upgrade() else { return };
+        let (candidates, race, resolver, host, service) = {
+            let st = conn.lock();
+            if st.failure.is_some() || st.transport.is_some() || st.session.is_finished() {
+                drop(st);
+                let mut st = conn.lock();
+                if let Some(c) = st.client.as_mut() {
+                    c.reconnecting = false;
+                }
+                return;
+            }
+            let Some(c) = st.client.as_ref() else { return };
+            (
+                c.paths.reconnect_order(c.last_path.as_ref()),
+                st.options.race(),
+                Resolver::new(st.options.resolver.clone()),
+                c.host.clone(),
+                c.service.clone(),
+            )
+        };
+        drop(conn);
+        let result = connect::connect_pairs_with(&candidates, &race);
+        let Some(conn) = weak.upgrade() else { return };
+        let mut st = conn.lock();
+        let now = Instant::now();
+        match result {
+            Ok(won) => {
+                if st.failure.is_some() || st.session.is_finished() {
+                    if let Some(c) = st.client.as_mut() {
+                        c.reconnecting = false;
+                    }
+                    return;
+                }
+                let path = won.path.clone();
+                match Transport::new(won.stream) {
+                    Ok(t) => {
+                        {
+                            let s = &mut *st;
+                            s.transport = Some(t);
+                            s.log.current_path = Some((path.src, path.dst));
+                            s.log.note(
+                                now,
+                                format!("reconnected over {:?} -> {}; resuming", path.src, path.dst),
+                            );
+                            if let Some(c) = s.client.as_mut() {
+                                c.paths.mark_succeeded(&path);
+                                c.last_path = Some(path);
+                                c.reconnecting = false;
+                            }
+                            if let Err(e) = s.session.transport_up(now, &mut s.rng) {
+                                s.failure = Some(Failure::Session(e));
+                                s.drop_transport();
+                            }
+                            pump(&conn, s, now);
+                        }
+                        drop(st);
+                        conn.notify();
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "namesocket: cannot configure reconnected stream");
+                    }
+                }
+            }
+            Err(e) => {
+                st.log.note(now, format!("reconnect round failed: {e}"));
+                rounds += 1;
+                if rounds % 3 == 0 {
+                    // Addresses may have changed: resolve the name again.
+                    drop(st);
+                    if let Ok(res) = resolver.resolve(&host, &service)
+                        && let Ok(fresh) = crate::addrsel::plan_paths(&res.addrs)
+                    {
+                        let mut st = conn.lock();
+                        if let Some(c) = st.client.as_mut() {
+                            c.paths.refresh(fresh);
+                        }
+                    }
+                    st = conn.lock();
+                }
+                // Let the keeper's timers run (resume window expiry).
+                pump(&conn, &mut st, now);
+                drop(st);
+                conn.notify();
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+                continue;
+            }
+        }
+        drop(st);
+        conn.notify();
+        std::thread::sleep(backoff);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The keeper thread
+// ---------------------------------------------------------------------------
+
+/// The process-wide thread that runs connection timers while applications
+/// are not inside a call, and finishes closed connections.
+pub(crate) struct Keeper {
+    conns: Mutex<Vec<Weak<Conn>>>,
+    lingering: Mutex<Vec<Arc<Conn>>>,
+    wake_rx: UnixStream,
+    wake_tx: UnixStream,
+}
+
+pub(crate) fn keeper() -> &'static Keeper {
+    static KEEPER: OnceLock<&'static Keeper> = OnceLock::new();
+    KEEPER.get_or_init(|| {
+        let (wake_rx, wake_tx) = UnixStream::pair().expect("namesocket: cannot create keeper wake pipe");
+        let _ = wake_rx.set_nonblocking(true);
+        let _ = wake_tx.set_nonblocking(true);
+        let k: &'static Keeper = Box::leak(Box::new(Keeper {
+            conns: Mutex::new(Vec::new()),
+            lingering: Mutex::new(Vec::new()),
+            wake_rx,
+            wake_tx,
+        }));
+        std::thread::Builder::new()
+            .name("namesocket-keeper".into())
+            .spawn(move || k.run())
+            .expect("namesocket: cannot start keeper thread");
+        k
+    })
+}
+
+impl Keeper {
+    fn register(&self, c: &Arc<Conn>) {
+        let mut g = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        if g.len() >= 64 && g.len().is_power_of_two() {
+            g.retain(|w| w.strong_count() > 0);
+        }
+        g.push(Arc::downgrade(c));
+        drop(g);
+        self.wake();
+    }
+
+    /// Keeps `c` alive until its session is finished (closed or failed).
+    pub(crate) fn linger(&self, c: Arc<Conn>) {
+        self.lingering.lock().unwrap_or_else(|p| p.into_inner()).push(c);
+        self.wake();
+    }
+
+    fn wake(&self) {
+        let _ = (&self.wake_tx).write(&[1]);
+    }
+
+    fn run(&self) {
+        loop {
+            let now = Instant::now();
+            let mut next = now + Duration::from_millis(500);
+            let list: Vec<Arc<Conn>> = {
+                let mut g = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+                g.retain(|w| w.strong_count() > 0);
+                g.iter().filter_map(Weak::upgrade).collect()
+            };
+            let mut watch: Vec<Arc<TcpStream>> = Vec::new();
+            for c in &list {
+                match c.st.try_lock() {
+                    Ok(mut st) => {
+                        let due = st.session.poll_timeout().is_some_and(|t| t <= now);
+                        if (due || st.app_closed) && pump(c, &mut st, now) {
+                            c.notify();
+                        }
+                        if let Some(t) = st.session.poll_timeout() {
+                            next = next.min(t);
+                        }
+                        if st.app_closed
+                            && let Some(t) = &st.transport
+                        {
+                            watch.push(Arc::clone(&t.stream));
+                        }
+                    }
+                    Err(_) => next = next.min(now + Duration::from_millis(2)),
+                }
+            }
+            self.lingering
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|c| {
+                    let st = c.lock();
+                    st.failure.is_none() && !st.session.is_finished()
+                });
+            drop(list);
+            {
+                let mut fds = Vec::with_capacity(1 + watch.len());
+                fds.push(PollFd::new(self.wake_rx.as_fd(), PollFlags::POLLIN));
+                for s in &watch {
+                    fds.push(PollFd::new(s.as_fd(), PollFlags::POLLIN));
+                }
+                let _ = poll(&mut fds, poll_timeout(Some(next)));
+            }
+            let mut buf = [0u8; 256];
+            while let Ok(n) = (&self.wake_rx).read(&mut buf) {
+                if n < buf.len() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Ephemeral X25519 key pairs, shared by sessions and rotated
+// ---------------------------------------------------------------------------
+
+/// How long one ephemeral key pair is used for new sessions.
+pub const KEY_ROTATION: Duration = Duration::from_secs(60);
+
+/// The current process-wide key pair (rotated every [`KEY_ROTATION`]).
+pub(crate) fn current_keys() -> Arc<KeyPair> {
+    static KEYS: Mutex<Option<(Instant, Arc<KeyPair>)>> = Mutex::new(None);
+    let mut g = KEYS.lock().unwrap_or_else(|p| p.into_inner());
+    let now = Instant::now();
+    match &*g {
+        Some((at, k)) if now.saturating_duration_since(*at) < KEY_ROTATION => Arc::clone(k),
+        _ => {
+            let mut rng = StdRng::from_os_rng();
+            let k = Arc::new(KeyPair::generate(&mut rng));
+            *g = Some((now, Arc::clone(&k)));
+            k
+        }
+    }
+}
+

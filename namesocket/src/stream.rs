@@ -1,0 +1,353 @@
+//! [`NameStream`]: a connected namesocket with blocking (or non-blocking)
+//! std IO, implementing [`Read`] and [`Write`].
+
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::addrsel::plan_paths;
+use crate::connect::{self, PathSet};
+use crate::driver::{self, ClientCtx, Conn, ConnState, Options, PathLog, Transport};
+use crate::engine::{Session, Stats, WriteError};
+use crate::error::{Error, Result};
+use crate::resolve::Resolver;
+use crate::wire::v2::SessionId;
+
+/// A namesocket session: a reliable byte stream to a *named* peer that
+/// survives the failure of the address pair it runs on.
+///
+/// Dropping a `NameStream` closes it gracefully in the background (data
+/// already written is still delivered, like a TCP close).
+#[derive(Debug)]
+pub struct NameStream {
+    pub(crate) conn: Arc<Conn>,
+    nonblocking: AtomicBool,
+    read_timeout: std::sync::Mutex<Option<Duration>>,
+    write_timeout: std::sync::Mutex<Option<Duration>>,
+    read_shut: AtomicBool,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn").finish_non_exhaustive()
+    }
+}
+
+impl NameStream {
+    /// Connects to `service` on `host` with default [`Options`]: resolves
+    /// every address of the name (hosts file, DNS), pairs each with a source
+    /// address (RFC 6724), races the pairs and starts a session.
+    pub fn connect(host: &str, service: &str) -> Result<NameStream> {
+        Self::connect_with(host, service, &Options::default())
+    }
+
+    /// [`NameStream::connect`] with explicit options.
+    pub fn connect_with(host: &str, service: &str, options: &Options) -> Result<NameStream> {
+        options.session.validate()?;
+        let resolver = Resolver::new(options.resolver.clone());
+        let resolution = resolver.resolve(host, service)?;
+        let candidates = plan_paths(&resolution.addrs)?;
+        let won = connect::connect_pairs_with(&candidates, &options.race())?;
+        let session = Session::client(options.session.clone(), driver::current_keys())?;
+        let client = ClientCtx {
+            netns: driver::current_netns(),
+            host: host.to_string(),
+            service: service.to_string(),
+            paths: PathSet::new(candidates),
+            reconnecting: false,
+            last_path: Some(won.path.clone()),
+        };
+        let mut st = ConnState::new(session, options.clone(), Some(client));
+        st.log.current_path = Some((won.path.src, won.path.dst));
+        st.transport = Some(Transport::new(won.stream)?);
+        let now = Instant::now();
+        {
+            let st = &mut st;
+            st.session.transport_up(now, &mut st.rng)?;
+        }
+        let conn = Conn::new(st)?;
+        {
+            let mut st = conn.lock();
+            driver::flush(&mut st, now);
+        }
+        Ok(NameStream::from_conn(conn))
+    }
+
+    pub(crate) fn from_conn(conn: Arc<Conn>) -> NameStream {
+        NameStream {
+            conn,
+            nonblocking: AtomicBool::new(false),
+            read_timeout: std::sync::Mutex::new(None),
+            write_timeout: std::sync::Mutex::new(None),
+            read_shut: AtomicBool::new(false),
+        }
+    }
+
+    /// Sends bytes; blocks while the retained send buffer is full (unless
+    /// non-blocking). Returns how many bytes were accepted. Every accepted
+    /// byte is delivered to the peer, across path failures, or the session
+    /// reports an error.
+    pub fn send(&self, buf: &[u8]) -> Result<usize> {
+        self.send_flags(buf, false)
+    }
+
+    /// [`NameStream::send`] that never blocks when `dontwait` is set.
+    pub fn send_flags(&self, buf: &[u8], dontwait: bool) -> Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let nonblock = dontwait || self.nonblocking.load(Ordering::Relaxed);
+        let deadline = lock_opt(&self.write_timeout).map(|t| Instant::now() + t);
+        let mut st = self.conn.lock();
+        loop {
+            let now = Instant::now();
+            match st.session.write(buf) {
+                Ok(n) if n > 0 => {
+                    let low = st.session.send_capacity() < st.options.session.send_buffer_limit / 2;
+                    driver::pump_with(&self.conn, &mut st, now, low);
+                    return Ok(n);
+                }
+                Ok(_) => {}
+                Err(WriteError::Shutdown) => return Err(Error::Shutdown),
+                Err(WriteError::Closed) => {
+                    return Err(st.terminal_error().unwrap_or(Error::Closed));
+                }
+            }
+            if let Some(e) = st.terminal_error() {
+                return Err(e);
+            }
+            // The buffer is full: reading ACKs may free space.
+            driver::pump(&self.conn, &mut st, now);
+            if st.session.send_capacity() > 0 {
+                continue;
+            }
+            if nonblock {
+                return Err(Error::WouldBlock);
+            }
+            if deadline.is_some_and(|d| d <= now) {
+                return Err(Error::TimedOut);
+            }
+            st = self.conn.wait(st, true, deadline);
+        }
+    }
+
+    /// Receives bytes; blocks until some are available (unless non-blocking).
+    /// `Ok(0)` means the peer shut down or closed its sending side.
+    pub fn recv(&self, buf: &mut [u8]) -> Result<usize> {
+        self.recv_flags(buf, false)
+    }
+
+    /// [`NameStream::recv`] that never blocks when `dontwait` is set.
+    pub fn recv_flags(&self, buf: &mut [u8], dontwait: bool) -> Result<usize> {
+        if self.read_shut.load(Ordering::Relaxed) {
+            return Ok(0);
+        }
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let nonblock = dontwait || self.nonblocking.load(Ordering::Relaxed);
+        let deadline = lock_opt(&self.read_timeout).map(|t| Instant::now() + t);
+        let mut st = self.conn.lock();
+        loop {
+            let n = st.session.read(buf);
+            if n > 0 {
+                // Reading may owe the peer an ACK (flow control).
+                let now = Instant::now();
+                driver::pump_with(&self.conn, &mut st, now, false);
+                return Ok(n);
+            }
+            if let Some(e) = st.terminal_error() {
+                return match e {
+                    Error::Closed => Ok(0),
+                    e => Err(e),
+                };
+            }
+            if st.session.read_eof() {
+                return Ok(0);
+            }
+            let now = Instant::now();
+            driver::pump(&self.conn, &mut st, now);
+            if st.session.readable_bytes() > 0 || st.session.read_eof() || st.failure.is_some() {
+                continue;
+            }
+            if nonblock {
+                return Err(Error::WouldBlock);
+            }
+            if deadline.is_some_and(|d| d <= now) {
+                return Err(Error::TimedOut);
+            }
+            st = self.conn.wait(st, false, deadline);
+        }
+    }
+
+    /// Shuts down reading, writing or both. Shutting down writing sends the
+    /// peer an end-of-stream after the last byte written; shutting down
+    /// reading makes later receives return 0.
+    pub fn shutdown(&self, how: std::net::Shutdown) -> Result<()> {
+        let mut st = self.conn.lock();
+        if matches!(how, std::net::Shutdown::Read | std::net::Shutdown::Both) {
+            self.read_shut.store(true, Ordering::Relaxed);
+        }
+        if matches!(how, std::net::Shutdown::Write | std::net::Shutdown::Both) {
+            st.session.shutdown_write();
+            driver::pump(&self.conn, &mut st, Instant::now());
+        }
+        Ok(())
+    }
+
+    /// Blocks until the peer has acknowledged every byte written so far
+    /// (or `timeout` passes). Useful before reporting a transfer complete.
+    pub fn wait_acked(&self, timeout: Option<Duration>) -> Result<()> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut st = self.conn.lock();
+        loop {
+            let now = Instant::now();
+            driver::pump(&self.conn, &mut st, now);
+            if st.session.unacked_bytes() == 0 {
+                return Ok(());
+            }
+            if let Some(e) = st.terminal_error() {
+                return Err(e);
+            }
+            if deadline.is_some_and(|d| d <= now) {
+                return Err(Error::TimedOut);
+            }
+            st = self.conn.wait(st, false, deadline);
+        }
+    }
+
+    /// Closes the session gracefully and returns at once; the data written
+    /// so far is still delivered in the background (across path failures),
+    /// then the CLOSE handshake ends the session.
+    pub fn close(self) -> Result<()> {
+        // Drop does the work.
+        Ok(())
+    }
+
+    /// Sets non-blocking mode (send/recv return [`Error::WouldBlock`]).
+    pub fn set_nonblocking(&self, on: bool) {
+        self.nonblocking.store(on, Ordering::Relaxed);
+    }
+
+    /// Timeout for blocking receives (`None` = wait forever).
+    pub fn set_read_timeout(&self, t: Option<Duration>) {
+        *self.read_timeout.lock().unwrap_or_else(|p| p.into_inner()) = t;
+    }
+
+    /// Timeout for blocking sends (`None` = wait forever).
+    pub fn set_write_timeout(&self, t: Option<Duration>) {
+        *self.write_timeout.lock().unwrap_or_else(|p| p.into_inner()) = t;
+    }
+
+    /// Engine counters (bytes written/acked/retransmitted, resumes, …).
+    pub fn stats(&self) -> Stats {
+        self.conn.lock().session.stats().clone()
+    }
+
+    /// What happened to the paths of this session.
+    pub fn path_log(&self) -> PathLog {
+        self.conn.lock().log.clone()
+    }
+
+    /// The session id.
+    pub fn session_id(&self) -> SessionId {
+        self.conn.lock().session.session_id()
+    }
+
+    /// The local address of the current transport, if one is up.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.conn.lock().transport.as_ref().and_then(|t| t.local)
+    }
+
+    /// The peer address of the current transport, if one is up.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.conn.lock().transport.as_ref().and_then(|t| t.peer)
+    }
+
+    /// True when data can be received without blocking (or EOF/error is
+    /// pending). Runs the engine first.
+    pub fn poll_readable(&self) -> bool {
+        let mut st = self.conn.lock();
+        driver::pump(&self.conn, &mut st, Instant::now());
+        st.session.readable_bytes() > 0 || st.session.read_eof() || st.failure.is_some()
+    }
+
+    /// True when a send would accept at least one byte (or fail at once).
+    pub fn poll_writable(&self) -> bool {
+        let mut st = self.conn.lock();
+        driver::pump(&self.conn, &mut st, Instant::now());
+        st.session.send_capacity() > 0 || st.failure.is_some()
+    }
+
+    /// Breaks the current transport (both directions) as a failed path
+    /// would, so that the client reconnects and resumes. For tests and
+    /// demonstrations on a single host.
+    #[doc(hidden)]
+    pub fn break_transport(&self) {
+        let st = self.conn.lock();
+        if let Some(t) = &st.transport {
+            let _ = t.stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// True when the session has failed.
+    pub fn has_error(&self) -> bool {
+        let st = self.conn.lock();
+        st.failure.as_ref().is_some_and(|f| !matches!(f, crate::error::Failure::Closed))
+    }
+}
+
+fn lock_opt(m: &std::sync::Mutex<Option<Duration>>) -> Option<Duration> {
+    *m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Drop for NameStream {
+    fn drop(&mut self) {
+        let finished = {
+            let mut st = self.conn.lock();
+            st.app_closed = true;
+            st.session.close();
+            driver::pump(&self.conn, &mut st, Instant::now());
+            st.failure.is_some() || st.session.is_finished()
+        };
+        if !finished {
+            driver::keeper().linger(Arc::clone(&self.conn));
+        }
+    }
+}
+
+impl Read for NameStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (&*self).read(buf)
+    }
+}
+
+impl Read for &NameStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.recv(buf).map_err(io::Error::from)
+    }
+}
+
+impl Write for NameStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        (&*self).write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        (&*self).flush()
+    }
+}
+
+impl Write for &NameStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.send(buf).map_err(io::Error::from)
+    }
+    /// Pushes pending frames to the transport (does not wait for the peer's
+    /// acknowledgement; see [`NameStream::wait_acked`]).
+    fn flush(&mut self) -> io::Result<()> {
+        let mut st = self.conn.lock();
+        driver::flush(&mut st, Instant::now());
+        Ok(())
+    }
+}

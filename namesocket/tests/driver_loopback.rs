@@ -1,0 +1,293 @@
+//! Driver tests on loopback: the std and tokio drivers, the thesis API,
+//! resume after a broken transport, a forged RESUME, a non-namesocket peer.
+//! (Path failures between real links are tested in the lab: tests/tests/.)
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::thread;
+use std::time::Duration;
+
+use namesocket::api::{self, NsSet};
+use namesocket::wire::v2::{Handshake, Resume, SessionId};
+use namesocket::{AsyncNameListener, AsyncNameStream, Error, NameListener, NameStream, Options};
+
+fn fast() -> Options {
+    Options::fast_failover()
+}
+
+/// Deterministic pseudo-random bytes (xorshift) so both ends can check.
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn echo_one_megabyte_both_ways() {
+    let l = NameListener::bind_with("0", &fast()).unwrap();
+    let port = l.local_port().to_string();
+    let server = thread::spawn(move || {
+        let mut s = l.accept().unwrap();
+        let mut buf = vec![0u8; 8192];
+        let mut total = 0;
+        loop {
+            let n = s.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            s.write_all(&buf[..n]).unwrap();
+            total += n;
+        }
+        s.wait_acked(Some(Duration::from_secs(10))).unwrap();
+        total
+    });
+    let data = pattern(1 << 20, 7);
+    let mut c = NameStream::connect_with("127.0.0.1", &port, &fast()).unwrap();
+    // Interleave writes and reads on one thread with a bounded in-flight window.
+    let mut got = Vec::with_capacity(data.len());
+    let mut sent = 0;
+    let mut buf = vec![0u8; 65536];
+    while got.len() < data.len() {
+        if sent < data.len() && sent - got.len() < 256 * 1024 {
+            let end = (sent + 16384).min(data.len());
+            c.write_all(&data[sent..end]).unwrap();
+            sent = end;
+            if sent == data.len() {
+                c.shutdown(std::net::Shutdown::Write).unwrap();
+            }
+            continue;
+        }
+        let n = c.read(&mut buf).unwrap();
+        assert!(n > 0, "unexpected EOF after {} bytes", got.len());
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(got == data, "echo differs");
+    assert_eq!(c.read(&mut buf).unwrap(), 0, "EOF after the echo");
+    assert_eq!(server.join().unwrap(), data.len());
+}
+
+#[test]
+fn resume_after_broken_transport_loses_nothing() {
+    let l = NameListener::bind_with("0", &fast()).unwrap();
+    let port = l.local_port().to_string();
+    let total = 8 << 20;
+    let server = thread::spawn(move || {
+        let mut s = l.accept().unwrap();
+        let mut got = Vec::with_capacity(total);
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let n = s.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        (got, l.stats())
+    });
+    let data = pattern(total, 99);
+    let c = NameStream::connect_with("127.0.0.1", &port, &fast()).unwrap();
+    let mut w = &c;
+    for (i, chunk) in data.chunks(8192).enumerate() {
+        if let Err(e) = w.write_all(chunk) {
+            panic!("write {i} failed: {e:?}; log: {:#?}; stats {:?}", c.path_log(), c.stats());
+        }
+        if i == 300 || i == 700 {
+            c.break_transport();
+        }
+    }
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    c.wait_acked(Some(Duration::from_secs(20))).unwrap();
+    let (got, stats) = server.join().unwrap();
+    assert_eq!(got.len(), data.len());
+    assert!(got == data, "stream differs");
+    let log = c.path_log();
+    assert!(log.resumes >= 2, "expected two resumes, log: {log:?}");
+    assert!(stats.resumes >= 2, "listener saw {stats:?}");
+}
+
+#[test]
+fn thesis_api_roundtrip_and_nselect() {
+    // nlisten on an ephemeral port, close, and the descriptor is gone.
+    let srv = api::nsocket(0).unwrap();
+    api::nlisten(srv, "0", 16).unwrap();
+    api::nclose(srv).unwrap();
+    assert!(matches!(api::nclose(srv), Err(Error::BadDescriptor)));
+
+    let port = free_port();
+    let srv = api::nsocket(0).unwrap();
+    api::nlisten(srv, &port.to_string(), 16).unwrap();
+    // nselect on the listener times out with nothing pending.
+    let mut r: NsSet = [srv].into_iter().collect();
+    assert_eq!(api::nselect(Some(&mut r), None, None, Some(Duration::from_millis(30))).unwrap(), 0);
+    assert!(r.is_empty());
+
+    let client = thread::spawn(move || {
+        let c = api::nsocket(0).unwrap();
+        api::nconnect(c, "localhost", &port.to_string()).unwrap();
+        assert_eq!(api::nsend(c, b"hello namesocket", 0).unwrap(), 16);
+        let mut buf = [0u8; 64];
+        let n = api::nrecv(c, &mut buf, 0).unwrap();
+        assert_eq!(&buf[..n], b"HELLO");
+        api::nshutdown(c, libc::SHUT_WR).unwrap();
+        assert!(matches!(api::nsend(c, b"x", 0), Err(Error::Shutdown)));
+        assert_eq!(api::nsend(c, b"x", 0).unwrap_err().errno(), libc::EPIPE);
+        api::nclose(c).unwrap();
+    });
+
+    let mut r: NsSet = [srv].into_iter().collect();
+    assert_eq!(api::nselect(Some(&mut r), None, None, Some(Duration::from_secs(10))).unwrap(), 1);
+    assert!(r.contains(srv));
+    let s = api::naccept(srv).unwrap();
+    let mut r: NsSet = [s].into_iter().collect();
+    assert_eq!(api::nselect(Some(&mut r), None, None, Some(Duration::from_secs(10))).unwrap(), 1);
+    let mut buf = [0u8; 16];
+    assert_eq!(api::nrecv(s, &mut buf, libc::MSG_WAITALL).unwrap(), 16);
+    assert_eq!(&buf, b"hello namesocket");
+    assert_eq!(api::nsend(s, b"HELLO", 0).unwrap(), 5);
+    // The client shuts down writing: reads end with 0.
+    assert_eq!(api::nrecv(s, &mut buf, 0).unwrap(), 0);
+    client.join().unwrap();
+
+    // Errors with their errno values.
+    assert_eq!(api::nrecv(9999, &mut buf, 0).unwrap_err().errno(), libc::EBADF);
+    assert_eq!(api::nsend(s, b"x", libc::MSG_OOB).unwrap_err().errno(), libc::EOPNOTSUPP);
+    assert_eq!(api::nshutdown(s, 42).unwrap_err().errno(), libc::EINVAL);
+    assert_eq!(api::naccept(s).unwrap_err().errno(), libc::EINVAL);
+    assert_eq!(api::nsocket(0x4000_0000).unwrap_err().errno(), libc::EOPNOTSUPP);
+    let c = api::nsocket(0).unwrap();
+    let e = api::nconnect(c, "no-such-host.invalid", &port.to_string()).unwrap_err();
+    assert!(matches!(e, Error::Resolve(_)), "{e:?}");
+    // The descriptor is still usable after a failed connect.
+    api::nconnect(c, "127.0.0.1", &port.to_string()).unwrap();
+    assert_eq!(
+        api::nconnect(c, "127.0.0.1", &port.to_string()).unwrap_err().errno(),
+        libc::EISCONN
+    );
+    api::nclose(c).unwrap();
+    api::nclose(s).unwrap();
+    api::nclose(srv).unwrap();
+}
+
+#[test]
+fn nonblocking_api_returns_eagain() {
+    let port = free_port();
+    let srv = api::nsocket(api::NS_NONBLOCK).unwrap();
+    api::nlisten(srv, &port.to_string(), 4).unwrap();
+    assert_eq!(api::naccept(srv).unwrap_err().errno(), libc::EAGAIN);
+    let c = api::nsocket(api::NS_NONBLOCK).unwrap();
+    api::nconnect(c, "127.0.0.1", &port.to_string()).unwrap();
+    let mut buf = [0u8; 4];
+    assert_eq!(api::nrecv(c, &mut buf, 0).unwrap_err().errno(), libc::EAGAIN);
+    api::nclose(c).unwrap();
+    api::nclose(srv).unwrap();
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("[::]:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+#[test]
+fn non_namesocket_peer_gives_protocol_error() {
+    let plain = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = plain.local_addr().unwrap().port();
+    let t = thread::spawn(move || {
+        let (mut s, _) = plain.accept().unwrap();
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").unwrap();
+        thread::sleep(Duration::from_millis(300));
+    });
+    let c = NameStream::connect_with("127.0.0.1", &port.to_string(), &fast()).unwrap();
+    let mut buf = [0u8; 16];
+    let e = c.recv(&mut buf).unwrap_err();
+    assert_eq!(e.errno(), libc::EPROTO, "{e:?}");
+    // Every later call reports the same failure; nothing is delivered.
+    assert_eq!(c.recv(&mut buf).unwrap_err().errno(), libc::EPROTO);
+    t.join().unwrap();
+}
+
+#[test]
+fn forged_resume_is_rejected_and_session_unaffected() {
+    let l = NameListener::bind_with("0", &fast()).unwrap();
+    let port = l.local_port();
+    let c = NameStream::connect_with("127.0.0.1", &port.to_string(), &fast()).unwrap();
+    (&c).write_all(b"before").unwrap();
+    let s = l.accept().unwrap();
+    let mut buf = [0u8; 6];
+    (&s).read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"before");
+
+    // An attacker who knows the session id (it travels in clear) but not the
+    // secret sends RESUME with a made-up proof.
+    let forged = Handshake::Resume(Resume {
+        session_id: SessionId(c.session_id().0),
+        generation: 1,
+        nonce: [7; 16],
+        bytes_received: 0,
+        proof: [0x55; 32],
+    });
+    let mut bytes = Vec::new();
+    forged.emit(&mut bytes);
+    let mut raw = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    raw.write_all(&bytes).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut reply = Vec::new();
+    let _ = raw.read_to_end(&mut reply);
+    assert!(!reply.is_empty(), "expected a rejection");
+    assert_eq!(l.stats().rejected_resumes, 1);
+    assert_eq!(l.stats().resumes, 0);
+
+    // The real session still works in both directions.
+    (&c).write_all(b"after").unwrap();
+    let mut buf = [0u8; 5];
+    (&s).read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"after");
+    (&s).write_all(b"reply").unwrap();
+    (&c).read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"reply");
+}
+
+#[test]
+fn tokio_stream_roundtrip() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = AsyncNameListener::bind_with("0", &fast()).await.unwrap();
+        let port = l.local_port().to_string();
+        let data = pattern(2 << 20, 3);
+        let expected = data.clone();
+        let server = tokio::spawn(async move {
+            let mut s = l.accept().await.unwrap();
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).await.unwrap();
+            s.write_all(b"done").await.unwrap();
+            s.wait_acked().await.unwrap();
+            got
+        });
+        let mut c = AsyncNameStream::connect_with("127.0.0.1", &port, &fast()).await.unwrap();
+        c.write_all(&data).await.unwrap();
+        c.shutdown().await.unwrap();
+        let mut reply = Vec::new();
+        c.read_to_end(&mut reply).await.unwrap();
+        assert_eq!(reply, b"done");
+        assert!(server.await.unwrap() == expected);
+    });
+}
+
+#[test]
+fn connect_refused_and_unknown_service() {
+    let port = free_port();
+    let e = NameStream::connect_with("127.0.0.1", &port.to_string(), &fast()).unwrap_err();
+    assert_eq!(e.errno(), libc::ECONNREFUSED, "{e:?}");
+    let e = NameStream::connect_with("127.0.0.1", "no-such-service-xyz", &fast()).unwrap_err();
+    assert!(matches!(e, Error::Resolve(_)), "{e:?}");
+}
