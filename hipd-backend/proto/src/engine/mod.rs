@@ -108,6 +108,12 @@
 //!   A transmit with `src: None` (I1 only: the engine does not know the
 //!   source address) carries a zero checksum; the sender fills it in with
 //!   [`Transmit::fill_checksum`] after choosing the source address.
+//! * **Testing.** [`testing::Pair`] joins two endpoints over a simulated,
+//!   seeded link (latency, jitter/reordering, loss, duplication, a packet
+//!   filter for targeted drops and tampering); [`testing::test_identity`]
+//!   caches one key per kind per process (RSA keygen is slow). The module is
+//!   always compiled (it is pure and small) so integration tests, the
+//!   UPDATE layer and the daemon can reuse it.
 //! * **Not done here** (documented gaps): UPDATE (counted as
 //!   [`Stats::unhandled`]; the next layer adds it on top of [`Association`]),
 //!   UAL idle closing (the daemon calls [`Endpoint::close`]), retrying an I1
