@@ -268,3 +268,54 @@ impl Association {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv6Addr;
+
+    fn a(n: u16) -> IpAddr {
+        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, n))
+    }
+
+    #[test]
+    fn exchange_locator_becomes_active_and_preferred() {
+        let mut s = Association::new(AssocId(1), Role::Initiator, Hit::from_u128(5), 0);
+        s.peer_locators = [a(3), a(4)]
+            .iter()
+            .map(|&addr| PeerLocator {
+                addr,
+                state: LocatorState::Unverified,
+                preferred: addr == a(3),
+                lifetime: u32::MAX,
+            })
+            .collect();
+        s.set_exchange_locators(a(1), a(4));
+        assert_eq!(s.preferred_peer_locator(), Some(a(4)));
+        assert_eq!(s.peer_locators()[0].state, LocatorState::Active);
+        assert_eq!(s.peer_locators()[1].addr, a(3));
+        assert!(!s.peer_locators()[1].preferred);
+        assert_eq!(s.peer_locators()[1].state, LocatorState::Unverified);
+        assert_eq!(s.preferred_local_locator(), Some(a(1)));
+    }
+
+    #[test]
+    fn g_role_and_deadlines() {
+        let mut s = Association::new(AssocId(1), Role::Responder, Hit::from_u128(9), 0);
+        assert!(!s.local_is_g(), "unknown peer");
+        s.peer_hit = Some(Hit::from_u128(3));
+        assert!(s.local_is_g());
+        let t = Instant::now();
+        assert_eq!(s.next_deadline(), None);
+        s.state_deadline = Some(t + Duration::from_secs(5));
+        s.retx = Some(Retx {
+            src: None,
+            dst: a(1),
+            payload: vec![],
+            deadline: t + Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            retries_left: 1,
+        });
+        assert_eq!(s.next_deadline(), Some(t + Duration::from_secs(2)));
+    }
+}

@@ -129,3 +129,40 @@ impl Config {
         32 + e
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifetime_exponent_covers_rotation() {
+        for (secs, exp) in [(1, 32), (2, 33), (3, 34), (120, 39), (128, 39), (129, 40)] {
+            let c = Config {
+                r1_rotation: Duration::from_secs(secs),
+                ..Config::default()
+            };
+            assert_eq!(c.puzzle_lifetime_exp(), exp, "{secs}");
+            assert!(2f64.powi(i32::from(exp) - 32) >= secs as f64);
+        }
+    }
+
+    #[test]
+    fn validation_rejects_empty_and_long_lists() {
+        assert!(Config::default().validate().is_ok());
+        let empty = Config {
+            dh_groups: vec![],
+            ..Config::default()
+        };
+        assert!(empty.validate().is_err());
+        let long = Config {
+            esp_suites: vec![EspSuite::Aes128CbcSha256; 7],
+            ..Config::default()
+        };
+        assert!(long.validate().is_err());
+        let zero = Config {
+            r1_rotation: Duration::ZERO,
+            ..Config::default()
+        };
+        assert!(zero.validate().is_err());
+    }
+}

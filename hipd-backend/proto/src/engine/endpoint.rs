@@ -2054,3 +2054,39 @@ fn build_generation(
         r1s,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv6Addr;
+
+    #[test]
+    fn puzzle_i_is_stateless_and_bound_to_hits_and_addresses() {
+        let id = crate::engine::testing::test_identity(
+            crate::engine::testing::IdentityKind::EcdsaP256,
+            0,
+        );
+        let cfg = Config {
+            dh_groups: vec![DhGroup::EcdhP256],
+            ..Config::default()
+        };
+        let be: Arc<dyn CryptoBackend> = Arc::new(crypto::OpensslBackend::new());
+        let ep = Endpoint::new(cfg, vec![id], be, [3; 32], Instant::now()).expect("endpoint");
+        let g = &ep.gen_cur;
+        let ip = |n| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, n));
+        let (h1, h2) = (Hit::from_u128(1), Hit::from_u128(2));
+        let base = puzzle_i(g, HashAlg::Sha384, h1, h2, ip(1), ip(2));
+        assert_eq!(base.len(), 48);
+        assert_eq!(base, puzzle_i(g, HashAlg::Sha384, h1, h2, ip(1), ip(2)));
+        assert_eq!(puzzle_i(g, HashAlg::Sha256, h1, h2, ip(1), ip(2)).len(), 32);
+        assert_ne!(base, puzzle_i(g, HashAlg::Sha384, h2, h1, ip(1), ip(2)));
+        assert_ne!(base, puzzle_i(g, HashAlg::Sha384, h1, h2, ip(3), ip(2)));
+        assert_ne!(base, puzzle_i(g, HashAlg::Sha384, h1, h2, ip(1), ip(3)));
+        // One R1 per (identity, group), signed with receiver HIT = 0.
+        assert_eq!(g.r1s.len(), 1);
+        let r1 = g.r1s.values().next().expect("r1");
+        let pkt = Packet::new_checked(&r1.bytes[..]).expect("r1 parses");
+        assert!(pkt.receiver_hit().is_zero());
+        assert_eq!(pkt.packet_type(), PacketType::R1);
+    }
+}

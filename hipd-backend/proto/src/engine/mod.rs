@@ -328,3 +328,48 @@ pub enum EngineError {
     #[error(transparent)]
     Wire(#[from] WireError),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv6Addr;
+
+    #[test]
+    fn reply_swaps_ports() {
+        let t = Transport::Udp {
+            src_port: 1,
+            dst_port: 2,
+        };
+        assert_eq!(
+            t.reply(),
+            Transport::Udp {
+                src_port: 2,
+                dst_port: 1
+            }
+        );
+        assert_eq!(Transport::Native.reply(), Transport::Native);
+    }
+
+    #[test]
+    fn fill_checksum_makes_a_verifiable_packet() {
+        let src = IpAddr::V6(Ipv6Addr::LOCALHOST);
+        let dst = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2));
+        let repr =
+            crate::wire::PacketRepr::new(crate::wire::PacketType::I1, Hit::from_u128(1), Hit::ZERO);
+        let mut t = Transmit {
+            src: None,
+            dst,
+            transport: Transport::Native,
+            payload: repr.to_bytes(ChecksumMode::Udp).expect("emit"),
+        };
+        assert!(t.fill_checksum(src));
+        let mode = ChecksumMode::from_addrs(src, dst).expect("mode");
+        assert!(
+            Packet::new_checked(&t.payload[..])
+                .expect("pkt")
+                .verify_checksum(mode)
+        );
+        let v4 = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+        assert!(!t.fill_checksum(v4), "mixed families");
+    }
+}
