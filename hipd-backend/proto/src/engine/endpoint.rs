@@ -1333,7 +1333,11 @@ impl Endpoint {
         };
         match self.i2_inner(now, d, pkt, &repr, ident, rhash, rc.counter, &sol, existing) {
             Ok(()) => {}
-            Err(rej) => self.apply_reject(Some(&mut scratch), now, d, rej),
+            Err(mut rej) => {
+                // No association exists yet: nothing to fail.
+                rej.fail = None;
+                self.apply_reject(Some(&mut scratch), now, d, rej);
+            }
         }
     }
 
