@@ -36,7 +36,11 @@
 //!   and covered by the ICV. The first sequence number is 1; sealing stops
 //!   with [`EspError::SeqExhausted`] at 2^64 − 1 (rekey before).
 //! * Anti-replay window: configurable, rounded up to a multiple of 64 (64 ..=
-//!   65536), default 1024 packets; updated only after the ICV verified.
+//!   65536), default 1024 packets; updated only after the ICV verified. With
+//!   ESN a low half left of the window is tried as the next 2^32 subspace
+//!   (RFC 4303 App. A2.2); when that ICV fails the packet is reported as
+//!   [`EspError::OutOfWindow`] (the likely cause: a late packet) rather than
+//!   [`EspError::AuthFailed`]. Either way it is dropped and no state changes.
 //! * Padding: 1, 2, 3, … (RFC 4303 default), to the cipher block (16 for
 //!   AES-CBC) or 4 bytes; checked on receive.
 //! * IVs: see the module docs of [`super`] (AES-ECB counter generator for CBC,

@@ -4,7 +4,11 @@
 //! precomputed once per SA and cloned per packet (no per-packet allocation or
 //! key schedule); AES runs in reused OpenSSL `CipherCtx`s re-initialised with
 //! only the IV per packet. HMAC-SHA1 (ESP suite 1 only) goes through an
-//! OpenSSL `Signer` per packet.
+//! OpenSSL `Signer` per packet. Measured on a 1400-byte packet, the cloned
+//! `hmac` state was ~6× faster than a per-packet OpenSSL `Signer`
+//! (`cargo bench --bench esp -- hmac1400`). Per-core thread CPU time for
+//! AES-128-CBC + HMAC-SHA-256-128 on 1400-byte packets (SHA-NI/AES-NI host,
+//! machine under load): seal ≈ 585 MB/s, open ≈ 740 MB/s; AES-128-GCM ≈ 1.5 GB/s.
 //!
 //! Randomness used *inside* this backend (not drawn by the engine): RSA key
 //! generation, ECDSA signature nonces and the RSA-PSS salt use OpenSSL's DRBG,
