@@ -401,3 +401,36 @@ fn suite5_hit_is_cshake128_with_context_id_customization() {
     assert_eq!(&hit.as_bytes()[..4], &[0x20, 0x01, 0x00, 0x25]);
     assert_eq!(&hit.as_bytes()[4..], &h);
 }
+
+#[test]
+fn encrypted_and_unsupported_pems_are_refused() {
+    use openssl::ec::{EcGroup, EcKey};
+    use openssl::nid::Nid;
+    use openssl::pkey::PKey;
+    let k = PKey::from_ec_key(
+        EcKey::generate(&EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap()).unwrap(),
+    )
+    .unwrap();
+    // Plain PKCS#8 from another tool loads.
+    let plain = k.private_key_to_pem_pkcs8().unwrap();
+    assert!(be().identity_from_pem(&plain).is_ok());
+    // Encrypted: refused without prompting for a passphrase.
+    let enc = k
+        .private_key_to_pem_pkcs8_passphrase(openssl::symm::Cipher::aes_256_cbc(), b"secret")
+        .unwrap();
+    assert!(be().identity_from_pem(&enc).is_err());
+    // Unsupported curve (P-521) and short RSA keys are refused.
+    let p521 = PKey::from_ec_key(
+        EcKey::generate(&EcGroup::from_curve_name(Nid::SECP521R1).unwrap()).unwrap(),
+    )
+    .unwrap();
+    assert!(matches!(
+        be().identity_from_pem(&p521.private_key_to_pem_pkcs8().unwrap()),
+        Err(CryptoError::Unsupported(_))
+    ));
+    let rsa1024 = PKey::from_rsa(openssl::rsa::Rsa::generate(1024).unwrap()).unwrap();
+    assert!(matches!(
+        be().identity_from_pem(&rsa1024.private_key_to_pem_pkcs8().unwrap()),
+        Err(CryptoError::InvalidKey(_))
+    ));
+}
