@@ -74,6 +74,11 @@ pub enum Action {
     Redirect(FourTuple),
     /// The connection is back on its original pair or gone: stop queueing.
     Unredirect(FourTuple),
+    /// The connection (original tuple) now uses this pair and it differs
+    /// from the original: the kernel must still be able to send from and
+    /// receive on the original tuple when the original link is gone (the
+    /// daemon keeps fallback routes for it).
+    Moved(FourTuple, AddrPair),
 }
 
 /// A `tcp_info` sample.
@@ -358,6 +363,9 @@ impl Engine {
                 } else {
                     Action::Unredirect(c.original)
                 });
+            }
+            if moved {
+                self.actions.push(Action::Moved(c.original, d.to));
             }
         }
     }
@@ -737,5 +745,200 @@ impl Engine {
             self.pending.remove(wire);
             self.install(*wire, &acked, &peers);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checksum::{set_tcp_checksum_v6, verify_tcp_checksum_v6};
+    use crate::packet::build_ipv6_tcp;
+
+    fn a(s: &str) -> Ipv6Addr {
+        s.parse().unwrap()
+    }
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+
+    fn pkt(src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+        let mut t = Vec::new();
+        t.extend_from_slice(&sport.to_be_bytes());
+        t.extend_from_slice(&dport.to_be_bytes());
+        t.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 2, 0x50, flags, 0x20, 0, 0, 0, 0, 0]);
+        t.extend_from_slice(b"data");
+        set_tcp_checksum_v6(src, dst, &mut t);
+        build_ipv6_tcp(src, dst, 64, &t).unwrap()
+    }
+
+    fn replaced(v: Verdict) -> Vec<u8> {
+        match v {
+            Verdict::Replace(p) => p,
+            Verdict::Accept => panic!("expected a rewritten packet"),
+        }
+    }
+
+    fn locals(addrs: &[Ipv6Addr]) -> Vec<LocalAddr> {
+        addrs
+            .iter()
+            .map(|x| LocalAddr {
+                addr: LocalAddress {
+                    addr: *x,
+                    prefix_len: 64,
+                },
+                up: true,
+            })
+            .collect()
+    }
+
+    struct World {
+        c: Engine,
+        s: Engine,
+        c0: Ipv6Addr,
+        c1: Ipv6Addr,
+        s0: Ipv6Addr,
+        s1: Ipv6Addr,
+        t0: Instant,
+    }
+
+    /// Client and server with two links each; runs the handshake through
+    /// both engines (the kernel's packets in, wire packets across).
+    fn handshake() -> World {
+        let (c0, c1) = (a("2001:db8:1:0::1"), a("2001:db8:1:1::1"));
+        let (s0, s1) = (a("2001:db8:1:0::2"), a("2001:db8:1:1::2"));
+        let t0 = Instant::now();
+        let mut c = Engine::new(EngineConfig::default());
+        let mut s = Engine::new(EngineConfig::default());
+        c.set_locals(locals(&[c0, c1]), t0);
+        s.set_locals(locals(&[s0, s1]), t0);
+        let syn = replaced(c.outbound(&pkt(c0, s0, 40000, 5001, SYN), t0));
+        assert!(parse_ipv6_tcp(&syn).unwrap().dest_opts.is_some());
+        let syn_k = replaced(s.inbound(&syn, t0));
+        assert_eq!(syn_k, pkt(c0, s0, 40000, 5001, SYN), "stripped for the kernel");
+        let sa = replaced(s.outbound(&pkt(s0, c0, 5001, 40000, SYN | ACK), t0));
+        let h = parse_ipv6_tcp(&sa).unwrap().dest_opts.unwrap();
+        assert!(h.prefix_syn().is_some() && h.prefix_ack().is_some());
+        let sa_k = replaced(c.inbound(&sa, t0));
+        assert_eq!(sa_k, pkt(s0, c0, 5001, 40000, SYN | ACK));
+        let ack = replaced(c.outbound(&pkt(c0, s0, 40000, 5001, ACK), t0));
+        let ack_k = replaced(s.inbound(&ack, t0));
+        assert_eq!(ack_k, pkt(c0, s0, 40000, 5001, ACK));
+        World {
+            c,
+            s,
+            c0,
+            c1,
+            s0,
+            s1,
+            t0,
+        }
+    }
+
+    #[test]
+    fn handshake_learns_both_sides() {
+        let w = handshake();
+        let cc = w.c.connections();
+        let sc = w.s.connections();
+        assert_eq!(cc.len(), 1);
+        assert_eq!(sc.len(), 1);
+        assert_eq!(cc[0].locals, vec![w.c0, w.c1]);
+        assert_eq!(cc[0].peers, vec![w.s0, w.s1]);
+        assert_eq!(sc[0].locals, vec![w.s0, w.s1]);
+        assert_eq!(sc[0].peers, vec![w.c0, w.c1]);
+        assert_eq!(w.c.stats().syn_offers, 1);
+        assert_eq!(w.s.stats().synack_answers, 1);
+    }
+
+    #[test]
+    fn link_down_moves_and_rewrites_both_ways() {
+        let mut w = handshake();
+        let t1 = w.t0 + Duration::from_secs(1);
+        // Client link 0 goes down: source and (routable) destination move.
+        let mut l = locals(&[w.c0, w.c1]);
+        l[0].up = false;
+        w.c.set_locals(l, t1);
+        let orig = FourTuple {
+            local: w.c0,
+            local_port: 40000,
+            peer: w.s0,
+            peer_port: 5001,
+        };
+        assert_eq!(
+            w.c.take_actions(),
+            vec![
+                Action::Redirect(orig),
+                Action::Moved(
+                    orig,
+                    AddrPair {
+                        local: w.c1,
+                        peer: w.s1
+                    }
+                )
+            ]
+        );
+        let out = replaced(w.c.outbound(&pkt(w.c0, w.s0, 40000, 5001, ACK), t1));
+        let v = parse_ipv6_tcp(&out).unwrap();
+        assert_eq!((v.src, v.dst), (w.c1, w.s1));
+        assert!(verify_tcp_checksum_v6(v.src, v.dst, v.tcp));
+        // The server sees it on another pair: rewritten back, and follows.
+        let k = replaced(w.s.inbound(&out, t1));
+        assert_eq!(k, pkt(w.c0, w.s0, 40000, 5001, ACK));
+        assert_eq!(w.s.connections()[0].current.peer, w.c1);
+        assert_eq!(w.s.connections()[0].last_reason.as_deref(), Some("peer_moved"));
+        assert_eq!(w.s.take_actions().len(), 2);
+        // Server's answer leaves on the new pair and arrives as the original.
+        let back = replaced(w.s.outbound(&pkt(w.s0, w.c0, 5001, 40000, ACK), t1));
+        let kb = replaced(w.c.inbound(&back, t1));
+        assert_eq!(kb, pkt(w.s0, w.c0, 5001, 40000, ACK));
+    }
+
+    #[test]
+    fn stall_switches_destination_with_routable_source() {
+        let mut w = handshake();
+        let orig = FourTuple {
+            local: w.c0,
+            local_port: 40000,
+            peer: w.s0,
+            peer_port: 5001,
+        };
+        let t1 = w.t0 + Duration::from_millis(400);
+        w.c.tcp_info(
+            &orig,
+            TcpSample {
+                retransmits: 0,
+                unacked: 10,
+                since_last_ack: Duration::from_millis(350),
+            },
+            t1,
+        );
+        let cur = w.c.current_pair(&orig).unwrap();
+        assert_eq!(cur, AddrPair { local: w.c1, peer: w.s1 });
+        assert_eq!(w.c.connections()[0].last_reason.as_deref(), Some("stall"));
+    }
+
+    #[test]
+    fn plain_peer_and_bad_options() {
+        let (c0, s0) = (a("2001:db8:1:0::1"), a("2001:db8:1:0::2"));
+        let t0 = Instant::now();
+        let mut c = Engine::new(EngineConfig::default());
+        c.set_locals(locals(&[c0, a("2001:db8:1:1::1")]), t0);
+        let _ = c.outbound(&pkt(c0, s0, 1, 2, SYN), t0);
+        // Plain SYN+ACK and ACK: no connection, counted as a plain peer.
+        assert_eq!(c.inbound(&pkt(s0, c0, 2, 1, SYN | ACK), t0), Verdict::Accept);
+        assert_eq!(c.outbound(&pkt(c0, s0, 1, 2, ACK), t0), Verdict::Accept);
+        assert!(c.connections().is_empty());
+        assert_eq!(c.stats().plain_peers, 1);
+
+        // A SYN whose PREFIX_SYN claims a 200-bit prefix: counted, stripped.
+        let mut s = Engine::new(EngineConfig::default());
+        let syn = pkt(c0, s0, 3, 4, SYN);
+        let mut bad = syn[..40].to_vec();
+        bad[6] = 60;
+        bad.extend_from_slice(&[6, 0, 0x0B, 2, 200, 0, 1, 0]);
+        bad.extend_from_slice(&syn[40..]);
+        bad[4..6].copy_from_slice(&((syn.len() - 40 + 8) as u16).to_be_bytes());
+        assert_eq!(replaced(s.inbound(&bad, t0)), syn);
+        assert_eq!(s.stats().malformed_options, 1);
+        // Its SYN+ACK stays plain.
+        assert_eq!(s.outbound(&pkt(s0, c0, 4, 3, SYN | ACK), t0), Verdict::Accept);
     }
 }

@@ -110,6 +110,16 @@ impl Shared {
             let r = match a {
                 Action::Redirect(t) => self.rules.redirect(&t),
                 Action::Unredirect(t) => self.rules.unredirect(&t),
+                Action::Moved(t, pair) => {
+                    let dev = sys::local_addresses()
+                        .into_iter()
+                        .find(|(l, _)| l.addr.addr == pair.local)
+                        .map(|(_, d)| d);
+                    match dev {
+                        Some(d) => rules::fallback_routes(&t, &d),
+                        None => Err(format!("no device for {}", pair.local)),
+                    }
+                }
             };
             if let Err(e) = r {
                 self.log(&format!("rule change failed: {e}"));
@@ -146,23 +156,35 @@ fn run(args: Args) -> Result<(), String> {
         rules,
         start: Instant::now(),
     });
-    shared
-        .engine()
-        .set_locals(sys::local_addresses(), Instant::now());
+    shared.engine().set_locals(
+        sys::local_addresses().into_iter().map(|l| l.0).collect(),
+        Instant::now(),
+    );
 
+    let before = open_fds();
     let mut queue = nfq::Queue::open().map_err(|e| format!("nfqueue: {e}"))?;
+    // The nfq crate does not expose its socket; the one new fd is it. A
+    // bigger receive buffer keeps bursts of a moved connection from
+    // overflowing it (the kernel would drop those packets).
+    for fd in open_fds().difference(&before) {
+        // Other new fds (the directory listing's own) fail with EBADF/ENOTSOCK.
+        let _ = set_rcvbuf(*fd, 16 << 20);
+    }
     for q in [args.queue, args.queue + 1] {
         queue.bind(q).map_err(|e| format!("bind queue {q}: {e}"))?;
         queue
             .set_queue_max_len(q, 8192)
             .map_err(|e| format!("queue len {q}: {e}"))?;
-        // Packets pass unmodified when the queue is full rather than being dropped.
+        // A full queue drops (TCP retransmits) instead of passing packets
+        // unmodified, which would reach the kernel on a pair it does not
+        // know and make it answer with a RST.
         queue
-            .set_fail_open(q, true)
+            .set_fail_open(q, false)
             .map_err(|e| format!("fail-open {q}: {e}"))?;
     }
     let mut diag = sys::Diag::new().map_err(|e| format!("sock_diag: {e}"))?;
     shared.rules.install()?;
+    rules::fallback_setup()?;
 
     let _ = std::fs::remove_file(&args.control);
     let listener = UnixListener::bind(&args.control)
@@ -184,6 +206,7 @@ fn run(args: Args) -> Result<(), String> {
             stop.store(true, Ordering::SeqCst);
             if !keep {
                 sh.rules.remove_all();
+                rules::fallback_teardown();
             }
             let _ = std::fs::remove_file(control);
             std::process::exit(0);
@@ -252,12 +275,30 @@ fn run(args: Args) -> Result<(), String> {
     Ok(())
 }
 
+fn open_fds() -> HashSet<i32> {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn set_rcvbuf(fd: i32, bytes: usize) -> Result<(), String> {
+    // SAFETY: `fd` was just listed in /proc/self/fd as opened by
+    // `nfq::Queue::open` and stays open while `queue` lives (for the whole
+    // of `run`); the borrow only lasts for this setsockopt call.
+    let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    nix::sys::socket::setsockopt(&b, nix::sys::socket::sockopt::RcvBufForce, &bytes)
+        .map_err(|e| e.to_string())
+}
+
 fn poll_loop(sh: &Shared, diag: &mut sys::Diag, interval: Duration) {
     let mut last_conns: Vec<(u64, AddrPair)> = Vec::new();
     loop {
         std::thread::sleep(interval);
         let now = Instant::now();
-        let locals = sys::local_addresses();
+        let locals = sys::local_addresses().into_iter().map(|l| l.0).collect();
         let socks = match diag.dump() {
             Ok(s) => Some(s),
             Err(e) => {

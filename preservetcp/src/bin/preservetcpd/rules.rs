@@ -245,7 +245,60 @@ impl Rules {
     }
 }
 
-/// Unused-address helper kept for symmetry in logs.
+/// Routing table for fallback routes, consulted after `main` (rule
+/// preference [`FALLBACK_PREF`]).
+pub const FALLBACK_TABLE: &str = "4242";
+/// Preference of the rule for [`FALLBACK_TABLE`] (after main's 32766).
+pub const FALLBACK_PREF: &str = "40000";
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Fallback routes that keep a moved connection's *original* tuple usable
+/// by the kernel after the original link is gone. When a link goes down
+/// Linux removes its prefix route and the local route of its addresses
+/// (also with `keep_addr_on_down`); the kernel's TCP would then fail the
+/// route lookup for the original destination before the OUTPUT hook (so
+/// nothing could rewrite the packet), and incoming packets rewritten to the
+/// original local address would not be delivered. So for a moved
+/// connection the daemon adds, in a table consulted only when `main` has no
+/// route: `local <original local>/128 dev lo` and `<original peer>/128 dev
+/// <device of the current local address>`. Outgoing packets are rewritten
+/// in OUTPUT and rerouted by their new destination, so the device of the
+/// fallback route only has to exist.
+pub fn fallback_setup() -> Result<(), String> {
+    fallback_teardown();
+    ip(&["-6", "rule", "add", "pref", FALLBACK_PREF, "table", FALLBACK_TABLE])
+}
+
+/// Removes the fallback rule and table.
+pub fn fallback_teardown() {
+    while ip(&["-6", "rule", "del", "pref", FALLBACK_PREF]).is_ok() {}
+    let _ = ip(&["-6", "route", "flush", "table", FALLBACK_TABLE]);
+}
+
+/// Adds the fallback routes for a connection moved to `current_dev`.
+pub fn fallback_routes(t: &FourTuple, current_dev: &str) -> Result<(), String> {
+    let l = format!("{}/128", t.local);
+    let p = format!("{}/128", t.peer);
+    ip(&["-6", "route", "replace", "local", &l, "dev", "lo", "table", FALLBACK_TABLE])?;
+    ip(&["-6", "route", "replace", &p, "dev", current_dev, "table", FALLBACK_TABLE])
+}
+
+/// Helper for log lines.
 pub fn fmt_pair(l: Ipv6Addr, p: Ipv6Addr) -> String {
     format!("[{l}]->[{p}]")
 }

@@ -112,7 +112,7 @@ impl Diag {
 
 /// Local IPv6 addresses (from `/proc/net/if_inet6`) with their link state
 /// (`/sys/class/net/<dev>/operstate`: `up` or `unknown` count as up).
-pub fn local_addresses() -> Vec<LocalAddr> {
+pub fn local_addresses() -> Vec<(LocalAddr, String)> {
     let Ok(text) = std::fs::read_to_string("/proc/net/if_inet6") else {
         return Vec::new();
     };
@@ -132,13 +132,16 @@ pub fn local_addresses() -> Vec<LocalAddr> {
                 .map(|s| matches!(s.trim(), "up" | "unknown"))
                 .unwrap_or(true)
         });
-        v.push(LocalAddr {
-            addr: LocalAddress {
-                addr: Ipv6Addr::from(a),
-                prefix_len: plen,
+        v.push((
+            LocalAddr {
+                addr: LocalAddress {
+                    addr: Ipv6Addr::from(a),
+                    prefix_len: plen,
+                },
+                up,
             },
-            up,
-        });
+            (*dev).to_string(),
+        ));
     }
     v
 }
