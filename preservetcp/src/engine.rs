@@ -813,7 +813,11 @@ mod tests {
         let syn = replaced(c.outbound(&pkt(c0, s0, 40000, 5001, SYN), t0));
         assert!(parse_ipv6_tcp(&syn).unwrap().dest_opts.is_some());
         let syn_k = replaced(s.inbound(&syn, t0));
-        assert_eq!(syn_k, pkt(c0, s0, 40000, 5001, SYN), "stripped for the kernel");
+        assert_eq!(
+            syn_k,
+            pkt(c0, s0, 40000, 5001, SYN),
+            "stripped for the kernel"
+        );
         let sa = replaced(s.outbound(&pkt(s0, c0, 5001, 40000, SYN | ACK), t0));
         let h = parse_ipv6_tcp(&sa).unwrap().dest_opts.unwrap();
         assert!(h.prefix_syn().is_some() && h.prefix_ack().is_some());
@@ -883,7 +887,10 @@ mod tests {
         let k = replaced(w.s.inbound(&out, t1));
         assert_eq!(k, pkt(w.c0, w.s0, 40000, 5001, ACK));
         assert_eq!(w.s.connections()[0].current.peer, w.c1);
-        assert_eq!(w.s.connections()[0].last_reason.as_deref(), Some("peer_moved"));
+        assert_eq!(
+            w.s.connections()[0].last_reason.as_deref(),
+            Some("peer_moved")
+        );
         assert_eq!(w.s.take_actions().len(), 2);
         // Server's answer leaves on the new pair and arrives as the original.
         let back = replaced(w.s.outbound(&pkt(w.s0, w.c0, 5001, 40000, ACK), t1));
@@ -911,7 +918,13 @@ mod tests {
             t1,
         );
         let cur = w.c.current_pair(&orig).unwrap();
-        assert_eq!(cur, AddrPair { local: w.c1, peer: w.s1 });
+        assert_eq!(
+            cur,
+            AddrPair {
+                local: w.c1,
+                peer: w.s1
+            }
+        );
         assert_eq!(w.c.connections()[0].last_reason.as_deref(), Some("stall"));
     }
 
@@ -923,7 +936,10 @@ mod tests {
         c.set_locals(locals(&[c0, a("2001:db8:1:1::1")]), t0);
         let _ = c.outbound(&pkt(c0, s0, 1, 2, SYN), t0);
         // Plain SYN+ACK and ACK: no connection, counted as a plain peer.
-        assert_eq!(c.inbound(&pkt(s0, c0, 2, 1, SYN | ACK), t0), Verdict::Accept);
+        assert_eq!(
+            c.inbound(&pkt(s0, c0, 2, 1, SYN | ACK), t0),
+            Verdict::Accept
+        );
         assert_eq!(c.outbound(&pkt(c0, s0, 1, 2, ACK), t0), Verdict::Accept);
         assert!(c.connections().is_empty());
         assert_eq!(c.stats().plain_peers, 1);
@@ -939,6 +955,9 @@ mod tests {
         assert_eq!(replaced(s.inbound(&bad, t0)), syn);
         assert_eq!(s.stats().malformed_options, 1);
         // Its SYN+ACK stays plain.
-        assert_eq!(s.outbound(&pkt(s0, c0, 4, 3, SYN | ACK), t0), Verdict::Accept);
+        assert_eq!(
+            s.outbound(&pkt(s0, c0, 4, 3, SYN | ACK), t0),
+            Verdict::Accept
+        );
     }
 }

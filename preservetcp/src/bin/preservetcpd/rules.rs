@@ -281,7 +281,15 @@ fn ip(args: &[&str]) -> Result<(), String> {
 /// fallback route only has to exist.
 pub fn fallback_setup() -> Result<(), String> {
     fallback_teardown();
-    ip(&["-6", "rule", "add", "pref", FALLBACK_PREF, "table", FALLBACK_TABLE])
+    ip(&[
+        "-6",
+        "rule",
+        "add",
+        "pref",
+        FALLBACK_PREF,
+        "table",
+        FALLBACK_TABLE,
+    ])
 }
 
 /// Removes the fallback rule and table.
@@ -294,8 +302,27 @@ pub fn fallback_teardown() {
 pub fn fallback_routes(t: &FourTuple, current_dev: &str) -> Result<(), String> {
     let l = format!("{}/128", t.local);
     let p = format!("{}/128", t.peer);
-    ip(&["-6", "route", "replace", "local", &l, "dev", "lo", "table", FALLBACK_TABLE])?;
-    ip(&["-6", "route", "replace", &p, "dev", current_dev, "table", FALLBACK_TABLE])
+    ip(&[
+        "-6",
+        "route",
+        "replace",
+        "local",
+        &l,
+        "dev",
+        "lo",
+        "table",
+        FALLBACK_TABLE,
+    ])?;
+    ip(&[
+        "-6",
+        "route",
+        "replace",
+        &p,
+        "dev",
+        current_dev,
+        "table",
+        FALLBACK_TABLE,
+    ])
 }
 
 /// Helper for log lines.
