@@ -804,4 +804,45 @@ mod tests {
         assert_eq!(q.handle(info(1, 1, 400), t0), None);
         assert!(ChangePolicy::new(PolicyConfig::default(), &[], &[a("2001:db8:9::2")]).is_none());
     }
+
+    #[test]
+    fn route_sources_keep_pairs_routable() {
+        let t0 = Instant::now();
+        let (c1, c2) = (a("2001:db8:1::1"), a("2001:db8:2::1"));
+        let (s1, s2) = (a("2001:db8:1::2"), a("2001:db8:2::2"));
+        let mut p = ChangePolicy::new(PolicyConfig::default(), &[c1, c2], &[s1, s2]).unwrap();
+        assert!(p.set_route_source(s1, c1));
+        assert!(p.set_route_source(s2, c2));
+        assert!(!p.set_route_source(a("2001:db8:3::2"), c1));
+        // A destination change takes the source that routes to it.
+        let d = p.handle(info(1, 3, 250), t0).unwrap();
+        assert_eq!(
+            d.to,
+            AddrPair {
+                local: c2,
+                peer: s2
+            }
+        );
+        // Back on link 1 by request, then link 1's source goes away: the
+        // destination follows the new source.
+        let d = p
+            .force(
+                AddrPair {
+                    local: c1,
+                    peer: s1,
+                },
+                t0,
+            )
+            .unwrap();
+        assert_eq!(d.reason, SwitchReason::Requested);
+        let d = p.handle(PolicyEvent::LocalGone(c1), t0).unwrap();
+        assert_eq!(
+            d.to,
+            AddrPair {
+                local: c2,
+                peer: s2
+            }
+        );
+        assert_eq!(d.reason, SwitchReason::SourceGone);
+    }
 }

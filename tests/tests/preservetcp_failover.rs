@@ -84,20 +84,12 @@ fn run(app: App, fault: Fault) {
                 ])
                 .expect("http server");
             let t0 = std::time::Instant::now();
-            while t
-                .l0
-                .check_tcp(&t.a, netlab::Family::V6, Duration::from_millis(200))
-                .is_err()
-                && t.a
-                    .exec([
-                        "curl",
-                        "-s",
-                        "-o",
-                        "/dev/null",
-                        &format!("http://[{server_addr}]:{port}/"),
-                    ])
-                    .map(|o| !o.status.success())
-                    .unwrap_or(true)
+            let index = format!("http://[{server_addr}]:{port}/");
+            while !t
+                .a
+                .exec(["curl", "-s", "-o", "/dev/null", "--max-time", "2", &index])
+                .map(|o| o.status.success())
+                .unwrap_or(false)
             {
                 assert!(t0.elapsed() < Duration::from_secs(10), "http server not up");
                 std::thread::sleep(Duration::from_millis(100));

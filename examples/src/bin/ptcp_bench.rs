@@ -1,0 +1,359 @@
+//! PreserveTCP benchmark after the thesis's Table 7.1 method, in a netlab
+//! lab (two hosts, two veth links, IPv6), run as root:
+//!
+//! ```text
+//! cargo build --release -p preservetcp -p mh-examples
+//! target/release/ptcp_bench            # finds target/release/preservetcpd
+//! ```
+//!
+//! Rows: send throughput with 512/2048/8192-byte writes, 1-byte ping-pong
+//! round trips per second, connect+close per second; columns: plain kernel
+//! TCP (no daemon), PreserveTCP before a migration (daemons running, the
+//! connection on its original pair) and after one (moved to link 1 through
+//! the control socket). Then the failover time after a silent receive-side
+//! drop of link 0 (median of 5): from the fault until data flows again.
+//! Every figure is the median of `RUNS` interleaved runs.
+
+use std::io::{Read, Write};
+use std::net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use netlab::{Family, Host, Lab, Link, Process};
+use preservetcp::control::{Request, request};
+
+const RUNS: usize = 5;
+const PORT: u16 = 5001;
+
+fn v6(l: &Link, h: &Host) -> Ipv6Addr {
+    match l.addr(h, Family::V6) {
+        std::net::IpAddr::V6(a) => a,
+        std::net::IpAddr::V4(_) => Ipv6Addr::UNSPECIFIED,
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+struct Setup {
+    lab: Lab,
+    a: Host,
+    b: Host,
+    l0: Link,
+    l1: Link,
+    daemons: Vec<(Process, PathBuf)>,
+}
+
+impl Setup {
+    fn start_daemons(&mut self, bin: &PathBuf) {
+        for h in [self.a.clone(), self.b.clone()] {
+            let ctl = self
+                .lab
+                .artifacts_dir()
+                .join(format!("bench-{}.sock", h.name()));
+            let p = h
+                .spawn([
+                    bin.to_str().unwrap_or("preservetcpd"),
+                    "--ports",
+                    &PORT.to_string(),
+                    "--control",
+                    ctl.to_str().unwrap_or(""),
+                ])
+                .expect("spawn preservetcpd");
+            let t0 = Instant::now();
+            while !p.stdout_so_far().contains("ready") {
+                assert!(
+                    t0.elapsed() < Duration::from_secs(10),
+                    "daemon: {}",
+                    p.stderr_so_far()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            self.daemons.push((p, ctl));
+        }
+    }
+
+    fn stop_daemons(&mut self) {
+        for (p, _) in self.daemons.drain(..) {
+            let _ = p.signal(nix::sys::signal::Signal::SIGTERM);
+            let _ = p.wait_timeout(Duration::from_secs(5));
+        }
+    }
+
+    /// Moves the client's connection(s) to link 1 and waits until the server followed.
+    fn migrate(&self) {
+        let Some((_, ctl)) = self.daemons.first() else {
+            return;
+        };
+        let list = request(ctl, &Request::List).expect("list");
+        for c in list.connections.unwrap_or_default() {
+            let r = request(
+                ctl,
+                &Request::Move {
+                    id: c.id,
+                    local: v6(&self.l1, &self.a),
+                    peer: v6(&self.l1, &self.b),
+                },
+            )
+            .expect("move");
+            assert!(r.ok, "move: {:?}", r.error);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A connected pair (client in a, server in b) over link 0.
+fn pair(s: &Setup) -> (TcpStream, TcpStream) {
+    let l =
+        s.b.run(|| TcpListener::bind(("::", PORT)))
+            .expect("run")
+            .expect("bind");
+    let dst = SocketAddr::from((v6(&s.l0, &s.b), PORT));
+    let c =
+        s.a.run(move || TcpStream::connect(dst))
+            .expect("run")
+            .expect("connect");
+    let (srv, _) = l.accept().expect("accept");
+    c.set_nodelay(true).ok();
+    srv.set_nodelay(true).ok();
+    std::thread::sleep(Duration::from_millis(150));
+    (c, srv)
+}
+
+/// MB/s sending `size`-byte writes for about `secs`.
+fn throughput(mut c: TcpStream, mut srv: TcpStream, size: usize, secs: f64) -> f64 {
+    let reader = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        let mut n = 0u64;
+        while let Ok(k) = srv.read(&mut buf) {
+            if k == 0 {
+                break;
+            }
+            n += k as u64;
+        }
+        n
+    });
+    let buf = vec![0x5au8; size];
+    let t0 = Instant::now();
+    let mut sent = 0u64;
+    while t0.elapsed().as_secs_f64() < secs {
+        if c.write_all(&buf).is_err() {
+            break;
+        }
+        sent += size as u64;
+    }
+    let _ = c.shutdown(std::net::Shutdown::Write);
+    let got = reader.join().unwrap_or(0);
+    let el = t0.elapsed().as_secs_f64();
+    assert_eq!(got, sent, "all data arrived");
+    got as f64 / el / 1e6
+}
+
+/// Round trips per second of 1-byte ping-pong.
+fn pingpong(mut c: TcpStream, mut srv: TcpStream, n: usize) -> f64 {
+    let echo = std::thread::spawn(move || {
+        let mut b = [0u8; 1];
+        while srv.read_exact(&mut b).is_ok() {
+            if srv.write_all(&b).is_err() {
+                break;
+            }
+        }
+    });
+    let mut b = [7u8; 1];
+    let t0 = Instant::now();
+    for _ in 0..n {
+        c.write_all(&b).expect("ping");
+        c.read_exact(&mut b).expect("pong");
+    }
+    let el = t0.elapsed().as_secs_f64();
+    drop(c);
+    let _ = echo.join();
+    n as f64 / el
+}
+
+/// connect+close per second.
+fn connects(s: &Setup, n: usize) -> f64 {
+    let l =
+        s.b.run(|| TcpListener::bind(("::", PORT)))
+            .expect("run")
+            .expect("bind");
+    let acc = std::thread::spawn(move || {
+        for _ in 0..n {
+            match l.accept() {
+                Ok((c, _)) => drop(c),
+                Err(_) => break,
+            }
+        }
+    });
+    let dst = SocketAddr::from((v6(&s.l0, &s.b), PORT));
+    let el =
+        s.a.run(move || {
+            let t0 = Instant::now();
+            for _ in 0..n {
+                let c = TcpStream::connect(dst).expect("connect");
+                drop(c);
+            }
+            t0.elapsed().as_secs_f64()
+        })
+        .expect("run");
+    let _ = acc.join();
+    n as f64 / el
+}
+
+/// Seconds from a silent drop of link 0 at b until data flows again.
+fn failover(s: &Setup) -> f64 {
+    let (mut c, mut srv) = pair(s);
+    let last = Arc::new(AtomicU64::new(0));
+    let t0 = Instant::now();
+    let lr = last.clone();
+    let reader = std::thread::spawn(move || {
+        let mut b = [0u8; 1024];
+        while let Ok(k) = srv.read(&mut b) {
+            if k == 0 {
+                break;
+            }
+            lr.store(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
+        }
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let st = stop.clone();
+    let writer = std::thread::spawn(move || {
+        let b = [1u8; 1024];
+        while !st.load(Ordering::Relaxed) {
+            if c.write_all(&b).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let fault = s.l0.drop_rx(&s.b).expect("drop");
+    let fault_us = fault.at.duration_since(t0).as_micros() as u64;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut result = f64::NAN;
+    while Instant::now() < deadline {
+        let l = last.load(Ordering::Relaxed);
+        // Data arriving ≥ 50 ms after the fault came over the new path.
+        if l > fault_us + 50_000 {
+            result = (l - fault_us) as f64 / 1e6;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = writer.join();
+    s.l0.restore().expect("restore");
+    let _ = reader.join();
+    result
+}
+
+fn main() {
+    let bin = std::env::var_os("PTCPD_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|p| p.parent().map(|d| d.join("preservetcpd")))
+                .unwrap_or_else(|| PathBuf::from("preservetcpd"))
+        });
+    assert!(
+        bin.exists(),
+        "{} missing: build -p preservetcp first",
+        bin.display()
+    );
+    let lab = Lab::new().expect("lab (root needed)");
+    let a = lab.add_host("a").expect("a");
+    let b = lab.add_host("b").expect("b");
+    let l0 = lab.link(&a, &b).expect("l0");
+    let l1 = lab.link(&a, &b).expect("l1");
+    lab.wait_usable(Duration::from_secs(10)).expect("usable");
+    let mut s = Setup {
+        lab,
+        a,
+        b,
+        l0,
+        l1,
+        daemons: Vec::new(),
+    };
+
+    let sizes = [512usize, 2048, 8192];
+    // [row][column] samples; columns: plain, before, after.
+    let mut tp = vec![vec![Vec::new(); 3]; sizes.len()];
+    let mut pp = vec![Vec::new(); 3];
+    let mut cc = vec![Vec::new(); 2];
+    for run in 0..RUNS {
+        eprintln!("run {}/{RUNS}", run + 1);
+        for mode in 0..3 {
+            if mode == 1 {
+                s.start_daemons(&bin);
+            }
+            for (i, size) in sizes.iter().enumerate() {
+                let (c, srv) = pair(&s);
+                if mode == 2 {
+                    s.migrate();
+                }
+                tp[i][mode].push(throughput(c, srv, *size, 1.0));
+            }
+            let (c, srv) = pair(&s);
+            if mode == 2 {
+                s.migrate();
+            }
+            pp[mode].push(pingpong(c, srv, 5000));
+            if mode < 2 {
+                cc[mode].push(connects(&s, 2000));
+            }
+        }
+        s.stop_daemons();
+    }
+    s.start_daemons(&bin);
+    let fo: Vec<f64> = (0..5).map(|_| failover(&s)).collect();
+    s.stop_daemons();
+
+    println!("PreserveTCP vs plain TCP (netlab veth, IPv6, median of {RUNS})");
+    println!(
+        "{:<24} {:>12} {:>12} {:>12} {:>8} {:>8}",
+        "test", "plain", "ptcp before", "ptcp after", "before", "after"
+    );
+    for (i, size) in sizes.iter().enumerate() {
+        let m: Vec<f64> = tp[i].iter().map(|v| median(v.clone())).collect();
+        println!(
+            "{:<24} {:>9.1} MB/s {:>7.1} MB/s {:>7.1} MB/s {:>8.3} {:>8.3}",
+            format!("send {size} B"),
+            m[0],
+            m[1],
+            m[2],
+            m[1] / m[0],
+            m[2] / m[0]
+        );
+    }
+    let m: Vec<f64> = pp.iter().map(|v| median(v.clone())).collect();
+    println!(
+        "{:<24} {:>10.0} /s {:>10.0} /s {:>10.0} /s {:>8.3} {:>8.3}",
+        "1-byte ping-pong",
+        m[0],
+        m[1],
+        m[2],
+        m[1] / m[0],
+        m[2] / m[0]
+    );
+    let m: Vec<f64> = cc.iter().map(|v| median(v.clone())).collect();
+    println!(
+        "{:<24} {:>10.0} /s {:>10.0} /s {:>12} {:>8.3} {:>8}",
+        "connect+close",
+        m[0],
+        m[1],
+        "-",
+        m[1] / m[0],
+        "-"
+    );
+    let fo_s: Vec<String> = fo.iter().map(|x| format!("{x:.3}")).collect();
+    println!(
+        "failover after silent drop: median {:.3} s (runs: {})",
+        median(fo.clone()),
+        fo_s.join(", ")
+    );
+}
