@@ -416,11 +416,20 @@ impl ChangePolicy {
                         && (!reachable || me.peer_reachable(i))
                 })
             };
-            let mut next = untried(self, true).or_else(|| untried(self, false));
-            if next.is_none() {
-                // Every destination was tried in this outage: new round.
+            let any_other_reachable = (1..n).any(|k| self.peer_reachable((self.cur_peer + k) % n));
+            let mut next = untried(self, true);
+            if next.is_none() && any_other_reachable {
+                // Every reachable destination was tried in this outage: new round.
                 self.reset_tried();
-                next = untried(self, true).or(Some((self.cur_peer + 1) % n));
+                next = untried(self, true);
+            }
+            if next.is_none() {
+                if self.peer_reachable(self.cur_peer) {
+                    // The current destination is the only reachable one: stay.
+                    return None;
+                }
+                // Nothing is known to be reachable: plain rotation.
+                next = untried(self, false).or(Some((self.cur_peer + 1) % n));
             }
             let next = next?;
             self.cur_peer = next;
@@ -844,5 +853,15 @@ mod tests {
             }
         );
         assert_eq!(d.reason, SwitchReason::SourceGone);
+        // Timeouts now: s1 is only reachable through the gone c1, so stay.
+        let later = t0 + Duration::from_secs(5);
+        assert_eq!(p.handle(info(3, 3, 2000), later), None);
+        assert_eq!(
+            p.current(),
+            AddrPair {
+                local: c2,
+                peer: s2
+            }
+        );
     }
 }
