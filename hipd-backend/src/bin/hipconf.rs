@@ -1,0 +1,144 @@
+//! `hipconf` — control a running hipd (HIPL verbs).
+//!
+//! ```text
+//! hipconf [--socket PATH] [--json] daemon <verb…>
+//!   get hi default|all          get ha all|HIT
+//!   add map HIT IP [LSI] [udp|native]    del map HIT [IP]
+//!   rst all|HIT                 debug none|low|medium|all
+//!   nat none|plain-udp          set puzzle [all] K
+//!   manual-update               shotgun on|off
+//!   connect HIT                 opp IP            stats
+//! ```
+//! Exit status: 0 success, 1 the daemon refused or failed the request,
+//! 2 usage error, 3 the daemon is not running, 4 permission denied,
+//! 5 unknown HIT.
+
+use hipd_backend::control::{Client, ClientError, ErrorCode, HaInfo, Response, parse_verbs};
+
+const USAGE: &str = "usage: hipconf [--socket PATH] [--json] daemon <verb...>
+verbs: get hi default|all | get ha all|HIT | add map HIT IP [LSI] [udp|native]
+       del map HIT [IP] | rst all|HIT | debug none|low|medium|all
+       nat none|plain-udp | set puzzle [all] K | manual-update | shotgun on|off
+       connect HIT | opp IP | stats | ping";
+
+fn print_ha(h: &HaInfo) {
+    println!("HA is {}", h.state);
+    println!(" Local HIT   {}", h.local_hit);
+    match h.peer_hit {
+        Some(p) => println!(" Peer  HIT   {p}"),
+        None => println!(" Peer  HIT   (opportunistic, unknown)"),
+    }
+    if let Some(l) = h.local_lsi {
+        println!(" Local LSI   {l}");
+    }
+    if let Some(l) = h.peer_lsi {
+        println!(" Peer  LSI   {l}");
+    }
+    if let Some(l) = h.local_locator {
+        println!(" Local IP    {l}");
+    }
+    if let Some(l) = h.peer_locator {
+        println!(" Peer  IP    {l}");
+    }
+    if h.peer_locators.len() > 1 {
+        let v: Vec<String> = h.peer_locators.iter().map(ToString::to_string).collect();
+        println!(" Peer locators {}", v.join(" "));
+    }
+    println!(" SPI in 0x{:08x} out 0x{:08x}", h.spi_in, h.spi_out);
+    println!(" Transport   {}", h.transport);
+    println!(" ESP packets out {} in {}", h.esp_out, h.esp_in);
+}
+
+fn main() {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let mut socket = hipd_backend::control::DEFAULT_SOCKET.to_string();
+    let mut json = false;
+    loop {
+        match args.first().map(String::as_str) {
+            Some("--json") => {
+                json = true;
+                args.remove(0);
+            }
+            Some("--socket") if args.len() >= 2 => {
+                socket = args[1].clone();
+                args.drain(..2);
+            }
+            Some("-h" | "--help") => {
+                println!("{USAGE}");
+                return;
+            }
+            _ => break,
+        }
+    }
+    if args.first().map(String::as_str) != Some("daemon") {
+        eprintln!("{USAGE}");
+        std::process::exit(2);
+    }
+    let words: Vec<&str> = args[1..].iter().map(String::as_str).collect();
+    let req = match parse_verbs(&words) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("hipconf: {e}\n{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    let result = Client::connect(&socket).and_then(|mut c| c.call(&req));
+    let resp = match result {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("hipconf: {e}");
+            let code = match &e {
+                ClientError::NotRunning { .. } => 3,
+                _ => match e.code() {
+                    Some(ErrorCode::PermissionDenied) => 4,
+                    Some(ErrorCode::UnknownHit) => 5,
+                    Some(ErrorCode::BadRequest) => 2,
+                    _ => 1,
+                },
+            };
+            std::process::exit(code);
+        }
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&resp).unwrap_or_default()
+        );
+        return;
+    }
+    match resp {
+        Response::Done { message } => println!("{message}"),
+        Response::Pong {
+            pid,
+            version,
+            protocol,
+        } => println!("hipd {version} pid {pid} protocol {protocol}"),
+        Response::His { his } => {
+            for h in his {
+                println!(
+                    "{}{} HIT {} LSI {} ({})",
+                    if h.default { "default " } else { "" },
+                    h.algorithm,
+                    h.hit,
+                    h.lsi,
+                    h.file.display()
+                );
+            }
+        }
+        Response::Has { has } => {
+            if has.is_empty() {
+                println!("no host associations");
+            }
+            for h in &has {
+                print_ha(h);
+            }
+        }
+        Response::Connected { ha } => print_ha(&ha),
+        Response::Stats { stats } => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&stats).unwrap_or_default()
+            );
+        }
+    }
+}

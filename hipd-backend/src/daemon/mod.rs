@@ -1,0 +1,1540 @@
+//! The daemon: engine driver, TUN/ESP data plane, control server.
+//!
+//! # Threads
+//! * **driver** — runs engine timers ([`Endpoint::handle_timeout`]) and
+//!   sleeps on a condition variable until the next engine deadline;
+//! * **tun** — reads packets from `hip0`, seals them with the outbound SA of
+//!   (source HIT, destination HIT) and sends them; a miss queues the packet
+//!   (≤ [`PENDING_MAX`] per peer) and starts the base exchange;
+//! * one **receiver** per underlay socket (raw 139 and 50, UDP 10500; IPv4
+//!   and IPv6) — HIP control goes to the engine, ESP is opened with the
+//!   inbound SA of its SPI and written to `hip0`;
+//! * **locators** — netlink address/link events → local locator list;
+//! * **control** — one thread per control-socket connection;
+//! * the main thread waits for SIGTERM/SIGINT and shuts down: every live
+//!   association is closed with CLOSE (waiting up to 2 s for CLOSE_ACKs),
+//!   the control socket is removed, and the TUN device (with its addresses
+//!   and routes) disappears when the process exits.
+//!
+//! # Two engines, one per underlay
+//! The engine's Initiator transport is a construction-time setting, so the
+//! daemon runs two [`Endpoint`]s over the same identities: one whose
+//! exchanges start on native HIP (protocol 139) and one on UDP 10500.
+//! Control packets are handed to the engine of the transport they arrived
+//! on (replies use the request's transport), so an association lives on
+//! one transport for its lifetime; its ESP uses the same underlay
+//! (protocol 50, or ESP directly in UDP 10500). Which engine initiates
+//! towards a peer is the per-peer mapping's transport, else the global
+//! `nat` setting.
+//!
+//! # Locking
+//! `core` (engines, mappings, queues) is always taken before `dp` (the SA
+//! tables); no thread takes `core` while holding `dp`. SAs are installed
+//! under `core`, and the TUN thread re-checks for an SA under `core` before
+//! queueing, so no queued packet is ever stranded.
+//!
+//! # Choices
+//! * Local LSIs are 1.0.0.1, 1.0.0.2, … in identity order; peer LSIs come
+//!   from the mapping, the `hosts` file, or are allocated from 1.0.1.1 up.
+//! * LSI packets are translated to HIT packets before sealing (the wire
+//!   format does not depend on the family, RFC 7401 / HIPL behaviour).
+//!   Inbound packets are delivered as IPv4/LSI when they belong to a flow
+//!   the host started over LSIs, or when nothing listens on the destination
+//!   port over IPv6 but something does over IPv4 (`/proc/net/{tcp,udp}`),
+//!   otherwise as IPv6/HIT.
+//! * TUN MTU 1400: leaves room for the outer IPv6 header, UDP and the ESP
+//!   overhead on a 1500-byte underlay.
+//! * `set puzzle` rebuilds the engines, so it is refused while associations
+//!   exist.
+
+mod files;
+mod lsi;
+pub mod net;
+mod tun;
+
+pub use files::{
+    ConfFile, HipHosts, LoadedIdentity, load_identities, parse_conf, resolve_in_hosts,
+};
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use hip_proto::crypto::{
+    CryptoBackend, InnerFamily, OpensslBackend, PrivateIdentity, SecurityAssociation, esp,
+};
+use hip_proto::engine::{AssocId, Config, Datagram, Endpoint, Event, State, Transmit, Transport};
+use hip_proto::wire::Hit;
+use rand::RngCore;
+
+use crate::control::{
+    DebugLevel, ErrorCode, HaInfo, HiInfo, HiSelector, MapInfo, NatMode, Reply, Request, Response,
+    StatsInfo, decode_request,
+};
+use net::{HIP_UDP_PORT, Kind, USock};
+use tun::Tun;
+
+/// Packets queued per peer while its base exchange runs.
+pub const PENDING_MAX: usize = 512;
+
+/// TUN MTU.
+pub const TUN_MTU: u32 = 1400;
+
+/// Daemon options (command line).
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Configuration directory (`/etc/hip`).
+    pub config_dir: PathBuf,
+    /// Control socket path.
+    pub control_socket: PathBuf,
+    /// System hosts file (`/etc/hosts`).
+    pub system_hosts: PathBuf,
+    /// TUN device name.
+    pub tun_name: String,
+    /// UDP encapsulation port.
+    pub udp_port: u16,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            config_dir: PathBuf::from("/etc/hip"),
+            control_socket: PathBuf::from(crate::control::DEFAULT_SOCKET),
+            system_hosts: PathBuf::from("/etc/hosts"),
+            tun_name: "hip0".into(),
+            udp_port: HIP_UDP_PORT,
+        }
+    }
+}
+
+/// Counters kept by the daemon (engine counters are read from the engines).
+#[derive(Debug, Default)]
+struct Counters {
+    hip_rx: AtomicU64,
+    hip_tx: AtomicU64,
+    esp_tx: AtomicU64,
+    esp_rx: AtomicU64,
+    malformed: AtomicU64,
+    esp_unknown_spi: AtomicU64,
+    esp_bad: AtomicU64,
+    queued: AtomicU64,
+    queue_dropped: AtomicU64,
+    no_mapping: AtomicU64,
+}
+
+fn inc(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Where an outbound SA's packets go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Path {
+    src: IpAddr,
+    dst: IpAddr,
+    /// UDP destination port (None: native protocol 50).
+    udp: Option<u16>,
+}
+
+#[derive(Debug)]
+struct OutSa {
+    sa: Mutex<SecurityAssociation>,
+    path: Mutex<Path>,
+    packets: AtomicU64,
+    ep: usize,
+    id: AssocId,
+}
+
+#[derive(Debug)]
+struct InSa {
+    sa: Mutex<SecurityAssociation>,
+    confirmed: AtomicBool,
+    packets: AtomicU64,
+    ep: usize,
+    local: Hit,
+    peer: Hit,
+}
+
+/// SA tables and LSI maps (read on every packet).
+#[derive(Debug, Default)]
+struct DataPlane {
+    out: HashMap<(Hit, Hit), Arc<OutSa>>,
+    inb: HashMap<u32, Arc<InSa>>,
+    /// Peer LSI → peer HIT.
+    lsi_peer: HashMap<Ipv4Addr, Hit>,
+    /// Peer HIT → peer LSI.
+    peer_lsi: HashMap<Hit, Ipv4Addr>,
+    /// Local LSI ↔ local HIT.
+    local_lsi: HashMap<Ipv4Addr, Hit>,
+    local_hit_lsi: HashMap<Hit, Ipv4Addr>,
+    /// Flows delivered as IPv4: (peer HIT, proto, local port, peer port).
+    lsi_flows: Mutex<HashMap<(Hit, u8, u16, u16), bool>>,
+}
+
+#[derive(Debug, Clone)]
+struct PeerMap {
+    ips: Vec<IpAddr>,
+    lsi: Ipv4Addr,
+    transport: Option<NatMode>,
+}
+
+#[derive(Debug, Clone)]
+struct IdentInfo {
+    hit: Hit,
+    lsi: Ipv4Addr,
+    algorithm: String,
+    file: PathBuf,
+}
+
+struct Core {
+    eps: Vec<Endpoint>,
+    keys: Vec<Arc<dyn PrivateIdentity>>,
+    idents: Vec<IdentInfo>,
+    maps: BTreeMap<Hit, PeerMap>,
+    next_lsi: u32,
+    nat: NatMode,
+    shotgun: bool,
+    opportunistic: bool,
+    puzzle_k: u8,
+    pending: HashMap<(Hit, Hit), VecDeque<Vec<u8>>>,
+    local_locators: Vec<IpAddr>,
+    udp_port: u16,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field(
+                "associations",
+                &self
+                    .eps
+                    .iter()
+                    .map(Endpoint::association_count)
+                    .sum::<usize>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// Sets the log level at run time.
+pub type LevelSetter = Box<dyn Fn(DebugLevel) + Send + Sync>;
+
+/// Everything the threads share.
+pub struct Shared {
+    core: Mutex<Core>,
+    cv: Condvar,
+    dp: RwLock<DataPlane>,
+    hip6: USock,
+    hip4: USock,
+    esp6: USock,
+    esp4: USock,
+    udp6: USock,
+    udp4: USock,
+    tun: Tun,
+    ctr: Counters,
+    set_level: LevelSetter,
+    opts: Options,
+    shutting_down: AtomicBool,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("tun", &self.tun)
+            .finish_non_exhaustive()
+    }
+}
+
+fn engine_config(puzzle_k: u8, opportunistic: bool, udp: Option<u16>) -> Config {
+    Config {
+        puzzle_k,
+        accept_opportunistic: opportunistic,
+        initiator_transport: match udp {
+            None => Transport::Native,
+            Some(p) => Transport::Udp {
+                src_port: p,
+                dst_port: p,
+            },
+        },
+        ..Config::default()
+    }
+}
+
+fn build_engines(
+    keys: &[Arc<dyn PrivateIdentity>],
+    puzzle_k: u8,
+    opportunistic: bool,
+    udp_port: u16,
+) -> anyhow::Result<Vec<Endpoint>> {
+    let backend: Arc<dyn CryptoBackend> = Arc::new(OpensslBackend::new());
+    let now = Instant::now();
+    let mut eps = Vec::new();
+    for udp in [None, Some(udp_port)] {
+        let mut seed = [0u8; 32];
+        rand::rng().fill_bytes(&mut seed);
+        let ep = Endpoint::new(
+            engine_config(puzzle_k, opportunistic, udp),
+            keys.to_vec(),
+            backend.clone(),
+            seed,
+            now,
+        )
+        .map_err(|e| anyhow::anyhow!("engine: {e}"))?;
+        eps.push(ep);
+    }
+    Ok(eps)
+}
+
+fn state_name(s: State) -> &'static str {
+    match s {
+        State::Unassociated => "UNASSOCIATED",
+        State::I1Sent => "I1-SENT",
+        State::I2Sent => "I2-SENT",
+        State::R2Sent => "R2-SENT",
+        State::Established => "ESTABLISHED",
+        State::Closing => "CLOSING",
+        State::Closed => "CLOSED",
+        State::Failed => "E-FAILED",
+    }
+}
+
+fn lsi_from_u32(n: u32) -> Ipv4Addr {
+    Ipv4Addr::from(0x0100_0000 | (n & 0x00ff_ffff))
+}
+
+impl Core {
+    fn alloc_lsi(&mut self, dp: &DataPlane) -> Ipv4Addr {
+        loop {
+            let l = lsi_from_u32(self.next_lsi);
+            self.next_lsi = self.next_lsi.wrapping_add(1);
+            if !dp.lsi_peer.contains_key(&l) && !dp.local_lsi.contains_key(&l) {
+                return l;
+            }
+        }
+    }
+
+    fn ep_for_peer(&self, peer: Hit) -> usize {
+        match self
+            .maps
+            .get(&peer)
+            .and_then(|m| m.transport)
+            .unwrap_or(self.nat)
+        {
+            NatMode::None => 0,
+            NatMode::PlainUdp => 1,
+        }
+    }
+}
+
+impl Shared {
+    fn lock_core(&self) -> MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn sock(&self, kind: Kind, v6: bool) -> &USock {
+        match (kind, v6) {
+            (Kind::Hip, true) => &self.hip6,
+            (Kind::Hip, false) => &self.hip4,
+            (Kind::Esp, true) => &self.esp6,
+            (Kind::Esp, false) => &self.esp4,
+            (Kind::Udp, true) => &self.udp6,
+            (Kind::Udp, false) => &self.udp4,
+        }
+    }
+
+    fn pick_source(&self, core: &Core, dst: IpAddr) -> Option<IpAddr> {
+        net::route_source(dst).or_else(|| {
+            core.local_locators
+                .iter()
+                .copied()
+                .find(|a| a.is_ipv6() == dst.is_ipv6())
+        })
+    }
+
+    fn send_control(&self, core: &Core, mut t: Transmit) {
+        let src = match t.src {
+            Some(s) => s,
+            None => match self.pick_source(core, t.dst) {
+                Some(s) => s,
+                None => {
+                    tracing::warn!(dst = %t.dst, "no source address towards peer");
+                    return;
+                }
+            },
+        };
+        if t.src.is_none() && !t.fill_checksum(src) {
+            return;
+        }
+        let v6 = t.dst.is_ipv6();
+        let r = match t.transport {
+            Transport::Native => self
+                .sock(Kind::Hip, v6)
+                .send(Some(src), t.dst, 0, &[&t.payload]),
+            Transport::Udp { dst_port, .. } => {
+                self.sock(Kind::Udp, v6)
+                    .send(Some(src), t.dst, dst_port, &[&[0u8; 4], &t.payload])
+            }
+        };
+        match r {
+            Ok(_) => inc(&self.ctr.hip_tx),
+            Err(e) => tracing::debug!(dst = %t.dst, error = %e, "sending HIP packet failed"),
+        }
+    }
+
+    /// Drains every engine's transmits and events.
+    fn pump(&self, core: &mut Core) {
+        loop {
+            let mut did = false;
+            for i in 0..core.eps.len() {
+                while let Some(t) = core.eps[i].poll_transmit() {
+                    did = true;
+                    self.send_control(core, t);
+                }
+                while let Some(ev) = core.eps[i].poll_event() {
+                    did = true;
+                    self.on_event(core, i, ev);
+                }
+            }
+            if !did {
+                break;
+            }
+        }
+        self.cv.notify_all();
+    }
+
+    fn on_event(&self, core: &mut Core, ep: usize, ev: Event) {
+        match ev {
+            Event::Established {
+                id,
+                role,
+                local_hit,
+                peer_hit,
+                local_locator,
+                peer_locator,
+                transport,
+                sas,
+            } => {
+                tracing::info!(%local_hit, %peer_hit, %local_locator, %peer_locator, ?role, ?transport, "association established");
+                let sas = *sas;
+                let udp = match transport {
+                    Transport::Native => None,
+                    Transport::Udp { dst_port, .. } => Some(dst_port),
+                };
+                let out = Arc::new(OutSa {
+                    sa: Mutex::new(sas.outbound),
+                    path: Mutex::new(Path {
+                        src: local_locator,
+                        dst: peer_locator,
+                        udp,
+                    }),
+                    packets: AtomicU64::new(0),
+                    ep,
+                    id,
+                });
+                let spi_in = sas.inbound.spi();
+                let inb = Arc::new(InSa {
+                    sa: Mutex::new(sas.inbound),
+                    confirmed: AtomicBool::new(false),
+                    packets: AtomicU64::new(0),
+                    ep,
+                    local: local_hit,
+                    peer: peer_hit,
+                });
+                {
+                    let mut dp = self.dp.write().unwrap_or_else(|p| p.into_inner());
+                    dp.inb
+                        .retain(|_, s| !(s.local == local_hit && s.peer == peer_hit));
+                    dp.inb.insert(spi_in, inb);
+                    dp.out.insert((local_hit, peer_hit), out.clone());
+                    if !dp.peer_lsi.contains_key(&peer_hit) {
+                        let lsi = core
+                            .maps
+                            .get(&peer_hit)
+                            .map(|m| m.lsi)
+                            .unwrap_or_else(|| core.alloc_lsi(&dp));
+                        dp.peer_lsi.insert(peer_hit, lsi);
+                        dp.lsi_peer.insert(lsi, peer_hit);
+                    }
+                }
+                if let Some(q) = core.pending.remove(&(local_hit, peer_hit)) {
+                    let mut buf = Vec::new();
+                    for p in q {
+                        self.send_esp(&out, &p, &mut buf);
+                    }
+                }
+            }
+            Event::Failed {
+                peer_hit, reason, ..
+            } => {
+                tracing::warn!(peer = ?peer_hit, ?reason, "base exchange failed");
+                if let Some(p) = peer_hit {
+                    let keys: Vec<_> = core.pending.keys().filter(|k| k.1 == p).copied().collect();
+                    for k in keys {
+                        if let Some(q) = core.pending.remove(&k) {
+                            self.ctr
+                                .queue_dropped
+                                .fetch_add(q.len() as u64, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+            Event::Closed { peer_hit, id } => {
+                tracing::info!(%peer_hit, "association closed");
+                let mut dp = self.dp.write().unwrap_or_else(|p| p.into_inner());
+                dp.out.retain(|_, s| !(s.ep == ep && s.id == id));
+                dp.inb.retain(|_, s| !(s.ep == ep && s.peer == peer_hit));
+            }
+            Event::NotifyReceived {
+                peer_hit,
+                authenticated,
+                msg_type,
+                ..
+            } => {
+                tracing::info!(%peer_hit, authenticated, ?msg_type, "NOTIFY received");
+            }
+            Event::Confirmed { id } => {
+                tracing::debug!(?id, "association confirmed");
+            }
+            #[allow(unreachable_patterns)]
+            _ => {}
+        }
+    }
+
+    fn send_esp(&self, out: &OutSa, inner: &[u8], buf: &mut Vec<u8>) {
+        let n = {
+            let mut sa = out.sa.lock().unwrap_or_else(|p| p.into_inner());
+            let need = sa.seal_buffer_len(inner.len());
+            if buf.len() < need {
+                buf.resize(need, 0);
+            }
+            match sa.seal(inner, buf) {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::debug!(error = %e, "seal failed");
+                    return;
+                }
+            }
+        };
+        let path = *out.path.lock().unwrap_or_else(|p| p.into_inner());
+        let v6 = path.dst.is_ipv6();
+        let data = buf.get(..n).unwrap_or(&[]);
+        let r = match path.udp {
+            None => self
+                .sock(Kind::Esp, v6)
+                .send(Some(path.src), path.dst, 0, &[data]),
+            Some(port) => self
+                .sock(Kind::Udp, v6)
+                .send(Some(path.src), path.dst, port, &[data]),
+        };
+        match r {
+            Ok(_) => {
+                inc(&self.ctr.esp_tx);
+                out.packets.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => tracing::trace!(error = %e, dst = %path.dst, "ESP send failed"),
+        }
+    }
+
+    /// Locators of a peer HIT: static mappings, then hosts files.
+    fn resolve(&self, core: &Core, peer: Hit) -> Vec<IpAddr> {
+        let mut v = core
+            .maps
+            .get(&peer)
+            .map(|m| m.ips.clone())
+            .unwrap_or_default();
+        let hip_hosts = std::fs::read_to_string(self.opts.config_dir.join("hosts"))
+            .map(|t| HipHosts::parse(&t))
+            .unwrap_or_default();
+        if let Some(names) = hip_hosts.hit_names.get(&Ipv6Addr::from(peer))
+            && let Ok(sys) = std::fs::read_to_string(&self.opts.system_hosts)
+        {
+            for a in resolve_in_hosts(&sys, names) {
+                if !v.contains(&a) && !is_hip_addr(a) {
+                    v.push(a);
+                }
+            }
+        }
+        v
+    }
+
+    /// Starts (or finds) the association (local, peer); returns the engine
+    /// index and handle.
+    fn connect(
+        &self,
+        core: &mut Core,
+        local: Option<Hit>,
+        peer: Hit,
+    ) -> Result<(usize, AssocId), (ErrorCode, String)> {
+        for (i, ep) in core.eps.iter().enumerate() {
+            if let Some(a) = ep.association_by_peer(peer)
+                && !matches!(a.state(), State::Failed | State::Closed | State::Closing)
+                && local.is_none_or(|l| l == a.local_hit())
+            {
+                return Ok((i, a.id()));
+            }
+        }
+        let mut locs = self.resolve(core, peer);
+        if locs.is_empty() {
+            return Err((
+                ErrorCode::UnknownHit,
+                format!("no locator known for HIT {peer}"),
+            ));
+        }
+        if !core.shotgun {
+            // Prefer the family of the first mapping; the engine sends the
+            // first I1 to up to three locators anyway.
+            locs.truncate(3);
+        }
+        let i = core.ep_for_peer(peer);
+        let now = Instant::now();
+        let r = core.eps[i].connect(now, Some(peer), locs, local);
+        let r = r.map_err(|e| (ErrorCode::Failed, e.to_string()))?;
+        self.pump(core);
+        Ok((i, r))
+    }
+}
+
+fn is_hip_addr(a: IpAddr) -> bool {
+    match a {
+        IpAddr::V6(v6) => Hit::from(v6).is_orchid_v2(),
+        IpAddr::V4(v4) => v4.octets()[0] == 1,
+    }
+}
+
+// ------------------------------------------------------------------ threads
+
+fn driver_thread(sh: Arc<Shared>) {
+    let mut core = sh.lock_core();
+    loop {
+        if sh.shutting_down.load(Ordering::Relaxed)
+            && core.eps.iter().all(|e| e.association_count() == 0)
+        {
+            // Keep running timers during shutdown until everything is closed.
+        }
+        let now = Instant::now();
+        for i in 0..core.eps.len() {
+            if core.eps[i].poll_timeout().is_some_and(|t| t <= now) {
+                core.eps[i].handle_timeout(now);
+            }
+        }
+        sh.pump(&mut core);
+        let next = core
+            .eps
+            .iter()
+            .filter_map(Endpoint::poll_timeout)
+            .min()
+            .unwrap_or(now + Duration::from_secs(1));
+        let wait = next
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_secs(1))
+            .max(Duration::from_micros(200));
+        core = sh
+            .cv
+            .wait_timeout(core, wait)
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+    }
+}
+
+fn tun_thread(sh: Arc<Shared>) {
+    let mut buf = vec![0u8; 65536];
+    let mut sealbuf = Vec::new();
+    let mut xlat = Vec::new();
+    loop {
+        let n = match sh.tun.recv(&mut buf) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(error = %e, "TUN read failed");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        let pkt = &buf[..n];
+        let Some(first) = pkt.first() else { continue };
+        let inner: &[u8];
+        let (local, peer) = match first >> 4 {
+            6 => {
+                let (Some(s), Some(d)) = (pkt.get(8..24), pkt.get(24..40)) else {
+                    continue;
+                };
+                let (Some(s), Some(d)) = (Hit::from_slice(s), Hit::from_slice(d)) else {
+                    continue;
+                };
+                if !d.is_orchid_v2() {
+                    continue; // ND/MLD and other link traffic on hip0
+                }
+                inner = pkt;
+                (s, d)
+            }
+            4 => {
+                let dp = sh.dp.read().unwrap_or_else(|p| p.into_inner());
+                match lsi::v4_to_v6(pkt, &dp, &mut xlat) {
+                    Some((s, d)) => {
+                        inner = &xlat;
+                        (s, d)
+                    }
+                    None => {
+                        inc(&sh.ctr.no_mapping);
+                        continue;
+                    }
+                }
+            }
+            _ => continue,
+        };
+        let out = {
+            let dp = sh.dp.read().unwrap_or_else(|p| p.into_inner());
+            dp.out.get(&(local, peer)).cloned()
+        };
+        if let Some(out) = out {
+            sh.send_esp(&out, inner, &mut sealbuf);
+            continue;
+        }
+        // No SA: queue and start the base exchange (under core).
+        let mut core = sh.lock_core();
+        let out = {
+            let dp = sh.dp.read().unwrap_or_else(|p| p.into_inner());
+            dp.out.get(&(local, peer)).cloned()
+        };
+        if let Some(out) = out {
+            drop(core);
+            sh.send_esp(&out, inner, &mut sealbuf);
+            continue;
+        }
+        let q = core.pending.entry((local, peer)).or_default();
+        if q.len() >= PENDING_MAX {
+            inc(&sh.ctr.queue_dropped);
+        } else {
+            q.push_back(inner.to_vec());
+            inc(&sh.ctr.queued);
+        }
+        if let Err((_, msg)) = sh.connect(&mut core, Some(local), peer) {
+            tracing::debug!(%peer, msg, "cannot start base exchange");
+            if let Some(q) = core.pending.remove(&(local, peer)) {
+                sh.ctr
+                    .no_mapping
+                    .fetch_add(q.len() as u64, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+fn rx_thread(sh: Arc<Shared>, kind: Kind, v6: bool) {
+    let sock = sh.sock(kind, v6);
+    let mut buf = vec![0u8; 65536 + 64];
+    let mut out = vec![0u8; esp::open_buffer_len(65536 + 64)];
+    loop {
+        let meta = match sock.recv(&mut buf) {
+            Ok(Ok(m)) => m,
+            Ok(Err(_)) => {
+                inc(&sh.ctr.malformed);
+                continue;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "recv failed");
+                continue;
+            }
+        };
+        let Some(payload) = buf.get(meta.offset..meta.offset + meta.len) else {
+            inc(&sh.ctr.malformed);
+            continue;
+        };
+        match kind {
+            Kind::Hip => sh.handle_hip(meta.src, meta.dst, Transport::Native, payload),
+            Kind::Esp => sh.handle_esp(payload, meta.hop_limit, &mut out),
+            Kind::Udp => match payload.first_chunk::<4>() {
+                None => inc(&sh.ctr.malformed),
+                Some([0, 0, 0, 0]) => sh.handle_hip(
+                    meta.src,
+                    meta.dst,
+                    Transport::Udp {
+                        src_port: meta.src_port,
+                        dst_port: sh.opts.udp_port,
+                    },
+                    payload.get(4..).unwrap_or(&[]),
+                ),
+                Some(_) => sh.handle_esp(payload, meta.hop_limit, &mut out),
+            },
+        }
+    }
+}
+
+impl Shared {
+    fn handle_hip(&self, src: IpAddr, dst: IpAddr, transport: Transport, payload: &[u8]) {
+        inc(&self.ctr.hip_rx);
+        if payload.len() < 40 {
+            inc(&self.ctr.malformed);
+            return;
+        }
+        let ep = match transport {
+            Transport::Native => 0,
+            Transport::Udp { .. } => 1,
+        };
+        // Transport of replies: the engine swaps the ports of `transport`.
+        let transport = match transport {
+            Transport::Udp { src_port, .. } => Transport::Udp {
+                src_port,
+                dst_port: self.opts.udp_port,
+            },
+            t => t,
+        };
+        let mut core = self.lock_core();
+        let now = Instant::now();
+        core.eps[ep].handle(
+            now,
+            Datagram {
+                src,
+                dst,
+                transport,
+                payload: payload.to_vec(),
+            },
+        );
+        self.pump(&mut core);
+    }
+
+    fn handle_esp(&self, esp_pkt: &[u8], hop: u8, out: &mut [u8]) {
+        let Some(spi) = esp::peek_spi(esp_pkt) else {
+            inc(&self.ctr.malformed);
+            return;
+        };
+        let sa = {
+            let dp = self.dp.read().unwrap_or_else(|p| p.into_inner());
+            dp.inb.get(&spi).cloned()
+        };
+        let Some(sa) = sa else {
+            inc(&self.ctr.esp_unknown_spi);
+            return;
+        };
+        let opened = {
+            let mut s = sa.sa.lock().unwrap_or_else(|p| p.into_inner());
+            s.open(esp_pkt, hop.max(1), out)
+        };
+        let o = match opened {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::trace!(error = %e, "ESP dropped");
+                inc(&self.ctr.esp_bad);
+                return;
+            }
+        };
+        sa.packets.fetch_add(1, Ordering::Relaxed);
+        inc(&self.ctr.esp_rx);
+        if !sa.confirmed.swap(true, Ordering::Relaxed) {
+            let mut core = self.lock_core();
+            core.eps[sa.ep].esp_received(Instant::now(), spi);
+            self.pump(&mut core);
+        }
+        let Some(pkt) = out.get(..o.len) else { return };
+        debug_assert_eq!(o.family, InnerFamily::V6);
+        let dp = self.dp.read().unwrap_or_else(|p| p.into_inner());
+        let mut v4 = Vec::new();
+        let r = if lsi::deliver_as_v4(pkt, &dp, sa.local, sa.peer)
+            && lsi::v6_to_v4(pkt, &dp, sa.local, sa.peer, &mut v4)
+        {
+            drop(dp);
+            self.tun.send(&v4)
+        } else {
+            drop(dp);
+            self.tun.send(pkt)
+        };
+        if let Err(e) = r {
+            tracing::trace!(error = %e, "TUN write failed");
+        }
+    }
+}
+
+fn locator_thread(sh: Arc<Shared>) {
+    use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+    const RTMGRP_LINK: u32 = 1;
+    const RTMGRP_IPV4_IFADDR: u32 = 0x10;
+    const RTMGRP_IPV6_IFADDR: u32 = 0x100;
+    let sock = Socket::new(NETLINK_ROUTE).and_then(|mut s| {
+        s.bind(&SocketAddr::new(
+            0,
+            RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR,
+        ))?;
+        Ok(s)
+    });
+    let sock = match sock {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "netlink socket failed; locators are polled");
+            loop {
+                std::thread::sleep(Duration::from_secs(2));
+                sh.update_locators();
+            }
+        }
+    };
+    let mut buf = vec![0u8; 65536];
+    loop {
+        match sock.recv(&mut &mut buf[..], 0) {
+            Ok(_) => {
+                // Coalesce bursts of events.
+                std::thread::sleep(Duration::from_millis(20));
+                sh.update_locators();
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "netlink recv");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
+/// Usable local addresses: interfaces up and running, not loopback, not the
+/// HIT device, no link-local, HIT or LSI addresses.
+pub fn current_locators(tun_name: &str) -> Vec<IpAddr> {
+    use nix::net::if_::InterfaceFlags;
+    let mut v = Vec::new();
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return v;
+    };
+    for a in addrs {
+        if a.interface_name == tun_name
+            || a.flags.contains(InterfaceFlags::IFF_LOOPBACK)
+            || !a.flags.contains(InterfaceFlags::IFF_UP)
+            || !a.flags.contains(InterfaceFlags::IFF_RUNNING)
+        {
+            continue;
+        }
+        let Some(addr) = a.address else { continue };
+        let ip = if let Some(s) = addr.as_sockaddr_in6() {
+            let ip = s.ip();
+            if (ip.segments()[0] & 0xffc0) == 0xfe80 {
+                continue;
+            }
+            IpAddr::V6(ip)
+        } else if let Some(s) = addr.as_sockaddr_in() {
+            IpAddr::V4(s.ip())
+        } else {
+            continue;
+        };
+        if is_hip_addr(ip) || v.contains(&ip) {
+            continue;
+        }
+        v.push(ip);
+    }
+    v
+}
+
+impl Shared {
+    fn update_locators(&self) {
+        let now_locs = current_locators(&self.opts.tun_name);
+        let mut core = self.lock_core();
+        if core.local_locators == now_locs {
+            return;
+        }
+        tracing::info!(locators = ?now_locs, "local locators changed");
+        core.local_locators = now_locs.clone();
+        // Outbound paths whose source disappeared move to a source the
+        // kernel would use now (same peer locator).
+        let dp = self.dp.read().unwrap_or_else(|p| p.into_inner());
+        for out in dp.out.values() {
+            let mut p = out.path.lock().unwrap_or_else(|p| p.into_inner());
+            if !now_locs.contains(&p.src)
+                && let Some(s) = net::route_source(p.dst)
+            {
+                p.src = s;
+            }
+        }
+        drop(dp);
+        self.pump(&mut core);
+    }
+}
+
+// ------------------------------------------------------------------ control
+
+fn peer_uid(s: &UnixStream) -> Option<u32> {
+    nix::sys::socket::getsockopt(s, nix::sys::socket::sockopt::PeerCredentials)
+        .ok()
+        .map(|c| c.uid())
+}
+
+fn control_thread(sh: Arc<Shared>, listener: UnixListener) {
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        let sh = sh.clone();
+        let _ = std::thread::Builder::new()
+            .name("hipd-ctl".into())
+            .spawn(move || serve_client(sh, conn));
+    }
+}
+
+fn serve_client(sh: Arc<Shared>, conn: UnixStream) {
+    let uid = peer_uid(&conn);
+    let Ok(mut w) = conn.try_clone() else { return };
+    let mut r = BufReader::new(conn);
+    loop {
+        let mut line = String::new();
+        match (&mut r)
+            .take(crate::control::MAX_LINE as u64)
+            .read_line(&mut line)
+        {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        if !line.ends_with('\n') {
+            return; // over-long line or EOF mid-line
+        }
+        let reply = match decode_request(line.trim_end()) {
+            Err(rep) => rep,
+            Ok(req) => {
+                if !req.is_read_only() && uid != Some(0) {
+                    Reply::err(
+                        ErrorCode::PermissionDenied,
+                        "permission denied: this request needs root",
+                    )
+                } else {
+                    sh.dispatch(req)
+                }
+            }
+        };
+        let mut s = serde_json::to_string(&reply).unwrap_or_default();
+        s.push('\n');
+        if w.write_all(s.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+impl Shared {
+    fn ha_info(&self, core: &Core, ep: usize, id: AssocId) -> Option<HaInfo> {
+        let a = core.eps.get(ep)?.association(id)?;
+        let dp = self.dp.read().unwrap_or_else(|p| p.into_inner());
+        let peer = a.peer_hit();
+        let out = peer.and_then(|p| dp.out.get(&(a.local_hit(), p)));
+        let inb = dp.inb.get(&a.spi_inbound());
+        let path = out.map(|o| *o.path.lock().unwrap_or_else(|p| p.into_inner()));
+        Some(HaInfo {
+            state: state_name(a.state()).into(),
+            local_hit: a.local_hit().into(),
+            peer_hit: peer.map(Into::into),
+            local_lsi: dp.local_hit_lsi.get(&a.local_hit()).copied(),
+            peer_lsi: peer.and_then(|p| dp.peer_lsi.get(&p).copied()),
+            local_locator: path.map(|p| p.src).or(a.preferred_local_locator()),
+            peer_locator: path.map(|p| p.dst).or(a.preferred_peer_locator()),
+            peer_locators: a.peer_locators().iter().map(|l| l.addr).collect(),
+            spi_in: a.spi_inbound(),
+            spi_out: a.spi_outbound(),
+            transport: match a.transport() {
+                Transport::Native => "native".into(),
+                Transport::Udp { .. } => "udp".into(),
+            },
+            esp_out: out.map_or(0, |o| o.packets.load(Ordering::Relaxed)),
+            esp_in: inb.map_or(0, |i| i.packets.load(Ordering::Relaxed)),
+        })
+    }
+
+    fn all_has(&self, core: &Core, filter: Option<Hit>) -> Vec<HaInfo> {
+        let mut v = Vec::new();
+        for (i, ep) in core.eps.iter().enumerate() {
+            let mut ids: Vec<AssocId> = ep
+                .associations()
+                .filter(|a| filter.is_none() || a.peer_hit() == filter)
+                .map(|a| a.id())
+                .collect();
+            ids.sort();
+            for id in ids {
+                if let Some(h) = self.ha_info(core, i, id) {
+                    v.push(h);
+                }
+            }
+        }
+        v
+    }
+
+    /// Waits (on the core condition variable) until association `id` of
+    /// engine `ep` is usable, failed or gone.
+    fn wait_assoc(
+        &self,
+        mut core: MutexGuard<'_, Core>,
+        ep: usize,
+        id: AssocId,
+        wait: Duration,
+    ) -> Reply {
+        let deadline = Instant::now() + wait;
+        loop {
+            let st = core.eps[ep].association(id).map(|a| a.state());
+            match st {
+                Some(State::Established | State::R2Sent) => {
+                    return match self.ha_info(&core, ep, id) {
+                        Some(ha) => Reply::ok(Response::Connected { ha }),
+                        None => Reply::err(ErrorCode::Failed, "association vanished"),
+                    };
+                }
+                Some(State::Failed) | None => {
+                    return Reply::err(ErrorCode::Failed, "base exchange failed");
+                }
+                _ => {}
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Reply::err(ErrorCode::Timeout, "base exchange did not complete in time");
+            }
+            core = self
+                .cv
+                .wait_timeout(core, (deadline - now).min(Duration::from_millis(100)))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    fn dispatch(&self, req: Request) -> Reply {
+        let done = |m: String| Reply::ok(Response::Done { message: m });
+        match req {
+            Request::Ping => Reply::ok(Response::Pong {
+                pid: std::process::id(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                protocol: crate::control::PROTOCOL_VERSION,
+            }),
+            Request::GetHi { which } => {
+                let core = self.lock_core();
+                let his = core
+                    .idents
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| which == HiSelector::All || *i == 0)
+                    .map(|(i, id)| HiInfo {
+                        hit: id.hit.into(),
+                        lsi: id.lsi,
+                        algorithm: id.algorithm.clone(),
+                        default: i == 0,
+                        file: id.file.clone(),
+                    })
+                    .collect();
+                Reply::ok(Response::His { his })
+            }
+            Request::AddMap {
+                hit,
+                ip,
+                lsi,
+                transport,
+            } => {
+                let hit = Hit::from(hit);
+                if !hit.is_orchid_v2() {
+                    return Reply::err(
+                        ErrorCode::BadRequest,
+                        format!("{hit} is not an ORCHIDv2 HIT"),
+                    );
+                }
+                let mut core = self.lock_core();
+                let mut dp = self.dp.write().unwrap_or_else(|p| p.into_inner());
+                let lsi = match lsi
+                    .or_else(|| core.maps.get(&hit).map(|m| m.lsi))
+                    .or_else(|| dp.peer_lsi.get(&hit).copied())
+                {
+                    Some(l) => l,
+                    None => core.alloc_lsi(&dp),
+                };
+                if lsi.octets()[0] != 1 {
+                    return Reply::err(
+                        ErrorCode::BadRequest,
+                        format!("{lsi} is not an LSI (1.0.0.0/8)"),
+                    );
+                }
+                if let Some(other) = dp.lsi_peer.get(&lsi)
+                    && *other != hit
+                {
+                    return Reply::err(
+                        ErrorCode::BadRequest,
+                        format!("LSI {lsi} already belongs to {other}"),
+                    );
+                }
+                if let Some(old) = dp.peer_lsi.insert(hit, lsi) {
+                    dp.lsi_peer.remove(&old);
+                }
+                dp.lsi_peer.insert(lsi, hit);
+                drop(dp);
+                let m = core.maps.entry(hit).or_insert(PeerMap {
+                    ips: Vec::new(),
+                    lsi,
+                    transport: None,
+                });
+                m.lsi = lsi;
+                if !m.ips.contains(&ip) {
+                    m.ips.push(ip);
+                }
+                if transport.is_some() {
+                    m.transport = transport;
+                }
+                done(format!("mapped {hit} -> {ip} (LSI {lsi})"))
+            }
+            Request::DelMap { hit, ip } => {
+                let hit = Hit::from(hit);
+                let mut core = self.lock_core();
+                let Some(m) = core.maps.get_mut(&hit) else {
+                    return Reply::err(ErrorCode::UnknownHit, format!("no mapping for HIT {hit}"));
+                };
+                match ip {
+                    Some(ip) => {
+                        if !m.ips.contains(&ip) {
+                            return Reply::err(
+                                ErrorCode::UnknownHit,
+                                format!("{hit} is not mapped to {ip}"),
+                            );
+                        }
+                        m.ips.retain(|a| *a != ip);
+                        if m.ips.is_empty() {
+                            core.maps.remove(&hit);
+                        }
+                    }
+                    None => {
+                        core.maps.remove(&hit);
+                    }
+                }
+                done(format!("removed mapping of {hit}"))
+            }
+            Request::GetHa { hit } => {
+                let core = self.lock_core();
+                let has = self.all_has(&core, hit.map(Hit::from));
+                if hit.is_some() && has.is_empty() {
+                    return Reply::err(ErrorCode::UnknownHit, "no association with that HIT");
+                }
+                Reply::ok(Response::Has { has })
+            }
+            Request::Rst { hit } => {
+                let mut core = self.lock_core();
+                let now = Instant::now();
+                let mut n = 0;
+                let mut peers = Vec::new();
+                for (i, ep) in core.eps.iter().enumerate() {
+                    for a in ep.associations() {
+                        if let Some(p) = a.peer_hit()
+                            && hit.is_none_or(|h| Hit::from(h) == p)
+                            && !matches!(a.state(), State::Closing | State::Closed)
+                        {
+                            peers.push((i, p));
+                        }
+                    }
+                }
+                if hit.is_some() && peers.is_empty() {
+                    return Reply::err(ErrorCode::UnknownHit, "no association with that HIT");
+                }
+                for (i, p) in peers {
+                    if core.eps[i].close(now, p).is_ok() {
+                        n += 1;
+                    }
+                }
+                self.pump(&mut core);
+                done(format!("closing {n} association(s)"))
+            }
+            Request::Debug { level } => {
+                (self.set_level)(level);
+                done(format!("debug level set to {level:?}"))
+            }
+            Request::Nat { mode } => {
+                self.lock_core().nat = mode;
+                done(format!("nat mode {mode:?} for new exchanges"))
+            }
+            Request::SetPuzzle { k } => {
+                let mut core = self.lock_core();
+                if core.eps.iter().any(|e| e.association_count() > 0) {
+                    return Reply::err(
+                        ErrorCode::Unavailable,
+                        "puzzle difficulty can only change while no association exists (rst all first)",
+                    );
+                }
+                match build_engines(&core.keys, k, core.opportunistic, core.udp_port) {
+                    Ok(eps) => {
+                        core.eps = eps;
+                        core.puzzle_k = k;
+                        self.cv.notify_all();
+                        done(format!("puzzle difficulty {k}"))
+                    }
+                    Err(e) => Reply::err(ErrorCode::Failed, e.to_string()),
+                }
+            }
+            Request::ManualUpdate => {
+                self.update_locators();
+                let core = self.lock_core();
+                done(format!("local locators: {:?}", core.local_locators))
+            }
+            Request::Shotgun { on } => {
+                self.lock_core().shotgun = on;
+                done(format!("shotgun {}", if on { "on" } else { "off" }))
+            }
+            Request::Connect { hit, wait_ms } => {
+                let mut core = self.lock_core();
+                match self.connect(&mut core, None, Hit::from(hit)) {
+                    Err((c, m)) => Reply::err(c, m),
+                    Ok((ep, id)) => self.wait_assoc(core, ep, id, Duration::from_millis(wait_ms)),
+                }
+            }
+            Request::Opportunistic { ip, wait_ms } => {
+                let mut core = self.lock_core();
+                if let Some((ep, id)) = core.eps.iter().enumerate().find_map(|(i, e)| {
+                    e.associations()
+                        .find(|a| {
+                            a.peer_locators().iter().any(|l| l.addr == ip)
+                                && matches!(a.state(), State::Established | State::R2Sent)
+                        })
+                        .map(|a| (i, a.id()))
+                }) {
+                    return self.wait_assoc(core, ep, id, Duration::ZERO);
+                }
+                let i = if core.nat == NatMode::PlainUdp { 1 } else { 0 };
+                let r = core.eps[i].connect(Instant::now(), None, vec![ip], None);
+                match r {
+                    Err(e) => Reply::err(ErrorCode::Failed, e.to_string()),
+                    Ok(id) => {
+                        self.pump(&mut core);
+                        let wait = if wait_ms == 0 { 5000 } else { wait_ms };
+                        self.wait_assoc(core, i, id, Duration::from_millis(wait))
+                    }
+                }
+            }
+            Request::Stats => {
+                let core = self.lock_core();
+                Reply::ok(Response::Stats {
+                    stats: self.stats(&core),
+                })
+            }
+        }
+    }
+
+    fn stats(&self, core: &Core) -> StatsInfo {
+        let c = &self.ctr;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut engine: BTreeMap<String, u64> = BTreeMap::new();
+        let mut dropped = 0;
+        for ep in &core.eps {
+            let s = ep.stats();
+            let fields = [
+                ("received", s.received),
+                ("sent", s.sent),
+                ("notify_sent", s.notify_sent),
+                ("bad_checksum", s.bad_checksum),
+                ("bad_hmac", s.bad_hmac),
+                ("bad_signature", s.bad_signature),
+                ("bad_puzzle", s.bad_puzzle),
+                ("unsupported_critical", s.unsupported_critical),
+                ("malformed", s.malformed),
+                ("unexpected_state", s.unexpected_state),
+                ("replay", s.replay),
+                ("bad_host_id", s.bad_host_id),
+                ("downgrade", s.downgrade),
+                ("unknown_association", s.unknown_association),
+                ("negotiation_failed", s.negotiation_failed),
+                ("decrypt_failed", s.decrypt_failed),
+                ("unsupported", s.unsupported),
+                ("unhandled", s.unhandled),
+            ];
+            for (k, v) in fields {
+                *engine.entry(k.to_string()).or_default() += v;
+                if !matches!(k, "received" | "sent" | "notify_sent") {
+                    dropped += v;
+                }
+            }
+        }
+        StatsInfo {
+            hip_rx: l(&c.hip_rx),
+            hip_tx: l(&c.hip_tx),
+            esp_tx: l(&c.esp_tx),
+            esp_rx: l(&c.esp_rx),
+            malformed: l(&c.malformed),
+            esp_unknown_spi: l(&c.esp_unknown_spi),
+            esp_bad: l(&c.esp_bad),
+            engine_dropped: dropped,
+            queued: l(&c.queued),
+            queue_dropped: l(&c.queue_dropped),
+            no_mapping: l(&c.no_mapping),
+            associations: core.eps.iter().map(|e| e.association_count() as u64).sum(),
+            engine: engine.into_iter().collect(),
+        }
+    }
+
+    fn maps(&self) -> Vec<MapInfo> {
+        let core = self.lock_core();
+        core.maps
+            .iter()
+            .map(|(h, m)| MapInfo {
+                hit: (*h).into(),
+                ips: m.ips.clone(),
+                lsi: m.lsi,
+            })
+            .collect()
+    }
+
+    /// Closes every live association and waits up to `wait` for them to go.
+    fn close_all(&self, wait: Duration) {
+        let mut core = self.lock_core();
+        let now = Instant::now();
+        let mut peers = HashSet::new();
+        for (i, ep) in core.eps.iter().enumerate() {
+            for a in ep.associations() {
+                if let Some(p) = a.peer_hit()
+                    && matches!(a.state(), State::Established | State::R2Sent)
+                {
+                    peers.insert((i, p));
+                }
+            }
+        }
+        for (i, p) in &peers {
+            let _ = core.eps[*i].close(now, *p);
+        }
+        self.pump(&mut core);
+        let deadline = Instant::now() + wait;
+        loop {
+            let busy = core
+                .eps
+                .iter()
+                .any(|e| e.associations().any(|a| a.state() == State::Closing));
+            let now = Instant::now();
+            if !busy || now >= deadline {
+                break;
+            }
+            core = self
+                .cv
+                .wait_timeout(core, (deadline - now).min(Duration::from_millis(50)))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        tracing::info!(closed = peers.len(), "associations closed");
+    }
+}
+
+/// A running daemon (all threads started).
+#[derive(Debug)]
+pub struct Daemon {
+    shared: Arc<Shared>,
+}
+
+impl Daemon {
+    /// Loads the configuration, creates the TUN device and sockets and
+    /// starts every thread.
+    pub fn start(opts: Options, set_level: LevelSetter) -> anyhow::Result<Daemon> {
+        let conf_text =
+            std::fs::read_to_string(opts.config_dir.join("hipd.conf")).unwrap_or_default();
+        let conf = parse_conf(&conf_text)?;
+        let ids = load_identities(
+            &opts.config_dir,
+            conf.default_hi.as_deref().unwrap_or("ecdsa"),
+        )?;
+        let backend = OpensslBackend::new();
+        let keys: Vec<Arc<dyn PrivateIdentity>> = ids.iter().map(|i| i.key.clone()).collect();
+        let mut idents = Vec::new();
+        let mut dp = DataPlane::default();
+        for (n, li) in ids.iter().enumerate() {
+            let hid = li.key.host_id();
+            let hit = hid.hit(&backend).map_err(|e| anyhow::anyhow!("HIT: {e}"))?;
+            let lsi = lsi_from_u32(n as u32 + 1);
+            dp.local_lsi.insert(lsi, hit);
+            dp.local_hit_lsi.insert(hit, lsi);
+            idents.push(IdentInfo {
+                hit,
+                lsi,
+                algorithm: format!("{:?}", hid.algorithm()),
+                file: li.file.clone(),
+            });
+            tracing::info!(%hit, %lsi, file = %li.file.display(), default = n == 0, "host identity");
+        }
+        let opportunistic = conf.opportunistic.unwrap_or(true);
+        let eps = build_engines(
+            &keys,
+            Config::default().puzzle_k,
+            opportunistic,
+            opts.udp_port,
+        )?;
+        let hits: Vec<Ipv6Addr> = idents.iter().map(|i| i.hit.into()).collect();
+        let lsis: Vec<Ipv4Addr> = idents.iter().map(|i| i.lsi).collect();
+        let tun = Tun::create(&opts.tun_name, &hits, &lsis, TUN_MTU)?;
+        let core = Core {
+            eps,
+            keys,
+            idents,
+            maps: BTreeMap::new(),
+            next_lsi: 0x0101,
+            nat: NatMode::None,
+            shotgun: false,
+            opportunistic,
+            puzzle_k: Config::default().puzzle_k,
+            pending: HashMap::new(),
+            local_locators: current_locators(&opts.tun_name),
+            udp_port: opts.udp_port,
+        };
+        let shared = Arc::new(Shared {
+            core: Mutex::new(core),
+            cv: Condvar::new(),
+            dp: RwLock::new(dp),
+            hip6: USock::raw(true, Kind::Hip)?,
+            hip4: USock::raw(false, Kind::Hip)?,
+            esp6: USock::raw(true, Kind::Esp)?,
+            esp4: USock::raw(false, Kind::Esp)?,
+            udp6: USock::udp(true, opts.udp_port)?,
+            udp4: USock::udp(false, opts.udp_port)?,
+            tun,
+            ctr: Counters::default(),
+            set_level,
+            opts: opts.clone(),
+            shutting_down: AtomicBool::new(false),
+        });
+        for cmd in conf.commands {
+            let r = shared.dispatch(cmd.clone());
+            if !r.ok {
+                anyhow::bail!("hipd.conf: {cmd:?}: {:?}", r.error);
+            }
+        }
+        // Control socket: remove a stale socket nobody listens on.
+        let path = &opts.control_socket;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).ok();
+        }
+        if path.exists() {
+            if UnixStream::connect(path).is_ok() {
+                anyhow::bail!("another hipd is listening on {}", path.display());
+            }
+            std::fs::remove_file(path).ok();
+        }
+        let listener =
+            UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).ok();
+        }
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| -> anyhow::Result<()> {
+            std::thread::Builder::new().name(name.into()).spawn(f)?;
+            Ok(())
+        };
+        let s = shared.clone();
+        spawn("hipd-driver", Box::new(move || driver_thread(s)))?;
+        let s = shared.clone();
+        spawn("hipd-tun", Box::new(move || tun_thread(s)))?;
+        for (kind, v6) in [
+            (Kind::Hip, true),
+            (Kind::Hip, false),
+            (Kind::Esp, true),
+            (Kind::Esp, false),
+            (Kind::Udp, true),
+            (Kind::Udp, false),
+        ] {
+            let s = shared.clone();
+            spawn("hipd-rx", Box::new(move || rx_thread(s, kind, v6)))?;
+        }
+        let s = shared.clone();
+        spawn("hipd-locators", Box::new(move || locator_thread(s)))?;
+        let s = shared.clone();
+        spawn(
+            "hipd-control",
+            Box::new(move || control_thread(s, listener)),
+        )?;
+        tracing::info!(tun = shared.tun.name(), socket = %opts.control_socket.display(), "hipd running");
+        Ok(Daemon { shared })
+    }
+
+    /// Graceful shutdown: CLOSE every association (up to 2 s), remove the
+    /// control socket. The TUN device goes away with the process.
+    pub fn shutdown(&self) {
+        self.shared.shutting_down.store(true, Ordering::Relaxed);
+        self.shared.close_all(Duration::from_secs(2));
+        std::fs::remove_file(&self.shared.opts.control_socket).ok();
+    }
+
+    /// Static mappings (for diagnostics).
+    pub fn maps(&self) -> Vec<MapInfo> {
+        self.shared.maps()
+    }
+}

@@ -1,0 +1,372 @@
+//! Underlay sockets: raw IP protocol 139 (HIP) and 50 (ESP) for IPv4 and
+//! IPv6, and UDP port 10500 (RFC 5770/9028 framing) for both families.
+//!
+//! * IPv6 raw sockets deliver the payload without the IP header; the
+//!   destination address comes from `IPV6_PKTINFO`, the hop limit from
+//!   `IPV6_HOPLIMIT`. IPv4 raw sockets deliver the IP header, which is parsed
+//!   (and checked) here.
+//! * The source address of every packet we send is set with `IPV6_PKTINFO` /
+//!   `IP_PKTINFO`; when the engine leaves it open, the kernel's route lookup
+//!   chooses it ([`route_source`]).
+//! * UDP: a datagram starting with four zero bytes is HIP control (the
+//!   marker is stripped), anything else is ESP (the SPI is never zero).
+//!
+//! The kernel has no ESP here, so a raw `IPPROTO_ESP` socket receives every
+//! ESP packet addressed to the host and the kernel answers none of them.
+
+use std::io::{IoSlice, IoSliceMut};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use anyhow::Context;
+use nix::sys::socket::{
+    self, ControlMessage, ControlMessageOwned, MsgFlags, SockaddrIn, SockaddrIn6, SockaddrStorage,
+    setsockopt, sockopt,
+};
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// HIP's IP protocol number.
+pub const PROTO_HIP: i32 = 139;
+/// ESP's IP protocol number.
+pub const PROTO_ESP: i32 = 50;
+/// The HIP UDP port (RFC 9028).
+pub const HIP_UDP_PORT: u16 = 10500;
+
+/// What a socket carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// HIP control, raw protocol 139.
+    Hip,
+    /// ESP, raw protocol 50.
+    Esp,
+    /// UDP 10500 (both).
+    Udp,
+}
+
+/// One underlay socket.
+#[derive(Debug)]
+pub struct USock {
+    fd: OwnedFd,
+    /// What it carries.
+    pub kind: Kind,
+    /// Address family is IPv6.
+    pub v6: bool,
+}
+
+/// A received datagram.
+#[derive(Debug, Clone, Copy)]
+pub struct RecvMeta {
+    /// Source address.
+    pub src: IpAddr,
+    /// Destination address (ours).
+    pub dst: IpAddr,
+    /// Source port (UDP), 0 otherwise.
+    pub src_port: u16,
+    /// Outer TTL / hop limit.
+    pub hop_limit: u8,
+    /// Offset of the payload in the buffer (IPv4 raw: after the header).
+    pub offset: usize,
+    /// Payload length.
+    pub len: usize,
+}
+
+/// Why a received datagram was rejected before any protocol processing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecvError {
+    /// The IPv4 header is truncated or inconsistent.
+    BadIpHeader,
+    /// No destination address could be determined.
+    NoDestination,
+}
+
+fn to_owned(s: Socket) -> OwnedFd {
+    s.into()
+}
+
+impl USock {
+    /// Opens a raw socket for `proto` in the family.
+    pub fn raw(v6: bool, kind: Kind) -> anyhow::Result<USock> {
+        let proto = match kind {
+            Kind::Hip => PROTO_HIP,
+            Kind::Esp => PROTO_ESP,
+            Kind::Udp => unreachable_kind()?,
+        };
+        let dom = if v6 { Domain::IPV6 } else { Domain::IPV4 };
+        let s = Socket::new(dom, Type::RAW, Some(Protocol::from(proto)))
+            .with_context(|| format!("raw socket proto {proto} v6={v6}"))?;
+        let _ = s.set_recv_buffer_size(4 << 20);
+        let _ = s.set_send_buffer_size(4 << 20);
+        let fd = to_owned(s);
+        if v6 {
+            setsockopt(&fd, sockopt::Ipv6RecvPacketInfo, &true)?;
+            setsockopt(&fd, sockopt::Ipv6RecvHopLimit, &true)?;
+        }
+        Ok(USock { fd, kind, v6 })
+    }
+
+    /// Opens the UDP 10500 socket of a family (IPv6 socket is v6-only).
+    pub fn udp(v6: bool, port: u16) -> anyhow::Result<USock> {
+        let dom = if v6 { Domain::IPV6 } else { Domain::IPV4 };
+        let s = Socket::new(dom, Type::DGRAM, Some(Protocol::UDP))?;
+        if v6 {
+            s.set_only_v6(true)?;
+        }
+        s.set_reuse_address(true)?;
+        let _ = s.set_recv_buffer_size(4 << 20);
+        let _ = s.set_send_buffer_size(4 << 20);
+        let addr: SocketAddr = if v6 {
+            (Ipv6Addr::UNSPECIFIED, port).into()
+        } else {
+            (Ipv4Addr::UNSPECIFIED, port).into()
+        };
+        s.bind(&addr.into())
+            .with_context(|| format!("binding UDP port {port}"))?;
+        let fd = to_owned(s);
+        if v6 {
+            setsockopt(&fd, sockopt::Ipv6RecvPacketInfo, &true)?;
+            setsockopt(&fd, sockopt::Ipv6RecvHopLimit, &true)?;
+        } else {
+            setsockopt(&fd, sockopt::Ipv4PacketInfo, &true)?;
+        }
+        Ok(USock {
+            fd,
+            kind: Kind::Udp,
+            v6,
+        })
+    }
+
+    /// Sends `parts` (concatenated) to `dst` (port for UDP) from `src`.
+    pub fn send(
+        &self,
+        src: Option<IpAddr>,
+        dst: IpAddr,
+        port: u16,
+        parts: &[&[u8]],
+    ) -> std::io::Result<usize> {
+        let iov: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+        let r = match dst {
+            IpAddr::V6(d) => {
+                let sa = SockaddrIn6::from(std::net::SocketAddrV6::new(d, port, 0, 0));
+                match src {
+                    Some(IpAddr::V6(s)) => {
+                        let info = libc::in6_pktinfo {
+                            ipi6_addr: libc::in6_addr {
+                                s6_addr: s.octets(),
+                            },
+                            ipi6_ifindex: 0,
+                        };
+                        socket::sendmsg(
+                            self.fd.as_raw_fd(),
+                            &iov,
+                            &[ControlMessage::Ipv6PacketInfo(&info)],
+                            MsgFlags::empty(),
+                            Some(&sa),
+                        )
+                    }
+                    _ => socket::sendmsg(
+                        self.fd.as_raw_fd(),
+                        &iov,
+                        &[],
+                        MsgFlags::empty(),
+                        Some(&sa),
+                    ),
+                }
+            }
+            IpAddr::V4(d) => {
+                let sa = SockaddrIn::from(std::net::SocketAddrV4::new(d, port));
+                match src {
+                    Some(IpAddr::V4(s)) => {
+                        let info = libc::in_pktinfo {
+                            ipi_ifindex: 0,
+                            ipi_spec_dst: libc::in_addr {
+                                s_addr: u32::from(s).to_be(),
+                            },
+                            ipi_addr: libc::in_addr { s_addr: 0 },
+                        };
+                        socket::sendmsg(
+                            self.fd.as_raw_fd(),
+                            &iov,
+                            &[ControlMessage::Ipv4PacketInfo(&info)],
+                            MsgFlags::empty(),
+                            Some(&sa),
+                        )
+                    }
+                    _ => socket::sendmsg(
+                        self.fd.as_raw_fd(),
+                        &iov,
+                        &[],
+                        MsgFlags::empty(),
+                        Some(&sa),
+                    ),
+                }
+            }
+        };
+        r.map_err(std::io::Error::from)
+    }
+
+    /// Receives one datagram into `buf` (blocking).
+    pub fn recv(&self, buf: &mut [u8]) -> std::io::Result<Result<RecvMeta, RecvError>> {
+        let mut cmsg = nix::cmsg_space!(libc::in6_pktinfo, libc::c_int, libc::in_pktinfo);
+        let (n, src, mut dst, mut hop) = {
+            let mut iov = [IoSliceMut::new(buf)];
+            let m = socket::recvmsg::<SockaddrStorage>(
+                self.fd.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::empty(),
+            )
+            .map_err(std::io::Error::from)?;
+            let mut dst = None;
+            let mut hop = 64u8;
+            if let Ok(it) = m.cmsgs() {
+                for c in it {
+                    match c {
+                        ControlMessageOwned::Ipv6PacketInfo(i) => {
+                            dst = Some(IpAddr::V6(Ipv6Addr::from(i.ipi6_addr.s6_addr)));
+                        }
+                        ControlMessageOwned::Ipv4PacketInfo(i) => {
+                            dst = Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(i.ipi_addr.s_addr))));
+                        }
+                        ControlMessageOwned::Ipv6HopLimit(h) => {
+                            hop = u8::try_from(h).unwrap_or(64);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            let src = m.address.and_then(|a: SockaddrStorage| {
+                if let Some(s6) = a.as_sockaddr_in6() {
+                    Some(SocketAddr::V6(std::net::SocketAddrV6::from(*s6)))
+                } else {
+                    a.as_sockaddr_in()
+                        .map(|s4| SocketAddr::V4(std::net::SocketAddrV4::from(*s4)))
+                }
+            });
+            (m.bytes, src, dst, hop)
+        };
+        let Some(src) = src else {
+            return Ok(Err(RecvError::NoDestination));
+        };
+        let mut offset = 0;
+        let mut len = n;
+        if !self.v6 && self.kind != Kind::Udp {
+            // IPv4 raw: the IP header is included.
+            let Some(h) = parse_ipv4_header(buf.get(..n).unwrap_or(&[])) else {
+                return Ok(Err(RecvError::BadIpHeader));
+            };
+            offset = h.header_len;
+            len = h.total_len - h.header_len;
+            dst = Some(IpAddr::V4(h.dst));
+            hop = h.ttl;
+        }
+        let Some(dst) = dst else {
+            return Ok(Err(RecvError::NoDestination));
+        };
+        Ok(Ok(RecvMeta {
+            src: src.ip(),
+            dst,
+            src_port: src.port(),
+            hop_limit: hop,
+            offset,
+            len,
+        }))
+    }
+}
+
+fn unreachable_kind() -> anyhow::Result<i32> {
+    anyhow::bail!("UDP is not a raw socket kind")
+}
+
+/// A checked IPv4 header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Header {
+    /// Header length in bytes.
+    pub header_len: usize,
+    /// Total length (≤ the buffer length).
+    pub total_len: usize,
+    /// TTL.
+    pub ttl: u8,
+    /// Protocol.
+    pub proto: u8,
+    /// Source.
+    pub src: Ipv4Addr,
+    /// Destination.
+    pub dst: Ipv4Addr,
+}
+
+/// Parses an IPv4 header, checking version, IHL and total length against
+/// the buffer. Never panics.
+pub fn parse_ipv4_header(b: &[u8]) -> Option<Ipv4Header> {
+    let first = *b.first()?;
+    if first >> 4 != 4 {
+        return None;
+    }
+    let header_len = usize::from(first & 0x0f) * 4;
+    if header_len < 20 || b.len() < header_len {
+        return None;
+    }
+    let total_len = usize::from(u16::from_be_bytes([*b.get(2)?, *b.get(3)?]));
+    // Raw sockets may report the total length in host order on some
+    // kernels' paths; accept only a consistent value.
+    let total_len = if total_len >= header_len && total_len <= b.len() {
+        total_len
+    } else {
+        return None;
+    };
+    let src: [u8; 4] = b.get(12..16)?.try_into().ok()?;
+    let dst: [u8; 4] = b.get(16..20)?.try_into().ok()?;
+    Some(Ipv4Header {
+        header_len,
+        total_len,
+        ttl: *b.get(8)?,
+        proto: *b.get(9)?,
+        src: Ipv4Addr::from(src),
+        dst: Ipv4Addr::from(dst),
+    })
+}
+
+/// The source address the kernel would use towards `dst` (route lookup via
+/// a connected UDP socket; nothing is sent).
+pub fn route_source(dst: IpAddr) -> Option<IpAddr> {
+    let bind: SocketAddr = match dst {
+        IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let s = UdpSocket::bind(bind).ok()?;
+    s.connect((dst, 9)).ok()?;
+    s.local_addr().ok().map(|a| a.ip())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv4_header_checks() {
+        let mut h = [0u8; 28];
+        h[0] = 0x45;
+        h[2..4].copy_from_slice(&28u16.to_be_bytes());
+        h[8] = 63;
+        h[9] = 50;
+        h[12..16].copy_from_slice(&[192, 0, 2, 1]);
+        h[16..20].copy_from_slice(&[192, 0, 2, 2]);
+        let p = parse_ipv4_header(&h).unwrap();
+        assert_eq!(p.header_len, 20);
+        assert_eq!(p.total_len, 28);
+        assert_eq!(p.ttl, 63);
+        assert_eq!(p.dst, Ipv4Addr::new(192, 0, 2, 2));
+        // Truncations and lies never panic and are rejected.
+        for n in 0..20 {
+            assert!(parse_ipv4_header(&h[..n]).is_none());
+        }
+        let mut bad = h;
+        bad[2..4].copy_from_slice(&100u16.to_be_bytes());
+        assert!(parse_ipv4_header(&bad).is_none());
+        let mut bad = h;
+        bad[0] = 0x4f; // IHL 60 > buffer
+        assert!(parse_ipv4_header(&bad).is_none());
+        let mut bad = h;
+        bad[0] = 0x65;
+        assert!(parse_ipv4_header(&bad).is_none());
+    }
+}
