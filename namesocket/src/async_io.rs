@@ -121,6 +121,24 @@ impl AsyncNameStream {
             last: Some(won.path),
         };
         tokio::spawn(session_task(Arc::clone(&shared), Some(won.stream), Role::Client(info)));
+        // As in the blocking driver: hand the session out only after NEW_ACK.
+        let deadline = Instant::now() + options.connect_attempt_timeout.max(options.session.dead_timeout * 4);
+        loop {
+            let notified = shared.kick.notified();
+            {
+                let st = shared.lock();
+                if st.session.is_established() {
+                    break;
+                }
+                if let Some(f) = &st.failure {
+                    return Err(f.to_error());
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::TimedOut);
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(5), notified).await;
+        }
         Ok(AsyncNameStream { shared })
     }
 

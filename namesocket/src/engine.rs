@@ -1257,6 +1257,12 @@ impl Session {
             if let Some(n) = self.pong_pending.take() {
                 Control::Pong(n).emit(&mut self.stage_ctrl);
             }
+            // A CLOSE must follow the final ACK: the peer discards what is
+            // unacknowledged when CLOSE arrives, so tell it first that
+            // everything delivered here was received.
+            if self.close_requested && !self.close_sent && self.delivered() > self.rcv_acked_sent {
+                self.ack_needed = true;
+            }
             if self.ack_needed {
                 let d = self.delivered();
                 Control::Ack(d).emit(&mut self.stage_ctrl);

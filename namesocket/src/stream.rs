@@ -68,10 +68,26 @@ impl NameStream {
             st.session.transport_up(now, &mut st.rng)?;
         }
         let conn = Conn::new(st)?;
-        {
-            let mut st = conn.lock();
-            driver::flush(&mut st, now);
+        // Wait for NEW_ACK before handing the session to the application:
+        // until then a failed path cannot be resumed (the resume key needs
+        // the server's half), so data must not be written yet. A path that
+        // fails now is replaced by the reconnector with a fresh session.
+        let deadline = now + options.connect_attempt_timeout.max(options.session.dead_timeout * 4);
+        let mut st = conn.lock();
+        loop {
+            driver::pump(&conn, &mut st, Instant::now());
+            if st.session.is_established() {
+                break;
+            }
+            if let Some(e) = st.terminal_error() {
+                return Err(e);
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::TimedOut);
+            }
+            st = conn.wait(st, false, Some(deadline));
         }
+        drop(st);
         Ok(NameStream::from_conn(conn))
     }
 
@@ -105,8 +121,12 @@ impl NameStream {
             let now = Instant::now();
             match st.session.write(buf) {
                 Ok(n) if n > 0 => {
-                    let low = st.session.send_capacity() < st.options.session.send_buffer_limit / 2;
-                    driver::pump_with(&self.conn, &mut st, now, low);
+                    // Read only when ACKs are needed to make room, or while
+                    // the handshake is incomplete (NEW_ACK must be processed
+                    // promptly: before it, a failed path cannot be resumed).
+                    let read = !st.session.is_established()
+                        || st.session.send_capacity() < st.options.session.send_buffer_limit / 2;
+                    driver::pump_with(&self.conn, &mut st, now, read);
                     return Ok(n);
                 }
                 Ok(_) => {}
@@ -290,6 +310,32 @@ impl NameStream {
         if let Some(t) = &st.transport {
             let _ = t.stream.shutdown(std::net::Shutdown::Both);
         }
+    }
+
+    /// A one-line description of the connection's internal state, for
+    /// diagnosing tests.
+    #[doc(hidden)]
+    pub fn debug_state(&self) -> String {
+        let st = self.conn.lock();
+        let now = Instant::now();
+        format!(
+            "established={} transport_up={} disconnected={} finished={} has_transport={} \
+             reconnecting={:?} unacked={} readable={} capacity={} eof={} next_timer_in={:?} \
+             failure={:?} stats={:?}",
+            st.session.is_established(),
+            st.session.is_transport_up(),
+            st.session.is_disconnected(),
+            st.session.is_finished(),
+            st.transport.is_some(),
+            st.client.as_ref().map(|c| c.reconnecting),
+            st.session.unacked_bytes(),
+            st.session.readable_bytes(),
+            st.session.send_capacity(),
+            st.session.read_eof(),
+            st.session.poll_timeout().map(|t| t.saturating_duration_since(now)),
+            st.failure,
+            st.session.stats(),
+        )
     }
 
     /// True when the session has failed.
