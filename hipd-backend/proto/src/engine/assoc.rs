@@ -60,10 +60,15 @@ pub struct PeerLocator {
     pub addr: IpAddr,
     /// Verification state.
     pub state: LocatorState,
-    /// Preferred for sending.
+    /// Preferred for sending (the peer's P bit, or chosen with
+    /// [`Endpoint::set_peer_preferred`](super::Endpoint::set_peer_preferred)).
     pub preferred: bool,
     /// Lifetime in seconds (`u32::MAX` = unbounded).
     pub lifetime: u32,
+    /// When the lifetime runs out (`None`: unbounded).
+    pub expires: Option<Instant>,
+    /// The SPI of a Type-1 locator (`None` for Type 0 and the BEX address).
+    pub spi: Option<u32>,
 }
 
 /// A local address.
@@ -71,6 +76,9 @@ pub struct PeerLocator {
 pub struct LocalLocator {
     /// Address.
     pub addr: IpAddr,
+    /// Interface index of the address (0 = unknown); informational, kept
+    /// so the daemon and the shim API can map paths to interfaces.
+    pub ifindex: u32,
     /// Preferred for sending.
     pub preferred: bool,
 }
@@ -130,6 +138,10 @@ pub struct Association {
     pub(crate) last_r2: Option<Vec<u8>>,
     /// Initiator: the DH groups offered in our I1.
     pub(crate) offered_groups: Vec<DhGroup>,
+    /// #I and #J of the base exchange (the KEYMAT salt, reused on rekey).
+    pub(crate) puzzle_ij: Option<(Vec<u8>, Vec<u8>)>,
+    /// UPDATE / mobility / rekey state.
+    pub(crate) upd: super::endpoint::update::UpdateState,
 }
 
 impl Association {
@@ -159,6 +171,8 @@ impl Association {
             i2_fingerprint: None,
             last_r2: None,
             offered_groups: Vec::new(),
+            puzzle_ij: None,
+            upd: super::endpoint::update::UpdateState::default(),
         }
     }
 
@@ -239,6 +253,7 @@ impl Association {
     pub(crate) fn set_exchange_locators(&mut self, local: IpAddr, peer: IpAddr) {
         self.local_locators = vec![LocalLocator {
             addr: local,
+            ifindex: 0,
             preferred: true,
         }];
         let mut others: Vec<PeerLocator> = self
@@ -256,16 +271,24 @@ impl Association {
             state: LocatorState::Active,
             preferred: true,
             lifetime: u32::MAX,
+            expires: None,
+            spi: None,
         }];
         v.append(&mut others);
         self.peer_locators = v;
+        self.upd.path = Some((local, peer));
     }
 
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        match (self.retx.as_ref().map(|r| r.deadline), self.state_deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.retx.as_ref().map(|r| r.deadline),
+            self.state_deadline,
+            self.upd.next_deadline(),
+            self.peer_locators.iter().filter_map(|l| l.expires).min(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 }
 
@@ -288,6 +311,8 @@ mod tests {
                 state: LocatorState::Unverified,
                 preferred: addr == a(3),
                 lifetime: u32::MAX,
+                expires: None,
+                spi: None,
             })
             .collect();
         s.set_exchange_locators(a(1), a(4));

@@ -49,6 +49,22 @@ pub struct Config {
     pub replay_window: usize,
     /// Transport of I1s sent by [`Endpoint::connect`](super::Endpoint::connect).
     pub initiator_transport: Transport,
+    /// Initial UPDATE retransmission timeout, used until an RTT sample
+    /// exists (then 2 × smoothed RTT, at least
+    /// [`Config::update_timeout_min`]); doubled per retransmission.
+    pub update_timeout: Duration,
+    /// Lower bound of the RTT-derived UPDATE timeout.
+    pub update_timeout_min: Duration,
+    /// UPDATE_RETRY_MAX: retransmissions of a SEQ-bearing UPDATE before
+    /// giving up (LOCATOR_SET / rekey: the association goes to CLOSING;
+    /// address verification: the locator stays UNVERIFIED).
+    pub update_retries: u32,
+    /// How long a probe ([`Endpoint::probe`](super::Endpoint::probe)) waits
+    /// for its answer (probes are never retransmitted).
+    pub probe_timeout: Duration,
+    /// Lifetime (seconds) put on our LOCATOR_SET entries; `u32::MAX` never
+    /// expires. A finite lifetime is refreshed at half its value.
+    pub locator_lifetime: u32,
 }
 
 impl Default for Config {
@@ -87,6 +103,11 @@ impl Default for Config {
             accept_opportunistic: true,
             replay_window: crate::crypto::esp::DEFAULT_REPLAY_WINDOW,
             initiator_transport: Transport::Native,
+            update_timeout: Duration::from_secs(1),
+            update_timeout_min: Duration::from_millis(50),
+            update_retries: 5,
+            probe_timeout: Duration::from_secs(1),
+            locator_lifetime: u32::MAX,
         }
     }
 }

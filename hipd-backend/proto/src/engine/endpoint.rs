@@ -1,5 +1,7 @@
 //! The per-host engine.
 
+pub(crate) mod update;
+
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::net::IpAddr;
@@ -133,6 +135,9 @@ pub struct Endpoint {
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     stats: Stats,
+    /// The host's local locators, as last given to `set_local_locators`.
+    local_locators: Option<Vec<super::LocalLocator>>,
+    next_probe_id: u64,
 }
 
 impl fmt::Debug for Endpoint {
@@ -216,6 +221,8 @@ impl Endpoint {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
+            local_locators: None,
+            next_probe_id: 1,
         })
     }
 
@@ -456,8 +463,17 @@ impl Endpoint {
         {
             self.by_hits.remove(&(a.local_hit, p));
         }
-        if self.by_spi.get(&a.spi_in) == Some(&id) {
-            self.by_spi.remove(&a.spi_in);
+        for spi in [
+            Some(a.spi_in),
+            a.upd.old_sas.map(|o| o.0),
+            a.upd.rekey_spi(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if self.by_spi.get(&spi) == Some(&id) {
+                self.by_spi.remove(&spi);
+            }
         }
         Some(a)
     }
@@ -550,11 +566,14 @@ impl Endpoint {
                 _ => {}
             }
         }
+        self.upd_timeout(a, now);
         true
     }
 
     /// The data plane received authentic ESP traffic on inbound `spi`:
-    /// confirms an association in R2-SENT (→ ESTABLISHED).
+    /// confirms an association in R2-SENT (→ ESTABLISHED); after a rekey,
+    /// traffic on the new inbound SPI retires the old SAs
+    /// ([`Event::SasRetired`]).
     pub fn esp_received(&mut self, _now: Instant, spi: u32) {
         let Some(id) = self.by_spi.get(&spi).copied() else {
             return;
@@ -566,6 +585,7 @@ impl Endpoint {
             a.state_deadline = None;
             self.events.push_back(Event::Confirmed { id });
         }
+        self.upd_esp_received(id, spi);
     }
 
     // ------------------------------------------------------------- connect
@@ -613,6 +633,8 @@ impl Endpoint {
                 state: super::LocatorState::Unverified,
                 preferred: i == 0,
                 lifetime: u32::MAX,
+                expires: None,
+                spi: None,
             })
             .collect();
         a.state = State::I1Sent;
@@ -739,11 +761,11 @@ impl Endpoint {
             PacketType::I1 => self.on_i1(&d, &pkt),
             PacketType::R1 => self.on_r1(now, &d, &pkt),
             PacketType::I2 => self.on_i2(now, &d, &pkt),
-            PacketType::R2 => self.on_r2(&d, &pkt),
+            PacketType::R2 => self.on_r2(now, &d, &pkt),
             PacketType::Close => self.on_close(now, &d, &pkt),
             PacketType::CloseAck => self.on_close_ack(&d, &pkt),
             PacketType::Notify => self.on_notify(&d, &pkt),
-            PacketType::Update => self.stats.unhandled += 1,
+            PacketType::Update => self.on_update(now, &d, &pkt),
             _ => self.stats.malformed += 1,
         }
     }
@@ -1121,7 +1143,7 @@ impl Endpoint {
                 k: puzzle.k,
                 opaque: puzzle.opaque,
                 random_i: puzzle.random_i.clone(),
-                solution_j: j,
+                solution_j: j.clone(),
             }))
             .with(Param::DiffieHellman(wire::DiffieHellman {
                 group: dh.group,
@@ -1195,6 +1217,7 @@ impl Endpoint {
         a.spi_in = spi_in;
         self.by_spi.insert(spi_in, a.id);
         a.r1_counter = counter.map(|c| c.counter);
+        a.puzzle_ij = Some((puzzle.random_i.clone(), j));
         a.set_exchange_locators(d.dst, d.src);
         a.transport = transport;
         a.state = State::I2Sent;
@@ -1562,6 +1585,7 @@ impl Endpoint {
         a.spi_in = spi_in;
         a.spi_out = esp_info.new_spi;
         a.r1_counter = Some(counter);
+        a.puzzle_ij = Some((sol.random_i.clone(), sol.solution_j.clone()));
         a.set_exchange_locators(d.dst, d.src);
         a.transport = transport;
         a.state = State::R2Sent;
@@ -1575,6 +1599,7 @@ impl Endpoint {
         self.push_tx(t);
         self.by_hits.insert((local_hit, init_hit), id);
         self.by_spi.insert(spi_in, id);
+        self.adopt_local_locators(now, &mut a);
         self.assocs.insert(id, a);
         self.events.push_back(Event::Established {
             id,
@@ -1628,7 +1653,7 @@ impl Endpoint {
 
     // ------------------------------------------------------------------ R2
 
-    fn on_r2(&mut self, d: &Datagram, pkt: &Packet<&[u8]>) {
+    fn on_r2(&mut self, now: Instant, d: &Datagram, pkt: &Packet<&[u8]>) {
         let key = (pkt.receiver_hit(), pkt.sender_hit());
         let Some(&id) = self.by_hits.get(&key) else {
             self.stats.unknown_association += 1;
@@ -1640,7 +1665,11 @@ impl Endpoint {
         let Some(mut a) = self.assocs.remove(&id) else {
             return;
         };
-        if let Err(rej) = self.r2_inner(&mut a, d, pkt, &repr) {
+        let r = self.r2_inner(&mut a, d, pkt, &repr);
+        if r.is_ok() && a.state == State::Established {
+            self.adopt_local_locators(now, &mut a);
+        }
+        if let Err(rej) = r {
             // R2 failures never fail the association (it may be forged);
             // the I2 retransmission continues.
             self.count(rej.reason);

@@ -128,10 +128,12 @@ mod stats;
 pub mod testing;
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 pub use assoc::{Association, LocalLocator, LocatorState, PeerLocator, Role, State, Suites};
 pub use config::Config;
 pub use endpoint::Endpoint;
+pub use endpoint::update::LocatorsView;
 pub use stats::Stats;
 
 use crate::crypto::{CryptoError, EspSuite, SecurityAssociation};
@@ -304,6 +306,86 @@ pub enum Event {
         /// Association.
         id: AssocId,
     },
+    /// A rekey (UPDATE with ESP_INFO, optionally DIFFIE_HELLMAN) completed
+    /// on this side: install `sas.inbound` at once and send on
+    /// `sas.outbound` from now on. Keep the old inbound SA (and accept on
+    /// it) until [`Event::SasRetired`]; call [`Endpoint::esp_received`]
+    /// with the new inbound SPI when authentic ESP arrives on it.
+    SasRekeyed {
+        /// Association.
+        id: AssocId,
+        /// Peer HIT.
+        peer_hit: Hit,
+        /// The new SA pair.
+        sas: Box<EstablishedSas>,
+        /// The inbound SPI being replaced.
+        old_inbound_spi: u32,
+        /// The outbound SPI being replaced.
+        old_outbound_spi: u32,
+    },
+    /// The old SAs of a rekey can be deleted (traffic arrived on the new
+    /// inbound SA, or another rekey superseded them).
+    SasRetired {
+        /// Association.
+        id: AssocId,
+        /// Peer HIT.
+        peer_hit: Hit,
+        /// Old inbound SPI.
+        inbound_spi: u32,
+        /// Old outbound SPI.
+        outbound_spi: u32,
+    },
+    /// The locator pair used for this peer changed (see [`Endpoint::route`]).
+    PathChanged {
+        /// Peer HIT.
+        peer_hit: Hit,
+        /// Our source address.
+        src: IpAddr,
+        /// The peer address.
+        dst: IpAddr,
+    },
+    /// A peer locator changed verification state (new UNVERIFIED locator,
+    /// verified → ACTIVE, lifetime expired or withdrawn → DEPRECATED).
+    PeerLocatorState {
+        /// Peer HIT.
+        peer_hit: Hit,
+        /// The locator.
+        addr: IpAddr,
+        /// Its new state.
+        state: LocatorState,
+    },
+    /// Address verification of a peer locator failed (no echo after the
+    /// UPDATE retransmissions); the locator stays UNVERIFIED.
+    VerificationFailed {
+        /// Peer HIT.
+        peer_hit: Hit,
+        /// The locator.
+        addr: IpAddr,
+    },
+    /// A probe sent with [`Endpoint::probe`] was answered.
+    ProbeReply {
+        /// Peer HIT.
+        peer_hit: Hit,
+        /// Probe id returned by [`Endpoint::probe`].
+        probe: u64,
+        /// Our source address of the probe.
+        src: IpAddr,
+        /// The peer address probed.
+        dst: IpAddr,
+        /// Round-trip time.
+        rtt: Duration,
+    },
+    /// A probe got no answer within [`Config::probe_timeout`].
+    ProbeLost {
+        /// Peer HIT.
+        peer_hit: Hit,
+        /// Probe id returned by [`Endpoint::probe`].
+        probe: u64,
+        /// Our source address of the probe.
+        src: IpAddr,
+        /// The peer address probed.
+        dst: IpAddr,
+    },
 }
 
 /// Errors of the engine's API calls.
@@ -327,6 +409,18 @@ pub enum EngineError {
     /// Codec failure while building a packet.
     #[error(transparent)]
     Wire(#[from] WireError),
+    /// The association is not ESTABLISHED (or R2-SENT) yet.
+    #[error("association not established")]
+    NotEstablished,
+    /// The address is not a locator of the association.
+    #[error("unknown locator {0}")]
+    UnknownLocator(IpAddr),
+    /// The locator is DEPRECATED and cannot be used.
+    #[error("locator {0} is deprecated")]
+    DeprecatedLocator(IpAddr),
+    /// A rekey of this association is already in progress.
+    #[error("rekey already in progress")]
+    RekeyInProgress,
 }
 
 #[cfg(test)]

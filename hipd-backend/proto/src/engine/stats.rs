@@ -40,6 +40,20 @@ pub struct Stats {
     pub decrypt_failed: u64,
     /// Dropped: an algorithm the engine cannot use (e.g. Ed25519 Responder).
     pub unsupported: u64,
-    /// Dropped: packet types this layer does not handle yet (UPDATE).
+    /// Dropped: packet types this layer does not handle.
     pub unhandled: u64,
+    /// UPDATEs accepted (MAC and signature verified).
+    pub update_received: u64,
+    /// UPDATEs sent (first transmissions, ACK-only included).
+    pub update_sent: u64,
+    /// UPDATE retransmissions.
+    pub update_retransmit: u64,
+    /// Duplicate UPDATEs (SEQ already seen): re-ACKed, not reprocessed.
+    pub update_duplicate: u64,
+    /// SEQ-bearing UPDATEs that exhausted their retransmissions.
+    pub update_timeout: u64,
+    /// Peer locators verified (echo returned).
+    pub locators_verified: u64,
+    /// Rekeys completed (new SA pairs handed out).
+    pub rekeys: u64,
 }
