@@ -1,0 +1,1030 @@
+//! `ns_bench` — the thesis's Table 7.1 method (Hansen 1999, §7) for the
+//! namesocket crate, plus a failover measurement.
+//!
+//! ```text
+//! cargo run --release -p mh-examples --bin ns_bench            # full run (root needed for the lab)
+//! cargo run --release -p mh-examples --bin ns_bench -- --quick # short run
+//! ```
+//!
+//! # What is measured
+//!
+//! Plain kernel TCP (`std::net::TcpStream`, default socket options) against
+//! [`NameStream`] (default [`Options`]), over **loopback** (`::1`, both ends in
+//! this process) and over a **netlab link** (two network namespaces joined by
+//! one veth link, IPv6 addresses; client in `a`, server in `b`):
+//!
+//! * **Throughput** with 512, 2048 and 8192-byte writes: the client writes a
+//!   fixed volume (default 200 MB; `--quick` 20 MB) in writes of that size;
+//!   the time runs from the first write to the moment the *receiver* has
+//!   read the last byte (both ends are threads of this process, so one
+//!   monotonic clock serves both). The receiver reads with 64 KiB buffers.
+//!   Connection setup is not timed.
+//! * **Latency**: 1-byte ping-pong round trips per second (the client writes
+//!   one byte, the server echoes it, the client reads it); 200 untimed
+//!   warm-up round trips first.
+//! * **Connect**: connect + close per second, timed on the client, *closed
+//!   loop*: the client connects, the server accepts and closes, the client
+//!   reads the end-of-stream and closes, then the next connect starts. (An
+//!   open loop — connect and close as fast as the client can — overflows
+//!   the listen queue when the server thread is descheduled on a busy
+//!   machine; the dropped SYNs then cost 1 s retransmission timeouts and
+//!   measure the scheduler, not the stack.) namesocket connects to the same
+//!   literal address as plain TCP (no name resolution, the fairest
+//!   comparison); an extra row connects *by name* (`localhost` from
+//!   `/etc/hosts`, or the lab host name `b` from the lab's hosts file, which
+//!   lists both of `b`'s addresses) to show the cost of resolution and
+//!   address-pair planning.
+//!
+//! Runs are interleaved (plain, namesocket, plain, namesocket, …) so that
+//! machine noise hits both alike; each cell is the median of `--runs`
+//! (default 5) runs, and the ratio column is median(namesocket) /
+//! median(plain). The "pair ratio" column is the median of the per-pair
+//! ratios (each namesocket run divided by the plain run just before it), a
+//! second estimate that is less sensitive to slow drifts of the machine.
+//!
+//! # Failover
+//!
+//! A separate lab: hosts `fa` (client) and `fb` (server) joined by **two**
+//! links; the client connects by a name that resolves to `fb`'s IPv6
+//! addresses on both links. One end sends 16-byte records (sequence number,
+//! send time) at 1 kHz; the other end reads them. After 300 ms of steady
+//! state the active link is silently broken with [`netlab::Link::drop_rx`]
+//! on the **receiving** side (an nftables input-hook drop: the sender's
+//! kernel sees nothing). Measured from the fault's [`netlab::FaultStamp`]
+//! `at`:
+//!
+//! * **first byte**: the first record to arrive after the stall (the first
+//!   arrival later than `at` + 2 ms; what is already in the receiver's socket
+//!   buffer at the fault arrives within microseconds and is not recovery);
+//! * **caught up**: the arrival of the first record *sent after the fault*
+//!   whose one-way delay is normal again (≤ max(5 ms, 3 × the 99th
+//!   percentile delay before the fault));
+//! * **detected**/**resumed**: when the client's [`namesocket::PathLog`]
+//!   recorded the path failure and the completed resume.
+//!
+//! The receiver also checks that every record arrives exactly once and in
+//! order (no loss, no duplicate across the resume). Both directions are
+//! measured: client → server records (the server detects the dead path and
+//! closes the transport; the client reconnects on the end-of-stream) and
+//! server → client records (the client detects the dead path itself), each
+//! with default [`Options`] and with [`Options::fast_failover`] on both
+//! ends. A run that has not caught up within 10 s counts as a failure.
+//!
+//! The lab parts need root (network namespaces, nftables); without root only
+//! the loopback part runs.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Parser, ValueEnum};
+use namesocket::resolve::ResolverConfig;
+use namesocket::{NameListener, NameStream, Options};
+use netlab::{Family, Host, Lab, Link};
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "namesocket vs plain TCP: Table 7.1 method (thesis §7) and failover")]
+struct Args {
+    /// Short run (20 MB per throughput run, 2,000 round trips, 1,000
+    /// connects, 5 runs each).
+    #[arg(long)]
+    quick: bool,
+    /// Runs per cell (interleaved plain/namesocket); the median is reported.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Megabytes (10^6 B) per throughput run (default 200, quick 20).
+    #[arg(long)]
+    mbytes: Option<u64>,
+    /// Round trips per latency run (default 20,000, quick 2,000).
+    #[arg(long)]
+    rtts: Option<u64>,
+    /// Connections per connect run (default 3,000, quick 1,000).
+    #[arg(long)]
+    connects: Option<u64>,
+    /// Failover runs per configuration.
+    #[arg(long, default_value_t = 5)]
+    failover_runs: usize,
+    /// Record rate of the failover stream (records per second).
+    #[arg(long, default_value_t = 1000)]
+    rate_hz: u64,
+    /// Which networks to run the Table 7.1 benchmarks on.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [NetSel::Loopback, NetSel::Lab])]
+    net: Vec<NetSel>,
+    /// Which benchmarks to run.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Case::Tput512, Case::Tput2048, Case::Tput8192, Case::Latency, Case::Connect, Case::ConnectName])]
+    case: Vec<Case>,
+    /// Which implementations to run (a single one is useful under
+    /// strace/perf; ratios then show as "-").
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Impl::Plain, Impl::Ns])]
+    imp: Vec<Impl>,
+    /// Skip the failover part.
+    #[arg(long)]
+    no_failover: bool,
+    /// Only the failover part.
+    #[arg(long)]
+    only_failover: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum NetSel {
+    Loopback,
+    Lab,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Case {
+    Tput512,
+    Tput2048,
+    Tput8192,
+    Latency,
+    Connect,
+    ConnectName,
+}
+
+impl Case {
+    fn label(self) -> &'static str {
+        match self {
+            Case::Tput512 => "Throughput - 512 B",
+            Case::Tput2048 => "Throughput - 2048 B",
+            Case::Tput8192 => "Throughput - 8192 B",
+            Case::Latency => "Latency (1 B ping-pong)",
+            Case::Connect => "Connect + close",
+            Case::ConnectName => "Connect + close, ns by name",
+        }
+    }
+    fn unit(self) -> &'static str {
+        match self {
+            Case::Tput512 | Case::Tput2048 | Case::Tput8192 => "MB/s",
+            Case::Latency => "rt/s",
+            Case::Connect | Case::ConnectName => "conn/s",
+        }
+    }
+    /// (target ratio, thesis ratio)
+    fn target(self) -> (f64, Option<f64>) {
+        match self {
+            Case::Tput512 => (0.97, Some(0.92)),
+            Case::Tput2048 => (0.97, Some(0.89)),
+            Case::Tput8192 => (0.97, Some(0.98)),
+            Case::Latency => (0.95, Some(0.92)),
+            Case::Connect => (0.80, Some(0.42)),
+            Case::ConnectName => (0.80, None),
+        }
+    }
+    fn write_size(self) -> usize {
+        match self {
+            Case::Tput512 => 512,
+            Case::Tput2048 => 2048,
+            _ => 8192,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Impl {
+    Plain,
+    Ns,
+}
+
+// ---------------------------------------------------------------------------
+// Where code runs: this process's namespace or a lab host.
+
+#[derive(Debug, Clone)]
+enum Place {
+    Here,
+    Host(Host),
+}
+
+impl Place {
+    fn spawn<T, F>(&self, f: F) -> Result<JoinHandle<T>>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        match self {
+            Place::Here => Ok(std::thread::Builder::new()
+                .name("bench-server".into())
+                .spawn(f)?),
+            Place::Host(h) => Ok(h.spawn_thread(f)?),
+        }
+    }
+
+    fn run<T, F>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce() -> T + Send,
+        T: Send,
+    {
+        match self {
+            Place::Here => Ok(f()),
+            Place::Host(h) => Ok(h.run(f)?),
+        }
+    }
+}
+
+/// One network to benchmark over.
+#[derive(Debug, Clone)]
+struct Net {
+    label: &'static str,
+    client: Place,
+    server: Place,
+    server_ip: IpAddr,
+    /// A name resolving (for the client) to the server's addresses.
+    server_name: String,
+    client_opts: Options,
+    server_opts: Options,
+}
+
+trait Duplex: Read + Write + Send {}
+impl<T: Read + Write + Send> Duplex for T {}
+
+enum Listener {
+    Plain(TcpListener),
+    Ns(NameListener),
+}
+
+impl Listener {
+    fn bind(imp: Impl, opts: &Options) -> Result<Listener> {
+        Ok(match imp {
+            Impl::Plain => Listener::Plain(TcpListener::bind((Ipv6Addr::UNSPECIFIED, 0))?),
+            Impl::Ns => Listener::Ns(NameListener::bind_with("0", opts)?),
+        })
+    }
+    fn port(&self) -> Result<u16> {
+        Ok(match self {
+            Listener::Plain(l) => l.local_addr()?.port(),
+            Listener::Ns(l) => l.local_port(),
+        })
+    }
+    fn accept(&self) -> Result<Box<dyn Duplex>> {
+        Ok(match self {
+            Listener::Plain(l) => Box::new(l.accept()?.0),
+            Listener::Ns(l) => Box::new(l.accept()?),
+        })
+    }
+}
+
+/// Connects from the *current thread's* namespace.
+fn connect(imp: Impl, net: &Net, port: u16, by_name: bool) -> Result<Box<dyn Duplex>> {
+    Ok(match imp {
+        Impl::Plain => Box::new(TcpStream::connect(SocketAddr::new(net.server_ip, port))?),
+        Impl::Ns => {
+            let host = if by_name {
+                net.server_name.clone()
+            } else {
+                net.server_ip.to_string()
+            };
+            Box::new(NameStream::connect_with(
+                &host,
+                &port.to_string(),
+                &net.client_opts,
+            )?)
+        }
+    })
+}
+
+/// Starts a server thread in the server's place: it binds a listener, reports
+/// the port, then runs `role`.
+fn start_server<T, F>(net: &Net, imp: Impl, role: F) -> Result<(u16, JoinHandle<Result<T>>)>
+where
+    F: FnOnce(Listener) -> Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    let (tx, rx) = mpsc::channel::<std::result::Result<u16, String>>();
+    let opts = net.server_opts.clone();
+    let handle = net.server.spawn(move || -> Result<T> {
+        let l = match Listener::bind(imp, &opts).and_then(|l| l.port().map(|p| (l, p))) {
+            Ok((l, p)) => {
+                let _ = tx.send(Ok(p));
+                l
+            }
+            Err(e) => {
+                let _ = tx.send(Err(format!("{e:#}")));
+                return Err(e);
+            }
+        };
+        role(l)
+    })?;
+    let port = rx
+        .recv_timeout(Duration::from_secs(10))
+        .context("server did not start")?
+        .map_err(|e| anyhow!("server bind: {e}"))?;
+    Ok((port, handle))
+}
+
+fn join<T>(h: JoinHandle<Result<T>>) -> Result<T> {
+    h.join().map_err(|_| anyhow!("server thread panicked"))?
+}
+
+// ---------------------------------------------------------------------------
+// The three benchmarks (one run each).
+
+fn run_case(net: &Net, imp: Impl, case: Case, p: &Params) -> Result<f64> {
+    match case {
+        Case::Tput512 | Case::Tput2048 | Case::Tput8192 => {
+            throughput(net, imp, case.write_size(), p.bytes).map(|bps| bps / 1e6)
+        }
+        Case::Latency => latency(net, imp, p.rtts),
+        Case::Connect => connects(net, imp, p.connects, false),
+        Case::ConnectName => connects(net, imp, p.connects, imp == Impl::Ns),
+    }
+}
+
+/// Bytes per second from the first write to the receiver's last byte.
+fn throughput(net: &Net, imp: Impl, size: usize, bytes: u64) -> Result<f64> {
+    let (port, server) = start_server(net, imp, move |l| {
+        let mut s = l.accept()?;
+        let mut buf = vec![0u8; 64 << 10];
+        let mut got = 0u64;
+        let mut end = None;
+        loop {
+            let n = s.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            got += n as u64;
+            if end.is_none() && got >= bytes {
+                end = Some(Instant::now());
+            }
+        }
+        if got != bytes {
+            bail!("receiver got {got} of {bytes} bytes");
+        }
+        end.ok_or_else(|| anyhow!("no data"))
+    })?;
+    let n2 = net.clone();
+    let start = net.client.run(move || -> Result<Instant> {
+        let mut s = connect(imp, &n2, port, false)?;
+        let chunk = vec![0x5au8; size];
+        let start = Instant::now();
+        let mut left = bytes;
+        while left > 0 {
+            let n = usize::try_from(left).unwrap_or(usize::MAX).min(size);
+            s.write_all(&chunk[..n])?;
+            left -= n as u64;
+        }
+        s.flush()?;
+        Ok(start)
+        // `s` is closed here; the receiver reads to end-of-stream.
+    })??;
+    let end = join(server)?;
+    Ok(bytes as f64 / end.saturating_duration_since(start).as_secs_f64())
+}
+
+/// Round trips per second.
+fn latency(net: &Net, imp: Impl, rtts: u64) -> Result<f64> {
+    let (port, server) = start_server(net, imp, |l| {
+        let mut s = l.accept()?;
+        let mut b = [0u8; 1];
+        loop {
+            if s.read(&mut b)? == 0 {
+                return Ok(());
+            }
+            s.write_all(&b)?;
+        }
+    })?;
+    let n2 = net.clone();
+    let took = net.client.run(move || -> Result<Duration> {
+        let mut s = connect(imp, &n2, port, false)?;
+        let mut b = [7u8; 1];
+        for _ in 0..200 {
+            s.write_all(&b)?;
+            s.read_exact(&mut b)?;
+        }
+        let start = Instant::now();
+        for _ in 0..rtts {
+            s.write_all(&b)?;
+            s.read_exact(&mut b)?;
+        }
+        Ok(start.elapsed())
+    })??;
+    join(server)?;
+    Ok(rtts as f64 / took.as_secs_f64())
+}
+
+/// Connect + close per second, closed loop: the client connects, the server
+/// accepts and closes, the client reads the end-of-stream and closes.
+fn connects(net: &Net, imp: Impl, count: u64, by_name: bool) -> Result<f64> {
+    let (port, server) = start_server(net, imp, move |l| {
+        for _ in 0..count {
+            drop(l.accept()?);
+        }
+        Ok(())
+    })?;
+    let n2 = net.clone();
+    let took = net.client.run(move || -> Result<Duration> {
+        let mut b = [0u8; 1];
+        let start = Instant::now();
+        for _ in 0..count {
+            let mut s = connect(imp, &n2, port, by_name)?;
+            if s.read(&mut b)? != 0 {
+                bail!("server sent data");
+            }
+        }
+        Ok(start.elapsed())
+    })??;
+    join(server)?;
+    Ok(count as f64 / took.as_secs_f64())
+}
+
+// ---------------------------------------------------------------------------
+// Table 7.1.
+
+#[derive(Debug, Clone, Copy)]
+struct Params {
+    runs: usize,
+    bytes: u64,
+    rtts: u64,
+    connects: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Row {
+    net: &'static str,
+    case: Case,
+    plain: Vec<f64>,
+    ns: Vec<f64>,
+}
+
+fn median(v: &[f64]) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let m = s.len() / 2;
+    Some(if s.len() % 2 == 1 {
+        s[m]
+    } else {
+        (s[m - 1] + s[m]) / 2.0
+    })
+}
+
+fn bench_net(net: &Net, args: &Args, p: &Params) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for &case in &args.case {
+        let mut row = Row {
+            net: net.label,
+            case,
+            plain: Vec::new(),
+            ns: Vec::new(),
+        };
+        for run in 0..p.runs {
+            for &imp in &args.imp {
+                match run_case(net, imp, case, p) {
+                    Ok(v) => {
+                        eprintln!(
+                            "  {:<9} {:<28} run {} {:<5} {:>12.1} {}",
+                            net.label,
+                            case.label(),
+                            run + 1,
+                            format!("{imp:?}").to_lowercase(),
+                            v,
+                            case.unit()
+                        );
+                        match imp {
+                            Impl::Plain => row.plain.push(v),
+                            Impl::Ns => row.ns.push(v),
+                        }
+                    }
+                    Err(e) => eprintln!(
+                        "  {} {} run {} {imp:?}: FAILED: {e:#}",
+                        net.label,
+                        case.label(),
+                        run + 1
+                    ),
+                }
+            }
+        }
+        rows.push(row);
+    }
+    rows
+}
+
+fn fmt_val(v: Option<f64>) -> String {
+    match v {
+        Some(v) if v >= 100.0 => format!("{v:.0}"),
+        Some(v) => format!("{v:.1}"),
+        None => "-".into(),
+    }
+}
+
+fn print_table(rows: &[Row], p: &Params) {
+    println!();
+    println!(
+        "### Table 7.1 method: plain TCP vs namesocket (median of {} interleaved runs)",
+        p.runs
+    );
+    println!();
+    println!(
+        "| Benchmark | Network | Plain TCP | namesocket | Ratio | Pair ratio | Target | Thesis | OK |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---:|:-:|");
+    for r in rows {
+        let mp = median(&r.plain);
+        let mn = median(&r.ns);
+        let ratio = match (mp, mn) {
+            (Some(a), Some(b)) if a > 0.0 => Some(b / a),
+            _ => None,
+        };
+        let pairs: Vec<f64> = r
+            .plain
+            .iter()
+            .zip(&r.ns)
+            .filter(|(a, _)| **a > 0.0)
+            .map(|(a, b)| b / a)
+            .collect();
+        let (target, thesis) = r.case.target();
+        let ok = match ratio {
+            Some(x) if x >= target => "yes",
+            Some(_) => "**no**",
+            None => "-",
+        };
+        println!(
+            "| {} | {} | {} {u} | {} {u} | {} | {} | ≥{target:.2} | {} | {ok} |",
+            r.case.label(),
+            r.net,
+            fmt_val(mp),
+            fmt_val(mn),
+            ratio.map_or("-".into(), |x| format!("{x:.2}")),
+            median(&pairs).map_or("-".into(), |x| format!("{x:.2}")),
+            thesis.map_or("-".into(), |x| format!("{x:.2}")),
+            u = r.case.unit(),
+        );
+    }
+    println!();
+    println!(
+        "Throughput: {} MB per run (MB = 10^6 B), first write to last byte read. Latency: {} round trips per run. Connect: {} connections per run.",
+        p.bytes / 1_000_000,
+        p.rtts,
+        p.connects
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Failover.
+
+/// Process-wide time origin for the records (both ends live in this process).
+fn base() -> Instant {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    *BASE.get_or_init(Instant::now)
+}
+
+fn since_base(t: Instant) -> u64 {
+    u64::try_from(t.saturating_duration_since(base()).as_nanos()).unwrap_or(u64::MAX)
+}
+
+const RECORD: usize = 16;
+const GRACE: Duration = Duration::from_millis(2);
+const CATCH_UP_LIMIT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dir {
+    /// The client sends the records; the server's side of the link drops.
+    ClientToServer,
+    /// The server sends the records; the client's side of the link drops.
+    ServerToClient,
+}
+
+impl Dir {
+    fn label(self) -> &'static str {
+        match self {
+            Dir::ClientToServer => "client → server",
+            Dir::ServerToClient => "server → client",
+        }
+    }
+}
+
+/// (seq, sent ns, arrived ns) per record, as seen by the receiver.
+#[derive(Debug, Default)]
+struct Trace {
+    arrivals: Vec<(u64, u64, u64)>,
+    /// Set by the receiver once it has seen a post-fault record with a small
+    /// delay (a hint for the main thread; the analysis recomputes it).
+    caught_up: AtomicBool,
+    /// Fault time (ns since base; 0 = no fault yet).
+    fault_ns: AtomicU64,
+}
+
+fn sender(s: &NameStream, stop: &AtomicBool, rate_hz: u64) -> Result<u64> {
+    let period = Duration::from_nanos(1_000_000_000 / rate_hz.max(1));
+    let start = Instant::now();
+    let mut seq = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let due = start + period * u32::try_from(seq).unwrap_or(u32::MAX);
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        let mut rec = [0u8; RECORD];
+        rec[..8].copy_from_slice(&seq.to_le_bytes());
+        rec[8..].copy_from_slice(&since_base(Instant::now()).to_le_bytes());
+        (&mut &*s).write_all(&rec)?;
+        seq += 1;
+    }
+    Ok(seq)
+}
+
+fn receiver(s: &NameStream, trace: &Mutex<Trace>, quick_delay: Duration) -> Result<u64> {
+    let mut rec = [0u8; RECORD];
+    let mut expect = 0u64;
+    loop {
+        let mut got = 0;
+        while got < RECORD {
+            let n = (&mut &*s).read(&mut rec[got..])?;
+            if n == 0 {
+                if got == 0 {
+                    return Ok(expect);
+                }
+                bail!("end of stream inside a record");
+            }
+            got += n;
+        }
+        let arrived = since_base(Instant::now());
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&rec[..8]);
+        let seq = u64::from_le_bytes(b);
+        b.copy_from_slice(&rec[8..]);
+        let sent = u64::from_le_bytes(b);
+        if seq != expect {
+            bail!("record {seq} arrived, expected {expect} (loss or duplicate)");
+        }
+        expect += 1;
+        let t = trace.lock().unwrap_or_else(|p| p.into_inner());
+        let fault = t.fault_ns.load(Ordering::Relaxed);
+        if fault != 0
+            && sent >= fault
+            && arrived.saturating_sub(sent) <= quick_delay.as_nanos() as u64
+        {
+            t.caught_up.store(true, Ordering::Relaxed);
+        }
+        drop(t);
+        trace
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .arrivals
+            .push((seq, sent, arrived));
+    }
+}
+
+#[derive(Debug, Clone)]
+struct FailoverSample {
+    first_byte: Duration,
+    caught_up: Duration,
+    detected: Option<Duration>,
+    resumed: Option<Duration>,
+    records: u64,
+    /// Pre-fault 99th percentile delay.
+    p99: Duration,
+}
+
+fn percentile(v: &mut [u64], q: f64) -> u64 {
+    if v.is_empty() {
+        return 0;
+    }
+    v.sort_unstable();
+    let i = ((v.len() - 1) as f64 * q).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+struct FailLab {
+    _lab: Lab,
+    a: Host,
+    b: Host,
+    links: Vec<Link>,
+    name: String,
+}
+
+fn failover_lab() -> Result<FailLab> {
+    let lab = Lab::new()?;
+    let a = lab.add_host("fa")?;
+    let b = lab.add_host("fb")?;
+    let l0 = lab.link(&a, &b)?;
+    let l1 = lab.link(&a, &b)?;
+    lab.wait_usable(Duration::from_secs(10))?;
+    let name = "srv6".to_string();
+    lab.add_name(&name, &[l0.addr(&b, Family::V6), l1.addr(&b, Family::V6)])?;
+    Ok(FailLab {
+        _lab: lab,
+        a,
+        b,
+        links: vec![l0, l1],
+        name,
+    })
+}
+
+fn failover_once(fl: &FailLab, opts: &Options, dir: Dir, rate_hz: u64) -> Result<FailoverSample> {
+    let mut client_opts = opts.clone();
+    client_opts.resolver = ResolverConfig::for_netns(fl.a.netns());
+    let server_opts = opts.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let trace = Arc::new(Mutex::new(Trace::default()));
+    let quick_delay = Duration::from_millis(5);
+
+    // Server in fb.
+    let (ptx, prx) = mpsc::channel::<std::result::Result<u16, String>>();
+    let (stop_s, trace_s) = (Arc::clone(&stop), Arc::clone(&trace));
+    let server = fl.b.spawn_thread(move || -> Result<()> {
+        let l = match NameListener::bind_with("0", &server_opts) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = ptx.send(Err(e.to_string()));
+                return Err(e.into());
+            }
+        };
+        let _ = ptx.send(Ok(l.local_port()));
+        let s = l.accept_timeout(Some(Duration::from_secs(10)))?;
+        match dir {
+            Dir::ClientToServer => {
+                receiver(&s, &trace_s, quick_delay)?;
+            }
+            Dir::ServerToClient => {
+                sender(&s, &stop_s, rate_hz)?;
+                s.wait_acked(Some(Duration::from_secs(10)))?;
+            }
+        }
+        Ok(())
+    })?;
+    let port = prx
+        .recv_timeout(Duration::from_secs(10))?
+        .map_err(|e| anyhow!("failover server: {e}"))?;
+
+    // Client in fa.
+    let (ctx, crx) = mpsc::channel::<std::result::Result<SocketAddr, String>>();
+    let (stop_c, trace_c) = (Arc::clone(&stop), Arc::clone(&trace));
+    let name = fl.name.clone();
+    let client = fl.a.spawn_thread(move || -> Result<namesocket::PathLog> {
+        let s = match NameStream::connect_with(&name, &port.to_string(), &client_opts) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = ctx.send(Err(e.to_string()));
+                return Err(e.into());
+            }
+        };
+        let _ = ctx.send(s.peer_addr().ok_or_else(|| "no peer address".to_string()));
+        match dir {
+            Dir::ClientToServer => {
+                sender(&s, &stop_c, rate_hz)?;
+                s.wait_acked(Some(Duration::from_secs(10)))?;
+            }
+            Dir::ServerToClient => {
+                receiver(&s, &trace_c, quick_delay)?;
+            }
+        }
+        Ok(s.path_log())
+    })?;
+    let peer = crx
+        .recv_timeout(Duration::from_secs(10))?
+        .map_err(|e| anyhow!("failover client: {e}"))?;
+
+    // Steady state, then break the active link on the receiving side.
+    std::thread::sleep(Duration::from_millis(300));
+    let link = fl
+        .links
+        .iter()
+        .find(|l| l.addr(&fl.b, Family::V6) == peer.ip())
+        .ok_or_else(|| anyhow!("active path {peer} is on no lab link"))?;
+    let rx_host = match dir {
+        Dir::ClientToServer => &fl.b,
+        Dir::ServerToClient => &fl.a,
+    };
+    let stamp = link.drop_rx(rx_host)?;
+    let fault_ns = since_base(stamp.at);
+    trace
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .fault_ns
+        .store(fault_ns, Ordering::Relaxed);
+    let limit = stamp.at + CATCH_UP_LIMIT;
+    while !trace
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .caught_up
+        .load(Ordering::Relaxed)
+        && Instant::now() < limit
+        && !client.is_finished()
+        && !server.is_finished()
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let restored = link.restore();
+    stop.store(true, Ordering::Relaxed);
+    let client_res = client
+        .join()
+        .map_err(|_| anyhow!("client thread panicked"))?;
+    let server_res = server
+        .join()
+        .map_err(|_| anyhow!("server thread panicked"))?;
+    restored?;
+    let log = client_res.context("client")?;
+    server_res.context("server")?;
+
+    let t = trace.lock().unwrap_or_else(|p| p.into_inner());
+    let arrivals = &t.arrivals;
+    let mut pre: Vec<u64> = arrivals
+        .iter()
+        .filter(|(_, s, a)| *a < fault_ns && *s < fault_ns)
+        .map(|(_, s, a)| a - s)
+        .collect();
+    let p99 = percentile(&mut pre, 0.99);
+    let threshold = (3 * p99).max(5_000_000);
+    let grace = fault_ns + GRACE.as_nanos() as u64;
+    let first = arrivals
+        .iter()
+        .find(|(_, _, a)| *a > grace)
+        .ok_or_else(|| anyhow!("nothing arrived after the fault"))?;
+    let caught = arrivals
+        .iter()
+        .find(|(_, s, a)| *s >= fault_ns && a.saturating_sub(*s) <= threshold)
+        .ok_or_else(|| anyhow!("never caught up within {CATCH_UP_LIMIT:?}"))?;
+    let rel = |t: Instant| -> Option<Duration> { t.checked_duration_since(stamp.at) };
+    Ok(FailoverSample {
+        first_byte: Duration::from_nanos(first.2 - fault_ns),
+        caught_up: Duration::from_nanos(caught.2 - fault_ns),
+        detected: log.last_failure_at.and_then(rel),
+        resumed: log.last_resume_at.and_then(rel),
+        records: arrivals.len() as u64,
+        p99: Duration::from_nanos(p99),
+    })
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn med_ms(v: &[Duration]) -> String {
+    let f: Vec<f64> = v.iter().map(|d| ms(*d)).collect();
+    match (
+        median(&f),
+        f.iter().cloned().reduce(f64::min),
+        f.iter().cloned().reduce(f64::max),
+    ) {
+        (Some(m), Some(lo), Some(hi)) => format!("{m:.0} ms ({lo:.0}–{hi:.0})"),
+        _ => "-".into(),
+    }
+}
+
+fn run_failover(args: &Args) -> Result<()> {
+    eprintln!("failover: building a two-link lab …");
+    let fl = failover_lab()?;
+    let configs = [
+        ("default", Options::default(), 1.0),
+        ("fast_failover()", Options::fast_failover(), 0.3),
+    ];
+    let mut lines = Vec::new();
+    for dir in [Dir::ClientToServer, Dir::ServerToClient] {
+        for (name, opts, target) in &configs {
+            let mut samples = Vec::new();
+            let mut failures = Vec::new();
+            for run in 0..args.failover_runs {
+                match failover_once(&fl, opts, dir, args.rate_hz) {
+                    Ok(s) => {
+                        eprintln!(
+                            "  failover {:<16} {:<16} run {}: first byte {:.0} ms, caught up {:.0} ms, detected {:?} ms, resumed {:?} ms ({} records, pre-fault p99 delay {:.2} ms)",
+                            name,
+                            dir.label(),
+                            run + 1,
+                            ms(s.first_byte),
+                            ms(s.caught_up),
+                            s.detected.map(|d| ms(d).round()),
+                            s.resumed.map(|d| ms(d).round()),
+                            s.records,
+                            ms(s.p99),
+                        );
+                        samples.push(s);
+                    }
+                    Err(e) => {
+                        eprintln!(
+                            "  failover {name} {} run {}: FAILED: {e:#}",
+                            dir.label(),
+                            run + 1
+                        );
+                        failures.push(format!("{e:#}"));
+                    }
+                }
+            }
+            let firsts: Vec<Duration> = samples.iter().map(|s| s.first_byte).collect();
+            let caught: Vec<Duration> = samples.iter().map(|s| s.caught_up).collect();
+            let det: Vec<Duration> = samples.iter().filter_map(|s| s.detected).collect();
+            let res: Vec<Duration> = samples.iter().filter_map(|s| s.resumed).collect();
+            let med_caught = median(&caught.iter().map(|d| d.as_secs_f64()).collect::<Vec<_>>());
+            let ok = match med_caught {
+                Some(c) if failures.is_empty() && c <= *target => "yes",
+                Some(_) => "**no**",
+                None => "**no**",
+            };
+            lines.push(format!(
+                "| {name} | {} | {} | {} | {} | {} | {}/{} | ≤{:.1} s | {ok} |",
+                dir.label(),
+                med_ms(&det),
+                med_ms(&res),
+                med_ms(&firsts),
+                med_ms(&caught),
+                samples.len(),
+                args.failover_runs,
+                target,
+            ));
+        }
+    }
+    println!();
+    println!(
+        "### Failover: silent receive-side drop of the active link (two links, IPv6), {} Hz records, median (min–max) of {} runs, times from the fault",
+        args.rate_hz, args.failover_runs
+    );
+    println!();
+    println!(
+        "| Options | Records | Client detected | Resumed | First byte after fault | Caught up | Runs OK | Target (caught up) | OK |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---:|:-:|");
+    for l in lines {
+        println!("{l}");
+    }
+    println!();
+    println!(
+        "Every run also checked that each record arrived exactly once and in order across the resume."
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+
+fn loopback_net() -> Net {
+    Net {
+        label: "loopback",
+        client: Place::Here,
+        server: Place::Here,
+        server_ip: IpAddr::V6(Ipv6Addr::LOCALHOST),
+        server_name: "localhost".into(),
+        client_opts: Options::default(),
+        server_opts: Options::default(),
+    }
+}
+
+fn bench_lab() -> Result<(Lab, Net)> {
+    let lab = Lab::new()?;
+    let a = lab.add_host("a")?;
+    let b = lab.add_host("b")?;
+    let l0 = lab.link(&a, &b)?;
+    lab.wait_usable(Duration::from_secs(10))?;
+    // Thousands of connects per run: let the client reuse TIME_WAIT ports
+    // (the kernel does so on loopback by default).
+    a.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
+    let mut client_opts = Options::default();
+    client_opts.resolver = ResolverConfig::for_netns(a.netns());
+    let net = Net {
+        label: "veth lab",
+        client: Place::Host(a),
+        server: Place::Host(b.clone()),
+        server_ip: l0.addr(&b, Family::V6),
+        server_name: b.name().to_string(),
+        client_opts,
+        server_opts: Options::default(),
+    };
+    Ok((lab, net))
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let _ = base();
+    let p = Params {
+        runs: args.runs.max(1),
+        bytes: args.mbytes.unwrap_or(if args.quick { 20 } else { 200 }) * 1_000_000,
+        rtts: args.rtts.unwrap_or(if args.quick { 2_000 } else { 20_000 }),
+        connects: args
+            .connects
+            .unwrap_or(if args.quick { 1_000 } else { 3_000 }),
+    };
+    let root = nix::unistd::Uid::effective().is_root();
+    let mut rows = Vec::new();
+    if !args.only_failover {
+        for &sel in &args.net {
+            match sel {
+                NetSel::Loopback => {
+                    eprintln!("loopback (::1) …");
+                    rows.extend(bench_net(&loopback_net(), &args, &p));
+                }
+                NetSel::Lab if !root => eprintln!("veth lab skipped: needs root"),
+                NetSel::Lab => {
+                    eprintln!("veth lab (two namespaces, one link, IPv6) …");
+                    let (lab, net) = bench_lab()?;
+                    rows.extend(bench_net(&net, &args, &p));
+                    drop(net);
+                    lab.close()?;
+                }
+            }
+        }
+        print_table(&rows, &p);
+    }
+    if !args.no_failover {
+        if root {
+            run_failover(&args)?;
+        } else {
+            eprintln!("failover skipped: needs root");
+        }
+    }
+    Ok(())
+}
