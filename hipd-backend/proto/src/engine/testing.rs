@@ -66,10 +66,21 @@ impl Default for LinkConfig {
 pub struct Host {
     /// The engine.
     pub endpoint: Endpoint,
-    /// The host's single address.
+    /// The host's primary address (used for transmits without a source).
     pub addr: IpAddr,
+    /// Further addresses of the host (multihoming); packets to them are
+    /// delivered too. Remove an address (or change `addr`) to simulate a
+    /// host moving: packets to an address no host has are lost.
+    pub aliases: Vec<IpAddr>,
     /// Events drained from the endpoint, in order.
     pub events: Vec<Event>,
+}
+
+impl Host {
+    /// Whether `addr` is one of the host's addresses.
+    pub fn has_addr(&self, addr: IpAddr) -> bool {
+        self.addr == addr || self.aliases.contains(&addr)
+    }
 }
 
 /// One packet seen by the harness.
@@ -145,11 +156,13 @@ impl Pair {
             a: Host {
                 endpoint: a,
                 addr: a_addr,
+                aliases: Vec::new(),
                 events: Vec::new(),
             },
             b: Host {
                 endpoint: b,
                 addr: b_addr,
+                aliases: Vec::new(),
                 events: Vec::new(),
             },
             now,
@@ -223,9 +236,9 @@ impl Pair {
                 if !keep {
                     continue;
                 }
-                let to = if t.dst == self.a.addr {
+                let to = if self.a.has_addr(t.dst) {
                     Side::A
-                } else if t.dst == self.b.addr {
+                } else if self.b.has_addr(t.dst) {
                     Side::B
                 } else {
                     continue;

@@ -1,0 +1,763 @@
+//! UPDATE over the in-memory pair harness: readdress (mobility) with
+//! address verification, multihoming and path steering, credit-based
+//! authorization, SEQ/ACK loss recovery, duplicates and replays, bad
+//! HIP_MAC, rekeying with and without DH, UPDATE give-up → CLOSING, probes.
+
+use std::cell::RefCell;
+use std::net::{IpAddr, Ipv6Addr};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hip_proto::crypto::esp::open_buffer_len;
+use hip_proto::crypto::{CryptoBackend, DhGroup, OpensslBackend, SecurityAssociation};
+use hip_proto::engine::testing::{IdentityKind, LinkConfig, Pair, Side, test_identity};
+use hip_proto::engine::{
+    Config, Datagram, Endpoint, Event, LocalLocator, LocatorState, State, Transmit,
+};
+use hip_proto::wire::{ChecksumMode, Hit, PacketRepr, PacketType, Param, param_type as pt};
+
+fn backend() -> Arc<dyn CryptoBackend> {
+    Arc::new(OpensslBackend::new())
+}
+
+fn addr(n: u16) -> IpAddr {
+    IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, n))
+}
+
+const A1: u16 = 1;
+const B1: u16 = 2;
+const B2: u16 = 0x22;
+
+fn cfg() -> Config {
+    Config {
+        puzzle_k: 2,
+        dh_groups: vec![DhGroup::EcdhP256],
+        ..Config::default()
+    }
+}
+
+/// A pair with a completed BEX (A initiated). Returns the pair and the
+/// SAs (A out, A in, B out, B in).
+fn established_pair(c: Config) -> (Pair, [SecurityAssociation; 4]) {
+    let now = std::time::Instant::now();
+    let ea = Endpoint::new(
+        c.clone(),
+        vec![test_identity(IdentityKind::EcdsaP256, 0)],
+        backend(),
+        [1; 32],
+        now,
+    )
+    .expect("endpoint a");
+    let eb = Endpoint::new(
+        c,
+        vec![test_identity(IdentityKind::EcdsaP256, 1)],
+        backend(),
+        [2; 32],
+        now,
+    )
+    .expect("endpoint b");
+    let mut p = Pair::new(ea, addr(A1), eb, addr(B1), now, LinkConfig::default(), 11);
+    let b_hit = p.b.endpoint.local_hits()[0];
+    let t = p.now;
+    p.a.endpoint
+        .connect(t, Some(b_hit), vec![addr(B1)], None)
+        .expect("connect");
+    assert!(p.run_until(Duration::from_secs(10), |p| {
+        p.a.endpoint
+            .association_by_peer(b_hit)
+            .is_some_and(|a| a.state() == State::Established)
+            && p.b
+                .events
+                .iter()
+                .any(|e| matches!(e, Event::Established { .. }))
+    }));
+    let (ao, ai) = take_sas(&mut p.a.events);
+    let (bo, bi) = take_sas(&mut p.b.events);
+    (p, [ao, ai, bo, bi])
+}
+
+fn take_sas(events: &mut Vec<Event>) -> (SecurityAssociation, SecurityAssociation) {
+    let pos = events
+        .iter()
+        .rposition(|e| matches!(e, Event::Established { .. } | Event::SasRekeyed { .. }))
+        .expect("SA event");
+    match events.remove(pos) {
+        Event::Established { sas, .. } | Event::SasRekeyed { sas, .. } => {
+            let s = *sas;
+            (s.outbound, s.inbound)
+        }
+        _ => unreachable!(),
+    }
+}
+
+fn hits(p: &Pair) -> (Hit, Hit) {
+    (p.a.endpoint.local_hits()[0], p.b.endpoint.local_hits()[0])
+}
+
+fn inner_packet(src: Hit, dst: Hit, payload: &[u8]) -> Vec<u8> {
+    let mut p = vec![0u8; 40];
+    p[0] = 0x60;
+    p[4..6].copy_from_slice(&(payload.len() as u16).to_be_bytes());
+    p[6] = 59;
+    p[7] = 64;
+    p[8..24].copy_from_slice(src.as_bytes());
+    p[24..40].copy_from_slice(dst.as_bytes());
+    p.extend_from_slice(payload);
+    p
+}
+
+fn seal(tx: &mut SecurityAssociation, src: Hit, dst: Hit) -> Vec<u8> {
+    let inner = inner_packet(src, dst, b"payload over the new path");
+    let mut out = vec![0u8; tx.seal_buffer_len(inner.len())];
+    let n = tx.seal(&inner, &mut out).expect("seal");
+    out.truncate(n);
+    out
+}
+
+fn opens(rx: &mut SecurityAssociation, esp: &[u8]) -> bool {
+    let mut plain = vec![0u8; open_buffer_len(esp.len())];
+    rx.open(esp, 64, &mut plain).is_ok()
+}
+
+fn local(n: u16, ifindex: u32, preferred: bool) -> LocalLocator {
+    LocalLocator {
+        addr: addr(n),
+        ifindex,
+        preferred,
+    }
+}
+
+fn peer_state(p: &Pair, side: Side, peer: Hit, n: u16) -> Option<LocatorState> {
+    let ep = match side {
+        Side::A => &p.a.endpoint,
+        Side::B => &p.b.endpoint,
+    };
+    ep.locators(peer)?
+        .peer
+        .iter()
+        .find(|l| l.addr == addr(n))
+        .map(|l| l.state)
+}
+
+fn path_changes(events: &[Event]) -> Vec<(IpAddr, IpAddr)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::PathChanged { src, dst, .. } => Some((*src, *dst)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn is_update(t: &Transmit) -> bool {
+    PacketRepr::parse_bytes(&t.payload).is_ok_and(|r| r.packet_type == PacketType::Update)
+}
+
+fn update_repr(t: &Transmit) -> Option<PacketRepr> {
+    PacketRepr::parse_bytes(&t.payload)
+        .ok()
+        .filter(|r| r.packet_type == PacketType::Update)
+}
+
+/// Moves B from B1 to B2 and announces it.
+fn move_b(p: &mut Pair) {
+    p.b.addr = addr(B2);
+    let t = p.now;
+    p.b.endpoint.set_local_locators(t, vec![local(B2, 7, true)]);
+}
+
+#[test]
+fn readdress_verifies_new_address_and_switches_path() {
+    let (mut p, [mut a_out, mut a_in, mut b_out, mut b_in]) = established_pair(cfg());
+    let (a_hit, b_hit) = hits(&p);
+    assert_eq!(p.a.endpoint.route(b_hit), Some((addr(A1), addr(B1))));
+    move_b(&mut p);
+    // B switched its own path at once.
+    assert_eq!(p.b.endpoint.route(a_hit), Some((addr(B2), addr(A1))));
+    assert!(p.run_until(Duration::from_secs(5), |p| {
+        peer_state(p, Side::A, b_hit, B2) == Some(LocatorState::Active)
+            && p.b.endpoint.stats().update_received >= 1
+    }));
+    // A: old address deprecated, new one verified, path switched.
+    assert_eq!(
+        peer_state(&p, Side::A, b_hit, B1),
+        Some(LocatorState::Deprecated)
+    );
+    assert_eq!(p.a.endpoint.route(b_hit), Some((addr(A1), addr(B2))));
+    assert_eq!(path_changes(&p.a.events), vec![(addr(A1), addr(B2))]);
+    assert_eq!(path_changes(&p.b.events), vec![(addr(B2), addr(A1))]);
+    assert!(p.a.events.iter().any(|e| matches!(e,
+        Event::PeerLocatorState { addr: x, state: LocatorState::Active, .. } if *x == addr(B2))));
+    assert_eq!(p.a.endpoint.stats().locators_verified, 1);
+    let view = p.b.endpoint.locators(a_hit).expect("view");
+    assert_eq!(view.local.len(), 1);
+    assert_eq!(view.local[0].ifindex, 7);
+    assert!(view.local[0].preferred);
+    // The mobility exchange used UPDATE(LOCATOR_SET, SEQ, ESP_INFO) →
+    // UPDATE(SEQ, ACK, ECHO_REQUEST) → UPDATE(ACK, ECHO_RESPONSE).
+    assert_eq!(p.count_sent(Side::B, PacketType::Update), 2);
+    assert_eq!(p.count_sent(Side::A, PacketType::Update), 1);
+    // Nothing pending: quiet afterwards, no retransmissions.
+    p.run_for(Duration::from_secs(20));
+    assert_eq!(p.count_sent(Side::B, PacketType::Update), 2);
+    assert_eq!(p.a.endpoint.stats().update_retransmit, 0);
+    assert_eq!(p.b.endpoint.stats().update_retransmit, 0);
+    // ESP keeps flowing (SAs are address independent): A → B2, B2 → A.
+    let a_ok = p.a.endpoint.authorize_send(p.now, b_hit, addr(B2), 1400);
+    assert!(a_ok, "verified locator needs no credit");
+    let esp = seal(&mut a_out, a_hit, b_hit);
+    assert!(opens(&mut b_in, &esp));
+    let esp = seal(&mut b_out, b_hit, a_hit);
+    assert!(opens(&mut a_in, &esp));
+    assert_eq!(
+        p.a.endpoint.association_by_peer(b_hit).map(|a| a.state()),
+        Some(State::Established)
+    );
+}
+
+#[test]
+fn lost_update_and_lost_ack_are_retransmitted() {
+    let (mut p, _) = established_pair(cfg());
+    let (a_hit, b_hit) = hits(&p);
+    // Drop B's first announcement and A's first answer.
+    let dropped = Rc::new(RefCell::new((0u32, 0u32)));
+    let d = dropped.clone();
+    p.set_filter(Some(Box::new(move |side, t: &mut Transmit| {
+        if !is_update(t) {
+            return true;
+        }
+        let mut d = d.borrow_mut();
+        match side {
+            Side::B if d.0 == 0 => {
+                d.0 += 1;
+                false
+            }
+            Side::A if d.1 == 0 => {
+                d.1 += 1;
+                false
+            }
+            _ => true,
+        }
+    })));
+    move_b(&mut p);
+    assert!(p.run_until(Duration::from_secs(20), |p| {
+        peer_state(p, Side::A, b_hit, B2) == Some(LocatorState::Active)
+    }));
+    assert_eq!(*dropped.borrow(), (1, 1));
+    assert!(p.b.endpoint.stats().update_retransmit >= 1);
+    // B's retransmission arrived after A had processed nothing (first was
+    // lost); A's answer was lost, so A retransmits (or re-answers the
+    // duplicate SEQ with its stored reply).
+    let a_stats = p.a.endpoint.stats();
+    assert!(a_stats.update_retransmit + a_stats.update_duplicate >= 1);
+    assert_eq!(p.a.endpoint.route(b_hit), Some((addr(A1), addr(B2))));
+    assert_eq!(p.b.endpoint.route(a_hit), Some((addr(B2), addr(A1))));
+    p.run_for(Duration::from_secs(30));
+    assert_eq!(
+        p.a.endpoint.association_by_peer(b_hit).map(|a| a.state()),
+        Some(State::Established)
+    );
+    assert_eq!(p.a.endpoint.stats().locators_verified, 1);
+}
+
+#[test]
+fn duplicate_update_is_reacked_but_not_reprocessed() {
+    let (mut p, _) = established_pair(cfg());
+    let (_, b_hit) = hits(&p);
+    let captured: Rc<RefCell<Vec<Transmit>>> = Rc::default();
+    let c = captured.clone();
+    p.set_filter(Some(Box::new(move |side, t: &mut Transmit| {
+        if side == Side::B && is_update(t) {
+            c.borrow_mut().push(t.clone());
+        }
+        true
+    })));
+    move_b(&mut p);
+    assert!(p.run_until(Duration::from_secs(5), |p| {
+        peer_state(p, Side::A, b_hit, B2) == Some(LocatorState::Active)
+    }));
+    p.run_for(Duration::from_secs(2));
+    let announce = captured.borrow()[0].clone();
+    let r = update_repr(&announce).expect("update");
+    assert!(r.has(pt::LOCATOR_SET) && r.has(pt::SEQ) && r.has(pt::ESP_INFO));
+    let events_before = p.a.events.len();
+    let sent_before = p.count_sent(Side::A, PacketType::Update);
+    let stats_before = p.a.endpoint.stats().clone();
+    for _ in 0..2 {
+        p.inject(
+            Side::A,
+            Datagram {
+                src: announce.src.expect("src"),
+                dst: announce.dst,
+                transport: announce.transport,
+                payload: announce.payload.clone(),
+            },
+        );
+        p.run_for(Duration::from_millis(100));
+    }
+    let s = p.a.endpoint.stats();
+    assert_eq!(s.update_duplicate, stats_before.update_duplicate + 2);
+    assert_eq!(s.locators_verified, stats_before.locators_verified);
+    // Re-ACKed each time (the stored reply), nothing reprocessed.
+    assert_eq!(p.count_sent(Side::A, PacketType::Update), sent_before + 2);
+    assert!(
+        p.a.events[events_before..].iter().all(|e| !matches!(
+            e,
+            Event::PeerLocatorState { .. } | Event::PathChanged { .. }
+        )),
+        "duplicate produced events: {:?}",
+        &p.a.events[events_before..]
+    );
+    assert_eq!(
+        peer_state(&p, Side::A, b_hit, B2),
+        Some(LocatorState::Active)
+    );
+}
+
+#[test]
+fn old_seq_outside_the_window_is_dropped() {
+    let (mut p, _) = established_pair(cfg());
+    let (a_hit, b_hit) = hits(&p);
+    let captured: Rc<RefCell<Vec<Transmit>>> = Rc::default();
+    let c = captured.clone();
+    p.set_filter(Some(Box::new(move |side, t: &mut Transmit| {
+        if side == Side::B && is_update(t) {
+            c.borrow_mut().push(t.clone());
+        }
+        true
+    })));
+    // 70 probes from B advance B's Update ID past the 64-entry window.
+    for _ in 0..70 {
+        let t = p.now;
+        p.b.endpoint
+            .probe(t, a_hit, addr(B1), addr(A1))
+            .expect("probe");
+        p.run_for(Duration::from_millis(50));
+    }
+    let replies =
+        p.b.events
+            .iter()
+            .filter(|e| matches!(e, Event::ProbeReply { .. }))
+            .count();
+    assert_eq!(replies, 70);
+    let first = captured.borrow()[0].clone();
+    let replay_before = p.a.endpoint.stats().replay;
+    p.inject(
+        Side::A,
+        Datagram {
+            src: first.src.expect("src"),
+            dst: first.dst,
+            transport: first.transport,
+            payload: first.payload,
+        },
+    );
+    let sent_before = p.count_sent(Side::A, PacketType::Update);
+    p.run_for(Duration::from_millis(100));
+    assert_eq!(p.a.endpoint.stats().replay, replay_before + 1);
+    assert_eq!(p.count_sent(Side::A, PacketType::Update), sent_before);
+    let _ = b_hit;
+}
+
+fn flip_mac(t: &mut Transmit) {
+    let mut r = PacketRepr::parse_bytes(&t.payload).expect("parse");
+    for prm in &mut r.params {
+        if let Param::HipMac(m) = prm {
+            m[0] ^= 0x80;
+        }
+    }
+    let mode = ChecksumMode::from_addrs(t.src.expect("src"), t.dst).expect("mode");
+    t.payload = r.to_bytes(mode).expect("emit");
+}
+
+#[test]
+fn update_with_bad_hmac_is_dropped_and_counted() {
+    let (mut p, _) = established_pair(cfg());
+    let (_, b_hit) = hits(&p);
+    let done = Rc::new(RefCell::new(false));
+    let d = done.clone();
+    p.set_filter(Some(Box::new(move |side, t: &mut Transmit| {
+        if side == Side::B && is_update(t) && !*d.borrow() {
+            *d.borrow_mut() = true;
+            flip_mac(t);
+        }
+        true
+    })));
+    move_b(&mut p);
+    p.run_for(Duration::from_millis(200));
+    assert!(*done.borrow());
+    assert_eq!(p.a.endpoint.stats().bad_hmac, 1);
+    assert_eq!(p.a.endpoint.stats().update_received, 0);
+    assert_eq!(p.count_sent(Side::A, PacketType::Update), 0, "no ACK");
+    assert_eq!(peer_state(&p, Side::A, b_hit, B2), None);
+    // The retransmission (untouched) goes through.
+    assert!(p.run_until(Duration::from_secs(10), |p| {
+        peer_state(p, Side::A, b_hit, B2) == Some(LocatorState::Active)
+    }));
+    assert_eq!(p.a.endpoint.stats().bad_hmac, 1);
+}
+
+#[test]
+fn multihoming_set_peer_preferred_switches_after_verification() {
+    let (mut p, _) = established_pair(cfg());
+    let (a_hit, b_hit) = hits(&p);
+    p.b.aliases.push(addr(B2));
+    let t = p.now;
+    p.b.endpoint
+        .set_local_locators(t, vec![local(B1, 2, true), local(B2, 3, false)]);
+    assert!(p.run_until(Duration::from_secs(5), |p| {
+        peer_state(p, Side::A, b_hit, B2) == Some(LocatorState::Unverified)
+            && p.b.endpoint.stats().update_received >= 1
+    }));
+    p.run_for(Duration::from_secs(1));
+    // Not preferred: not verified yet, path unchanged, no credit use while
+    // an ACTIVE locator exists.
+    assert_eq!(
+        peer_state(&p, Side::A, b_hit, B2),
+        Some(LocatorState::Unverified)
+    );
+    assert_eq!(p.a.endpoint.route(b_hit), Some((addr(A1), addr(B1))));
+    assert!(path_changes(&p.a.events).is_empty());
+    let t = p.now;
+    p.a.endpoint.on_data_received(t, b_hit, 100_000);
+    assert!(!p.a.endpoint.can_send_to(t, b_hit, addr(B2), 100));
+    assert!(p.a.endpoint.can_send_to(t, b_hit, addr(B1), 100_000_000));
+    // Unknown and deprecated locators are refused.
+    assert!(p.a.endpoint.set_peer_preferred(t, b_hit, addr(99)).is_err());
+    // Steer to B2: verification first, then the switch.
+    let switched =
+        p.a.endpoint
+            .set_peer_preferred(t, b_hit, addr(B2))
+            .expect("set_peer_preferred");
+    assert!(!switched);
+    assert_eq!(p.a.endpoint.route(b_hit), Some((addr(A1), addr(B1))));
+    assert!(p.run_until(Duration::from_secs(5), |p| {
+        p.a.endpoint.route(b_hit) == Some((addr(A1), addr(B2)))
+    }));
+    assert_eq!(
+        peer_state(&p, Side::A, b_hit, B2),
+        Some(LocatorState::Active)
+    );
+    assert_eq!(
+        peer_state(&p, Side::A, b_hit, B1),
+        Some(LocatorState::Active)
+    );
+    assert_eq!(path_changes(&p.a.events), vec![(addr(A1), addr(B2))]);
+    // Back to B1 (already ACTIVE): immediate.
+    let t = p.now;
+    assert!(
+        p.a.endpoint
+            .set_peer_preferred(t, b_hit, addr(B1))
+            .expect("back")
+    );
+    assert_eq!(p.a.endpoint.route(b_hit), Some((addr(A1), addr(B1))));
+    // B steers its own source to B2 and announces the new P bit.
+    p.b.endpoint
+        .set_local_preferred(t, a_hit, addr(B2))
+        .expect("set_local_preferred");
+    assert_eq!(p.b.endpoint.route(a_hit), Some((addr(B2), addr(A1))));
+    assert!(p.run_until(Duration::from_secs(5), |p| {
+        p.a.endpoint
+            .locators(b_hit)
+            .is_some_and(|v| v.peer.iter().any(|l| l.addr == addr(B2) && l.preferred))
+    }));
+    assert_eq!(p.a.endpoint.route(b_hit), Some((addr(A1), addr(B2))));
+    let view = p.b.endpoint.locators(a_hit).expect("view");
+    assert_eq!(
+        view.local
+            .iter()
+            .map(|l| (l.addr, l.ifindex, l.preferred))
+            .collect::<Vec<_>>(),
+        vec![(addr(B1), 2, false), (addr(B2), 3, true)]
+    );
+}
+
+#[test]
+fn credit_limits_sending_to_an_unverified_locator() {
+    let (mut p, _) = established_pair(cfg());
+    let (_, b_hit) = hits(&p);
+    // A cannot reach B2 yet: verification stays pending.
+    p.set_filter(Some(Box::new(|side, t: &mut Transmit| {
+        !(side == Side::A && t.dst == addr(B2))
+    })));
+    move_b(&mut p);
+    assert!(p.run_until(Duration::from_secs(1), |p| {
+        peer_state(p, Side::A, b_hit, B2) == Some(LocatorState::Unverified)
+    }));
+    let t = p.now;
+    let ep = &mut p.a.endpoint;
+    assert_eq!(ep.route(b_hit), Some((addr(A1), addr(B2))));
+    assert!(!ep.can_send_to(t, b_hit, addr(B2), 1), "no credit yet");
+    assert!(!ep.can_send_to(t, b_hit, addr(B1), 1), "deprecated");
+    ep.on_data_received(t, b_hit, 1000);
+    assert!(ep.can_send_to(t, b_hit, addr(B2), 1000));
+    assert!(!ep.can_send_to(t, b_hit, addr(B2), 1001));
+    assert!(ep.authorize_send(t, b_hit, addr(B2), 600));
+    assert!(!ep.authorize_send(t, b_hit, addr(B2), 600), "400 left");
+    assert_eq!(ep.locators(b_hit).expect("view").credit, 400);
+    // Ageing: × 7/8 every 5 s.
+    let later = t + Duration::from_secs(5);
+    assert!(ep.can_send_to(later, b_hit, addr(B2), 350));
+    assert!(!ep.can_send_to(later, b_hit, addr(B2), 351));
+    let much_later = t + Duration::from_secs(10);
+    assert!(ep.can_send_to(much_later, b_hit, addr(B2), 306));
+    assert!(!ep.can_send_to(much_later, b_hit, addr(B2), 307));
+}
+
+fn rekey_test(new_dh: bool) {
+    let (mut p, [mut a_out, mut a_in, mut b_out, mut b_in]) = established_pair(cfg());
+    let (a_hit, b_hit) = hits(&p);
+    let seen: Rc<RefCell<Vec<(Side, bool, bool)>>> = Rc::default();
+    let s = seen.clone();
+    p.set_filter(Some(Box::new(move |side, t: &mut Transmit| {
+        if let Some(r) = update_repr(t) {
+            s.borrow_mut()
+                .push((side, r.has(pt::DIFFIE_HELLMAN), r.has(pt::ESP_INFO)));
+        }
+        true
+    })));
+    let old_a_in = a_in.spi();
+    let old_b_in = b_in.spi();
+    let t = p.now;
+    p.a.endpoint.rekey(t, b_hit, new_dh).expect("rekey");
+    assert!(
+        p.a.endpoint.rekey(t, b_hit, new_dh).is_err(),
+        "one at a time"
+    );
+    let rekeyed = |e: &Vec<Event>| e.iter().any(|e| matches!(e, Event::SasRekeyed { .. }));
+    assert!(p.run_until(Duration::from_secs(5), |p| {
+        rekeyed(&p.a.events) && rekeyed(&p.b.events)
+    }));
+    p.run_for(Duration::from_secs(3));
+    // UPDATE(ESP_INFO, SEQ, [DH]) → UPDATE(ESP_INFO, SEQ, ACK, [DH]) → UPDATE(ACK).
+    assert_eq!(
+        *seen.borrow(),
+        vec![
+            (Side::A, new_dh, true),
+            (Side::B, new_dh, true),
+            (Side::A, false, false)
+        ]
+    );
+    let (mut na_out, mut na_in) = take_sas(&mut p.a.events);
+    let (mut nb_out, mut nb_in) = take_sas(&mut p.b.events);
+    assert_eq!(na_out.spi(), nb_in.spi());
+    assert_eq!(nb_out.spi(), na_in.spi());
+    assert_ne!(na_in.spi(), old_a_in);
+    assert_ne!(nb_in.spi(), old_b_in);
+    // New keys work both ways; old SAs cannot open new traffic.
+    let esp = seal(&mut na_out, a_hit, b_hit);
+    assert!(!opens(&mut b_in, &esp));
+    assert!(opens(&mut nb_in, &esp));
+    let esp = seal(&mut nb_out, b_hit, a_hit);
+    assert!(!opens(&mut a_in, &esp));
+    assert!(opens(&mut na_in, &esp));
+    // Old SAs still deliver until retired.
+    let esp = seal(&mut a_out, a_hit, b_hit);
+    assert!(opens(&mut b_in, &esp));
+    let esp = seal(&mut b_out, b_hit, a_hit);
+    assert!(opens(&mut a_in, &esp));
+    assert_eq!(
+        p.a.endpoint.association_by_spi(old_a_in).map(|a| a.id()),
+        p.a.endpoint.association_by_peer(b_hit).map(|a| a.id())
+    );
+    // Traffic on the new inbound SA retires the old pair.
+    let t = p.now;
+    p.a.endpoint.esp_received(t, na_in.spi());
+    p.b.endpoint.esp_received(t, nb_in.spi());
+    p.run_for(Duration::from_millis(10));
+    let retired = |e: &Vec<Event>| {
+        e.iter()
+            .filter_map(|e| match e {
+                Event::SasRetired {
+                    inbound_spi,
+                    outbound_spi,
+                    ..
+                } => Some((*inbound_spi, *outbound_spi)),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(retired(&p.a.events), vec![(old_a_in, old_b_in)]);
+    assert_eq!(retired(&p.b.events), vec![(old_b_in, old_a_in)]);
+    assert!(p.a.endpoint.association_by_spi(old_a_in).is_none());
+    assert!(p.b.endpoint.association_by_spi(old_b_in).is_none());
+    assert_eq!(p.a.endpoint.stats().rekeys, 1);
+    assert_eq!(p.b.endpoint.stats().rekeys, 1);
+    let a = p.a.endpoint.association_by_peer(b_hit).expect("assoc");
+    assert_eq!(a.spi_inbound(), na_in.spi());
+    assert_eq!(a.spi_outbound(), na_out.spi());
+    // A second rekey from the other side works too.
+    let t = p.now;
+    p.b.endpoint.rekey(t, a_hit, !new_dh).expect("second rekey");
+    assert!(p.run_until(Duration::from_secs(5), |p| {
+        rekeyed(&p.a.events) && rekeyed(&p.b.events)
+    }));
+    let (mut a3_out, _) = take_sas(&mut p.a.events);
+    let (_, mut b3_in) = take_sas(&mut p.b.events);
+    let esp = seal(&mut a3_out, a_hit, b_hit);
+    assert!(opens(&mut b3_in, &esp));
+    assert_eq!(p.a.endpoint.stats().rekeys, 2);
+}
+
+#[test]
+fn rekey_without_new_dh() {
+    rekey_test(false);
+}
+
+#[test]
+fn rekey_with_new_dh() {
+    rekey_test(true);
+}
+
+#[test]
+fn lost_rekey_answer_is_recovered() {
+    let (mut p, _) = established_pair(cfg());
+    let (a_hit, b_hit) = hits(&p);
+    let dropped = Rc::new(RefCell::new(0u32));
+    let d = dropped.clone();
+    p.set_filter(Some(Box::new(move |side, t: &mut Transmit| {
+        if side == Side::B && is_update(t) && *d.borrow() == 0 {
+            *d.borrow_mut() += 1;
+            return false;
+        }
+        true
+    })));
+    let t = p.now;
+    p.a.endpoint.rekey(t, b_hit, true).expect("rekey");
+    assert!(p.run_until(Duration::from_secs(10), |p| {
+        p.a.events
+            .iter()
+            .any(|e| matches!(e, Event::SasRekeyed { .. }))
+    }));
+    let (mut a_out, _) = take_sas(&mut p.a.events);
+    let (_, mut b_in) = take_sas(&mut p.b.events);
+    assert_eq!(a_out.spi(), b_in.spi());
+    let esp = seal(&mut a_out, a_hit, b_hit);
+    assert!(opens(&mut b_in, &esp));
+    assert_eq!(p.b.endpoint.stats().rekeys, 1, "B rekeyed once");
+    assert!(p.b.endpoint.stats().update_duplicate >= 1);
+}
+
+#[test]
+fn update_retries_exhausted_goes_to_closing() {
+    let c = Config {
+        update_retries: 3,
+        ..cfg()
+    };
+    let (mut p, _) = established_pair(c);
+    let (_, b_hit) = hits(&p);
+    p.set_filter(Some(Box::new(|side, t: &mut Transmit| {
+        !(side == Side::A && is_update(t))
+    })));
+    let t = p.now;
+    p.a.endpoint.rekey(t, b_hit, false).expect("rekey");
+    assert!(p.run_until(Duration::from_secs(30), |p| {
+        p.a.endpoint
+            .association_by_peer(b_hit)
+            .is_none_or(|a| a.state() != State::Established)
+    }));
+    assert_eq!(
+        p.count_sent(Side::A, PacketType::Update),
+        4,
+        "1 + 3 retries"
+    );
+    assert_eq!(p.a.endpoint.stats().update_retransmit, 3);
+    assert_eq!(p.a.endpoint.stats().update_timeout, 1);
+    assert_eq!(
+        p.a.endpoint.association_by_peer(b_hit).map(|a| a.state()),
+        Some(State::Closing)
+    );
+    assert!(p.count_sent(Side::A, PacketType::Close) >= 1);
+    // CLOSE goes through: both sides end closed.
+    assert!(p.run_until(Duration::from_secs(30), |p| {
+        p.a.events.iter().any(|e| matches!(e, Event::Closed { .. }))
+            && p.b.events.iter().any(|e| matches!(e, Event::Closed { .. }))
+    }));
+}
+
+#[test]
+fn probes_report_reply_and_loss() {
+    let (mut p, _) = established_pair(cfg());
+    let (_, b_hit) = hits(&p);
+    let t = p.now;
+    let id =
+        p.a.endpoint
+            .probe(t, b_hit, addr(A1), addr(B1))
+            .expect("probe");
+    assert!(p.run_until(Duration::from_secs(2), |p| {
+        p.a.events
+            .iter()
+            .any(|e| matches!(e, Event::ProbeReply { .. }))
+    }));
+    let reply =
+        p.a.events
+            .iter()
+            .find_map(|e| match e {
+                Event::ProbeReply {
+                    probe,
+                    src,
+                    dst,
+                    rtt,
+                    ..
+                } => Some((*probe, *src, *dst, *rtt)),
+                _ => None,
+            })
+            .expect("reply");
+    assert_eq!(reply.0, id);
+    assert_eq!((reply.1, reply.2), (addr(A1), addr(B1)));
+    assert_eq!(reply.3, Duration::from_millis(20), "2 × 10 ms latency");
+    // Probing an unknown locator is refused.
+    assert!(p.a.endpoint.probe(t, b_hit, addr(A1), addr(77)).is_err());
+    // A lost probe: no retransmission, ProbeLost after the timeout, the
+    // association stays up.
+    p.set_filter(Some(Box::new(|side, t: &mut Transmit| {
+        !(side == Side::A && is_update(t))
+    })));
+    let t = p.now;
+    let before = p.count_sent(Side::A, PacketType::Update);
+    let id2 =
+        p.a.endpoint
+            .probe(t, b_hit, addr(A1), addr(B1))
+            .expect("probe");
+    p.run_for(Duration::from_secs(3));
+    assert_eq!(p.count_sent(Side::A, PacketType::Update), before + 1);
+    assert!(p.a.events.iter().any(
+        |e| matches!(e, Event::ProbeLost { probe, dst, .. } if *probe == id2 && *dst == addr(B1))
+    ));
+    assert_eq!(
+        p.a.endpoint.association_by_peer(b_hit).map(|a| a.state()),
+        Some(State::Established)
+    );
+}
+
+#[test]
+fn local_locator_api_edges() {
+    let (mut p, _) = established_pair(cfg());
+    let (a_hit, b_hit) = hits(&p);
+    let t = p.now;
+    // Unknown peers.
+    let stranger = Hit::from_u128(0x2001_0010_0000_0000_0000_0000_0000_0042);
+    assert!(p.a.endpoint.route(stranger).is_none());
+    assert!(p.a.endpoint.locators(stranger).is_none());
+    assert!(p.a.endpoint.rekey(t, stranger, false).is_err());
+    assert!(!p.a.endpoint.can_send_to(t, stranger, addr(B1), 1));
+    // Local preferred must be one of our locators.
+    assert!(p.a.endpoint.set_local_preferred(t, b_hit, addr(9)).is_err());
+    // Re-announcing the same set sends nothing.
+    let before = p.count_sent(Side::A, PacketType::Update);
+    p.a.endpoint.set_local_locators(t, vec![local(A1, 0, true)]);
+    p.run_for(Duration::from_millis(100));
+    assert_eq!(p.count_sent(Side::A, PacketType::Update), before);
+    // A second address is announced; B learns it as UNVERIFIED.
+    p.a.aliases.push(addr(0x11));
+    let t = p.now;
+    p.a.endpoint
+        .set_local_locators(t, vec![local(A1, 1, true), local(0x11, 2, false)]);
+    assert!(p.run_until(Duration::from_secs(2), |p| {
+        peer_state(p, Side::B, a_hit, 0x11) == Some(LocatorState::Unverified)
+    }));
+    assert_eq!(
+        peer_state(&p, Side::B, a_hit, A1),
+        Some(LocatorState::Active)
+    );
+}
