@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc};
 
 use crate::addrsel::{PathCandidate, plan_paths};
-use crate::connect::{self, AsyncDualListener, FailScope, PathSet};
+use crate::connect::{self, AsyncDualListener, PathSet};
 use crate::driver::{self, Options, PathLog};
 use crate::engine::{Event, Session, Stats, WriteError};
 use crate::error::{Error, Failure, Result};
@@ -428,7 +428,7 @@ async fn session_task(shared: Arc<AShared>, mut stream: Option<TcpStream>, mut r
             if step.path_dead
                 && let Some(last) = info.last.clone()
             {
-                info.paths.mark_failed(&last, FailScope::DestinationOrSource);
+                driver::demote_failed_path(&mut info.paths, &last);
             }
             if stream.is_none() {
                 match reconnect(&shared, info, round).await {

@@ -476,12 +476,29 @@ fn handle_events(conn: &Arc<Conn>, st: &mut ConnState, now: Instant) -> bool {
     changed
 }
 
+/// Moves the failed pair, every pair sharing its source or destination
+/// address, and every pair on the same interface (the other family on a dead
+/// link) to the back of the reconnect order.
+pub(crate) fn demote_failed_path(paths: &mut PathSet, failed: &PathCandidate) {
+    if failed.ifindex.is_some() {
+        let same_link: Vec<PathCandidate> = paths
+            .iter()
+            .filter(|c| c.ifindex == failed.ifindex && *c != failed)
+            .cloned()
+            .collect();
+        for c in &same_link {
+            paths.mark_failed(c, FailScope::Pair);
+        }
+    }
+    paths.mark_failed(failed, FailScope::DestinationOrSource);
+}
+
 fn start_reconnect(conn: &Arc<Conn>, st: &mut ConnState) {
     let Some(client) = st.client.as_mut() else {
         return;
     };
-    if let Some(failed) = client.last_path.as_ref() {
-        client.paths.mark_failed(failed, FailScope::DestinationOrSource);
+    if let Some(failed) = client.last_path.clone() {
+        demote_failed_path(&mut client.paths, &failed);
     }
     if client.reconnecting {
         return;
