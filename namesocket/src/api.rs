@@ -39,7 +39,10 @@ use crate::stream::NameStream;
 pub const NS_NONBLOCK: i32 = libc::O_NONBLOCK;
 
 enum Slot {
-    Created { flags: i32, options: Options },
+    Created {
+        flags: i32,
+        options: Box<Options>,
+    },
     Listener(Arc<NameListener>),
     Stream(Arc<NameStream>),
     /// `nconnect` is running on this descriptor.
@@ -95,7 +98,10 @@ pub fn nsocket_with(flags: i32, options: Options) -> Result<i32> {
         return Err(Error::NotSupported("unknown nsocket flags"));
     }
     options.session.validate()?;
-    Ok(insert(Slot::Created { flags, options }))
+    Ok(insert(Slot::Created {
+        flags,
+        options: Box::new(options),
+    }))
 }
 
 fn take_created(nsd: i32) -> Result<(i32, Options)> {
@@ -103,7 +109,7 @@ fn take_created(nsd: i32) -> Result<(i32, Options)> {
     match t.slots.get_mut(&nsd) {
         None => Err(Error::BadDescriptor),
         Some(Slot::Created { .. }) => match t.slots.insert(nsd, Slot::Connecting) {
-            Some(Slot::Created { flags, options }) => Ok((flags, options)),
+            Some(Slot::Created { flags, options }) => Ok((flags, *options)),
             _ => Err(Error::BadDescriptor),
         },
         Some(Slot::Connecting) => Err(Error::Io(std::io::Error::from_raw_os_error(libc::EALREADY))),
@@ -116,7 +122,10 @@ fn restore_created(nsd: i32, flags: i32, options: Options) {
     if let Some(slot) = t.slots.get_mut(&nsd)
         && matches!(slot, Slot::Connecting)
     {
-        *slot = Slot::Created { flags, options };
+        *slot = Slot::Created {
+            flags,
+            options: Box::new(options),
+        };
     }
 }
 
@@ -214,7 +223,11 @@ pub fn nshutdown(nsd: i32, how: i32) -> Result<()> {
         libc::SHUT_RD => std::net::Shutdown::Read,
         libc::SHUT_WR => std::net::Shutdown::Write,
         libc::SHUT_RDWR => std::net::Shutdown::Both,
-        _ => return Err(Error::InvalidArgument("how must be SHUT_RD, SHUT_WR or SHUT_RDWR")),
+        _ => {
+            return Err(Error::InvalidArgument(
+                "how must be SHUT_RD, SHUT_WR or SHUT_RDWR",
+            ));
+        }
     };
     stream(nsd)?.shutdown(how)
 }
@@ -286,7 +299,11 @@ pub fn nselect(
     let readfds = readfds.unwrap_or(&mut empty_r);
     let writefds = writefds.unwrap_or(&mut empty_w);
     let exceptfds = exceptfds.unwrap_or(&mut empty_e);
-    let all: BTreeSet<i32> = readfds.iter().chain(writefds.iter()).chain(exceptfds.iter()).collect();
+    let all: BTreeSet<i32> = readfds
+        .iter()
+        .chain(writefds.iter())
+        .chain(exceptfds.iter())
+        .collect();
     let mut watched: Vec<(i32, Watched)> = Vec::with_capacity(all.len());
     {
         let t = table();

@@ -96,7 +96,11 @@ impl AsyncNameStream {
     }
 
     /// [`AsyncNameStream::connect`] with explicit options.
-    pub async fn connect_with(host: &str, service: &str, options: &Options) -> Result<AsyncNameStream> {
+    pub async fn connect_with(
+        host: &str,
+        service: &str,
+        options: &Options,
+    ) -> Result<AsyncNameStream> {
         options.session.validate()?;
         let resolver = Resolver::new(options.resolver.clone());
         let res = resolver.resolve_async(host, service).await?;
@@ -120,9 +124,16 @@ impl AsyncNameStream {
             paths: PathSet::new(candidates),
             last: Some(won.path),
         };
-        tokio::spawn(session_task(Arc::clone(&shared), Some(won.stream), Role::Client(info)));
+        tokio::spawn(session_task(
+            Arc::clone(&shared),
+            Some(won.stream),
+            Role::Client(info),
+        ));
         // As in the blocking driver: hand the session out only after NEW_ACK.
-        let deadline = Instant::now() + options.connect_attempt_timeout.max(options.session.dead_timeout * 4);
+        let deadline = Instant::now()
+            + options
+                .connect_attempt_timeout
+                .max(options.session.dead_timeout * 4);
         loop {
             let notified = shared.kick.notified();
             {
@@ -192,7 +203,11 @@ fn new_state(session: Session, options: Options) -> AState {
 }
 
 impl AsyncRead for AsyncNameStream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let mut st = self.shared.lock();
         let n = st.session.read(buf.initialize_unfilled());
         if n > 0 {
@@ -216,7 +231,11 @@ impl AsyncRead for AsyncNameStream {
 }
 
 impl AsyncWrite for AsyncNameStream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let mut st = self.shared.lock();
         match st.session.write(data) {
             Ok(n) if n > 0 || data.is_empty() => {
@@ -294,7 +313,9 @@ fn service(shared: &AShared, stream: &mut Option<TcpStream>) -> Step {
                 st.transport_up = false;
                 path_dead = true;
             }
-            Event::Resumed { retransmitted_bytes } => {
+            Event::Resumed {
+                retransmitted_bytes,
+            } => {
                 st.log.resumes += 1;
                 st.log.retransmitted_bytes += retransmitted_bytes;
                 st.log.last_resume_at = Some(now);
@@ -325,9 +346,13 @@ fn service(shared: &AShared, stream: &mut Option<TcpStream>) -> Step {
 
 /// Writes what the engine has; true when the socket is full.
 fn flush_async(st: &mut AState, stream: &mut Option<TcpStream>, now: Instant) -> bool {
-    let Some(s) = stream.as_ref() else { return false };
+    let Some(s) = stream.as_ref() else {
+        return false;
+    };
     loop {
-        let Some(tx) = st.session.poll_transmit(now) else { return false };
+        let Some(tx) = st.session.poll_transmit(now) else {
+            return false;
+        };
         match s.try_write_vectored(&tx.io_slices()) {
             Ok(0) => break,
             Ok(n) => st.session.advance(n),
@@ -376,14 +401,17 @@ fn read_available(shared: &AShared, s: &TcpStream, buf: &mut [u8]) -> bool {
 async fn reconnect(shared: &AShared, info: &mut ClientInfo, round: u32) -> Option<TcpStream> {
     let (race, resolver) = {
         let st = shared.lock();
-        (st.options.race(), Resolver::new(st.options.resolver.clone()))
+        (
+            st.options.race(),
+            Resolver::new(st.options.resolver.clone()),
+        )
     };
-    if round > 0 && round % 3 == 0 {
-        if let Ok(res) = resolver.resolve_async(&info.host, &info.service).await
-            && let Ok(fresh) = plan_paths(&res.addrs)
-        {
-            info.paths.refresh(fresh);
-        }
+    if round > 0
+        && round.is_multiple_of(3)
+        && let Ok(res) = resolver.resolve_async(&info.host, &info.service).await
+        && let Ok(fresh) = plan_paths(&res.addrs)
+    {
+        info.paths.refresh(fresh);
     }
     let candidates = info.paths.reconnect_order(info.last.as_ref());
     let won = match connect::connect_pairs_async_with(&candidates, &race).await {
@@ -392,7 +420,9 @@ async fn reconnect(shared: &AShared, info: &mut ClientInfo, round: u32) -> Optio
             let mut st = shared.lock();
             let now = Instant::now();
             if st.log.history.len() < 256 {
-                st.log.history.push((now, format!("reconnect round failed: {e}")));
+                st.log
+                    .history
+                    .push((now, format!("reconnect round failed: {e}")));
             }
             return None;
         }
@@ -512,7 +542,9 @@ pub struct AsyncNameListener {
 
 impl std::fmt::Debug for AsyncNameListener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AsyncNameListener").field("port", &self.port).finish()
+        f.debug_struct("AsyncNameListener")
+            .field("port", &self.port)
+            .finish()
     }
 }
 
@@ -538,12 +570,22 @@ impl AsyncNameListener {
         let st2 = Arc::clone(&stats);
         let task = tokio::spawn(async move {
             loop {
-                let Ok((s, _)) = listener.accept().await else { continue };
+                let Ok((s, _)) = listener.accept().await else {
+                    continue;
+                };
                 if let Ok(std_s) = s.into_std() {
                     let _ = connect::configure_stream(&std_s, &opts.socket_options());
-                    let Ok(s) = TcpStream::from_std(std_s) else { continue };
+                    let Ok(s) = TcpStream::from_std(std_s) else {
+                        continue;
+                    };
                     lock(&st2).connections += 1;
-                    tokio::spawn(handshake(s, opts.clone(), Arc::clone(&sessions), ready_tx.clone(), Arc::clone(&st2)));
+                    tokio::spawn(handshake(
+                        s,
+                        opts.clone(),
+                        Arc::clone(&sessions),
+                        ready_tx.clone(),
+                        Arc::clone(&st2),
+                    ));
                 }
             }
         });
@@ -625,13 +667,24 @@ async fn handshake(
     let mut rng = StdRng::from_os_rng();
     match msg {
         FirstMessage::New(new) => {
-            if lock(&sessions).get(&new.session_id).is_some_and(|(w, _)| w.strong_count() > 0) {
-                let _ = s.write_all(&crate::engine::encode_reject(RejectReason::DuplicateSession)).await;
+            if lock(&sessions)
+                .get(&new.session_id)
+                .is_some_and(|(w, _)| w.strong_count() > 0)
+            {
+                let _ = s
+                    .write_all(&crate::engine::encode_reject(
+                        RejectReason::DuplicateSession,
+                    ))
+                    .await;
                 return;
             }
-            let Ok(mut session) =
-                Session::accept_new(now, options.session.clone(), driver::current_keys(), &new, &mut rng)
-            else {
+            let Ok(mut session) = Session::accept_new(
+                now,
+                options.session.clone(),
+                driver::current_keys(),
+                &new,
+                &mut rng,
+            ) else {
                 return;
             };
             if !rest.is_empty() {
@@ -662,7 +715,9 @@ async fn handshake(
                 .and_then(|(w, tx)| w.upgrade().map(|a| (a, tx.clone())));
             let Some((shared, tx)) = target else {
                 lock(&stats).rejected_resumes += 1;
-                let _ = s.write_all(&crate::engine::encode_reject(RejectReason::UnknownSession)).await;
+                let _ = s
+                    .write_all(&crate::engine::encode_reject(RejectReason::UnknownSession))
+                    .await;
                 return;
             };
             let result = {

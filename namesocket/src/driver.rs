@@ -28,8 +28,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use rand::rngs::StdRng;
 use rand::SeedableRng;
+use rand::rngs::StdRng;
 
 use crate::addrsel::PathCandidate;
 use crate::connect::{self, FailScope, PathSet, RaceConfig, SocketOptions};
@@ -337,7 +337,11 @@ pub(crate) fn pump(conn: &Arc<Conn>, st: &mut ConnState, now: Instant) -> bool {
 /// send costs one write system call, like on a plain socket).
 pub(crate) fn pump_with(conn: &Arc<Conn>, st: &mut ConnState, now: Instant, read: bool) -> bool {
     let due = st.session.poll_timeout().is_some_and(|t| t <= now);
-    let mut changed = if read || due { read_input(st, now) } else { false };
+    let mut changed = if read || due {
+        read_input(st, now)
+    } else {
+        false
+    };
     if st.session.poll_timeout().is_some_and(|t| t <= now) {
         st.session.handle_timeout(now);
         changed = true;
@@ -435,17 +439,23 @@ fn handle_events(conn: &Arc<Conn>, st: &mut ConnState, now: Instant) -> bool {
                 st.log.path_failures += 1;
                 st.log.last_failure_at = Some(now);
                 let path = st.transport.as_ref().and_then(|t| t.peer);
-                st.log.note(now, format!("path dead (peer {path:?}); transport dropped"));
+                st.log
+                    .note(now, format!("path dead (peer {path:?}); transport dropped"));
                 st.drop_transport();
                 if st.client.is_some() {
                     start_reconnect(conn, st);
                 }
             }
-            Event::Resumed { retransmitted_bytes } => {
+            Event::Resumed {
+                retransmitted_bytes,
+            } => {
                 st.log.resumes += 1;
                 st.log.retransmitted_bytes += retransmitted_bytes;
                 st.log.last_resume_at = Some(now);
-                let took = st.log.last_failure_at.map(|f| now.saturating_duration_since(f));
+                let took = st
+                    .log
+                    .last_failure_at
+                    .map(|f| now.saturating_duration_since(f));
                 st.log.note(
                     now,
                     format!(
@@ -517,7 +527,9 @@ fn start_reconnect(conn: &Arc<Conn>, st: &mut ConnState) {
 
 /// The calling thread's network namespace, to be re-entered by helper threads.
 pub(crate) fn current_netns() -> Option<Arc<std::fs::File>> {
-    std::fs::File::open("/proc/thread-self/ns/net").ok().map(Arc::new)
+    std::fs::File::open("/proc/thread-self/ns/net")
+        .ok()
+        .map(Arc::new)
 }
 
 fn reconnect_loop(weak: Weak<Conn>) {
@@ -574,7 +586,10 @@ fn reconnect_loop(weak: Weak<Conn>) {
                             s.log.current_path = Some((path.src, path.dst));
                             s.log.note(
                                 now,
-                                format!("reconnected over {:?} -> {}; resuming", path.src, path.dst),
+                                format!(
+                                    "reconnected over {:?} -> {}; resuming",
+                                    path.src, path.dst
+                                ),
                             );
                             if let Some(c) = s.client.as_mut() {
                                 c.paths.mark_succeeded(&path);
@@ -599,7 +614,7 @@ fn reconnect_loop(weak: Weak<Conn>) {
             Err(e) => {
                 st.log.note(now, format!("reconnect round failed: {e}"));
                 rounds += 1;
-                if rounds % 3 == 0 {
+                if rounds.is_multiple_of(3) {
                     // Addresses may have changed: resolve the name again.
                     drop(st);
                     if let Ok(res) = resolver.resolve(&host, &service)
@@ -643,7 +658,8 @@ pub(crate) struct Keeper {
 pub(crate) fn keeper() -> &'static Keeper {
     static KEEPER: OnceLock<&'static Keeper> = OnceLock::new();
     KEEPER.get_or_init(|| {
-        let (wake_rx, wake_tx) = UnixStream::pair().expect("namesocket: cannot create keeper wake pipe");
+        let (wake_rx, wake_tx) =
+            UnixStream::pair().expect("namesocket: cannot create keeper wake pipe");
         let _ = wake_rx.set_nonblocking(true);
         let _ = wake_tx.set_nonblocking(true);
         let k: &'static Keeper = Box::leak(Box::new(Keeper {
@@ -673,7 +689,10 @@ impl Keeper {
 
     /// Keeps `c` alive until its session is finished (closed or failed).
     pub(crate) fn linger(&self, c: Arc<Conn>) {
-        self.lingering.lock().unwrap_or_else(|p| p.into_inner()).push(c);
+        self.lingering
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(c);
         self.wake();
     }
 
@@ -758,4 +777,3 @@ pub(crate) fn current_keys() -> Arc<KeyPair> {
         }
     }
 }
-

@@ -74,7 +74,9 @@ pub struct NameListener {
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Listener").field("port", &self.listener.local_port()).finish()
+        f.debug_struct("Listener")
+            .field("port", &self.listener.local_port())
+            .finish()
     }
 }
 
@@ -180,7 +182,10 @@ impl NameListener {
     /// Sessions currently known (active or parked, not yet finished).
     pub fn session_count(&self) -> usize {
         let st = self.shared.lock();
-        st.sessions.values().filter(|w| w.strong_count() > 0).count()
+        st.sessions
+            .values()
+            .filter(|w| w.strong_count() > 0)
+            .count()
     }
 }
 
@@ -244,7 +249,8 @@ fn acceptor(weak: Weak<Shared>) {
                         if stream.set_nonblocking(true).is_err() {
                             continue;
                         }
-                        let _ = connect::configure_stream(&stream, &shared.options.socket_options());
+                        let _ =
+                            connect::configure_stream(&stream, &shared.options.socket_options());
                         shared.lock().stats.connections += 1;
                         pending.push(Pending {
                             stream,
@@ -335,14 +341,24 @@ fn reject(stream: &TcpStream, reason: RejectReason) {
     let _ = stream.shutdown(std::net::Shutdown::Write);
 }
 
-fn handle_first(shared: &Arc<Shared>, p: Pending, msg: FirstMessage, used: usize, rng: &mut StdRng) {
+fn handle_first(
+    shared: &Arc<Shared>,
+    p: Pending,
+    msg: FirstMessage,
+    used: usize,
+    rng: &mut StdRng,
+) {
     let now = Instant::now();
     let rest = p.buf.get(used..).unwrap_or(&[]).to_vec();
     match msg {
         FirstMessage::New(new) => {
             {
                 let st = shared.lock();
-                if st.sessions.get(&new.session_id).is_some_and(|w| w.strong_count() > 0) {
+                if st
+                    .sessions
+                    .get(&new.session_id)
+                    .is_some_and(|w| w.strong_count() > 0)
+                {
                     drop(st);
                     reject(&p.stream, RejectReason::DuplicateSession);
                     return;
@@ -392,7 +408,11 @@ fn handle_first(shared: &Arc<Shared>, p: Pending, msg: FirstMessage, used: usize
             shared.ready_cv.notify_one();
         }
         FirstMessage::Resume(resume) => {
-            let target = shared.lock().sessions.get(&resume.session_id).and_then(Weak::upgrade);
+            let target = shared
+                .lock()
+                .sessions
+                .get(&resume.session_id)
+                .and_then(Weak::upgrade);
             let Some(conn) = target else {
                 shared.lock().stats.rejected_resumes += 1;
                 reject(&p.stream, RejectReason::UnknownSession);
@@ -410,7 +430,8 @@ fn handle_first(shared: &Arc<Shared>, p: Pending, msg: FirstMessage, used: usize
                         Err(_) => return,
                     }
                     cs.log.current_path = peer.map(|pa| (None, pa));
-                    cs.log.note(now, format!("resumed by the client from {peer:?}"));
+                    cs.log
+                        .note(now, format!("resumed by the client from {peer:?}"));
                     if !rest.is_empty() {
                         let _ = cs.session.handle_input(now, &rest);
                     }

@@ -72,7 +72,10 @@ impl NameStream {
         // until then a failed path cannot be resumed (the resume key needs
         // the server's half), so data must not be written yet. A path that
         // fails now is replaced by the reconnector with a fresh session.
-        let deadline = now + options.connect_attempt_timeout.max(options.session.dead_timeout * 4);
+        let deadline = now
+            + options
+                .connect_attempt_timeout
+                .max(options.session.dead_timeout * 4);
         let mut st = conn.lock();
         loop {
             driver::pump(&conn, &mut st, Instant::now());
@@ -332,7 +335,9 @@ impl NameStream {
             st.session.readable_bytes(),
             st.session.send_capacity(),
             st.session.read_eof(),
-            st.session.poll_timeout().map(|t| t.saturating_duration_since(now)),
+            st.session
+                .poll_timeout()
+                .map(|t| t.saturating_duration_since(now)),
             st.failure,
             st.session.stats(),
         )
@@ -341,7 +346,9 @@ impl NameStream {
     /// True when the session has failed.
     pub fn has_error(&self) -> bool {
         let st = self.conn.lock();
-        st.failure.as_ref().is_some_and(|f| !matches!(f, crate::error::Failure::Closed))
+        st.failure
+            .as_ref()
+            .is_some_and(|f| !matches!(f, crate::error::Failure::Closed))
     }
 }
 

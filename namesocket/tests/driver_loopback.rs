@@ -99,7 +99,11 @@ fn resume_after_broken_transport_loses_nothing() {
     let mut server_side = None;
     for (i, chunk) in data.chunks(8192).enumerate() {
         if let Err(e) = w.write_all(chunk) {
-            panic!("write {i} failed: {e:?}; log: {:#?}; stats {:?}", c.path_log(), c.stats());
+            panic!(
+                "write {i} failed: {e:?}; log: {:#?}; stats {:?}",
+                c.path_log(),
+                c.stats()
+            );
         }
         if i == 300 || i == 700 {
             let srv = server_side.get_or_insert_with(|| rx.recv().unwrap());
@@ -144,7 +148,10 @@ fn thesis_api_roundtrip_and_nselect() {
     api::nlisten(srv, &port.to_string(), 16).unwrap();
     // nselect on the listener times out with nothing pending.
     let mut r: NsSet = [srv].into_iter().collect();
-    assert_eq!(api::nselect(Some(&mut r), None, None, Some(Duration::from_millis(30))).unwrap(), 0);
+    assert_eq!(
+        api::nselect(Some(&mut r), None, None, Some(Duration::from_millis(30))).unwrap(),
+        0
+    );
     assert!(r.is_empty());
 
     let client = thread::spawn(move || {
@@ -161,11 +168,17 @@ fn thesis_api_roundtrip_and_nselect() {
     });
 
     let mut r: NsSet = [srv].into_iter().collect();
-    assert_eq!(api::nselect(Some(&mut r), None, None, Some(Duration::from_secs(10))).unwrap(), 1);
+    assert_eq!(
+        api::nselect(Some(&mut r), None, None, Some(Duration::from_secs(10))).unwrap(),
+        1
+    );
     assert!(r.contains(srv));
     let s = api::naccept(srv).unwrap();
     let mut r: NsSet = [s].into_iter().collect();
-    assert_eq!(api::nselect(Some(&mut r), None, None, Some(Duration::from_secs(10))).unwrap(), 1);
+    assert_eq!(
+        api::nselect(Some(&mut r), None, None, Some(Duration::from_secs(10))).unwrap(),
+        1
+    );
     let mut buf = [0u8; 16];
     assert_eq!(api::nrecv(s, &mut buf, libc::MSG_WAITALL).unwrap(), 16);
     assert_eq!(&buf, b"hello namesocket");
@@ -175,18 +188,29 @@ fn thesis_api_roundtrip_and_nselect() {
     client.join().unwrap();
 
     // Errors with their errno values.
-    assert_eq!(api::nrecv(9999, &mut buf, 0).unwrap_err().errno(), libc::EBADF);
-    assert_eq!(api::nsend(s, b"x", libc::MSG_OOB).unwrap_err().errno(), libc::EOPNOTSUPP);
+    assert_eq!(
+        api::nrecv(9999, &mut buf, 0).unwrap_err().errno(),
+        libc::EBADF
+    );
+    assert_eq!(
+        api::nsend(s, b"x", libc::MSG_OOB).unwrap_err().errno(),
+        libc::EOPNOTSUPP
+    );
     assert_eq!(api::nshutdown(s, 42).unwrap_err().errno(), libc::EINVAL);
     assert_eq!(api::naccept(s).unwrap_err().errno(), libc::EINVAL);
-    assert_eq!(api::nsocket(0x4000_0000).unwrap_err().errno(), libc::EOPNOTSUPP);
+    assert_eq!(
+        api::nsocket(0x4000_0000).unwrap_err().errno(),
+        libc::EOPNOTSUPP
+    );
     let c = api::nsocket(0).unwrap();
     let e = api::nconnect(c, "no-such-host.invalid", &port.to_string()).unwrap_err();
     assert!(matches!(e, Error::Resolve(_)), "{e:?}");
     // The descriptor is still usable after a failed connect.
     api::nconnect(c, "127.0.0.1", &port.to_string()).unwrap();
     assert_eq!(
-        api::nconnect(c, "127.0.0.1", &port.to_string()).unwrap_err().errno(),
+        api::nconnect(c, "127.0.0.1", &port.to_string())
+            .unwrap_err()
+            .errno(),
         libc::EISCONN
     );
     api::nclose(c).unwrap();
@@ -203,7 +227,10 @@ fn nonblocking_api_returns_eagain() {
     let c = api::nsocket(api::NS_NONBLOCK).unwrap();
     api::nconnect(c, "127.0.0.1", &port.to_string()).unwrap();
     let mut buf = [0u8; 4];
-    assert_eq!(api::nrecv(c, &mut buf, 0).unwrap_err().errno(), libc::EAGAIN);
+    assert_eq!(
+        api::nrecv(c, &mut buf, 0).unwrap_err().errno(),
+        libc::EAGAIN
+    );
     api::nclose(c).unwrap();
     api::nclose(srv).unwrap();
 }
@@ -219,7 +246,8 @@ fn non_namesocket_peer_gives_protocol_error() {
     let port = plain.local_addr().unwrap().port();
     let t = thread::spawn(move || {
         let (mut s, _) = plain.accept().unwrap();
-        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").unwrap();
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            .unwrap();
         thread::sleep(Duration::from_millis(300));
         // A second connection (the nconnect below) gets the same answer.
         if let Ok((mut s2, _)) = plain.accept() {
@@ -301,7 +329,9 @@ fn tokio_stream_roundtrip() {
             s.wait_acked().await.unwrap();
             got
         });
-        let mut c = AsyncNameStream::connect_with("127.0.0.1", &port, &fast()).await.unwrap();
+        let mut c = AsyncNameStream::connect_with("127.0.0.1", &port, &fast())
+            .await
+            .unwrap();
         c.write_all(&data).await.unwrap();
         c.shutdown().await.unwrap();
         let mut reply = Vec::new();
@@ -345,7 +375,10 @@ fn rapid_breaks_including_during_resume() {
     let mut w = &c;
     for (i, chunk) in data.chunks(4096).enumerate() {
         if let Err(e) = w.write_all(chunk) {
-            panic!("write {i} failed: {e:?}; history: {:#?}", c.path_log().history);
+            panic!(
+                "write {i} failed: {e:?}; history: {:#?}",
+                c.path_log().history
+            );
         }
         if i % 50 == 49 {
             // Breaks land at random points: established, reconnecting, or
@@ -366,7 +399,12 @@ fn rapid_breaks_including_during_resume() {
         );
     }
     let got = server.join().unwrap();
-    assert!(got == data, "stream differs ({} vs {} bytes)", got.len(), data.len());
+    assert!(
+        got == data,
+        "stream differs ({} vs {} bytes)",
+        got.len(),
+        data.len()
+    );
     // Breaks that land while a reconnect is under way find no transport,
     // so fewer resumes than breaks happen; at least one must have happened.
     assert!(c.path_log().resumes >= 1, "{:?}", c.path_log());

@@ -44,7 +44,9 @@ fn topo() -> Topo {
 /// Options for a host: resolve through the lab's hosts file of `h` only.
 fn opts_for(h: &Host, base: Options) -> Options {
     let mut o = base;
-    o.resolver = ResolverConfig::default().with_hosts_file(h.hosts_file()).without_dns();
+    o.resolver = ResolverConfig::default()
+        .with_hosts_file(h.hosts_file())
+        .without_dns();
     o
 }
 
@@ -53,9 +55,7 @@ fn active_link<'a>(t: &'a Topo, c: &NameStream) -> &'a Link {
     let (_, dst) = c.path_log().current_path.expect("connected");
     t.links
         .iter()
-        .find(|l| {
-            l.addr(&t.b, Family::V6) == dst.ip() || l.addr(&t.b, Family::V4) == dst.ip()
-        })
+        .find(|l| l.addr(&t.b, Family::V6) == dst.ip() || l.addr(&t.b, Family::V4) == dst.ip())
         .expect("the path runs over one of the lab links")
 }
 
@@ -67,7 +67,8 @@ fn send_pattern(s: &NameStream, seed: u64, total: u64, progress: &AtomicU64) {
     while sent < total {
         let n = (total - sent).min(buf.len() as u64) as usize;
         p.fill(&mut buf[..n]);
-        w.write_all(&buf[..n]).expect("send must never fail across path failures");
+        w.write_all(&buf[..n])
+            .expect("send must never fail across path failures");
         sent += n as u64;
         progress.store(sent, Ordering::Relaxed);
     }
@@ -80,7 +81,9 @@ fn recv_pattern(s: &NameStream, seed: u64, total: u64) -> u64 {
     let mut got = 0u64;
     let mut r = s;
     loop {
-        let n = r.read(&mut buf).expect("receive must never fail across path failures");
+        let n = r
+            .read(&mut buf)
+            .expect("receive must never fail across path failures");
         if n == 0 {
             break;
         }
@@ -106,9 +109,8 @@ fn bidirectional_transfer(t: &Topo, fault: Fault, base: Options, client_opts: Op
     let fault_at = total / 5;
     let (ready_tx, ready_rx) = mpsc::channel();
     let server_opts = opts_for(&t.b, base);
-    let server = t
-        .b
-        .spawn_thread(move || {
+    let server =
+        t.b.spawn_thread(move || {
             let l = NameListener::bind_with(&port.to_string(), &server_opts).unwrap();
             ready_tx.send(()).unwrap();
             let s = Arc::new(l.accept().unwrap());
@@ -125,10 +127,10 @@ fn bidirectional_transfer(t: &Topo, fault: Fault, base: Options, client_opts: Op
     let progress = Arc::new(AtomicU64::new(0));
     let (stream_tx, stream_rx) = mpsc::channel();
     let p2 = Arc::clone(&progress);
-    let client = t
-        .a
-        .spawn_thread(move || {
-            let c = Arc::new(NameStream::connect_with("b", &port.to_string(), &client_opts).unwrap());
+    let client =
+        t.a.spawn_thread(move || {
+            let c =
+                Arc::new(NameStream::connect_with("b", &port.to_string(), &client_opts).unwrap());
             stream_tx.send(Arc::clone(&c)).unwrap();
             let c2 = Arc::clone(&c);
             let reader = thread::spawn(move || recv_pattern(&c2, 2, total));
@@ -140,7 +142,10 @@ fn bidirectional_transfer(t: &Topo, fault: Fault, base: Options, client_opts: Op
     let c = stream_rx.recv().unwrap();
     let t0 = Instant::now();
     while progress.load(Ordering::Relaxed) < fault_at {
-        assert!(t0.elapsed() < Duration::from_secs(60), "transfer stalled before the fault");
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "transfer stalled before the fault"
+        );
         thread::sleep(Duration::from_millis(2));
     }
     let link = active_link(t, &c);
@@ -162,7 +167,11 @@ fn bidirectional_transfer(t: &Topo, fault: Fault, base: Options, client_opts: Op
         detected.saturating_duration_since(stamp.at),
         resumed.saturating_duration_since(detected),
         log.retransmitted_bytes,
-        server_log.history.iter().map(|(_, m)| m).collect::<Vec<_>>()
+        server_log
+            .history
+            .iter()
+            .map(|(_, m)| m)
+            .collect::<Vec<_>>()
     );
     // The new path is the other link.
     let now_on = active_link(t, &c);
@@ -202,12 +211,17 @@ fn name_from_dns_server_and_link_failure() {
         .flat_map(|l| [l.addr(&t.b, Family::V6), l.addr(&t.b, Family::V4)])
         .collect();
     let hosts = t.lab.artifacts_dir().join("dns-hosts");
-    let lines: String = b_addrs.iter().map(|a| format!("{a} server.lab.test\n")).collect();
+    let lines: String = b_addrs
+        .iter()
+        .map(|a| format!("{a} server.lab.test\n"))
+        .collect();
     std::fs::write(&hosts, lines).unwrap();
-    let listen: Vec<String> = [l0, l1].iter().map(|l| l.addr(&t.b, Family::V4).to_string()).collect();
-    let _dns = t
-        .b
-        .spawn([
+    let listen: Vec<String> = [l0, l1]
+        .iter()
+        .map(|l| l.addr(&t.b, Family::V4).to_string())
+        .collect();
+    let _dns =
+        t.b.spawn([
             "dnsmasq".to_string(),
             "--no-daemon".into(),
             "--conf-file=/dev/null".into(),
@@ -232,9 +246,8 @@ fn name_from_dns_server_and_link_failure() {
         .with_query_timeout(Duration::from_millis(500), 3);
     // Wait for dnsmasq to answer.
     let probe_opts = client_opts.clone();
-    let ok = t
-        .a
-        .run(move || {
+    let ok =
+        t.a.run(move || {
             let r = namesocket::resolve::Resolver::new(probe_opts.resolver.clone());
             let t0 = Instant::now();
             loop {
@@ -253,9 +266,8 @@ fn name_from_dns_server_and_link_failure() {
     let server_opts = opts_for(&t.b, Options::fast_failover());
     let (ready_tx, ready_rx) = mpsc::channel();
     let total = 20 * MB;
-    let server = t
-        .b
-        .spawn_thread(move || {
+    let server =
+        t.b.spawn_thread(move || {
             let l = NameListener::bind_with("7101", &server_opts).unwrap();
             ready_tx.send(()).unwrap();
             let s = l.accept().unwrap();
@@ -266,10 +278,11 @@ fn name_from_dns_server_and_link_failure() {
     let (tx, rx) = mpsc::channel();
     let progress = Arc::new(AtomicU64::new(0));
     let p2 = Arc::clone(&progress);
-    let client = t
-        .a
-        .spawn_thread(move || {
-            let c = Arc::new(NameStream::connect_with("server.lab.test", "7101", &client_opts).unwrap());
+    let client =
+        t.a.spawn_thread(move || {
+            let c = Arc::new(
+                NameStream::connect_with("server.lab.test", "7101", &client_opts).unwrap(),
+            );
             tx.send(Arc::clone(&c)).unwrap();
             send_pattern(&c, 9, total, &p2);
             c.wait_acked(Some(Duration::from_secs(60))).unwrap();
@@ -295,9 +308,8 @@ fn resume_window_expiry_gives_clear_error() {
     let server_opts = opts_for(&t.b, base.clone());
     let client_opts = opts_for(&t.a, base);
     let (ready_tx, ready_rx) = mpsc::channel();
-    let server = t
-        .b
-        .spawn_thread(move || {
+    let server =
+        t.b.spawn_thread(move || {
             let l = NameListener::bind_with("7102", &server_opts).unwrap();
             ready_tx.send(()).unwrap();
             let s = l.accept().unwrap();
@@ -310,9 +322,8 @@ fn resume_window_expiry_gives_clear_error() {
         })
         .unwrap();
     ready_rx.recv().unwrap();
-    let client = t
-        .a
-        .spawn_thread(move || {
+    let client =
+        t.a.spawn_thread(move || {
             let c = NameStream::connect_with("b", "7102", &client_opts).unwrap();
             (&c).write_all(b"hello").unwrap();
             c.wait_acked(Some(Duration::from_secs(5))).unwrap();
@@ -347,9 +358,8 @@ fn forged_resume_from_another_host_is_rejected() {
     let client_opts = opts_for(&t.a, Options::fast_failover());
     let (ready_tx, ready_rx) = mpsc::channel();
     let (done_tx, done_rx) = mpsc::channel::<()>();
-    let server = t
-        .b
-        .spawn_thread(move || {
+    let server =
+        t.b.spawn_thread(move || {
             let l = NameListener::bind_with("7103", &server_opts).unwrap();
             ready_tx.send(()).unwrap();
             let s = l.accept().unwrap();
@@ -363,12 +373,11 @@ fn forged_resume_from_another_host_is_rejected() {
         })
         .unwrap();
     ready_rx.recv().unwrap();
-    let c = t
-        .a
-        .spawn_thread(move || NameStream::connect_with("b", "7103", &client_opts).unwrap())
-        .unwrap()
-        .join()
-        .unwrap();
+    let c =
+        t.a.spawn_thread(move || NameStream::connect_with("b", "7103", &client_opts).unwrap())
+            .unwrap()
+            .join()
+            .unwrap();
     (&c).write_all(b"one").unwrap();
     let forged = Handshake::Resume(Resume {
         session_id: SessionId(c.session_id().0),
@@ -380,9 +389,8 @@ fn forged_resume_from_another_host_is_rejected() {
     let mut bytes = Vec::new();
     forged.emit(&mut bytes);
     let dst = t.links[1].socket_addr(&t.b, Family::V6, 7103);
-    let reply = t
-        .a
-        .run(move || {
+    let reply =
+        t.a.run(move || {
             let mut raw = TcpStream::connect(dst).unwrap();
             raw.write_all(&bytes).unwrap();
             raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
