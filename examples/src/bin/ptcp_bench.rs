@@ -49,7 +49,7 @@ struct Setup {
 }
 
 impl Setup {
-    fn start_daemons(&mut self, bin: &PathBuf) {
+    fn start_daemons(&mut self, bin: &std::path::Path) {
         for h in [self.a.clone(), self.b.clone()] {
             let ctl = self
                 .lab
