@@ -227,6 +227,7 @@ struct Conn {
     policy: ChangePolicy,
     redirected: bool,
     last_reason: Option<SwitchReason>,
+    installed: Instant,
 }
 
 /// The per-host engine.
@@ -392,9 +393,16 @@ impl Engine {
         }
     }
 
-    /// The socket with this original tuple is gone: forget the connection.
-    pub fn socket_gone(&mut self, original: &FourTuple) {
-        if let Some((id, _)) = self.pairs.lookup_original(original) {
+    /// The socket with this original tuple was missing from a socket list
+    /// taken at `listed_at`: forget the connection, unless it was entered
+    /// after that (its socket may not have existed yet).
+    pub fn socket_gone(&mut self, original: &FourTuple, listed_at: Instant) {
+        if let Some((id, _)) = self.pairs.lookup_original(original)
+            && self
+                .conns
+                .get(&id)
+                .is_some_and(|c| c.installed <= listed_at)
+        {
             self.pairs.remove(id);
             if let Some(c) = self.conns.remove(&id) {
                 self.stats.closed += 1;
@@ -470,7 +478,13 @@ impl Engine {
         offer_option(conn_local, &cands, &self.config.limits)
     }
 
-    fn install(&mut self, original: FourTuple, local_alts: &[Ipv6Addr], peer_alts: &[Ipv6Addr]) {
+    fn install(
+        &mut self,
+        original: FourTuple,
+        local_alts: &[Ipv6Addr],
+        peer_alts: &[Ipv6Addr],
+        now: Instant,
+    ) {
         if self.conns.len() >= self.config.max_connections {
             self.stats.over_limit += 1;
             return;
@@ -510,6 +524,7 @@ impl Engine {
                 policy,
                 redirected: false,
                 last_reason: None,
+                installed: now,
             },
         );
     }
@@ -605,7 +620,7 @@ impl Engine {
                 self.stats.plain_peers += 1;
                 return Verdict::Accept;
             };
-            self.install(t, &p.acked_locals, &p.peer_alts);
+            self.install(t, &p.acked_locals, &p.peer_alts, now);
             if has_opts {
                 return Verdict::Accept;
             }
@@ -743,7 +758,7 @@ impl Engine {
             let acked = acknowledged_locals(wire.local, sent, pa);
             let peers = p.peer_alts.clone();
             self.pending.remove(wire);
-            self.install(*wire, &acked, &peers);
+            self.install(*wire, &acked, &peers, now);
         }
     }
 }
@@ -850,6 +865,19 @@ mod tests {
         assert_eq!(sc[0].peers, vec![w.c0, w.c1]);
         assert_eq!(w.c.stats().syn_offers, 1);
         assert_eq!(w.s.stats().synack_answers, 1);
+        // A socket list taken before the connection was entered says nothing.
+        let orig = FourTuple {
+            local: w.c0,
+            local_port: 40000,
+            peer: w.s0,
+            peer_port: 5001,
+        };
+        let mut c = w.c;
+        c.socket_gone(&orig, w.t0 - Duration::from_millis(1));
+        assert_eq!(c.connections().len(), 1);
+        c.socket_gone(&orig, w.t0);
+        assert!(c.connections().is_empty());
+        assert_eq!(c.stats().closed, 1);
     }
 
     #[test]

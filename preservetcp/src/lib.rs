@@ -16,7 +16,59 @@
 //! - [`select`]: which local prefixes to offer and which received prefixes to
 //!   accept, with DoS limits and rejection statistics;
 //! - [`pairs`]: the N×M address pair table with O(1) lookups both ways;
-//! - [`policy`]: the address change policy as a state machine.
+//! - [`policy`]: the address change policy as a state machine;
+//! - [`engine`]: the daemon's sans-IO packet engine (handshake, pair
+//!   table, policy, rewriting) that `preservetcpd` drives;
+//! - [`control`]: the daemon's control protocol (JSON lines over a Unix
+//!   socket) and the per-socket opt-in ([`opt_in`], `SO_MARK`).
+//!
+//! ## The daemon (`preservetcpd`, Linux)
+//!
+//! `preservetcpd [--ports 5001,8000] [--queue N] [--control PATH]
+//! [--interval-ms 50] [--stall-ms 300]` runs as root in the host (or lab
+//! namespace). Packet path (all verified in the netlab lab):
+//!
+//! - ip6tables (nf_tables backend) rules in `mangle` feed NFQUEUE `N`
+//!   (OUTPUT: SYNs of covered traffic — configured ports or sockets marked
+//!   with [`OPT_IN_MARK`] —, SYN+ACKs answering an offer, the ACK after the
+//!   SYN+ACK (conntrack `connbytes 2:2`), and every packet of a moved
+//!   connection) and NFQUEUE `N+1` (PREROUTING: packets with a destination
+//!   options header, and non-SYN TCP that matches no local socket, i.e.
+//!   arrives on an alternative pair). Segments on a connection's original
+//!   tuple go straight to the kernel (`-m socket`), so an unmoved
+//!   connection costs nothing after the handshake.
+//! - Outgoing packets of a moved connection are rewritten in OUTPUT; the
+//!   kernel reroutes a queued OUTPUT packet whose addresses changed
+//!   (verified: rewritten packets leave on the other link). Incoming
+//!   packets are rewritten back in PREROUTING, before the input route
+//!   lookup and socket demultiplexing. Checksums: nfnetlink_queue hands
+//!   out packets with complete checksums (it resolves
+//!   `CHECKSUM_PARTIAL`), the engine updates the TCP checksum
+//!   incrementally and the kernel verifies it on input. Conntrack needs no
+//!   `notrack`: the rules only use it for `connbytes`/`connmark`, nothing
+//!   drops invalid states, and rewritten flows simply get their own entries.
+//! - Link down: Linux removes the link's prefix route *and the local route
+//!   of its addresses* (also with `keep_addr_on_down`), so the kernel's TCP
+//!   could no longer send on the original tuple (the route lookup fails
+//!   before the OUTPUT hook) nor receive on it. For moved connections the
+//!   daemon adds fallback routes (`local <orig local>/128 dev lo` and
+//!   `<orig peer>/128 dev <current device>`) to table 4242, consulted by a
+//!   rule after `main`.
+//! - Signals: `tcp_info` of every tracked socket through sock_diag
+//!   (`tcpi_retransmits`, `tcpi_unacked`, `tcpi_last_ack_recv`), local
+//!   addresses (`/proc/net/if_inet6`) with link state
+//!   (`/sys/class/net/*/operstate`), and a route check of each current pair
+//!   (a UDP `connect` from the pair's source: `ENETUNREACH` is the
+//!   routing error), all sampled every `interval-ms` (polling rather than
+//!   rtnetlink multicast: one code path, 50 ms granularity).
+//! - Routable pairs: when links are separate subnets, the destination's
+//!   on-link source is used with it (see [`policy`], "Routable sources").
+//! - A full queue drops packets (TCP retransmits them) rather than
+//!   passing them unmodified, which would make the kernel answer a segment
+//!   on an unknown pair with a RST.
+//!
+//! Server side: a host answers PREFIX_SYN on any port (the offer is the
+//! client's opt-in); it offers its own prefixes only in such answers.
 //!
 //! ## The exchange
 //!

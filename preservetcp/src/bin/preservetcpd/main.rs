@@ -298,6 +298,12 @@ fn poll_loop(sh: &Shared, diag: &mut sys::Diag, interval: Duration) {
     loop {
         std::thread::sleep(interval);
         let now = Instant::now();
+        // Connections entered less than 0.5 s before the list was taken may
+        // not have their (child) socket yet: the server enters a connection
+        // when the ACK arrives, before the kernel creates the socket.
+        let listed_at = Instant::now()
+            .checked_sub(Duration::from_millis(500))
+            .unwrap_or(now);
         let locals = sys::local_addresses().into_iter().map(|l| l.0).collect();
         let socks = match diag.dump() {
             Ok(s) => Some(s),
@@ -318,7 +324,7 @@ fn poll_loop(sh: &Shared, diag: &mut sys::Diag, interval: Duration) {
                                 eng.tcp_info(&s.tuple, sample, now);
                             }
                         }
-                        None => eng.socket_gone(&t),
+                        None => eng.socket_gone(&t, listed_at),
                     }
                 }
             }
