@@ -128,6 +128,23 @@ struct Args {
     /// Only the failover part.
     #[arg(long)]
     only_failover: bool,
+    /// Failover record directions to measure.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Dir::ClientToServer, Dir::ServerToClient])]
+    dir: Vec<Dir>,
+    /// Failover option profiles to measure.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Profile::Default, Profile::Fast])]
+    profile: Vec<Profile>,
+    /// Print each failover run's client path log (times relative to the fault).
+    #[arg(long)]
+    verbose: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Profile {
+    /// `Options::default()`.
+    Default,
+    /// `Options::fast_failover()`.
+    Fast,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -581,7 +598,7 @@ const RECORD: usize = 16;
 const GRACE: Duration = Duration::from_millis(2);
 const CATCH_UP_LIMIT: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Dir {
     /// The client sends the records; the server's side of the link drops.
     ClientToServer,
@@ -676,9 +693,13 @@ struct FailoverSample {
     caught_up: Duration,
     detected: Option<Duration>,
     resumed: Option<Duration>,
+    server_detected: Option<Duration>,
     records: u64,
     /// Pre-fault 99th percentile delay.
     p99: Duration,
+    /// The client's path log, times relative to the fault (ms; negative =
+    /// before).
+    history: Vec<(f64, String)>,
 }
 
 fn percentile(v: &mut [u64], q: f64) -> u64 {
@@ -727,7 +748,7 @@ fn failover_once(fl: &FailLab, opts: &Options, dir: Dir, rate_hz: u64) -> Result
     // Server in fb.
     let (ptx, prx) = mpsc::channel::<std::result::Result<u16, String>>();
     let (stop_s, trace_s) = (Arc::clone(&stop), Arc::clone(&trace));
-    let server = fl.b.spawn_thread(move || -> Result<()> {
+    let server = fl.b.spawn_thread(move || -> Result<namesocket::PathLog> {
         let l = match NameListener::bind_with("0", &server_opts) {
             Ok(l) => l,
             Err(e) => {
@@ -746,7 +767,7 @@ fn failover_once(fl: &FailLab, opts: &Options, dir: Dir, rate_hz: u64) -> Result
                 s.wait_acked(Some(Duration::from_secs(10)))?;
             }
         }
-        Ok(())
+        Ok(s.path_log())
     })?;
     let port = prx
         .recv_timeout(Duration::from_secs(10))?
@@ -821,7 +842,7 @@ fn failover_once(fl: &FailLab, opts: &Options, dir: Dir, rate_hz: u64) -> Result
         .map_err(|_| anyhow!("server thread panicked"))?;
     restored?;
     let log = client_res.context("client")?;
-    server_res.context("server")?;
+    let slog = server_res.context("server")?;
 
     let t = trace.lock().unwrap_or_else(|p| p.into_inner());
     let arrivals = &t.arrivals;
@@ -847,8 +868,27 @@ fn failover_once(fl: &FailLab, opts: &Options, dir: Dir, rate_hz: u64) -> Result
         caught_up: Duration::from_nanos(caught.2 - fault_ns),
         detected: log.last_failure_at.and_then(rel),
         resumed: log.last_resume_at.and_then(rel),
+        server_detected: slog.last_failure_at.and_then(rel),
         records: arrivals.len() as u64,
         p99: Duration::from_nanos(p99),
+        history: log
+            .history
+            .iter()
+            .map(|(t, m)| (t, format!("client: {m}")))
+            .chain(
+                slog.history
+                    .iter()
+                    .map(|(t, m)| (t, format!("server: {m}"))),
+            )
+            .map(|(t, m)| {
+                let ms = if *t >= stamp.at {
+                    t.duration_since(stamp.at).as_secs_f64() * 1e3
+                } else {
+                    -(stamp.at.duration_since(*t).as_secs_f64() * 1e3)
+                };
+                (ms, m)
+            })
+            .collect(),
     })
 }
 
@@ -871,12 +911,16 @@ fn med_ms(v: &[Duration]) -> String {
 fn run_failover(args: &Args) -> Result<()> {
     eprintln!("failover: building a two-link lab …");
     let fl = failover_lab()?;
-    let configs = [
-        ("default", Options::default(), 1.0),
-        ("fast_failover()", Options::fast_failover(), 0.3),
-    ];
+    let configs: Vec<(&str, Options, f64)> = args
+        .profile
+        .iter()
+        .map(|p| match p {
+            Profile::Default => ("default", Options::default(), 1.0),
+            Profile::Fast => ("fast_failover()", Options::fast_failover(), 0.3),
+        })
+        .collect();
     let mut lines = Vec::new();
-    for dir in [Dir::ClientToServer, Dir::ServerToClient] {
+    for &dir in &args.dir {
         for (name, opts, target) in &configs {
             let mut samples = Vec::new();
             let mut failures = Vec::new();
@@ -895,6 +939,11 @@ fn run_failover(args: &Args) -> Result<()> {
                             s.records,
                             ms(s.p99),
                         );
+                        if args.verbose {
+                            for (t, m) in &s.history {
+                                eprintln!("      path log {t:+9.1} ms: {m}");
+                            }
+                        }
                         samples.push(s);
                     }
                     Err(e) => {
@@ -910,6 +959,7 @@ fn run_failover(args: &Args) -> Result<()> {
             let firsts: Vec<Duration> = samples.iter().map(|s| s.first_byte).collect();
             let caught: Vec<Duration> = samples.iter().map(|s| s.caught_up).collect();
             let det: Vec<Duration> = samples.iter().filter_map(|s| s.detected).collect();
+            let sdet: Vec<Duration> = samples.iter().filter_map(|s| s.server_detected).collect();
             let res: Vec<Duration> = samples.iter().filter_map(|s| s.resumed).collect();
             let med_caught = median(&caught.iter().map(|d| d.as_secs_f64()).collect::<Vec<_>>());
             let ok = match med_caught {
@@ -918,8 +968,9 @@ fn run_failover(args: &Args) -> Result<()> {
                 None => "**no**",
             };
             lines.push(format!(
-                "| {name} | {} | {} | {} | {} | {} | {}/{} | ≤{:.1} s | {ok} |",
+                "| {name} | {} | {} | {} | {} | {} | {} | {}/{} | ≤{:.1} s | {ok} |",
                 dir.label(),
+                med_ms(&sdet),
                 med_ms(&det),
                 med_ms(&res),
                 med_ms(&firsts),
@@ -937,9 +988,9 @@ fn run_failover(args: &Args) -> Result<()> {
     );
     println!();
     println!(
-        "| Options | Records | Client detected | Resumed | First byte after fault | Caught up | Runs OK | Target (caught up) | OK |"
+        "| Options | Records | Server detected | Client detected | Resumed | First byte after fault | Caught up | Runs OK | Target (caught up) | OK |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|:-:|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|:-:|");
     for l in lines {
         println!("{l}");
     }
@@ -973,8 +1024,10 @@ fn bench_lab() -> Result<(Lab, Net)> {
     // Thousands of connects per run: let the client reuse TIME_WAIT ports
     // (the kernel does so on loopback by default).
     a.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
-    let mut client_opts = Options::default();
-    client_opts.resolver = ResolverConfig::for_netns(a.netns());
+    let client_opts = Options {
+        resolver: ResolverConfig::for_netns(a.netns()),
+        ..Options::default()
+    };
     let net = Net {
         label: "veth lab",
         client: Place::Host(a),
