@@ -37,6 +37,12 @@
 //!   arrives on an alternative pair). Segments on a connection's original
 //!   tuple go straight to the kernel (`-m socket`), so an unmoved
 //!   connection costs nothing after the handshake.
+//! - Fast path: once a connection has moved, nftables maps keyed by the
+//!   4-tuple rewrite its addresses statelessly in the kernel (an output
+//!   `route` chain at priority -160 and a prerouting chain at -310; `ip6
+//!   saddr/daddr set` fixes the TCP checksum for the pseudo-header —
+//!   verified byte-exact in the lab); the NFQUEUE path below covers the
+//!   few packets before the map entries are in, and `--no-fast-path`.
 //! - Outgoing packets of a moved connection are rewritten in OUTPUT; the
 //!   kernel reroutes a queued OUTPUT packet whose addresses changed
 //!   (verified: rewritten packets leave on the other link). Incoming

@@ -3,7 +3,12 @@
 //! ```text
 //! preservetcpd [--ports 5001,8000] [--queue 7] [--control PATH]
 //!              [--interval-ms 50] [--stall-ms 300] [--keep-rules]
+//!              [--no-fast-path]
 //! ```
+//!
+//! Moved connections are rewritten by nftables maps (the stateless fast
+//! path, `rules::fast_setup`) once their entries are in; until then, and
+//! always with `--no-fast-path`, by the engine through NFQUEUE.
 //!
 //! Installs the ip6tables rules described in `rules.rs`, binds NFQUEUE
 //! `queue` (outgoing) and `queue + 1` (incoming), and runs three threads:
@@ -41,6 +46,7 @@ struct Args {
     interval: Duration,
     stall: Option<Duration>,
     keep_rules: bool,
+    fast_path: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -51,6 +57,7 @@ fn parse_args() -> Result<Args, String> {
         interval: Duration::from_millis(50),
         stall: Some(preservetcp::policy::DEFAULT_STALL_TIMEOUT),
         keep_rules: false,
+        fast_path: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -74,10 +81,11 @@ fn parse_args() -> Result<Args, String> {
                 a.stall = (ms > 0).then(|| Duration::from_millis(ms));
             }
             "--keep-rules" => a.keep_rules = true,
+            "--no-fast-path" => a.fast_path = false,
             "-h" | "--help" => {
                 println!(
                     "preservetcpd [--ports P1,P2] [--queue N] [--control PATH] \
-                     [--interval-ms MS] [--stall-ms MS (0 = off)] [--keep-rules]"
+                     [--interval-ms MS] [--stall-ms MS (0 = off)] [--keep-rules] [--no-fast-path]"
                 );
                 std::process::exit(0);
             }
@@ -92,6 +100,11 @@ fn parse_args() -> Result<Args, String> {
 
 struct Shared {
     engine: Mutex<Engine>,
+    /// Fast path entries per moved connection (original tuple → pair), when
+    /// the fast path is on.
+    fast: Option<
+        Mutex<std::collections::HashMap<FourTuple, (std::net::Ipv6Addr, std::net::Ipv6Addr)>>,
+    >,
     rules: Rules,
     start: Instant,
 }
@@ -109,8 +122,25 @@ impl Shared {
         for a in actions {
             let r = match a {
                 Action::Redirect(t) => self.rules.redirect(&t),
-                Action::Unredirect(t) => self.rules.unredirect(&t),
+                Action::Unredirect(t) => {
+                    if let Some(f) = &self.fast {
+                        let old = f.lock().unwrap_or_else(|e| e.into_inner()).remove(&t);
+                        if let Err(e) = rules::fast_set(&t, old, None) {
+                            self.log(&format!("fast path: {e}"));
+                        }
+                    }
+                    self.rules.unredirect(&t)
+                }
                 Action::Moved(t, pair) => {
+                    if let Some(f) = &self.fast {
+                        let mut f = f.lock().unwrap_or_else(|e| e.into_inner());
+                        let new = (pair.local, pair.peer);
+                        let old = f.insert(t, new);
+                        if let Err(e) = rules::fast_set(&t, old, Some(new)) {
+                            self.log(&format!("fast path: {e}"));
+                            f.remove(&t);
+                        }
+                    }
                     let dev = sys::local_addresses()
                         .into_iter()
                         .find(|(l, _)| l.addr.addr == pair.local)
@@ -151,8 +181,21 @@ fn run(args: Args) -> Result<(), String> {
         },
         ..EngineConfig::default()
     };
+    let fast = if args.fast_path {
+        match rules::fast_setup() {
+            Ok(()) => Some(Mutex::new(std::collections::HashMap::new())),
+            Err(e) => {
+                eprintln!("preservetcpd: no fast path, moved connections stay on NFQUEUE: {e}");
+                None
+            }
+        }
+    } else {
+        rules::fast_teardown();
+        None
+    };
     let shared = Arc::new(Shared {
         engine: Mutex::new(Engine::new(config)),
+        fast,
         rules,
         start: Instant::now(),
     });
@@ -207,6 +250,7 @@ fn run(args: Args) -> Result<(), String> {
             if !keep {
                 sh.rules.remove_all();
                 rules::fallback_teardown();
+                rules::fast_teardown();
             }
             let _ = std::fs::remove_file(control);
             std::process::exit(0);
