@@ -69,7 +69,9 @@ use anyhow::Context;
 use hip_proto::crypto::{
     CryptoBackend, InnerFamily, OpensslBackend, PrivateIdentity, SecurityAssociation, esp,
 };
-use hip_proto::engine::{AssocId, Config, Datagram, Endpoint, Event, State, Transmit, Transport};
+use hip_proto::engine::{
+    AssocId, Config, Datagram, Endpoint, Event, LocalLocator, State, Transmit, Transport,
+};
 use hip_proto::wire::Hit;
 use rand::RngCore;
 
@@ -155,6 +157,9 @@ struct InSa {
     sa: Mutex<SecurityAssociation>,
     confirmed: AtomicBool,
     packets: AtomicU64,
+    /// Bytes received since the driver last reported them to the engine
+    /// (credit-based authorization).
+    rx_bytes: AtomicU64,
     ep: usize,
     local: Hit,
     peer: Hit,
@@ -441,6 +446,7 @@ impl Shared {
                     sa: Mutex::new(sas.inbound),
                     confirmed: AtomicBool::new(false),
                     packets: AtomicU64::new(0),
+                    rx_bytes: AtomicU64::new(0),
                     ep,
                     local: local_hit,
                     peer: peer_hit,
@@ -500,8 +506,84 @@ impl Shared {
             Event::Confirmed { id } => {
                 tracing::debug!(?id, "association confirmed");
             }
-            #[allow(unreachable_patterns)]
-            _ => {}
+            Event::PathChanged { peer_hit, src, dst } => {
+                tracing::info!(%peer_hit, %src, %dst, "path changed");
+                let dp = self.dp.read().unwrap_or_else(|p| p.into_inner());
+                for ((_, p), out) in dp.out.iter() {
+                    if *p == peer_hit && out.ep == ep {
+                        let mut path = out.path.lock().unwrap_or_else(|p| p.into_inner());
+                        path.src = src;
+                        path.dst = dst;
+                    }
+                }
+            }
+            Event::SasRekeyed {
+                id,
+                peer_hit,
+                sas,
+                old_inbound_spi,
+                ..
+            } => {
+                tracing::info!(%peer_hit, old_inbound_spi, "SAs rekeyed");
+                let sas = *sas;
+                let mut dp = self.dp.write().unwrap_or_else(|p| p.into_inner());
+                let Some(old_in) = dp.inb.get(&old_inbound_spi).cloned() else {
+                    return;
+                };
+                let (local, peer) = (old_in.local, old_in.peer);
+                if let Some(out) = dp.out.get(&(local, peer)).cloned() {
+                    let path = *out.path.lock().unwrap_or_else(|p| p.into_inner());
+                    dp.out.insert(
+                        (local, peer),
+                        Arc::new(OutSa {
+                            sa: Mutex::new(sas.outbound),
+                            path: Mutex::new(path),
+                            packets: AtomicU64::new(out.packets.load(Ordering::Relaxed)),
+                            ep,
+                            id,
+                        }),
+                    );
+                }
+                dp.inb.insert(
+                    sas.inbound.spi(),
+                    Arc::new(InSa {
+                        sa: Mutex::new(sas.inbound),
+                        confirmed: AtomicBool::new(false),
+                        packets: AtomicU64::new(0),
+                        rx_bytes: AtomicU64::new(0),
+                        ep,
+                        local,
+                        peer,
+                    }),
+                );
+            }
+            Event::SasRetired {
+                peer_hit,
+                inbound_spi,
+                ..
+            } => {
+                tracing::debug!(%peer_hit, inbound_spi, "old SAs retired");
+                let mut dp = self.dp.write().unwrap_or_else(|p| p.into_inner());
+                dp.inb.remove(&inbound_spi);
+            }
+            Event::PeerLocatorState {
+                peer_hit,
+                addr,
+                state,
+            } => {
+                tracing::info!(%peer_hit, %addr, ?state, "peer locator state");
+            }
+            Event::VerificationFailed { peer_hit, addr } => {
+                tracing::info!(%peer_hit, %addr, "peer locator verification failed");
+            }
+            Event::ProbeReply {
+                peer_hit, dst, rtt, ..
+            } => {
+                tracing::debug!(%peer_hit, %dst, ?rtt, "probe answered");
+            }
+            Event::ProbeLost { peer_hit, dst, .. } => {
+                tracing::debug!(%peer_hit, %dst, "probe lost");
+            }
         }
     }
 
@@ -617,6 +699,17 @@ fn driver_thread(sh: Arc<Shared>) {
             // Keep running timers during shutdown until everything is closed.
         }
         let now = Instant::now();
+        {
+            let dp = sh.dp.read().unwrap_or_else(|p| p.into_inner());
+            for s in dp.inb.values() {
+                let b = s.rx_bytes.swap(0, Ordering::Relaxed);
+                if b > 0
+                    && let Some(ep) = core.eps.get_mut(s.ep)
+                {
+                    ep.on_data_received(now, s.peer, usize::try_from(b).unwrap_or(usize::MAX));
+                }
+            }
+        }
         for i in 0..core.eps.len() {
             if core.eps[i].poll_timeout().is_some_and(|t| t <= now) {
                 core.eps[i].handle_timeout(now);
@@ -822,6 +915,8 @@ impl Shared {
             }
         };
         sa.packets.fetch_add(1, Ordering::Relaxed);
+        sa.rx_bytes
+            .fetch_add(esp_pkt.len() as u64, Ordering::Relaxed);
         inc(&self.ctr.esp_rx);
         if !sa.confirmed.swap(true, Ordering::Relaxed) {
             let mut core = self.lock_core();
@@ -888,6 +983,14 @@ fn locator_thread(sh: Arc<Shared>) {
 /// Usable local addresses: interfaces up and running, not loopback, not the
 /// HIT device, no link-local, HIT or LSI addresses.
 pub fn current_locators(tun_name: &str) -> Vec<IpAddr> {
+    current_locators_ifindex(tun_name)
+        .into_iter()
+        .map(|(a, _)| a)
+        .collect()
+}
+
+/// [`current_locators`] with interface indexes.
+pub fn current_locators_ifindex(tun_name: &str) -> Vec<(IpAddr, u32)> {
     use nix::net::if_::InterfaceFlags;
     let mut v = Vec::new();
     let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
@@ -913,23 +1016,37 @@ pub fn current_locators(tun_name: &str) -> Vec<IpAddr> {
         } else {
             continue;
         };
-        if is_hip_addr(ip) || v.contains(&ip) {
+        if is_hip_addr(ip) || v.iter().any(|(a, _)| *a == ip) {
             continue;
         }
-        v.push(ip);
+        let idx = nix::net::if_::if_nametoindex(a.interface_name.as_str()).unwrap_or(0);
+        v.push((ip, idx));
     }
     v
 }
 
 impl Shared {
     fn update_locators(&self) {
-        let now_locs = current_locators(&self.opts.tun_name);
+        let with_idx = current_locators_ifindex(&self.opts.tun_name);
+        let now_locs: Vec<IpAddr> = with_idx.iter().map(|(a, _)| *a).collect();
         let mut core = self.lock_core();
         if core.local_locators == now_locs {
             return;
         }
         tracing::info!(locators = ?now_locs, "local locators changed");
         core.local_locators = now_locs.clone();
+        let now = Instant::now();
+        let ll: Vec<LocalLocator> = with_idx
+            .iter()
+            .map(|&(addr, ifindex)| LocalLocator {
+                addr,
+                ifindex,
+                preferred: false,
+            })
+            .collect();
+        for ep in core.eps.iter_mut() {
+            ep.set_local_locators(now, ll.clone());
+        }
         // Outbound paths whose source disappeared move to a source the
         // kernel would use now (same peer locator).
         let dp = self.dp.read().unwrap_or_else(|p| p.into_inner());
@@ -1239,7 +1356,18 @@ impl Shared {
                     );
                 }
                 match build_engines(&core.keys, k, core.opportunistic, core.udp_port) {
-                    Ok(eps) => {
+                    Ok(mut eps) => {
+                        let ll: Vec<LocalLocator> = current_locators_ifindex(&self.opts.tun_name)
+                            .into_iter()
+                            .map(|(addr, ifindex)| LocalLocator {
+                                addr,
+                                ifindex,
+                                preferred: false,
+                            })
+                            .collect();
+                        for ep in eps.iter_mut() {
+                            ep.set_local_locators(Instant::now(), ll.clone());
+                        }
                         core.eps = eps;
                         core.puzzle_k = k;
                         self.cv.notify_all();
@@ -1453,7 +1581,7 @@ impl Daemon {
             opportunistic,
             puzzle_k: Config::default().puzzle_k,
             pending: HashMap::new(),
-            local_locators: current_locators(&opts.tun_name),
+            local_locators: Vec::new(),
             udp_port: opts.udp_port,
         };
         let shared = Arc::new(Shared {
@@ -1472,6 +1600,7 @@ impl Daemon {
             opts: opts.clone(),
             shutting_down: AtomicBool::new(false),
         });
+        shared.update_locators();
         for cmd in conf.commands {
             let r = shared.dispatch(cmd.clone());
             if !r.ok {

@@ -2,7 +2,9 @@
 //!
 //! Created with `TUNSETIFF` (`IFF_TUN | IFF_NO_PI`); addresses, MTU and
 //! link state are set with `ip(8)`. Each local HIT gets `HIT/28` (which
-//! installs the ORCHIDv2 route 2001:20::/28 on the device) and each local
+//! installs the ORCHIDv2 route 2001:20::/28 on the device; all but the
+//! default HIT are added with `preferred_lft 0`, so source address selection
+//! picks the default HIT) and each local
 //! LSI `LSI/8` (route 1.0.0.0/8). The device is not persistent: it, its
 //! addresses and its routes disappear when the daemon closes the fd (also
 //! on a crash), so a restart starts cleanly.
@@ -87,16 +89,15 @@ impl Tun {
         // No IPv6 autoconfiguration / router solicitations on the HIT device.
         let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/accept_ra"), "0");
         ip(&["link", "set", "dev", name, "mtu", &mtu.to_string()])?;
-        for h in hits {
-            ip(&[
-                "-6",
-                "addr",
-                "add",
-                &format!("{h}/28"),
-                "dev",
-                name,
-                "nodad",
-            ])?;
+        for (i, h) in hits.iter().enumerate() {
+            let cidr = format!("{h}/28");
+            let mut args = vec!["-6", "addr", "add", cidr.as_str(), "dev", name, "nodad"];
+            if i > 0 {
+                // Only the default HIT is preferred, so the kernel picks it
+                // as the source towards peer HITs.
+                args.extend(["preferred_lft", "0"]);
+            }
+            ip(&args)?;
         }
         for l in lsis {
             ip(&["addr", "add", &format!("{l}/8"), "dev", name])?;
