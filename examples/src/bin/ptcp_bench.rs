@@ -84,13 +84,18 @@ impl Setup {
         }
     }
 
-    /// Moves the client's connection(s) to link 1 and waits until the server followed.
-    fn migrate(&self) {
+    /// Moves the client's connection (local port `port`) to link 1.
+    fn migrate(&self, port: u16) {
         let Some((_, ctl)) = self.daemons.first() else {
             return;
         };
         let list = request(ctl, &Request::List).expect("list");
-        for c in list.connections.unwrap_or_default() {
+        for c in list
+            .connections
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| c.original.local_port == port)
+        {
             let r = request(
                 ctl,
                 &Request::Move {
@@ -294,13 +299,13 @@ fn main() {
             for (i, size) in sizes.iter().enumerate() {
                 let (c, srv) = pair(&s);
                 if mode == 2 {
-                    s.migrate();
+                    s.migrate(c.local_addr().map(|a| a.port()).unwrap_or(0));
                 }
                 tp[i][mode].push(throughput(c, srv, *size, 1.0));
             }
             let (c, srv) = pair(&s);
             if mode == 2 {
-                s.migrate();
+                s.migrate(c.local_addr().map(|a| a.port()).unwrap_or(0));
             }
             pp[mode].push(pingpong(c, srv, 5000));
             if mode < 2 {
