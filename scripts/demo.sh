@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The project's main job: a self-contained demonstration in network namespaces.
+# Usage: sudo bash scripts/demo.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh
+cargo build --release --locked -p mh-examples --bin demo
+exec ./target/release/demo "$@"
