@@ -44,8 +44,8 @@
 //!   otherwise as IPv6/HIT.
 //! * TUN MTU 1400: leaves room for the outer IPv6 header, UDP and the ESP
 //!   overhead on a 1500-byte underlay.
-//! * `set puzzle` rebuilds the engines, so it is refused while associations
-//!   exist.
+//! * `set puzzle` rebuilds the engines, so it is refused while an association
+//!   is alive (CLOSED and E-FAILED records are dropped with the old engines).
 
 mod files;
 mod lsi;
@@ -1349,10 +1349,13 @@ impl Shared {
             }
             Request::SetPuzzle { k } => {
                 let mut core = self.lock_core();
-                if core.eps.iter().any(|e| e.association_count() > 0) {
+                if core.eps.iter().any(|e| {
+                    e.associations()
+                        .any(|a| !matches!(a.state(), State::Closed | State::Failed))
+                }) {
                     return Reply::err(
                         ErrorCode::Unavailable,
-                        "puzzle difficulty can only change while no association exists (rst all first)",
+                        "puzzle difficulty can only change while no association is alive (rst all first)",
                     );
                 }
                 match build_engines(&core.keys, k, core.opportunistic, core.udp_port) {

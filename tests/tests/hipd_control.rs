@@ -1,0 +1,300 @@
+//! hipd lab tests: hipconf verbs, exit codes and permissions; static
+//! mappings; opportunistic base exchange; `get ha` reflecting reality;
+//! shutdown (CLOSE, TUN removal) and a clean restart.
+
+mod hipd_support;
+
+use std::net::{IpAddr, Ipv6Addr};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use hipd_support::{Hipd, bins, random_file, same_file, socat_tcp};
+use netlab::{Family, Lab};
+
+fn lab2() -> (Lab, netlab::Host, netlab::Host, netlab::Link) {
+    let lab = Lab::new().expect("lab");
+    let a = lab.add_host("a").unwrap();
+    let b = lab.add_host("b").unwrap();
+    let l0 = lab.link(&a, &b).unwrap();
+    lab.wait_usable(Duration::from_secs(5)).unwrap();
+    (lab, a, b, l0)
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn hipd_hipconf_verbs_exit_codes_and_permissions() {
+    let (lab, a, b, l0) = lab2();
+    // Daemon not running.
+    let (_, hipconf) = bins();
+    let out = Command::new(hipconf)
+        .args([
+            "--socket",
+            "/nonexistent/hipd.sock",
+            "daemon",
+            "get",
+            "hi",
+            "all",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not running"));
+
+    let ha = Hipd::start(&lab, &a, "", "");
+    let hb = Hipd::start(&lab, &b, "", "");
+    let hit_b = hb.hit();
+
+    // get hi all: two identities, the ECDSA one is the default.
+    let (code, out, _) = ha.hipconf(&["daemon", "get", "hi", "all"]);
+    assert_eq!(code, 0);
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(
+        out.lines().next().unwrap().starts_with("default Ecdsa"),
+        "{out}"
+    );
+    assert!(out.contains(&ha.hit().to_string()));
+    let (code, out, _) = ha.hipconf(&["--json", "daemon", "get", "hi", "default"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["kind"], "his");
+    assert_eq!(v["his"].as_array().unwrap().len(), 1);
+
+    // Usage errors and unknown HITs.
+    assert_eq!(ha.hipconf(&["daemon", "fly"]).0, 2);
+    assert_eq!(ha.hipconf(&["daemon", "get", "ha", "not-a-hit"]).0, 2);
+    let stranger: Ipv6Addr = "2001:22::1234".parse().unwrap();
+    let (code, _, err) = ha.hipconf(&["daemon", "get", "ha", &stranger.to_string()]);
+    assert_eq!(code, 5, "{err}");
+    assert_eq!(
+        ha.hipconf(&["daemon", "del", "map", &stranger.to_string()])
+            .0,
+        5
+    );
+
+    // Permissions: an unprivileged user may read but not change.
+    let as_nobody = |args: &[&str]| {
+        let out = Command::new(hipconf)
+            .arg("--socket")
+            .arg(&ha.sock)
+            .args(args)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert_eq!(as_nobody(&["daemon", "get", "hi", "all"]).0, 0);
+    assert_eq!(as_nobody(&["daemon", "get", "ha", "all"]).0, 0);
+    let (code, err) = as_nobody(&[
+        "daemon",
+        "add",
+        "map",
+        &hit_b.to_string(),
+        &l0.addr(&b, Family::V6).to_string(),
+    ]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("permission denied"), "{err}");
+    assert_eq!(as_nobody(&["daemon", "debug", "all"]).0, 4);
+    assert_eq!(as_nobody(&["daemon", "rst", "all"]).0, 4);
+
+    // Static mapping via hipconf, then a BEX on request.
+    let b_ip = l0.addr(&b, Family::V6);
+    let (code, out, err) = ha.hipconf(&[
+        "daemon",
+        "add",
+        "map",
+        &hit_b.to_string(),
+        &b_ip.to_string(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = ha.hipconf(&["daemon", "connect", &hit_b.to_string()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("HA is ESTABLISHED"), "{out}");
+    let (code, out, _) = ha.hipconf(&["--json", "daemon", "get", "ha", &hit_b.to_string()]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let h = &v["has"][0];
+    assert_eq!(h["state"], "ESTABLISHED");
+    assert_eq!(h["peer_hit"], hit_b.to_string());
+    assert_eq!(h["peer_locator"], b_ip.to_string());
+    assert_eq!(h["transport"], "native");
+    assert!(h["spi_in"].as_u64().unwrap() > 0);
+    // The responder side agrees (R2-SENT until data or the EC timeout).
+    let hb_has = hb.has();
+    assert!(
+        hb_has[0].state == "R2-SENT" || hb_has[0].state == "ESTABLISHED",
+        "{hb_has:?}"
+    );
+    assert_eq!(hb_has[0].spi_out, h["spi_in"].as_u64().unwrap() as u32);
+
+    // Run-time switches.
+    assert_eq!(ha.hipconf(&["daemon", "debug", "all"]).0, 0);
+    wait_until("log level change logged", || {
+        ha.log_text().contains("log level changed")
+    });
+    assert_eq!(ha.hipconf(&["daemon", "debug", "low"]).0, 0);
+    assert_eq!(ha.hipconf(&["daemon", "nat", "plain-udp"]).0, 0);
+    assert_eq!(ha.hipconf(&["daemon", "nat", "none"]).0, 0);
+    assert_eq!(ha.hipconf(&["daemon", "shotgun", "on"]).0, 0);
+    assert_eq!(ha.hipconf(&["daemon", "manual-update"]).0, 0);
+    // Puzzle changes are refused while an association is alive.
+    let (code, _, err) = ha.hipconf(&["daemon", "set", "puzzle", "12"]);
+    assert_eq!(code, 1, "{err}");
+
+    // rst: CLOSE on both sides.
+    let (code, out, _) = ha.hipconf(&["daemon", "rst", "all"]);
+    assert_eq!(code, 0, "{out}");
+    wait_until("peer saw CLOSE", || {
+        hb.has().iter().all(|h| h.state == "CLOSED")
+    });
+    wait_until("CLOSE acknowledged", || {
+        ha.has()
+            .iter()
+            .all(|h| h.state != "ESTABLISHED" && h.state != "CLOSING")
+    });
+    assert_eq!(ha.hipconf(&["daemon", "set", "puzzle", "12"]).0, 0);
+    // del map
+    assert_eq!(
+        ha.hipconf(&["daemon", "del", "map", &hit_b.to_string()]).0,
+        0
+    );
+    assert_eq!(
+        ha.hipconf(&["daemon", "del", "map", &hit_b.to_string()]).0,
+        5
+    );
+}
+
+/// Opportunistic BEX: the initiator knows only the IP; the peer HIT is
+/// learned from the R1 and then usable by applications.
+#[test]
+fn hipd_opportunistic_bex_then_tcp() {
+    let (lab, a, b, l0) = lab2();
+    let ha = Hipd::start(&lab, &a, "", "");
+    let hb = Hipd::start(&lab, &b, "", "");
+    let hit_b = hb.hit();
+    let b_ip = l0.addr(&b, Family::V6);
+    let (code, out, err) = ha.hipconf(&["daemon", "opp", &b_ip.to_string()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&hit_b.to_string()), "{out}");
+    let has = ha.has();
+    assert_eq!(has.len(), 1);
+    assert_eq!(has[0].peer_hit, Some(hit_b));
+    let file = lab.artifacts_dir().join("opp-in");
+    random_file(&file, 4 << 20, 5);
+    let got = socat_tcp(
+        &lab,
+        &b,
+        &a,
+        IpAddr::V6(hit_b),
+        IpAddr::V6(hit_b),
+        5010,
+        &file,
+    );
+    assert!(same_file(&file, &got));
+}
+
+/// A peer resolved through the hosts files (HIT ↔ name in the HIP hosts
+/// file, name ↔ IP in the system hosts file), like HIPL.
+#[test]
+fn hipd_hosts_file_resolution() {
+    let (lab, a, b, l0) = lab2();
+    let hb = Hipd::start(&lab, &b, "", "");
+    let hit_b = hb.hit();
+    // "b-l0" resolves to b's addresses on link 0 in the lab's hosts file.
+    let ha = Hipd::start(&lab, &a, "", &format!("{hit_b} b-l0\n"));
+    let file = lab.artifacts_dir().join("hosts-in");
+    random_file(&file, 2 << 20, 9);
+    let got = socat_tcp(
+        &lab,
+        &b,
+        &a,
+        IpAddr::V6(hit_b),
+        IpAddr::V6(hit_b),
+        5011,
+        &file,
+    );
+    assert!(same_file(&file, &got));
+    let has = ha.has();
+    let loc = has[0].peer_locator.unwrap();
+    assert!(
+        loc == l0.addr(&b, Family::V6) || loc == l0.addr(&b, Family::V4),
+        "{loc}"
+    );
+}
+
+/// SIGTERM closes associations (the peer sees CLOSE) and removes hip0 and
+/// its routes; a restart comes up cleanly with the same identity.
+#[test]
+fn hipd_shutdown_closes_and_restart_is_clean() {
+    let (lab, a, b, l0) = lab2();
+    let mut ha = Hipd::start(&lab, &a, "", "");
+    let hb = Hipd::start(&lab, &b, "", "");
+    let hit_a = ha.hit();
+    let hit_b = hb.hit();
+    ha.add_map(hit_b, l0.addr(&b, Family::V6), None);
+    assert_eq!(ha.hipconf(&["daemon", "connect", &hit_b.to_string()]).0, 0);
+    assert!(
+        a.exec_ok(["ip", "-6", "route", "show", "dev", "hip0"])
+            .unwrap()
+            .contains("2001:20::/28")
+    );
+
+    let p = ha.proc.take().unwrap();
+    p.signal(nix::sys::signal::Signal::SIGTERM).unwrap();
+    let out = p.wait_timeout(Duration::from_secs(10)).unwrap();
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(
+        ha.log_text().contains("associations closed closed=1"),
+        "{}",
+        ha.log_text()
+    );
+    wait_until("peer got CLOSE", || {
+        hb.has().iter().all(|h| h.state == "CLOSED")
+    });
+    assert!(
+        a.exec(["ip", "link", "show", "hip0"])
+            .unwrap()
+            .status
+            .code()
+            != Some(0)
+    );
+    assert!(
+        !a.exec_ok(["ip", "-6", "route", "show"])
+            .unwrap()
+            .contains("2001:20::/28")
+    );
+    assert!(!ha.sock.exists(), "control socket removed");
+
+    // Restart: same HIT, new BEX, data flows.
+    ha.launch();
+    assert_eq!(ha.hit(), hit_a);
+    ha.add_map(hit_b, l0.addr(&b, Family::V6), None);
+    let file = lab.artifacts_dir().join("restart-in");
+    random_file(&file, 2 << 20, 1);
+    let got = socat_tcp(
+        &lab,
+        &b,
+        &a,
+        IpAddr::V6(hit_b),
+        IpAddr::V6(hit_b),
+        5012,
+        &file,
+    );
+    assert!(same_file(&file, &got));
+    assert!(
+        hb.has()
+            .iter()
+            .any(|h| h.state == "ESTABLISHED" || h.state == "R2-SENT")
+    );
+}

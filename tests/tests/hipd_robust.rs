@@ -1,0 +1,176 @@
+//! hipd lab tests: garbage and truncated packets on every socket, an I1
+//! flood; the daemon counts and drops them and keeps serving.
+
+mod hipd_support;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use hip_proto::wire::{ChecksumMode, DhGroupId, Hit, PacketRepr, PacketType, Param};
+use hipd_support::{Hipd, random_file, same_file, socat_tcp};
+use netlab::{Family, Lab};
+use socket2::{Domain, Protocol, Socket, Type};
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+fn send_all(dst: IpAddr, proto: Option<i32>, pkts: &[Vec<u8>]) {
+    let dom = if dst.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
+    let (s, port) = match proto {
+        Some(p) => (
+            Socket::new(dom, Type::RAW, Some(Protocol::from(p))).unwrap(),
+            0,
+        ),
+        None => (
+            Socket::new(dom, Type::DGRAM, Some(Protocol::UDP)).unwrap(),
+            10500,
+        ),
+    };
+    let to: SocketAddr = (dst, port).into();
+    for p in pkts {
+        let _ = s.send_to(p, &to.into());
+        std::thread::sleep(Duration::from_micros(50));
+    }
+}
+
+#[test]
+fn hipd_garbage_and_i1_flood_are_dropped_and_counted() {
+    let lab = Lab::new().unwrap();
+    let a = lab.add_host("a").unwrap();
+    let b = lab.add_host("b").unwrap();
+    let l0 = lab.link(&a, &b).unwrap();
+    lab.wait_usable(Duration::from_secs(5)).unwrap();
+    let hb = Hipd::start(&lab, &b, "", "");
+    let hit_b = hb.hit();
+    let before = hb.stats();
+
+    let mut rng = Rng(0x1234_5678_9abc_def1);
+    let mut garbage: Vec<Vec<u8>> = Vec::new();
+    for n in 0..300 {
+        let len = (rng.next() % 120) as usize + (n % 3);
+        garbage.push(rng.bytes(len));
+    }
+    // Truncated / inconsistent HIP headers.
+    let i1 = PacketRepr::new(
+        PacketType::I1,
+        Hit::from_u128(0x2001_0022 << 96 | 7),
+        Hit::from(hit_b),
+    )
+    .with(Param::DhGroupList(vec![DhGroupId::NistP384]))
+    .to_bytes(ChecksumMode::Udp)
+    .unwrap();
+    for cut in 0..i1.len() {
+        garbage.push(i1[..cut].to_vec());
+    }
+    let mut bad_len = i1.clone();
+    bad_len[1] = 200; // header length beyond the packet
+    garbage.push(bad_len);
+    let mut udp_garbage: Vec<Vec<u8>> = garbage.clone();
+    for g in &garbage {
+        let mut z = vec![0u8; 4];
+        z.extend_from_slice(g);
+        udp_garbage.push(z);
+    }
+    udp_garbage.push(vec![]);
+    udp_garbage.push(vec![0, 0]);
+    for fam in [Family::V6, Family::V4] {
+        let dst = l0.addr(&b, fam);
+        let (g1, g2) = (garbage.clone(), udp_garbage.clone());
+        a.run(move || {
+            send_all(dst, Some(139), &g1);
+            send_all(dst, Some(50), &g1);
+            send_all(dst, None, &g2);
+        })
+        .unwrap();
+    }
+
+    // I1 flood with random initiator HITs: answered statelessly.
+    let dst = l0.addr(&b, Family::V6);
+    let src = l0.addr(&a, Family::V6);
+    let mut flood = Vec::new();
+    for _ in 0..3000 {
+        let hit = Hit::from_u128((0x2001_0022u128 << 96) | u128::from(rng.next()));
+        let mode = match (src, dst) {
+            (IpAddr::V6(s), IpAddr::V6(d)) => ChecksumMode::Ipv6 { src: s, dst: d },
+            _ => unreachable!(),
+        };
+        flood.push(
+            PacketRepr::new(PacketType::I1, hit, Hit::from(hit_b))
+                .with(Param::DhGroupList(vec![
+                    DhGroupId::NistP384,
+                    DhGroupId::NistP256,
+                ]))
+                .to_bytes(mode)
+                .unwrap(),
+        );
+    }
+    a.run(move || send_all(dst, Some(139), &flood)).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+
+    let after = hb.stats();
+    eprintln!("{after:#?}");
+    assert!(after.malformed > before.malformed, "malformed counted");
+    assert!(
+        after.esp_unknown_spi > before.esp_unknown_spi,
+        "unknown-SPI ESP counted"
+    );
+    assert!(
+        after.engine_dropped > before.engine_dropped,
+        "engine drops counted"
+    );
+    assert!(after.hip_rx >= 3000, "{after:?}");
+    assert_eq!(after.associations, 0, "an I1 flood creates no state");
+    let r1s = after
+        .engine
+        .iter()
+        .find(|(k, _)| k == "sent")
+        .map(|(_, v)| *v)
+        .unwrap();
+    assert!(r1s >= 2900, "R1s answered statelessly: {r1s}");
+
+    // Still serving: a real peer completes a BEX and moves data.
+    let ha = Hipd::start(&lab, &a, "", "");
+    ha.add_map(hit_b, l0.addr(&b, Family::V6), None);
+    let file = lab.artifacts_dir().join("after-garbage");
+    random_file(&file, 2 << 20, 4);
+    let got = socat_tcp(
+        &lab,
+        &b,
+        &a,
+        IpAddr::V6(hit_b),
+        IpAddr::V6(hit_b),
+        5020,
+        &file,
+    );
+    assert!(same_file(&file, &got));
+    // Garbage ESP aimed at the live association's port/proto still does no harm.
+    let dst = l0.addr(&b, Family::V6);
+    let mut spi_garbage = Vec::new();
+    let spi = hb.has()[0].spi_in;
+    for _ in 0..100 {
+        let mut p = spi.to_be_bytes().to_vec();
+        let n = (rng.next() % 100) as usize;
+        p.extend(rng.bytes(n));
+        spi_garbage.push(p);
+    }
+    let before_bad = hb.stats().esp_bad;
+    a.run(move || send_all(dst, Some(50), &spi_garbage))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(hb.stats().esp_bad >= before_bad + 100);
+    assert_eq!(hb.has()[0].state, "ESTABLISHED");
+}
