@@ -276,6 +276,9 @@ fn main() {
     let l0 = lab.link(&a, &b).expect("l0");
     let l1 = lab.link(&a, &b).expect("l1");
     lab.wait_usable(Duration::from_secs(10)).expect("usable");
+    // Thousands of connect+close per run leave the client's ports in
+    // TIME_WAIT; without reuse, connect() has to hunt for free ports.
+    a.sysctl("net.ipv4.tcp_tw_reuse", "1").expect("sysctl");
     let mut s = Setup {
         lab,
         a,
