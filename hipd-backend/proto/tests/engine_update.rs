@@ -761,3 +761,56 @@ fn local_locator_api_edges() {
         Some(LocatorState::Active)
     );
 }
+
+#[test]
+fn finite_locator_lifetimes_are_refreshed_and_expire() {
+    // Enough retries that B keeps retransmitting (instead of closing)
+    // while its refreshes are lost.
+    let c = Config {
+        locator_lifetime: 10,
+        update_retries: 20,
+        ..cfg()
+    };
+    let (mut p, _) = established_pair(c);
+    let (a_hit, b_hit) = hits(&p);
+    move_b(&mut p);
+    assert!(p.run_until(Duration::from_secs(5), |p| {
+        peer_state(p, Side::A, b_hit, B2) == Some(LocatorState::Active)
+    }));
+    let lt =
+        p.a.endpoint
+            .locators(b_hit)
+            .expect("view")
+            .peer
+            .iter()
+            .find(|l| l.addr == addr(B2))
+            .map(|l| (l.lifetime, l.expires.is_some(), l.spi));
+    let b_spi =
+        p.b.endpoint
+            .association_by_peer(a_hit)
+            .map(|a| a.spi_inbound());
+    assert_eq!(lt, Some((10, true, b_spi)));
+    // B re-announces every 5 s: B2 stays ACTIVE well past 10 s.
+    p.run_for(Duration::from_secs(30));
+    assert_eq!(
+        peer_state(&p, Side::A, b_hit, B2),
+        Some(LocatorState::Active)
+    );
+    assert!(p.count_sent(Side::B, PacketType::Update) >= 6);
+    // Refreshes stop reaching A: the locator expires → DEPRECATED.
+    p.set_filter(Some(Box::new(|side, t: &mut Transmit| {
+        !(side == Side::B && is_update(t))
+    })));
+    assert!(
+        p.run_until(Duration::from_secs(12), |p| {
+            peer_state(p, Side::A, b_hit, B2) == Some(LocatorState::Deprecated)
+        }),
+        "{:?} {:?} {:?}",
+        p.a.endpoint.association_by_peer(b_hit).map(|a| a.state()),
+        p.a.endpoint.locators(b_hit),
+        p.a.endpoint.stats()
+    );
+    assert!(p.a.events.iter().any(|e| matches!(e,
+        Event::PeerLocatorState { addr: x, state: LocatorState::Deprecated, .. } if *x == addr(B2))));
+    assert_eq!(p.a.endpoint.route(b_hit), None, "no usable locator left");
+}

@@ -284,7 +284,12 @@ impl Association {
             self.retx.as_ref().map(|r| r.deadline),
             self.state_deadline,
             self.upd.next_deadline(),
-            self.peer_locators.iter().filter_map(|l| l.expires).min(),
+            self.peer_locators
+                .iter()
+                .filter(|l| l.state != LocatorState::Deprecated)
+                .filter_map(|l| l.expires)
+                .min()
+                .filter(|_| matches!(self.state, State::Established | State::R2Sent)),
         ]
         .into_iter()
         .flatten()

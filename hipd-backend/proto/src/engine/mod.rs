@@ -1,4 +1,4 @@
-//! # The sans-IO HIPv2 engine: base exchange, NOTIFY, CLOSE
+//! # The sans-IO HIPv2 engine: base exchange, UPDATE, NOTIFY, CLOSE
 //!
 //! One [`Endpoint`] per host, in the style of quinn-proto: bytes, time
 //! ([`std::time::Instant`] passed in) and randomness (a 32-byte seed at construction)
@@ -98,7 +98,7 @@
 //!   and unique per endpoint. The KEYMAT Index is the byte after the four
 //!   HIP keys; a peer announcing another index is refused (INVALID_SYNTAX).
 //!   Each side creates its outbound and inbound
-//!   [`SecurityAssociation`](crate::crypto::SecurityAssociation) and
+//!   [`SecurityAssociation`] and
 //!   **moves** them to the data plane in [`Event::Established`]; the
 //!   engine keeps only SPIs, suites and keys needed for rekeying.
 //! * **Transports.** Native HIP (protocol 139) or UDP encapsulation; for UDP
@@ -114,12 +114,107 @@
 //!   caches one key per kind per process (RSA keygen is slow). The module is
 //!   always compiled (it is pure and small) so integration tests, the
 //!   UPDATE layer and the daemon can reuse it.
-//! * **Not done here** (documented gaps): UPDATE (counted as
-//!   [`Stats::unhandled`]; the next layer adds it on top of [`Association`]),
-//!   UAL idle closing (the daemon calls [`Endpoint::close`]), retrying an I1
-//!   with another local HIT when the R1 rejects our HIT suite (the
-//!   association fails instead), and restarting on a higher R1 counter in
-//!   I2-SENT (the I2 is resent instead).
+//! * **Not done here** (documented gaps): UAL idle closing (the daemon
+//!   calls [`Endpoint::close`]), retrying an I1 with another local HIT when
+//!   the R1 rejects our HIT suite (the association fails instead), and
+//!   restarting on a higher R1 counter in I2-SENT (the I2 is resent
+//!   instead).
+//!
+//! ## UPDATE layer: mobility, multihoming, rekeying, probing
+//!
+//! API: [`Endpoint::set_local_locators`], [`Endpoint::set_local_preferred`],
+//! [`Endpoint::set_peer_preferred`], [`Endpoint::locators`]
+//! ([`LocatorsView`]), [`Endpoint::route`], [`Endpoint::on_data_received`],
+//! [`Endpoint::can_send_to`], [`Endpoint::authorize_send`],
+//! [`Endpoint::rekey`], [`Endpoint::probe`], [`Endpoint::esp_received`];
+//! events [`Event::PathChanged`], [`Event::PeerLocatorState`],
+//! [`Event::VerificationFailed`], [`Event::SasRekeyed`],
+//! [`Event::SasRetired`], [`Event::ProbeReply`], [`Event::ProbeLost`].
+//! Choices (kept stable):
+//!
+//! * **SEQ/ACK.** Update IDs start at 0 per association and increase by
+//!   one per SEQ-bearing UPDATE; several may be outstanding (announcement,
+//!   rekey, verifications, probes), each retransmitted on its own. Timer:
+//!   [`Config::update_timeout`] (1 s) until an RTT sample exists, then
+//!   2 × smoothed RTT (7/8 EWMA over first transmissions only, Karn), at
+//!   least [`Config::update_timeout_min`]; doubled per retransmission.
+//!   UPDATE_RETRY_MAX = [`Config::update_retries`] (5). When a LOCATOR_SET
+//!   announcement, rekey request or rekey answer exhausts it the
+//!   association goes to CLOSING (a CLOSE is sent, RFC 7401 §6.11); an
+//!   address verification that exhausts it only reports
+//!   [`Event::VerificationFailed`] (the address is just unreachable).
+//!   Every received SEQ is answered at once; ACKs are not delayed, and an
+//!   ACK lists the one SEQ it answers (received multi-ID ACKs are handled).
+//!   ACKs are processed before SEQ. The receive window remembers the
+//!   highest Update ID and the 64 below it ([`SEQ_WINDOW`],
+//!   circular arithmetic): a seen ID is re-answered with the reply stored
+//!   for it (the last 16 replies are kept; else a fresh ACK) and not
+//!   reprocessed ([`Stats::update_duplicate`]); an older ID is dropped
+//!   ([`Stats::replay`]). HIP_MAC (first) and HIP_SIGNATURE are both
+//!   verified on every UPDATE, duplicates included; failures are dropped
+//!   silently and counted ([`Stats::bad_hmac`], [`Stats::bad_signature`]).
+//!   An UPDATE in R2-SENT confirms the association.
+//! * **LOCATOR_SET.** We send Type-1 locators (our inbound SPI ‖ address,
+//!   IPv4 as IPv4-mapped), traffic type 0, lifetime
+//!   [`Config::locator_lifetime`] (default unbounded; a finite one is
+//!   re-announced at half its value), always listing all our addresses,
+//!   with `UPDATE(ESP_INFO(OLD = NEW = inbound SPI), LOCATOR_SET, SEQ)`
+//!   from the preferred address to the peer address in use. A newer
+//!   announcement supersedes (stops retransmitting) an older one. We accept
+//!   Type 0 and 1 (others, signalling-only entries and zero lifetimes are
+//!   ignored); listed addresses not known yet become UNVERIFIED, known ones
+//!   keep their state (DEPRECATED ones go back to UNVERIFIED), addresses
+//!   no longer listed become DEPRECATED; the P bits replace our preference
+//!   when any entry has P set. ESP_INFO is processed before LOCATOR_SET;
+//!   ESP_INFO with OLD = 0 (a new SA per path) or NEW = 0 (SA deprecation)
+//!   is not supported: such UPDATEs are dropped unacknowledged
+//!   ([`Stats::unsupported`]).
+//! * **Address verification** uses ECHO_REQUEST_SIGNED (a 16-byte random
+//!   nonce) in a SEQ-bearing UPDATE sent to the address; the locator turns
+//!   ACTIVE when the ACK comes back with the same ECHO_RESPONSE_SIGNED. The
+//!   new *preferred* locator of a received LOCATOR_SET is verified at once,
+//!   combined with the ACK (RFC 8046 mobility: `UPDATE(ESP_INFO, SEQ, ACK,
+//!   ECHO_REQUEST)` to the new address); other new locators are verified on
+//!   demand ([`Endpoint::set_peer_preferred`], [`Endpoint::probe`], or when
+//!   the path has to use them).
+//! * **Path selection** ([`Endpoint::route`]): the peer's preferred ACTIVE
+//!   locator, else the one in use if still ACTIVE, else any ACTIVE one;
+//!   only with no ACTIVE locator reachable, the preferred (else any)
+//!   UNVERIFIED one, and that one is being verified. The source is our
+//!   preferred locator of the destination's family, else any of that
+//!   family. Every change of the pair emits [`Event::PathChanged`] (the
+//!   exchange pair is the initial path and is not reported).
+//!   [`Endpoint::set_local_locators`] keeps the address in use when no
+//!   address is flagged preferred and it is still there, else picks the
+//!   first address of a family the peer has (readdress).
+//! * **Credit-based authorization** (RFC 8046 §5.6), per association:
+//!   [`Endpoint::on_data_received`] adds the bytes; the credit ages by ×7/8
+//!   for every full 5 s (computed lazily, no timer); sending to an
+//!   UNVERIFIED locator is allowed only when no locator is ACTIVE and the
+//!   credit is **≥** the size ([`Endpoint::authorize_send`] debits it);
+//!   ACTIVE locators never touch the credit.
+//! * **Rekey** ([`Endpoint::rekey`]): `UPDATE(ESP_INFO(OLD, NEW, index),
+//!   SEQ, [DIFFIE_HELLMAN])` → `UPDATE(ESP_INFO, SEQ, ACK, [DH])` →
+//!   `UPDATE(ACK)`. The answering side mirrors the DH choice: a request
+//!   with DH is answered with a fresh DH key of the association's group
+//!   (no old DH key is kept), the new KEYMAT uses the new Kij with the base
+//!   exchange's `#I ‖ #J` salt and index 0; without DH both sides draw the
+//!   four ESP keys from the existing KEYMAT at the larger of the two
+//!   indexes. An answer whose DH presence differs from the request is
+//!   dropped. The answering side hands out the new SAs
+//!   ([`Event::SasRekeyed`]) when it sends its answer, the requesting side
+//!   when the answer arrives; both keep the old inbound SPI mapped until
+//!   ESP arrives on the new one ([`Endpoint::esp_received`] →
+//!   [`Event::SasRetired`]) or another rekey supersedes it. One rekey at a
+//!   time per side; crossing requests: the greater HIT keeps its own
+//!   request (and only ACKs the peer's), the smaller HIT abandons its own
+//!   and answers.
+//! * **Probes** ([`Endpoint::probe`]) are SEQ-bearing UPDATEs with an
+//!   ECHO_REQUEST_SIGNED on a chosen pair, answered by `UPDATE(ACK,
+//!   ECHO_RESPONSE_SIGNED)` sent back on the reverse pair; never
+//!   retransmitted, [`Event::ProbeLost`] after [`Config::probe_timeout`],
+//!   and never closing the association. An answered probe verifies an
+//!   UNVERIFIED destination.
 
 mod assoc;
 pub mod config;
@@ -133,7 +228,7 @@ use std::time::Duration;
 pub use assoc::{Association, LocalLocator, LocatorState, PeerLocator, Role, State, Suites};
 pub use config::Config;
 pub use endpoint::Endpoint;
-pub use endpoint::update::LocatorsView;
+pub use endpoint::update::{LocatorsView, SEQ_WINDOW};
 pub use stats::Stats;
 
 use crate::crypto::{CryptoError, EspSuite, SecurityAssociation};

@@ -1469,3 +1469,65 @@ impl Endpoint {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seq_window_new_duplicate_old_and_wraparound() {
+        let mut u = UpdateState::default();
+        assert_eq!(u.check_seq(5), Some(true), "first SEQ is new");
+        u.mark_seq(5);
+        assert_eq!(u.check_seq(5), Some(false));
+        assert_eq!(u.check_seq(4), Some(true), "reordered, unseen");
+        u.mark_seq(4);
+        assert_eq!(u.check_seq(4), Some(false));
+        u.mark_seq(100);
+        assert_eq!(u.check_seq(100), Some(false));
+        assert_eq!(u.check_seq(40), Some(true), "inside the window");
+        assert_eq!(u.check_seq(36), None, "64 below the top");
+        assert_eq!(u.check_seq(5), None);
+        // Circular comparison across 2^32.
+        let mut w = UpdateState::default();
+        w.mark_seq(u32::MAX - 1);
+        assert_eq!(w.check_seq(u32::MAX), Some(true));
+        assert_eq!(w.check_seq(3), Some(true));
+        w.mark_seq(3);
+        assert_eq!(w.check_seq(u32::MAX - 1), Some(false), "still in window");
+        assert_eq!(w.check_seq(u32::MAX), Some(true));
+        assert_eq!(w.check_seq(3u32.wrapping_sub(64)), None);
+        // A jump of more than 64 clears the history.
+        w.mark_seq(1000);
+        assert_eq!(w.check_seq(999), Some(true));
+        assert_eq!(w.check_seq(3), None);
+    }
+
+    #[test]
+    fn credit_ages_by_seven_eighths_per_period() {
+        let t = Instant::now();
+        let u = UpdateState {
+            credit: 8000,
+            credit_at: Some(t),
+            ..UpdateState::default()
+        };
+        assert_eq!(u.age_credit(t).0, 8000);
+        assert_eq!(u.age_credit(t + Duration::from_millis(4999)).0, 8000);
+        assert_eq!(u.age_credit(t + Duration::from_secs(5)).0, 7000);
+        assert_eq!(u.age_credit(t + Duration::from_secs(12)).0, 6125);
+        assert_eq!(
+            u.age_credit(t + Duration::from_secs(12)).1,
+            Some(t + Duration::from_secs(10))
+        );
+        assert_eq!(u.age_credit(t + Duration::from_secs(100_000)).0, 0);
+    }
+
+    #[test]
+    fn wire_address_mapping() {
+        let v4 = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
+        assert_eq!(from_wire_addr(to_wire_addr(v4)), v4);
+        let v6 = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1));
+        assert_eq!(from_wire_addr(to_wire_addr(v6)), v6);
+        assert!(!same_family(v4, v6));
+    }
+}
