@@ -233,3 +233,65 @@ fn hostile_options_are_counted_and_ignored() {
     drop(_listener);
     echo_transfer(&t, dst, 1 << 20);
 }
+
+/// A socket opted in with `preservetcp::opt_in` (SO_MARK) is covered
+/// without any configured port, and the control socket moves it to link 1;
+/// the server follows and the data stays intact.
+#[test]
+fn socket_opt_in_and_control_move() {
+    let t = two_links();
+    let da = Daemon::start(&t.lab, &t.a, &[]);
+    let db = Daemon::start(&t.lab, &t.b, &[]);
+    let listener =
+        t.b.run(|| TcpListener::bind(("::", 6000)))
+            .expect("run")
+            .expect("bind");
+    let dst = SocketAddr::from((v6(&t.l0, &t.b), 6000));
+    let mut c: TcpStream =
+        t.a.run(move || {
+            let s = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)?;
+            preservetcp::opt_in(&s)?;
+            s.connect(&dst.into())?;
+            std::io::Result::Ok(s.into())
+        })
+        .expect("run")
+        .expect("opted-in connect");
+    let (mut srv, _) = listener.accept().expect("accept");
+    c.write_all(b"before").expect("write");
+    let mut buf = [0u8; 6];
+    srv.read_exact(&mut buf).expect("read");
+    std::thread::sleep(Duration::from_millis(200));
+    let conns = da.connections();
+    assert_eq!(conns.len(), 1, "the marked socket is covered: {conns:?}");
+    let (a1, b1) = (v6(&t.l1, &t.a), v6(&t.l1, &t.b));
+    // A pair that is not the connection's is refused.
+    let bad = da.request(&preservetcp::control::Request::Move {
+        id: conns[0].id,
+        local: a1,
+        peer: "2001:db8::99".parse().expect("addr"),
+    });
+    assert!(!bad.ok);
+    let ok = da.request(&preservetcp::control::Request::Move {
+        id: conns[0].id,
+        local: a1,
+        peer: b1,
+    });
+    assert!(ok.ok, "{:?}", ok.error);
+    // Link 0 silently dies: only the moved path can carry the data now.
+    t.l0.drop_both().expect("drop");
+    let data: Vec<u8> = (0..(2usize << 20)).map(|i| (i % 251) as u8).collect();
+    let expect = data.clone();
+    let reader = std::thread::spawn(move || {
+        let mut got = vec![0u8; expect.len()];
+        srv.read_exact(&mut got).expect("read after move");
+        (got == expect, srv)
+    });
+    c.write_all(&data).expect("write after move");
+    let (same, srv) = reader.join().expect("reader");
+    assert!(same, "data intact after the move");
+    drop(srv);
+    let sc = db.connections();
+    assert_eq!(sc.len(), 1);
+    assert_eq!(sc[0].current.local, b1, "server followed: {sc:?}");
+    assert_eq!(sc[0].last_reason.as_deref(), Some("peer_moved"));
+}
