@@ -814,3 +814,55 @@ fn finite_locator_lifetimes_are_refreshed_and_expire() {
         Event::PeerLocatorState { addr: x, state: LocatorState::Deprecated, .. } if *x == addr(B2))));
     assert_eq!(p.a.endpoint.route(b_hit), None, "no usable locator left");
 }
+
+#[test]
+fn mobility_and_rekey_converge_on_a_lossy_reordering_link() {
+    for seed in 0..16u64 {
+        let (mut p, _) = established_pair(cfg());
+        let (a_hit, b_hit) = hits(&p);
+        p.link = LinkConfig {
+            latency: Duration::from_millis(10),
+            jitter: Duration::from_millis(15),
+            loss: 0.2,
+            duplicate: 0.2,
+        };
+        // Different impairment draws per seed.
+        for _ in 0..seed {
+            let t = p.now;
+            let _ = p.a.endpoint.probe(t, b_hit, addr(A1), addr(B1));
+            p.run_for(Duration::from_millis(30));
+        }
+        // B moves, both add a rekey on top.
+        move_b(&mut p);
+        let t = p.now;
+        p.a.endpoint.rekey(t, b_hit, seed % 2 == 0).expect("rekey");
+        let rekeyed = |e: &Vec<Event>| e.iter().any(|e| matches!(e, Event::SasRekeyed { .. }));
+        let ok = p.run_until(Duration::from_secs(60), |p| {
+            p.a.endpoint.route(b_hit) == Some((addr(A1), addr(B2)))
+                && peer_state(p, Side::A, b_hit, B2) == Some(LocatorState::Active)
+                && rekeyed(&p.a.events)
+                && rekeyed(&p.b.events)
+        });
+        assert!(
+            ok,
+            "seed {seed}: a={:?} b={:?}",
+            p.a.endpoint.stats(),
+            p.b.endpoint.stats()
+        );
+        let (mut a_out, _) = take_sas(&mut p.a.events);
+        let (_, mut b_in) = take_sas(&mut p.b.events);
+        assert_eq!(a_out.spi(), b_in.spi(), "seed {seed}");
+        let esp = seal(&mut a_out, a_hit, b_hit);
+        assert!(opens(&mut b_in, &esp), "seed {seed}");
+        assert_eq!(p.a.endpoint.stats().rekeys, 1, "seed {seed}");
+        assert_eq!(p.b.endpoint.stats().rekeys, 1, "seed {seed}");
+        for (side, ep) in [(Side::A, &p.a.endpoint), (Side::B, &p.b.endpoint)] {
+            let peer = if side == Side::A { b_hit } else { a_hit };
+            assert_eq!(
+                ep.association_by_peer(peer).map(|a| a.state()),
+                Some(State::Established),
+                "seed {seed} {side:?}"
+            );
+        }
+    }
+}

@@ -895,7 +895,10 @@ impl Endpoint {
         // Classify ESP_INFO before accepting the SEQ.
         let rekey = match &esp {
             None => false,
-            Some(i) if i.old_spi == a.spi_out && i.new_spi == a.spi_out => false,
+            // Gratuitous (OLD = NEW): no SA change. Any non-zero SPI is
+            // accepted, so a retransmission built before a rekey finished
+            // is not refused.
+            Some(i) if i.old_spi == i.new_spi && i.new_spi != 0 => false,
             Some(i) if i.old_spi == a.spi_out && i.new_spi != 0 => true,
             Some(i) if i.old_spi == 0 || i.new_spi == 0 => {
                 // New SA per path (load balancing) or SA deprecation: not
@@ -1373,8 +1376,26 @@ impl Endpoint {
                 i += 1;
                 continue;
             }
+            let path = choose_path(a);
+            let transport = a.transport;
             let p = &mut a.upd.pending[i];
             if p.retries_left > 0 {
+                // Announcements and rekey messages follow the path in use
+                // (the peer's preferred address may have changed since).
+                if matches!(
+                    p.purpose,
+                    Purpose::Announce | Purpose::Rekey | Purpose::Reply
+                ) && let Some((src, dst)) = path
+                    && (Some(src), dst) != (p.src, p.dst)
+                {
+                    p.src = Some(src);
+                    p.dst = dst;
+                    Packet::new_unchecked(&mut p.payload[..]).fill_checksum(super::checksum_mode(
+                        transport,
+                        Some(src),
+                        dst,
+                    ));
+                }
                 p.retries_left -= 1;
                 p.timeout = p.timeout.saturating_mul(2);
                 p.deadline = now + p.timeout;
