@@ -153,7 +153,10 @@
 //!   ([`Stats::replay`]). HIP_MAC (first) and HIP_SIGNATURE are both
 //!   verified on every UPDATE, duplicates included; failures are dropped
 //!   silently and counted ([`Stats::bad_hmac`], [`Stats::bad_signature`]).
-//!   An UPDATE in R2-SENT confirms the association.
+//!   An UPDATE in R2-SENT confirms the association. Retransmissions of
+//!   announcements and rekey messages follow the current path (the
+//!   peer's address may have changed meanwhile); verifications and probes
+//!   stay on their address.
 //! * **LOCATOR_SET.** We send Type-1 locators (our inbound SPI ‖ address,
 //!   IPv4 as IPv4-mapped), traffic type 0, lifetime
 //!   [`Config::locator_lifetime`] (default unbounded; a finite one is
@@ -166,6 +169,8 @@
 //!   keep their state (DEPRECATED ones go back to UNVERIFIED), addresses
 //!   no longer listed become DEPRECATED; the P bits replace our preference
 //!   when any entry has P set. ESP_INFO is processed before LOCATOR_SET;
+//!   any ESP_INFO with OLD = NEW ≠ 0 is gratuitous (no SA change, even if
+//!   it names an SPI a rekey just replaced);
 //!   ESP_INFO with OLD = 0 (a new SA per path) or NEW = 0 (SA deprecation)
 //!   is not supported: such UPDATEs are dropped unacknowledged
 //!   ([`Stats::unsupported`]).
