@@ -465,23 +465,33 @@ pub fn encode_request(req: &Request) -> String {
     s
 }
 
-/// Decodes one request line; the error is the reply to send.
-pub fn decode_request(line: &str) -> Result<Request, Reply> {
+/// Decodes one request line; the error is what to answer
+/// ([`Reply::from`] it).
+pub fn decode_request(line: &str) -> Result<Request, ErrorBody> {
+    let e = |code, message: String| ErrorBody { code, message };
     let v: serde_json::Value = serde_json::from_str(line)
-        .map_err(|e| Reply::err(ErrorCode::BadRequest, format!("invalid JSON: {e}")))?;
+        .map_err(|x| e(ErrorCode::BadRequest, format!("invalid JSON: {x}")))?;
     match v.get("v").and_then(serde_json::Value::as_u64) {
         Some(x) if x == u64::from(PROTOCOL_VERSION) => {}
         Some(x) => {
-            return Err(Reply::err(
+            return Err(e(
                 ErrorCode::Version,
                 format!("protocol version {x} not supported (daemon speaks {PROTOCOL_VERSION})"),
             ));
         }
-        None => return Err(Reply::err(ErrorCode::BadRequest, "missing version field v")),
+        None => {
+            return Err(e(ErrorCode::BadRequest, "missing version field v".into()));
+        }
     }
     serde_json::from_value::<Envelope>(v)
-        .map(|e| e.req)
-        .map_err(|e| Reply::err(ErrorCode::BadRequest, format!("unknown request: {e}")))
+        .map(|x| x.req)
+        .map_err(|x| e(ErrorCode::BadRequest, format!("unknown request: {x}")))
+}
+
+impl From<ErrorBody> for Reply {
+    fn from(e: ErrorBody) -> Reply {
+        Reply::err(e.code, e.message)
+    }
 }
 
 /// A blocking control-socket client.
@@ -673,11 +683,13 @@ mod tests {
     #[test]
     fn version_and_garbage_are_typed_errors() {
         let e = decode_request("{\"v\":2,\"req\":{\"op\":\"ping\"}}").unwrap_err();
-        assert_eq!(e.error.unwrap().code, ErrorCode::Version);
+        assert_eq!(e.code, ErrorCode::Version);
         let e = decode_request("{nonsense").unwrap_err();
-        assert_eq!(e.error.unwrap().code, ErrorCode::BadRequest);
+        assert_eq!(e.code, ErrorCode::BadRequest);
         let e = decode_request("{\"v\":1,\"req\":{\"op\":\"fly\"}}").unwrap_err();
-        assert_eq!(e.error.unwrap().code, ErrorCode::BadRequest);
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        let r = Reply::from(e);
+        assert!(!r.ok);
     }
 
     #[test]

@@ -305,6 +305,10 @@ mod tests {
         let mut back6 = p6.clone();
         back6[8..24].copy_from_slice(peer.as_bytes());
         back6[24..40].copy_from_slice(local.as_bytes());
+        // Reply direction: ports swapped (the checksum sum is unchanged).
+        let (sp, dp_) = ([back6[40], back6[41]], [back6[42], back6[43]]);
+        back6[40..42].copy_from_slice(&dp_);
+        back6[42..44].copy_from_slice(&sp);
         let mut back4 = Vec::new();
         assert!(v6_to_v4(&back6, &d, local, peer, &mut back4));
         assert_eq!(&back4[12..16], &pl.octets());
@@ -316,8 +320,11 @@ mod tests {
         acc = sum16(acc, &((back4.len() - 20) as u16).to_be_bytes());
         acc = sum16(acc, &back4[20..]);
         assert_eq!(fold(acc), 0xffff, "UDP checksum over LSIs");
-        // The flow is an LSI flow now.
+        // The reply belongs to the LSI flow; an unrelated flow does not.
         assert!(deliver_as_v4(&back6, &d, local, peer));
+        let mut other = back6.clone();
+        other[42..44].copy_from_slice(&4321u16.to_be_bytes());
+        assert!(!deliver_as_v4(&other, &d, local, peer));
     }
 
     #[test]

@@ -1098,7 +1098,7 @@ fn serve_client(sh: Arc<Shared>, conn: UnixStream) {
             return; // over-long line or EOF mid-line
         }
         let reply = match decode_request(line.trim_end()) {
-            Err(rep) => rep,
+            Err(e) => Reply::from(e),
             Ok(req) => {
                 if !req.is_read_only() && uid != Some(0) {
                     Reply::err(
