@@ -1,0 +1,489 @@
+//! `hip_bench` — hipd benchmarks in a two-host netlab (root).
+//!
+//! ```text
+//! cargo build --release -p hipd-backend --bins
+//! cargo build --release -p mh-examples --bin hip_bench
+//! sudo target/release/hip_bench [--quick] [--assocs 1000,10000]
+//! ```
+//! Prints one table; every HIT figure is paired with the same measurement
+//! over the plain IPv6 underlay on the same link, run interleaved (plain,
+//! HIT, plain, HIT, …; the median of the rounds), and their ratio:
+//! * iperf3 with 128 KiB writes (target ratio ≥ 0.25);
+//! * Table 7.1 write sizes (512, 2048, 8192 B): TCP throughput;
+//! * 1-byte TCP ping-pong round trips per second;
+//! * connect+close per second over an established association;
+//! * BEX latency p50/p99 (`rst` then `Connect` over the control socket;
+//!   target p50 ≤ 3 ms);
+//! * hipd resident memory per association with 1,000 and 10,000
+//!   associations, created over UDP by an in-process initiator engine
+//!   holding one identity per association.
+//!
+//! The hipd binary is taken from the directory of this executable.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use hip_proto::crypto::{
+    CryptoBackend, DhGroup, EcCurve, IdentitySpec, OpensslBackend, PrivateIdentity,
+    generate_identity_with_rng,
+};
+use hip_proto::engine::{Config, Datagram, Endpoint, Event, Transport};
+use hip_proto::wire::Hit;
+use hipd_backend::control::{Client, HiSelector, NatMode, Request, Response};
+use netlab::{Family, Host, Lab, Process};
+use rand::RngCore;
+
+struct Hipd {
+    proc: Process,
+    sock: PathBuf,
+}
+
+fn start_hipd(lab: &Lab, host: &Host, hipd: &Path) -> anyhow::Result<Hipd> {
+    let dir = lab.artifacts_dir().join(format!("{}-hip", host.name()));
+    std::fs::create_dir_all(&dir)?;
+    let sock = dir.join("hipd.sock");
+    let proc = host.spawn([
+        hipd.to_str().context("path")?,
+        "--config-dir",
+        dir.to_str().context("path")?,
+        "--control-socket",
+        sock.to_str().context("path")?,
+        "--debug",
+        "none",
+    ])?;
+    let t0 = Instant::now();
+    loop {
+        if let Ok(mut c) = Client::connect(&sock)
+            && c.call(&Request::Ping).is_ok()
+        {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(20) {
+            bail!("hipd did not start: {}", proc.stderr_so_far());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(Hipd { proc, sock })
+}
+
+fn call(sock: &Path, r: Request) -> anyhow::Result<Response> {
+    Ok(Client::connect(sock)?.call(&r)?)
+}
+
+fn hit_of(sock: &Path) -> anyhow::Result<Ipv6Addr> {
+    match call(
+        sock,
+        Request::GetHi {
+            which: HiSelector::Default,
+        },
+    )? {
+        Response::His { his } => Ok(his[0].hit),
+        r => bail!("unexpected {r:?}"),
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn iperf3(a: &Host, b: &Host, dst: IpAddr, port: u16, secs: u32) -> anyhow::Result<f64> {
+    let srv = b.spawn([
+        "iperf3",
+        "-s",
+        "-1",
+        "-B",
+        &dst.to_string(),
+        "-p",
+        &port.to_string(),
+    ])?;
+    std::thread::sleep(Duration::from_millis(300));
+    let out = a.exec_ok([
+        "iperf3",
+        "-c",
+        &dst.to_string(),
+        "-p",
+        &port.to_string(),
+        "-l",
+        "128K",
+        "-t",
+        &secs.to_string(),
+        "-J",
+    ])?;
+    let _ = srv.wait_timeout(Duration::from_secs(5));
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    let bps = v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .context("iperf3 JSON")?;
+    Ok(bps / 8.0 / 1e6)
+}
+
+/// TCP throughput (MB/s) with `size`-byte writes for `dur`.
+fn tcp_writes(
+    a: &Host,
+    b: &Host,
+    dst: IpAddr,
+    port: u16,
+    size: usize,
+    dur: Duration,
+) -> anyhow::Result<f64> {
+    let l = b.run(move || TcpListener::bind((dst, port)))??;
+    let rx = std::thread::spawn(move || -> std::io::Result<(u64, Duration)> {
+        let (mut s, _) = l.accept()?;
+        let mut buf = vec![0u8; 1 << 16];
+        let mut n = 0u64;
+        let mut t0 = None;
+        loop {
+            let k = s.read(&mut buf)?;
+            if t0.is_none() {
+                t0 = Some(Instant::now());
+            }
+            if k == 0 {
+                break;
+            }
+            n += k as u64;
+        }
+        Ok((n, t0.map(|t| t.elapsed()).unwrap_or_default()))
+    });
+    let mut c = a.run(move || TcpStream::connect((dst, port)))??;
+    let chunk = vec![0x5au8; size];
+    let t0 = Instant::now();
+    while t0.elapsed() < dur {
+        for _ in 0..64 {
+            c.write_all(&chunk)?;
+        }
+    }
+    drop(c);
+    let (n, el) = rx.join().map_err(|_| anyhow::anyhow!("rx panicked"))??;
+    Ok(n as f64 / el.as_secs_f64() / 1e6)
+}
+
+fn ping_pong(a: &Host, b: &Host, dst: IpAddr, port: u16, dur: Duration) -> anyhow::Result<f64> {
+    let l = b.run(move || TcpListener::bind((dst, port)))??;
+    let srv = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut s, _) = l.accept()?;
+        s.set_nodelay(true)?;
+        let mut b = [0u8; 1];
+        loop {
+            if s.read(&mut b)? == 0 {
+                return Ok(());
+            }
+            s.write_all(&b)?;
+        }
+    });
+    let mut c = a.run(move || TcpStream::connect((dst, port)))??;
+    c.set_nodelay(true)?;
+    let mut n = 0u64;
+    let mut b1 = [1u8; 1];
+    let t0 = Instant::now();
+    while t0.elapsed() < dur {
+        c.write_all(&b1)?;
+        c.read_exact(&mut b1)?;
+        n += 1;
+    }
+    drop(c);
+    let _ = srv.join();
+    Ok(n as f64 / t0.elapsed().as_secs_f64())
+}
+
+fn connect_close(a: &Host, b: &Host, dst: IpAddr, port: u16, dur: Duration) -> anyhow::Result<f64> {
+    let l = b.run(move || TcpListener::bind((dst, port)))??;
+    l.set_nonblocking(false)?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let st = stop.clone();
+    let srv = std::thread::spawn(move || {
+        while !st.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok((s, _)) = l.accept() {
+                drop(s);
+            }
+        }
+    });
+    let res = a.run(move || -> std::io::Result<f64> {
+        let mut n = 0u64;
+        let t0 = Instant::now();
+        while t0.elapsed() < dur {
+            let s = TcpStream::connect((dst, port))?;
+            drop(s);
+            n += 1;
+        }
+        Ok(n as f64 / t0.elapsed().as_secs_f64())
+    })??;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    // Unblock the acceptor.
+    let _ = a.run(move || TcpStream::connect((dst, port)));
+    let _ = srv.join();
+    Ok(res)
+}
+
+fn bex_latency(sock: &Path, peer: Ipv6Addr, n: usize) -> anyhow::Result<(f64, f64)> {
+    let mut v = Vec::new();
+    for _ in 0..n {
+        let _ = call(sock, Request::Rst { hit: Some(peer) });
+        let t0 = Instant::now();
+        loop {
+            let r = call(sock, Request::GetHa { hit: Some(peer) });
+            let closed = match r {
+                Ok(Response::Has { has }) => has.iter().all(|h| h.state == "CLOSED"),
+                _ => true,
+            };
+            if closed || t0.elapsed() > Duration::from_secs(3) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let t = Instant::now();
+        match call(
+            sock,
+            Request::Connect {
+                hit: peer,
+                wait_ms: 5000,
+            },
+        )? {
+            Response::Connected { .. } => v.push(t.elapsed().as_secs_f64() * 1e3),
+            r => bail!("connect: {r:?}"),
+        }
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let p = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
+    Ok((p(0.5), p(0.99)))
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|x| x.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Creates `n` associations with the hipd at `dst` over UDP 10500 from an
+/// in-process initiator engine with `n` identities (run inside host a).
+fn make_assocs(
+    keys: Vec<Arc<dyn PrivateIdentity>>,
+    dst: IpAddr,
+    src: IpAddr,
+    peer: Hit,
+) -> anyhow::Result<usize> {
+    let backend: Arc<dyn CryptoBackend> = Arc::new(OpensslBackend::new());
+    let cfg = Config {
+        dh_groups: vec![DhGroup::EcdhP256],
+        initiator_transport: Transport::Udp {
+            src_port: 10500,
+            dst_port: 10500,
+        },
+        i1_timeout: Duration::from_millis(500),
+        ..Config::default()
+    };
+    let mut seed = [0u8; 32];
+    rand::rng().fill_bytes(&mut seed);
+    let hits: Vec<Hit> = keys
+        .iter()
+        .map(|k| k.host_id().hit(backend.as_ref()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut ep = Endpoint::new(cfg, keys, backend, seed, Instant::now())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let sock = UdpSocket::bind(SocketAddr::new(src, 10500))?;
+    sock.set_read_timeout(Some(Duration::from_millis(2)))?;
+    let to = SocketAddr::new(dst, 10500);
+    let mut next = 0;
+    let mut done = 0;
+    let mut failed = 0;
+    let mut inflight = 0;
+    let mut buf = vec![0u8; 4096];
+    let t0 = Instant::now();
+    while done + failed < hits.len() && t0.elapsed() < Duration::from_secs(300) {
+        while inflight < 32 && next < hits.len() {
+            ep.connect(Instant::now(), Some(peer), vec![dst], Some(hits[next]))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            next += 1;
+            inflight += 1;
+        }
+        while let Some(mut t) = ep.poll_transmit() {
+            if t.src.is_none() {
+                t.fill_checksum(src);
+            }
+            let mut p = vec![0u8; 4];
+            p.extend_from_slice(&t.payload);
+            let _ = sock.send_to(&p, to);
+        }
+        while let Some(ev) = ep.poll_event() {
+            match ev {
+                Event::Established { .. } => {
+                    done += 1;
+                    inflight -= 1;
+                }
+                Event::Failed { .. } => {
+                    failed += 1;
+                    inflight -= 1;
+                }
+                _ => {}
+            }
+        }
+        match sock.recv_from(&mut buf) {
+            Ok((k, from)) if k > 4 && buf[..4] == [0, 0, 0, 0] => ep.handle(
+                Instant::now(),
+                Datagram {
+                    src: from.ip(),
+                    dst: src,
+                    transport: Transport::Udp {
+                        src_port: from.port(),
+                        dst_port: 10500,
+                    },
+                    payload: buf[4..k].to_vec(),
+                },
+            ),
+            _ => {}
+        }
+        let now = Instant::now();
+        if ep.poll_timeout().is_some_and(|t| t <= now) {
+            ep.handle_timeout(now);
+        }
+    }
+    Ok(done)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let assoc_counts: Vec<usize> = args
+        .iter()
+        .position(|a| a == "--assocs")
+        .and_then(|i| args.get(i + 1))
+        .map(|s| s.split(',').filter_map(|x| x.parse().ok()).collect())
+        .unwrap_or_else(|| vec![1000, 10000]);
+    let exe = std::env::current_exe()?;
+    let hipd = exe.with_file_name("hipd");
+    if !hipd.exists() {
+        bail!(
+            "{} missing: cargo build -p hipd-backend --bins (same profile)",
+            hipd.display()
+        );
+    }
+    let lab = Lab::new()?;
+    let a = lab.add_host("a")?;
+    let b = lab.add_host("b")?;
+    let l0 = lab.link(&a, &b)?;
+    lab.wait_usable(Duration::from_secs(5))?;
+    for h in [&a, &b] {
+        h.sysctl("net.ipv4.ip_local_port_range", "1024 65535")?;
+        h.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
+    }
+    let da = start_hipd(&lab, &a, &hipd)?;
+    let db = start_hipd(&lab, &b, &hipd)?;
+    let hit_b = hit_of(&db.sock)?;
+    let b_ip = l0.addr(&b, Family::V6);
+    call(
+        &da.sock,
+        Request::AddMap {
+            hit: hit_b,
+            ip: b_ip,
+            lsi: None,
+            transport: Some(NatMode::None),
+        },
+    )?;
+    call(
+        &da.sock,
+        Request::Connect {
+            hit: hit_b,
+            wait_ms: 5000,
+        },
+    )?;
+    let rounds = if quick { 1 } else { 3 };
+    let dur = Duration::from_secs(if quick { 1 } else { 2 });
+    let hit = IpAddr::V6(hit_b);
+    let mut port = 7000u16;
+    let mut next_port = || {
+        port += 1;
+        port
+    };
+    println!("hipd benchmark (two namespaces, one veth link, native IPv6 underlay)");
+    println!(
+        "{:<34} {:>12} {:>12} {:>8}",
+        "measurement", "plain", "HIT", "ratio"
+    );
+    let mut row = |name: &str,
+                   unit: &str,
+                   f: &mut dyn FnMut(IpAddr, u16) -> anyhow::Result<f64>|
+     -> anyhow::Result<()> {
+        let (mut p, mut h) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            p.push(f(b_ip, next_port())?);
+            h.push(f(hit, next_port())?);
+        }
+        let (p, h) = (median(p), median(h));
+        println!(
+            "{:<34} {:>12} {:>12} {:>8.3}",
+            format!("{name} ({unit})"),
+            format!("{p:.1}"),
+            format!("{h:.1}"),
+            h / p
+        );
+        Ok(())
+    };
+    row("iperf3 128 KiB writes", "MB/s", &mut |d, p| {
+        iperf3(&a, &b, d, p, if quick { 2 } else { 4 })
+    })?;
+    for size in [512usize, 2048, 8192] {
+        row(&format!("TCP {size} B writes"), "MB/s", &mut |d, p| {
+            tcp_writes(&a, &b, d, p, size, dur)
+        })?;
+    }
+    row("1-byte ping-pong", "rt/s", &mut |d, p| {
+        ping_pong(&a, &b, d, p, dur)
+    })?;
+    row("connect+close", "1/s", &mut |d, p| {
+        connect_close(&a, &b, d, p, Duration::from_secs(1))
+    })?;
+    let (p50, p99) = bex_latency(&da.sock, hit_b, if quick { 20 } else { 200 })?;
+    println!(
+        "{:<34} {:>12} {:>12}",
+        "BEX latency p50/p99 (ms)",
+        format!("{p50:.2}"),
+        format!("{p99:.2}")
+    );
+
+    // Memory per association on b.
+    let backend = OpensslBackend::new();
+    let max = assoc_counts.iter().copied().max().unwrap_or(0);
+    let mut rng = rand::rng();
+    let mut keys: Vec<Arc<dyn PrivateIdentity>> = Vec::with_capacity(max);
+    for _ in 0..max {
+        let k = generate_identity_with_rng(&backend, IdentitySpec::Ecdsa(EcCurve::P256), &mut rng)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        keys.push(Arc::from(k));
+    }
+    let pid = db.proc.pid();
+    // a's hipd owns UDP 10500 on a; the in-process initiator takes over.
+    drop(da);
+    std::thread::sleep(Duration::from_millis(300));
+    let base = rss_kib(pid);
+    let a_v4 = l0.addr(&a, Family::V4);
+    let b_v4 = l0.addr(&b, Family::V4);
+    let mut made = 0usize;
+    for &n in &assoc_counts {
+        let batch: Vec<_> = keys[made..n.max(made)].to_vec();
+        let peer = Hit::from(hit_b);
+        let got = a.run(move || make_assocs(batch, b_v4, a_v4, peer))??;
+        made += got;
+        std::thread::sleep(Duration::from_millis(300));
+        let rss = rss_kib(pid);
+        let per = (rss.saturating_sub(base)) as f64 * 1024.0 / made.max(1) as f64;
+        println!(
+            "{:<34} {:>12} {:>12}",
+            format!("memory/assoc @{made} (bytes)"),
+            format!("{per:.0}"),
+            format!("rss {rss} KiB")
+        );
+    }
+    drop(db);
+    Ok(())
+}
