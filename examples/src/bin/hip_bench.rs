@@ -3,7 +3,7 @@
 //! ```text
 //! cargo build --release -p hipd-backend --bins
 //! cargo build --release -p mh-examples --bin hip_bench
-//! sudo target/release/hip_bench [--quick] [--assocs 1000,10000]
+//! sudo target/release/hip_bench [--quick] [--bex-only] [--assocs 1000,10000] [--tun-mtu 1400]
 //! ```
 //! Prints one table; every HIT figure is paired with the same measurement
 //! over the plain IPv6 underlay on the same link, run interleaved (plain,
@@ -42,7 +42,7 @@ struct Hipd {
     sock: PathBuf,
 }
 
-fn start_hipd(lab: &Lab, host: &Host, hipd: &Path) -> anyhow::Result<Hipd> {
+fn start_hipd(lab: &Lab, host: &Host, hipd: &Path, tun_mtu: &str) -> anyhow::Result<Hipd> {
     let dir = lab.artifacts_dir().join(format!("{}-hip", host.name()));
     std::fs::create_dir_all(&dir)?;
     let sock = dir.join("hipd.sock");
@@ -54,6 +54,8 @@ fn start_hipd(lab: &Lab, host: &Host, hipd: &Path) -> anyhow::Result<Hipd> {
         sock.to_str().context("path")?,
         "--debug",
         "none",
+        "--tun-mtu",
+        tun_mtu,
     ])?;
     let t0 = Instant::now();
     loop {
@@ -377,8 +379,14 @@ fn main() -> anyhow::Result<()> {
         h.sysctl("net.ipv4.ip_local_port_range", "1024 65535")?;
         h.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
     }
-    let da = start_hipd(&lab, &a, &hipd)?;
-    let db = start_hipd(&lab, &b, &hipd)?;
+    let tun_mtu = args
+        .iter()
+        .position(|a| a == "--tun-mtu")
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+        .unwrap_or_else(|| hipd_backend::daemon::TUN_MTU.to_string());
+    let da = start_hipd(&lab, &a, &hipd, &tun_mtu)?;
+    let db = start_hipd(&lab, &b, &hipd, &tun_mtu)?;
     let hit_b = hit_of(&db.sock)?;
     let b_ip = l0.addr(&b, Family::V6);
     call(
@@ -405,7 +413,9 @@ fn main() -> anyhow::Result<()> {
         port += 1;
         port
     };
-    println!("hipd benchmark (two namespaces, one veth link, native IPv6 underlay)");
+    println!(
+        "hipd benchmark (two namespaces, one veth link, native IPv6 underlay, hip0 MTU {tun_mtu})"
+    );
     println!(
         "{:<34} {:>12} {:>12} {:>8}",
         "measurement", "plain", "HIT", "ratio"
@@ -429,20 +439,23 @@ fn main() -> anyhow::Result<()> {
         );
         Ok(())
     };
-    row("iperf3 128 KiB writes", "MB/s", &mut |d, p| {
-        iperf3(&a, &b, d, p, if quick { 2 } else { 4 })
-    })?;
-    for size in [512usize, 2048, 8192] {
-        row(&format!("TCP {size} B writes"), "MB/s", &mut |d, p| {
-            tcp_writes(&a, &b, d, p, size, dur)
+    let bex_only = args.iter().any(|a| a == "--bex-only");
+    if !bex_only {
+        row("iperf3 128 KiB writes", "MB/s", &mut |d, p| {
+            iperf3(&a, &b, d, p, if quick { 2 } else { 4 })
+        })?;
+        for size in [512usize, 2048, 8192] {
+            row(&format!("TCP {size} B writes"), "MB/s", &mut |d, p| {
+                tcp_writes(&a, &b, d, p, size, dur)
+            })?;
+        }
+        row("1-byte ping-pong", "rt/s", &mut |d, p| {
+            ping_pong(&a, &b, d, p, dur)
+        })?;
+        row("connect+close", "1/s", &mut |d, p| {
+            connect_close(&a, &b, d, p, Duration::from_secs(1))
         })?;
     }
-    row("1-byte ping-pong", "rt/s", &mut |d, p| {
-        ping_pong(&a, &b, d, p, dur)
-    })?;
-    row("connect+close", "1/s", &mut |d, p| {
-        connect_close(&a, &b, d, p, Duration::from_secs(1))
-    })?;
     let (p50, p99) = bex_latency(&da.sock, hit_b, if quick { 20 } else { 200 })?;
     println!(
         "{:<34} {:>12} {:>12}",

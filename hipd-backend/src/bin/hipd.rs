@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! hipd [-b] [--config-dir /etc/hip] [--control-socket /run/hipd/hipd.sock]
-//!      [--system-hosts /etc/hosts] [--tun-name hip0] [--udp-port 10500]
+//!      [--system-hosts /etc/hosts] [--tun-name hip0] [--udp-port 10500] [--tun-mtu 1400]
 //!      [--debug none|low|medium|all] [--log-file PATH] [--pid-file PATH]
 //! ```
 //! Exit status: 0 after a clean shutdown (SIGTERM/SIGINT), 1 when startup
@@ -38,6 +38,10 @@ struct Args {
     /// UDP encapsulation port.
     #[arg(long, default_value_t = 10500)]
     udp_port: u16,
+    /// MTU of the TUN device (larger values rely on IP fragmentation of
+    /// the outer packets).
+    #[arg(long, default_value_t = hipd_backend::daemon::TUN_MTU)]
+    tun_mtu: u32,
     /// Initial log level.
     #[arg(long, default_value = "low")]
     debug: String,
@@ -125,6 +129,7 @@ fn main() {
         system_hosts: args.system_hosts,
         tun_name: args.tun_name,
         udp_port: args.udp_port,
+        tun_mtu: args.tun_mtu,
     };
     let daemon = match Daemon::start(opts, set_level) {
         Ok(d) => d,

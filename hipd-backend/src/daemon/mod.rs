@@ -42,6 +42,13 @@
 //!   the host started over LSIs, or when nothing listens on the destination
 //!   port over IPv6 but something does over IPv4 (`/proc/net/{tcp,udp}`),
 //!   otherwise as IPv6/HIT.
+//! * DH groups: ECDH P-256, P-384, MODP-3072, MODP-2048 (in this order);
+//!   other algorithm lists are the engine defaults.
+//! * Puzzle difficulty #K = [`DEFAULT_PUZZLE_K`] (4): RFC 7401 lets the
+//!   Responder pick a low #K when not under attack; it keeps the
+//!   Initiator's share of the base exchange small (#K = 10 costs about a
+//!   millisecond of hashing per exchange here). Raise it at run time with
+//!   `hipconf daemon set puzzle K` (or `set puzzle K` in `hipd.conf`).
 //! * TUN MTU 1400: leaves room for the outer IPv6 header, UDP and the ESP
 //!   overhead on a 1500-byte underlay.
 //! * `set puzzle` rebuilds the engines, so it is refused while an association
@@ -67,7 +74,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use hip_proto::crypto::{
-    CryptoBackend, InnerFamily, OpensslBackend, PrivateIdentity, SecurityAssociation, esp,
+    CryptoBackend, DhGroup, InnerFamily, OpensslBackend, PrivateIdentity, SecurityAssociation, esp,
 };
 use hip_proto::engine::{
     AssocId, Config, Datagram, Endpoint, Event, LocalLocator, State, Transmit, Transport,
@@ -88,6 +95,9 @@ pub const PENDING_MAX: usize = 512;
 /// TUN MTU.
 pub const TUN_MTU: u32 = 1400;
 
+/// Default puzzle difficulty #K in our R1s.
+pub const DEFAULT_PUZZLE_K: u8 = 4;
+
 /// Daemon options (command line).
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -101,6 +111,11 @@ pub struct Options {
     pub tun_name: String,
     /// UDP encapsulation port.
     pub udp_port: u16,
+    /// MTU of the TUN device ([`TUN_MTU`] by default). Larger values make
+    /// the kernel fragment (and reassemble) the outer ESP packets, which
+    /// trades per-packet costs for fragmentation: use only on paths that
+    /// pass IP fragments.
+    pub tun_mtu: u32,
 }
 
 impl Default for Options {
@@ -111,6 +126,7 @@ impl Default for Options {
             system_hosts: PathBuf::from("/etc/hosts"),
             tun_name: "hip0".into(),
             udp_port: HIP_UDP_PORT,
+            tun_mtu: TUN_MTU,
         }
     }
 }
@@ -257,6 +273,14 @@ impl std::fmt::Debug for Shared {
 
 fn engine_config(puzzle_k: u8, opportunistic: bool, udp: Option<u16>) -> Config {
     Config {
+        // ECDH P-256 first: 128-bit security like the default ESP suite
+        // (AES-128-GCM) and several times cheaper than P-384 per exchange.
+        dh_groups: vec![
+            DhGroup::EcdhP256,
+            DhGroup::EcdhP384,
+            DhGroup::Modp3072,
+            DhGroup::Modp2048,
+        ],
         puzzle_k,
         accept_opportunistic: opportunistic,
         initiator_transport: match udp {
@@ -398,11 +422,20 @@ impl Shared {
             for i in 0..core.eps.len() {
                 while let Some(t) = core.eps[i].poll_transmit() {
                     did = true;
+                    let t0 = Instant::now();
                     self.send_control(core, t);
+                    tracing::trace!(us = t0.elapsed().as_micros() as u64, "control packet sent");
                 }
                 while let Some(ev) = core.eps[i].poll_event() {
                     did = true;
+                    let t0 = Instant::now();
+                    let name = format!("{ev:?}").chars().take(24).collect::<String>();
                     self.on_event(core, i, ev);
+                    tracing::trace!(
+                        us = t0.elapsed().as_micros() as u64,
+                        event = name,
+                        "event handled"
+                    );
                 }
             }
             if !did {
@@ -886,7 +919,15 @@ impl Shared {
                 payload: payload.to_vec(),
             },
         );
+        let handled = now.elapsed();
         self.pump(&mut core);
+        tracing::debug!(
+            %src,
+            packet_type = payload.get(2).copied().unwrap_or(0) & 0x7f,
+            engine_us = handled.as_micros() as u64,
+            total_us = now.elapsed().as_micros() as u64,
+            "HIP packet handled"
+        );
     }
 
     fn handle_esp(&self, esp_pkt: &[u8], hop: u8, out: &mut [u8]) {
@@ -1566,13 +1607,13 @@ impl Daemon {
         let opportunistic = conf.opportunistic.unwrap_or(true);
         let eps = build_engines(
             &keys,
-            Config::default().puzzle_k,
+            DEFAULT_PUZZLE_K,
             opportunistic,
             opts.udp_port,
         )?;
         let hits: Vec<Ipv6Addr> = idents.iter().map(|i| i.hit.into()).collect();
         let lsis: Vec<Ipv4Addr> = idents.iter().map(|i| i.lsi).collect();
-        let tun = Tun::create(&opts.tun_name, &hits, &lsis, TUN_MTU)?;
+        let tun = Tun::create(&opts.tun_name, &hits, &lsis, opts.tun_mtu)?;
         let core = Core {
             eps,
             keys,
@@ -1582,7 +1623,7 @@ impl Daemon {
             nat: NatMode::None,
             shotgun: false,
             opportunistic,
-            puzzle_k: Config::default().puzzle_k,
+            puzzle_k: DEFAULT_PUZZLE_K,
             pending: HashMap::new(),
             local_locators: Vec::new(),
             udp_port: opts.udp_port,
