@@ -12,7 +12,7 @@
 //!   families interleaved as in RFC 8305 §4.
 //!
 //! The IO part gathers inputs from the kernel: [`local_addresses`]
-//! (getifaddrs plus `/proc/net/if_inet6` flags), [`route_interfaces`] (which
+//! (getifaddrs plus `/proc/thread-self/net/if_inet6` flags), [`route_interfaces`] (which
 //! interface the kernel would use, for source rule 5) and [`plan_paths`]
 //! (everything together).
 //!
@@ -832,13 +832,22 @@ pub fn local_addresses() -> io::Result<Vec<LocalAddr>> {
             v6_from_ifaddrs.push(l);
         }
     }
-    match std::fs::read_to_string("/proc/net/if_inet6") {
+    // `/proc/net` shows the namespace of the process's main thread; a thread
+    // that entered another network namespace (setns) must read its own view
+    // through `/proc/thread-self/net`. Entries are cross-checked against
+    // getifaddrs, which always answers for the calling thread's namespace.
+    let text = std::fs::read_to_string("/proc/thread-self/net/if_inet6")
+        .or_else(|_| std::fs::read_to_string("/proc/net/if_inet6"));
+    match text {
         Ok(text) => {
             for e in parse_if_inet6(&text) {
                 if !up.contains_key(&e.ifname) {
                     continue;
                 }
                 let l = LocalAddr::from(&e);
+                if !v6_from_ifaddrs.iter().any(|v| v.addr == l.addr) {
+                    continue;
+                }
                 if !l.tentative {
                     out.push(l);
                 }

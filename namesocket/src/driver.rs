@@ -168,6 +168,10 @@ pub(crate) struct ConnState {
     pub(crate) log: PathLog,
     /// The application closed its handle; the keeper carries it to the end.
     pub(crate) app_closed: bool,
+    /// When the transport was last read (the send path reads at least every
+    /// quarter heartbeat so that a sending-only peer notices a dead path and
+    /// the peer's CLOSE/FIN promptly).
+    pub(crate) last_read: Instant,
 }
 
 /// One namesocket connection (either end).
@@ -241,6 +245,7 @@ impl Conn {
         self.waiters.fetch_add(1, Ordering::AcqRel);
         drop(st);
         let timeout = poll_timeout(deadline);
+        let woke;
         {
             let mut fds = Vec::with_capacity(2);
             fds.push(PollFd::new(self.wake_rx.as_fd(), PollFlags::POLLIN));
@@ -252,9 +257,14 @@ impl Conn {
                 fds.push(PollFd::new(s.as_fd(), flags));
             }
             let _ = poll(&mut fds, timeout);
+            woke = fds[0]
+                .revents()
+                .is_some_and(|r| r.contains(PollFlags::POLLIN));
         }
         self.waiters.fetch_sub(1, Ordering::AcqRel);
-        self.drain_wake();
+        if woke {
+            self.drain_wake();
+        }
         self.lock()
     }
 
@@ -303,6 +313,7 @@ impl ConnState {
             failure: None,
             log: PathLog::default(),
             app_closed: false,
+            last_read: Instant::now(),
         }
     }
 
@@ -354,6 +365,7 @@ pub(crate) fn pump_with(conn: &Arc<Conn>, st: &mut ConnState, now: Instant, read
 }
 
 fn read_input(st: &mut ConnState, now: Instant) -> bool {
+    st.last_read = now;
     let Some(t) = st.transport.as_ref() else {
         return false;
     };
@@ -381,7 +393,8 @@ fn read_input(st: &mut ConnState, now: Instant) -> bool {
                         st.drop_transport();
                         return;
                     }
-                    if total >= READ_BUDGET {
+                    // A short read drained the socket: skip the EAGAIN call.
+                    if total >= READ_BUDGET || n < buf.len() {
                         return;
                     }
                 }

@@ -128,7 +128,9 @@ impl NameStream {
                     // the handshake is incomplete (NEW_ACK must be processed
                     // promptly: before it, a failed path cannot be resumed).
                     let read = !st.session.is_established()
-                        || st.session.send_capacity() < st.options.session.send_buffer_limit / 2;
+                        || st.session.send_capacity() < st.options.session.send_buffer_limit / 2
+                        || now.saturating_duration_since(st.last_read)
+                            >= st.options.session.heartbeat_interval / 4;
                     driver::pump_with(&self.conn, &mut st, now, read);
                     return Ok(n);
                 }
