@@ -22,7 +22,9 @@
 //! need uid 0 ([`ErrorCode::PermissionDenied`] otherwise). Requests that act
 //! on one peer on behalf of an application ([`Request::Connect`],
 //! [`Request::Opportunistic`]) are open to every user, like sending a packet
-//! to a HIT is.
+//! to a HIT is. Version 1 has no per-socket or per-endpoint-descriptor
+//! requests yet; when they are added they will be accepted only from the
+//! uid that created the socket/descriptor.
 //!
 //! # Versioning
 //! [`PROTOCOL_VERSION`] is bumped on any incompatible change. New request

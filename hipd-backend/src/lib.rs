@@ -1,16 +1,47 @@
 //! # hipd-backend — the userspace HIPv2 daemon
 //!
 //! * [`control`] — the versioned JSON-lines control protocol
-//!   ([`control::Request`], [`control::Response`]) and a blocking
-//!   [`control::Client`]. Always compiled; depend on this crate with
-//!   `default-features = false` to get only this part.
-//! * [`daemon`] (feature `daemon`, on by default) — the `hipd` daemon:
-//!   the sans-IO engine of [`hip_proto`] driven over raw sockets (IP
-//!   protocols 139 and 50) and UDP 10500, a TUN device `hip0` carrying the
-//!   local HITs and LSIs, ESP in BEET mode, netlink locator tracking.
+//!   ([`control::Request`], [`control::Response`]), the HIPL verb parser
+//!   ([`control::parse_verbs`]) and a blocking [`control::Client`]. Always
+//!   compiled; depend on this crate with `default-features = false` (the
+//!   workspace default) to get only this part.
+//! * `daemon` (feature `daemon`) — the `hipd` daemon: the sans-IO engine of
+//!   `hip-proto` driven over raw sockets (IP protocols 139 and 50, IPv4 and
+//!   IPv6) and UDP 10500, a TUN device `hip0` carrying the local HITs
+//!   (2001:20::/28) and LSIs (1.0.0.0/8), ESP in BEET mode, netlink locator
+//!   tracking feeding the engine's UPDATE layer.
 //! * binaries `hipd` and `hipconf` (feature `daemon`).
 //!
-//! See the module docs for the choices the standards leave open.
+//! ## Quick start
+//! ```text
+//! hipd -b                                   # generates /etc/hip identities on first start
+//! hipconf daemon get hi all                 # our HITs and LSIs
+//! hipconf daemon add map <peer HIT> <peer IP> [LSI] [udp|native]
+//! ping6 / socat / curl to the peer HIT (or LSI): triggers the base exchange
+//! hipconf daemon get ha all                 # state, HITs, LSIs, locators, SPIs, transport
+//! hipconf daemon opp <peer IP>              # opportunistic base exchange, prints the peer HIT
+//! ```
+//!
+//! ## Opportunistic mode by policy
+//! As Responder the daemon answers opportunistic I1s (receiver HIT zero)
+//! unless `hipd.conf` says `opportunistic off`. As Initiator an
+//! opportunistic exchange is started explicitly (`hipconf daemon opp IP` or
+//! [`control::Request::Opportunistic`]); the learned HIT is returned and is
+//! then usable by applications.
+//!
+//! ## Known gaps
+//! * No TUN offloads (vnet header, GSO/GRO, multi-queue) and no batched
+//!   socket IO: one read, seal and `sendmsg` per packet. `--tun-mtu` above
+//!   the underlay MTU lets the kernel fragment outer packets instead.
+//! * ESP to an UNVERIFIED peer locator is not gated by the engine's
+//!   credit-based authorization (`authorize_send`); received bytes are
+//!   reported to the engine (`on_data_received`).
+//! * Per-socket / per-endpoint-descriptor requests (for the shim and
+//!   endpoint APIs) do not exist yet in protocol v1, so the "owning user"
+//!   check is not implemented; root-only vs read-only is.
+//! * ICMPv4 inside LSI flows is not translated.
+//! * Rendezvous, relay, HIP firewall, certificates and DNS HIP records are
+//!   not implemented.
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod control;

@@ -11,7 +11,8 @@
 //! * iperf3 with 128 KiB writes (target ratio ≥ 0.25);
 //! * Table 7.1 write sizes (512, 2048, 8192 B): TCP throughput;
 //! * 1-byte TCP ping-pong round trips per second;
-//! * connect+close per second over an established association;
+//! * connect+close per second over an established association (the
+//!   client closes abortively, SO_LINGER 0, so TIME_WAIT does not pile up);
 //! * BEX latency p50/p99 (`rst` then `Connect` over the control socket;
 //!   target p50 ≤ 3 ms);
 //! * hipd resident memory per association with 1,000 and 10,000
@@ -209,6 +210,16 @@ fn connect_close(a: &Host, b: &Host, dst: IpAddr, port: u16, dur: Duration) -> a
         let t0 = Instant::now();
         while t0.elapsed() < dur {
             let s = TcpStream::connect((dst, port))?;
+            // Abortive close: TIME_WAIT port exhaustion would otherwise
+            // dominate the figure after a few thousand connections.
+            let _ = nix::sys::socket::setsockopt(
+                &s,
+                nix::sys::socket::sockopt::Linger,
+                &nix::libc::linger {
+                    l_onoff: 1,
+                    l_linger: 0,
+                },
+            );
             drop(s);
             n += 1;
         }

@@ -6,14 +6,22 @@
 //! (RFC 1624; an IPv4 UDP checksum of zero is computed in full, since IPv6
 //! requires it). Other protocols are carried unchanged; ICMP is not
 //! translated (ICMPv4 inside an LSI flow is dropped). Fragmented IPv4 and
-//! IPv4 options are not supported (dropped / options removed).
+//! IPv4 options are not supported (dropped / options removed). The
+//! listener check for a new inbound flow reads `/proc/net/{tcp,udp}{,6}`;
+//! its answer per (protocol, local port) is cached for
+//! [`PORT_DECISION_TTL`].
 
 use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
 
 use hip_proto::wire::Hit;
 
 use super::DataPlane;
 use super::net::parse_ipv4_header;
+
+/// How long a listener-family decision for a local port is reused (reading
+/// `/proc/net/tcp*` costs milliseconds on a busy host).
+pub(super) const PORT_DECISION_TTL: Duration = Duration::from_secs(2);
 
 fn sum16(mut acc: u32, data: &[u8]) -> u32 {
     let mut it = data.chunks_exact(2);
@@ -187,13 +195,30 @@ pub(super) fn deliver_as_v4(pkt: &[u8], dp: &DataPlane, local: Hit, peer: Hit) -
         return false;
     }
     let tcp = proto == 6;
-    let (f4, f6) = if tcp {
-        ("tcp", "tcp6")
-    } else {
-        ("udp", "udp6")
+    let cached = {
+        let pf = dp.port_family.lock().unwrap_or_else(|p| p.into_inner());
+        pf.get(&(proto, dport))
+            .filter(|(_, at)| at.elapsed() < PORT_DECISION_TTL)
+            .map(|(v, _)| *v)
     };
-    let v6 = bound(f6, dport, tcp, &[v6_hex(&local)]);
-    let v4 = !v6 && bound(f4, dport, tcp, &[v4_hex(llsi)]);
+    let v4 = match cached {
+        Some(v) => v,
+        None => {
+            let (f4, f6) = if tcp {
+                ("tcp", "tcp6")
+            } else {
+                ("udp", "udp6")
+            };
+            let v6 = bound(f6, dport, tcp, &[v6_hex(&local)]);
+            let v4 = !v6 && bound(f4, dport, tcp, &[v4_hex(llsi)]);
+            let mut pf = dp.port_family.lock().unwrap_or_else(|p| p.into_inner());
+            if pf.len() > 4096 {
+                pf.clear();
+            }
+            pf.insert((proto, dport), (v4, Instant::now()));
+            v4
+        }
+    };
     let mut f = dp.lsi_flows.lock().unwrap_or_else(|p| p.into_inner());
     if f.len() > 65536 {
         f.clear();

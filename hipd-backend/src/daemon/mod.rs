@@ -195,6 +195,9 @@ struct DataPlane {
     local_hit_lsi: HashMap<Hit, Ipv4Addr>,
     /// Flows delivered as IPv4: (peer HIT, proto, local port, peer port).
     lsi_flows: Mutex<HashMap<(Hit, u8, u16, u16), bool>>,
+    /// Listener family decisions per (proto, local port), with the time
+    /// they were made (reused for [`lsi::PORT_DECISION_TTL`]).
+    port_family: Mutex<HashMap<(u8, u16), (bool, Instant)>>,
 }
 
 #[derive(Debug, Clone)]
@@ -1605,12 +1608,7 @@ impl Daemon {
             tracing::info!(%hit, %lsi, file = %li.file.display(), default = n == 0, "host identity");
         }
         let opportunistic = conf.opportunistic.unwrap_or(true);
-        let eps = build_engines(
-            &keys,
-            DEFAULT_PUZZLE_K,
-            opportunistic,
-            opts.udp_port,
-        )?;
+        let eps = build_engines(&keys, DEFAULT_PUZZLE_K, opportunistic, opts.udp_port)?;
         let hits: Vec<Ipv6Addr> = idents.iter().map(|i| i.hit.into()).collect();
         let lsis: Vec<Ipv4Addr> = idents.iter().map(|i| i.lsi).collect();
         let tun = Tun::create(&opts.tun_name, &hits, &lsis, opts.tun_mtu)?;
