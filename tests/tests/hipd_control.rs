@@ -298,3 +298,71 @@ fn hipd_shutdown_closes_and_restart_is_clean() {
             .any(|h| h.state == "ESTABLISHED" || h.state == "R2-SENT")
     );
 }
+
+/// `hipd.conf` commands apply at start; a bad line stops the daemon with
+/// a message naming it; garbage on the control socket gets typed errors
+/// and the daemon keeps serving.
+#[test]
+fn hipd_conf_file_and_control_socket_garbage() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::UnixStream;
+
+    let (lab, a, b, l0) = lab2();
+    let hb = Hipd::start(&lab, &b, "", "");
+    let hit_b = hb.hit();
+    let b_ip = l0.addr(&b, Family::V4);
+    let conf = format!(
+        "# test configuration\nadd map {hit_b} {b_ip} 1.0.0.9 udp\nshotgun on\ndebug low\nset puzzle 2\n"
+    );
+    let ha = Hipd::start(&lab, &a, &conf, "");
+    let (code, out, err) = ha.hipconf(&["daemon", "connect", &hit_b.to_string()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let has = ha.has();
+    assert_eq!(has[0].transport, "udp");
+    assert_eq!(has[0].peer_lsi, Some("1.0.0.9".parse().unwrap()));
+    assert_eq!(has[0].peer_locator, Some(b_ip));
+
+    // Garbage on the control socket.
+    let s = UnixStream::connect(&ha.sock).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    for junk in [
+        "not json\n",
+        "{\"v\":1}\n",
+        "{\"v\":9,\"req\":{\"op\":\"ping\"}}\n",
+        "{\"v\":1,\"req\":{\"op\":\"add_map\",\"hit\":\"zz\"}}\n",
+        "\n",
+    ] {
+        w.write_all(junk.as_bytes()).unwrap();
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["ok"], false, "{junk} -> {line}");
+        assert!(v["error"]["code"].is_string());
+    }
+    // An over-long line closes that connection only.
+    let big = vec![b'x'; 100_000];
+    let _ = w.write_all(&big);
+    let mut line = String::new();
+    assert_eq!(r.read_line(&mut line).unwrap_or(0), 0, "connection closed");
+    assert_eq!(ha.hipconf(&["daemon", "get", "hi", "default"]).0, 0);
+
+    // A bad hipd.conf line stops the daemon with a clear message.
+    let c = lab.add_host("c").unwrap();
+    let dir = lab.artifacts_dir().join("c-hip");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("hipd.conf"), "nat sideways\n").unwrap();
+    let (hipd, _) = bins();
+    let p = c
+        .spawn([
+            hipd.to_str().unwrap(),
+            "--config-dir",
+            dir.to_str().unwrap(),
+            "--control-socket",
+            dir.join("s").to_str().unwrap(),
+        ])
+        .unwrap();
+    let out = p.wait_timeout(Duration::from_secs(20)).unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stderr.contains("hipd.conf line 1"), "{}", out.stderr);
+}
