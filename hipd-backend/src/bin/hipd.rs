@@ -98,7 +98,11 @@ fn main() {
             let f = Mutex::new(f);
             Box::new(move || {
                 let g = f.lock().unwrap_or_else(|p| p.into_inner());
-                Box::new(g.try_clone().expect("dup log fd")) as Box<dyn std::io::Write>
+                match g.try_clone() {
+                    Ok(f) => Box::new(f) as Box<dyn std::io::Write>,
+                    // Out of descriptors: drop this log line rather than crash.
+                    Err(_) => Box::new(std::io::sink()),
+                }
             })
         }
         None => Box::new(|| Box::new(std::io::stderr()) as Box<dyn std::io::Write>),
