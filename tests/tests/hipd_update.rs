@@ -175,7 +175,16 @@ fn hipd_tshark_parses_bex_update_close() {
     let p = pcap.to_str().unwrap();
 
     let types = tshark(&[
-        "-r", p, "-Y", "hip", "-T", "fields", "-e", "hip.packet_type", "-e", "udp.port",
+        "-r",
+        p,
+        "-Y",
+        "hip",
+        "-T",
+        "fields",
+        "-e",
+        "hip.packet_type",
+        "-e",
+        "udp.port",
     ]);
     let count = |t: &str| {
         types
