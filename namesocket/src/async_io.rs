@@ -138,7 +138,7 @@ impl AsyncNameStream {
             let notified = shared.kick.notified();
             {
                 let st = shared.lock();
-                if st.session.is_established() {
+                if st.session.is_established() || matches!(st.failure, Some(Failure::Closed)) {
                     break;
                 }
                 if let Some(f) = &st.failure {

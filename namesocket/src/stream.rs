@@ -11,7 +11,7 @@ use crate::addrsel::plan_paths;
 use crate::connect::{self, PathSet};
 use crate::driver::{self, ClientCtx, Conn, ConnState, Options, PathLog, Transport};
 use crate::engine::{Session, Stats, WriteError};
-use crate::error::{Error, Result};
+use crate::error::{Error, Failure, Result};
 use crate::resolve::Resolver;
 use crate::wire::v2::SessionId;
 
@@ -79,7 +79,9 @@ impl NameStream {
         let mut st = conn.lock();
         loop {
             driver::pump(&conn, &mut st, Instant::now());
-            if st.session.is_established() {
+            // A graceful close can only follow NEW_ACK: the server accepted
+            // and already closed (its data, if any, is buffered for reading).
+            if st.session.is_established() || matches!(st.failure, Some(Failure::Closed)) {
                 break;
             }
             if let Some(e) = st.terminal_error() {

@@ -409,3 +409,28 @@ fn rapid_breaks_including_during_resume() {
     // so fewer resumes than breaks happen; at least one must have happened.
     assert!(c.path_log().resumes >= 1, "{:?}", c.path_log());
 }
+
+/// A server that accepts, writes a greeting and closes at once: NEW_ACK,
+/// data and CLOSE may reach the client in one read. connect succeeds and the
+/// client reads the greeting, then end-of-stream (repeated to catch both
+/// orderings).
+#[test]
+fn server_that_closes_immediately() {
+    let l = NameListener::bind_with("0", &fast()).unwrap();
+    let port = l.local_port().to_string();
+    let server = thread::spawn(move || {
+        for _ in 0..50 {
+            let s = l.accept().unwrap();
+            (&s).write_all(b"bye").unwrap();
+            drop(s);
+        }
+    });
+    for i in 0..50 {
+        let c = NameStream::connect_with("127.0.0.1", &port, &fast())
+            .unwrap_or_else(|e| panic!("connect {i}: {e:?}"));
+        let mut got = Vec::new();
+        (&c).read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"bye", "connection {i}");
+    }
+    server.join().unwrap();
+}
