@@ -54,14 +54,18 @@ fn main() -> Result<()> {
             .join(", ")
     ));
 
-    let mut server_opts = Options::default();
-    server_opts.resolver = ResolverConfig::default()
-        .with_hosts_file(b.hosts_file())
-        .without_dns();
-    let mut client_opts = Options::default();
-    client_opts.resolver = ResolverConfig::default()
-        .with_hosts_file(a.hosts_file())
-        .without_dns();
+    let server_opts = Options {
+        resolver: ResolverConfig::default()
+            .with_hosts_file(b.hosts_file())
+            .without_dns(),
+        ..Options::default()
+    };
+    let client_opts = Options {
+        resolver: ResolverConfig::default()
+            .with_hosts_file(a.hosts_file())
+            .without_dns(),
+        ..Options::default()
+    };
     log(format!(
         "namesocket defaults: heartbeat {:?}, dead-path timeout {:?}, resume window {:?}",
         client_opts.session.heartbeat_interval,
