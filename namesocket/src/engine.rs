@@ -951,7 +951,9 @@ impl Session {
         self.last_rx = Some(now);
         self.last_tx = Some(now);
         self.stats.resumes += 1;
-        self.ack_needed = self.delivered() > self.rcv_acked_sent;
+        // The last ACK may have been lost with the old transport: announce
+        // what was delivered again on the new one.
+        self.ack_needed = self.delivered() > 0;
         let retransmitted_bytes = self.snd_high - self.snd_next;
         self.events.push_back(Event::Resumed {
             retransmitted_bytes,

@@ -295,3 +295,26 @@ proptest! {
         prop_assert_eq!(cuts_seen as u64, p.client.stats().resumes);
     }
 }
+
+/// Found by `streams_survive_arbitrary_cuts`: the client read the server's
+/// bytes and its ACK was lost in the cut. After the resume the client must
+/// announce what it delivered again, or the server keeps those bytes
+/// unacknowledged (and its send buffer full) forever.
+#[test]
+fn ack_lost_in_a_cut_is_announced_again_after_resume() {
+    let mut p = Pair::new(0, small_buffers(), small_buffers());
+    assert!(p.settle(STEP, 10));
+    let d = p.random_bytes(9956);
+    p.write_client(&d);
+    let d = p.random_bytes(2048);
+    p.write_server(&d);
+    p.transmit();
+    p.deliver(0, 2054);
+    p.read_all();
+    p.cut(0, 0);
+    p.connect();
+    assert!(p.settle(STEP, 200), "did not settle");
+    assert_eq!(p.server.as_ref().unwrap().unacked_bytes(), 0);
+    assert_eq!(p.c_got, p.s_sent);
+    assert_eq!(p.s_got, p.c_sent);
+}
