@@ -306,25 +306,7 @@ pub struct SecurityAssociation {
 
 // ---------------------------------------------------------------- checksums
 
-fn sum_words(mut acc: u32, data: &[u8]) -> u32 {
-    let mut chunks = data.chunks_exact(2);
-    for c in &mut chunks {
-        acc = acc.wrapping_add(u32::from(u16::from_be_bytes([c[0], c[1]])));
-        acc = (acc & 0xFFFF) + (acc >> 16);
-    }
-    if let [last] = chunks.remainder() {
-        acc = acc.wrapping_add(u32::from(*last) << 8);
-        acc = (acc & 0xFFFF) + (acc >> 16);
-    }
-    acc
-}
-
-fn fold(mut acc: u32) -> u16 {
-    while acc > 0xFFFF {
-        acc = (acc & 0xFFFF) + (acc >> 16);
-    }
-    acc as u16
-}
+use crate::wire::checksum::{fold, sum_bytes as sum_words};
 
 /// RFC 1624 eqn. 3: replace the words `old` by `new` under checksum `csum`.
 fn csum_replace(csum: u16, old: &[u8], new: &[u8]) -> u16 {

@@ -37,8 +37,9 @@ impl ChecksumMode {
     }
 }
 
-/// Adds `data` to a running 32-bit one's-complement accumulator.
-fn sum_bytes(mut acc: u32, data: &[u8]) -> u32 {
+/// Adds `data` to a running 32-bit one's-complement accumulator (also used by
+/// the ESP code for the inner TCP/UDP checksums).
+pub(crate) fn sum_bytes(mut acc: u32, data: &[u8]) -> u32 {
     let mut chunks = data.chunks_exact(2);
     for c in &mut chunks {
         acc = acc.wrapping_add(u32::from(u16::from_be_bytes([c[0], c[1]])));
@@ -52,11 +53,16 @@ fn sum_bytes(mut acc: u32, data: &[u8]) -> u32 {
     acc
 }
 
-fn finish(mut acc: u32) -> u16 {
+/// Folds an accumulator from [`sum_bytes`] to 16 bits (not complemented).
+pub(crate) fn fold(mut acc: u32) -> u16 {
     while acc > 0xFFFF {
         acc = (acc & 0xFFFF) + (acc >> 16);
     }
-    !(acc as u16)
+    acc as u16
+}
+
+fn finish(acc: u32) -> u16 {
+    !fold(acc)
 }
 
 /// Internet checksum of `packet` under the given pseudo-header. The caller

@@ -113,7 +113,7 @@
 //!   keepalive, and STUN (RFC 5770 legacy mode) by its magic cookie.
 //! * **Identifier enums** are open (`Unknown(v)`) and compare by raw value.
 
-mod checksum;
+pub(crate) mod checksum;
 pub mod consts;
 mod cursor;
 mod error;
