@@ -373,35 +373,6 @@ fn rng_helpers_draw_entropy_from_the_caller() {
     assert_ne!(d1.public_value(), d2.public_value()); // streams diverged by one draw
 }
 
-fn cshake128(data: &[u8], s: &[u8], out: &mut [u8]) {
-    use sha3::digest::{ExtendableOutput, Update, XofReader};
-    let mut x = sha3::CShake128::from_core(sha3::CShake128Core::new_with_function_name(b"", s));
-    x.update(data);
-    x.finalize_xof().read(out);
-}
-
-#[test]
-fn suite5_hit_is_cshake128_with_context_id_customization() {
-    // The primitive: NIST SP 800-185 cSHAKE sample #1 (N = "", S = "Email Signature").
-    let mut out = [0u8; 32];
-    cshake128(&[0, 1, 2, 3], b"Email Signature", &mut out);
-    assert_eq!(
-        out.to_vec(),
-        hex("c1c36925b6409a04f1b504fcbca9d82b4017277cb5ed2b2065fc1d3814d5aaf5")
-    );
-    // The construction: HIT = 2001:25 prefix || cSHAKE128(HI, 96, "", ContextID).
-    let id = make_id(IdentitySpec::Ed25519, 13);
-    let hit = id.host_id().hit(&be()).unwrap();
-    let mut h = [0u8; 12];
-    cshake128(
-        id.host_id().encoded(),
-        &hip_proto::crypto::HIP_CONTEXT_ID,
-        &mut h,
-    );
-    assert_eq!(&hit.as_bytes()[..4], &[0x20, 0x01, 0x00, 0x25]);
-    assert_eq!(&hit.as_bytes()[4..], &h);
-}
-
 #[test]
 fn encrypted_and_unsupported_pems_are_refused() {
     use openssl::ec::{EcGroup, EcKey};

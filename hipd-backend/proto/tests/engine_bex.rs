@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use hip_proto::crypto::esp::open_buffer_len;
 use hip_proto::crypto::{
-    CryptoBackend, DhGroup, EspSuite, GcmKeySize, HipCipher, OpensslBackend, PrivateIdentity,
-    SecurityAssociation,
+    CryptoBackend, DhGroup, EspSuite, GcmKeySize, HashAlg, HipCipher, OpensslBackend,
+    PrivateIdentity, SecurityAssociation,
 };
 use hip_proto::engine::testing::{IdentityKind, LinkConfig, Pair, Side, test_identity};
 use hip_proto::engine::{Config, Endpoint, Event, FailReason, Role, State};
@@ -157,13 +157,9 @@ fn bex_matrix_all_algorithms() {
     ];
     let mut runs = 0;
     for kind in IdentityKind::ALL {
-        // Ed25519 cannot respond (no cSHAKE128/KMAC RHASH): pair it with
-        // a P-256 Responder.
-        let resp_kind = if kind == IdentityKind::Ed25519 {
-            IdentityKind::EcdsaP256
-        } else {
-            kind
-        };
+        // Same identity kind on both sides (Ed25519 Responders use HIT
+        // suite 5: cSHAKE128 RHASH, KMAC128 HIP_MAC and KEYMAT PRF).
+        let resp_kind = kind;
         for (gi, &g) in groups.iter().enumerate() {
             for &c in &ciphers {
                 for (ei, &e) in esps.iter().enumerate() {
@@ -197,6 +193,12 @@ fn bex_matrix_all_algorithms() {
                             .and_then(|a| a.suites())
                             .expect("suites");
                     assert_eq!((s.dh_group, s.hip_cipher, s.esp), (g, c, e));
+                    let want_rhash = if kind == IdentityKind::Ed25519 {
+                        HashAlg::Cshake128
+                    } else {
+                        b_hit_rhash(b_hit)
+                    };
+                    assert_eq!(s.rhash, want_rhash);
                     runs += 1;
                 }
             }
@@ -205,15 +207,14 @@ fn bex_matrix_all_algorithms() {
     assert!(runs >= 4 * 3 * (3 * 6 + 3 * 2));
 }
 
+fn b_hit_rhash(hit: Hit) -> HashAlg {
+    hip_proto::crypto::hit_suite(&hit).unwrap().rhash().unwrap()
+}
+
 #[test]
 fn bex_every_initiator_responder_pair() {
-    let responders = [
-        IdentityKind::Rsa,
-        IdentityKind::EcdsaP256,
-        IdentityKind::EcdsaP384,
-    ];
     for ik in IdentityKind::ALL {
-        for rk in responders {
+        for rk in IdentityKind::ALL {
             let mut p = pair(
                 test_identity(ik, 0),
                 test_identity(rk, 1),
@@ -242,7 +243,7 @@ fn bex_every_initiator_responder_pair() {
 }
 
 #[test]
-fn ed25519_cannot_respond() {
+fn ed25519_responds_with_suite5_puzzle_and_macs() {
     let mut p = pair(
         test_identity(IdentityKind::EcdsaP256, 0),
         test_identity(IdentityKind::Ed25519, 1),
@@ -250,13 +251,44 @@ fn ed25519_cannot_respond() {
         fast_config(),
     );
     let b_hit = p.b.endpoint.local_hits()[0];
+    assert_eq!(b_hit.as_bytes()[3], 0x25, "suite-5 HIT");
     let now = p.now;
     p.a.endpoint
         .connect(now, Some(b_hit), vec![addr(2)], None)
         .unwrap();
-    p.run_for(Duration::from_secs(2));
-    assert!(p.b.endpoint.stats().unsupported >= 1);
-    assert_eq!(p.count_sent(Side::B, PacketType::R1), 0);
+    check_bex(&mut p);
+    assert_eq!(p.b.endpoint.stats().unsupported, 0);
+    assert_eq!(p.count_sent(Side::B, PacketType::R1), 1);
+    // The Responder's suite fixes RHASH: 32-byte cSHAKE128 puzzle, KMAC128 MACs.
+    let s =
+        p.a.endpoint
+            .association_by_peer(b_hit)
+            .unwrap()
+            .suites()
+            .unwrap();
+    assert_eq!(s.rhash, HashAlg::Cshake128);
+    // Opportunistic I1 to an Ed25519-only host is answered with its suite-5 HIT.
+    let mut q = pair(
+        test_identity(IdentityKind::Ed25519, 2),
+        test_identity(IdentityKind::Ed25519, 3),
+        fast_config(),
+        fast_config(),
+    );
+    let now = q.now;
+    q.a.endpoint
+        .connect(now, None, vec![addr(2)], None)
+        .unwrap();
+    check_bex(&mut q);
+    let peer = q.b.endpoint.local_hits()[0];
+    assert_eq!(
+        q.a.endpoint
+            .association_by_peer(peer)
+            .unwrap()
+            .suites()
+            .unwrap()
+            .rhash,
+        HashAlg::Cshake128
+    );
 }
 
 #[test]

@@ -134,11 +134,32 @@ pub trait CryptoBackend: Send + Sync + fmt::Debug {
     /// Short name for logs.
     fn name(&self) -> &'static str;
 
-    /// Hash of the concatenation of `parts`.
+    /// Hash of the concatenation of `parts` ([`HashAlg::Cshake128`]:
+    /// cSHAKE128 with a 256-bit output and empty N and S).
     fn digest(&self, alg: HashAlg, parts: &[&[u8]]) -> Result<Digest, CryptoError>;
 
-    /// HMAC of the concatenation of `parts`.
+    /// HMAC of the concatenation of `parts` ([`HashAlg::Cshake128`]:
+    /// KMAC128 with a 256-bit output and empty customization).
     fn hmac(&self, alg: HashAlg, key: &[u8], parts: &[&[u8]]) -> Result<Digest, CryptoError>;
+
+    /// `cSHAKE128(X = concat(parts), L = 8·out.len(), N = "", S = customization)`
+    /// (NIST SP 800-185); fills `out`. HIT suite 5 ORCHIDs and RHASH.
+    fn cshake128(
+        &self,
+        customization: &[u8],
+        parts: &[&[u8]],
+        out: &mut [u8],
+    ) -> Result<(), CryptoError>;
+
+    /// `KMAC128(K = key, X = concat(parts), L = 8·out.len(), S = customization)`
+    /// (NIST SP 800-185); fills `out`. HIT suite 5 HMAC and KDF PRF.
+    fn kmac128(
+        &self,
+        key: &[u8],
+        customization: &[u8],
+        parts: &[&[u8]],
+        out: &mut [u8],
+    ) -> Result<(), CryptoError>;
 
     /// Generate an identity. `entropy` must hold [`IdentitySpec::entropy_len`]
     /// bytes from a CSPRNG; RSA keys use the backend's internal CSPRNG (meant

@@ -10,14 +10,17 @@
 //! * The hash input after the Context ID is the *Host Identity field* exactly as
 //!   carried in HOST_ID (for ECDSA and EdDSA this includes the 2-byte curve
 //!   label; for RSA it is `e_len ‖ e ‖ n`).
-//! * HIT suite 5 (EdDSA/cSHAKE128): `cSHAKE128(X = HI, L = 96, N = "", S = ContextID)`,
-//!   the 96-bit output used directly (RFC 9374 writes the Context ID as the
-//!   cSHAKE customization string). This is an interpretation; no published
-//!   HIPv2 test vector was found to confirm it.
+//! * HIT suite 5 (EdDSA/cSHAKE128), RFC 9374 §3.5.2.1 ("Encoding ORCHIDs
+//!   for HIPv2", variable output length hashes): `Hash[96](ContextID ‖ HI)`
+//!   with `Hash[L]` = the L-bit output of cSHAKE128 (N = S = ""), used
+//!   directly without middle extraction; Prefix and OGA ID are not hashed
+//!   for HIPv2 HITs (unlike DETs, RFC 9374 §3.5.2, where the Context ID is
+//!   the cSHAKE customization string and the header is hashed). RFC 9374
+//!   publishes no HIPv2 HIT test vector; the known-answer test was computed
+//!   independently (OpenSSL SHAKE128, identical to cSHAKE128 with empty N
+//!   and S).
 
 use std::net::Ipv4Addr;
-
-use sha3::digest::{ExtendableOutput, Update, XofReader};
 
 pub use crate::wire::{Hit, Lsi};
 
@@ -50,10 +53,9 @@ pub fn derive_hit(
     let mut hash96 = [0u8; 12];
     match suite {
         HitSuite::EddsaCshake128 => {
-            let core = sha3::CShake128Core::new_with_function_name(b"", &HIP_CONTEXT_ID);
-            let mut x = sha3::CShake128::from_core(core);
-            x.update(hi);
-            x.finalize_xof().read(&mut hash96);
+            // RFC 9374 §3.5.2.1: the L = 96-bit output of the variable-length
+            // hash over Context ID ‖ HOST_ID (N = S = "").
+            backend.cshake128(b"", &[&HIP_CONTEXT_ID, hi], &mut hash96)?;
         }
         other => {
             let alg = other.rhash()?;

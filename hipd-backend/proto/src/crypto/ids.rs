@@ -16,6 +16,10 @@ pub enum HashAlg {
     Sha256,
     /// SHA-384 (HIT suite 2).
     Sha384,
+    /// HIT suite 5 (EdDSA/cSHAKE128, RFC 9374): RHASH = cSHAKE128 with a
+    /// 256-bit output (N = S = ""), HMAC = KMAC128 with a 256-bit output
+    /// (S = ""); see [`super::keccak`].
+    Cshake128,
 }
 
 impl HashAlg {
@@ -25,6 +29,7 @@ impl HashAlg {
             HashAlg::Sha1 => 20,
             HashAlg::Sha256 => 32,
             HashAlg::Sha384 => 48,
+            HashAlg::Cshake128 => 32,
         }
     }
 }
@@ -145,8 +150,8 @@ pub enum HitSuite {
     EcdsaSha384,
     /// 3: ECDSA_LOW/SHA-1 (HIT/RHASH only; no ECDSA_LOW identities here).
     EcdsaLowSha1,
-    /// 5: EdDSA/cSHAKE128 (RFC 9374). Only HIT derivation is supported for
-    /// this suite; its RHASH/KMAC128 are not implemented (see crate docs).
+    /// 5: EdDSA/cSHAKE128 (RFC 9374): RHASH cSHAKE128 (256-bit output),
+    /// HMAC KMAC128, ORCHID hash cSHAKE128 (96-bit output).
     EddsaCshake128,
 }
 
@@ -161,16 +166,13 @@ impl HitSuite {
         }
     }
 
-    /// The suite's RHASH (also its HMAC hash and the HKDF hash), when it is a
-    /// fixed-length hash this crate implements.
+    /// The suite's RHASH (also its HMAC hash and the HKDF hash).
     pub fn rhash(self) -> Result<HashAlg, CryptoError> {
         match self {
             HitSuite::RsaDsaSha256 => Ok(HashAlg::Sha256),
             HitSuite::EcdsaSha384 => Ok(HashAlg::Sha384),
             HitSuite::EcdsaLowSha1 => Ok(HashAlg::Sha1),
-            HitSuite::EddsaCshake128 => Err(CryptoError::Unsupported(
-                "RHASH cSHAKE128 / KMAC128 (HIT suite 5)",
-            )),
+            HitSuite::EddsaCshake128 => Ok(HashAlg::Cshake128),
         }
     }
 }

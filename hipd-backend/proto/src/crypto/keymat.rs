@@ -6,6 +6,13 @@
 //! names the salt and info but omits the formula; this is the RFC 5869
 //! reading. At most 255 × hash-length bytes can be drawn.
 //!
+//! HIT suite 5 (EdDSA/cSHAKE128, RFC 9374) has no HMAC but KMAC128; its
+//! KEYMAT is the same extract-and-expand construction with KMAC128
+//! (256-bit output, empty customization) in place of HMAC wherever HMAC
+//! appears above (`CryptoBackend::hmac` with [`HashAlg::Cshake128`]). RFC
+//! 9374 does not define a suite-5 KDF; this keeps RFC 7401's "HKDF over the
+//! suite's HMAC" and is a stable choice of this crate.
+//!
 //! Draw order, each key at its natural size: HIP-gl encryption, HIP-gl
 //! integrity, HIP-lg encryption, HIP-lg integrity ([`Keymat::draw_hip_keys`]);
 //! then SA-gl ESP encryption, SA-gl ESP authentication, SA-lg ESP encryption,

@@ -32,9 +32,13 @@
 //!   entropy at SA creation; GCM IVs are the 64-bit sequence number. GCM salt =
 //!   4 bytes drawn from KEYMAT right after the AES key; see [`esp`].
 //!
+//! * **HIT suite 5** (EdDSA/cSHAKE128, RFC 9374): RHASH = cSHAKE128 with a
+//!   256-bit output, HMAC = KMAC128 with a 256-bit output (both with empty
+//!   customization), KEYMAT = HKDF with KMAC128 as its PRF, ORCHID hash =
+//!   the 96-bit cSHAKE128 output over Context ID ‖ HI; see [`keccak`].
+//!
 //! # Not implemented
-//! RHASH/HMAC for HIT suite 5 (cSHAKE128/KMAC128) — only the HIT of an EdDSA
-//! identity is computed; DSA and ECDSA_LOW identities; EdDSA448.
+//! DSA and ECDSA_LOW identities; EdDSA448.
 
 pub mod backend;
 pub mod cipher;
@@ -42,6 +46,7 @@ pub mod esp;
 pub mod hit;
 pub mod identity;
 pub mod ids;
+pub mod keccak;
 pub mod keymat;
 pub mod openssl_backend;
 pub mod puzzle;

@@ -59,11 +59,13 @@ impl OpensslBackend {
     }
 }
 
-fn md(alg: HashAlg) -> MessageDigest {
+fn md(alg: HashAlg) -> Result<MessageDigest, CryptoError> {
     match alg {
-        HashAlg::Sha1 => MessageDigest::sha1(),
-        HashAlg::Sha256 => MessageDigest::sha256(),
-        HashAlg::Sha384 => MessageDigest::sha384(),
+        HashAlg::Sha1 => Ok(MessageDigest::sha1()),
+        HashAlg::Sha256 => Ok(MessageDigest::sha256()),
+        HashAlg::Sha384 => Ok(MessageDigest::sha384()),
+        // KMAC128 / cSHAKE128 run through `super::keccak`, never an EVP digest.
+        HashAlg::Cshake128 => Err(CryptoError::Unsupported("cSHAKE128 as an OpenSSL digest")),
     }
 }
 
@@ -712,16 +714,47 @@ impl CryptoBackend for OpensslBackend {
                 parts.iter().for_each(|p| h.update(p));
                 Digest::from_slice(&h.finish())
             }
+            HashAlg::Cshake128 => {
+                let mut out = [0u8; HashAlg::Cshake128.output_len()];
+                super::keccak::cshake128(b"", parts, &mut out);
+                Digest::from_slice(&out)
+            }
         }
     }
 
     fn hmac(&self, alg: HashAlg, key: &[u8], parts: &[&[u8]]) -> Result<Digest, CryptoError> {
+        if alg == HashAlg::Cshake128 {
+            let mut out = [0u8; HashAlg::Cshake128.output_len()];
+            super::keccak::kmac128(key, b"", parts, &mut out);
+            return Digest::from_slice(&out);
+        }
         let k = PKey::hmac(key)?;
-        let mut s = Signer::new(md(alg), &k)?;
+        let mut s = Signer::new(md(alg)?, &k)?;
         for p in parts {
             s.update(p)?;
         }
         Digest::from_slice(&s.sign_to_vec()?)
+    }
+
+    fn cshake128(
+        &self,
+        customization: &[u8],
+        parts: &[&[u8]],
+        out: &mut [u8],
+    ) -> Result<(), CryptoError> {
+        super::keccak::cshake128(customization, parts, out);
+        Ok(())
+    }
+
+    fn kmac128(
+        &self,
+        key: &[u8],
+        customization: &[u8],
+        parts: &[&[u8]],
+        out: &mut [u8],
+    ) -> Result<(), CryptoError> {
+        super::keccak::kmac128(key, customization, parts, out);
+        Ok(())
     }
 
     fn generate_identity(
