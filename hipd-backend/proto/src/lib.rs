@@ -7,4 +7,5 @@
 
 pub mod crypto;
 pub mod engine;
+pub mod reap;
 pub mod wire;
