@@ -866,3 +866,193 @@ fn mobility_and_rekey_converge_on_a_lossy_reordering_link() {
         }
     }
 }
+
+fn peer_probed(events: &[Event]) -> Vec<(IpAddr, IpAddr, bool)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::PeerProbed {
+                src,
+                dst,
+                exploring,
+                ..
+            } => Some((*src, *dst, *exploring)),
+            _ => None,
+        })
+        .collect()
+}
+
+const A2: u16 = 0x12;
+
+#[test]
+fn set_path_forces_a_pair_until_replaced_or_invalid() {
+    let (mut p, _) = established_pair(cfg());
+    let (_, b_hit) = hits(&p);
+    p.a.aliases.push(addr(A2));
+    p.b.aliases.push(addr(B2));
+    let t = p.now;
+    p.a.endpoint
+        .set_local_locators(t, vec![local(A1, 1, true), local(A2, 2, false)]);
+    p.b.endpoint
+        .set_local_locators(t, vec![local(B1, 2, true), local(B2, 3, false)]);
+    assert!(p.run_until(Duration::from_secs(5), |p| {
+        peer_state(p, Side::A, b_hit, B2) == Some(LocatorState::Unverified)
+    }));
+    p.run_for(Duration::from_secs(1));
+    let t = p.now;
+    // Refusals: unknown source, unknown/mixed destination.
+    assert!(p.a.endpoint.set_path(t, b_hit, addr(99), addr(B1)).is_err());
+    assert!(p.a.endpoint.set_path(t, b_hit, addr(A1), addr(77)).is_err());
+    let v4 = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
+    assert!(p.a.endpoint.set_path(t, b_hit, v4, addr(B1)).is_err());
+    // UNVERIFIED destination: verified first, then forced.
+    let now_forced =
+        p.a.endpoint
+            .set_path(t, b_hit, addr(A1), addr(B2))
+            .expect("set_path");
+    assert!(!now_forced);
+    assert_eq!(p.a.endpoint.route(b_hit), Some((addr(A1), addr(B1))));
+    assert!(p.run_until(Duration::from_secs(5), |p| {
+        p.a.endpoint.route(b_hit) == Some((addr(A1), addr(B2)))
+    }));
+    assert_eq!(path_changes(&p.a.events), vec![(addr(A1), addr(B2))]);
+    // Preference flags are untouched: B1 stays the peer's preferred one.
+    let view = p.a.endpoint.locators(b_hit).expect("view");
+    assert!(view.peer.iter().any(|l| l.addr == addr(B1) && l.preferred));
+    assert!(!view.peer.iter().any(|l| l.addr == addr(B2) && l.preferred));
+    // An ACTIVE destination with our other source: immediate.
+    let t = p.now;
+    assert!(
+        p.a.endpoint
+            .set_path(t, b_hit, addr(A2), addr(B1))
+            .expect("set_path")
+    );
+    assert_eq!(p.a.endpoint.route(b_hit), Some((addr(A2), addr(B1))));
+    assert!(
+        p.a.endpoint
+            .locators(b_hit)
+            .expect("view")
+            .local
+            .iter()
+            .any(|l| l.addr == addr(A1) && l.preferred),
+        "our preferred locator is unchanged"
+    );
+    // The forced pair survives traffic and time (choose_path keeps it).
+    p.run_for(Duration::from_secs(2));
+    assert_eq!(p.a.endpoint.route(b_hit), Some((addr(A2), addr(B1))));
+    // set_peer_preferred replaces it.
+    let t = p.now;
+    assert!(
+        p.a.endpoint
+            .set_peer_preferred(t, b_hit, addr(B1))
+            .expect("pref")
+    );
+    assert_eq!(p.a.endpoint.route(b_hit), Some((addr(A1), addr(B1))));
+    // Forced again onto B2; B withdraws B2 → DEPRECATED → the forced pair
+    // is invalid and the normal choice comes back.
+    assert!(
+        p.a.endpoint
+            .set_path(t, b_hit, addr(A2), addr(B2))
+            .expect("active now")
+    );
+    assert_eq!(p.a.endpoint.route(b_hit), Some((addr(A2), addr(B2))));
+    let t = p.now;
+    p.b.endpoint.set_local_locators(t, vec![local(B1, 2, true)]);
+    assert!(p.run_until(Duration::from_secs(5), |p| {
+        peer_state(p, Side::A, b_hit, B2) == Some(LocatorState::Deprecated)
+    }));
+    assert_eq!(p.a.endpoint.route(b_hit), Some((addr(A1), addr(B1))));
+    assert_eq!(
+        path_changes(&p.a.events).last(),
+        Some(&(addr(A1), addr(B1)))
+    );
+    let t = p.now;
+    assert!(matches!(
+        p.a.endpoint.set_path(t, b_hit, addr(A1), addr(B2)),
+        Err(hip_proto::engine::EngineError::DeprecatedLocator(_))
+    ));
+}
+
+#[test]
+fn peer_probed_reports_probes_verifications_and_the_exploring_marker() {
+    let (mut p, _) = established_pair(cfg());
+    let (a_hit, b_hit) = hits(&p);
+    let echoes: Rc<RefCell<Vec<Vec<u8>>>> = Rc::default();
+    let seen = echoes.clone();
+    p.set_filter(Some(Box::new(move |side, t: &mut Transmit| {
+        if side == Side::A
+            && let Some(r) = update_repr(t)
+        {
+            for prm in r.params_of(pt::ECHO_REQUEST_SIGNED) {
+                if let Param::EchoRequestSigned(e) = prm {
+                    seen.borrow_mut().push(e.clone());
+                }
+            }
+        }
+        true
+    })));
+    let t = p.now;
+    let plain =
+        p.a.endpoint
+            .probe(t, b_hit, addr(A1), addr(B1))
+            .expect("probe");
+    p.run_for(Duration::from_millis(100));
+    assert_eq!(peer_probed(&p.b.events), vec![(addr(A1), addr(B1), false)]);
+    let t = p.now;
+    let expl =
+        p.a.endpoint
+            .probe_exploring(t, b_hit, addr(A1), addr(B1))
+            .expect("probe");
+    assert_ne!(plain, expl);
+    p.run_for(Duration::from_millis(100));
+    assert_eq!(
+        peer_probed(&p.b.events),
+        vec![(addr(A1), addr(B1), false), (addr(A1), addr(B1), true)]
+    );
+    // Both answered, matched by nonce, with the pair and the RTT.
+    let replies: Vec<(u64, IpAddr, IpAddr, Duration)> =
+        p.a.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::ProbeReply {
+                    probe,
+                    src,
+                    dst,
+                    rtt,
+                    ..
+                } => Some((*probe, *src, *dst, *rtt)),
+                _ => None,
+            })
+            .collect();
+    let ms20 = Duration::from_millis(20);
+    assert_eq!(
+        replies,
+        vec![
+            (plain, addr(A1), addr(B1), ms20),
+            (expl, addr(A1), addr(B1), ms20)
+        ]
+    );
+    // Wire: 16-byte nonce, then marker ‖ 16-byte nonce.
+    let e = echoes.borrow().clone();
+    assert_eq!(e.len(), 2);
+    assert_eq!(e[0].len(), 16);
+    assert_eq!(e[1].len(), 20);
+    assert_eq!(e[1][..4], hip_proto::engine::EXPLORING_MARKER);
+    // An address verification is reported too (not exploring): B learns
+    // A2 and verifies it when told to prefer it.
+    p.set_filter(None);
+    p.a.aliases.push(addr(A2));
+    let t = p.now;
+    p.a.endpoint
+        .set_local_locators(t, vec![local(A1, 1, true), local(A2, 2, false)]);
+    assert!(p.run_until(Duration::from_secs(5), |p| {
+        peer_state(p, Side::B, a_hit, A2) == Some(LocatorState::Unverified)
+    }));
+    let t = p.now;
+    p.b.endpoint
+        .set_peer_preferred(t, a_hit, addr(A2))
+        .expect("pref");
+    assert!(p.run_until(Duration::from_secs(5), |p| {
+        peer_probed(&p.a.events).contains(&(addr(B1), addr(A2), false))
+    }));
+}

@@ -126,10 +126,13 @@
 //! [`Endpoint::set_peer_preferred`], [`Endpoint::locators`]
 //! ([`LocatorsView`]), [`Endpoint::route`], [`Endpoint::on_data_received`],
 //! [`Endpoint::can_send_to`], [`Endpoint::authorize_send`],
-//! [`Endpoint::rekey`], [`Endpoint::probe`], [`Endpoint::esp_received`];
+//! [`Endpoint::rekey`], [`Endpoint::probe`], [`Endpoint::probe_exploring`],
+//! [`Endpoint::set_path`], [`Endpoint::esp_received`];
 //! events [`Event::PathChanged`], [`Event::PeerLocatorState`],
 //! [`Event::VerificationFailed`], [`Event::SasRekeyed`],
-//! [`Event::SasRetired`], [`Event::ProbeReply`], [`Event::ProbeLost`].
+//! [`Event::SasRetired`], [`Event::ProbeReply`], [`Event::ProbeLost`],
+//! [`Event::PeerProbed`]. Failure detection (when to probe, when to
+//! switch) is not in the engine: see [`crate::reap`].
 //! Choices (kept stable):
 //!
 //! * **SEQ/ACK.** Update IDs start at 0 per association and increase by
@@ -219,7 +222,24 @@
 //!   ECHO_RESPONSE_SIGNED)` sent back on the reverse pair; never
 //!   retransmitted, [`Event::ProbeLost`] after [`Config::probe_timeout`],
 //!   and never closing the association. An answered probe verifies an
-//!   UNVERIFIED destination.
+//!   UNVERIFIED destination. Replies are matched by the echoed nonce (an
+//!   ACK without it reports [`Event::ProbeLost`]) and carry the probed pair
+//!   and the RTT. [`Endpoint::probe_exploring`] sends the opaque data
+//!   [`EXPLORING_MARKER`] ‖ nonce (20 bytes) so that our peer can tell a
+//!   REAP exploration from a standby refresh or an address check; other
+//!   implementations simply echo it.
+//! * **Being probed.** Every new UPDATE carrying ECHO_REQUEST_SIGNED is
+//!   answered with ECHO_RESPONSE_SIGNED on the reverse pair and reported
+//!   as [`Event::PeerProbed`] (`exploring` when any echo request carries
+//!   the marker); retransmitted duplicates are not reported again.
+//! * **Forced pair** ([`Endpoint::set_path`], the REAP detector's switch):
+//!   path selection returns it before anything else while its destination
+//!   is ACTIVE and its source is still ours; it changes no preference flag
+//!   and no LOCATOR_SET is sent. An UNVERIFIED destination is verified
+//!   first. It is dropped when a locator of it goes away or is deprecated
+//!   (the normal choice resumes, with [`Event::PathChanged`]), and replaced
+//!   by [`Endpoint::set_peer_preferred`], [`Endpoint::set_local_preferred`]
+//!   or another `set_path`.
 
 mod assoc;
 pub mod config;
@@ -233,7 +253,7 @@ use std::time::Duration;
 pub use assoc::{Association, LocalLocator, LocatorState, PeerLocator, Role, State, Suites};
 pub use config::Config;
 pub use endpoint::Endpoint;
-pub use endpoint::update::{LocatorsView, SEQ_WINDOW};
+pub use endpoint::update::{EXPLORING_MARKER, LocatorsView, SEQ_WINDOW};
 pub use stats::Stats;
 
 use crate::crypto::{CryptoError, EspSuite, SecurityAssociation};
@@ -474,6 +494,25 @@ pub enum Event {
         dst: IpAddr,
         /// Round-trip time.
         rtt: Duration,
+    },
+    /// The peer probed us: we answered an UPDATE carrying
+    /// ECHO_REQUEST_SIGNED (a probe, [`Endpoint::probe`] /
+    /// [`Endpoint::probe_exploring`], or an address verification, possibly
+    /// combined with a LOCATOR_SET or a rekey) with ECHO_RESPONSE_SIGNED on
+    /// the reverse pair. Reported once per new Update ID (not for
+    /// retransmissions answered from the stored reply). Feed it to
+    /// [`crate::reap::Detector::on_peer_probe`] as the pair (`dst`, `src`).
+    PeerProbed {
+        /// Peer HIT.
+        peer_hit: Hit,
+        /// The peer's address (source of the probe).
+        src: IpAddr,
+        /// Our address it was sent to.
+        dst: IpAddr,
+        /// The probe carries the exploring marker
+        /// ([`EXPLORING_MARKER`]): the peer is exploring (REAP
+        /// Probe(Exploring)).
+        exploring: bool,
     },
     /// A probe got no answer within [`Config::probe_timeout`].
     ProbeLost {

@@ -31,6 +31,14 @@ const STORED_REPLIES: usize = 16;
 const CREDIT_AGEING: Duration = Duration::from_secs(5);
 /// ECHO nonce length for address verification and probes.
 const NONCE_LEN: usize = 16;
+/// Prefix of the ECHO_REQUEST_SIGNED opaque data of an exploring probe
+/// ([`Endpoint::probe_exploring`]); the random nonce follows.
+pub const EXPLORING_MARKER: [u8; 4] = *b"REAP";
+
+/// Whether ECHO_REQUEST_SIGNED opaque data marks an exploring probe.
+fn is_exploring_echo(e: &[u8]) -> bool {
+    e.len() == EXPLORING_MARKER.len() + NONCE_LEN && e.starts_with(&EXPLORING_MARKER)
+}
 
 /// What a SEQ-bearing UPDATE we sent is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,6 +109,10 @@ pub(crate) struct UpdateState {
     pub(crate) path: Option<(IpAddr, IpAddr)>,
     /// A peer locator to make preferred once verified.
     want_preferred: Option<IpAddr>,
+    /// The pair forced by [`Endpoint::set_path`] (src, dst).
+    forced: Option<(IpAddr, IpAddr)>,
+    /// A pair to force once its destination is verified.
+    want_forced: Option<(IpAddr, IpAddr)>,
     /// When our finite-lifetime LOCATOR_SET must be re-announced.
     announce_at: Option<Instant>,
 }
@@ -225,10 +237,26 @@ fn choose_src(a: &Association, dst: IpAddr) -> Option<IpAddr> {
         .map(|l| l.addr)
 }
 
-/// The pair to use: the preferred ACTIVE peer locator (else the current
-/// one if still ACTIVE, else any ACTIVE one); only when no ACTIVE locator
-/// is reachable, the preferred UNVERIFIED one (credit-limited).
+/// Whether a forced pair is still usable: the destination an ACTIVE peer
+/// locator, the source one of our locators of the same family.
+fn forced_valid(a: &Association, (src, dst): (IpAddr, IpAddr)) -> bool {
+    same_family(src, dst)
+        && a.local_locators.iter().any(|l| l.addr == src)
+        && a.peer_locators
+            .iter()
+            .any(|l| l.addr == dst && l.state == LocatorState::Active)
+}
+
+/// The pair to use: a valid forced pair ([`Endpoint::set_path`]); else the
+/// preferred ACTIVE peer locator (else the current one if still ACTIVE,
+/// else any ACTIVE one); only when no ACTIVE locator is reachable, the
+/// preferred UNVERIFIED one (credit-limited).
 fn choose_path(a: &Association) -> Option<(IpAddr, IpAddr)> {
+    if let Some(f) = a.upd.forced
+        && forced_valid(a, f)
+    {
+        return Some(f);
+    }
     let cur = a.upd.path.map(|p| p.1);
     let act = |l: &&PeerLocator| l.state == LocatorState::Active;
     let unv = |l: &&PeerLocator| l.state == LocatorState::Unverified;
@@ -398,6 +426,10 @@ impl Endpoint {
                 .find(|l| l.addr == addr)
                 .map(|l| l.state)
                 .ok_or(EngineError::UnknownLocator(addr))?;
+            if state != LocatorState::Deprecated {
+                a.upd.forced = None;
+                a.upd.want_forced = None;
+            }
             match state {
                 LocatorState::Deprecated => Err(EngineError::DeprecatedLocator(addr)),
                 LocatorState::Active => {
@@ -433,6 +465,9 @@ impl Endpoint {
             if !a.local_locators.iter().any(|l| l.addr == addr) {
                 return Err(EngineError::UnknownLocator(addr));
             }
+            if a.upd.forced.take().is_some() | a.upd.want_forced.take().is_some() {
+                ep.refresh_path(now, a);
+            }
             if a.local_locators
                 .iter()
                 .any(|l| l.addr == addr && l.preferred)
@@ -444,6 +479,53 @@ impl Endpoint {
             }
             ep.refresh_path(now, a);
             ep.announce_locators(now, a)
+        })
+    }
+
+    /// Forces the pair (`src`, `dst`) for this peer, without changing
+    /// preference flags (the REAP detector's switch). `dst` must be a
+    /// non-deprecated peer locator and `src` one of our locators of the same
+    /// family. An ACTIVE `dst` is used at once ([`Event::PathChanged`] if the
+    /// pair changed; returns true); an UNVERIFIED one is verified first
+    /// (ECHO_REQUEST_SIGNED, as [`Endpoint::set_peer_preferred`]) and the
+    /// pair is forced when the echo returns (returns false; a failed
+    /// verification forgets it). The forced pair stays in use until one of
+    /// its locators is gone or deprecated, or [`Endpoint::set_peer_preferred`],
+    /// [`Endpoint::set_local_preferred`] or another `set_path` replaces it.
+    pub fn set_path(
+        &mut self,
+        now: Instant,
+        peer_hit: Hit,
+        src: IpAddr,
+        dst: IpAddr,
+    ) -> Result<bool, EngineError> {
+        self.with_assoc(peer_hit, |ep, a| {
+            Self::require_established(a)?;
+            if !a.local_locators.iter().any(|l| l.addr == src) || !same_family(src, dst) {
+                return Err(EngineError::UnknownLocator(src));
+            }
+            let state = a
+                .peer_locators
+                .iter()
+                .find(|l| l.addr == dst)
+                .map(|l| l.state)
+                .ok_or(EngineError::UnknownLocator(dst))?;
+            match state {
+                LocatorState::Deprecated => Err(EngineError::DeprecatedLocator(dst)),
+                LocatorState::Active => {
+                    a.upd.forced = Some((src, dst));
+                    a.upd.want_forced = None;
+                    ep.refresh_path(now, a);
+                    Ok(true)
+                }
+                LocatorState::Unverified => {
+                    a.upd.want_forced = Some((src, dst));
+                    if !ep.verifying(a, dst) {
+                        ep.start_verify(now, a, dst)?;
+                    }
+                    Ok(false)
+                }
+            }
         })
     }
 
@@ -517,6 +599,32 @@ impl Endpoint {
         src: IpAddr,
         dst: IpAddr,
     ) -> Result<u64, EngineError> {
+        self.probe_inner(now, peer_hit, src, dst, false)
+    }
+
+    /// Like [`Endpoint::probe`], for a REAP exploration
+    /// ([`crate::reap`]): the ECHO_REQUEST_SIGNED opaque data is
+    /// [`EXPLORING_MARKER`] followed by the 16-byte random nonce, and the
+    /// peer's engine reports it as [`Event::PeerProbed`] with
+    /// `exploring: true` (other implementations just echo it).
+    pub fn probe_exploring(
+        &mut self,
+        now: Instant,
+        peer_hit: Hit,
+        src: IpAddr,
+        dst: IpAddr,
+    ) -> Result<u64, EngineError> {
+        self.probe_inner(now, peer_hit, src, dst, true)
+    }
+
+    fn probe_inner(
+        &mut self,
+        now: Instant,
+        peer_hit: Hit,
+        src: IpAddr,
+        dst: IpAddr,
+        exploring: bool,
+    ) -> Result<u64, EngineError> {
         self.with_assoc(peer_hit, |ep, a| {
             Self::require_established(a)?;
             match a.peer_locators.iter().find(|l| l.addr == dst) {
@@ -528,7 +636,12 @@ impl Endpoint {
             }
             let id = ep.next_probe_id;
             ep.next_probe_id += 1;
-            let nonce = ep.rand_bytes(NONCE_LEN);
+            let mut nonce = if exploring {
+                EXPLORING_MARKER.to_vec()
+            } else {
+                Vec::new()
+            };
+            nonce.extend(ep.rand_bytes(NONCE_LEN));
             let purpose = Purpose::Probe {
                 id,
                 src,
@@ -770,6 +883,9 @@ impl Endpoint {
     /// Recomputes the path; emits [`Event::PathChanged`] when it changed
     /// and starts verifying an UNVERIFIED destination in use.
     fn refresh_path(&mut self, now: Instant, a: &mut Association) {
+        if a.upd.forced.is_some_and(|f| !forced_valid(a, f)) {
+            a.upd.forced = None;
+        }
         let new = choose_path(a);
         if new != a.upd.path {
             if let (Some((src, dst)), Some(peer_hit)) = (new, a.peer_hit) {
@@ -938,10 +1054,20 @@ impl Endpoint {
         if let Some(Param::LocatorSet(ls)) = repr.param(pt::LOCATOR_SET) {
             verify_now = self.apply_peer_locator_set(now, a, ls);
         }
+        let mut probed: Option<bool> = None;
         for p in repr.params_of(pt::ECHO_REQUEST_SIGNED) {
             if let Param::EchoRequestSigned(e) = p {
                 reply.push(Param::EchoResponseSigned(e.clone()));
+                probed = Some(probed.unwrap_or(false) | is_exploring_echo(e));
             }
+        }
+        if let (Some(exploring), Some(peer_hit)) = (probed, a.peer_hit) {
+            self.events.push_back(Event::PeerProbed {
+                peer_hit,
+                src: d.src,
+                dst: d.dst,
+                exploring,
+            });
         }
         if let Some(addr) = verify_now {
             if reply_purpose.is_none() && !self.verifying(a, addr) {
@@ -1066,12 +1192,21 @@ impl Endpoint {
                 l.preferred = l.addr == addr;
             }
         }
+        if let Some(f) = a.upd.want_forced
+            && f.1 == addr
+        {
+            a.upd.want_forced = None;
+            a.upd.forced = Some(f);
+        }
         self.refresh_path(now, a);
     }
 
     fn verification_failed(&mut self, a: &mut Association, addr: IpAddr) {
         if a.upd.want_preferred == Some(addr) {
             a.upd.want_preferred = None;
+        }
+        if a.upd.want_forced.is_some_and(|f| f.1 == addr) {
+            a.upd.want_forced = None;
         }
         if let Some(peer_hit) = a.peer_hit {
             self.events
