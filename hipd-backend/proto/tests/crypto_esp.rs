@@ -1,9 +1,9 @@
 //! ESP BEET security associations: round trips, tampering, anti-replay, ESN,
-//! inner checksums, LSIs, batches.
+//! inner checksums, LSIs, batches, dummy packets (keepalives).
 
 use std::net::Ipv4Addr;
 
-use hip_proto::crypto::esp::{ReplayWindow, open_buffer_len, peek_spi};
+use hip_proto::crypto::esp::{DUMMY_NEXT_HEADER, Opened, ReplayWindow, open_buffer_len, peek_spi};
 use hip_proto::crypto::{
     BeetAddrs, EspError, EspSuite, GcmKeySize, Hit, InnerFamily, Lsi, OpensslBackend, SaDirection,
     SaParams, SecurityAssociation,
@@ -243,6 +243,67 @@ fn round_trip_every_suite_and_inner_checksum_valid() {
             );
         }
     }
+}
+
+fn open_full(sa: &mut SecurityAssociation, esp: &[u8]) -> Result<Opened, EspError> {
+    let mut out = vec![0u8; open_buffer_len(esp.len())];
+    sa.open(esp, 61, &mut out)
+}
+
+fn dummy(sa: &mut SecurityAssociation) -> Vec<u8> {
+    let mut out = vec![0u8; sa.seal_buffer_len(0)];
+    let n = sa.seal_dummy(&mut out).expect("seal_dummy");
+    out.truncate(n);
+    out
+}
+
+#[test]
+fn dummy_packets_round_trip_in_every_suite() {
+    for suite in SUITES {
+        let mut p = pair(suite);
+        let inner = ipv6_packet(&hit(1), &hit(2), 6, tcp_segment(10));
+        let a = seal(&mut p.tx, &inner);
+        let d = dummy(&mut p.tx);
+        let b = seal(&mut p.tx, &inner);
+        assert_eq!(d.len(), p.tx.sealed_len_for_payload(0), "{suite:?}");
+        assert_eq!(peek_spi(&d), Some(0xABCD_0001));
+        assert_eq!(p.tx.last_seq_sent(), 3, "a dummy uses a sequence number");
+        let oa = open_full(&mut p.rx, &a).expect("open a");
+        assert!(!oa.dummy, "normal packets are not dummies");
+        assert_eq!(oa.next_header, 6);
+        assert_eq!(oa.len, inner.len());
+        let od = open_full(&mut p.rx, &d).expect("open dummy");
+        assert!(od.dummy, "{suite:?}");
+        assert_eq!(od.len, 0, "nothing to deliver");
+        assert_eq!(od.seq, 2);
+        assert_eq!(od.next_header, DUMMY_NEXT_HEADER);
+        let ob = open_full(&mut p.rx, &b).expect("open b");
+        assert!(!ob.dummy);
+        assert_eq!(ob.seq, 3);
+    }
+}
+
+#[test]
+fn dummy_packets_are_authenticated_and_replay_checked() {
+    let mut p = pair(EspSuite::AesGcm16(GcmKeySize::Aes128));
+    let d = dummy(&mut p.tx);
+    assert!(open_full(&mut p.rx, &d).expect("open").dummy);
+    assert_eq!(open_full(&mut p.rx, &d), Err(EspError::Replay(1)));
+    let d2 = dummy(&mut p.tx);
+    let mut bad = d2.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    assert_eq!(open_full(&mut p.rx, &bad), Err(EspError::AuthFailed));
+    assert_eq!(p.rx.replay_window().top(), 1, "forgery moved nothing");
+    assert!(open_full(&mut p.rx, &d2).expect("open").dummy);
+    // Direction and buffer checks.
+    let mut small = [0u8; 8];
+    assert!(matches!(
+        p.tx.seal_dummy(&mut small),
+        Err(EspError::BufferTooSmall { .. })
+    ));
+    let mut buf = vec![0u8; 128];
+    assert_eq!(p.rx.seal_dummy(&mut buf), Err(EspError::WrongDirection));
 }
 
 #[test]

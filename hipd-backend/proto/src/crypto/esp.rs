@@ -269,10 +269,14 @@ impl ReplayWindow {
     }
 }
 
+/// ESP Next Header of a dummy packet (RFC 4303 §2.6: IPv6 No Next Header).
+pub const DUMMY_NEXT_HEADER: u8 = 59;
+
 /// Result of a successful open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Opened {
-    /// Length of the rebuilt inner packet in the output buffer.
+    /// Length of the rebuilt inner packet in the output buffer (0 for a
+    /// dummy packet: nothing to deliver).
     pub len: usize,
     /// The 64-bit sequence number.
     pub seq: u64,
@@ -280,6 +284,11 @@ pub struct Opened {
     pub next_header: u8,
     /// Family of the rebuilt packet.
     pub family: InnerFamily,
+    /// A dummy packet (Next Header 59, RFC 4303 §2.6), e.g. a REAP
+    /// keepalive from [`SecurityAssociation::seal_dummy`]: authenticated and
+    /// replay-checked like any packet (count it as inbound traffic), but
+    /// there is nothing to deliver and `len` is 0.
+    pub dummy: bool,
 }
 
 /// Output buffer size `open` needs for an ESP packet of `esp_len` bytes.
@@ -503,6 +512,37 @@ impl SecurityAssociation {
         Ok(n)
     }
 
+    /// Seals a dummy packet (RFC 4303 §2.6): no payload, Next Header 59,
+    /// the minimum padding. It uses the next sequence number like any
+    /// packet; the receiver's [`SecurityAssociation::open`] reports it with
+    /// [`Opened::dummy`]. Used as the REAP keepalive ([`crate::reap`]).
+    /// `out` needs [`SecurityAssociation::seal_buffer_len`]`(0)` bytes.
+    pub fn seal_dummy(&mut self, out: &mut [u8]) -> Result<usize, EspError> {
+        if self.direction != SaDirection::Outbound {
+            return Err(EspError::WrongDirection);
+        }
+        let seq = self.last_seq.checked_add(1).ok_or(EspError::SeqExhausted)?;
+        if seq == u64::MAX {
+            return Err(EspError::SeqExhausted);
+        }
+        let pad = self.trailer_pad(0);
+        let mut trailer = [0u8; 18];
+        for (i, b) in trailer[..pad].iter_mut().enumerate() {
+            *b = (i + 1) as u8;
+        }
+        trailer[pad] = pad as u8;
+        trailer[pad + 1] = DUMMY_NEXT_HEADER;
+        let need = self.seal_buffer_len(0);
+        if out.len() < need {
+            return Err(EspError::BufferTooSmall { needed: need });
+        }
+        out[..4].copy_from_slice(&self.spi.to_be_bytes());
+        out[4..8].copy_from_slice(&(seq as u32).to_be_bytes());
+        let n = self.transform.seal(seq, &[&trailer[..pad + 2]], out)?;
+        self.last_seq = seq;
+        Ok(n)
+    }
+
     /// Returns (protocol, transport payload, Some((src, dst)) for IPv4).
     #[allow(clippy::type_complexity)]
     fn parse_inner<'p>(
@@ -612,6 +652,17 @@ impl SecurityAssociation {
         {
             return Err(EspError::BadPadding);
         }
+        if next_header == DUMMY_NEXT_HEADER {
+            // RFC 4303 §2.6: a dummy packet is discarded (after the
+            // integrity and replay checks, which already passed).
+            return Ok(Opened {
+                len: 0,
+                seq,
+                next_header,
+                family,
+                dummy: true,
+            });
+        }
 
         match family {
             InnerFamily::V6 => {
@@ -662,6 +713,7 @@ impl SecurityAssociation {
             seq,
             next_header,
             family,
+            dummy: false,
         })
     }
 
