@@ -148,3 +148,127 @@ pub fn errno_name(e: c_int) -> Option<&'static str> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    /// Every level Linux (libc) defines: SOL_* and the IPPROTO_* numbers
+    /// that double as levels.
+    const LINUX_LEVELS: &[c_int] = &[
+        libc::SOL_SOCKET,
+        libc::SOL_IP,
+        libc::SOL_TCP,
+        libc::SOL_UDP,
+        libc::SOL_IPV6,
+        libc::SOL_ICMPV6,
+        libc::SOL_RAW,
+        libc::SOL_DECNET,
+        libc::SOL_X25,
+        libc::SOL_PACKET,
+        libc::SOL_ATM,
+        libc::SOL_AAL,
+        libc::SOL_IRDA,
+        libc::SOL_NETBEUI,
+        libc::SOL_LLC,
+        libc::SOL_DCCP,
+        libc::SOL_NETLINK,
+        libc::SOL_TIPC,
+        libc::SOL_RXRPC,
+        libc::SOL_PPPOL2TP,
+        libc::SOL_BLUETOOTH,
+        libc::SOL_PNPIPE,
+        libc::SOL_RDS,
+        libc::SOL_IUCV,
+        libc::SOL_CAIF,
+        libc::SOL_ALG,
+        libc::SOL_NFC,
+        libc::SOL_TLS,
+        libc::SOL_XDP,
+        libc::IPPROTO_MPTCP,
+        libc::IPPROTO_SCTP,
+        libc::IPPROTO_UDPLITE,
+        libc::IPPROTO_RAW,
+    ];
+
+    /// Every errno libc knows on Linux.
+    const LINUX_ERRNOS: &[c_int] = &[
+        libc::EPERM,
+        libc::ENOENT,
+        libc::EINVAL,
+        libc::EOPNOTSUPP,
+        libc::ENOPROTOOPT,
+        libc::EPROTO,
+        libc::ETIMEDOUT,
+        libc::EHWPOISON,
+        libc::ERFKILL,
+        libc::EKEYREJECTED,
+        libc::ENOTRECOVERABLE,
+        libc::EOWNERDEAD,
+        libc::ECANCELED,
+        libc::EDQUOT,
+    ];
+
+    #[test]
+    fn sol_shim_is_no_linux_level() {
+        for l in LINUX_LEVELS {
+            assert_ne!(SOL_SHIM, *l);
+        }
+        // Linux levels are small numbers (the newest, SOL_VSOCK, is 287)
+        // and IP protocol numbers fit a byte (plus MPTCP's 262).
+        assert!(SOL_SHIM > 0xffff_i32.min(4096));
+        assert!(LINUX_LEVELS.iter().all(|l| *l < 1024));
+    }
+
+    #[test]
+    fn errnos_are_outside_the_kernel_range_and_distinct() {
+        // The kernel's MAX_ERRNO: a system call never returns more.
+        const MAX_ERRNO: c_int = 4095;
+        let max_libc = *LINUX_ERRNOS.iter().max().unwrap();
+        assert_eq!(max_libc, libc::EHWPOISON);
+        for e in ALL_ERRNOS {
+            assert!(e > MAX_ERRNO, "{e}");
+            assert!(!LINUX_ERRNOS.contains(&e));
+            assert!(errno_name(e).is_some());
+        }
+        assert_eq!(ALL_ERRNOS.iter().collect::<HashSet<_>>().len(), 4);
+        assert_eq!(errno_name(libc::EINVAL), None);
+        // std shows them as unknown OS errors, not as another error.
+        let msg = std::io::Error::from_raw_os_error(EINVALIDLOCATOR).to_string();
+        assert!(msg.contains(&EINVALIDLOCATOR.to_string()), "{msg}");
+    }
+
+    #[test]
+    fn option_and_cmsg_numbers_are_unique() {
+        assert_eq!(
+            ALL_OPTIONS.iter().collect::<HashSet<_>>().len(),
+            ALL_OPTIONS.len()
+        );
+        assert_eq!(
+            ALL_CMSG_TYPES.iter().collect::<HashSet<_>>().len(),
+            ALL_CMSG_TYPES.len()
+        );
+        assert!(ALL_OPTIONS.iter().all(|o| *o > 0));
+        // The RFC's cmsg types reuse the option names.
+        for t in [
+            SHIM_LOC_LOCAL_RECV,
+            SHIM_LOC_PEER_RECV,
+            SHIM_LOC_LOCAL_SEND,
+            SHIM_LOC_PEER_SEND,
+        ] {
+            assert!(ALL_OPTIONS.contains(&t));
+        }
+        // The feedback types are not options.
+        for t in [
+            SHIM_FEEDBACK,
+            SHIM_FEEDBACK_POSITIVE,
+            SHIM_FEEDBACK_NEGATIVE,
+        ] {
+            assert!(!ALL_OPTIONS.contains(&t));
+        }
+        assert_eq!(SHIM_CONTEXT_DEFERRED_SETUP, SHIM_DEFERRED_CONTEXT_SETUP);
+        assert_eq!(SHIM_DEFERED_CONTEXT_SETUP, SHIM_DEFERRED_CONTEXT_SETUP);
+        assert_eq!(SHIM_MAX_LOCATORS, hipd_backend::control::SHIM_MAX_LOCATORS);
+    }
+}

@@ -452,3 +452,146 @@ pub(crate) fn draft_feedback_indicator(positive: bool) -> u8 {
         SHIM_FB_UNSATISFACTORY
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::{align_of, offset_of, size_of};
+
+    #[test]
+    fn c_layouts_match_rfc_6316() {
+        assert_eq!(size_of::<shim_locator>(), 32);
+        assert_eq!(align_of::<shim_locator>(), 4);
+        assert_eq!(offset_of!(shim_locator, lc_family), 0);
+        assert_eq!(offset_of!(shim_locator, lc_proto), 1);
+        assert_eq!(offset_of!(shim_locator, lc_port), 2);
+        assert_eq!(offset_of!(shim_locator, lc_prio), 4);
+        assert_eq!(offset_of!(shim_locator, lc_weight), 6);
+        assert_eq!(offset_of!(shim_locator, lc_ifidx), 8);
+        assert_eq!(offset_of!(shim_locator, lc_addr), 12);
+        assert_eq!(offset_of!(shim_locator, lc_flags), 28);
+        assert_eq!(size_of::<shim_pathexplore>(), 12);
+        assert_eq!(offset_of!(shim_pathexplore, pe_probenum), 0);
+        assert_eq!(offset_of!(shim_pathexplore, pe_keepaliveto), 2);
+        assert_eq!(offset_of!(shim_pathexplore, pe_keepaliveint), 4);
+        assert_eq!(offset_of!(shim_pathexplore, pe_initprobeto), 6);
+        assert_eq!(offset_of!(shim_pathexplore, pe_reserved), 8);
+        assert_eq!(size_of::<shim_feedback>(), 4);
+        assert_eq!(offset_of!(shim_feedback, fb_direction), 0);
+        assert_eq!(offset_of!(shim_feedback, fb_indicator), 1);
+        assert_eq!(offset_of!(shim_feedback, fb_reserved), 2);
+    }
+
+    #[test]
+    fn locator_bytes_sit_at_the_c_offsets() {
+        let l = shim_locator {
+            lc_family: libc::AF_INET as u8,
+            lc_proto: 17,
+            lc_port: 50500,
+            lc_prio: 1,
+            lc_weight: 10,
+            lc_ifidx: 7,
+            lc_addr: "192.0.2.9"
+                .parse::<std::net::Ipv4Addr>()
+                .unwrap()
+                .to_ipv6_mapped()
+                .octets(),
+            lc_flags: 0x01,
+        };
+        let b = l.to_bytes();
+        assert_eq!(b[0], 2);
+        assert_eq!(b[1], 17);
+        assert_eq!(&b[2..4], &50500u16.to_ne_bytes());
+        assert_eq!(&b[4..6], &1u16.to_ne_bytes());
+        assert_eq!(&b[6..8], &10u16.to_ne_bytes());
+        assert_eq!(&b[8..12], &7u32.to_ne_bytes());
+        assert_eq!(&b[12..24], &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]);
+        assert_eq!(&b[24..28], &[192, 0, 2, 9]);
+        assert_eq!(&b[28..30], &1u16.to_ne_bytes());
+        assert_eq!(&b[30..32], &[0, 0]);
+        assert_eq!(shim_locator::from_bytes(&b), Ok(l));
+        assert_eq!(
+            shim_locator::from_bytes(&b[..31]),
+            Err(StructError::Length { got: 31, want: 32 })
+        );
+        let p = shim_pathexplore {
+            pe_probenum: 4,
+            pe_keepaliveto: 10,
+            pe_keepaliveint: 3,
+            pe_initprobeto: 500,
+            pe_reserved: 0,
+        };
+        assert_eq!(shim_pathexplore::from_bytes(&p.to_bytes()), Ok(p));
+        assert_eq!(&p.to_bytes()[6..8], &500u16.to_ne_bytes());
+        let f = shim_feedback {
+            fb_direction: 1,
+            fb_indicator: 3,
+            fb_reserved: 0,
+        };
+        assert_eq!(shim_feedback::from_bytes(&f.to_bytes()), Ok(f));
+        assert!(shim_feedback::from_bytes(&[0; 5]).is_err());
+    }
+
+    #[test]
+    fn locator_conversions_both_ways() {
+        let v4 = Locator::new("192.0.2.1".parse().unwrap()).with_pref(1, 10);
+        let c = shim_locator::from(&v4);
+        assert_eq!(i32::from(c.lc_family), libc::AF_INET);
+        assert_eq!(
+            Ipv6Addr::from(c.lc_addr),
+            "::ffff:192.0.2.1".parse::<Ipv6Addr>().unwrap()
+        );
+        assert_eq!(Locator::try_from(&c), Ok(v4));
+        let v6 = Locator {
+            addr: "2001:db8::1".parse().unwrap(),
+            proto: 17,
+            port: 10500,
+            prio: 0,
+            weight: 65535,
+            ifindex: 3,
+            flags: 2,
+        };
+        let c = shim_locator::from(v6);
+        assert_eq!(i32::from(c.lc_family), libc::AF_INET6);
+        assert_eq!(Locator::try_from(c), Ok(v6));
+        // Family/address mismatches and unknown families are rejected.
+        let mut bad = shim_locator::from(&v4);
+        bad.lc_family = libc::AF_INET6 as u8;
+        assert_eq!(Locator::try_from(&bad), Err(StructError::FamilyMismatch));
+        let mut bad = shim_locator::from(&v6);
+        bad.lc_family = libc::AF_INET as u8;
+        assert_eq!(Locator::try_from(&bad), Err(StructError::FamilyMismatch));
+        bad.lc_family = 0;
+        assert_eq!(Locator::try_from(&bad), Err(StructError::Family(0)));
+        assert!(shim_locator::default().is_zero());
+        assert!(!c.is_zero());
+    }
+
+    #[test]
+    fn pathexplore_and_feedback_validation() {
+        let mut p = shim_pathexplore::from(PathExplore {
+            probenum: 4,
+            keepaliveto: 10,
+            keepaliveint: 3,
+            initprobeto: 500,
+        });
+        assert_eq!(PathExplore::try_from(p).unwrap().initprobeto, 500);
+        p.pe_reserved = 1;
+        assert_eq!(PathExplore::try_from(p), Err(StructError::Reserved));
+        for d in 0..=255u8 {
+            for i in 0..=255u8 {
+                let f = shim_feedback {
+                    fb_direction: d,
+                    fb_indicator: i,
+                    fb_reserved: 0xffff,
+                };
+                let r = Feedback::try_from(f);
+                assert_eq!(r.is_ok(), d <= 1 && i <= 3, "{d} {i}");
+                if let Ok(fb) = r {
+                    let back = shim_feedback::from(fb);
+                    assert_eq!((back.fb_direction, back.fb_indicator), (d, i));
+                }
+            }
+        }
+    }
+}
