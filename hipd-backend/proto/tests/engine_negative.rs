@@ -607,3 +607,54 @@ proptest! {
         prop_assert_eq!(b.association_count(), 0);
     }
 }
+
+/// The fuzzing helper authenticates arbitrary control packets so that the
+/// peer's UPDATE handling accepts them (what the `hip_update` fuzz target
+/// relies on); a tampered copy is still rejected by the HIP_MAC check.
+#[cfg(feature = "fuzzing")]
+#[test]
+fn fuzzing_seal_reaches_update_handling() {
+    let mut p = pair_with(cfg(), cfg());
+    let b_hit = p.b.endpoint.local_hits()[0];
+    let a_hit = p.a.endpoint.local_hits()[0];
+    let now = p.now;
+    p.a.endpoint
+        .connect(now, Some(b_hit), vec![addr(2)], None)
+        .unwrap();
+    assert!(p.run_until(Duration::from_secs(10), |p| {
+        p.b.events
+            .iter()
+            .any(|e| matches!(e, Event::Established { .. }))
+    }));
+    let repr = PacketRepr::new(PacketType::Update, a_hit, b_hit).with(Param::Seq(7));
+    let sealed =
+        p.a.endpoint
+            .seal_control_for_fuzzing(repr, Some(addr(1)), addr(2), Transport::Native)
+            .expect("association keys");
+    let before = p.b.endpoint.stats().update_received;
+    let acks = p.count_sent(Side::B, PacketType::Update);
+    let mut tampered = sealed.clone();
+    let n = tampered.len();
+    tampered[n - 100] ^= 1; // inside HIP_MAC / HIP_SIGNATURE
+    let mut pkt = Packet::new_checked(&mut tampered[..]).unwrap();
+    pkt.fill_checksum(ChecksumMode::from_addrs(addr(1), addr(2)).unwrap());
+    for payload in [tampered, sealed] {
+        p.inject(
+            Side::B,
+            Datagram {
+                src: addr(1),
+                dst: addr(2),
+                transport: Transport::Native,
+                payload,
+            },
+        );
+    }
+    p.run_for(Duration::from_millis(200));
+    let s = p.b.endpoint.stats();
+    assert_eq!(s.update_received, before + 1);
+    assert!(s.bad_hmac + s.bad_signature >= 1);
+    assert!(
+        p.count_sent(Side::B, PacketType::Update) > acks,
+        "B ACKs SEQ 7"
+    );
+}

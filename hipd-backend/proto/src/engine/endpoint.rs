@@ -367,6 +367,42 @@ impl Endpoint {
         Ok(())
     }
 
+    /// Authenticates an arbitrary control packet as this endpoint would
+    /// its own: `repr` gets HIP_MAC (UPDATE, CLOSE, CLOSE_ACK; keyed with
+    /// the association's outgoing HIP integrity key) and HIP_SIGNATURE
+    /// appended, and is serialised with the checksum for `src → dst`.
+    /// `repr.sender_hit` / `receiver_hit` must name an association of this
+    /// endpoint that has keys; `None` otherwise or when `repr` cannot be
+    /// emitted. Only with the `fuzzing` feature: the `hip_update` fuzz
+    /// target uses it so that arbitrary UPDATE/NOTIFY/CLOSE parameters get
+    /// past the MAC and signature checks of the peer.
+    #[cfg(feature = "fuzzing")]
+    pub fn seal_control_for_fuzzing(
+        &self,
+        mut repr: PacketRepr,
+        src: Option<IpAddr>,
+        dst: IpAddr,
+        transport: Transport,
+    ) -> Option<Vec<u8>> {
+        let a = self
+            .by_hits
+            .get(&(repr.sender_hit, repr.receiver_hit))
+            .and_then(|id| self.assocs.get(id))?;
+        let (keys, s) = (a.hip_keys.as_ref()?, a.suites?);
+        let key = keys.outgoing_int(a.local_is_g()).to_vec();
+        let mac = match repr.packet_type {
+            PacketType::Update | PacketType::Close | PacketType::CloseAck => {
+                Some((s.rhash, &key[..]))
+            }
+            _ => None,
+        };
+        self.sign_packet(a.local_identity, &mut repr, mac, None)
+            .ok()?;
+        Self::make_transmit(&repr, src, dst, transport)
+            .ok()
+            .map(|t| t.payload)
+    }
+
     fn make_transmit(
         repr: &PacketRepr,
         src: Option<IpAddr>,
