@@ -113,6 +113,32 @@
 //! (`[1, 1 + j]`), the keepalive interval only shrinks (`[1 − j, 1]`),
 //! probe round intervals and standby refreshes vary in `[1 − j, 1 + j]`.
 //!
+//! ## Daemon wiring (one detector per association)
+//!
+//! | detector | engine / data plane |
+//! |---|---|
+//! | [`Action::Keepalive`] | [`SecurityAssociation::seal_dummy`](crate::crypto::SecurityAssociation::seal_dummy) on the outbound SA, sent on the pair |
+//! | [`Action::Probe`] | [`Endpoint::probe`](crate::engine::Endpoint::probe) / [`Endpoint::probe_exploring`](crate::engine::Endpoint::probe_exploring) (remember engine id → detector id) |
+//! | [`Detector::on_probe_reply`] / [`Detector::on_probe_lost`] | `Event::ProbeReply` / `Event::ProbeLost` |
+//! | [`Action::Switch`] | [`Endpoint::set_path`](crate::engine::Endpoint::set_path) |
+//! | [`Detector::set_current`] | `Event::PathChanged` (a no-op for the detector's own switch) |
+//! | [`Detector::on_peer_probe`] | `Event::PeerProbed { src, dst, exploring }` as pair `(dst, src)` |
+//! | [`Detector::on_keepalive`] / [`Detector::on_inbound`] | ESP opened with / without [`Opened::dummy`](crate::crypto::esp::Opened::dummy) |
+//! | [`Detector::set_candidates`] | local × peer locators of the same family, non-deprecated, in preference order |
+//! | [`Detector::on_local_failure`] | link down / address removed / ICMP unreachable |
+//! | [`Detector::on_feedback`] | SHIM_FEEDBACK |
+//!
+//! RFC 6316 knobs: SHIM_APP_TIMEOUT → [`Params::send_timeout`] (RFC 6316
+//! digest §9 #5: its text fits no REAP timer exactly; we take it as the
+//! local Send Timeout); SHIM_PATHEXPLORE `pe_probenum` →
+//! [`Params::initial_probes`], `pe_initprobeto` →
+//! [`Params::initial_probe_timeout`], `pe_keepaliveto` →
+//! [`Params::keepalive_timeout`], `pe_keepaliveint` →
+//! [`Params::keepalive_interval`]; SHIM_HOT_STANDBY →
+//! [`Params::hot_standby`]. HIP has no Keepalive Timeout option, so the
+//! peer's send timeout is not learnt from the wire: both sides should run
+//! the same parameters.
+//!
 //! ## Driving it
 //!
 //! ```

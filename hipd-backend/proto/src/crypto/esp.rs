@@ -275,8 +275,7 @@ pub const DUMMY_NEXT_HEADER: u8 = 59;
 /// Result of a successful open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Opened {
-    /// Length of the rebuilt inner packet in the output buffer (0 for a
-    /// dummy packet: nothing to deliver).
+    /// Length of the rebuilt inner packet in the output buffer.
     pub len: usize,
     /// The 64-bit sequence number.
     pub seq: u64,
@@ -286,8 +285,11 @@ pub struct Opened {
     pub family: InnerFamily,
     /// A dummy packet (Next Header 59, RFC 4303 §2.6), e.g. a REAP
     /// keepalive from [`SecurityAssociation::seal_dummy`]: authenticated and
-    /// replay-checked like any packet (count it as inbound traffic), but
-    /// there is nothing to deliver and `len` is 0.
+    /// replay-checked like any packet, so count it as inbound traffic, but
+    /// do not deliver it (RFC 4303: the receiver discards dummy packets).
+    /// The rebuilt packet (an IPv6/IPv4 header with protocol 59 and the
+    /// payload, empty for ours) is still written, so callers that ignore
+    /// this flag see an ordinary packet.
     pub dummy: bool,
 }
 
@@ -652,18 +654,6 @@ impl SecurityAssociation {
         {
             return Err(EspError::BadPadding);
         }
-        if next_header == DUMMY_NEXT_HEADER {
-            // RFC 4303 §2.6: a dummy packet is discarded (after the
-            // integrity and replay checks, which already passed).
-            return Ok(Opened {
-                len: 0,
-                seq,
-                next_header,
-                family,
-                dummy: true,
-            });
-        }
-
         match family {
             InnerFamily::V6 => {
                 let pl = u16::try_from(payload_len).map_err(|_| EspError::BadInner("too long"))?;
@@ -713,7 +703,7 @@ impl SecurityAssociation {
             seq,
             next_header,
             family,
-            dummy: false,
+            dummy: next_header == DUMMY_NEXT_HEADER,
         })
     }
 
