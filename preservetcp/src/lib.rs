@@ -60,13 +60,19 @@
 //!   daemon adds fallback routes (`local <orig local>/128 dev lo` and
 //!   `<orig peer>/128 dev <current device>`) to table 4242, consulted by a
 //!   rule after `main`.
-//! - Signals: `tcp_info` of every tracked socket through sock_diag
-//!   (`tcpi_retransmits`, `tcpi_unacked`, `tcpi_last_ack_recv`), local
-//!   addresses (`/proc/net/if_inet6`) with link state
-//!   (`/sys/class/net/*/operstate`), and a route check of each current pair
-//!   (a UDP `connect` from the pair's source: `ENETUNREACH` is the
-//!   routing error), all sampled every `interval-ms` (polling rather than
-//!   rtnetlink multicast: one code path, 50 ms granularity).
+//! - Signals: link, IPv6 address and IPv6 route changes arrive as
+//!   rtnetlink multicast notifications (`RTMGRP_LINK`,
+//!   `RTMGRP_IPV6_IFADDR`, `RTMGRP_IPV6_ROUTE`); each batch makes the
+//!   daemon re-read the local addresses with their link state (rtnetlink
+//!   dumps) and check the route of each current pair (a UDP `connect` from
+//!   the pair's source: `ENETUNREACH` is the routing error), so a link
+//!   going down or an address being removed switches connections at once.
+//!   A socket overrun (`ENOBUFS`, lost notifications) triggers the same
+//!   re-read, so there is no periodic safety poll. IPv4 groups are not
+//!   joined: only IPv6 connections are handled. Only `tcp_info` of every
+//!   tracked socket (`tcpi_retransmits`, `tcpi_unacked`,
+//!   `tcpi_last_ack_recv`, through sock_diag) is sampled every
+//!   `interval-ms`: the kernel has no notification for a stalled socket.
 //! - Routable pairs: when links are separate subnets, the destination's
 //!   on-link source is used with it (see [`policy`], "Routable sources").
 //! - A full queue drops packets (TCP retransmits them) rather than

@@ -47,20 +47,25 @@ pub struct Daemon {
 impl Daemon {
     /// Starts preservetcpd in `host` covering `ports`, waits for "ready".
     pub fn start(lab: &Lab, host: &Host, ports: &[u16]) -> Daemon {
+        Self::start_with(lab, host, ports, &[])
+    }
+
+    /// [`Daemon::start`] with extra command line arguments.
+    pub fn start_with(lab: &Lab, host: &Host, ports: &[u16], extra: &[&str]) -> Daemon {
         let control = lab
             .artifacts_dir()
             .join(format!("ptcpd-{}.sock", host.name()));
         let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
         let bin = daemon_bin();
-        let proc = host
-            .spawn([
-                bin.to_str().expect("utf-8 path"),
-                "--ports",
-                &ports.join(","),
-                "--control",
-                control.to_str().expect("utf-8 path"),
-            ])
-            .expect("spawn preservetcpd");
+        let mut args: Vec<String> = vec![
+            bin.to_str().expect("utf-8 path").to_string(),
+            "--ports".into(),
+            ports.join(","),
+            "--control".into(),
+            control.to_str().expect("utf-8 path").to_string(),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let proc = host.spawn(args).expect("spawn preservetcpd");
         let t0 = Instant::now();
         while !proc.stdout_so_far().contains("ready") {
             assert!(

@@ -11,14 +11,18 @@
 //! always with `--no-fast-path`, by the engine through NFQUEUE.
 //!
 //! Installs the ip6tables rules described in `rules.rs`, binds NFQUEUE
-//! `queue` (outgoing) and `queue + 1` (incoming), and runs three threads:
-//! packets (the [`preservetcp::Engine`]), a poller (every `interval-ms`:
-//! sock_diag `tcp_info` of tracked connections, local addresses and link
-//! states, route checks of current pairs, per-connection rule changes) and
-//! the control socket (JSON lines, see [`preservetcp::control`]). Prints
+//! `queue` (outgoing) and `queue + 1` (incoming), and runs four threads:
+//! packets (the [`preservetcp::Engine`]), rtnetlink events (link, IPv6
+//! address and IPv6 route notifications: each batch re-reads the local
+//! addresses with their link states and checks the route of every current
+//! pair at once, see `rtnl.rs`), a sampler (every `interval-ms`: sock_diag
+//! `tcp_info` of tracked connections — the kernel has no notification for
+//! a stalled socket, so this one signal is sampled — and closed sockets)
+//! and the control socket (JSON lines, see [`preservetcp::control`]). Prints
 //! `ready` on stdout once everything is in place. Removes its rules on
 //! SIGTERM/SIGINT unless `--keep-rules`.
 
+mod rtnl;
 mod rules;
 mod sys;
 
@@ -32,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use preservetcp::FourTuple;
 use preservetcp::control::{DEFAULT_CONTROL_PATH, Request, Response};
-use preservetcp::engine::{Action, Engine, EngineConfig, Verdict};
+use preservetcp::engine::{Action, Engine, EngineConfig, LocalAddr, Verdict};
 use preservetcp::pairs::AddrPair;
 use preservetcp::policy::PolicyConfig;
 
@@ -107,6 +111,11 @@ struct Shared {
     >,
     rules: Rules,
     start: Instant,
+    /// Local addresses with link state and device, as of the last
+    /// rtnetlink snapshot.
+    locals: Mutex<Vec<(LocalAddr, String)>>,
+    /// Each connection's pair as last logged.
+    logged: Mutex<Vec<(u64, AddrPair)>>,
 }
 
 impl Shared {
@@ -116,6 +125,82 @@ impl Shared {
 
     fn log(&self, msg: &str) {
         eprintln!("[{:9.3}] {msg}", self.start.elapsed().as_secs_f64());
+    }
+
+    /// Logs connections that are new or changed pairs since the last call.
+    fn log_moves(&self, eng: &Engine) {
+        let mut last = self.logged.lock().unwrap_or_else(|e| e.into_inner());
+        let infos = eng.connections();
+        let conns: Vec<(u64, AddrPair)> = infos
+            .iter()
+            .map(|c| {
+                (
+                    c.id,
+                    AddrPair {
+                        local: c.current.local,
+                        peer: c.current.peer,
+                    },
+                )
+            })
+            .collect();
+        for (c, (id, pair)) in infos.iter().zip(&conns) {
+            match last.iter().find(|l| l.0 == *id) {
+                None => self.log(&format!(
+                    "conn {id} tracked on {}",
+                    rules::fmt_pair(pair.local, pair.peer)
+                )),
+                Some(old) if old.1 != *pair => self.log(&format!(
+                    "conn {id} moved to {} ({})",
+                    rules::fmt_pair(pair.local, pair.peer),
+                    c.last_reason.clone().unwrap_or_default()
+                )),
+                Some(_) => {}
+            }
+        }
+        *last = conns;
+    }
+
+    /// Re-reads the local addresses (after rtnetlink notifications) and
+    /// checks the route of every connection's current pair.
+    fn refresh_locals(&self) {
+        let snap = match rtnl::snapshot() {
+            Ok(s) => s,
+            Err(e) => {
+                self.log(&format!("rtnetlink snapshot: {e}"));
+                return;
+            }
+        };
+        *self.locals.lock().unwrap_or_else(|e| e.into_inner()) = snap.clone();
+        let now = Instant::now();
+        let actions = {
+            let mut eng = self.engine();
+            eng.set_locals(snap.into_iter().map(|l| l.0).collect(), now);
+            let checks: Vec<(FourTuple, AddrPair)> = eng
+                .originals()
+                .into_iter()
+                .filter_map(|t| eng.current_pair(&t).map(|p| (t, p)))
+                .collect();
+            for (t, p) in checks {
+                if sys::route_ok(p.local, p.peer).is_err() {
+                    eng.routing_error(&t, p.peer, now);
+                }
+            }
+            self.log_moves(&eng);
+            eng.take_actions()
+        };
+        for a in &actions {
+            self.log(&format!("{a:?}"));
+        }
+        self.run_actions(actions);
+    }
+
+    fn device_of(&self, addr: std::net::Ipv6Addr) -> Option<String> {
+        self.locals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|(l, _)| l.addr.addr == addr)
+            .map(|(_, d)| d.clone())
     }
 
     fn run_actions(&self, actions: Vec<Action>) {
@@ -141,11 +226,7 @@ impl Shared {
                             f.remove(&t);
                         }
                     }
-                    let dev = sys::local_addresses()
-                        .into_iter()
-                        .find(|(l, _)| l.addr.addr == pair.local)
-                        .map(|(_, d)| d);
-                    match dev {
+                    match self.device_of(pair.local) {
                         Some(d) => rules::fallback_routes(&t, &d),
                         None => Err(format!("no device for {}", pair.local)),
                     }
@@ -193,16 +274,20 @@ fn run(args: Args) -> Result<(), String> {
         rules::fast_teardown();
         None
     };
+    // Subscribe before the first snapshot so no change in between is lost.
+    let mut monitor = rtnl::Monitor::new().map_err(|e| format!("rtnetlink: {e}"))?;
+    let snap = rtnl::snapshot().map_err(|e| format!("rtnetlink dump: {e}"))?;
     let shared = Arc::new(Shared {
         engine: Mutex::new(Engine::new(config)),
         fast,
         rules,
         start: Instant::now(),
+        locals: Mutex::new(snap.clone()),
+        logged: Mutex::new(Vec::new()),
     });
-    shared.engine().set_locals(
-        sys::local_addresses().into_iter().map(|l| l.0).collect(),
-        Instant::now(),
-    );
+    shared
+        .engine()
+        .set_locals(snap.into_iter().map(|l| l.0).collect(), Instant::now());
 
     let before = open_fds();
     let mut queue = nfq::Queue::open().map_err(|e| format!("nfqueue: {e}"))?;
@@ -271,6 +356,10 @@ fn run(args: Args) -> Result<(), String> {
         let interval = args.interval;
         std::thread::spawn(move || poll_loop(&sh, &mut diag, interval));
     }
+    {
+        let sh = shared.clone();
+        std::thread::spawn(move || event_loop(&sh, &mut monitor));
+    }
     println!("ready");
     let _ = std::io::stdout().flush();
     shared.log(&format!(
@@ -337,8 +426,25 @@ fn set_rcvbuf(fd: i32, bytes: usize) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
+/// Reacts to rtnetlink notifications (see `rtnl.rs`).
+fn event_loop(sh: &Shared, monitor: &mut rtnl::Monitor) {
+    loop {
+        match monitor.wait() {
+            Ok(ch) if ch.any() => sh.refresh_locals(),
+            Ok(_) => {}
+            Err(e) => {
+                sh.log(&format!("rtnetlink monitor: {e}"));
+                std::thread::sleep(Duration::from_millis(100));
+                sh.refresh_locals();
+            }
+        }
+    }
+}
+
+/// Samples `tcp_info` of tracked sockets every `interval` (stalls and
+/// retransmission timeouts have no kernel notification) and forgets
+/// connections whose socket is gone.
 fn poll_loop(sh: &Shared, diag: &mut sys::Diag, interval: Duration) {
-    let mut last_conns: Vec<(u64, AddrPair)> = Vec::new();
     loop {
         std::thread::sleep(interval);
         let now = Instant::now();
@@ -348,7 +454,6 @@ fn poll_loop(sh: &Shared, diag: &mut sys::Diag, interval: Duration) {
         let listed_at = Instant::now()
             .checked_sub(Duration::from_millis(500))
             .unwrap_or(now);
-        let locals = sys::local_addresses().into_iter().map(|l| l.0).collect();
         let socks = match diag.dump() {
             Ok(s) => Some(s),
             Err(e) => {
@@ -358,7 +463,6 @@ fn poll_loop(sh: &Shared, diag: &mut sys::Diag, interval: Duration) {
         };
         let actions = {
             let mut eng = sh.engine();
-            eng.set_locals(locals, now);
             eng.expire(now);
             if let Some(socks) = &socks {
                 for t in eng.originals() {
@@ -372,52 +476,7 @@ fn poll_loop(sh: &Shared, diag: &mut sys::Diag, interval: Duration) {
                     }
                 }
             }
-            let checks: Vec<(FourTuple, AddrPair)> = eng
-                .originals()
-                .into_iter()
-                .take(256)
-                .filter_map(|t| eng.current_pair(&t).map(|p| (t, p)))
-                .collect();
-            for (t, p) in checks {
-                if sys::route_ok(p.local, p.peer).is_err() {
-                    eng.routing_error(&t, p.peer, now);
-                }
-            }
-            let conns: Vec<(u64, AddrPair)> = eng
-                .connections()
-                .iter()
-                .map(|c| {
-                    (
-                        c.id,
-                        AddrPair {
-                            local: c.current.local,
-                            peer: c.current.peer,
-                        },
-                    )
-                })
-                .collect();
-            let known: HashSet<u64> = last_conns.iter().map(|c| c.0).collect();
-            for (id, pair) in &conns {
-                let old = last_conns.iter().find(|c| c.0 == *id).map(|c| c.1);
-                if !known.contains(id) {
-                    sh.log(&format!(
-                        "conn {id} tracked on {}",
-                        rules::fmt_pair(pair.local, pair.peer)
-                    ));
-                } else if old != Some(*pair) {
-                    let why = eng
-                        .connections()
-                        .into_iter()
-                        .find(|c| c.id == *id)
-                        .and_then(|c| c.last_reason);
-                    sh.log(&format!(
-                        "conn {id} moved to {} ({})",
-                        rules::fmt_pair(pair.local, pair.peer),
-                        why.unwrap_or_default()
-                    ));
-                }
-            }
-            last_conns = conns;
+            sh.log_moves(&eng);
             eng.take_actions()
         };
         for a in &actions {

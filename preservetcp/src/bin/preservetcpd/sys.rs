@@ -1,5 +1,5 @@
-//! Kernel state the daemon reads: TCP sockets with `tcp_info` (sock_diag),
-//! local IPv6 addresses with their link state, and route checks.
+//! Kernel state the daemon reads: TCP sockets with `tcp_info` (sock_diag)
+//! and route checks (local addresses come from `rtnl.rs`).
 
 use std::collections::HashMap;
 use std::io;
@@ -15,8 +15,8 @@ use netlink_packet_sock_diag::inet::nlas::Nla;
 use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, StateFlags};
 use netlink_sys::protocols::NETLINK_SOCK_DIAG;
 use netlink_sys::{Socket, SocketAddr as NlAddr};
-use preservetcp::engine::{LocalAddr, TcpSample};
-use preservetcp::{FourTuple, LocalAddress};
+use preservetcp::FourTuple;
+use preservetcp::engine::TcpSample;
 
 /// One TCP socket from the dump.
 #[derive(Debug, Clone, Copy)]
@@ -108,42 +108,6 @@ impl Diag {
             }
         }
     }
-}
-
-/// Local IPv6 addresses (from `/proc/net/if_inet6`) with their link state
-/// (`/sys/class/net/<dev>/operstate`: `up` or `unknown` count as up).
-pub fn local_addresses() -> Vec<(LocalAddr, String)> {
-    let Ok(text) = std::fs::read_to_string("/proc/net/if_inet6") else {
-        return Vec::new();
-    };
-    let mut oper: HashMap<String, bool> = HashMap::new();
-    let mut v = Vec::new();
-    for line in text.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        let (Some(hex), Some(plen), Some(dev)) = (f.first(), f.get(2), f.get(5)) else {
-            continue;
-        };
-        let (Ok(a), Ok(plen)) = (u128::from_str_radix(hex, 16), u8::from_str_radix(plen, 16))
-        else {
-            continue;
-        };
-        let up = *oper.entry((*dev).to_string()).or_insert_with(|| {
-            std::fs::read_to_string(format!("/sys/class/net/{dev}/operstate"))
-                .map(|s| matches!(s.trim(), "up" | "unknown"))
-                .unwrap_or(true)
-        });
-        v.push((
-            LocalAddr {
-                addr: LocalAddress {
-                    addr: Ipv6Addr::from(a),
-                    prefix_len: plen,
-                },
-                up,
-            },
-            (*dev).to_string(),
-        ));
-    }
-    v
 }
 
 /// Whether `peer` is routable from `local`: a UDP socket bound to `local`

@@ -1,0 +1,126 @@
+//! preservetcpd path changes driven by the host's state: rtnetlink events
+//! (link down, address removed), a peer moving back to the original pair,
+//! and fallback routing on a host with a default route.
+
+mod preservetcp_support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+use preservetcp::control::ConnInfo;
+use preservetcp_support::*;
+
+/// `tcp_info` sampling once an hour: in these tests only rtnetlink events
+/// (or packets) can make the daemon act.
+const NO_SAMPLING: &[&str] = &["--interval-ms", "3600000"];
+
+/// Client socket in host `a` connected to `dst`, and the server's accepted
+/// socket; both with generous timeouts so a dead connection fails the test
+/// instead of hanging it.
+fn connect(t: &TwoLinks, listener: &TcpListener, dst: SocketAddr) -> (TcpStream, TcpStream) {
+    let c: TcpStream =
+        t.a.run(move || TcpStream::connect(dst))
+            .expect("run")
+            .expect("connect");
+    let (s, _) = listener.accept().expect("accept");
+    for x in [&c, &s] {
+        x.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        x.set_write_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+    }
+    (c, s)
+}
+
+/// Sends `len` bytes from `from` and checks that `to` receives exactly them.
+fn transfer(from: &mut TcpStream, to: &TcpStream, len: usize, seed: u8) {
+    let data: Vec<u8> = (0..len)
+        .map(|i| (i % 251) as u8 ^ seed)
+        .collect::<Vec<u8>>();
+    let expect = data.clone();
+    let mut to = to.try_clone().expect("clone");
+    let reader = std::thread::spawn(move || {
+        let mut got = vec![0u8; expect.len()];
+        to.read_exact(&mut got).map(|()| got == expect)
+    });
+    from.write_all(&data).expect("write");
+    let same = reader.join().expect("reader").expect("read");
+    assert!(same, "data intact");
+}
+
+fn only_conn(d: &Daemon) -> ConnInfo {
+    let c = d.connections();
+    assert_eq!(c.len(), 1, "one tracked connection: {c:?}");
+    c.into_iter().next().expect("one")
+}
+
+/// Starts daemons with `extra` arguments, a server on link 0 of b, and a
+/// client in a; moves some data on the original pair.
+fn setup(
+    t: &TwoLinks,
+    port: u16,
+    extra: &[&str],
+) -> (Daemon, Daemon, TcpListener, TcpStream, TcpStream) {
+    let da = Daemon::start_with(&t.lab, &t.a, &[port], extra);
+    let db = Daemon::start_with(&t.lab, &t.b, &[port], extra);
+    let listener =
+        t.b.run(move || TcpListener::bind(("::", port)))
+            .expect("run")
+            .expect("bind");
+    let dst = SocketAddr::from((v6(&t.l0, &t.b), port));
+    let (mut c, s) = connect(t, &listener, dst);
+    transfer(&mut c, &s, 256 << 10, 1);
+    let ca = only_conn(&da);
+    assert_eq!(
+        (ca.current.local, ca.current.peer),
+        (v6(&t.l0, &t.a), v6(&t.l0, &t.b)),
+        "starts on link 0"
+    );
+    assert_eq!(ca.peers.len(), 2, "learned the server's second address");
+    only_conn(&db);
+    (da, db, listener, c, s)
+}
+
+/// With `tcp_info` sampling off, removing the client's original address
+/// must still move the connection at once: the daemon hears the
+/// `RTM_DELADDR` notification. (Nothing else could: the server sends only
+/// ACKs, so it never stalls, and the client's kernel can no longer route
+/// from the removed address.)
+#[test]
+fn address_removal_is_an_event() {
+    let t = two_links();
+    let (da, _db, _l, mut c, s) = setup(&t, 5101, NO_SAMPLING);
+    let a0 = v6(&t.l0, &t.a);
+    t.a.exec_ok([
+        "ip",
+        "-6",
+        "addr",
+        "del",
+        &format!("{a0}/64"),
+        "dev",
+        t.l0.dev(&t.a),
+    ])
+    .expect("address removed");
+    transfer(&mut c, &s, 4 << 20, 2);
+    let ca = only_conn(&da);
+    assert_eq!(ca.current.local, v6(&t.l1, &t.a), "moved off a0: {ca:?}");
+    assert_eq!(ca.last_reason.as_deref(), Some("source_gone"));
+}
+
+/// With `tcp_info` sampling off on both hosts, link 0 going down on the
+/// client's side moves the connection to link 1 (`RTM_NEWLINK`).
+#[test]
+fn link_down_is_an_event() {
+    let t = two_links();
+    let (da, db, _l, mut c, s) = setup(&t, 5102, NO_SAMPLING);
+    t.l0.down_side(&t.a).expect("down");
+    transfer(&mut c, &s, 4 << 20, 3);
+    let (ca, cb) = (only_conn(&da), only_conn(&db));
+    assert_eq!(ca.current.local, v6(&t.l1, &t.a), "client moved: {ca:?}");
+    assert_eq!(cb.current.local, v6(&t.l1, &t.b), "server moved: {cb:?}");
+    assert_eq!(ca.last_reason.as_deref(), Some("source_gone"));
+    // And back up: nothing breaks, the data still flows.
+    t.l0.up_side(&t.a).expect("up");
+    transfer(&mut c, &s, 1 << 20, 4);
+}
