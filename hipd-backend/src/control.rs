@@ -22,9 +22,11 @@
 //! need uid 0 ([`ErrorCode::PermissionDenied`] otherwise). Requests that act
 //! on one peer on behalf of an application ([`Request::Connect`],
 //! [`Request::Opportunistic`]) are open to every user, like sending a packet
-//! to a HIT is. Version 1 has no per-socket or per-endpoint-descriptor
-//! requests yet; when they are added they will be accepted only from the
-//! uid that created the socket/descriptor.
+//! to a HIT is. Per-socket requests (`Shim*`, used by the `shimapi`
+//! crate) are accepted only from the uid that owns the socket (the uid of
+//! the kernel socket with that local port, from `/proc/net/{tcp,udp}*`)
+//! or from root; per-socket state lives as long as the control connection
+//! that registered it, or until [`Request::ShimRelease`].
 //!
 //! # Versioning
 //! [`PROTOCOL_VERSION`] is bumped on any incompatible change. New request
@@ -191,6 +193,312 @@ pub enum Request {
     },
     /// Daemon counters.
     Stats,
+    /// Daemon-wide failure-detection default (`set reap …`; the per-context
+    /// SOL_SHIM options override it).
+    SetReap {
+        /// Which parameter.
+        param: ReapParam,
+        /// Value (milliseconds, or a count for `probes`).
+        value: u32,
+    },
+    /// SOL_SHIM: the shim context of a socket (owner only).
+    ShimGet {
+        /// The socket.
+        flow: FlowId,
+    },
+    /// SOL_SHIM: change a socket's or its context's setting (owner only).
+    ShimSet {
+        /// The socket.
+        flow: FlowId,
+        /// What to change.
+        set: ShimSetting,
+    },
+    /// SOL_SHIM: register the locators of a per-datagram
+    /// `SHIM_LOC_*_SEND` control message; the answer is the marker the
+    /// library puts into the datagram's traffic class (owner only).
+    ShimSendToken {
+        /// The socket (a datagram socket).
+        flow: FlowId,
+        /// Source locator for the marked datagrams (`None`: the context's).
+        #[serde(default)]
+        local: Option<IpAddr>,
+        /// Destination locator (`None`: the context's).
+        #[serde(default)]
+        peer: Option<IpAddr>,
+        /// The socket's own traffic class, restored in marked datagrams.
+        #[serde(default)]
+        base_tclass: u8,
+    },
+    /// SOL_SHIM: forget a socket's per-socket state (owner only). Also
+    /// happens when the control connection that registered it closes.
+    ShimRelease {
+        /// The socket.
+        flow: FlowId,
+    },
+    /// The shim contexts (associations with their locators, path and
+    /// failure-detection state) for `hipconf daemon get shim`.
+    ShimList {
+        /// Peer HIT filter.
+        #[serde(default)]
+        hit: Option<Ipv6Addr>,
+    },
+}
+
+/// Failure-detection defaults settable with [`Request::SetReap`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReapParam {
+    /// Send Timeout (ms): no inbound traffic this long after we sent
+    /// payload starts path exploration.
+    SendTimeout,
+    /// Keepalive Timeout (ms): how long after inbound payload we keep
+    /// sending keepalives when we have nothing to send.
+    KeepaliveTimeout,
+    /// Keepalive Interval (ms).
+    KeepaliveInterval,
+    /// Initial Probe Timeout (ms).
+    ProbeTimeout,
+    /// Number of initial probes (count).
+    Probes,
+}
+
+impl std::str::FromStr for ReapParam {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "send-timeout" => Ok(ReapParam::SendTimeout),
+            "keepalive-timeout" => Ok(ReapParam::KeepaliveTimeout),
+            "keepalive-interval" => Ok(ReapParam::KeepaliveInterval),
+            "probe-timeout" => Ok(ReapParam::ProbeTimeout),
+            "probes" => Ok(ReapParam::Probes),
+            o => Err(format!(
+                "unknown reap parameter '{o}' (send-timeout|keepalive-timeout|keepalive-interval|probe-timeout|probes)"
+            )),
+        }
+    }
+}
+
+/// A transport-layer flow (one connected socket) as the kernel sees it
+/// above the shim: identifiers (HITs or LSIs) and ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FlowId {
+    /// IP protocol: 6 (TCP) or 17 (UDP).
+    pub proto: u8,
+    /// Local identifier (HIT or LSI) = `getsockname` address.
+    pub local: IpAddr,
+    /// Local port.
+    pub local_port: u16,
+    /// Peer identifier (HIT or LSI) = `getpeername` address.
+    pub peer: IpAddr,
+    /// Peer port.
+    pub peer_port: u16,
+}
+
+/// A locator with an application preference (RFC 6316 `shim_locator`
+/// semantics: lower `prio` = more preferred; among equal `prio`, higher
+/// `weight` wins).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocPref {
+    /// Address (IPv4 or IPv6).
+    pub addr: IpAddr,
+    /// Priority.
+    pub prio: u16,
+    /// Weight.
+    pub weight: u16,
+}
+
+/// REAP parameters of `SHIM_PATHEXPLORE` (RFC 6316 §6.13, RFC 5534).
+/// Zero fields mean "the daemon default".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathExplore {
+    /// Number of initial probes.
+    pub probenum: u16,
+    /// Keepalive timeout, seconds.
+    pub keepaliveto: u16,
+    /// Keepalive interval, seconds.
+    pub keepaliveint: u16,
+    /// Initial probe timeout, milliseconds.
+    pub initprobeto: u16,
+}
+
+/// One change requested through `setsockopt(SOL_SHIM, …)` or a
+/// `SHIM_FEEDBACK` control message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "opt", rename_all = "snake_case")]
+pub enum ShimSetting {
+    /// `SHIM_LOC_LOCAL_PREF` (context).
+    LocalPref {
+        /// Locator and preference.
+        loc: LocPref,
+    },
+    /// `SHIM_LOC_PEER_PREF` (context).
+    PeerPref {
+        /// Locator and preference.
+        loc: LocPref,
+    },
+    /// `SHIM_LOC_LOCAL_SEND` sticky (socket); `None` cancels.
+    LocalSend {
+        /// Source locator.
+        #[serde(default)]
+        addr: Option<IpAddr>,
+    },
+    /// `SHIM_LOC_PEER_SEND` sticky (socket); `None` cancels.
+    PeerSend {
+        /// Destination locator.
+        #[serde(default)]
+        addr: Option<IpAddr>,
+    },
+    /// `SHIM_LOC_LOCAL_RECV` (socket).
+    LocalRecv {
+        /// On or off.
+        on: bool,
+    },
+    /// `SHIM_LOC_PEER_RECV` (socket).
+    PeerRecv {
+        /// On or off.
+        on: bool,
+    },
+    /// `SHIM_LOCLIST_LOCAL` set (context): restrict and order Ls(local).
+    LoclistLocal {
+        /// The list (at most [`SHIM_MAX_LOCATORS`]).
+        locs: Vec<LocPref>,
+    },
+    /// `SHIM_LOCLIST_PEER` set (context): restrict and order Ls(peer).
+    LoclistPeer {
+        /// The list (at most [`SHIM_MAX_LOCATORS`]).
+        locs: Vec<LocPref>,
+    },
+    /// `SHIM_HOT_STANDBY` (context).
+    HotStandby {
+        /// On or off.
+        on: bool,
+    },
+    /// `SHIM_APP_TIMEOUT` (context): REAP Send Timeout in seconds,
+    /// 0 = daemon default.
+    AppTimeout {
+        /// Seconds.
+        secs: u32,
+    },
+    /// Project extension `SHIM_APP_TIMEOUT_MS` (context): the Send
+    /// Timeout in milliseconds, 0 = daemon default.
+    AppTimeoutMs {
+        /// Milliseconds.
+        ms: u32,
+    },
+    /// `SHIM_PATHEXPLORE` (context); `None` = daemon defaults.
+    PathExplore {
+        /// Parameters.
+        #[serde(default)]
+        pe: Option<PathExplore>,
+    },
+    /// `SHIM_FEEDBACK` (context): `indicator` 1 = unable to connect and
+    /// 2 = unsatisfactory (both start path exploration at once),
+    /// 3 = satisfactory (evidence that the current pair works), 0 = ignore.
+    Feedback {
+        /// 0 = outbound, 1 = inbound.
+        direction: u8,
+        /// Indicator (0..=3).
+        indicator: u8,
+    },
+}
+
+/// The most locators a `SHIM_LOCLIST_*` set may carry (RFC 6316 §13).
+pub const SHIM_MAX_LOCATORS: usize = 32;
+
+/// Verification state of a locator as the shim API reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LocState {
+    /// A local address (always usable as a source).
+    Local,
+    /// Peer locator verified reachable (HIP ACTIVE).
+    Verified,
+    /// Peer locator announced but not verified yet.
+    Unverified,
+    /// Found unreachable by failure detection / probing.
+    Unreachable,
+    /// Lifetime expired.
+    Deprecated,
+}
+
+/// One locator of a context.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShimLocInfo {
+    /// Address.
+    pub addr: IpAddr,
+    /// Application priority (0 when never set).
+    pub prio: u16,
+    /// Application weight (0 when never set).
+    pub weight: u16,
+    /// Interface index (local locators; 0 for peer locators).
+    pub ifindex: u32,
+    /// `lc_flags` (HIP: 0; HBA = 0x01, CGA = 0x02 are Shim6's).
+    pub flags: u16,
+    /// State.
+    pub state: LocState,
+    /// Part of the pair in use now.
+    pub in_use: bool,
+    /// Allowed by the context's `SHIM_LOCLIST_*` restriction (true when
+    /// no restriction is set).
+    pub allowed: bool,
+    /// Preferred by the HIP association (P bit / engine preference).
+    pub preferred: bool,
+}
+
+/// Per-socket shim state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShimSocketInfo {
+    /// Sticky `SHIM_LOC_LOCAL_SEND`.
+    pub local_send: Option<IpAddr>,
+    /// Sticky `SHIM_LOC_PEER_SEND`.
+    pub peer_send: Option<IpAddr>,
+    /// `SHIM_LOC_LOCAL_RECV`.
+    pub local_recv: bool,
+    /// `SHIM_LOC_PEER_RECV`.
+    pub peer_recv: bool,
+    /// The locator pair (local, peer) the socket's latest datagram or
+    /// segment arrived on (RECV for stream sockets).
+    pub last_rx: Option<(IpAddr, IpAddr)>,
+}
+
+/// A shim context (one HIP association) as the shim API sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShimContextInfo {
+    /// Our HIT.
+    pub local_hit: Ipv6Addr,
+    /// Peer HIT.
+    pub peer_hit: Ipv6Addr,
+    /// HIP state name.
+    pub state: String,
+    /// Ls(local).
+    pub local: Vec<ShimLocInfo>,
+    /// Ls(peer).
+    pub peer: Vec<ShimLocInfo>,
+    /// The pair (local, peer) in use now.
+    pub path: Option<(IpAddr, IpAddr)>,
+    /// The verified standby pair kept with `SHIM_HOT_STANDBY`.
+    pub standby: Option<(IpAddr, IpAddr)>,
+    /// Whether the (local, peer) loclists were restricted.
+    pub loclist_local_set: bool,
+    /// See `loclist_local_set`.
+    pub loclist_peer_set: bool,
+    /// `SHIM_HOT_STANDBY`.
+    pub hot_standby: bool,
+    /// `SHIM_APP_TIMEOUT` as set (0 = default).
+    pub app_timeout_secs: u32,
+    /// The Send Timeout in effect, milliseconds.
+    pub send_timeout_ms: u32,
+    /// `SHIM_PATHEXPLORE` as set (`None` = defaults).
+    pub path_explore: Option<PathExplore>,
+    /// The parameters in effect.
+    pub effective_explore: PathExplore,
+    /// Failure-detection state: "operational", "exploring", "inbound_ok".
+    pub reap_state: String,
+    /// Path switches made by failure detection / preferences.
+    pub switches: u64,
+    /// The socket's own state (for `ShimGet`/`ShimSet`; empty in
+    /// `ShimList`).
+    pub socket: ShimSocketInfo,
 }
 
 impl Request {
@@ -202,6 +510,7 @@ impl Request {
                 | Request::GetHi { .. }
                 | Request::GetHa { .. }
                 | Request::Stats
+                | Request::ShimList { .. }
                 | Request::Connect { .. }
                 | Request::Opportunistic { .. }
         )
@@ -300,6 +609,15 @@ pub struct StatsInfo {
     pub queue_dropped: u64,
     /// Packets from the TUN device without a route (no mapping).
     pub no_mapping: u64,
+    /// ESP keepalives (failure detection) sent.
+    #[serde(default)]
+    pub keepalives_tx: u64,
+    /// ESP keepalives received.
+    #[serde(default)]
+    pub keepalives_rx: u64,
+    /// Path switches made by failure detection and shim preferences.
+    #[serde(default)]
+    pub failover_switches: u64,
     /// Associations currently stored in the engine.
     pub associations: u64,
     /// The engine's raw counters, `name=value`.
@@ -344,6 +662,23 @@ pub enum Response {
         /// Counters.
         stats: StatsInfo,
     },
+    /// A shim context and the socket's state.
+    ShimContext {
+        /// The context.
+        ctx: ShimContextInfo,
+    },
+    /// Shim contexts.
+    ShimContexts {
+        /// Contexts.
+        ctxs: Vec<ShimContextInfo>,
+    },
+    /// The marker for a per-datagram `SHIM_LOC_*_SEND`: put
+    /// `token << 2` into the datagram's traffic class (IPV6_TCLASS /
+    /// IP_TOS control message).
+    ShimToken {
+        /// Marker (1..=63).
+        token: u8,
+    },
 }
 
 /// Error classes (stable strings on the wire).
@@ -364,6 +699,22 @@ pub enum ErrorCode {
     Timeout,
     /// The operation failed.
     Failed,
+    /// SOL_SHIM: no shim context for the socket (`ENOENT`).
+    NoContext,
+    /// SOL_SHIM: the locator is not valid for the context
+    /// (`EINVALIDLOCATOR`).
+    InvalidLocator,
+    /// SOL_SHIM: the peer locator is not verified yet
+    /// (`EUNVERIFIEDLOCATOR`).
+    UnverifiedLocator,
+    /// SOL_SHIM: the peer locator is unreachable (`EUNREACHABLELOCATOR`).
+    UnreachableLocator,
+    /// SOL_SHIM: more than [`SHIM_MAX_LOCATORS`] (`ETOOMANYLOCATORS`).
+    TooManyLocators,
+    /// SOL_SHIM: a bad value (`EINVAL`).
+    InvalidArgument,
+    /// SOL_SHIM: not supported in this state (`EOPNOTSUPP`).
+    NotSupported,
 }
 
 /// An error answer.
@@ -548,9 +899,10 @@ impl Client {
 /// lines of `hipd.conf`) into a request.
 ///
 /// Accepted: `get hi default|all`, `add map HIT IP [LSI] [udp|native]`,
-/// `del map HIT [IP]`, `get ha all|HIT`, `rst all|HIT`,
+/// `del map HIT [IP]`, `get ha all|HIT`, `get shim all|HIT`, `rst all|HIT`,
 /// `debug none|low|medium|all`, `nat none|plain-udp`,
-/// `set puzzle [all] K`, `manual-update`, `shotgun on|off`,
+/// `set puzzle [all] K`, `set reap send-timeout|keepalive-timeout|
+/// keepalive-interval|probe-timeout MS`, `set reap probes N`, `manual-update`, `shotgun on|off`,
 /// `connect HIT`, `opp IP`, `stats`, `ping`.
 pub fn parse_verbs(words: &[&str]) -> Result<Request, String> {
     fn hit(s: &str) -> Result<Ipv6Addr, String> {
@@ -579,7 +931,9 @@ pub fn parse_verbs(words: &[&str]) -> Result<Request, String> {
         ["get", "hi", ..] => usage("get hi default|all"),
         ["get", "ha", "all"] => Ok(Request::GetHa { hit: None }),
         ["get", "ha", h] => Ok(Request::GetHa { hit: Some(hit(h)?) }),
-        ["get", ..] => usage("get hi default|all | get ha all|HIT"),
+        ["get", "shim", "all"] => Ok(Request::ShimList { hit: None }),
+        ["get", "shim", h] => Ok(Request::ShimList { hit: Some(hit(h)?) }),
+        ["get", ..] => usage("get hi default|all | get ha all|HIT | get shim all|HIT"),
         ["add", "map", h, i, rest @ ..] if rest.len() <= 2 => {
             let mut lsi = None;
             let mut transport = None;
@@ -625,7 +979,13 @@ pub fn parse_verbs(words: &[&str]) -> Result<Request, String> {
                 .filter(|k| *k <= 28)
                 .ok_or_else(|| format!("'{k}' is not a puzzle difficulty (0..=28)"))?,
         }),
-        ["set", ..] => usage("set puzzle [all] K"),
+        ["set", "reap", p, v] => Ok(Request::SetReap {
+            param: p.parse()?,
+            value: v
+                .parse::<u32>()
+                .map_err(|_| format!("'{v}' is not a number"))?,
+        }),
+        ["set", ..] => usage("set puzzle [all] K | set reap PARAM VALUE"),
         ["manual-update"] => Ok(Request::ManualUpdate),
         ["shotgun", o] => Ok(Request::Shotgun { on: onoff(o)? }),
         ["shotgun", ..] => usage("shotgun on|off"),
@@ -669,6 +1029,59 @@ mod tests {
             assert!(line.ends_with('\n'));
             assert_eq!(decode_request(line.trim_end()).unwrap(), r);
         }
+    }
+
+    #[test]
+    fn shim_requests_round_trip() {
+        let flow = FlowId {
+            proto: 17,
+            local: "2001:2a::1".parse().unwrap(),
+            local_port: 4000,
+            peer: "2001:2a::2".parse().unwrap(),
+            peer_port: 5000,
+        };
+        let reqs = vec![
+            Request::ShimGet { flow },
+            Request::ShimSet {
+                flow,
+                set: ShimSetting::PeerPref {
+                    loc: LocPref {
+                        addr: "2001:db8:2::2".parse().unwrap(),
+                        prio: 1,
+                        weight: 10,
+                    },
+                },
+            },
+            Request::ShimSet {
+                flow,
+                set: ShimSetting::PathExplore {
+                    pe: Some(PathExplore {
+                        probenum: 4,
+                        keepaliveto: 10,
+                        keepaliveint: 3,
+                        initprobeto: 500,
+                    }),
+                },
+            },
+            Request::ShimSendToken {
+                flow,
+                local: None,
+                peer: Some("192.0.2.2".parse().unwrap()),
+                base_tclass: 0,
+            },
+            Request::ShimRelease { flow },
+            Request::ShimList { hit: None },
+        ];
+        for r in reqs {
+            let line = encode_request(&r);
+            assert_eq!(decode_request(line.trim_end()).unwrap(), r);
+        }
+        assert!(Request::ShimList { hit: None }.is_read_only());
+        assert!(!Request::ShimGet { flow }.is_read_only());
+        assert_eq!(
+            parse_verbs(&["get", "shim", "all"]).unwrap(),
+            Request::ShimList { hit: None }
+        );
     }
 
     #[test]

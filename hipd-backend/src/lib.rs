@@ -47,3 +47,4 @@
 pub mod control;
 #[cfg(feature = "daemon")]
 pub mod daemon;
+pub mod shimtag;

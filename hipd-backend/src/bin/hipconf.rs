@@ -16,9 +16,12 @@
 use hipd_backend::control::{Client, ClientError, ErrorCode, HaInfo, Response, parse_verbs};
 
 const USAGE: &str = "usage: hipconf [--socket PATH] [--json] daemon <verb...>
-verbs: get hi default|all | get ha all|HIT | add map HIT IP [LSI] [udp|native]
+verbs: get hi default|all | get ha all|HIT | get shim all|HIT
+       add map HIT IP [LSI] [udp|native]
        del map HIT [IP] | rst all|HIT | debug none|low|medium|all
        nat none|plain-udp | set puzzle [all] K | manual-update | shotgun on|off
+       set reap send-timeout|keepalive-timeout|keepalive-interval|probe-timeout MS
+       set reap probes N
        connect HIT | opp IP | stats | ping";
 
 fn print_ha(h: &HaInfo) {
@@ -138,6 +141,61 @@ fn main() {
             println!(
                 "{}",
                 serde_json::to_string_pretty(&stats).unwrap_or_default()
+            );
+        }
+        Response::ShimContext { ctx } => print_shim(&ctx),
+        Response::ShimContexts { ctxs } => {
+            if ctxs.is_empty() {
+                println!("no shim contexts");
+            }
+            for c in &ctxs {
+                print_shim(c);
+            }
+        }
+        Response::ShimToken { token } => println!("send marker {token}"),
+    }
+}
+
+fn print_shim(c: &hipd_backend::control::ShimContextInfo) {
+    let pair = |p: Option<(std::net::IpAddr, std::net::IpAddr)>| {
+        p.map_or("-".to_string(), |(l, r)| format!("{l} -> {r}"))
+    };
+    println!(
+        "shim context {} <-> {} {}",
+        c.local_hit, c.peer_hit, c.state
+    );
+    println!(
+        "  path {}  failure detection {}  switches {}",
+        pair(c.path),
+        c.reap_state,
+        c.switches
+    );
+    println!(
+        "  send timeout {} ms  probes {} every {} ms  keepalive {} s/{} s  hot standby {} (standby {})",
+        c.send_timeout_ms,
+        c.effective_explore.probenum,
+        c.effective_explore.initprobeto,
+        c.effective_explore.keepaliveto,
+        c.effective_explore.keepaliveint,
+        if c.hot_standby { "on" } else { "off" },
+        pair(c.standby)
+    );
+    for (side, list) in [("local", &c.local), ("peer", &c.peer)] {
+        for l in list {
+            println!(
+                "  {side:5} {:<40} {:?}{}{}{} prio {} weight {}{}",
+                l.addr,
+                l.state,
+                if l.in_use { " in-use" } else { "" },
+                if l.preferred { " preferred" } else { "" },
+                if l.allowed { "" } else { " excluded" },
+                l.prio,
+                l.weight,
+                if l.ifindex != 0 {
+                    format!(" if {}", l.ifindex)
+                } else {
+                    String::new()
+                }
             );
         }
     }

@@ -54,9 +54,11 @@
 //! * `set puzzle` rebuilds the engines, so it is refused while an association
 //!   is alive (CLOSED and E-FAILED records are dropped with the old engines).
 
+mod failover;
 mod files;
 mod lsi;
 pub mod net;
+mod shim;
 mod tun;
 
 pub use files::{
@@ -144,6 +146,8 @@ struct Counters {
     queued: AtomicU64,
     queue_dropped: AtomicU64,
     no_mapping: AtomicU64,
+    keepalives_tx: AtomicU64,
+    keepalives_rx: AtomicU64,
 }
 
 fn inc(c: &AtomicU64) {
@@ -166,6 +170,8 @@ struct OutSa {
     packets: AtomicU64,
     ep: usize,
     id: AssocId,
+    /// Traffic stamps for failure detection (shared with the inbound SA).
+    live: Arc<failover::Liveness>,
 }
 
 #[derive(Debug)]
@@ -179,6 +185,7 @@ struct InSa {
     ep: usize,
     local: Hit,
     peer: Hit,
+    live: Arc<failover::Liveness>,
 }
 
 /// SA tables and LSI maps (read on every packet).
@@ -198,6 +205,8 @@ struct DataPlane {
     /// Listener family decisions per (proto, local port), with the time
     /// they were made (reused for [`lsi::PORT_DECISION_TTL`]).
     port_family: Mutex<HashMap<(u8, u16), (bool, Instant)>>,
+    /// Sockets registered through the shim API.
+    flows: HashMap<shim::FlowKey, Arc<shim::FlowDp>>,
 }
 
 #[derive(Debug, Clone)]
@@ -228,6 +237,12 @@ struct Core {
     pending: HashMap<(Hit, Hit), VecDeque<Vec<u8>>>,
     local_locators: Vec<IpAddr>,
     udp_port: u16,
+    /// Shim contexts' settings, by (local HIT, peer HIT).
+    shim: HashMap<(Hit, Hit), shim::ShimCtx>,
+    /// Failure detectors, by (local HIT, peer HIT).
+    failover: HashMap<(Hit, Hit), failover::Failover>,
+    /// Daemon-wide failure-detection defaults.
+    reap_defaults: hip_proto::reap::Params,
 }
 
 impl std::fmt::Debug for Core {
@@ -264,6 +279,8 @@ pub struct Shared {
     set_level: LevelSetter,
     opts: Options,
     shutting_down: AtomicBool,
+    /// Time base of the data plane's atomic timestamps.
+    epoch: Instant,
 }
 
 impl std::fmt::Debug for Shared {
@@ -449,6 +466,7 @@ impl Shared {
     }
 
     fn on_event(&self, core: &mut Core, ep: usize, ev: Event) {
+        self.failover_event(core, ep, &ev);
         match ev {
             Event::Established {
                 id,
@@ -466,6 +484,7 @@ impl Shared {
                     Transport::Native => None,
                     Transport::Udp { dst_port, .. } => Some(dst_port),
                 };
+                let live = Arc::new(failover::Liveness::default());
                 let out = Arc::new(OutSa {
                     sa: Mutex::new(sas.outbound),
                     path: Mutex::new(Path {
@@ -476,6 +495,7 @@ impl Shared {
                     packets: AtomicU64::new(0),
                     ep,
                     id,
+                    live: live.clone(),
                 });
                 let spi_in = sas.inbound.spi();
                 let inb = Arc::new(InSa {
@@ -486,6 +506,7 @@ impl Shared {
                     ep,
                     local: local_hit,
                     peer: peer_hit,
+                    live,
                 });
                 {
                     let mut dp = self.dp.write().unwrap_or_else(|p| p.into_inner());
@@ -503,6 +524,7 @@ impl Shared {
                         dp.lsi_peer.insert(lsi, peer_hit);
                     }
                 }
+                self.failover_start(core, ep, local_hit, peer_hit, (local_locator, peer_locator));
                 if let Some(q) = core.pending.remove(&(local_hit, peer_hit)) {
                     let mut buf = Vec::new();
                     for p in q {
@@ -567,6 +589,7 @@ impl Shared {
                     return;
                 };
                 let (local, peer) = (old_in.local, old_in.peer);
+                let live = old_in.live.clone();
                 if let Some(out) = dp.out.get(&(local, peer)).cloned() {
                     let path = *out.path.lock().unwrap_or_else(|p| p.into_inner());
                     dp.out.insert(
@@ -577,6 +600,7 @@ impl Shared {
                             packets: AtomicU64::new(out.packets.load(Ordering::Relaxed)),
                             ep,
                             id,
+                            live: live.clone(),
                         }),
                     );
                 }
@@ -590,6 +614,7 @@ impl Shared {
                         ep,
                         local,
                         peer,
+                        live,
                     }),
                 );
             }
@@ -620,10 +645,23 @@ impl Shared {
             Event::ProbeLost { peer_hit, dst, .. } => {
                 tracing::debug!(%peer_hit, %dst, "probe lost");
             }
+            Event::PeerProbed {
+                peer_hit,
+                src,
+                dst,
+                exploring,
+            } => {
+                tracing::debug!(%peer_hit, %src, %dst, exploring, "probed by the peer");
+            }
         }
     }
 
     fn send_esp(&self, out: &OutSa, inner: &[u8], buf: &mut Vec<u8>) {
+        self.send_esp_via(out, inner, buf, None);
+    }
+
+    /// Seals and sends; `via` overrides the SA's path (shim API).
+    fn send_esp_via(&self, out: &OutSa, inner: &[u8], buf: &mut Vec<u8>, via: Option<Path>) {
         let n = {
             let mut sa = out.sa.lock().unwrap_or_else(|p| p.into_inner());
             let need = sa.seal_buffer_len(inner.len());
@@ -638,9 +676,17 @@ impl Shared {
                 }
             }
         };
-        let path = *out.path.lock().unwrap_or_else(|p| p.into_inner());
+        let path = via.unwrap_or_else(|| *out.path.lock().unwrap_or_else(|p| p.into_inner()));
+        if self.send_sealed(&path, buf.get(..n).unwrap_or(&[])) {
+            inc(&self.ctr.esp_tx);
+            out.packets.fetch_add(1, Ordering::Relaxed);
+            out.live.sent(self.ns(Instant::now()));
+        }
+    }
+
+    /// Sends a sealed ESP packet on `path`.
+    fn send_sealed(&self, path: &Path, data: &[u8]) -> bool {
         let v6 = path.dst.is_ipv6();
-        let data = buf.get(..n).unwrap_or(&[]);
         let r = match path.udp {
             None => self
                 .sock(Kind::Esp, v6)
@@ -650,11 +696,11 @@ impl Shared {
                 .send(Some(path.src), path.dst, port, &[data]),
         };
         match r {
-            Ok(_) => {
-                inc(&self.ctr.esp_tx);
-                out.packets.fetch_add(1, Ordering::Relaxed);
+            Ok(_) => true,
+            Err(e) => {
+                tracing::trace!(error = %e, dst = %path.dst, "ESP send failed");
+                false
             }
-            Err(e) => tracing::trace!(error = %e, dst = %path.dst, "ESP send failed"),
         }
     }
 
@@ -752,12 +798,18 @@ fn driver_thread(sh: Arc<Shared>) {
             }
         }
         sh.pump(&mut core);
-        let next = core
+        sh.failover_tick(&mut core, now);
+        sh.pump(&mut core);
+        let mut next = core
             .eps
             .iter()
             .filter_map(Endpoint::poll_timeout)
+            .chain(sh.failover_deadline(&core))
             .min()
             .unwrap_or(now + Duration::from_secs(1));
+        if !core.failover.is_empty() {
+            next = next.min(now + failover::TICK);
+        }
         let wait = next
             .saturating_duration_since(Instant::now())
             .min(Duration::from_secs(1))
@@ -783,11 +835,11 @@ fn tun_thread(sh: Arc<Shared>) {
                 continue;
             }
         };
-        let pkt = &buf[..n];
-        let Some(first) = pkt.first() else { continue };
-        let inner: &[u8];
+        let Some(&first) = buf.first() else { continue };
+        let inner: &mut [u8];
         let (local, peer) = match first >> 4 {
             6 => {
+                let pkt = &buf[..n];
                 let (Some(s), Some(d)) = (pkt.get(8..24), pkt.get(24..40)) else {
                     continue;
                 };
@@ -797,14 +849,14 @@ fn tun_thread(sh: Arc<Shared>) {
                 if !d.is_orchid_v2() {
                     continue; // ND/MLD and other link traffic on hip0
                 }
-                inner = pkt;
+                inner = &mut buf[..n];
                 (s, d)
             }
             4 => {
                 let dp = sh.dp.read().unwrap_or_else(|p| p.into_inner());
-                match lsi::v4_to_v6(pkt, &dp, &mut xlat) {
+                match lsi::v4_to_v6(&buf[..n], &dp, &mut xlat) {
                     Some((s, d)) => {
-                        inner = &xlat;
+                        inner = &mut xlat[..];
                         (s, d)
                     }
                     None => {
@@ -815,12 +867,18 @@ fn tun_thread(sh: Arc<Shared>) {
             }
             _ => continue,
         };
-        let out = {
+        let (out, via) = {
             let dp = sh.dp.read().unwrap_or_else(|p| p.into_inner());
-            dp.out.get(&(local, peer)).cloned()
+            let out = dp.out.get(&(local, peer)).cloned();
+            let via = out.as_ref().and_then(|o| {
+                let ctx = *o.path.lock().unwrap_or_else(|p| p.into_inner());
+                shim::out_override(&dp, inner, local, peer, &ctx)
+            });
+            (out, via)
         };
+        let inner: &[u8] = inner;
         if let Some(out) = out {
-            sh.send_esp(&out, inner, &mut sealbuf);
+            sh.send_esp_via(&out, inner, &mut sealbuf, via);
             continue;
         }
         // No SA: queue and start the base exchange (under core).
@@ -874,7 +932,7 @@ fn rx_thread(sh: Arc<Shared>, kind: Kind, v6: bool) {
         };
         match kind {
             Kind::Hip => sh.handle_hip(meta.src, meta.dst, Transport::Native, payload),
-            Kind::Esp => sh.handle_esp(payload, meta.hop_limit, &mut out),
+            Kind::Esp => sh.handle_esp(payload, meta.hop_limit, (meta.dst, meta.src), &mut out),
             Kind::Udp => match payload.first_chunk::<4>() {
                 None => inc(&sh.ctr.malformed),
                 Some([0, 0, 0, 0]) => sh.handle_hip(
@@ -886,7 +944,7 @@ fn rx_thread(sh: Arc<Shared>, kind: Kind, v6: bool) {
                     },
                     payload.get(4..).unwrap_or(&[]),
                 ),
-                Some(_) => sh.handle_esp(payload, meta.hop_limit, &mut out),
+                Some(_) => sh.handle_esp(payload, meta.hop_limit, (meta.dst, meta.src), &mut out),
             },
         }
     }
@@ -933,7 +991,9 @@ impl Shared {
         );
     }
 
-    fn handle_esp(&self, esp_pkt: &[u8], hop: u8, out: &mut [u8]) {
+    /// Opens an ESP packet that arrived on `pair` (our address, the
+    /// peer's) and delivers it to the TUN device.
+    fn handle_esp(&self, esp_pkt: &[u8], hop: u8, pair: (IpAddr, IpAddr), out: &mut [u8]) {
         let Some(spi) = esp::peek_spi(esp_pkt) else {
             inc(&self.ctr.malformed);
             return;
@@ -958,9 +1018,14 @@ impl Shared {
                 return;
             }
         };
-        sa.packets.fetch_add(1, Ordering::Relaxed);
         sa.rx_bytes
             .fetch_add(esp_pkt.len() as u64, Ordering::Relaxed);
+        sa.live.received(self.ns(Instant::now()), pair, o.dummy);
+        if o.dummy {
+            inc(&self.ctr.keepalives_rx);
+            return;
+        }
+        sa.packets.fetch_add(1, Ordering::Relaxed);
         inc(&self.ctr.esp_rx);
         if !sa.confirmed.swap(true, Ordering::Relaxed) {
             let mut core = self.lock_core();
@@ -971,14 +1036,21 @@ impl Shared {
         debug_assert_eq!(o.family, InnerFamily::V6);
         let dp = self.dp.read().unwrap_or_else(|p| p.into_inner());
         let mut v4 = Vec::new();
+        let mut tagged = Vec::new();
         let r = if lsi::deliver_as_v4(pkt, &dp, sa.local, sa.peer)
             && lsi::v6_to_v4(pkt, &dp, sa.local, sa.peer, &mut v4)
         {
+            // Records the arrival pair; tags the IPv4 form if asked.
+            let _ = shim::in_tag(&dp, pkt, sa.local, sa.peer, pair.0, pair.1, &mut tagged);
+            let tag = shim::wants_tag(&dp, pkt, sa.local, sa.peer)
+                && shim::tag_v4(&v4, pair.0, pair.1, &mut tagged);
             drop(dp);
-            self.tun.send(&v4)
+            self.tun.send(if tag { &tagged } else { &v4 })
         } else {
+            let t =
+                shim::in_tag(&dp, pkt, sa.local, sa.peer, pair.0, pair.1, &mut tagged).is_some();
             drop(dp);
-            self.tun.send(pkt)
+            self.tun.send(if t { &tagged } else { pkt })
         };
         if let Err(e) = r {
             tracing::trace!(error = %e, "TUN write failed");
@@ -1078,6 +1150,12 @@ impl Shared {
             return;
         }
         tracing::info!(locators = ?now_locs, "local locators changed");
+        let gone: Vec<IpAddr> = core
+            .local_locators
+            .iter()
+            .filter(|a| !now_locs.contains(a))
+            .copied()
+            .collect();
         core.local_locators = now_locs.clone();
         let now = Instant::now();
         let ll: Vec<LocalLocator> = with_idx
@@ -1091,6 +1169,7 @@ impl Shared {
         for ep in core.eps.iter_mut() {
             ep.set_local_locators(now, ll.clone());
         }
+        self.failover_local_gone(&mut core, &gone);
         // Outbound paths whose source disappeared move to a source the
         // kernel would use now (same peer locator).
         let dp = self.dp.read().unwrap_or_else(|p| p.into_inner());
@@ -1126,6 +1205,12 @@ fn control_thread(sh: Arc<Shared>, listener: UnixListener) {
 }
 
 fn serve_client(sh: Arc<Shared>, conn: UnixStream) {
+    let mut flows = Vec::new();
+    serve_lines(&sh, conn, &mut flows);
+    sh.release_flows(&flows);
+}
+
+fn serve_lines(sh: &Shared, conn: UnixStream, flows: &mut Vec<shim::FlowKey>) {
     let uid = peer_uid(&conn);
     let Ok(mut w) = conn.try_clone() else { return };
     let mut r = BufReader::new(conn);
@@ -1143,6 +1228,13 @@ fn serve_client(sh: Arc<Shared>, conn: UnixStream) {
         }
         let reply = match decode_request(line.trim_end()) {
             Err(e) => Reply::from(e),
+            Ok(
+                req @ (Request::ShimGet { .. }
+                | Request::ShimSet { .. }
+                | Request::ShimSendToken { .. }
+                | Request::ShimRelease { .. }
+                | Request::ShimList { .. }),
+            ) => sh.shim_dispatch(req, uid, flows),
             Ok(req) => {
                 if !req.is_read_only() && uid != Some(0) {
                     Reply::err(
@@ -1462,12 +1554,24 @@ impl Shared {
                     }
                 }
             }
+            Request::SetReap { param, value } => {
+                let mut core = self.lock_core();
+                self.set_reap_default(&mut core, param, value);
+                self.pump(&mut core);
+                done(format!("reap {param:?} = {value}"))
+            }
             Request::Stats => {
                 let core = self.lock_core();
                 Reply::ok(Response::Stats {
                     stats: self.stats(&core),
                 })
             }
+            // From hipd.conf (as root, no connection to own sockets).
+            r @ (Request::ShimGet { .. }
+            | Request::ShimSet { .. }
+            | Request::ShimSendToken { .. }
+            | Request::ShimRelease { .. }
+            | Request::ShimList { .. }) => self.shim_dispatch(r, Some(0), &mut Vec::new()),
         }
     }
 
@@ -1517,6 +1621,9 @@ impl Shared {
             queued: l(&c.queued),
             queue_dropped: l(&c.queue_dropped),
             no_mapping: l(&c.no_mapping),
+            keepalives_tx: l(&c.keepalives_tx),
+            keepalives_rx: l(&c.keepalives_rx),
+            failover_switches: core.shim.values().map(|c| c.switches).sum(),
             associations: core.eps.iter().map(|e| e.association_count() as u64).sum(),
             engine: engine.into_iter().collect(),
         }
@@ -1625,6 +1732,9 @@ impl Daemon {
             pending: HashMap::new(),
             local_locators: Vec::new(),
             udp_port: opts.udp_port,
+            shim: HashMap::new(),
+            failover: HashMap::new(),
+            reap_defaults: hip_proto::reap::Params::hipd_default(),
         };
         let shared = Arc::new(Shared {
             core: Mutex::new(core),
@@ -1641,6 +1751,7 @@ impl Daemon {
             set_level,
             opts: opts.clone(),
             shutting_down: AtomicBool::new(false),
+            epoch: Instant::now(),
         });
         shared.update_locators();
         for cmd in conf.commands {
