@@ -1,18 +1,23 @@
 //! Base exchange over the in-memory pair harness: algorithm matrix,
 //! opportunistic, simultaneous open, loss recovery, CLOSE.
 
+use std::cell::{Cell, RefCell};
 use std::net::{IpAddr, Ipv6Addr};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hip_proto::crypto::HitSuite;
 use hip_proto::crypto::esp::open_buffer_len;
 use hip_proto::crypto::{
     CryptoBackend, DhGroup, EspSuite, GcmKeySize, HashAlg, HipCipher, OpensslBackend,
     PrivateIdentity, SecurityAssociation,
 };
 use hip_proto::engine::testing::{IdentityKind, LinkConfig, Pair, Side, test_identity};
-use hip_proto::engine::{Config, Endpoint, Event, FailReason, Role, State};
-use hip_proto::wire::{Hit, PacketType};
+use hip_proto::engine::{Config, Datagram, Endpoint, Event, FailReason, Role, State, Transport};
+use hip_proto::wire::{
+    ChecksumMode, Hit, Notification, NotifyType, Packet, PacketRepr, PacketType, Param,
+};
 
 fn backend() -> Arc<dyn CryptoBackend> {
     Arc::new(OpensslBackend::new())
@@ -610,4 +615,287 @@ fn udp_transport_bex() {
         .connect(now, Some(b_hit), vec![addr(2)], None)
         .unwrap();
     check_bex(&mut p);
+}
+
+// ------------------------------------------------------------------
+// RFC 7401 details: R1 rate limit, R1_COUNTER restart, HIT suite fallback.
+
+fn i1_from(src_hit: Hit, dst_hit: Hit, src: IpAddr, dst: IpAddr) -> Datagram {
+    let repr = PacketRepr::new(PacketType::I1, src_hit, dst_hit).with(Param::DhGroupList(vec![
+        hip_proto::wire::DhGroupId::from(DhGroup::EcdhP384),
+    ]));
+    Datagram {
+        src,
+        dst,
+        transport: Transport::Native,
+        payload: repr
+            .to_bytes(ChecksumMode::from_addrs(src, dst).unwrap())
+            .unwrap(),
+    }
+}
+
+fn fake_hit(n: u16) -> Hit {
+    let mut b = [0u8; 16];
+    b[..4].copy_from_slice(&[0x20, 0x01, 0x00, 0x21]);
+    b[14..].copy_from_slice(&n.to_be_bytes());
+    Hit::from_bytes(b)
+}
+
+fn r1s_sent(ep: &mut Endpoint) -> usize {
+    let mut n = 0;
+    while let Some(t) = ep.poll_transmit() {
+        if Packet::new_checked(&t.payload[..]).map(|p| p.packet_type()) == Ok(PacketType::R1) {
+            n += 1;
+        }
+    }
+    n
+}
+
+#[test]
+fn r1_rate_limit_token_bucket() {
+    let now = Instant::now();
+    let cfg = Config {
+        r1_rate: 10,
+        r1_burst: 3,
+        ..fast_config()
+    };
+    let mut b = endpoint(test_identity(IdentityKind::EcdsaP256, 1), cfg, 2, now);
+    let me = b.local_hits()[0];
+    // A burst of 8 I1s from distinct Initiators: only the bucket (3) is answered.
+    for n in 0..8 {
+        b.handle(now, i1_from(fake_hit(n), me, addr(100 + n), addr(2)));
+    }
+    assert_eq!(r1s_sent(&mut b), 3);
+    assert_eq!(b.stats().r1_rate_limited, 5);
+    assert_eq!(b.stats().r1_sent, 3);
+    // 10/s: 250 ms later two more tokens exist, not three.
+    let later = now + Duration::from_millis(250);
+    for n in 8..11 {
+        b.handle(later, i1_from(fake_hit(n), me, addr(100 + n), addr(2)));
+    }
+    assert_eq!(r1s_sent(&mut b), 2);
+    assert_eq!(b.stats().r1_rate_limited, 6);
+    // The bucket never holds more than the burst, however long it idles.
+    let much_later = later + Duration::from_secs(3600);
+    for n in 11..16 {
+        b.handle(much_later, i1_from(fake_hit(n), me, addr(100 + n), addr(2)));
+    }
+    assert_eq!(r1s_sent(&mut b), 3);
+    // Rate 0 disables the limit; the default allows bursts of 200.
+    for (r1_rate, expect) in [(0, 300), (1000, 200)] {
+        let cfg = Config {
+            r1_rate,
+            ..fast_config()
+        };
+        let mut u = endpoint(test_identity(IdentityKind::EcdsaP256, 1), cfg, 2, now);
+        for n in 0..300 {
+            u.handle(now, i1_from(fake_hit(n), me, addr(100), addr(2)));
+        }
+        assert_eq!(r1s_sent(&mut u), expect, "rate {r1_rate}");
+    }
+    assert_eq!(Config::default().r1_rate, 1000);
+}
+
+#[test]
+fn i2_sent_restarts_with_newer_r1_counter() {
+    let resp_cfg = Config {
+        r1_rotation: Duration::from_secs(10),
+        ..fast_config()
+    };
+    let init_cfg = Config {
+        i2_timeout: Duration::from_secs(100),
+        ..fast_config()
+    };
+    let mut p = pair(
+        test_identity(IdentityKind::EcdsaP256, 0),
+        test_identity(IdentityKind::EcdsaP256, 1),
+        init_cfg,
+        resp_cfg,
+    );
+    let drop_i2 = Rc::new(Cell::new(true));
+    let counters = Rc::new(RefCell::new(Vec::new()));
+    {
+        let (drop_i2, counters) = (drop_i2.clone(), counters.clone());
+        p.set_filter(Some(Box::new(move |from, t| {
+            let Ok(pkt) = Packet::new_checked(&t.payload[..]) else {
+                return true;
+            };
+            if from != Side::A || pkt.packet_type() != PacketType::I2 {
+                return true;
+            }
+            let repr = PacketRepr::parse(&pkt).unwrap();
+            if let Some(Param::R1Counter(c)) = repr.param(hip_proto::wire::param_type::R1_COUNTER) {
+                counters.borrow_mut().push(c.counter);
+            }
+            !drop_i2.get()
+        })));
+    }
+    let a_hit = p.a.endpoint.local_hits()[0];
+    let b_hit = p.b.endpoint.local_hits()[0];
+    let now = p.now;
+    p.a.endpoint
+        .connect(now, Some(b_hit), vec![addr(2)], None)
+        .unwrap();
+    assert!(p.run_until(
+        Duration::from_secs(2),
+        |p| p.count_sent(Side::A, PacketType::I2) == 1
+    ));
+    // The Responder moves to R1 generation 2; then a fresh R1 reaches the
+    // Initiator (here: answer to an I1 injected in its name).
+    assert!(p.run_until(Duration::from_secs(15), |p| p.b.endpoint.r1_counter() == 2));
+    drop_i2.set(false);
+    p.inject(Side::B, i1_from(a_hit, b_hit, addr(1), addr(2)));
+    check_bex(&mut p);
+    assert_eq!(p.a.endpoint.stats().i2_restarted, 1);
+    assert_eq!(
+        *counters.borrow(),
+        vec![1, 2],
+        "second I2 echoes the newer R1"
+    );
+}
+
+fn two_identity_endpoint(cfg: Config, seed: u8, now: Instant) -> Endpoint {
+    Endpoint::new(
+        cfg,
+        vec![
+            test_identity(IdentityKind::Ed25519, 0),
+            test_identity(IdentityKind::EcdsaP256, 0),
+        ],
+        backend(),
+        [seed; 32],
+        now,
+    )
+    .expect("endpoint")
+}
+
+#[test]
+fn hit_suite_list_excluding_ours_restarts_from_an_accepted_identity() {
+    let now = Instant::now();
+    let resp_cfg = Config {
+        hit_suites: vec![HitSuite::RsaDsaSha256, HitSuite::EcdsaSha384],
+        ..fast_config()
+    };
+    let mut p = Pair::new(
+        two_identity_endpoint(fast_config(), 1, now),
+        addr(1),
+        endpoint(test_identity(IdentityKind::EcdsaP384, 1), resp_cfg, 2, now),
+        addr(2),
+        now,
+        LinkConfig::default(),
+        7,
+    );
+    let [ed_hit, p256_hit] = p.a.endpoint.local_hits()[..] else {
+        panic!("two identities")
+    };
+    let b_hit = p.b.endpoint.local_hits()[0];
+    p.a.endpoint
+        .connect(now, Some(b_hit), vec![addr(2)], None)
+        .unwrap();
+    check_bex(&mut p);
+    let a = p.a.endpoint.association_by_peer(b_hit).unwrap();
+    assert_eq!(a.local_hit(), p256_hit);
+    assert_ne!(a.local_hit(), ed_hit);
+    assert_eq!(p.a.endpoint.stats().hit_suite_retries, 1);
+    assert_eq!(p.count_sent(Side::A, PacketType::I1), 2);
+    // The Responder never saw a suite-5 I2.
+    assert_eq!(p.b.endpoint.stats().negotiation_failed, 0);
+}
+
+#[test]
+fn hit_suite_list_without_an_acceptable_identity_fails() {
+    let now = Instant::now();
+    let resp_cfg = Config {
+        hit_suites: vec![HitSuite::RsaDsaSha256],
+        ..fast_config()
+    };
+    let mut p = Pair::new(
+        two_identity_endpoint(fast_config(), 1, now),
+        addr(1),
+        endpoint(test_identity(IdentityKind::EcdsaP384, 1), resp_cfg, 2, now),
+        addr(2),
+        now,
+        LinkConfig::default(),
+        7,
+    );
+    let b_hit = p.b.endpoint.local_hits()[0];
+    p.a.endpoint
+        .connect(now, Some(b_hit), vec![addr(2)], None)
+        .unwrap();
+    assert!(
+        p.run_until(Duration::from_secs(5), |p| p.a.events.iter().any(
+            |e| matches!(
+                e,
+                Event::Failed {
+                    reason: FailReason::UnsupportedHitSuite,
+                    ..
+                }
+            )
+        ))
+    );
+    assert_eq!(p.a.endpoint.stats().hit_suite_retries, 0);
+}
+
+#[test]
+fn notify_unsupported_hit_suite_restarts_from_another_suite() {
+    let now = Instant::now();
+    let mut p = Pair::new(
+        two_identity_endpoint(fast_config(), 1, now),
+        addr(1),
+        endpoint(
+            test_identity(IdentityKind::EcdsaP384, 1),
+            fast_config(),
+            2,
+            now,
+        ),
+        addr(2),
+        now,
+        LinkConfig::default(),
+        7,
+    );
+    let [ed_hit, p256_hit] = p.a.endpoint.local_hits()[..] else {
+        panic!("two identities")
+    };
+    let b_hit = p.b.endpoint.local_hits()[0];
+    // The Responder's first R1 is lost; instead a NOTIFY UNSUPPORTED_HIT_SUITE
+    // (as another implementation may send for an I1) arrives.
+    let drop_r1 = Rc::new(Cell::new(true));
+    {
+        let drop_r1 = drop_r1.clone();
+        p.set_filter(Some(Box::new(move |from, t| {
+            let r1 =
+                Packet::new_checked(&t.payload[..]).map(|p| p.packet_type()) == Ok(PacketType::R1);
+            !(from == Side::B && r1 && drop_r1.get())
+        })));
+    }
+    p.a.endpoint
+        .connect(now, Some(b_hit), vec![addr(2)], None)
+        .unwrap();
+    assert!(p.run_until(
+        Duration::from_millis(500),
+        |p| p.count_sent(Side::B, PacketType::R1) == 1
+    ));
+    drop_r1.set(false);
+    let notify = PacketRepr::new(PacketType::Notify, b_hit, ed_hit).with(Param::Notification(
+        Notification {
+            msg_type: NotifyType::UnsupportedHitSuite,
+            data: Vec::new(),
+        },
+    ));
+    p.inject(
+        Side::A,
+        Datagram {
+            src: addr(2),
+            dst: addr(1),
+            transport: Transport::Native,
+            payload: notify
+                .to_bytes(ChecksumMode::from_addrs(addr(2), addr(1)).unwrap())
+                .unwrap(),
+        },
+    );
+    check_bex(&mut p);
+    assert_eq!(
+        p.a.endpoint.association_by_peer(b_hit).unwrap().local_hit(),
+        p256_hit
+    );
+    assert_eq!(p.a.endpoint.stats().hit_suite_retries, 1);
 }

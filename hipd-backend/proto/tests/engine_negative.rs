@@ -441,7 +441,20 @@ fn truncated_and_oversized_packets_never_panic() {
 
 #[test]
 fn i1_flood_creates_no_state() {
-    let mut b = endpoint(test_identity(IdentityKind::EcdsaP256, 1), cfg(), 3);
+    // Without the R1 rate limit every I1 is answered, statelessly.
+    i1_flood(
+        Config {
+            r1_rate: 0,
+            ..cfg()
+        },
+        2000,
+    );
+    // With the default limit only the burst is answered at one instant.
+    i1_flood(cfg(), 200);
+}
+
+fn i1_flood(config: Config, answered: u64) {
+    let mut b = endpoint(test_identity(IdentityKind::EcdsaP256, 1), config, 3);
     let b_hit = b.local_hits()[0];
     let now = Instant::now();
     for i in 0..2000u32 {
@@ -475,13 +488,14 @@ fn i1_flood_creates_no_state() {
         );
     }
     assert_eq!(b.association_count(), 0);
-    assert_eq!(b.stats().r1_sent, 2000);
+    assert_eq!(b.stats().r1_sent, answered);
+    assert_eq!(b.stats().r1_rate_limited, 2000 - answered);
     let mut n = 0;
     while let Some(t) = b.poll_transmit() {
         assert_eq!(ptype(&t), PacketType::R1);
         n += 1;
     }
-    assert_eq!(n, 2000);
+    assert_eq!(n, answered);
 }
 
 #[test]

@@ -138,6 +138,9 @@ pub struct Association {
     pub(crate) last_r2: Option<Vec<u8>>,
     /// Initiator: the DH groups offered in our I1.
     pub(crate) offered_groups: Vec<DhGroup>,
+    /// Initiator: local identities this exchange already used (HIT suite
+    /// fallback never returns to one of them).
+    pub(crate) tried_identities: Vec<usize>,
     /// #I and #J of the base exchange (the KEYMAT salt, reused on rekey).
     pub(crate) puzzle_ij: Option<(Vec<u8>, Vec<u8>)>,
     /// UPDATE / mobility / rekey state.
@@ -171,6 +174,7 @@ impl Association {
             i2_fingerprint: None,
             last_r2: None,
             offered_groups: Vec::new(),
+            tried_identities: vec![local_identity],
             puzzle_ij: None,
             upd: super::endpoint::update::UpdateState::default(),
         }

@@ -65,6 +65,18 @@ pub struct Config {
     /// Lifetime (seconds) put on our LOCATOR_SET entries; `u32::MAX` never
     /// expires. A finite lifetime is refreshed at half its value.
     pub locator_lifetime: u32,
+    /// Responder R1 rate limit: a token bucket refilled with `r1_rate`
+    /// tokens per second, holding at most [`Config::r1_burst`]; each R1
+    /// sent takes one token, an I1 arriving with the bucket empty is
+    /// dropped ([`Stats::r1_rate_limited`](super::Stats::r1_rate_limited)).
+    /// 0 disables the limit. Default 1000/s: R1s are ~15× larger than
+    /// I1s, so the limit caps the reflection bandwidth a spoofed I1 flood
+    /// can draw from this host (about 1 MB/s of R1s per endpoint) while
+    /// staying far above the rate of real base exchanges.
+    pub r1_rate: u32,
+    /// Bucket size of the R1 rate limit (burst of R1s answered at once).
+    /// Default 200. Values below 1 act as 1.
+    pub r1_burst: u32,
 }
 
 impl Default for Config {
@@ -108,6 +120,8 @@ impl Default for Config {
             update_retries: 5,
             probe_timeout: Duration::from_secs(1),
             locator_lifetime: u32::MAX,
+            r1_rate: 1000,
+            r1_burst: 200,
         }
     }
 }

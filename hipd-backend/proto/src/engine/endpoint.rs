@@ -1,4 +1,31 @@
 //! The per-host engine.
+//!
+//! Choices the standards leave open, in addition to the [module
+//! docs](super) (kept stable; these supersede the module docs' older
+//! notes that R1s are not rate-limited and that Ed25519 cannot respond):
+//!
+//! * **R1 rate limit.** A token bucket ([`Config::r1_rate`] per second,
+//!   [`Config::r1_burst`] deep, default 1000/s and 200) is charged per R1
+//!   sent; I1s that find it empty are dropped and counted in
+//!   [`Stats::r1_rate_limited`]. The check runs after the I1 was validated
+//!   (so malformed I1s cost no token) and before the R1 is copied.
+//! * **Newer R1 in I2-SENT** (RFC 7401 §6.8). An R1 whose R1_COUNTER is
+//!   greater than the one our I2 echoed is verified and processed as in
+//!   I1-SENT: a new puzzle solution, DH key, KEYMAT and inbound SPI, and a
+//!   new I2 with fresh retransmission state ([`Stats::i2_restarted`]). An
+//!   R1 with the same counter (or without one) resends the stored I2; an
+//!   older one is dropped as a replay.
+//! * **HIT suite fallback.** In I1-SENT, a signature-verified R1 whose
+//!   HIT_SUITE_LIST excludes the suite of our HIT restarts the exchange
+//!   with a fresh I1 from the first local identity whose suite the list
+//!   names (in the Responder's order) and that this exchange has not used;
+//!   a NOTIFY UNSUPPORTED_HIT_SUITE from the peer does the same with the
+//!   first local identity of a suite not tried yet (accepted unsigned in
+//!   I1-SENT, where no Responder HI is known; in I2-SENT only when its
+//!   signature verifies against the R1's HI). The [`AssocId`] is kept, the
+//!   association's local HIT changes ([`Stats::hit_suite_retries`]). With
+//!   no such identity the association fails with
+//!   [`FailReason::UnsupportedHitSuite`] as before.
 
 pub(crate) mod update;
 
@@ -138,6 +165,10 @@ pub struct Endpoint {
     /// The host's local locators, as last given to `set_local_locators`.
     local_locators: Option<Vec<super::LocalLocator>>,
     next_probe_id: u64,
+    /// R1 rate limit bucket, in millionths of a token.
+    r1_tokens: u64,
+    /// When `r1_tokens` was last refilled.
+    r1_refill_at: Instant,
 }
 
 impl fmt::Debug for Endpoint {
@@ -206,6 +237,7 @@ impl Endpoint {
         }
         let mut rng = ChaCha20Rng::from_seed(seed);
         let gen_cur = build_generation(&config, backend.as_ref(), &idents, &mut rng, 1)?;
+        let r1_tokens = u64::from(config.r1_burst.max(1)) * 1_000_000;
         Ok(Endpoint {
             next_rotation: now + config.r1_rotation,
             config,
@@ -223,6 +255,8 @@ impl Endpoint {
             stats: Stats::default(),
             local_locators: None,
             next_probe_id: 1,
+            r1_tokens,
+            r1_refill_at: now,
         })
     }
 
@@ -674,16 +708,7 @@ impl Endpoint {
             })
             .collect();
         a.state = State::I1Sent;
-        let repr = PacketRepr::new(PacketType::I1, hit, peer_hit.unwrap_or(Hit::ZERO)).with(
-            Param::DhGroupList(
-                self.config
-                    .dh_groups
-                    .iter()
-                    .map(|g| DhGroupId::from(*g))
-                    .collect(),
-            ),
-        );
-        let payload = repr.to_bytes(ChecksumMode::Udp)?;
+        let payload = self.i1_payload(hit, peer_hit.unwrap_or(Hit::ZERO))?;
         for &dst in peer_locators.iter().take(3) {
             self.push_tx(Transmit {
                 src: None,
@@ -705,6 +730,138 @@ impl Endpoint {
         }
         self.assocs.insert(id, a);
         Ok(id)
+    }
+
+    fn i1_payload(&self, local: Hit, peer: Hit) -> Result<Vec<u8>, EngineError> {
+        let repr = PacketRepr::new(PacketType::I1, local, peer).with(Param::DhGroupList(
+            self.config
+                .dh_groups
+                .iter()
+                .map(|g| DhGroupId::from(*g))
+                .collect(),
+        ));
+        Ok(repr.to_bytes(ChecksumMode::Udp)?)
+    }
+
+    /// Takes one token of the R1 rate limit (refilling it first).
+    fn take_r1_token(&mut self, now: Instant) -> bool {
+        const SCALE: u64 = 1_000_000;
+        let rate = u64::from(self.config.r1_rate);
+        if rate == 0 {
+            return true;
+        }
+        let cap = u64::from(self.config.r1_burst.max(1)) * SCALE;
+        let elapsed = now.saturating_duration_since(self.r1_refill_at);
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.r1_tokens = self
+            .r1_tokens
+            .saturating_add(micros.saturating_mul(rate))
+            .min(cap);
+        if now > self.r1_refill_at {
+            self.r1_refill_at = now;
+        }
+        if self.r1_tokens >= SCALE {
+            self.r1_tokens -= SCALE;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Initiator HIT suite fallback: restarts the exchange of `a` (I1-SENT
+    /// or I2-SENT) toward `peer` from local identity `ident`, with a fresh
+    /// I1 and I1 retransmission budget. False (nothing changed) when that
+    /// identity already has an association with `peer`.
+    fn restart_i1_from(
+        &mut self,
+        now: Instant,
+        a: &mut Association,
+        ident: usize,
+        peer: Hit,
+    ) -> bool {
+        let Some(new_hit) = self.idents.get(ident).map(|i| i.hit) else {
+            return false;
+        };
+        if self.by_hits.contains_key(&(new_hit, peer)) {
+            return false;
+        }
+        let Ok(payload) = self.i1_payload(new_hit, peer) else {
+            return false;
+        };
+        let dst = a
+            .preferred_peer_locator()
+            .or_else(|| a.peer_locators.first().map(|l| l.addr));
+        let Some(dst) = dst else {
+            return false;
+        };
+        if let Some(old_peer) = a.peer_hit
+            && self.by_hits.get(&(a.local_hit, old_peer)) == Some(&a.id)
+        {
+            self.by_hits.remove(&(a.local_hit, old_peer));
+        }
+        if a.spi_in != 0 {
+            self.by_spi.remove(&a.spi_in);
+            a.spi_in = 0;
+        }
+        a.local_identity = ident;
+        a.local_hit = new_hit;
+        a.tried_identities.push(ident);
+        a.peer_hit = Some(peer);
+        a.state = State::I1Sent;
+        a.suites = None;
+        a.keymat = None;
+        a.hip_keys = None;
+        a.r1_counter = None;
+        a.puzzle_ij = None;
+        self.by_hits.insert((new_hit, peer), a.id);
+        self.push_tx(Transmit {
+            src: None,
+            dst,
+            transport: a.transport,
+            payload: payload.clone(),
+        });
+        a.retx = Some(Retx {
+            src: None,
+            dst,
+            payload,
+            deadline: now + self.config.i1_timeout,
+            timeout: self.config.i1_timeout,
+            retries_left: self.config.i1_retries,
+        });
+        self.stats.hit_suite_retries += 1;
+        true
+    }
+
+    /// NOTIFY UNSUPPORTED_HIT_SUITE from the peer of an Initiator
+    /// association in I1-SENT (may be unauthenticated: no HI is known yet)
+    /// or I2-SENT (must verify against the R1's HI): restart from the first
+    /// local identity whose HIT suite was not tried yet.
+    fn hit_suite_fallback(&mut self, now: Instant, sender: Hit, authenticated: bool, d: &Datagram) {
+        let id = self
+            .assocs
+            .values()
+            .find(|a| {
+                a.role == Role::Initiator
+                    && (a.state == State::I1Sent || (a.state == State::I2Sent && authenticated))
+                    && (a.peer_hit == Some(sender)
+                        || (a.peer_hit.is_none()
+                            && a.peer_locators.iter().any(|l| l.addr == d.src)))
+            })
+            .map(|a| a.id);
+        let Some(mut a) = id.and_then(|id| self.assocs.remove(&id)) else {
+            return;
+        };
+        let tried: Vec<_> = a
+            .tried_identities
+            .iter()
+            .filter_map(|&n| self.idents.get(n).map(|i| i.hit.suite()))
+            .collect();
+        if let Some(n) = (0..self.idents.len()).find(|&n| {
+            !a.tried_identities.contains(&n) && !tried.contains(&self.idents[n].hit.suite())
+        }) {
+            self.restart_i1_from(now, &mut a, n, sender);
+        }
+        self.assocs.insert(a.id, a);
     }
 
     /// Closes the association with `peer_hit`: sends CLOSE (state CLOSING).
@@ -794,13 +951,13 @@ impl Endpoint {
             return;
         }
         match pkt.packet_type() {
-            PacketType::I1 => self.on_i1(&d, &pkt),
+            PacketType::I1 => self.on_i1(now, &d, &pkt),
             PacketType::R1 => self.on_r1(now, &d, &pkt),
             PacketType::I2 => self.on_i2(now, &d, &pkt),
             PacketType::R2 => self.on_r2(now, &d, &pkt),
             PacketType::Close => self.on_close(now, &d, &pkt),
             PacketType::CloseAck => self.on_close_ack(&d, &pkt),
-            PacketType::Notify => self.on_notify(&d, &pkt),
+            PacketType::Notify => self.on_notify(now, &d, &pkt),
             PacketType::Update => self.on_update(now, &d, &pkt),
             _ => self.stats.malformed += 1,
         }
@@ -863,7 +1020,7 @@ impl Endpoint {
 
     // ------------------------------------------------------------------ I1
 
-    fn on_i1(&mut self, d: &Datagram, pkt: &Packet<&[u8]>) {
+    fn on_i1(&mut self, now: Instant, d: &Datagram, pkt: &Packet<&[u8]>) {
         let Some(repr) = self.parse_or_reject(d, pkt) else {
             return;
         };
@@ -927,9 +1084,16 @@ impl Endpoint {
             .or(self.config.dh_groups.first())
             .copied();
         let Some(group) = group else { return };
+        if !self.gen_cur.r1s.contains_key(&(ident, group.id())) {
+            self.stats.unsupported += 1;
+            return;
+        }
+        if !self.take_r1_token(now) {
+            self.stats.r1_rate_limited += 1;
+            return;
+        }
         let generation = &self.gen_cur;
         let Some(r1) = generation.r1s.get(&(ident, group.id())) else {
-            self.stats.unsupported += 1;
             return;
         };
         let i = puzzle_i(generation, rhash, init_hit, local_hit, d.src, d.dst);
@@ -1006,24 +1170,30 @@ impl Endpoint {
         match a.state {
             State::I1Sent => {}
             State::I2Sent => {
-                let newer_or_same = match (counter.as_ref(), a.r1_counter) {
-                    (Some(c), Some(old)) => c.counter >= old,
-                    _ => true,
+                let ordering = match (counter.as_ref(), a.r1_counter) {
+                    (Some(c), Some(old)) => c.counter.cmp(&old),
+                    _ => std::cmp::Ordering::Equal,
                 };
-                if !newer_or_same {
-                    return Err(Reject::drop(Reason::Replay));
+                match ordering {
+                    std::cmp::Ordering::Less => return Err(Reject::drop(Reason::Replay)),
+                    std::cmp::Ordering::Equal => {
+                        // Our I2 was probably lost: resend it.
+                        if let Some(r) = a.retx.clone() {
+                            self.push_tx(Transmit {
+                                src: r.src,
+                                dst: r.dst,
+                                transport: a.transport,
+                                payload: r.payload,
+                            });
+                        }
+                        self.stats.replay += 1;
+                        return Ok(());
+                    }
+                    // RFC 7401 §6.8: an R1 of a newer generation (our I2's
+                    // puzzle may have expired there) restarts I2 with it.
+                    // It is verified and processed as in I1-SENT below.
+                    std::cmp::Ordering::Greater => {}
                 }
-                // Our I2 was probably lost: resend it.
-                if let Some(r) = a.retx.clone() {
-                    self.push_tx(Transmit {
-                        src: r.src,
-                        dst: r.dst,
-                        transport: a.transport,
-                        payload: r.payload,
-                    });
-                }
-                self.stats.replay += 1;
-                return Ok(());
             }
             State::Established | State::R2Sent => return Err(Reject::drop(Reason::Replay)),
             _ => return Err(Reject::drop(Reason::UnexpectedState)),
@@ -1080,6 +1250,23 @@ impl Endpoint {
             .iter()
             .any(|s| s.as_ref().ok() == our_suite.as_ref())
         {
+            // RFC 7401 §5.2.10: restart from a local identity of a suite the
+            // (signature-verified) R1 lists, in the Responder's order.
+            if a.state == State::I1Sent {
+                let pick = accepted
+                    .iter()
+                    .filter_map(|s| s.as_ref().ok())
+                    .find_map(|s| {
+                        self.idents.iter().enumerate().position(|(n, i)| {
+                            i.hit.suite().as_ref() == Some(s) && !a.tried_identities.contains(&n)
+                        })
+                    });
+                if let Some(n) = pick
+                    && self.restart_i1_from(now, a, n, resp_hit)
+                {
+                    return Ok(());
+                }
+            }
             return Err(
                 Reject::notify(Reason::Negotiation, NotifyType::UnsupportedHitSuite)
                     .fail(FailReason::UnsupportedHitSuite),
@@ -1250,6 +1437,11 @@ impl Endpoint {
         a.keymat = Some(keymat);
         a.hip_keys = Some(hip_keys);
         a.keymat_index = index;
+        if a.state == State::I2Sent {
+            // Restarted I2: the SPI announced in the previous one is void.
+            self.by_spi.remove(&a.spi_in);
+            self.stats.i2_restarted += 1;
+        }
         a.spi_in = spi_in;
         self.by_spi.insert(spi_in, a.id);
         a.r1_counter = counter.map(|c| c.counter);
@@ -1951,7 +2143,7 @@ impl Endpoint {
 
     // -------------------------------------------------------------- NOTIFY
 
-    fn on_notify(&mut self, d: &Datagram, pkt: &Packet<&[u8]>) {
+    fn on_notify(&mut self, now: Instant, d: &Datagram, pkt: &Packet<&[u8]>) {
         let Some(repr) = self.parse_or_reject(d, pkt) else {
             return;
         };
@@ -1982,9 +2174,11 @@ impl Endpoint {
                 .filter(|hi| hi.hit(self.backend.as_ref()).ok() == Some(sender))
                 .is_some_and(|hi| self.verify_signature(pkt, &hi, sig)),
         };
-        let _ = d;
         for p in &repr.params {
             if let Param::Notification(n) = p {
+                if n.msg_type == NotifyType::UnsupportedHitSuite {
+                    self.hit_suite_fallback(now, sender, authenticated, d);
+                }
                 self.events.push_back(Event::NotifyReceived {
                     peer_hit: sender,
                     authenticated,

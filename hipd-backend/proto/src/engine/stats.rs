@@ -38,7 +38,7 @@ pub struct Stats {
     pub negotiation_failed: u64,
     /// Dropped: ENCRYPTED could not be decrypted.
     pub decrypt_failed: u64,
-    /// Dropped: an algorithm the engine cannot use (e.g. Ed25519 Responder).
+    /// Dropped: an algorithm or identity the engine cannot use.
     pub unsupported: u64,
     /// Dropped: packet types this layer does not handle.
     pub unhandled: u64,
@@ -56,4 +56,14 @@ pub struct Stats {
     pub locators_verified: u64,
     /// Rekeys completed (new SA pairs handed out).
     pub rekeys: u64,
+    /// I1s not answered because the R1 rate limit
+    /// ([`Config::r1_rate`](super::Config::r1_rate)) was exhausted.
+    pub r1_rate_limited: u64,
+    /// Initiator: I2s rebuilt from an R1 with a higher R1_COUNTER received
+    /// in I2-SENT (RFC 7401 §6.8).
+    pub i2_restarted: u64,
+    /// Initiator: base exchanges restarted from another local identity
+    /// because the Responder refused our HIT suite (HIT_SUITE_LIST or
+    /// NOTIFY UNSUPPORTED_HIT_SUITE).
+    pub hit_suite_retries: u64,
 }
