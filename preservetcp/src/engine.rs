@@ -927,6 +927,38 @@ mod tests {
     }
 
     #[test]
+    fn peer_going_back_to_the_original_pair_is_followed() {
+        let mut w = handshake();
+        let orig = FourTuple {
+            local: w.s0,
+            local_port: 5001,
+            peer: w.c0,
+            peer_port: 40000,
+        };
+        // The client moved: the server follows to the other pair.
+        let t1 = w.t0 + Duration::from_secs(1);
+        let moved = pkt(w.c1, w.s1, 40000, 5001, ACK);
+        let _ = w.s.inbound(&moved, t1);
+        assert_eq!(w.s.current_pair(&orig).unwrap().local, w.s1);
+        let _ = w.s.take_actions();
+        // A late segment on the original pair within the hold: delivered
+        // unchanged, not followed.
+        let back = pkt(w.c0, w.s0, 40000, 5001, ACK);
+        assert_eq!(w.s.inbound(&back, t1), Verdict::Accept);
+        assert_eq!(w.s.current_pair(&orig).unwrap().local, w.s1);
+        // The client really went back: followed, rules for the moved
+        // connection dropped.
+        let t2 = t1 + crate::policy::DEFAULT_FOLLOW_HOLD;
+        assert_eq!(w.s.inbound(&back, t2), Verdict::Accept);
+        assert_eq!(w.s.current_pair(&orig), Some(orig.pair()));
+        assert_eq!(w.s.take_actions(), vec![Action::Unredirect(orig)]);
+        assert_eq!(
+            w.s.connections()[0].last_reason.as_deref(),
+            Some("peer_moved")
+        );
+    }
+
+    #[test]
     fn stall_switches_destination_with_routable_source() {
         let mut w = handshake();
         let orig = FourTuple {

@@ -25,7 +25,7 @@
 //! ## The daemon (`preservetcpd`, Linux)
 //!
 //! `preservetcpd [--ports 5001,8000] [--queue N] [--control PATH]
-//! [--interval-ms 50] [--stall-ms 300]` runs as root in the host (or lab
+//! [--interval-ms 50] [--stall-ms 300] [--follow-hold-ms 500]` runs as root in the host (or lab
 //! namespace). Packet path (all verified in the netlab lab):
 //!
 //! - ip6tables (nf_tables backend) rules in `mangle` feed NFQUEUE `N`
@@ -36,7 +36,14 @@
 //!   options header, and non-SYN TCP that matches no local socket, i.e.
 //!   arrives on an alternative pair). Segments on a connection's original
 //!   tuple go straight to the kernel (`-m socket`), so an unmoved
-//!   connection costs nothing after the handshake.
+//!   connection costs nothing after the handshake. While a connection has
+//!   moved, segments arriving on its original tuple are queued too (the
+//!   peer went back to the original pair, which must be followed like any
+//!   other); the fast path marks the packets it rewrote to the original
+//!   tuple so that only those that really arrived on it are queued.
+//! - Rule changes caused by a received packet (following the peer) are made
+//!   before that packet is handed to the kernel, so the kernel's answer
+//!   leaves on the new pair.
 //! - Fast path: once a connection has moved, nftables maps keyed by the
 //!   4-tuple rewrite its addresses statelessly in the kernel (an output
 //!   `route` chain at priority -160 and a prerouting chain at -310; `ip6

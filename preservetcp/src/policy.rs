@@ -16,8 +16,10 @@
 //!   down). The destination is kept. When a usable local address comes back
 //!   while the current source is gone, the connection moves to it.
 //! - **Follow the peer**: a segment arriving on another of the connection's
-//!   pairs makes that pair current at once (thesis 6.3: "changing address in
-//!   response to peer address change").
+//!   pairs — any of them, the original pair included — makes that pair
+//!   current at once (thesis 6.3: "changing address in response to peer
+//!   address change"), except within [`PolicyConfig::follow_hold`] after
+//!   this connection's last switch (see "Late segments" below).
 //!
 //! # Signals and the 1-second failover target
 //! The kernel does not know about alternative addresses, so the daemon reads
@@ -57,9 +59,18 @@
 //! source is gone are skipped while others remain, and when the source goes
 //! away the destination moves to one the new source routes to.
 //!
-//! Known simplification: a late segment still in flight on a pair we just
-//! left makes the connection follow it back; the thesis's kernel behaves
-//! the same way.
+//! # Late segments (a choice of this crate)
+//! Right after a switch, segments the peer sent before it noticed (or
+//! before its own rewriting rules changed) still arrive on the pair just
+//! left. The thesis's kernel follows them back; with both ends following
+//! each other that can ping-pong, and a userspace daemon makes the window
+//! longer (its packet rewriting rules take milliseconds to change). So a
+//! segment on another pair is not followed within
+//! [`PolicyConfig::follow_hold`] (default [`DEFAULT_FOLLOW_HOLD`], 500 ms)
+//! after this connection's last switch; a peer that really moved keeps
+//! sending on its new pair and is followed once the hold has passed. The
+//! segments themselves are still delivered (every pair of the connection
+//! is rewritten to the original tuple).
 
 use std::net::Ipv6Addr;
 use std::time::{Duration, Instant};
@@ -70,6 +81,9 @@ use crate::pairs::AddrPair;
 pub const DEFAULT_RTO_THRESHOLD: u32 = 1;
 /// Default stall timeout.
 pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_millis(300);
+/// Default time after a switch during which segments on other pairs are
+/// not followed.
+pub const DEFAULT_FOLLOW_HOLD: Duration = Duration::from_millis(500);
 
 /// Tunables of the policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +93,9 @@ pub struct PolicyConfig {
     /// Unacked data without any ACK for this long triggers a destination
     /// change; `None` disables the stall rule.
     pub stall_timeout: Option<Duration>,
+    /// After a switch, segments arriving on other pairs are not followed
+    /// for this long (late segments; see the module docs).
+    pub follow_hold: Duration,
 }
 
 impl Default for PolicyConfig {
@@ -86,6 +103,7 @@ impl Default for PolicyConfig {
         Self {
             rto_threshold: DEFAULT_RTO_THRESHOLD,
             stall_timeout: Some(DEFAULT_STALL_TIMEOUT),
+            follow_hold: DEFAULT_FOLLOW_HOLD,
         }
     }
 }
@@ -164,6 +182,8 @@ pub struct ChangePolicy {
     /// When the last ACK was received, while data is outstanding.
     stalled_since: Option<Instant>,
     switches: u64,
+    /// When the last switch happened (for [`PolicyConfig::follow_hold`]).
+    last_switch: Option<Instant>,
     /// Per peer index: the index of the local address that routes to it.
     route_source: Vec<Option<usize>>,
 }
@@ -229,6 +249,7 @@ impl ChangePolicy {
             last_unacked: 0,
             stalled_since: None,
             switches: 0,
+            last_switch: None,
             route_source: vec![None; peers.len()],
         })
     }
@@ -395,6 +416,7 @@ impl ChangePolicy {
 
     fn decide(&mut self, reason: SwitchReason, now: Instant) -> Option<Decision> {
         self.switches += 1;
+        self.last_switch = Some(now);
         self.mark = Some(SwitchMark {
             at: now,
             retx: self.last_retx,
@@ -490,6 +512,11 @@ impl ChangePolicy {
 
     fn on_peer_segment(&mut self, pair: AddrPair, now: Instant) -> Option<Decision> {
         if pair == self.current() {
+            return None;
+        }
+        if let Some(at) = self.last_switch
+            && now.saturating_duration_since(at) < self.config.follow_hold
+        {
             return None;
         }
         let li = self.locals.iter().position(|l| l.0 == pair.local)?;
@@ -610,6 +637,7 @@ mod tests {
             PolicyConfig {
                 rto_threshold: 2,
                 stall_timeout: None,
+                ..PolicyConfig::default()
             },
             &[a("2001:db8::1")],
             &[a("2001:db8:1::2"), a("2001:db8:2::2"), a("2001:db8:3::2")],
@@ -863,5 +891,53 @@ mod tests {
                 peer: s2
             }
         );
+    }
+
+    /// The peer is followed back to the original pair, but not by late
+    /// segments within the hold after a switch.
+    #[test]
+    fn follows_back_to_the_original_pair_after_the_hold() {
+        let t0 = Instant::now();
+        let mut c = client();
+        let orig = c.current();
+        let other = AddrPair {
+            local: a("3ffe:2a00:100:3200::f00d:cafe"),
+            peer: a("3ffe:2a00:100:3200::dead:beef"),
+        };
+        // Before any switch there is no hold.
+        let d = c.handle(PolicyEvent::PeerSegment(other), t0).unwrap();
+        assert_eq!((d.to, d.reason), (other, SwitchReason::PeerMoved));
+        // Progress on the new pair ends the outage but not the hold.
+        assert_eq!(c.handle(info(0, 0, 10), t0 + 50 * MS), None);
+        // A late segment on the original pair right after: not followed.
+        assert_eq!(
+            c.handle(PolicyEvent::PeerSegment(orig), t0 + 100 * MS),
+            None
+        );
+        assert_eq!(c.current(), other);
+        // The peer really went back: followed once the hold has passed.
+        let d = c
+            .handle(PolicyEvent::PeerSegment(orig), t0 + DEFAULT_FOLLOW_HOLD)
+            .unwrap();
+        assert_eq!((d.to, d.reason), (orig, SwitchReason::PeerMoved));
+        // A forced move starts a hold too.
+        let d = c.force(other, t0 + 2000 * MS).unwrap();
+        assert_eq!(d.reason, SwitchReason::Requested);
+        assert_eq!(
+            c.handle(PolicyEvent::PeerSegment(orig), t0 + 2100 * MS),
+            None
+        );
+        // A zero hold follows every segment.
+        let mut z = ChangePolicy::new(
+            PolicyConfig {
+                follow_hold: Duration::ZERO,
+                ..PolicyConfig::default()
+            },
+            &[orig.local, other.local],
+            &[orig.peer, other.peer],
+        )
+        .unwrap();
+        assert!(z.handle(PolicyEvent::PeerSegment(other), t0).is_some());
+        assert!(z.handle(PolicyEvent::PeerSegment(orig), t0).is_some());
     }
 }

@@ -5,10 +5,10 @@
 mod preservetcp_support;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::time::Duration;
+use std::net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
 
-use preservetcp::control::ConnInfo;
+use preservetcp::control::{ConnInfo, Request};
 use preservetcp_support::*;
 
 /// `tcp_info` sampling once an hour: in these tests only rtnetlink events
@@ -123,4 +123,76 @@ fn link_down_is_an_event() {
     // And back up: nothing breaks, the data still flows.
     t.l0.up_side(&t.a).expect("up");
     transfer(&mut c, &s, 1 << 20, 4);
+}
+
+/// Polls `d` until its one connection is on (`local`, `peer`), up to 10 s.
+fn wait_pair(d: &Daemon, local: Ipv6Addr, peer: Ipv6Addr) -> ConnInfo {
+    let t0 = Instant::now();
+    loop {
+        let c = only_conn(d);
+        if (c.current.local, c.current.peer) == (local, peer) || t0.elapsed() > TEN_S {
+            return c;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+const TEN_S: Duration = Duration::from_secs(10);
+
+/// "Follow the peer" for every pair, the original one included: the
+/// server moves away from the original pair (link 0 silently dead while it
+/// sends), the client follows; link 0 recovers and the client goes back to
+/// the original pair; the server must follow it back — checked by then
+/// killing link 1, after which only the original pair carries data.
+#[test]
+fn server_follows_peer_back_to_the_original_pair() {
+    let t = two_links();
+    let (da, db, _l, mut c, mut s) = setup(&t, 5103, &[]);
+    let (a0, a1, b0, b1) = (
+        v6(&t.l0, &t.a),
+        v6(&t.l1, &t.a),
+        v6(&t.l0, &t.b),
+        v6(&t.l1, &t.b),
+    );
+    t.l0.drop_both().expect("drop");
+    transfer(&mut s, &c, 4 << 20, 5);
+    let cb = only_conn(&db);
+    assert_eq!((cb.current.local, cb.current.peer), (b1, a1), "{cb:?}");
+    assert_ne!(
+        cb.last_reason.as_deref(),
+        Some("peer_moved"),
+        "server moved"
+    );
+    let ca = wait_pair(&da, a1, b1);
+    assert_eq!((ca.current.local, ca.current.peer), (a1, b1), "{ca:?}");
+    assert_eq!(ca.last_reason.as_deref(), Some("peer_moved"));
+
+    // Link 0 recovers; the client goes back to the original pair.
+    t.l0.restore().expect("restore");
+    let ok = da.request(&Request::Move {
+        id: ca.id,
+        local: a0,
+        peer: b0,
+    });
+    assert!(ok.ok, "{:?}", ok.error);
+    transfer(&mut c, &s, 1 << 20, 6);
+    let cb = wait_pair(&db, b0, a0);
+    assert_eq!(
+        (cb.current.local, cb.current.peer),
+        (b0, a0),
+        "server followed back: {cb:?}\nserver:\n{}\nclient:\n{}",
+        db.log(),
+        da.log()
+    );
+    assert_eq!(cb.last_reason.as_deref(), Some("peer_moved"));
+    // The client stays there (late segments on link 1 are not followed).
+    std::thread::sleep(Duration::from_millis(700));
+    let ca = only_conn(&da);
+    assert_eq!((ca.current.local, ca.current.peer), (a0, b0), "{ca:?}");
+
+    // Only link 0 works now: both directions must still flow.
+    t.l1.drop_both().expect("drop link 1");
+    transfer(&mut c, &s, 2 << 20, 7);
+    transfer(&mut s, &c, 2 << 20, 8);
+    eprintln!("server:\n{}\nclient:\n{}", db.log(), da.log());
 }

@@ -2,8 +2,8 @@
 //!
 //! ```text
 //! preservetcpd [--ports 5001,8000] [--queue 7] [--control PATH]
-//!              [--interval-ms 50] [--stall-ms 300] [--keep-rules]
-//!              [--no-fast-path]
+//!              [--interval-ms 50] [--stall-ms 300] [--follow-hold-ms 500]
+//!              [--keep-rules] [--no-fast-path]
 //! ```
 //!
 //! Moved connections are rewritten by nftables maps (the stateless fast
@@ -49,6 +49,7 @@ struct Args {
     control: PathBuf,
     interval: Duration,
     stall: Option<Duration>,
+    follow_hold: Duration,
     keep_rules: bool,
     fast_path: bool,
 }
@@ -60,6 +61,7 @@ fn parse_args() -> Result<Args, String> {
         control: PathBuf::from(DEFAULT_CONTROL_PATH),
         interval: Duration::from_millis(50),
         stall: Some(preservetcp::policy::DEFAULT_STALL_TIMEOUT),
+        follow_hold: preservetcp::policy::DEFAULT_FOLLOW_HOLD,
         keep_rules: false,
         fast_path: true,
     };
@@ -84,12 +86,20 @@ fn parse_args() -> Result<Args, String> {
                 let ms: u64 = val()?.parse().map_err(|e| format!("--stall-ms: {e}"))?;
                 a.stall = (ms > 0).then(|| Duration::from_millis(ms));
             }
+            "--follow-hold-ms" => {
+                a.follow_hold = Duration::from_millis(
+                    val()?
+                        .parse()
+                        .map_err(|e| format!("--follow-hold-ms: {e}"))?,
+                );
+            }
             "--keep-rules" => a.keep_rules = true,
             "--no-fast-path" => a.fast_path = false,
             "-h" | "--help" => {
                 println!(
                     "preservetcpd [--ports P1,P2] [--queue N] [--control PATH] \
-                     [--interval-ms MS] [--stall-ms MS (0 = off)] [--keep-rules] [--no-fast-path]"
+                     [--interval-ms MS] [--stall-ms MS (0 = off)] [--follow-hold-ms MS] \
+                     [--keep-rules] [--no-fast-path]"
                 );
                 std::process::exit(0);
             }
@@ -258,6 +268,7 @@ fn run(args: Args) -> Result<(), String> {
     let config = EngineConfig {
         policy: PolicyConfig {
             stall_timeout: args.stall,
+            follow_hold: args.follow_hold,
             ..PolicyConfig::default()
         },
         ..EngineConfig::default()
@@ -389,20 +400,25 @@ fn run(args: Args) -> Result<(), String> {
             };
             (v, eng.take_actions())
         };
+        if !actions.is_empty() {
+            // A packet that makes a connection follow the peer: change the
+            // rules *before* handing it to the kernel, so the kernel's
+            // answer to it (typically the ACK) already leaves on the new
+            // pair. Done in the background, that ACK would leave on the old
+            // pair — lost if that path is dead, and taken by the peer as a
+            // move back. This holds up the queue for the few milliseconds
+            // the rule changes take, once per switch.
+            for a in &actions {
+                shared.log(&format!("{a:?}"));
+            }
+            shared.run_actions(actions);
+        }
         if let Verdict::Replace(p) = verdict {
             msg.set_payload(p);
         }
         msg.set_verdict(nfq::Verdict::Accept);
         if let Err(e) = queue.verdict(msg) {
             shared.log(&format!("nfqueue verdict: {e}"));
-        }
-        if !actions.is_empty() {
-            // Rule changes spawn ip6tables: keep them off the packet path.
-            let sh = shared.clone();
-            for a in &actions {
-                sh.log(&format!("{a:?}"));
-            }
-            std::thread::spawn(move || sh.run_actions(actions));
         }
     }
     Ok(())

@@ -10,6 +10,9 @@
 //!   2nd packet in the original direction of covered traffic -> queue OUT
 //!                                                (the ACK that gets PREFIX_ACK)
 //! PREROUTING -> PTCP_PRE:
+//!   packet mark FAST_MARK       -> RETURN        (rewritten by the fast path)
+//!   -p tcp -j PTCP_MOVED_IN                      (per moved connection: its
+//!                                                original tuple -> queue IN)
 //!   SYN with a dest-opts header -> connmark bit  (so its SYN+ACK is queued)
 //!   tcp with a dest-opts header -> queue IN      (handshake options)
 //!   tcp matching a local socket -> RETURN        (original pairs: fast path)
@@ -24,7 +27,12 @@
 //! The socket match ignores listeners bound to the unspecified address, so
 //! a segment on an alternative pair (no socket has that tuple) is queued
 //! and rewritten before the kernel would answer it with a RST, while
-//! segments on a connection's original tuple go straight to the kernel.
+//! segments on a connection's original tuple go straight to the kernel —
+//! except while the connection has moved away from it: then a segment on
+//! the original tuple means the peer went back to the original pair, and
+//! `PTCP_MOVED_IN` queues it so the engine follows. The fast path marks the
+//! packets it rewrote to the original tuple ([`FAST_MARK`]) so that only
+//! packets that really arrived on the original pair are queued.
 
 use std::net::Ipv6Addr;
 use std::process::Command;
@@ -35,6 +43,9 @@ use preservetcp::control::{OPT_IN_MARK, OPT_IN_MASK};
 const OUT: &str = "PTCP_OUT";
 const PRE: &str = "PTCP_PRE";
 const MOVED: &str = "PTCP_MOVED";
+const MOVED_IN: &str = "PTCP_MOVED_IN";
+/// Packet mark bit the fast path sets on incoming packets it rewrote.
+pub const FAST_MARK: u32 = 0x0200_0000;
 /// Connmark bit set for connections whose SYN carried a dest-opts header.
 const CT_BIT: &str = "0x1000000/0x1000000";
 
@@ -64,6 +75,16 @@ fn ip6t(args: &[String]) -> Result<(), String> {
 
 fn s(v: &[&str]) -> Vec<String> {
     v.iter().map(|x| x.to_string()).collect()
+}
+
+/// Matches packets of `t` in the incoming direction, on the original tuple.
+fn tuple_match_in(t: &FourTuple) -> Vec<String> {
+    tuple_match(&FourTuple {
+        local: t.peer,
+        local_port: t.peer_port,
+        peer: t.local,
+        peer_port: t.local_port,
+    })
 }
 
 fn tuple_match(t: &FourTuple) -> Vec<String> {
@@ -125,7 +146,7 @@ impl Rules {
         for (hook, chain) in [("OUTPUT", OUT), ("PREROUTING", PRE)] {
             while ip6t(&s(&["-t", "mangle", "-D", hook, "-j", chain])).is_ok() {}
         }
-        for c in [OUT, PRE, MOVED] {
+        for c in [OUT, PRE, MOVED, MOVED_IN] {
             let _ = ip6t(&s(&["-t", "mangle", "-F", c]));
             let _ = ip6t(&s(&["-t", "mangle", "-X", c]));
         }
@@ -134,7 +155,7 @@ impl Rules {
     /// Installs the static rules.
     pub fn install(&self) -> Result<(), String> {
         self.remove_all();
-        for c in [OUT, PRE, MOVED] {
+        for c in [OUT, PRE, MOVED, MOVED_IN] {
             ip6t(&s(&["-t", "mangle", "-N", c]))?;
         }
         ip6t(&s(&["-t", "mangle", "-A", OUT, "-p", "tcp", "-j", MOVED]))?;
@@ -169,6 +190,13 @@ impl Rules {
         ]);
         self.append(OUT, m, self.q_out)?;
 
+        let fast = format!("{FAST_MARK:#x}/{FAST_MARK:#x}");
+        ip6t(&s(&[
+            "-t", "mangle", "-A", PRE, "-m", "mark", "--mark", &fast, "-j", "RETURN",
+        ]))?;
+        ip6t(&s(&[
+            "-t", "mangle", "-A", PRE, "-p", "tcp", "-j", MOVED_IN,
+        ]))?;
         ip6t(&s(&[
             "-t",
             "mangle",
@@ -199,20 +227,30 @@ impl Rules {
         Ok(())
     }
 
-    /// Queue every outgoing packet of the connection with this original tuple.
+    /// Queue every outgoing packet of the connection with this original
+    /// tuple, and the incoming packets that arrive on the original tuple
+    /// (the peer going back to the original pair).
     pub fn redirect(&self, t: &FourTuple) -> Result<(), String> {
         let mut a = s(&["-t", "mangle", "-A", MOVED]);
         a.extend(tuple_match(t));
         a.extend(self.queue(self.q_out));
+        ip6t(&a)?;
+        let mut a = s(&["-t", "mangle", "-A", MOVED_IN]);
+        a.extend(tuple_match_in(t));
+        a.extend(self.queue(self.q_in));
         ip6t(&a)
     }
 
-    /// Undo [`Rules::redirect`].
+    /// Undo [`Rules::redirect`] (both rules; reports the first failure).
     pub fn unredirect(&self, t: &FourTuple) -> Result<(), String> {
         let mut a = s(&["-t", "mangle", "-D", MOVED]);
         a.extend(tuple_match(t));
         a.extend(self.queue(self.q_out));
-        ip6t(&a)
+        let out = ip6t(&a);
+        let mut a = s(&["-t", "mangle", "-D", MOVED_IN]);
+        a.extend(tuple_match_in(t));
+        a.extend(self.queue(self.q_in));
+        out.and(ip6t(&a))
     }
 
     /// Cover one 4-tuple (SYN and the ACK after the SYN+ACK).
@@ -361,7 +399,7 @@ fn nft_script(script: &str) -> Result<(), String> {
 /// destination, ports); a route chain reroutes packets whose addresses
 /// changed. Incoming: a prerouting chain at priority -310 (before
 /// conntrack and netlab's drops) maps the wire tuple back in the same two
-/// steps. `ip6 saddr/daddr set` updates the TCP checksum for the
+/// steps and sets [`FAST_MARK`] on the packets it rewrote. `ip6 saddr/daddr set` updates the TCP checksum for the
 /// pseudo-header (nft marks address fields with the L4 pseudo-header
 /// checksum flag; verified in the lab, transfers are byte-exact). Packets
 /// on other pairs still reach NFQUEUE (no socket matches them), so
@@ -380,7 +418,7 @@ pub fn fast_setup() -> Result<(), String> {
     meta l4proto tcp ip6 daddr set {lookup} @out_dst ip6 saddr set {lookup} @out_src
   }}
   chain pre {{ type filter hook prerouting priority -310;
-    meta l4proto tcp ip6 saddr set {lookup} @in_src ip6 daddr set {lookup} @in_dst
+    meta l4proto tcp ip6 saddr set {lookup} @in_src ip6 daddr set {lookup} @in_dst meta mark set meta mark or {FAST_MARK:#x}
   }}
 }}
 "
