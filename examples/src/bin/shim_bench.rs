@@ -29,16 +29,19 @@
 //!   `b`'s `l0`/`l1` addresses, base exchange, then a TCP connection to
 //!   `b`'s HIT; no shim setting.
 //! * `hip-tuned` — as `hip-defaults`, then `SHIM_APP_TIMEOUT_MS` 150
-//!   ([`ShimSetting::AppTimeoutMs`]) and `SHIM_PATHEXPLORE` with
-//!   `initprobeto` 100 ms (other fields 0 = daemon defaults) on the
+//!   (the project's millisecond Send Timeout) and `SHIM_PATHEXPLORE` with
+//!   `pe_initprobeto` 100 ms (other fields 0 = daemon defaults) on the
 //!   connected socket.
-//! * `hip-hot-standby` — as `hip-defaults`, then `SHIM_HOT_STANDBY` on.
+//! * `hip-hot-standby` — as `hip-defaults`, then `SHIM_HOT_STANDBY` 1.
+//! * `hip-tuned-hot-standby` — both of the above.
 //!
-//! The shim settings are sent as [`Request::ShimSet`] over the daemon's
-//! control socket with a [`FlowId`] built from `getsockname`/`getpeername`
-//! of the connected socket; the control connection stays open for the
-//! whole run (per-socket state lives as long as it). A refused setting is
-//! reported in the table's notes and the run is measured anyway.
+//! The options are set with [`shimapi::Shim::setsockopt`] (`SOL_SHIM`
+//! level) on a [`Shim`] bound to the lab hipd's control socket (not
+//! [`Shim::global`]: every run has its own daemon); the instance, and so
+//! the per-socket state, lives for the whole run. A failed option is
+//! reported in the table's notes and the run is measured anyway. Targets
+//! (median caught up): ≤ 1.0 s with the default timeouts (`hip-defaults`,
+//! `hip-hot-standby`), ≤ 0.3 s tuned.
 //!
 //! # Measurement
 //! `a` writes a 16-byte record (sequence number, send time in nanoseconds
@@ -70,18 +73,20 @@
 //! order without loss or duplicates.
 //!
 //! # SOL_SHIM query cost
-//! One TCP connection over `b`'s HIT; `N` (`--calls`, default 20,000)
-//! `SHIM_LOC_PEER_PREF`-style context queries ([`Request::ShimGet`], one
-//! JSON request line and reply over a persistent control connection) are
-//! timed against `N` plain `getsockopt(SOL_SOCKET, SO_TYPE)` calls on the
-//! same socket, in 10 interleaved blocks; the table gives the median block
-//! cost per call in µs and the ratio.
+//! One TCP connection over `b`'s HIT, no traffic. Timed in 10 interleaved
+//! blocks of `N/10` calls each (`--calls N`, default 20,000): the kernel
+//! baseline `getsockopt(SOL_SOCKET, SO_TYPE)`; shimapi's
+//! `getsockopt(SOL_SHIM, SHIM_LOC_PEER_PREF)` (32-byte `shim_locator`);
+//! one raw [`Request::ShimGet`] on a persistent control connection; one
+//! [`Request::Ping`] (the control-socket floor). The table gives the
+//! median block cost per call in µs and the ratio to the baseline.
 //!
 //! The hipd binary is taken from the directory of this executable
 //! (`--hipd` to override).
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -90,10 +95,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, ValueEnum};
-use hipd_backend::control::{
-    Client, FlowId, HiSelector, NatMode, PathExplore, Request, Response, ShimSetting,
-};
+use hipd_backend::control::{Client, FlowId, HiSelector, NatMode, Request, Response};
 use netlab::{Family, Host, Lab, Link, Process};
+use shimapi::{
+    SHIM_APP_TIMEOUT_MS, SHIM_HOT_STANDBY, SHIM_LOC_PEER_PREF, SHIM_PATHEXPLORE, SOL_SHIM, Shim,
+    shim_pathexplore,
+};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 /// `IPPROTO_MPTCP` (Linux).
@@ -153,15 +160,18 @@ enum Variant {
     HipTuned,
     /// HIP shim with SHIM_HOT_STANDBY.
     HipHotStandby,
+    /// HIP shim, tuned and SHIM_HOT_STANDBY.
+    HipTunedHotStandby,
 }
 
 impl Variant {
-    const ALL: [Variant; 5] = [
+    const ALL: [Variant; 6] = [
         Variant::MptcpBackup,
         Variant::MptcpActive,
         Variant::HipDefaults,
         Variant::HipTuned,
         Variant::HipHotStandby,
+        Variant::HipTunedHotStandby,
     ];
 
     fn label(self) -> &'static str {
@@ -171,37 +181,60 @@ impl Variant {
             Variant::HipDefaults => "hip-defaults",
             Variant::HipTuned => "hip-tuned",
             Variant::HipHotStandby => "hip-hot-standby",
+            Variant::HipTunedHotStandby => "hip-tuned-hot-standby",
         }
     }
 
     fn is_hip(self) -> bool {
         matches!(
             self,
-            Variant::HipDefaults | Variant::HipTuned | Variant::HipHotStandby
+            Variant::HipDefaults
+                | Variant::HipTuned
+                | Variant::HipHotStandby
+                | Variant::HipTunedHotStandby
         )
     }
 
     /// Target for the median caught-up time (seconds), if the issue sets one.
     fn target_s(self) -> Option<f64> {
         match self {
-            Variant::HipDefaults => Some(1.0),
-            Variant::HipTuned | Variant::HipHotStandby => Some(0.3),
+            Variant::HipDefaults | Variant::HipHotStandby => Some(1.0),
+            Variant::HipTuned | Variant::HipTunedHotStandby => Some(0.3),
             _ => None,
         }
     }
 
-    fn settings(self) -> Vec<ShimSetting> {
+    /// The `SOL_SHIM` options the variant sets: (name, option, value bytes).
+    fn settings(self) -> Vec<(&'static str, i32, Vec<u8>)> {
+        let standby = (
+            "SHIM_HOT_STANDBY=1",
+            SHIM_HOT_STANDBY,
+            1i32.to_ne_bytes().to_vec(),
+        );
         match self {
+            Variant::HipTunedHotStandby => {
+                let mut v = Variant::HipTuned.settings();
+                v.push(standby);
+                v
+            }
             Variant::HipTuned => vec![
-                ShimSetting::AppTimeoutMs { ms: 150 },
-                ShimSetting::PathExplore {
-                    pe: Some(PathExplore {
-                        initprobeto: 100,
-                        ..PathExplore::default()
-                    }),
-                },
+                (
+                    "SHIM_APP_TIMEOUT_MS=150",
+                    SHIM_APP_TIMEOUT_MS,
+                    150i32.to_ne_bytes().to_vec(),
+                ),
+                (
+                    "SHIM_PATHEXPLORE initprobeto=100",
+                    SHIM_PATHEXPLORE,
+                    shim_pathexplore {
+                        pe_initprobeto: 100,
+                        ..shim_pathexplore::default()
+                    }
+                    .to_bytes()
+                    .to_vec(),
+                ),
             ],
-            Variant::HipHotStandby => vec![ShimSetting::HotStandby { on: true }],
+            Variant::HipHotStandby => vec![standby],
             _ => Vec::new(),
         }
     }
@@ -742,17 +775,16 @@ fn hip_run(
     let h = hip_lab(hipd, id_dir)?;
     let (tx, rx) = hip_connection(&h, 7000)?;
     let flow = flow_of(&tx)?;
-    // The control connection that carries the settings stays open for the run.
-    let mut ctl = Client::connect(&h.da.sock)?;
+    // The shim API instance (its control connection carries the
+    // per-socket state) lives for the whole run.
+    let shim = Shim::new(&h.da.sock);
     let mut notes = Vec::new();
-    for set in v.settings() {
-        if let Err(e) = ctl.call(&Request::ShimSet {
-            flow,
-            set: set.clone(),
-        }) {
-            notes.push(format!("{set:?} refused: {e}"));
+    for (name, opt, val) in v.settings() {
+        if let Err(e) = shim.setsockopt(tx.as_fd(), SOL_SHIM, opt, &val) {
+            notes.push(format!("setsockopt(SOL_SHIM, {name}) failed: {e}"));
         }
     }
+    let mut ctl = Client::connect(&h.da.sock)?;
     if verbose {
         match ctl.call(&Request::ShimGet { flow }) {
             Ok(r) => eprintln!("    shim context before: {}", describe_ctx(&r)),
@@ -775,38 +807,59 @@ fn hip_run(
         }
     }
     drop(ctl);
+    drop(shim);
     Ok((s?, notes))
 }
 
 // ---------------------------------------------------------------------------
 // SOL_SHIM query cost.
 
-fn getsockopt_cost(hipd: &Path, id_dir: &Path, calls: usize) -> Result<(f64, f64)> {
+/// Per-call cost in µs (median of interleaved blocks): plain
+/// `getsockopt(SOL_SOCKET, SO_TYPE)`, shimapi
+/// `getsockopt(SOL_SHIM, SHIM_LOC_PEER_PREF)`, one raw `ShimGet` request.
+fn getsockopt_cost(hipd: &Path, id_dir: &Path, calls: usize) -> Result<[f64; 4]> {
     let h = hip_lab(hipd, id_dir)?;
     let (tx, _rx) = hip_connection(&h, 7100)?;
     let flow = flow_of(&tx)?;
+    let shim = Shim::new(&h.da.sock);
     let mut ctl = Client::connect(&h.da.sock)?;
-    // Warm-up, and a clear error if the daemon does not know the request.
+    // Warm-up, and a clear error if the daemon does not answer.
+    let mut loc = [0u8; 32];
+    shim.getsockopt(tx.as_fd(), SOL_SHIM, SHIM_LOC_PEER_PREF, &mut loc)
+        .context("getsockopt(SOL_SHIM, SHIM_LOC_PEER_PREF)")?;
     ctl.call(&Request::ShimGet { flow })
-        .context("ShimGet (SOL_SHIM query) refused by hipd")?;
+        .context("ShimGet refused by hipd")?;
     let blocks = 10usize;
     let per = (calls / blocks).max(1);
-    let (mut plain, mut shim) = (Vec::new(), Vec::new());
+    let mut v: [Vec<f64>; 4] = Default::default();
+    let us = |t0: Instant| t0.elapsed().as_secs_f64() * 1e6 / per as f64;
     for _ in 0..blocks {
         let t0 = Instant::now();
         for _ in 0..per {
             let ty = nix::sys::socket::getsockopt(&tx, nix::sys::socket::sockopt::SockType)?;
             std::hint::black_box(ty);
         }
-        plain.push(t0.elapsed().as_secs_f64() * 1e6 / per as f64);
+        v[0].push(us(t0));
+        let t0 = Instant::now();
+        for _ in 0..per {
+            let n = shim.getsockopt(tx.as_fd(), SOL_SHIM, SHIM_LOC_PEER_PREF, &mut loc)?;
+            std::hint::black_box((n, &loc));
+        }
+        v[1].push(us(t0));
         let t0 = Instant::now();
         for _ in 0..per {
             let r = ctl.call(&Request::ShimGet { flow })?;
             std::hint::black_box(r);
         }
-        shim.push(t0.elapsed().as_secs_f64() * 1e6 / per as f64);
+        v[2].push(us(t0));
+        let t0 = Instant::now();
+        for _ in 0..per {
+            let r = ctl.call(&Request::Ping)?;
+            std::hint::black_box(r);
+        }
+        v[3].push(us(t0));
     }
-    Ok((median(&plain), median(&shim)))
+    Ok([median(&v[0]), median(&v[1]), median(&v[2]), median(&v[3])])
 }
 
 // ---------------------------------------------------------------------------
@@ -918,7 +971,7 @@ fn run(
                             })
                         };
                         eprintln!(
-                            "{:<16} run {}: gap {}, first byte {}, caught up {} (broke l{}, b rx split {}/{} pkts, pre-fault p99 {:.2} ms, {} records){}",
+                            "{:<21} run {}: gap {}, first byte {}, caught up {} (broke l{}, b rx split {}/{} pkts, pre-fault p99 {:.2} ms, {} records){}",
                             v.label(),
                             run + 1,
                             f(s.gap),
@@ -946,7 +999,7 @@ fn run(
                         row.samples.push(s);
                     }
                     Err(e) => {
-                        eprintln!("{:<16} run {}: FAILED: {e:#}", v.label(), run + 1);
+                        eprintln!("{:<21} run {}: FAILED: {e:#}", v.label(), run + 1);
                         row.errors.push(format!("{e:#}"));
                     }
                 }
@@ -957,20 +1010,19 @@ fn run(
     if !args.no_getsockopt {
         println!();
         match getsockopt_cost(hipd, id_dir, calls) {
-            Ok((plain, shim)) => {
+            Ok([plain, shim, raw, ping]) => {
                 println!(
                     "SOL_SHIM query cost ({calls} calls each, median of 10 interleaved blocks)"
                 );
-                println!("{:<52} {:>10}", "call", "µs/call");
-                println!(
-                    "{:<52} {:>10.2}",
-                    "getsockopt(SOL_SOCKET, SO_TYPE) (baseline)", plain
-                );
-                println!(
-                    "{:<52} {:>10.2}",
-                    "SOL_SHIM context query (ShimGet over control socket)", shim
-                );
-                println!("{:<52} {:>10.0}", "ratio", shim / plain);
+                println!("{:<58} {:>9} {:>9}", "call", "µs/call", "ratio");
+                for (name, x) in [
+                    ("getsockopt(SOL_SOCKET, SO_TYPE) (kernel baseline)", plain),
+                    ("shimapi getsockopt(SOL_SHIM, SHIM_LOC_PEER_PREF)", shim),
+                    ("one ShimGet control request (persistent connection)", raw),
+                    ("one Ping control request (control-socket floor)", ping),
+                ] {
+                    println!("{name:<58} {x:>9.2} {:>9.0}", x / plain);
+                }
             }
             Err(e) => println!("SOL_SHIM query cost: not measured: {e:#}"),
         }
@@ -993,7 +1045,7 @@ fn print_table(rows: &[(Variant, Row)], runs: usize, limit: Duration) {
         "Failover: silent receive-side drop of the active link (2 veth links, IPv6 underlay), 1 kHz 16-byte records a -> b over TCP; median of {runs} runs, times from the fault; a run without recovery counts as +inf"
     );
     println!(
-        "{:<16} {:>26} {:>26} {:>26} {:>5} {:>9} {:>9} {:>8}",
+        "{:<21} {:>26} {:>26} {:>26} {:>5} {:>9} {:>9} {:>8}",
         "variant", "gap", "first byte", "caught up", "runs", "recovered", "vs mptcp", "target"
     );
     let mut notes = Vec::new();
@@ -1020,7 +1072,7 @@ fn print_table(rows: &[(Variant, Row)], runs: usize, limit: Duration) {
             None => "-".into(),
         };
         println!(
-            "{:<16} {:>26} {:>26} {:>26} {:>5} {:>9} {:>9} {:>8}",
+            "{:<21} {:>26} {:>26} {:>26} {:>5} {:>9} {:>9} {:>8}",
             v.label(),
             fmt_s(gap, limit),
             fmt_s(first, limit),
