@@ -14,7 +14,8 @@
 //! The IO part gathers inputs from the kernel: [`local_addresses`]
 //! (getifaddrs plus `/proc/thread-self/net/if_inet6` flags), [`route_interfaces`] (which
 //! interface the kernel would use, for source rule 5) and [`plan_paths`]
-//! (everything together).
+//! (everything together; [`plan_paths_cached`] reuses a plan for one second,
+//! which is what `NameStream::connect` uses).
 //!
 //! # Choices the standards leave open (stable)
 //!
@@ -899,6 +900,77 @@ pub fn plan_paths(dsts: &[SocketAddr]) -> io::Result<Vec<PathCandidate>> {
     let locals = local_addresses()?;
     let routes = route_interfaces(dsts, &locals);
     Ok(AddrSelector::default().path_candidates(dsts, &locals, &routes, &PairingOptions::default()))
+}
+
+/// How long [`plan_paths_cached`] reuses a plan for the same destinations in
+/// the same network namespace.
+pub const PLAN_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Identity (device, inode) of the calling thread's network namespace, or
+/// `None` when `/proc` is unavailable.
+pub(crate) fn netns_identity() -> Option<(u64, u64)> {
+    nix::sys::stat::stat("/proc/thread-self/ns/net")
+        .ok()
+        .map(|s| (s.st_dev as u64, s.st_ino as u64))
+}
+
+struct CachedPlan {
+    netns: (u64, u64),
+    dsts: Vec<SocketAddr>,
+    at: std::time::Instant,
+    paths: Vec<PathCandidate>,
+}
+
+static PLAN_CACHE: std::sync::Mutex<Vec<CachedPlan>> = std::sync::Mutex::new(Vec::new());
+
+/// Most plans kept.
+const PLAN_CACHE_SIZE: usize = 16;
+
+/// [`plan_paths`] that reuses the plan made for the same destinations in the
+/// same network namespace during the last [`PLAN_CACHE_TTL`] (a connect then
+/// costs one `stat` instead of a netlink dump, a `/proc` read and a route
+/// probe per destination). Without a namespace identity (no `/proc`) it
+/// plans afresh. Reconnects do not use the cache; the driver drops the
+/// namespace's plans when a connection attempt fails
+/// ([`forget_cached_plans`]).
+pub fn plan_paths_cached(dsts: &[SocketAddr]) -> io::Result<Vec<PathCandidate>> {
+    let Some(ns) = netns_identity() else {
+        return plan_paths(dsts);
+    };
+    let now = std::time::Instant::now();
+    {
+        let cache = PLAN_CACHE.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = cache.iter().find(|c| {
+            c.netns == ns && c.dsts == dsts && now.saturating_duration_since(c.at) < PLAN_CACHE_TTL
+        }) {
+            return Ok(c.paths.clone());
+        }
+    }
+    let paths = plan_paths(dsts)?;
+    let mut cache = PLAN_CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    cache.retain(|c| {
+        now.saturating_duration_since(c.at) < PLAN_CACHE_TTL && !(c.netns == ns && c.dsts == dsts)
+    });
+    if cache.len() >= PLAN_CACHE_SIZE {
+        cache.remove(0);
+    }
+    cache.push(CachedPlan {
+        netns: ns,
+        dsts: dsts.to_vec(),
+        at: now,
+        paths: paths.clone(),
+    });
+    Ok(paths)
+}
+
+/// Drops every cached plan of the calling thread's network namespace (after
+/// a failed connection attempt: addresses or routes may have changed).
+pub fn forget_cached_plans() {
+    let ns = netns_identity();
+    PLAN_CACHE
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|c| Some(c.netns) != ns);
 }
 
 #[cfg(test)]

@@ -376,13 +376,22 @@ fn wait_any(watched: &[(i32, Watched)], writefds: &NsSet, deadline: Option<Insta
         let d = Instant::now() + Duration::from_millis(5);
         next = Some(next.map_or(d, |n| n.min(d)));
     }
+    // One wake fd per thread, listed on every watched connection.
+    let mut waker = None;
     for (s, _, _) in &streams {
-        s.conn.begin_wait();
+        waker = s.conn.begin_wait();
+    }
+    if waker.is_none() && !streams.is_empty() {
+        // No wake fd (eventfd creation failed): re-check often.
+        let d = Instant::now() + Duration::from_millis(10);
+        next = Some(next.map_or(d, |n| n.min(d)));
     }
     {
-        let mut fds = Vec::with_capacity(streams.len() * 2);
-        for (s, t, want_w) in &streams {
-            fds.push(PollFd::new(s.conn.wake_fd().as_fd(), PollFlags::POLLIN));
+        let mut fds = Vec::with_capacity(streams.len() + 1);
+        if let Some(w) = &waker {
+            fds.push(PollFd::new(w.as_fd(), PollFlags::POLLIN));
+        }
+        for (_, t, want_w) in &streams {
             if let Some(t) = t {
                 let mut f = PollFlags::POLLIN;
                 if *want_w {
@@ -394,7 +403,10 @@ fn wait_any(watched: &[(i32, Watched)], writefds: &NsSet, deadline: Option<Insta
         let _ = poll(&mut fds, driver::poll_timeout(next));
     }
     for (s, _, _) in &streams {
-        s.conn.end_wait();
+        s.conn.end_wait(waker.as_ref());
+    }
+    if let Some(w) = &waker {
+        let _ = w.read();
     }
 }
 

@@ -192,7 +192,7 @@ fn new_state(session: Session, options: Options) -> AState {
     AState {
         session,
         options,
-        rng: StdRng::from_os_rng(),
+        rng: StdRng::from_rng(&mut rand::rng()),
         failure: None,
         log: PathLog::default(),
         read_waker: None,
@@ -308,6 +308,9 @@ fn service(shared: &AShared, stream: &mut Option<TcpStream>) -> Step {
                 st.log.last_failure_at = Some(now);
                 if st.log.history.len() < 256 {
                     st.log.history.push((now, "path dead".into()));
+                }
+                if let Some(s) = stream.as_ref() {
+                    crate::connect::abort_on_close(s);
                 }
                 *stream = None;
                 st.transport_up = false;
@@ -664,7 +667,7 @@ async fn handshake(
     };
     let rest = buf.get(used..).unwrap_or(&[]).to_vec();
     let now = Instant::now();
-    let mut rng = StdRng::from_os_rng();
+    let mut rng = StdRng::from_rng(&mut rand::rng());
     match msg {
         FirstMessage::New(new) => {
             if lock(&sessions)

@@ -115,6 +115,17 @@ pub fn apply_socket_options(sock: &Socket, opts: &SocketOptions) -> io::Result<(
     Ok(())
 }
 
+/// Makes the next close of `sock` abortive (`SO_LINGER` 0: the kernel sends
+/// a TCP RST and discards unsent bytes). Used on transports declared dead:
+/// a FIN queues behind unacknowledged segments and never reaches a peer
+/// whose acknowledgements are being lost, while an RST is sent at once
+/// regardless of the congestion window, so the peer learns at its next read
+/// that the path was abandoned. Nothing is lost by it: every unacknowledged
+/// byte is still in the session's retained buffer.
+pub fn abort_on_close<S: std::os::fd::AsFd>(sock: &S) {
+    let _ = SockRef::from(sock).set_linger(Some(Duration::ZERO));
+}
+
 /// Apply `opts` to a connected std stream.
 pub fn configure_stream(stream: &TcpStream, opts: &SocketOptions) -> io::Result<()> {
     apply_socket_options(&SockRef::from(stream), opts)
@@ -230,7 +241,7 @@ impl ConnectError {
 fn attempt_socket(c: &PathCandidate, opts: &SocketOptions) -> io::Result<Socket> {
     let sock = Socket::new(
         Domain::for_address(c.dst),
-        Type::STREAM,
+        Type::STREAM.nonblocking(),
         Some(Protocol::TCP),
     )?;
     apply_socket_options(&sock, opts)?;
@@ -241,9 +252,19 @@ fn attempt_socket(c: &PathCandidate, opts: &SocketOptions) -> io::Result<Socket>
                 "source and destination families differ",
             ));
         }
+        // Choose the port at connect time, like an unbound socket: bind with
+        // port 0 would reserve an ephemeral port that no other connection
+        // may share (and skip ports in TIME_WAIT), exhausting the range
+        // under many short connections.
+        if b.port() == 0 {
+            let _ = nix::sys::socket::setsockopt(
+                &sock,
+                nix::sys::socket::sockopt::IpBindAddressNoPort,
+                &true,
+            );
+        }
         sock.bind(&b.into())?;
     }
-    sock.set_nonblocking(true)?;
     Ok(sock)
 }
 
@@ -261,9 +282,8 @@ fn start_attempt(c: &PathCandidate, opts: &SocketOptions) -> io::Result<Started>
     }
 }
 
-fn finish_socket(sock: Socket) -> io::Result<TcpStream> {
-    sock.set_nonblocking(false)?;
-    Ok(sock.into())
+fn finish_socket(sock: Socket) -> TcpStream {
+    sock.into()
 }
 
 struct InFlight {
@@ -300,7 +320,26 @@ pub fn connect_pairs(
 }
 
 /// Race `candidates` (blocking) with full configuration and failure report.
+/// The winning stream is in blocking mode.
 pub fn connect_pairs_with(
+    candidates: &[PathCandidate],
+    cfg: &RaceConfig,
+) -> Result<Connected<TcpStream>, ConnectError> {
+    let won = connect_pairs_nonblocking(candidates, cfg)?;
+    if let Err(error) = won.stream.set_nonblocking(false) {
+        let mut failures = won.failures;
+        failures.push(AttemptFailure {
+            candidate: won.path,
+            error,
+        });
+        return Err(ConnectError::AllFailed(failures));
+    }
+    Ok(won)
+}
+
+/// [`connect_pairs_with`] that leaves the winning stream non-blocking (what
+/// the drivers want; saves two `fcntl`s per connection).
+pub(crate) fn connect_pairs_nonblocking(
     candidates: &[PathCandidate],
     cfg: &RaceConfig,
 ) -> Result<Connected<TcpStream>, ConnectError> {
@@ -329,16 +368,13 @@ pub fn connect_pairs_with(
             let idx = next;
             next += 1;
             match start_attempt(c, &cfg.socket_options) {
-                Ok(Started::Connected(sock)) => match finish_socket(sock) {
-                    Ok(stream) => {
-                        return Ok(Connected {
-                            stream,
-                            path: c.clone(),
-                            failures,
-                        });
-                    }
-                    Err(e) => fail(&mut failures, idx, e),
-                },
+                Ok(Started::Connected(sock)) => {
+                    return Ok(Connected {
+                        stream: finish_socket(sock),
+                        path: c.clone(),
+                        failures,
+                    });
+                }
                 Ok(Started::Pending(sock)) => {
                     inflight.push(InFlight {
                         idx,
@@ -405,11 +441,15 @@ pub fn connect_pairs_with(
                 }
                 continue;
             }
+            // Writable without error or hang-up: established (no need to
+            // ask for the peer address).
+            let clean = rev == PollFlags::POLLOUT;
             let outcome = match f.sock.take_error() {
                 Ok(Some(e)) => Err(e),
                 Err(e) => Err(e),
+                Ok(None) if clean => Ok(finish_socket(f.sock)),
                 Ok(None) => match f.sock.peer_addr() {
-                    Ok(_) => finish_socket(f.sock),
+                    Ok(_) => Ok(finish_socket(f.sock)),
                     Err(e) => Err(e),
                 },
             };

@@ -17,17 +17,51 @@
 //! * When the engine reports `PathDead` on a client, a *reconnector* thread
 //!   races the remaining address pairs (the failed pair's source and
 //!   destination go to the back), attaches the new transport and lets the
-//!   engine resume. Waiting application calls are woken through the wake pipe.
+//!   engine resume. Waiting application calls are woken through their wake
+//!   fd.
+//!
+//! # Costs per connection (choices, stable)
+//!
+//! * **Dead transports are aborted** (`SO_LINGER` 0, TCP RST), not shut down
+//!   with a FIN: when one direction of a path silently drops, the side that
+//!   detects the silence first (600 ms by default) resets the connection;
+//!   the RST is sent at once whatever the congestion window, so the peer
+//!   sees the failure at its next read and reconnects. A FIN would queue
+//!   behind segments the kernel keeps retransmitting and never arrive; the
+//!   peer, still receiving the odd PING through its working direction,
+//!   would wait for `TCP_USER_TIMEOUT` (measured: client → server failover
+//!   1.42 s with FIN, 0.60 s with RST). Nothing is lost: unacknowledged data
+//!   stays in the retained buffer. Graceful closes keep the FIN.
+//! * **Wake fds are per thread**: a thread sleeping in a call lists its own
+//!   eventfd (created once per thread) on the connection; notifiers write to
+//!   the listed ones. A connection owns no wake descriptor, and a client
+//!   waits for NEW_ACK before its connection is shared (registered with the
+//!   keeper), so connect needs none.
+//! * **Path plans are cached** for [`crate::addrsel::PLAN_CACHE_TTL`] (1 s)
+//!   per network namespace and destination list (`NameStream::connect`);
+//!   reconnects re-plan, and a failed attempt drops the namespace's plans.
+//! * **The keeper is woken only when it must act earlier than planned**;
+//!   closed connections that only await CLOSE_ACK are finished in its rounds,
+//!   at most [`LINGER_ROUND`] (20 ms) apart, in batches.
+//! * **A blocking `accept` polls the listening sockets itself**; the
+//!   background acceptor polls only while no application thread is in a
+//!   blocking accept (it takes over 10 ms after the last one left), so a new
+//!   session needs no hand-off between threads.
+//! * Source-bound connection attempts set `IP_BIND_ADDRESS_NO_PORT`;
+//!   accepted sockets inherit `TCP_NODELAY`/`TCP_USER_TIMEOUT` from the
+//!   listener (checked once); the per-connection RNG is seeded from the
+//!   thread's CSPRNG.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::eventfd::{EfdFlags, EventFd};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
@@ -132,18 +166,22 @@ impl PathLog {
 
 pub(crate) struct Transport {
     pub(crate) stream: Arc<TcpStream>,
-    pub(crate) local: Option<SocketAddr>,
     pub(crate) peer: Option<SocketAddr>,
 }
 
 impl Transport {
-    pub(crate) fn new(stream: TcpStream) -> io::Result<Self> {
-        stream.set_nonblocking(true)?;
-        Ok(Transport {
-            local: stream.local_addr().ok(),
-            peer: stream.peer_addr().ok(),
+    /// A transport from a stream that is already non-blocking, whose peer
+    /// address the caller knows (no system call here).
+    pub(crate) fn from_nonblocking(stream: TcpStream, peer: Option<SocketAddr>) -> Self {
+        Transport {
+            peer,
             stream: Arc::new(stream),
-        })
+        }
+    }
+
+    /// The local address (asked of the kernel when needed).
+    pub(crate) fn local(&self) -> Option<SocketAddr> {
+        self.stream.local_addr().ok()
     }
 }
 
@@ -177,9 +215,34 @@ pub(crate) struct ConnState {
 /// One namesocket connection (either end).
 pub(crate) struct Conn {
     pub(crate) st: Mutex<ConnState>,
-    wake_rx: UnixStream,
-    wake_tx: UnixStream,
+    /// The wake fds of the threads sleeping in [`Conn::wait`] (each thread
+    /// has one eventfd for all its waits: no descriptor per connection).
+    wakers: Mutex<Vec<Arc<EventFd>>>,
     waiters: AtomicUsize,
+    /// Known to the keeper (and so to other threads). Until then only the
+    /// creating thread touches the connection and needs no wake fd.
+    registered: AtomicBool,
+}
+
+/// Longest sleep of a waiter without a wake fd (only when the eventfd could
+/// not be created).
+const NO_WAKE_FD_POLL: Duration = Duration::from_millis(10);
+
+thread_local! {
+    /// This thread's wake fd (created at its first wait that needs one).
+    static WAKER: std::cell::OnceCell<Option<Arc<EventFd>>> = const { std::cell::OnceCell::new() };
+}
+
+/// The calling thread's wake fd, or `None` if it cannot be created.
+pub(crate) fn thread_waker() -> Option<Arc<EventFd>> {
+    WAKER.with(|w| {
+        w.get_or_init(|| {
+            EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
+                .ok()
+                .map(Arc::new)
+        })
+        .clone()
+    })
 }
 
 const READ_CHUNK: usize = 64 * 1024;
@@ -191,18 +254,36 @@ thread_local! {
 }
 
 impl Conn {
-    pub(crate) fn new(state: ConnState) -> io::Result<Arc<Conn>> {
-        let (wake_rx, wake_tx) = UnixStream::pair()?;
-        wake_rx.set_nonblocking(true)?;
-        wake_tx.set_nonblocking(true)?;
-        let conn = Arc::new(Conn {
+    /// A connection registered with the keeper at once.
+    pub(crate) fn new(state: ConnState) -> Arc<Conn> {
+        let conn = Self::new_private(state);
+        conn.register();
+        conn
+    }
+
+    /// A connection only the calling thread knows about (a client during
+    /// its handshake): its waits need no wake fd. Call [`Conn::register`]
+    /// before sharing it.
+    pub(crate) fn new_private(state: ConnState) -> Arc<Conn> {
+        Arc::new(Conn {
             st: Mutex::new(state),
-            wake_rx,
-            wake_tx,
+            wakers: Mutex::new(Vec::new()),
             waiters: AtomicUsize::new(0),
-        });
-        keeper().register(&conn);
-        Ok(conn)
+            registered: AtomicBool::new(false),
+        })
+    }
+
+    /// Hands the connection to the keeper (its timers then run while the
+    /// application is outside calls).
+    pub(crate) fn register(self: &Arc<Self>) {
+        if !self.registered.swap(true, Ordering::AcqRel) {
+            let deadline = self.lock().session.poll_timeout();
+            keeper().register(self, deadline);
+        }
+    }
+
+    fn wakers(&self) -> MutexGuard<'_, Vec<Arc<EventFd>>> {
+        self.wakers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, ConnState> {
@@ -211,18 +292,38 @@ impl Conn {
         self.st.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Wakes threads sleeping in [`Conn::wait`].
+    /// Wakes threads sleeping in [`Conn::wait`]. (A waiter lists its wake
+    /// fd before it counts itself.) A wake fd may so receive a wake meant
+    /// for a wait that just ended: the next wait of that thread returns
+    /// early once, which callers handle like any spurious wake-up.
     pub(crate) fn notify(&self) {
         if self.waiters.load(Ordering::Acquire) > 0 {
-            let _ = (&self.wake_tx).write(&[1]);
+            for w in self.wakers().iter() {
+                let _ = w.write(1);
+            }
         }
     }
 
-    fn drain_wake(&self) {
-        let mut buf = [0u8; 64];
-        while let Ok(n) = (&self.wake_rx).read(&mut buf) {
-            if n < buf.len() {
-                break;
+    /// Lists the calling thread's wake fd on this connection.
+    fn add_waiter(&self) -> Option<Arc<EventFd>> {
+        let w = thread_waker();
+        if let Some(w) = &w {
+            self.wakers().push(Arc::clone(w));
+        }
+        self.waiters.fetch_add(1, Ordering::AcqRel);
+        w
+    }
+
+    fn remove_waiter(&self, w: Option<&Arc<EventFd>>, fired: bool) {
+        self.waiters.fetch_sub(1, Ordering::AcqRel);
+        if let Some(w) = w {
+            let mut g = self.wakers();
+            if let Some(i) = g.iter().position(|x| Arc::ptr_eq(x, w)) {
+                g.swap_remove(i);
+            }
+            drop(g);
+            if fired {
+                let _ = w.read();
             }
         }
     }
@@ -242,13 +343,19 @@ impl Conn {
             (a, b) => a.or(b),
         };
         let write_pending = want_write || st.session_has_output();
-        self.waiters.fetch_add(1, Ordering::AcqRel);
+        let shared = self.registered.load(Ordering::Acquire);
+        let wake = if shared { self.add_waiter() } else { None };
+        let deadline = if wake.is_none() && shared {
+            let cap = Instant::now() + NO_WAKE_FD_POLL;
+            Some(deadline.map_or(cap, |d| d.min(cap)))
+        } else {
+            deadline
+        };
         drop(st);
         let timeout = poll_timeout(deadline);
         let woke;
         {
             let mut fds = Vec::with_capacity(2);
-            fds.push(PollFd::new(self.wake_rx.as_fd(), PollFlags::POLLIN));
             if let Some(s) = &stream {
                 let mut flags = PollFlags::POLLIN;
                 if write_pending {
@@ -256,14 +363,18 @@ impl Conn {
                 }
                 fds.push(PollFd::new(s.as_fd(), flags));
             }
+            if let Some(w) = &wake {
+                fds.push(PollFd::new(w.as_fd(), PollFlags::POLLIN));
+            }
             let _ = poll(&mut fds, timeout);
-            woke = fds[0]
-                .revents()
-                .is_some_and(|r| r.contains(PollFlags::POLLIN));
+            woke = wake.is_some()
+                && fds
+                    .last()
+                    .and_then(PollFd::revents)
+                    .is_some_and(|r| r.contains(PollFlags::POLLIN));
         }
-        self.waiters.fetch_sub(1, Ordering::AcqRel);
-        if woke {
-            self.drain_wake();
+        if shared {
+            self.remove_waiter(wake.as_ref(), woke);
         }
         self.lock()
     }
@@ -277,17 +388,16 @@ impl Conn {
         )
     }
 
-    pub(crate) fn wake_fd(&self) -> &UnixStream {
-        &self.wake_rx
+    /// For `nselect`: lists the calling thread's wake fd on this connection
+    /// and returns it (`None` if it cannot be created: the caller then polls
+    /// with a short timeout). Pair with [`Conn::end_wait`].
+    pub(crate) fn begin_wait(&self) -> Option<Arc<EventFd>> {
+        self.add_waiter()
     }
 
-    pub(crate) fn begin_wait(&self) {
-        self.waiters.fetch_add(1, Ordering::AcqRel);
-    }
-
-    pub(crate) fn end_wait(&self) {
-        self.waiters.fetch_sub(1, Ordering::AcqRel);
-        self.drain_wake();
+    /// Unlists the wake fd (the caller drains it once for all).
+    pub(crate) fn end_wait(&self, w: Option<&Arc<EventFd>>) {
+        self.remove_waiter(w, false);
     }
 }
 
@@ -309,7 +419,9 @@ impl ConnState {
             transport: None,
             client,
             options,
-            rng: StdRng::from_os_rng(),
+            // Seeded from the thread's CSPRNG (itself seeded from the OS):
+            // no getrandom system call per connection.
+            rng: StdRng::from_rng(&mut rand::rng()),
             failure: None,
             log: PathLog::default(),
             app_closed: false,
@@ -329,9 +441,29 @@ impl ConnState {
         self.failure.as_ref().map(Failure::to_error)
     }
 
+    /// Drops the transport gracefully (FIN after the queued bytes). When
+    /// another thread holds the stream (sleeping in `poll` on it), it is shut
+    /// down first so that the sleeper wakes; otherwise closing it is enough.
     fn drop_transport(&mut self) {
-        if let Some(t) = self.transport.take() {
+        if let Some(t) = self.transport.take()
+            && Arc::strong_count(&t.stream) > 1
+        {
             let _ = t.stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Drops a failed transport abortively: the peer gets a TCP RST as soon
+    /// as the last handle is closed (see [`crate::connect::abort_on_close`]).
+    /// A session that closed gracefully keeps the graceful TCP close (its
+    /// CLOSE_ACK may still be in the socket buffer).
+    fn abort_transport(&mut self) {
+        if let Some(t) = self.transport.take() {
+            if !self.session.is_closed() {
+                crate::connect::abort_on_close(&*t.stream);
+            }
+            if Arc::strong_count(&t.stream) > 1 {
+                let _ = t.stream.shutdown(std::net::Shutdown::Both);
+            }
         }
     }
 }
@@ -378,7 +510,7 @@ fn read_input(st: &mut ConnState, now: Instant) -> bool {
             match (&*stream).read(&mut buf[..]) {
                 Ok(0) => {
                     st.session.transport_down(now);
-                    st.drop_transport();
+                    st.abort_transport();
                     changed = true;
                     return;
                 }
@@ -390,7 +522,7 @@ fn read_input(st: &mut ConnState, now: Instant) -> bool {
                         // The engine raised PathDead or failed the session;
                         // either way this transport is done.
                         st.session.transport_down(now);
-                        st.drop_transport();
+                        st.abort_transport();
                         return;
                     }
                     // A short read drained the socket: skip the EAGAIN call.
@@ -403,7 +535,7 @@ fn read_input(st: &mut ConnState, now: Instant) -> bool {
                 Err(e) => {
                     tracing::debug!(error = %e, "namesocket: transport read error");
                     st.session.transport_down(now);
-                    st.drop_transport();
+                    st.abort_transport();
                     changed = true;
                     return;
                 }
@@ -426,7 +558,7 @@ pub(crate) fn flush(st: &mut ConnState, now: Instant) {
         match (&*stream).write_vectored(&slices) {
             Ok(0) => {
                 st.session.transport_down(now);
-                st.drop_transport();
+                st.abort_transport();
                 return;
             }
             Ok(n) => st.session.advance(n),
@@ -435,7 +567,7 @@ pub(crate) fn flush(st: &mut ConnState, now: Instant) {
             Err(e) => {
                 tracing::debug!(error = %e, "namesocket: transport write error");
                 st.session.transport_down(now);
-                st.drop_transport();
+                st.abort_transport();
                 return;
             }
         }
@@ -454,7 +586,7 @@ fn handle_events(conn: &Arc<Conn>, st: &mut ConnState, now: Instant) -> bool {
                 let path = st.transport.as_ref().and_then(|t| t.peer);
                 st.log
                     .note(now, format!("path dead (peer {path:?}); transport dropped"));
-                st.drop_transport();
+                st.abort_transport();
                 if st.client.is_some() {
                     start_reconnect(conn, st);
                 }
@@ -487,12 +619,12 @@ fn handle_events(conn: &Arc<Conn>, st: &mut ConnState, now: Instant) -> bool {
             Event::ResumeWindowExpired => {
                 st.failure = Some(Failure::ResumeWindowExpired);
                 st.log.note(now, "resume window expired".into());
-                st.drop_transport();
+                st.abort_transport();
             }
             Event::Error(e) => {
                 st.log.note(now, format!("session failed: {e}"));
                 st.failure = Some(Failure::Session(e));
-                st.drop_transport();
+                st.abort_transport();
             }
         }
     }
@@ -578,7 +710,7 @@ fn reconnect_loop(weak: Weak<Conn>) {
             )
         };
         drop(conn);
-        let result = connect::connect_pairs_with(&candidates, &race);
+        let result = connect::connect_pairs_nonblocking(&candidates, &race);
         let Some(conn) = weak.upgrade() else { return };
         let mut st = conn.lock();
         let now = Instant::now();
@@ -591,41 +723,33 @@ fn reconnect_loop(weak: Weak<Conn>) {
                     return;
                 }
                 let path = won.path.clone();
-                match Transport::new(won.stream) {
-                    Ok(t) => {
-                        {
-                            let s = &mut *st;
-                            s.transport = Some(t);
-                            s.log.current_path = Some((path.src, path.dst));
-                            s.log.note(
-                                now,
-                                format!(
-                                    "reconnected over {:?} -> {}; resuming",
-                                    path.src, path.dst
-                                ),
-                            );
-                            if let Some(c) = s.client.as_mut() {
-                                c.paths.mark_succeeded(&path);
-                                c.last_path = Some(path);
-                                c.reconnecting = false;
-                            }
-                            if let Err(e) = s.session.transport_up(now, &mut s.rng) {
-                                s.failure = Some(Failure::Session(e));
-                                s.drop_transport();
-                            }
-                            pump(&conn, s, now);
-                        }
-                        drop(st);
-                        conn.notify();
-                        return;
+                let t = Transport::from_nonblocking(won.stream, Some(path.dst));
+                {
+                    let s = &mut *st;
+                    s.transport = Some(t);
+                    s.log.current_path = Some((path.src, path.dst));
+                    s.log.note(
+                        now,
+                        format!("reconnected over {:?} -> {}; resuming", path.src, path.dst),
+                    );
+                    if let Some(c) = s.client.as_mut() {
+                        c.paths.mark_succeeded(&path);
+                        c.last_path = Some(path);
+                        c.reconnecting = false;
                     }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "namesocket: cannot configure reconnected stream");
+                    if let Err(e) = s.session.transport_up(now, &mut s.rng) {
+                        s.failure = Some(Failure::Session(e));
+                        s.drop_transport();
                     }
+                    pump(&conn, s, now);
                 }
+                drop(st);
+                conn.notify();
+                return;
             }
             Err(e) => {
                 st.log.note(now, format!("reconnect round failed: {e}"));
+                crate::addrsel::forget_cached_plans();
                 rounds += 1;
                 if rounds.is_multiple_of(3) {
                     // Addresses may have changed: resolve the name again.
@@ -649,9 +773,6 @@ fn reconnect_loop(weak: Weak<Conn>) {
                 continue;
             }
         }
-        drop(st);
-        conn.notify();
-        std::thread::sleep(backoff);
     }
 }
 
@@ -661,12 +782,29 @@ fn reconnect_loop(weak: Weak<Conn>) {
 
 /// The process-wide thread that runs connection timers while applications
 /// are not inside a call, and finishes closed connections.
+///
+/// It is woken through its wake pipe only when it must act earlier than it
+/// planned: a new connection whose first timer is due before the keeper's
+/// next round, or a closed connection that still has data to deliver.
+/// Closed connections that only wait for the peer's CLOSE_ACK are finished
+/// in the keeper's rounds, at most [`LINGER_ROUND`] apart while there are
+/// any (batching them instead of one wake-up per connection).
 pub(crate) struct Keeper {
     conns: Mutex<Vec<Weak<Conn>>>,
     lingering: Mutex<Vec<Arc<Conn>>>,
     wake_rx: UnixStream,
     wake_tx: UnixStream,
+    /// A wake byte is in the pipe (later wakes need not write another).
+    wake_pending: AtomicBool,
+    /// When the keeper will next run on its own (ns since `base`; 0 while
+    /// it is running).
+    next_round: AtomicU64,
+    base: Instant,
 }
+
+/// Longest time a closed connection waits for the keeper to finish its
+/// CLOSE handshake once the peer answered.
+pub(crate) const LINGER_ROUND: Duration = Duration::from_millis(20);
 
 pub(crate) fn keeper() -> &'static Keeper {
     static KEEPER: OnceLock<&'static Keeper> = OnceLock::new();
@@ -680,6 +818,9 @@ pub(crate) fn keeper() -> &'static Keeper {
             lingering: Mutex::new(Vec::new()),
             wake_rx,
             wake_tx,
+            wake_pending: AtomicBool::new(false),
+            next_round: AtomicU64::new(0),
+            base: Instant::now(),
         }));
         std::thread::Builder::new()
             .name("namesocket-keeper".into())
@@ -690,27 +831,50 @@ pub(crate) fn keeper() -> &'static Keeper {
 }
 
 impl Keeper {
-    fn register(&self, c: &Arc<Conn>) {
+    fn register(&self, c: &Arc<Conn>, deadline: Option<Instant>) {
         let mut g = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         if g.len() >= 64 && g.len().is_power_of_two() {
             g.retain(|w| w.strong_count() > 0);
         }
         g.push(Arc::downgrade(c));
         drop(g);
-        self.wake();
+        if let Some(d) = deadline {
+            self.wake_before(d);
+        }
     }
 
     /// Keeps `c` alive until its session is finished (closed or failed).
-    pub(crate) fn linger(&self, c: Arc<Conn>) {
+    /// `busy`: it still has data to deliver (the keeper must watch its
+    /// transport); otherwise it only waits for CLOSE_ACK.
+    pub(crate) fn linger(&self, c: Arc<Conn>, busy: bool) {
         self.lingering
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(c);
+        if busy {
+            self.wake();
+        } else {
+            self.wake_before(Instant::now() + LINGER_ROUND);
+        }
+    }
+
+    fn nanos(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Wakes the keeper unless its next round comes by `t` anyway.
+    fn wake_before(&self, t: Instant) {
+        let next = self.next_round.load(Ordering::Acquire);
+        if next != 0 && next <= self.nanos(t) {
+            return;
+        }
         self.wake();
     }
 
     fn wake(&self) {
-        let _ = (&self.wake_tx).write(&[1]);
+        if !self.wake_pending.swap(true, Ordering::AcqRel) {
+            let _ = (&self.wake_tx).write(&[1]);
+        }
     }
 
     fn run(&self) {
@@ -736,7 +900,11 @@ impl Keeper {
                         if st.app_closed
                             && let Some(t) = &st.transport
                         {
-                            watch.push(Arc::clone(&t.stream));
+                            if st.session.unacked_bytes() > 0 || st.session_has_output() {
+                                watch.push(Arc::clone(&t.stream));
+                            } else {
+                                next = next.min(now + LINGER_ROUND);
+                            }
                         }
                     }
                     Err(_) => next = next.min(now + Duration::from_millis(2)),
@@ -750,6 +918,8 @@ impl Keeper {
                     st.failure.is_none() && !st.session.is_finished()
                 });
             drop(list);
+            self.next_round
+                .store(self.nanos(next).max(1), Ordering::Release);
             {
                 let mut fds = Vec::with_capacity(1 + watch.len());
                 fds.push(PollFd::new(self.wake_rx.as_fd(), PollFlags::POLLIN));
@@ -758,6 +928,8 @@ impl Keeper {
                 }
                 let _ = poll(&mut fds, poll_timeout(Some(next)));
             }
+            self.next_round.store(0, Ordering::Release);
+            self.wake_pending.store(false, Ordering::Release);
             let mut buf = [0u8; 256];
             while let Ok(n) = (&self.wake_rx).read(&mut buf) {
                 if n < buf.len() {

@@ -6,13 +6,14 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, poll};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
+use socket2::SockRef;
 
 use crate::connect::{self, DualListener};
 use crate::driver::{self, Conn, ConnState, Options, Transport};
@@ -57,7 +58,32 @@ struct Shared {
     wake_rx: UnixStream,
     wake_tx: UnixStream,
     closed: AtomicBool,
+    /// Accepted sockets were seen to inherit the listener's socket options.
+    inherits_options: AtomicBool,
+    /// The acceptor state; whoever holds it polls the listening sockets.
+    core: Mutex<AcceptCore>,
+    /// Application threads blocked in `accept` (they poll themselves; the
+    /// background acceptor stands back).
+    accepting: AtomicUsize,
+    /// The background acceptor is polling (an application thread entering
+    /// `accept` wakes it through the wake pipe so that it stands back).
+    bg_polling: AtomicBool,
+    /// Accept calls sleeping on `ready_cv` (no wake-up system call when
+    /// there are none).
+    cv_waiters: AtomicUsize,
 }
+
+/// What the thread that polls for new connections works on.
+struct AcceptCore {
+    pending: Vec<Pending>,
+    rng: StdRng,
+    last_sweep: Instant,
+}
+
+/// How long the background acceptor waits after the last application
+/// thread left `accept` before it polls again itself (in between, new
+/// connections wait in the kernel's queue).
+const ACCEPTOR_TAKEOVER: Duration = Duration::from_millis(10);
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, ListenState> {
@@ -97,6 +123,10 @@ impl NameListener {
         let listener = connect::listen_dual_with_backlog(port, options.backlog)?;
         for l in listener.listeners() {
             l.set_nonblocking(true)?;
+            // Linux copies TCP_NODELAY and TCP_USER_TIMEOUT to accepted
+            // sockets; the acceptor checks that on the first one and then
+            // skips setting them per connection.
+            let _ = connect::apply_socket_options(&SockRef::from(l), &options.socket_options());
         }
         let (wake_rx, wake_tx) = UnixStream::pair()?;
         wake_rx.set_nonblocking(true)?;
@@ -113,6 +143,15 @@ impl NameListener {
             wake_rx,
             wake_tx,
             closed: AtomicBool::new(false),
+            inherits_options: AtomicBool::new(false),
+            core: Mutex::new(AcceptCore {
+                pending: Vec::new(),
+                rng: StdRng::from_rng(&mut rand::rng()),
+                last_sweep: Instant::now(),
+            }),
+            accepting: AtomicUsize::new(0),
+            bg_polling: AtomicBool::new(false),
+            cv_waiters: AtomicUsize::new(0),
         });
         let weak = Arc::downgrade(&shared);
         std::thread::Builder::new()
@@ -135,32 +174,67 @@ impl NameListener {
     }
 
     /// [`NameListener::accept`] with a timeout.
+    ///
+    /// A blocking accept polls the listening sockets itself (the background
+    /// acceptor stands back while an application thread is in `accept`), so
+    /// a new session reaches the application without a hand-off between
+    /// threads. Non-blocking accepts only take what the background acceptor
+    /// queued.
     pub fn accept_timeout(&self, timeout: Option<Duration>) -> Result<NameStream> {
+        if self.nonblocking.load(Ordering::Relaxed) {
+            return match self.shared.lock().ready.pop_front() {
+                Some(c) => Ok(NameStream::from_conn(c)),
+                None => Err(Error::WouldBlock),
+            };
+        }
+        let shared = &self.shared;
         let deadline = timeout.map(|t| Instant::now() + t);
-        let mut st = self.shared.lock();
+        shared.accepting.fetch_add(1, Ordering::SeqCst);
+        if shared.bg_polling.load(Ordering::SeqCst) {
+            let _ = (&shared.wake_tx).write(&[1]);
+        }
+        let result = self.accept_loop(deadline);
+        shared.accepting.fetch_sub(1, Ordering::SeqCst);
+        result
+    }
+
+    fn accept_loop(&self, deadline: Option<Instant>) -> Result<NameStream> {
+        let shared = &self.shared;
         loop {
-            if let Some(c) = st.ready.pop_front() {
+            if let Some(c) = shared.lock().ready.pop_front() {
                 return Ok(NameStream::from_conn(c));
             }
-            if self.nonblocking.load(Ordering::Relaxed) {
-                return Err(Error::WouldBlock);
+            let now = Instant::now();
+            if deadline.is_some_and(|d| d <= now) {
+                return Err(Error::TimedOut);
             }
-            let wait = match deadline {
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Err(Error::TimedOut);
-                    }
-                    left
+            let until = deadline.map_or(now + Duration::from_secs(1), |d| {
+                d.min(now + Duration::from_secs(1))
+            });
+            match shared.core.try_lock() {
+                Ok(mut core) => {
+                    accept_round(shared, &mut core, until);
                 }
-                None => Duration::from_secs(3600),
-            };
-            st = self
-                .shared
-                .ready_cv
-                .wait_timeout(st, wait)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+                Err(_) => {
+                    // Another thread polls; it signals when it queues a
+                    // session or lets go of the acceptor state.
+                    let st = shared.lock();
+                    if !st.ready.is_empty() {
+                        continue;
+                    }
+                    let wait = until
+                        .min(now + Duration::from_millis(5))
+                        .saturating_duration_since(now);
+                    shared.cv_waiters.fetch_add(1, Ordering::SeqCst);
+                    drop(
+                        shared
+                            .ready_cv
+                            .wait_timeout(st, wait)
+                            .unwrap_or_else(|p| p.into_inner()),
+                    );
+                    shared.cv_waiters.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
         }
     }
 
@@ -198,107 +272,185 @@ impl Drop for NameListener {
 
 struct Pending {
     stream: TcpStream,
+    peer: SocketAddr,
     buf: Vec<u8>,
     deadline: Instant,
+}
+
+/// Sets the transport options on an accepted socket unless accepted sockets
+/// are known to inherit them from the listener (checked on the first one).
+fn configure_accepted(shared: &Shared, stream: &TcpStream) {
+    if shared.inherits_options.load(Ordering::Relaxed) {
+        return;
+    }
+    let opts = shared.options.socket_options();
+    let sock = SockRef::from(stream);
+    let inherited = sock.tcp_nodelay().is_ok_and(|v| v == opts.nodelay)
+        && opts.keepalive.is_none()
+        && sock
+            .tcp_user_timeout()
+            .is_ok_and(|v| v == opts.user_timeout.filter(|t| !t.is_zero()));
+    if inherited {
+        shared.inherits_options.store(true, Ordering::Relaxed);
+    } else {
+        let _ = connect::configure_stream(stream, &opts);
+    }
 }
 
 /// Most bytes a peer may send before its first message is complete.
 const MAX_FIRST_MESSAGE: usize = 4096;
 
+/// The background acceptor: polls while no application thread is in a
+/// blocking `accept` (sessions are then queued for later accepts, and
+/// RESUMEs attached at once).
 fn acceptor(weak: Weak<Shared>) {
-    let mut pending: Vec<Pending> = Vec::new();
-    let mut rng = StdRng::from_os_rng();
-    let mut last_sweep = Instant::now();
+    let mut idle_since: Option<Instant> = None;
     loop {
         let Some(shared) = weak.upgrade() else { return };
         if shared.closed.load(Ordering::Acquire) {
             return;
         }
-        let now = Instant::now();
-        let next = pending
-            .iter()
-            .map(|p| p.deadline)
-            .min()
-            .unwrap_or(now + Duration::from_secs(1))
-            .min(now + Duration::from_secs(1));
-        {
-            let mut fds = Vec::with_capacity(3 + pending.len());
-            fds.push(PollFd::new(shared.wake_rx.as_fd(), PollFlags::POLLIN));
-            for l in shared.listener.listeners() {
-                fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
-            }
-            for p in &pending {
-                fds.push(PollFd::new(p.stream.as_fd(), PollFlags::POLLIN));
-            }
-            let _ = poll(&mut fds, driver::poll_timeout(Some(next)));
+        if shared.accepting.load(Ordering::SeqCst) > 0 {
+            idle_since = None;
+            drop(shared);
+            std::thread::sleep(ACCEPTOR_TAKEOVER);
+            continue;
         }
+        // Let an application thread that just returned from accept come
+        // back before taking over.
+        let now = Instant::now();
+        let since = *idle_since.get_or_insert(now);
+        let idle = now.saturating_duration_since(since);
+        if idle < ACCEPTOR_TAKEOVER {
+            drop(shared);
+            std::thread::sleep(ACCEPTOR_TAKEOVER.saturating_sub(idle));
+            continue;
+        }
+        let Ok(mut core) = shared.core.try_lock() else {
+            drop(shared);
+            std::thread::sleep(Duration::from_millis(1));
+            continue;
+        };
+        shared.bg_polling.store(true, Ordering::SeqCst);
+        if shared.accepting.load(Ordering::SeqCst) == 0 {
+            accept_round(&shared, &mut core, now + Duration::from_secs(1));
+        }
+        shared.bg_polling.store(false, Ordering::SeqCst);
+        drop(core);
+        // Waiting accepts retry at once.
+        if shared.cv_waiters.load(Ordering::SeqCst) > 0 {
+            shared.ready_cv.notify_all();
+        }
+    }
+}
+
+/// One poll of the listening sockets and the connections whose first
+/// message is pending (until `until` at the latest), then accepts, reads
+/// first messages, creates or resumes sessions.
+fn accept_round(shared: &Arc<Shared>, core: &mut AcceptCore, until: Instant) {
+    let AcceptCore {
+        pending,
+        rng,
+        last_sweep,
+    } = core;
+    let next = pending
+        .iter()
+        .map(|p| p.deadline)
+        .min()
+        .unwrap_or(until)
+        .min(until);
+    // Which descriptors fired: the wake pipe, each listener, each
+    // pending connection (only those are read).
+    let nlisten = shared.listener.listeners().count();
+    let fired: Vec<bool> = {
+        let mut fds = Vec::with_capacity(1 + nlisten + pending.len());
+        fds.push(PollFd::new(shared.wake_rx.as_fd(), PollFlags::POLLIN));
+        for l in shared.listener.listeners() {
+            fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
+        }
+        for p in pending.iter() {
+            fds.push(PollFd::new(p.stream.as_fd(), PollFlags::POLLIN));
+        }
+        let _ = poll(&mut fds, driver::poll_timeout(Some(next)));
+        fds.iter()
+            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+            .collect()
+    };
+    let fired_at = |i: usize| fired.get(i).copied().unwrap_or(false);
+    if fired_at(0) {
         let mut sink = [0u8; 64];
         while let Ok(n) = (&shared.wake_rx).read(&mut sink) {
             if n < sink.len() {
                 break;
             }
         }
-        if shared.closed.load(Ordering::Acquire) {
-            return;
+    }
+    if shared.closed.load(Ordering::Acquire) {
+        return;
+    }
+    // First messages on connections accepted earlier.
+    let now = Instant::now();
+    let mut ready: Vec<Pending> = Vec::new();
+    let mut keep = Vec::with_capacity(pending.len());
+    for (i, p) in pending.drain(..).enumerate() {
+        if fired_at(1 + nlisten + i) || p.deadline <= now {
+            ready.push(p);
+        } else {
+            keep.push(p);
         }
-        // New connections.
-        for l in shared.listener.listeners() {
-            loop {
-                match l.accept() {
-                    Ok((stream, _)) => {
-                        if stream.set_nonblocking(true).is_err() {
-                            continue;
-                        }
-                        let _ =
-                            connect::configure_stream(&stream, &shared.options.socket_options());
-                        shared.lock().stats.connections += 1;
-                        pending.push(Pending {
-                            stream,
-                            buf: Vec::new(),
-                            deadline: Instant::now() + shared.options.handshake_timeout,
-                        });
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "namesocket: accept failed");
-                        break;
-                    }
+    }
+    *pending = keep;
+    // New connections: one per ready listener and wake-up (poll is
+    // level-triggered, a backlog comes back at once). The first message
+    // usually arrived with the handshake: read it right away.
+    for (j, l) in shared.listener.listeners().enumerate() {
+        if !fired_at(1 + j) {
+            continue;
+        }
+        match l.accept() {
+            Ok((stream, peer)) => {
+                if stream.set_nonblocking(true).is_err() {
+                    continue;
                 }
+                configure_accepted(shared, &stream);
+                shared.lock().stats.connections += 1;
+                ready.push(Pending {
+                    stream,
+                    peer,
+                    buf: Vec::new(),
+                    deadline: now + shared.options.handshake_timeout,
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                tracing::debug!(error = %e, "namesocket: accept failed");
             }
         }
-        // First messages.
-        let now = Instant::now();
-        let mut i = 0;
-        while i < pending.len() {
-            match read_first(&mut pending[i]) {
-                FirstRead::NeedMore if pending[i].deadline > now => i += 1,
-                FirstRead::NeedMore => {
-                    shared.lock().stats.handshake_timeouts += 1;
-                    pending.swap_remove(i);
-                }
-                FirstRead::Gone => {
-                    pending.swap_remove(i);
-                }
-                FirstRead::Bad => {
-                    shared.lock().stats.bad_first_messages += 1;
-                    pending.swap_remove(i);
-                }
-                FirstRead::Message(msg, used) => {
-                    let p = pending.swap_remove(i);
-                    handle_first(&shared, p, msg, used, &mut rng);
-                }
+    }
+    for mut p in ready {
+        match read_first(&mut p) {
+            FirstRead::NeedMore if p.deadline > now => pending.push(p),
+            FirstRead::NeedMore => {
+                shared.lock().stats.handshake_timeouts += 1;
+            }
+            FirstRead::Gone => {}
+            FirstRead::Bad => {
+                shared.lock().stats.bad_first_messages += 1;
+            }
+            FirstRead::Message(msg, used) => {
+                handle_first(shared, p, msg, used, rng);
             }
         }
-        if now.saturating_duration_since(last_sweep) > Duration::from_secs(5) {
-            last_sweep = now;
-            shared.lock().sessions.retain(|_, w| {
-                w.upgrade().is_some_and(|c| {
-                    let st = c.lock();
-                    st.failure.is_none() && !st.session.is_finished()
-                })
-            });
-        }
+    }
+    if now.saturating_duration_since(*last_sweep) > Duration::from_secs(5) {
+        *last_sweep = now;
+        shared.lock().sessions.retain(|_, w| {
+            w.upgrade().is_some_and(|c| {
+                let st = c.lock();
+                st.failure.is_none() && !st.session.is_finished()
+            })
+        });
     }
 }
 
@@ -378,19 +530,17 @@ fn handle_first(
                 }
             };
             let mut cs = ConnState::new(session, shared.options.clone(), None);
-            let peer = p.stream.peer_addr().ok();
-            match Transport::new(p.stream) {
-                Ok(t) => cs.transport = Some(t),
-                Err(_) => return,
-            }
-            cs.log.current_path = peer.map(|pa| (None, pa));
+            let peer = p.peer;
+            cs.transport = Some(Transport::from_nonblocking(p.stream, Some(peer)));
+            cs.log.current_path = Some((None, peer));
             if !rest.is_empty() {
                 let _ = cs.session.handle_input(now, &rest);
             }
-            let Ok(conn) = Conn::new(cs) else { return };
+            let conn = Conn::new(cs);
             {
+                // The first message was just read to its end: only write.
                 let mut cs = conn.lock();
-                driver::pump(&conn, &mut cs, now);
+                driver::pump_with(&conn, &mut cs, now, false);
             }
             let mut st = shared.lock();
             st.sessions.insert(new.session_id, Arc::downgrade(&conn));
@@ -405,7 +555,9 @@ fn handle_first(
             st.stats.sessions += 1;
             st.ready.push_back(conn);
             drop(st);
-            shared.ready_cv.notify_one();
+            if shared.cv_waiters.load(Ordering::SeqCst) > 0 {
+                shared.ready_cv.notify_one();
+            }
         }
         FirstMessage::Resume(resume) => {
             let target = shared
@@ -422,16 +574,14 @@ fn handle_first(
             match cs.session.attach_resume(now, &resume, rng) {
                 Ok(()) => {
                     if let Some(old) = cs.transport.take() {
+                        connect::abort_on_close(&*old.stream);
                         let _ = old.stream.shutdown(std::net::Shutdown::Both);
                     }
-                    let peer: Option<SocketAddr> = p.stream.peer_addr().ok();
-                    match Transport::new(p.stream) {
-                        Ok(t) => cs.transport = Some(t),
-                        Err(_) => return,
-                    }
-                    cs.log.current_path = peer.map(|pa| (None, pa));
+                    let peer = p.peer;
+                    cs.transport = Some(Transport::from_nonblocking(p.stream, Some(peer)));
+                    cs.log.current_path = Some((None, peer));
                     cs.log
-                        .note(now, format!("resumed by the client from {peer:?}"));
+                        .note(now, format!("resumed by the client from {:?}", Some(peer)));
                     if !rest.is_empty() {
                         let _ = cs.session.handle_input(now, &rest);
                     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::addrsel::plan_paths;
+use crate::addrsel::plan_paths_cached;
 use crate::connect::{self, PathSet};
 use crate::driver::{self, ClientCtx, Conn, ConnState, Options, PathLog, Transport};
 use crate::engine::{Session, Stats, WriteError};
@@ -48,8 +48,17 @@ impl NameStream {
         options.session.validate()?;
         let resolver = Resolver::new(options.resolver.clone());
         let resolution = resolver.resolve(host, service)?;
-        let candidates = plan_paths(&resolution.addrs)?;
-        let won = connect::connect_pairs_with(&candidates, &options.race())?;
+        let candidates = plan_paths_cached(&resolution.addrs)?;
+        let won = match connect::connect_pairs_nonblocking(&candidates, &options.race()) {
+            Ok(won) => won,
+            Err(e) => {
+                crate::addrsel::forget_cached_plans();
+                return Err(e.into());
+            }
+        };
+        if !won.failures.is_empty() {
+            crate::addrsel::forget_cached_plans();
+        }
         let session = Session::client(options.session.clone(), driver::current_keys())?;
         let client = ClientCtx {
             netns: driver::current_netns(),
@@ -61,13 +70,15 @@ impl NameStream {
         };
         let mut st = ConnState::new(session, options.clone(), Some(client));
         st.log.current_path = Some((won.path.src, won.path.dst));
-        st.transport = Some(Transport::new(won.stream)?);
+        st.transport = Some(Transport::from_nonblocking(won.stream, Some(won.path.dst)));
         let now = Instant::now();
         {
             let st = &mut st;
             st.session.transport_up(now, &mut st.rng)?;
         }
-        let conn = Conn::new(st)?;
+        // Only this thread knows the connection until the handshake is done:
+        // it needs no wake fd and no keeper yet.
+        let conn = Conn::new_private(st);
         // Wait for NEW_ACK before handing the session to the application:
         // until then a failed path cannot be resumed (the resume key needs
         // the server's half), so data must not be written yet. A path that
@@ -77,8 +88,11 @@ impl NameStream {
                 .connect_attempt_timeout
                 .max(options.session.dead_timeout * 4);
         let mut st = conn.lock();
+        // Nothing can have arrived before NEW is sent: skip the first read.
+        let mut read = false;
         loop {
-            driver::pump(&conn, &mut st, Instant::now());
+            driver::pump_with(&conn, &mut st, Instant::now(), read);
+            read = true;
             // A graceful close can only follow NEW_ACK: the server accepted
             // and already closed (its data, if any, is buffered for reading).
             if st.session.is_established() || matches!(st.failure, Some(Failure::Closed)) {
@@ -93,6 +107,7 @@ impl NameStream {
             st = conn.wait(st, false, Some(deadline));
         }
         drop(st);
+        conn.register();
         Ok(NameStream::from_conn(conn))
     }
 
@@ -285,7 +300,7 @@ impl NameStream {
 
     /// The local address of the current transport, if one is up.
     pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.conn.lock().transport.as_ref().and_then(|t| t.local)
+        self.conn.lock().transport.as_ref().and_then(|t| t.local())
     }
 
     /// The peer address of the current transport, if one is up.
@@ -362,15 +377,23 @@ fn lock_opt(m: &std::sync::Mutex<Option<Duration>>) -> Option<Duration> {
 
 impl Drop for NameStream {
     fn drop(&mut self) {
-        let finished = {
+        let (finished, busy) = {
             let mut st = self.conn.lock();
             st.app_closed = true;
             st.session.close();
-            driver::pump(&self.conn, &mut st, Instant::now());
-            st.failure.is_some() || st.session.is_finished()
+            // Send what closing queued; reading the peer's answers is the
+            // keeper's job (a read here would nearly always find nothing).
+            driver::pump_with(&self.conn, &mut st, Instant::now(), false);
+            (
+                st.failure.is_some() || st.session.is_finished(),
+                st.session.unacked_bytes() > 0 || st.session_has_output(),
+            )
         };
         if !finished {
-            driver::keeper().linger(Arc::clone(&self.conn));
+            // Normally registered at connect; a stream dropped while its
+            // handshake failed midway is not.
+            self.conn.register();
+            driver::keeper().linger(Arc::clone(&self.conn), busy);
         }
     }
 }
