@@ -426,7 +426,8 @@ pub enum LocState {
 pub struct ShimLocInfo {
     /// Address.
     pub addr: IpAddr,
-    /// Application priority (0 when never set).
+    /// Application priority (lower = preferred; 65535, the lowest, when
+    /// the application never set one).
     pub prio: u16,
     /// Application weight (0 when never set).
     pub weight: u16,

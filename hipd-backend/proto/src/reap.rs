@@ -383,6 +383,8 @@ pub struct Detector {
     params: Params,
     rng: u64,
     candidates: Vec<Pair>,
+    /// Fate-sharing group (e.g. interface index) of local addresses.
+    local_groups: Vec<(IpAddr, u32)>,
     current: Option<Pair>,
     state: ReapState,
     first_out: Option<Instant>,
@@ -423,6 +425,7 @@ impl Detector {
             params: params.sanitized(),
             rng: seed,
             candidates: current.into_iter().collect(),
+            local_groups: Vec::new(),
             current,
             state: ReapState::Operational,
             first_out: None,
@@ -535,6 +538,18 @@ impl Detector {
         }
         self.ret = None;
         self.update_return(now);
+        self.update_standby(now);
+    }
+
+    /// Fate-sharing groups of local addresses (the daemon passes interface
+    /// indexes): the hot-standby pair is taken from another group than the
+    /// current pair's source when one exists, so that one link failure
+    /// cannot take both down.
+    pub fn set_local_groups(&mut self, now: Instant, groups: Vec<(IpAddr, u32)>) {
+        if groups == self.local_groups {
+            return;
+        }
+        self.local_groups = groups;
         self.update_standby(now);
     }
 
@@ -1144,9 +1159,18 @@ impl Detector {
         let c = self.current?;
         let others = || self.candidates.iter().copied().filter(move |p| *p != c);
         let usable = |p: &Pair| !self.unreachable.contains(p);
+        let group = |a: IpAddr| {
+            self.local_groups
+                .iter()
+                .find(|(x, _)| *x == a)
+                .map(|(_, g)| *g)
+        };
         let disjoint = |p: &Pair| p.0 != c.0 && p.1 != c.1;
+        let other_link =
+            |p: &Pair| group(p.0).is_none() || group(c.0).is_none() || group(p.0) != group(c.0);
         others()
-            .find(|p| usable(p) && disjoint(p))
+            .find(|p| usable(p) && disjoint(p) && other_link(p))
+            .or_else(|| others().find(|p| usable(p) && disjoint(p)))
             .or_else(|| others().find(usable))
             .or_else(|| others().next())
     }

@@ -1041,3 +1041,29 @@ proptest! {
         prop_assert!(cur == w || d.candidates().contains(&cur));
     }
 }
+
+/// With fate-sharing groups (interfaces), the standby is taken from
+/// another link even when a disjoint pair exists on the current link
+/// (e.g. the IPv4 pair of the same link).
+#[test]
+fn standby_comes_from_another_link() {
+    let t0 = Instant::now();
+    let params = Params {
+        hot_standby: true,
+        ..exact()
+    };
+    // ip(1), ip(3) on interface 7 (link 1); ip(2) on interface 8 (link 2).
+    let same_link = (ip(3), ip(13));
+    let mut d = Detector::new(params, t0, Some(p1()), 3);
+    d.set_local_groups(t0, vec![(ip(1), 7), (ip(3), 7), (ip(2), 8)]);
+    d.set_candidates(t0, vec![p1(), same_link, p2()]);
+    let acts: Vec<Action> = run_to(&mut d, t0).into_iter().map(|a| a.1).collect();
+    let pr = probes(&acts);
+    assert_eq!(pr.len(), 1);
+    assert_eq!(pr[0].1, p2(), "standby on the other link");
+    // Without groups the first disjoint pair would be chosen.
+    let mut d = Detector::new(params, t0, Some(p1()), 3);
+    d.set_candidates(t0, vec![p1(), same_link, p2()]);
+    let acts: Vec<Action> = run_to(&mut d, t0).into_iter().map(|a| a.1).collect();
+    assert_eq!(probes(&acts)[0].1, same_link);
+}

@@ -47,6 +47,11 @@ pub(super) const TICK: Duration = Duration::from_millis(10);
 /// How often the candidate pairs are recomputed without a trigger.
 const CANDIDATE_REFRESH: Duration = Duration::from_secs(1);
 
+/// Sort key of a candidate pair: peer (prio, inverted weight), local
+/// (prio, inverted weight), not the kernel's source, other family,
+/// unverified.
+type RankKey = (u16, u16, u16, u16, u8, u8, u8);
+
 /// Per-association traffic stamps written by the data plane (nanoseconds
 /// since the daemon's epoch, 0 = none).
 #[derive(Debug, Default)]
@@ -156,6 +161,16 @@ impl Shared {
         }
     }
 
+    /// Local addresses with their interface (the fate-sharing groups of
+    /// the hot standby choice).
+    fn local_groups(core: &Core, ep: usize, peer: Hit) -> Vec<(IpAddr, u32)> {
+        core.eps
+            .get(ep)
+            .and_then(|e| e.locators(peer))
+            .map(|v| v.local.iter().map(|l| (l.addr, l.ifindex)).collect())
+            .unwrap_or_default()
+    }
+
     /// The candidate pairs of a context, in preference order.
     fn candidates(&self, core: &Core, ep: usize, local: Hit, peer: Hit) -> Vec<Pair> {
         let Some(view) = core.eps.get(ep).and_then(|e| e.locators(peer)) else {
@@ -166,7 +181,9 @@ impl Shared {
         let allowed = |list: &Option<Vec<crate::control::LocPref>>, a: IpAddr| {
             list.as_ref().is_none_or(|l| l.iter().any(|x| x.addr == a))
         };
-        let mut v: Vec<((u16, u16, u16, u16, u8, u8), Pair)> = Vec::new();
+        // Stay in the family of the pair in use when possible.
+        let cur_v4 = self.ctx_path_pub(local, peer).map(|p| p.1.is_ipv4());
+        let mut v: Vec<(RankKey, Pair)> = Vec::new();
         for p in &view.peer {
             if p.state == LocatorState::Deprecated || !allowed(&ctx.loclist_peer, p.addr) {
                 continue;
@@ -188,8 +205,17 @@ impl Shared {
                     .unwrap_or((u16::MAX, 0));
                 let matching = u8::from(kernel_src != Some(l.addr));
                 let unverified = u8::from(p.state != LocatorState::Active);
+                let other_family = u8::from(cur_v4.is_some_and(|v4| v4 != p.addr.is_ipv4()));
                 v.push((
-                    (pp, u16::MAX - pw, lp, u16::MAX - lw, matching, unverified),
+                    (
+                        pp,
+                        u16::MAX - pw,
+                        lp,
+                        u16::MAX - lw,
+                        matching,
+                        other_family,
+                        unverified,
+                    ),
                     (l.addr, p.addr),
                 ));
             }
@@ -212,6 +238,7 @@ impl Shared {
         let seed =
             u64::from_le_bytes(local.as_bytes()[8..16].try_into().unwrap_or([7; 8])) ^ self.ns(now);
         let mut det = Detector::new(params, now, Some(pair), seed);
+        det.set_local_groups(now, Self::local_groups(core, ep, peer));
         det.set_candidates(now, self.candidates(core, ep, local, peer));
         core.failover.insert(
             (local, peer),
@@ -301,7 +328,10 @@ impl Shared {
                 .is_some_and(|f| f.cands_at.is_none_or(|t| now - t >= CANDIDATE_REFRESH));
             let cands = if refresh {
                 let ep = core.failover.get(&(local, peer)).map_or(0, |f| f.ep);
-                Some(self.candidates(core, ep, local, peer))
+                Some((
+                    Self::local_groups(core, ep, peer),
+                    self.candidates(core, ep, local, peer),
+                ))
             } else {
                 None
             };
@@ -309,7 +339,8 @@ impl Shared {
             let Some(f) = core.failover.get_mut(&(local, peer)) else {
                 continue;
             };
-            if let Some(c) = cands {
+            if let Some((g, c)) = cands {
+                f.det.set_local_groups(now, g);
                 f.det.set_candidates(now, c);
                 f.cands_at = Some(now);
             }

@@ -228,6 +228,10 @@ impl Shared {
         })
     }
 
+    pub(super) fn ctx_path_pub(&self, local: Hit, peer: Hit) -> Option<(IpAddr, IpAddr)> {
+        self.ctx_path(local, peer)
+    }
+
     fn ctx_path(&self, local: Hit, peer: Hit) -> Option<(IpAddr, IpAddr)> {
         let dp = self.dp.read().unwrap_or_else(|p| p.into_inner());
         dp.out.get(&(local, peer)).map(|o| {
@@ -256,7 +260,11 @@ impl Shared {
             .local
             .iter()
             .map(|l| {
-                let (prio, weight) = ctx.local_prefs.get(&l.addr).copied().unwrap_or((0, 0));
+                let (prio, weight) = ctx
+                    .local_prefs
+                    .get(&l.addr)
+                    .copied()
+                    .unwrap_or((u16::MAX, 0));
                 ShimLocInfo {
                     addr: l.addr,
                     prio,
@@ -274,7 +282,11 @@ impl Shared {
             .peer
             .iter()
             .map(|l| {
-                let (prio, weight) = ctx.peer_prefs.get(&l.addr).copied().unwrap_or((0, 0));
+                let (prio, weight) = ctx
+                    .peer_prefs
+                    .get(&l.addr)
+                    .copied()
+                    .unwrap_or((u16::MAX, 0));
                 let state = if ctx.unreachable.contains(&l.addr) {
                     LocState::Unreachable
                 } else {
