@@ -181,6 +181,12 @@ pub struct ChangePolicy {
     last_unacked: u32,
     /// When the last ACK was received, while data is outstanding.
     stalled_since: Option<Instant>,
+    /// Since when data has been outstanding (the sample before the one that
+    /// first showed `unacked > 0`; for the very first sample, the last
+    /// ACK), `None` while nothing is.
+    outstanding_since: Option<Instant>,
+    /// Time of the last `tcp_info` sample.
+    last_sample: Option<Instant>,
     switches: u64,
     /// When the last switch happened (for [`PolicyConfig::follow_hold`]).
     last_switch: Option<Instant>,
@@ -248,6 +254,8 @@ impl ChangePolicy {
             last_retx: 0,
             last_unacked: 0,
             stalled_since: None,
+            outstanding_since: None,
+            last_sample: None,
             switches: 0,
             last_switch: None,
             route_source: vec![None; peers.len()],
@@ -352,6 +360,24 @@ impl ChangePolicy {
         now: Instant,
     ) -> Option<Decision> {
         let stall = self.config.stall_timeout;
+        // `tcpi_last_ack_recv` keeps growing while the connection is idle:
+        // a stall is measured from the later of the last ACK and the moment
+        // data became outstanding (at the latest: the previous sample), or
+        // the first write after an idle period would look like a stall.
+        if unacked == 0 {
+            self.outstanding_since = None;
+        } else if self.outstanding_since.is_none() {
+            // Without an earlier sample, trust the kernel's figure.
+            self.outstanding_since = Some(
+                self.last_sample
+                    .unwrap_or_else(|| now.checked_sub(since_last_ack).unwrap_or(now)),
+            );
+        }
+        self.last_sample = Some(now);
+        let since_last_ack = match self.outstanding_since {
+            Some(o) => since_last_ack.min(now.saturating_duration_since(o)),
+            None => since_last_ack,
+        };
         // The kernel resets its counter when an ACK advances: the path works.
         let progressed = retransmits < self.last_retx;
         let healthy =
@@ -939,5 +965,27 @@ mod tests {
         .unwrap();
         assert!(z.handle(PolicyEvent::PeerSegment(other), t0).is_some());
         assert!(z.handle(PolicyEvent::PeerSegment(orig), t0).is_some());
+    }
+
+    /// The first write after an idle period is not a stall, however long
+    /// ago the last ACK arrived; data outstanding without ACKs is.
+    #[test]
+    fn idle_then_write_is_not_a_stall() {
+        let t0 = Instant::now();
+        let mut p = ChangePolicy::new(
+            PolicyConfig::default(),
+            &[a("2001:db8::1")],
+            &[a("2001:db8:1::2"), a("2001:db8:2::2")],
+        )
+        .unwrap();
+        // Idle for 2 s (no ACK for 2 s, nothing outstanding).
+        assert_eq!(p.handle(info(0, 0, 2000), t0), None);
+        // A write: unacked, the last ACK is 2.05 s old, but the data has
+        // been outstanding for at most 50 ms.
+        assert_eq!(p.handle(info(0, 3, 2050), t0 + 50 * MS), None);
+        assert_eq!(p.handle(info(0, 3, 2100), t0 + 100 * MS), None);
+        // Still no ACK 300 ms after the data went out: a stall.
+        let d = p.handle(info(0, 3, 2350), t0 + 350 * MS).unwrap();
+        assert_eq!(d.reason, SwitchReason::Stall);
     }
 }
