@@ -65,8 +65,13 @@
 //!   could no longer send on the original tuple (the route lookup fails
 //!   before the OUTPUT hook) nor receive on it. For moved connections the
 //!   daemon adds fallback routes (`local <orig local>/128 dev lo` and
-//!   `<orig peer>/128 dev <current device>`) to table 4242, consulted by a
-//!   rule after `main`.
+//!   `<orig peer>/128 dev <current device>`) to table 4242, and two policy
+//!   rules at preference 32000 — before `main`, so a default route on the
+//!   host cannot take the packets (it would send the incoming ones to
+//!   forwarding) — that match exactly the connection's original 5-tuple
+//!   (`from L to P ipproto tcp sport l dport p`, and the reverse). Other
+//!   traffic keeps the host's routes; the rules go when the connection is
+//!   back on its original pair or closed.
 //! - Signals: link, IPv6 address and IPv6 route changes arrive as
 //!   rtnetlink multicast notifications (`RTMGRP_LINK`,
 //!   `RTMGRP_IPV6_IFADDR`, `RTMGRP_IPV6_ROUTE`); each batch makes the

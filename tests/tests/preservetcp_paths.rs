@@ -167,16 +167,27 @@ fn server_follows_peer_back_to_the_original_pair() {
     assert_eq!((ca.current.local, ca.current.peer), (a1, b1), "{ca:?}");
     assert_eq!(ca.last_reason.as_deref(), Some("peer_moved"));
 
-    // Link 0 recovers; the client goes back to the original pair.
+    // Link 0 recovers; the client goes back to the original pair (after
+    // the server's follow hold, so its very first segment is followed)
+    // and keeps sending.
     t.l0.restore().expect("restore");
+    std::thread::sleep(Duration::from_millis(700));
     let ok = da.request(&Request::Move {
         id: ca.id,
         local: a0,
         peer: b0,
     });
     assert!(ok.ok, "{:?}", ok.error);
-    transfer(&mut c, &s, 1 << 20, 6);
-    let cb = wait_pair(&db, b0, a0);
+    let t0 = Instant::now();
+    let mut seed = 6;
+    let cb = loop {
+        transfer(&mut c, &s, 256 << 10, seed);
+        seed += 1;
+        let cb = only_conn(&db);
+        if (cb.current.local, cb.current.peer) == (b0, a0) || t0.elapsed() > TEN_S {
+            break cb;
+        }
+    };
     assert_eq!(
         (cb.current.local, cb.current.peer),
         (b0, a0),
@@ -188,11 +199,65 @@ fn server_follows_peer_back_to_the_original_pair() {
     // The client stays there (late segments on link 1 are not followed).
     std::thread::sleep(Duration::from_millis(700));
     let ca = only_conn(&da);
-    assert_eq!((ca.current.local, ca.current.peer), (a0, b0), "{ca:?}");
+    assert_eq!(
+        (ca.current.local, ca.current.peer),
+        (a0, b0),
+        "{ca:?}\nserver:\n{}\nclient:\n{}",
+        db.log(),
+        da.log()
+    );
 
     // Only link 0 works now: both directions must still flow.
     t.l1.drop_both().expect("drop link 1");
     transfer(&mut c, &s, 2 << 20, 7);
     transfer(&mut s, &c, 2 << 20, 8);
     eprintln!("server:\n{}\nclient:\n{}", db.log(), da.log());
+}
+
+/// Fallback routing on hosts that have a default route (here via link 1):
+/// after link 0 goes down on the client, its kernel must still receive the
+/// packets rewritten back to the original (now route-less) addresses —
+/// with the fallback table consulted only after `main`, the default route
+/// would send them to forwarding instead. Both directions must flow.
+#[test]
+fn fallback_routing_with_a_default_route() {
+    let t = two_links();
+    let (a1, b1) = (v6(&t.l1, &t.a), v6(&t.l1, &t.b));
+    for (h, via, dev) in [(&t.a, b1, t.l1.dev(&t.a)), (&t.b, a1, t.l1.dev(&t.b))] {
+        h.exec_ok([
+            "ip",
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &via.to_string(),
+            "dev",
+            dev,
+        ])
+        .expect("default route");
+    }
+    let (da, db, _l, mut c, mut s) = setup(&t, 5104, &[]);
+    t.l0.down_side(&t.a).expect("down");
+    transfer(&mut c, &s, 4 << 20, 9);
+    transfer(&mut s, &c, 4 << 20, 10);
+    let (ca, cb) = (only_conn(&da), only_conn(&db));
+    assert_eq!((ca.current.local, ca.current.peer), (a1, b1), "{ca:?}");
+    assert_eq!((cb.current.local, cb.current.peer), (b1, a1), "{cb:?}");
+    // Back to the original pair once link 0 is up again: the fallback
+    // rules are gone with the move, so the kernel's own routes apply.
+    t.l0.up_side(&t.a).expect("up");
+    std::thread::sleep(Duration::from_millis(600));
+    let ok = da.request(&Request::Move {
+        id: ca.id,
+        local: v6(&t.l0, &t.a),
+        peer: v6(&t.l0, &t.b),
+    });
+    assert!(ok.ok, "{:?}", ok.error);
+    transfer(&mut c, &s, 1 << 20, 11);
+    let cb = wait_pair(&db, v6(&t.l0, &t.b), v6(&t.l0, &t.a));
+    assert_eq!(cb.current.local, v6(&t.l0, &t.b), "{cb:?}");
+    t.l1.drop_both().expect("drop link 1");
+    transfer(&mut c, &s, 1 << 20, 12);
+    transfer(&mut s, &c, 1 << 20, 13);
 }

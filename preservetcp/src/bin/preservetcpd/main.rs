@@ -216,7 +216,7 @@ impl Shared {
     fn run_actions(&self, actions: Vec<Action>) {
         for a in actions {
             let r = match a {
-                Action::Redirect(t) => self.rules.redirect(&t),
+                Action::Redirect(t) => self.rules.redirect(&t).and(rules::fallback_rules(&t, true)),
                 Action::Unredirect(t) => {
                     if let Some(f) = &self.fast {
                         let old = f.lock().unwrap_or_else(|e| e.into_inner()).remove(&t);
@@ -224,7 +224,9 @@ impl Shared {
                             self.log(&format!("fast path: {e}"));
                         }
                     }
-                    self.rules.unredirect(&t)
+                    self.rules
+                        .unredirect(&t)
+                        .and(rules::fallback_rules(&t, false))
                 }
                 Action::Moved(t, pair) => {
                     if let Some(f) = &self.fast {

@@ -283,11 +283,12 @@ impl Rules {
     }
 }
 
-/// Routing table for fallback routes, consulted after `main` (rule
-/// preference [`FALLBACK_PREF`]).
+/// Routing table for fallback routes.
 pub const FALLBACK_TABLE: &str = "4242";
-/// Preference of the rule for [`FALLBACK_TABLE`] (after main's 32766).
-pub const FALLBACK_PREF: &str = "40000";
+/// Preference of the per-connection rules that select [`FALLBACK_TABLE`]:
+/// after `local` (0), before `main` (32766), so they also apply on a host
+/// with a default route.
+pub const FALLBACK_PREF: &str = "32000";
 
 fn ip(args: &[&str]) -> Result<(), String> {
     let out = Command::new("ip")
@@ -305,35 +306,73 @@ fn ip(args: &[&str]) -> Result<(), String> {
     }
 }
 
-/// Fallback routes that keep a moved connection's *original* tuple usable
-/// by the kernel after the original link is gone. When a link goes down
-/// Linux removes its prefix route and the local route of its addresses
-/// (also with `keep_addr_on_down`); the kernel's TCP would then fail the
-/// route lookup for the original destination before the OUTPUT hook (so
-/// nothing could rewrite the packet), and incoming packets rewritten to the
-/// original local address would not be delivered. So for a moved
-/// connection the daemon adds, in a table consulted only when `main` has no
-/// route: `local <original local>/128 dev lo` and `<original peer>/128 dev
-/// <device of the current local address>`. Outgoing packets are rewritten
-/// in OUTPUT and rerouted by their new destination, so the device of the
-/// fallback route only has to exist.
+/// Fallback routing that keeps a moved connection's *original* tuple
+/// usable by the kernel after the original link is gone. When a link goes
+/// down Linux removes its prefix route and the local route of its
+/// addresses (also with `keep_addr_on_down`); the kernel's TCP would then
+/// fail the route lookup for the original destination before the OUTPUT
+/// hook (so nothing could rewrite the packet), and incoming packets
+/// rewritten to the original local address would not be delivered — on a
+/// host with a default route they would even be routed to forwarding. So
+/// for a moved connection the daemon adds, in [`FALLBACK_TABLE`], `local
+/// <orig local>/128 dev lo` and `<orig peer>/128 dev <device of the
+/// current local address>` ([`fallback_routes`]), and two policy rules at
+/// preference [`FALLBACK_PREF`], before `main`, that send exactly this
+/// connection's original 5-tuple there, one per direction
+/// ([`fallback_rules`]: `from L to P ipproto tcp sport l dport p` and the
+/// reverse). Outgoing packets are rewritten in OUTPUT and rerouted by their
+/// new addresses, so the device of the fallback route only has to exist.
+/// The rules only match the original tuple, so other traffic to the same
+/// addresses keeps the host's routes; they are removed when the connection
+/// returns to its original pair or closes (the table's routes stay until
+/// the daemon exits: without a rule pointing at them they are unused).
 pub fn fallback_setup() -> Result<(), String> {
     fallback_teardown();
-    ip(&[
-        "-6",
-        "rule",
-        "add",
-        "pref",
-        FALLBACK_PREF,
-        "table",
-        FALLBACK_TABLE,
-    ])
+    Ok(())
 }
 
-/// Removes the fallback rule and table.
+/// Removes the fallback rules and table.
 pub fn fallback_teardown() {
     while ip(&["-6", "rule", "del", "pref", FALLBACK_PREF]).is_ok() {}
     let _ = ip(&["-6", "route", "flush", "table", FALLBACK_TABLE]);
+}
+
+/// The selectors of a connection's two fallback rules.
+fn fallback_selectors(t: &FourTuple) -> [[String; 10]; 2] {
+    let sel = |from: Ipv6Addr, to: Ipv6Addr, sport: u16, dport: u16| {
+        [
+            "from".to_string(),
+            format!("{from}/128"),
+            "to".into(),
+            format!("{to}/128"),
+            "ipproto".into(),
+            "tcp".into(),
+            "sport".into(),
+            sport.to_string(),
+            "dport".into(),
+            dport.to_string(),
+        ]
+    };
+    [
+        sel(t.local, t.peer, t.local_port, t.peer_port),
+        sel(t.peer, t.local, t.peer_port, t.local_port),
+    ]
+}
+
+/// Adds (`add`) or removes a connection's fallback rules.
+pub fn fallback_rules(t: &FourTuple, add: bool) -> Result<(), String> {
+    let mut result = Ok(());
+    for sel in fallback_selectors(t) {
+        let mut a: Vec<&str> = vec!["-6", "rule", if add { "add" } else { "del" }];
+        a.extend(["pref", FALLBACK_PREF]);
+        a.extend(sel.iter().map(String::as_str));
+        a.extend(["table", FALLBACK_TABLE]);
+        let r = ip(&a);
+        if result.is_ok() {
+            result = r;
+        }
+    }
+    result
 }
 
 /// Adds the fallback routes for a connection moved to `current_dev`.
