@@ -23,10 +23,10 @@
 //!   generation), which never influences control flow.
 //! * **RHASH of an association** = the hash of the **Responder's** HIT suite
 //!   (RFC 7401 §5.2.4 / §6.5: the Responder's HIT suite fixes RHASH). It is
-//!   used for the puzzle, HIP_MAC and the KEYMAT HKDF. Because the crypto
-//!   layer has no cSHAKE128/KMAC128, an **Ed25519 identity (HIT suite 5)
-//!   can initiate but not respond**: no R1 is precomputed for it and I1s
-//!   addressed to it are dropped ([`Stats::unsupported`]).
+//!   used for the puzzle, HIP_MAC and the KEYMAT HKDF. For an **Ed25519
+//!   identity (HIT suite 5, RFC 9374)** RHASH is cSHAKE128 and HIP_MAC and
+//!   the KEYMAT PRF are KMAC128 (see the `endpoint` module docs and
+//!   `crypto::keccak`); Ed25519 hosts initiate and respond.
 //! * **Stateless Responder.** R1s are precomputed per (local identity,
 //!   DH group) at construction and on every rotation
 //!   ([`Config::r1_rotation`]), each signed with receiver HIT = 0 and
@@ -38,7 +38,9 @@
 //!   i.e. for one to two rotation periods; the PUZZLE Lifetime field
 //!   announces at least one rotation period. An I2 must therefore come from
 //!   the same address pair as its I1. R1_COUNTER is always sent and is
-//!   required in I2. R1s are not rate-limited by the engine.
+//!   required in I2. R1s are rate-limited by a token bucket
+//!   ([`Config::r1_rate`], [`Config::r1_burst`]; see the `endpoint` module
+//!   docs).
 //! * **DH group.** The Responder chooses the first group of its own list
 //!   that the I1 offered; with no overlap it uses its first group. The
 //!   Initiator treats a group other than the first Responder entry it
