@@ -911,7 +911,7 @@ pub const PLAN_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(1
 pub(crate) fn netns_identity() -> Option<(u64, u64)> {
     nix::sys::stat::stat("/proc/thread-self/ns/net")
         .ok()
-        .map(|s| (s.st_dev as u64, s.st_ino as u64))
+        .map(|s| (s.st_dev, s.st_ino))
 }
 
 struct CachedPlan {
