@@ -531,6 +531,14 @@ fn failover_run(fault: Fault, tuned: bool, hot_standby: bool) -> Duration {
         ctx.path
     );
     assert!(ctx.switches >= 1);
+    // hipconf shows the switch too.
+    let (code, out, _) = t.ha.hipconf(&["daemon", "get", "shim", "all"]);
+    assert_eq!(code, 0);
+    let (l, p) = ctx.path.unwrap();
+    assert!(
+        out.contains(&format!("path {l} -> {p}")),
+        "hipconf get shim: {out}"
+    );
     eprintln!(
         "failover {fault:?} tuned={tuned} standby={hot_standby}: longest receive gap {gap:?}, path {:?}",
         ctx.path
@@ -623,5 +631,88 @@ fn shim_bad_locators_get_the_rfc_errno() {
         .getsockopt(plain.1.as_fd(), SOL_SHIM, SHIM_LOC_PEER_PREF, &mut v)
         .unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
+    drop(t.lab);
+}
+
+/// The same with a connected UDP socket: SHIM_LOC_PEER_PREF moves the
+/// datagrams to link 2 and back.
+#[test]
+fn shim_peer_pref_moves_udp_traffic_between_links() {
+    let t = two_hosts("");
+    let (hit_a, hit_b) = (t.ha.hit(), t.hb.hit());
+    let rs = {
+        let _g = t.b.enter().unwrap();
+        UdpSocket::bind(SocketAddr::new(IpAddr::V6(hit_b), 6500)).unwrap()
+    };
+    let ss = {
+        let _g = t.a.enter().unwrap();
+        let s = UdpSocket::bind(SocketAddr::new(IpAddr::V6(hit_a), 6501)).unwrap();
+        s.connect(SocketAddr::new(IpAddr::V6(hit_b), 6500)).unwrap();
+        s
+    };
+    rs.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    ss.send(b"hello").unwrap();
+    let mut buf = [0u8; 2048];
+    rs.recv(&mut buf).unwrap();
+    let flow = FlowId {
+        proto: 17,
+        local: IpAddr::V6(hit_a),
+        local_port: 6501,
+        peer: IpAddr::V6(hit_b),
+        peer_port: 6500,
+    };
+    let b2 = t.l2.addr(&t.b, Family::V6);
+    wait_for("b's link-2 locator at a", Duration::from_secs(10), || {
+        shim_ctx(&t.ha, flow).peer.iter().any(|l| l.addr == b2)
+    });
+    let shim = Shim::new(&t.ha.sock);
+    let rs = std::sync::Arc::new(rs);
+    let blast = |n: usize| {
+        let r = rs.clone();
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            let mut got = 0;
+            r.set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+            while got < n && r.recv(&mut buf).is_ok() {
+                got += 1;
+            }
+            got
+        });
+        let payload = [7u8; 1000];
+        for i in 0..n {
+            ss.send(&payload).unwrap();
+            if i % 20 == 19 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        reader.join().unwrap()
+    };
+    for (addr, prio, link) in [(b2, 1u16, 2), (t.l1.addr(&t.b, Family::V6), 0, 1)] {
+        shim.setsockopt(
+            ss.as_fd(),
+            SOL_SHIM,
+            SHIM_LOC_PEER_PREF,
+            &locator_bytes(addr, prio),
+        )
+        .unwrap();
+        wait_for("the preferred path", Duration::from_secs(5), || {
+            shim_ctx(&t.ha, flow).path.is_some_and(|p| p.1 == addr)
+        });
+        let (a1, a2) = tx(&t, &t.a);
+        let got = blast(2000);
+        let (a1n, a2n) = tx(&t, &t.a);
+        let (on, off) = if link == 2 {
+            (a2n - a2, a1n - a1)
+        } else {
+            (a1n - a1, a2n - a2)
+        };
+        assert!(got > 1800, "only {got} of 2000 datagrams arrived");
+        assert!(
+            on >= got as u64 * 1000,
+            "link {link} carried only {on} bytes"
+        );
+        assert!(off < 100_000, "the other link still carried {off} bytes");
+    }
     drop(t.lab);
 }
