@@ -899,3 +899,33 @@ fn notify_unsupported_hit_suite_restarts_from_another_suite() {
     );
     assert_eq!(p.a.endpoint.stats().hit_suite_retries, 1);
 }
+
+/// `set_puzzle_k` takes effect for the next exchange at once (new R1
+/// generation) and leaves live associations alone.
+#[test]
+fn puzzle_difficulty_changes_at_run_time() {
+    let cfg = fast_config();
+    let mut p = pair(
+        test_identity(IdentityKind::EcdsaP256, 0),
+        test_identity(IdentityKind::EcdsaP256, 1),
+        cfg.clone(),
+        cfg,
+    );
+    let b_hit = p.b.endpoint.local_hits()[0];
+    let now = p.now;
+    p.a.endpoint
+        .connect(now, Some(b_hit), vec![addr(2)], None)
+        .unwrap();
+    check_bex(&mut p);
+    let before = p.b.endpoint.r1_counter();
+    let now = p.now;
+    p.b.endpoint.set_puzzle_k(now, 9).unwrap();
+    assert_eq!(p.b.endpoint.config().puzzle_k, 9);
+    assert_eq!(p.b.endpoint.r1_counter(), before + 1, "R1s rebuilt at once");
+    assert_eq!(p.b.endpoint.association_count(), 1);
+    assert!(
+        p.b.endpoint
+            .associations()
+            .all(|a| a.state() == hip_proto::engine::State::Established)
+    );
+}

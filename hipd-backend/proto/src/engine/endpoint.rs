@@ -548,6 +548,20 @@ impl Endpoint {
         Some(a)
     }
 
+    /// Changes the puzzle difficulty #K of the R1s built from now on and
+    /// rotates the precomputed R1s at once, so the next I1 gets the new
+    /// difficulty. Live associations are unaffected; solutions to R1s of
+    /// the previous generation stay acceptable for one rotation period.
+    pub fn set_puzzle_k(&mut self, now: Instant, k: u8) -> Result<(), EngineError> {
+        let old = self.config.puzzle_k;
+        self.config.puzzle_k = k;
+        if let Err(e) = self.rotate(now) {
+            self.config.puzzle_k = old;
+            return Err(e);
+        }
+        Ok(())
+    }
+
     fn rotate(&mut self, now: Instant) -> Result<(), EngineError> {
         let counter = self.gen_cur.counter + 1;
         let g = build_generation(
