@@ -4,8 +4,9 @@
 //! sealing; inbound IPv6 packets become IPv4 when the flow is an LSI flow.
 //! TCP and UDP checksums are adjusted for the pseudo-header change
 //! (RFC 1624; an IPv4 UDP checksum of zero is computed in full, since IPv6
-//! requires it). Other protocols are carried unchanged; ICMP is not
-//! translated (ICMPv4 inside an LSI flow is dropped). Fragmented IPv4 and
+//! requires it). ICMP echo requests and replies are translated (ICMPv4
+//! 8/0 ↔ ICMPv6 128/129, checksums recomputed), so `ping` to an LSI works;
+//! other ICMPv4 messages inside an LSI flow are dropped. Fragmented IPv4 and
 //! IPv4 options are not supported (dropped / options removed). The
 //! listener check for a new inbound flow reads `/proc/net/{tcp,udp}{,6}`;
 //! its answer per (protocol, local port) is cached for
@@ -77,12 +78,12 @@ pub(super) fn v4_to_v6(pkt: &[u8], dp: &DataPlane, out: &mut Vec<u8>) -> Option<
     if frag & 0x3fff != 0 {
         return None; // fragment
     }
-    if h.proto == 1 {
-        return None; // ICMPv4 is not translated
-    }
     let local = *dp.local_lsi.get(&h.src)?;
     let peer = *dp.lsi_peer.get(&h.dst)?;
     let payload = pkt.get(h.header_len..h.total_len)?;
+    if h.proto == 1 {
+        return icmp4_to_6(pkt, &h, payload, dp, local, peer, out);
+    }
     let plen = u16::try_from(payload.len()).ok()?;
     out.clear();
     out.extend_from_slice(&[0x60 | (pkt[1] >> 4), pkt[1] << 4, 0, 0]);
@@ -120,6 +121,46 @@ pub(super) fn v4_to_v6(pkt: &[u8], dp: &DataPlane, out: &mut Vec<u8>) -> Option<
             f.insert((peer, h.proto, sport, dport), true);
         }
     }
+    Some((local, peer))
+}
+
+/// ICMPv4 echo request/reply → ICMPv6 echo request/reply (RFC 7915 §4.2
+/// for the echo messages; other ICMP types are not translated).
+fn icmp4_to_6(
+    pkt: &[u8],
+    h: &super::net::Ipv4Header,
+    payload: &[u8],
+    dp: &DataPlane,
+    local: Hit,
+    peer: Hit,
+    out: &mut Vec<u8>,
+) -> Option<(Hit, Hit)> {
+    let t6 = match (payload.first()?, payload.get(1)?) {
+        (8, 0) => 128,
+        (0, 0) => 129,
+        _ => return None,
+    };
+    let ident = u16::from_be_bytes([*payload.get(4)?, *payload.get(5)?]);
+    let plen = u16::try_from(payload.len()).ok()?;
+    out.clear();
+    out.extend_from_slice(&[0x60 | (pkt[1] >> 4), pkt[1] << 4, 0, 0]);
+    out.extend_from_slice(&plen.to_be_bytes());
+    out.push(58);
+    out.push(h.ttl);
+    out.extend_from_slice(local.as_bytes());
+    out.extend_from_slice(peer.as_bytes());
+    out.extend_from_slice(payload);
+    let p = out.get_mut(40..)?;
+    p[0] = t6;
+    p[2] = 0;
+    p[3] = 0;
+    let c = full_v6(local.as_bytes(), peer.as_bytes(), 58, p);
+    p[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut f = dp.lsi_flows.lock().unwrap_or_else(|p| p.into_inner());
+    if f.len() > 65536 {
+        f.clear();
+    }
+    f.insert((peer, 58, ident, ident), true);
     Some((local, peer))
 }
 
@@ -169,6 +210,19 @@ pub(super) fn deliver_as_v4(pkt: &[u8], dp: &DataPlane, local: Hit, peer: Hit) -
     let Some(&proto) = pkt.get(6) else {
         return false;
     };
+    if proto == 58 {
+        // Echo replies/requests of a ping the host started over LSIs.
+        let (Some(&t), Some(i)) = (pkt.get(40), pkt.get(44..46)) else {
+            return false;
+        };
+        let ident = u16::from_be_bytes([i[0], i[1]]);
+        return (t == 128 || t == 129)
+            && dp
+                .lsi_flows
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(&(peer, 58, ident, ident));
+    }
     if proto != 6 && proto != 17 {
         return false;
     }
@@ -238,9 +292,10 @@ pub(super) fn v6_to_v4(
     let (Some(&llsi), Some(&plsi)) = (dp.local_hit_lsi.get(&local), dp.peer_lsi.get(&peer)) else {
         return false;
     };
-    let (Some(&proto), Some(&hop), Some(payload)) = (pkt.get(6), pkt.get(7), pkt.get(40..)) else {
+    let (Some(&proto6), Some(&hop), Some(payload)) = (pkt.get(6), pkt.get(7), pkt.get(40..)) else {
         return false;
     };
+    let proto = if proto6 == 58 { 1 } else { proto6 };
     let Ok(tot) = u16::try_from(payload.len() + 20) else {
         return false;
     };
@@ -253,6 +308,22 @@ pub(super) fn v6_to_v4(
     let hc = !fold(sum16(0, &out[..20]));
     out[10..12].copy_from_slice(&hc.to_be_bytes());
     out.extend_from_slice(payload);
+    if proto6 == 58 {
+        let p = &mut out[20..];
+        match p.first() {
+            Some(128) => p[0] = 8,
+            Some(129) => p[0] = 0,
+            _ => return false,
+        }
+        if p.len() < 8 {
+            return false;
+        }
+        p[2] = 0;
+        p[3] = 0;
+        let c = !fold(sum16(0, p));
+        p[2..4].copy_from_slice(&c.to_be_bytes());
+        return true;
+    }
     if let Some(off) = csum_offset(proto, payload.len()) {
         let p = &mut out[20..];
         let old = u16::from_be_bytes([p[off], p[off + 1]]);
@@ -349,6 +420,45 @@ mod tests {
         assert!(deliver_as_v4(&back6, &d, local, peer));
         let mut other = back6.clone();
         other[42..44].copy_from_slice(&4321u16.to_be_bytes());
+        assert!(!deliver_as_v4(&other, &d, local, peer));
+    }
+
+    #[test]
+    fn ping_over_lsis_is_translated_both_ways() {
+        let (d, local, peer, ll, pl) = dp();
+        // ICMPv4 echo request, id 0x1234, seq 1, 8 bytes of data.
+        let mut icmp = vec![8, 0, 0, 0, 0x12, 0x34, 0, 1, 1, 2, 3, 4, 5, 6, 7, 8];
+        let c = !fold(sum16(0, &icmp));
+        icmp[2..4].copy_from_slice(&c.to_be_bytes());
+        let mut p4 = vec![0x45, 0];
+        p4.extend_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
+        p4.extend_from_slice(&[0, 0, 0x40, 0, 64, 1, 0, 0]);
+        p4.extend_from_slice(&ll.octets());
+        p4.extend_from_slice(&pl.octets());
+        p4.extend_from_slice(&icmp);
+        let mut p6 = Vec::new();
+        assert_eq!(v4_to_v6(&p4, &d, &mut p6), Some((local, peer)));
+        assert_eq!((p6[6], p6[40]), (58, 128));
+        let mut acc = sum16(0, local.as_bytes());
+        acc = sum16(acc, peer.as_bytes());
+        acc = sum16(acc, &((p6.len() - 40) as u32).to_be_bytes());
+        acc = sum16(acc, &[0, 0, 0, 58]);
+        acc = sum16(acc, &p6[40..]);
+        assert_eq!(fold(acc), 0xffff, "ICMPv6 checksum");
+        // The peer's echo reply comes back as ICMPv4 type 0.
+        let mut reply = p6.clone();
+        reply[8..24].copy_from_slice(peer.as_bytes());
+        reply[24..40].copy_from_slice(local.as_bytes());
+        reply[40] = 129;
+        assert!(deliver_as_v4(&reply, &d, local, peer));
+        let mut back = Vec::new();
+        assert!(v6_to_v4(&reply, &d, local, peer, &mut back));
+        assert_eq!((back[9], back[20]), (1, 0));
+        assert_eq!(fold(sum16(0, &back[20..])), 0xffff, "ICMPv4 checksum");
+        assert_eq!(&back[24..], &icmp[4..]);
+        // An unrelated echo (other identifier) stays IPv6.
+        let mut other = reply.clone();
+        other[44] = 0x99;
         assert!(!deliver_as_v4(&other, &d, local, peer));
     }
 
