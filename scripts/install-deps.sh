@@ -24,6 +24,7 @@ declare -A probe=(
     [curl]=curl
     [python3]=python3
     [ethtool]=ethtool
+    [iputils-ping]=ping
 )
 
 missing=()

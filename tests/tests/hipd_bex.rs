@@ -106,6 +106,13 @@ fn hipd_udp_v4_tcp_100mb_over_lsis() {
     assert_eq!(has[0].peer_lsi, Some("1.0.0.5".parse().unwrap()));
     assert_eq!(hb.has()[0].transport, "udp");
     assert!(hb.stats().esp_rx > 70_000);
+    // ping to the peer's LSI (ICMP echo translated to ICMPv6 inside ESP).
+    let out = a
+        .exec(["ping", "-c", "3", "-i", "0.2", "-W", "2", "1.0.0.5"])
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "ping over the LSI failed: {text}");
+    assert!(text.contains("3 received"), "{text}");
 }
 
 fn udp_echo_check(
