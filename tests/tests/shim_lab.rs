@@ -714,5 +714,77 @@ fn shim_peer_pref_moves_udp_traffic_between_links() {
         );
         assert!(off < 100_000, "the other link still carried {off} bytes");
     }
+    // SHIM_LOCLIST_PEER set restricts the context to b's link-2 locator: the
+    // path moves there and the get returns exactly that list.
+    shim.setsockopt(
+        ss.as_fd(),
+        SOL_SHIM,
+        SHIM_LOCLIST_PEER,
+        &locator_bytes(b2, 0),
+    )
+    .unwrap();
+    wait_for("path restricted to link 2", Duration::from_secs(5), || {
+        shim_ctx(&t.ha, flow).path.is_some_and(|p| p.1 == b2)
+    });
+    assert_eq!(get_loclist(&shim, &ss, SHIM_LOCLIST_PEER), vec![b2]);
+    let (a1, a2) = tx(&t, &t.a);
+    assert!(blast(500) > 450);
+    let (a1n, a2n) = tx(&t, &t.a);
+    assert!(
+        a2n - a2 >= 450_000 && a1n - a1 < 50_000,
+        "loclist: l1 {} l2 {}",
+        a1n - a1,
+        a2n - a2
+    );
+    // A sticky SHIM_LOC_PEER_SEND beats the context (RFC 6316 §11.2): this
+    // socket's datagrams go to b's link-1 locator although the context uses
+    // link 2.
+    let b1 = t.l1.addr(&t.b, Family::V6);
+    shim.setsockopt(
+        ss.as_fd(),
+        SOL_SHIM,
+        shimapi::SHIM_LOC_PEER_SEND,
+        &locator_bytes(b1, 0),
+    )
+    .unwrap();
+    let mut got = [0u8; 32];
+    shim.getsockopt(ss.as_fd(), SOL_SHIM, shimapi::SHIM_LOC_PEER_SEND, &mut got)
+        .unwrap();
+    let sticky = shimapi::Locator::try_from(shim_locator::from_bytes(&got).unwrap()).unwrap();
+    assert_eq!(sticky.addr, b1);
+    let (a1, a2) = tx(&t, &t.a);
+    assert!(blast(500) > 450);
+    let (a1n, a2n) = tx(&t, &t.a);
+    assert!(
+        a1n - a1 >= 450_000 && a2n - a2 < 50_000,
+        "sticky: l1 {} l2 {}",
+        a1n - a1,
+        a2n - a2
+    );
+    assert!(
+        shim_ctx(&t.ha, flow).path.is_some_and(|p| p.1 == b2),
+        "context unchanged"
+    );
+    // Cancelled with an all-zero locator.
+    shim.setsockopt(
+        ss.as_fd(),
+        SOL_SHIM,
+        shimapi::SHIM_LOC_PEER_SEND,
+        &[0u8; 32],
+    )
+    .unwrap();
+    let (a1, a2) = tx(&t, &t.a);
+    assert!(blast(500) > 450);
+    let (a1n, a2n) = tx(&t, &t.a);
+    assert!(
+        a2n - a2 >= 450_000 && a1n - a1 < 50_000,
+        "cancelled: l1 {} l2 {}",
+        a1n - a1,
+        a2n - a2
+    );
+    // An empty list lifts the restriction.
+    shim.setsockopt(ss.as_fd(), SOL_SHIM, SHIM_LOCLIST_PEER, &[])
+        .unwrap();
+    assert!(get_loclist(&shim, &ss, SHIM_LOCLIST_PEER).len() > 1);
     drop(t.lab);
 }
