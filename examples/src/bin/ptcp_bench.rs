@@ -12,7 +12,29 @@
 //! connection on its original pair) and after one (moved to link 1 through
 //! the control socket). Then the failover time after a silent receive-side
 //! drop of link 0 (median of 5): from the fault until data flows again.
-//! Every figure is the median of `RUNS` interleaved runs.
+//! Every figure is the median of `RUNS` interleaved runs. The load
+//! average at start and end is printed: the machine is shared, compare
+//! only ratios from the same run.
+//!
+//! Measured 2026-11-21 (session 2: rtnetlink events, follow-back, policy
+//! rules before `main`, stall measured from outstanding data), release
+//! build, 2 CPUs shared with other builds, load average 4.4 at start and
+//! 7.0 at end (so absolute figures are noisy; ratios are plain-relative
+//! within the same interleaved run):
+//!
+//! | test            | plain      | before     | after      | before/plain | after/plain |
+//! |-----------------|------------|------------|------------|--------------|-------------|
+//! | send 512 B      | 180 MB/s   | 197 MB/s   | 144 MB/s   | 1.09         | 0.80        |
+//! | send 2048 B     | 325 MB/s   | 446 MB/s   | 253 MB/s   | 1.37         | 0.78        |
+//! | send 8192 B     | 355 MB/s   | 362 MB/s   | 342 MB/s   | 1.02         | 0.96        |
+//! | 1-byte ping-pong| 72.9k/s    | 94.2k/s    | 51.0k/s    | 1.29         | 0.70        |
+//! | connect+close   | 388/s      | 3,403/s    | –          | 8.8 (noise)  | –           |
+//!
+//! Before-migration ratios above 1 are load noise (nothing is queued for
+//! an unmoved connection after the handshake); the plain connect+close
+//! figure was depressed by the concurrent load in that run. Failover after
+//! a silent receive-side drop: median 0.757 s over 5 runs (1.002, 0.721,
+//! 0.757, 0.949, 0.666 s).
 
 use std::io::{Read, Write};
 use std::net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream};
@@ -256,7 +278,16 @@ fn failover(s: &Setup) -> f64 {
     result
 }
 
+/// `/proc/loadavg`'s three load averages (the machine is shared: figures
+/// are only comparable at similar load).
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
 fn main() {
+    let load_start = loadavg();
     let bin = std::env::var_os("PTCPD_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
@@ -322,6 +353,11 @@ fn main() {
     s.stop_daemons();
 
     println!("PreserveTCP vs plain TCP (netlab veth, IPv6, median of {RUNS})");
+    println!(
+        "load average at start {load_start}, at end {}; {} CPUs",
+        loadavg(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
     println!(
         "{:<24} {:>12} {:>12} {:>12} {:>8} {:>8}",
         "test", "plain", "ptcp before", "ptcp after", "before", "after"
