@@ -39,7 +39,9 @@
 //!   target, hence the default of 1.
 //! - Stall rule (faster, independent of backoff): switch when data is
 //!   unacknowledged and no ACK arrived for [`PolicyConfig::stall_timeout`]
-//!   (default 300 ms). After a switch it fires again only once the new pair
+//!   (default 300 ms), counted from the later of the last ACK and the
+//!   moment data became outstanding (taken as the previous sample's time:
+//!   `tcpi_last_ack_recv` also grows while the connection is idle). After a switch it fires again only once the new pair
 //!   has been tested for that long: from the first retransmission seen after
 //!   the switch if data was outstanding, else from the switch itself. On a
 //!   path with a large RTO (say 1 s) this moves the first retransmission onto
