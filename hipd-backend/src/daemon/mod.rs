@@ -59,6 +59,7 @@ mod files;
 mod lsi;
 pub mod net;
 mod shim;
+mod sockdiag;
 mod tun;
 
 pub use files::{

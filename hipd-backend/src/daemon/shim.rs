@@ -39,7 +39,7 @@
 //! registered it closes or on `ShimRelease`.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -139,43 +139,10 @@ pub(super) fn best_pref(
     best.map(|b| b.2)
 }
 
-fn hex_v6(a: &[u8; 16]) -> String {
-    a.chunks_exact(4)
-        .map(|c| format!("{:08X}", u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
-        .collect()
-}
-
-fn hex_v4(a: Ipv4Addr) -> String {
-    format!("{:08X}", u32::from_le_bytes(a.octets()))
-}
-
-fn hex_ip(a: IpAddr) -> String {
-    match a {
-        IpAddr::V4(v4) => hex_v4(v4),
-        IpAddr::V6(v6) => hex_v6(&v6.octets()),
-    }
-}
-
-/// The uid owning the socket of `flow`, from `/proc/net/*` (in the
-/// daemon's network namespace).
+/// The uid owning the connected socket of `flow` (in the daemon's network
+/// namespace): one exact sock_diag lookup, see [`super::sockdiag`].
 pub(super) fn socket_owner(flow: &FlowId) -> Option<u32> {
-    let file = match (flow.proto, flow.local.is_ipv6()) {
-        (6, true) => "tcp6",
-        (6, false) => "tcp",
-        (17, true) => "udp6",
-        (17, false) => "udp",
-        _ => return None,
-    };
-    let text = std::fs::read_to_string(format!("/proc/net/{file}")).ok()?;
-    let local = format!("{}:{:04X}", hex_ip(flow.local), flow.local_port);
-    let remote = format!("{}:{:04X}", hex_ip(flow.peer), flow.peer_port);
-    for l in text.lines().skip(1) {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        if f.len() > 7 && f[1] == local && f[2] == remote {
-            return f[7].parse().ok();
-        }
-    }
-    None
+    super::sockdiag::socket_owner(flow)
 }
 
 fn loc_state(s: LocatorState) -> LocState {
@@ -1094,7 +1061,6 @@ pub(super) fn wants_tag(dp: &DataPlane, pkt6: &[u8], local: Hit, peer: Hit) -> b
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::Ipv6Addr;
 
     fn udp6(local: Hit, peer: Hit, sport: u16, dport: u16, tclass: u8) -> Vec<u8> {
         let mut p = vec![0x60 | (tclass >> 4), tclass << 4, 0, 0, 0, 12, 17, 64];
@@ -1217,12 +1183,5 @@ mod tests {
             acc = (acc & 0xffff) + (acc >> 16);
         }
         assert_eq!(acc, 0xffff, "IPv4 header checksum");
-    }
-
-    #[test]
-    fn proc_net_hex_matches_kernel_format() {
-        assert_eq!(hex_v4(Ipv4Addr::new(127, 0, 0, 1)), "0100007F");
-        let a: Ipv6Addr = "::1".parse().unwrap();
-        assert_eq!(hex_v6(&a.octets()), "00000000000000000000000001000000");
     }
 }
