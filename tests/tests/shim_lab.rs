@@ -255,6 +255,29 @@ fn shim_peer_pref_moves_tcp_traffic_between_links() {
     drop(t.lab);
 }
 
+/// Connected UDP sockets over HITs: b's on `port`, a's on `port + 1`; the
+/// first datagram (queued during the base exchange) has arrived.
+fn udp_pair(t: &Two, port: u16) -> (UdpSocket, UdpSocket) {
+    let (hit_a, hit_b) = (t.ha.hit(), t.hb.hit());
+    let rs = {
+        let _g = t.b.enter().unwrap();
+        UdpSocket::bind(SocketAddr::new(IpAddr::V6(hit_b), port)).unwrap()
+    };
+    let ss = {
+        let _g = t.a.enter().unwrap();
+        let s = UdpSocket::bind(SocketAddr::new(IpAddr::V6(hit_a), port + 1)).unwrap();
+        s.connect(SocketAddr::new(IpAddr::V6(hit_b), port)).unwrap();
+        s
+    };
+    rs.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    ss.send(b"hello").unwrap();
+    let mut buf = [0u8; 64];
+    let (n, from) = rs.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"hello");
+    rs.connect(from).unwrap();
+    (rs, ss)
+}
+
 fn recv_with(shim: &Shim, s: &UdpSocket, buf: &mut [u8]) -> (usize, LocatorPair) {
     let mut control = [0u8; 512];
     let r = shim
@@ -275,24 +298,8 @@ fn recv_with(shim: &Shim, s: &UdpSocket, buf: &mut [u8]) -> (usize, LocatorPair)
 #[test]
 fn shim_recv_cmsgs_follow_per_datagram_send_locators() {
     let t = two_hosts("");
-    let (hit_a, hit_b) = (t.ha.hit(), t.hb.hit());
-    let rs = {
-        let _g = t.b.enter().unwrap();
-        UdpSocket::bind(SocketAddr::new(IpAddr::V6(hit_b), 6100)).unwrap()
-    };
-    let ss = {
-        let _g = t.a.enter().unwrap();
-        let s = UdpSocket::bind(SocketAddr::new(IpAddr::V6(hit_a), 6101)).unwrap();
-        s.connect(SocketAddr::new(IpAddr::V6(hit_b), 6100)).unwrap();
-        s
-    };
-    rs.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    // The first datagram triggers the base exchange (queued, then sent).
-    ss.send(b"hello").unwrap();
+    let (rs, ss) = udp_pair(&t, 6100);
     let mut buf = [0u8; 2048];
-    let (n, from) = rs.recv_from(&mut buf).unwrap();
-    assert_eq!(&buf[..n], b"hello");
-    rs.connect(from).unwrap();
     let (sa, sb) = (Shim::new(&t.ha.sock), Shim::new(&t.hb.sock));
     let on = 1i32.to_ne_bytes();
     sb.setsockopt(rs.as_fd(), SOL_SHIM, SHIM_LOC_LOCAL_RECV, &on)
@@ -640,20 +647,7 @@ fn shim_bad_locators_get_the_rfc_errno() {
 fn shim_peer_pref_moves_udp_traffic_between_links() {
     let t = two_hosts("");
     let (hit_a, hit_b) = (t.ha.hit(), t.hb.hit());
-    let rs = {
-        let _g = t.b.enter().unwrap();
-        UdpSocket::bind(SocketAddr::new(IpAddr::V6(hit_b), 6500)).unwrap()
-    };
-    let ss = {
-        let _g = t.a.enter().unwrap();
-        let s = UdpSocket::bind(SocketAddr::new(IpAddr::V6(hit_a), 6501)).unwrap();
-        s.connect(SocketAddr::new(IpAddr::V6(hit_b), 6500)).unwrap();
-        s
-    };
-    rs.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    ss.send(b"hello").unwrap();
-    let mut buf = [0u8; 2048];
-    rs.recv(&mut buf).unwrap();
+    let (rs, ss) = udp_pair(&t, 6500);
     let flow = FlowId {
         proto: 17,
         local: IpAddr::V6(hit_a),

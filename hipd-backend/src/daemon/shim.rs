@@ -594,48 +594,11 @@ impl Shared {
                 return self.reply_ctx(key, Some(&f));
             }
             ShimSetting::LoclistLocal { locs } => {
-                if locs.len() > SHIM_MAX_LOCATORS {
-                    return err(ErrorCode::TooManyLocators, "more than SHIM_MAX_LOCATORS");
-                }
-                for l in &locs {
-                    Self::check_local(&core, ep, peer, l.addr)?;
-                }
-                let c = core.shim.entry((local, peer)).or_default();
-                if locs.is_empty() {
-                    c.loclist_local = None;
-                } else {
-                    for l in &locs {
-                        c.local_prefs.insert(l.addr, (l.prio, l.weight));
-                    }
-                    c.loclist_local = Some(locs);
-                }
+                Self::set_loclist(&mut core, ep, local, peer, locs, true)?;
                 self.apply_prefs(&mut core, ep, local, peer, now)?;
             }
             ShimSetting::LoclistPeer { locs } => {
-                if locs.len() > SHIM_MAX_LOCATORS {
-                    return err(ErrorCode::TooManyLocators, "more than SHIM_MAX_LOCATORS");
-                }
-                let view = core.eps[ep].locators(peer);
-                for l in &locs {
-                    if !view
-                        .as_ref()
-                        .is_some_and(|v| v.peer.iter().any(|p| p.addr == l.addr))
-                    {
-                        return err(
-                            ErrorCode::InvalidLocator,
-                            format!("{} is not a locator of the peer", l.addr),
-                        );
-                    }
-                }
-                let c = core.shim.entry((local, peer)).or_default();
-                if locs.is_empty() {
-                    c.loclist_peer = None;
-                } else {
-                    for l in &locs {
-                        c.peer_prefs.insert(l.addr, (l.prio, l.weight));
-                    }
-                    c.loclist_peer = Some(locs);
-                }
+                Self::set_loclist(&mut core, ep, local, peer, locs, false)?;
                 self.apply_prefs(&mut core, ep, local, peer, now)?;
             }
             ShimSetting::HotStandby { on } => {
@@ -692,6 +655,54 @@ impl Shared {
         self.shim_ctx_info(&core, local, peer, f.as_deref())
             .map(|ctx| Response::ShimContext { ctx })
             .ok_or((ErrorCode::NoContext, "the context went away".into()))
+    }
+
+    /// `SHIM_LOCLIST_LOCAL` / `SHIM_LOCLIST_PEER` set: every entry must be
+    /// a locator of the context; the entries' prio/weight become the
+    /// preferences; an empty list lifts the restriction.
+    fn set_loclist(
+        core: &mut Core,
+        ep: usize,
+        local: Hit,
+        peer: Hit,
+        locs: Vec<LocPref>,
+        is_local: bool,
+    ) -> ShimResult<()> {
+        if locs.len() > SHIM_MAX_LOCATORS {
+            return err(ErrorCode::TooManyLocators, "more than SHIM_MAX_LOCATORS");
+        }
+        let view = core.eps[ep].locators(peer);
+        for l in &locs {
+            let known = view.as_ref().is_some_and(|v| {
+                if is_local {
+                    v.local.iter().any(|x| x.addr == l.addr)
+                } else {
+                    v.peer.iter().any(|x| x.addr == l.addr)
+                }
+            });
+            if !known {
+                let side = if is_local { "local" } else { "peer" };
+                return err(
+                    ErrorCode::InvalidLocator,
+                    format!("{} is not a {side} locator of this context", l.addr),
+                );
+            }
+        }
+        let c = core.shim.entry((local, peer)).or_default();
+        let (prefs, list) = if is_local {
+            (&mut c.local_prefs, &mut c.loclist_local)
+        } else {
+            (&mut c.peer_prefs, &mut c.loclist_peer)
+        };
+        if locs.is_empty() {
+            *list = None;
+        } else {
+            for l in &locs {
+                prefs.insert(l.addr, (l.prio, l.weight));
+            }
+            *list = Some(locs);
+        }
+        Ok(())
     }
 
     fn reply_ctx(&self, key: FlowKey, f: Option<&FlowDp>) -> ShimResult<Response> {
