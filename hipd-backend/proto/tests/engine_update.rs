@@ -1,9 +1,11 @@
 //! UPDATE over the in-memory pair harness: readdress (mobility) with
 //! address verification, multihoming and path steering, credit-based
 //! authorization, SEQ/ACK loss recovery, duplicates and replays, bad
-//! HIP_MAC, rekeying with and without DH, UPDATE give-up → CLOSING, probes.
+//! HIP_MAC, rekeying with and without DH, UPDATE give-up → CLOSING, probes,
+//! SA pairs added with ESP_INFO(OLD = 0) and deleted with ESP_INFO(NEW = 0).
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -11,10 +13,15 @@ use std::time::Duration;
 
 use hip_proto::crypto::esp::open_buffer_len;
 use hip_proto::crypto::{CryptoBackend, DhGroup, OpensslBackend, SecurityAssociation};
+#[cfg(feature = "fuzzing")]
+use hip_proto::engine::Transport;
 use hip_proto::engine::testing::{IdentityKind, LinkConfig, Pair, Side, test_identity};
 use hip_proto::engine::{
-    Config, Datagram, Endpoint, Event, LocalLocator, LocatorState, State, Transmit,
+    Config, Datagram, Endpoint, EngineError, Event, LocalLocator, LocatorState, MAX_SA_PAIRS,
+    SaChange, State, Transmit,
 };
+#[cfg(feature = "fuzzing")]
+use hip_proto::wire::EspInfo;
 use hip_proto::wire::{ChecksumMode, Hit, PacketRepr, PacketType, Param, param_type as pt};
 
 fn backend() -> Arc<dyn CryptoBackend> {
@@ -1055,4 +1062,544 @@ fn peer_probed_reports_probes_verifications_and_the_exploring_marker() {
     assert!(p.run_until(Duration::from_secs(5), |p| {
         peer_probed(&p.a.events).contains(&(addr(B1), addr(A2), false))
     }));
+}
+
+// ------------------------------------------------ ESP_INFO OLD = 0 / NEW = 0
+
+/// A data plane as the daemon keeps it: inbound SAs by SPI, outbound SAs
+/// by SPI, updated from the engine's events.
+#[derive(Default)]
+struct DataPlane {
+    inbound: HashMap<u32, SecurityAssociation>,
+    outbound: HashMap<u32, SecurityAssociation>,
+}
+
+impl DataPlane {
+    fn new(out: SecurityAssociation, inb: SecurityAssociation) -> Self {
+        let mut d = DataPlane::default();
+        d.outbound.insert(out.spi(), out);
+        d.inbound.insert(inb.spi(), inb);
+        d
+    }
+
+    /// Applies and drains the SA events.
+    fn apply(&mut self, events: &mut Vec<Event>) {
+        for e in std::mem::take(events) {
+            match e {
+                Event::SasRekeyed { sas, .. } => {
+                    let s = *sas;
+                    self.outbound.insert(s.outbound.spi(), s.outbound);
+                    self.inbound.insert(s.inbound.spi(), s.inbound);
+                }
+                Event::SasRetired {
+                    inbound_spi,
+                    outbound_spi,
+                    ..
+                } => {
+                    self.inbound.remove(&inbound_spi);
+                    self.outbound.remove(&outbound_spi);
+                }
+                other => events.push(other),
+            }
+        }
+    }
+
+    fn send(&mut self, spi: u32, src: Hit, dst: Hit) -> Option<Vec<u8>> {
+        self.outbound.get_mut(&spi).map(|sa| seal(sa, src, dst))
+    }
+
+    /// Demultiplexes by SPI and opens; false for an unknown SPI or a bad
+    /// packet.
+    fn receive(&mut self, esp: &[u8]) -> bool {
+        let Some(spi) = esp
+            .get(..4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        else {
+            return false;
+        };
+        self.inbound.get_mut(&spi).is_some_and(|sa| opens(sa, esp))
+    }
+}
+
+fn sa_events(events: &[Event]) -> Vec<(u32, u32, SaChange)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::SasRekeyed {
+                old_inbound_spi,
+                old_outbound_spi,
+                kind,
+                ..
+            } => Some((*old_inbound_spi, *old_outbound_spi, *kind)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn retired(events: &[Event]) -> Vec<(u32, u32)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::SasRetired {
+                inbound_spi,
+                outbound_spi,
+                ..
+            } => Some((*inbound_spi, *outbound_spi)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The UPDATEs on the wire: (sender, ESP_INFO (OLD, NEW), has SEQ, has
+/// ACK, has DH).
+type UpdLog = Rc<RefCell<Vec<(Side, Option<(u32, u32)>, bool, bool, bool)>>>;
+
+fn log_updates(p: &mut Pair) -> UpdLog {
+    let seen: UpdLog = Rc::default();
+    let s = seen.clone();
+    p.set_filter(Some(Box::new(move |side, t: &mut Transmit| {
+        if let Some(r) = update_repr(t) {
+            let esp = match r.param(pt::ESP_INFO) {
+                Some(Param::EspInfo(i)) => Some((i.old_spi, i.new_spi)),
+                _ => None,
+            };
+            s.borrow_mut().push((
+                side,
+                esp,
+                r.has(pt::SEQ),
+                r.has(pt::ACK),
+                r.has(pt::DIFFIE_HELLMAN),
+            ));
+        }
+        true
+    })));
+    seen
+}
+
+/// Adds a pair from A; returns the data planes and the new pair's SPIs
+/// (A in, B in).
+fn add_pair(p: &mut Pair, dp_a: &mut DataPlane, dp_b: &mut DataPlane, new_dh: bool) -> (u32, u32) {
+    let (a_hit, b_hit) = hits(p);
+    let before_a = p.a.endpoint.sa_pairs(b_hit);
+    let before_b = p.b.endpoint.sa_pairs(a_hit);
+    let t = p.now;
+    p.a.endpoint.add_sa(t, b_hit, new_dh).expect("add_sa");
+    let added = |e: &Vec<Event>| {
+        e.iter().any(|e| {
+            matches!(
+                e,
+                Event::SasRekeyed {
+                    kind: SaChange::Added,
+                    ..
+                }
+            )
+        })
+    };
+    assert!(p.run_until(Duration::from_secs(5), |p| {
+        added(&p.a.events) && added(&p.b.events)
+    }));
+    p.run_for(Duration::from_millis(100));
+    // The old primary pair is named, and stays live.
+    assert_eq!(
+        sa_events(&p.a.events),
+        vec![(before_a[0].0, before_a[0].1, SaChange::Added)]
+    );
+    assert_eq!(
+        sa_events(&p.b.events),
+        vec![(before_b[0].0, before_b[0].1, SaChange::Added)]
+    );
+    dp_a.apply(&mut p.a.events);
+    dp_b.apply(&mut p.b.events);
+    let pa = p.a.endpoint.sa_pairs(b_hit);
+    let pb = p.b.endpoint.sa_pairs(a_hit);
+    assert_eq!(pa.len(), before_a.len() + 1);
+    assert_eq!(pa[1..], before_a[..], "old pairs kept, newest first");
+    assert_eq!(pb[1..], before_b[..]);
+    // Crosswise SPIs.
+    assert_eq!(pa[0].0, pb[0].1);
+    assert_eq!(pa[0].1, pb[0].0);
+    (pa[0].0, pb[0].0)
+}
+
+fn add_sa_test(new_dh: bool) {
+    let (mut p, [ao, ai, bo, bi]) = established_pair(cfg());
+    let (a_hit, b_hit) = hits(&p);
+    let (bex_a_in, bex_b_in) = (ai.spi(), bi.spi());
+    let mut dp_a = DataPlane::new(ao, ai);
+    let mut dp_b = DataPlane::new(bo, bi);
+    let seen = log_updates(&mut p);
+    let (a_in, b_in) = add_pair(&mut p, &mut dp_a, &mut dp_b, new_dh);
+    assert!(![bex_a_in, bex_b_in].contains(&a_in));
+    assert!(![bex_a_in, bex_b_in].contains(&b_in));
+    // UPDATE(ESP_INFO(0, a_in), SEQ, [DH]) → UPDATE(ESP_INFO(0, b_in),
+    // SEQ, ACK, [DH]) → UPDATE(ACK).
+    assert_eq!(
+        *seen.borrow(),
+        vec![
+            (Side::A, Some((0, a_in)), true, false, new_dh),
+            (Side::B, Some((0, b_in)), true, true, new_dh),
+            (Side::A, None, false, true, false),
+        ]
+    );
+    // ESP round trips through the new pair, both ways.
+    let esp = dp_a.send(b_in, a_hit, b_hit).expect("A's new outbound");
+    assert!(dp_b.receive(&esp));
+    let esp = dp_b.send(a_in, b_hit, a_hit).expect("B's new outbound");
+    assert!(dp_a.receive(&esp));
+    // New keys differ from the old pair's: B's old inbound SA cannot open
+    // traffic sealed for the new one even under its SPI.
+    let mut esp = dp_a.send(b_in, a_hit, b_hit).expect("seal");
+    esp[..4].copy_from_slice(&bex_b_in.to_be_bytes());
+    assert!(!dp_b.receive(&esp));
+    // The base-exchange pair keeps working both ways.
+    let esp = dp_a.send(bex_b_in, a_hit, b_hit).expect("old outbound");
+    assert!(dp_b.receive(&esp));
+    let esp = dp_b.send(bex_a_in, b_hit, a_hit).expect("old outbound");
+    assert!(dp_a.receive(&esp));
+    // Traffic on the new inbound SA retires nothing: both pairs are live.
+    let t = p.now;
+    p.a.endpoint.esp_received(t, a_in);
+    p.b.endpoint.esp_received(t, b_in);
+    p.run_for(Duration::from_secs(3));
+    assert!(retired(&p.a.events).is_empty());
+    assert!(retired(&p.b.events).is_empty());
+    for spi in [bex_a_in, a_in] {
+        assert!(p.a.endpoint.association_by_spi(spi).is_some());
+    }
+    for spi in [bex_b_in, b_in] {
+        assert!(p.b.endpoint.association_by_spi(spi).is_some());
+    }
+    // The new pair is primary: a rekey replaces it, not the BEX pair.
+    let a = p.a.endpoint.association_by_peer(b_hit).expect("assoc");
+    assert_eq!((a.spi_inbound(), a.spi_outbound()), (a_in, b_in));
+    assert_eq!(p.a.endpoint.stats().rekeys, 1);
+    assert_eq!(p.b.endpoint.stats().rekeys, 1);
+    let t = p.now;
+    p.b.endpoint.rekey(t, a_hit, false).expect("rekey");
+    assert!(p.run_until(Duration::from_secs(5), |p| {
+        !sa_events(&p.a.events).is_empty() && !sa_events(&p.b.events).is_empty()
+    }));
+    assert_eq!(sa_events(&p.a.events), vec![(a_in, b_in, SaChange::Rekey)]);
+    assert_eq!(p.a.endpoint.sa_pairs(b_hit).len(), 2);
+    assert_eq!(p.a.endpoint.sa_pairs(b_hit)[1], (bex_a_in, bex_b_in));
+}
+
+#[test]
+fn esp_info_old_zero_adds_a_usable_pair_without_dh() {
+    add_sa_test(false);
+}
+
+#[test]
+fn esp_info_old_zero_adds_a_usable_pair_with_dh() {
+    add_sa_test(true);
+}
+
+#[test]
+fn esp_info_new_zero_deletes_a_pair_and_its_packets_are_rejected() {
+    let (mut p, [ao, ai, bo, bi]) = established_pair(cfg());
+    let (a_hit, b_hit) = hits(&p);
+    let (bex_a_in, bex_b_in) = (ai.spi(), bi.spi());
+    let mut dp_a = DataPlane::new(ao, ai);
+    let mut dp_b = DataPlane::new(bo, bi);
+    // With one pair, nothing can be deleted.
+    let t = p.now;
+    assert_eq!(
+        p.a.endpoint.delete_sa(t, b_hit, bex_a_in),
+        Err(EngineError::LastSaPair)
+    );
+    let (a2, b2) = add_pair(&mut p, &mut dp_a, &mut dp_b, false);
+    let (a3, b3) = add_pair(&mut p, &mut dp_a, &mut dp_b, false);
+    assert_eq!(
+        p.a.endpoint.sa_pairs(b_hit),
+        vec![(a3, b3), (a2, b2), (bex_a_in, bex_b_in)]
+    );
+    assert_eq!(
+        p.a.endpoint.delete_sa(t, b_hit, 12345),
+        Err(EngineError::UnknownSpi(12345))
+    );
+    let seen = log_updates(&mut p);
+    // A deletes the middle pair.
+    let t = p.now;
+    p.a.endpoint.delete_sa(t, b_hit, a2).expect("delete");
+    assert_eq!(
+        p.a.endpoint.add_sa(t, b_hit, false),
+        Err(EngineError::RekeyInProgress),
+        "one SA operation at a time"
+    );
+    // Until the answer, the pair still works.
+    let esp = dp_b.send(a2, b_hit, a_hit).expect("seal");
+    assert!(dp_a.receive(&esp));
+    assert!(p.run_until(Duration::from_secs(5), |p| {
+        !retired(&p.a.events).is_empty() && !retired(&p.b.events).is_empty()
+    }));
+    p.run_for(Duration::from_millis(100));
+    assert_eq!(retired(&p.a.events), vec![(a2, b2)]);
+    assert_eq!(retired(&p.b.events), vec![(b2, a2)]);
+    // UPDATE(ESP_INFO(a2, 0), SEQ) → UPDATE(ESP_INFO(b2, 0), SEQ, ACK) →
+    // UPDATE(ACK).
+    assert_eq!(
+        *seen.borrow(),
+        vec![
+            (Side::A, Some((a2, 0)), true, false, false),
+            (Side::B, Some((b2, 0)), true, true, false),
+            (Side::A, None, false, true, false),
+        ]
+    );
+    // Sealed before the deletion, delivered after: rejected on both sides.
+    let late_to_b = dp_a.send(b2, a_hit, b_hit).expect("seal");
+    let late_to_a = dp_b.send(a2, b_hit, a_hit).expect("seal");
+    dp_a.apply(&mut p.a.events);
+    dp_b.apply(&mut p.b.events);
+    assert!(!dp_b.receive(&late_to_b));
+    assert!(!dp_a.receive(&late_to_a));
+    assert!(dp_a.send(b2, a_hit, b_hit).is_none(), "outbound removed");
+    assert!(p.a.endpoint.association_by_spi(a2).is_none());
+    assert!(p.b.endpoint.association_by_spi(b2).is_none());
+    assert_eq!(
+        p.a.endpoint.sa_pairs(b_hit),
+        vec![(a3, b3), (bex_a_in, bex_b_in)]
+    );
+    assert_eq!(
+        p.b.endpoint.sa_pairs(a_hit),
+        vec![(b3, a3), (bex_b_in, bex_a_in)]
+    );
+    // The others still carry traffic.
+    for (out, inn) in [(b3, a3), (bex_b_in, bex_a_in)] {
+        let esp = dp_a.send(out, a_hit, b_hit).expect("seal");
+        assert!(dp_b.receive(&esp));
+        let esp = dp_b.send(inn, b_hit, a_hit).expect("seal");
+        assert!(dp_a.receive(&esp));
+    }
+    // B deletes the primary pair: the newest remaining one is promoted.
+    let t = p.now;
+    p.b.endpoint
+        .delete_sa(t, a_hit, b3)
+        .expect("delete primary");
+    assert!(p.run_until(Duration::from_secs(5), |p| {
+        !retired(&p.a.events).is_empty() && !retired(&p.b.events).is_empty()
+    }));
+    p.run_for(Duration::from_millis(100));
+    assert_eq!(retired(&p.a.events), vec![(a3, b3)]);
+    assert_eq!(retired(&p.b.events), vec![(b3, a3)]);
+    dp_a.apply(&mut p.a.events);
+    dp_b.apply(&mut p.b.events);
+    let a = p.a.endpoint.association_by_peer(b_hit).expect("assoc");
+    assert_eq!((a.spi_inbound(), a.spi_outbound()), (bex_a_in, bex_b_in));
+    let b = p.b.endpoint.association_by_peer(a_hit).expect("assoc");
+    assert_eq!((b.spi_inbound(), b.spi_outbound()), (bex_b_in, bex_a_in));
+    let esp = dp_b.send(a3, b_hit, a_hit);
+    assert!(esp.is_none());
+    let esp = dp_b.send(bex_a_in, b_hit, a_hit).expect("seal");
+    assert!(dp_a.receive(&esp));
+    // And the last one cannot go.
+    let t = p.now;
+    assert_eq!(
+        p.b.endpoint.delete_sa(t, a_hit, bex_b_in),
+        Err(EngineError::LastSaPair)
+    );
+    // Everything still established, nothing timed out.
+    assert_eq!(p.a.endpoint.stats().update_timeout, 0);
+    assert_eq!(p.b.endpoint.stats().update_timeout, 0);
+    assert_eq!(
+        p.a.endpoint.association_by_peer(b_hit).map(|a| a.state()),
+        Some(State::Established)
+    );
+}
+
+#[test]
+fn lost_delete_answer_is_recovered_from_the_stored_reply() {
+    let (mut p, [ao, ai, bo, bi]) = established_pair(cfg());
+    let (a_hit, b_hit) = hits(&p);
+    let mut dp_a = DataPlane::new(ao, ai);
+    let mut dp_b = DataPlane::new(bo, bi);
+    let (a2, b2) = add_pair(&mut p, &mut dp_a, &mut dp_b, false);
+    let dropped = Rc::new(RefCell::new(0u32));
+    let d = dropped.clone();
+    p.set_filter(Some(Box::new(move |side, t: &mut Transmit| {
+        if side == Side::B && is_update(t) && *d.borrow() == 0 {
+            *d.borrow_mut() += 1;
+            return false;
+        }
+        true
+    })));
+    let t = p.now;
+    p.a.endpoint.delete_sa(t, b_hit, a2).expect("delete");
+    assert!(p.run_until(Duration::from_secs(10), |p| {
+        !retired(&p.a.events).is_empty()
+    }));
+    p.run_for(Duration::from_secs(1));
+    assert_eq!(*dropped.borrow(), 1);
+    assert_eq!(retired(&p.a.events), vec![(a2, b2)]);
+    assert_eq!(retired(&p.b.events), vec![(b2, a2)], "B deleted once");
+    assert!(p.b.endpoint.stats().update_duplicate >= 1);
+    assert_eq!(p.b.endpoint.sa_pairs(a_hit).len(), 1);
+}
+
+// Crafted UPDATEs need `Endpoint::seal_control_for_fuzzing` (feature
+// `fuzzing`): `cargo test -p hip-proto --features fuzzing`. The ESP_INFO
+// classification itself is unit-tested in `engine::endpoint::update`.
+
+/// An UPDATE from A to B with `params`, authenticated with A's keys.
+#[cfg(feature = "fuzzing")]
+fn crafted_update(p: &Pair, params: Vec<Param>) -> Datagram {
+    let (a_hit, b_hit) = hits(p);
+    let mut repr = PacketRepr::new(PacketType::Update, a_hit, b_hit);
+    repr.params = params;
+    repr.sort_params();
+    let payload =
+        p.a.endpoint
+            .seal_control_for_fuzzing(repr, Some(addr(A1)), addr(B1), Transport::Native)
+            .expect("seal");
+    Datagram {
+        src: addr(A1),
+        dst: addr(B1),
+        transport: Transport::Native,
+        payload,
+    }
+}
+
+#[cfg(feature = "fuzzing")]
+fn esp_info(old_spi: u32, new_spi: u32) -> Param {
+    Param::EspInfo(EspInfo {
+        keymat_index: 0,
+        old_spi,
+        new_spi,
+    })
+}
+
+/// Hands `d` to B directly; returns the UPDATEs B sent in answer.
+#[cfg(feature = "fuzzing")]
+fn deliver_to_b(p: &mut Pair, d: Datagram) -> usize {
+    let t = p.now;
+    p.b.endpoint.handle(t, d);
+    let mut n = 0;
+    while let Some(t) = p.b.endpoint.poll_transmit() {
+        n += usize::from(is_update(&t));
+    }
+    n
+}
+
+#[cfg(feature = "fuzzing")]
+#[test]
+fn malformed_esp_info_combinations_are_dropped_and_counted() {
+    let (mut p, [_, ai, _, bi]) = established_pair(cfg());
+    let (a_hit, b_hit) = hits(&p);
+    let (a_in, b_in) = (ai.spi(), bi.spi());
+    let s0 = p.b.endpoint.stats().clone();
+    // Malformed: both zero; unknown OLD with NEW = 0 and with NEW ≠ 0; a
+    // new pair whose NEW SPI B already sends on; B's own inbound SPI as
+    // OLD (OLD names the receiver's outbound SPI).
+    let cases = [
+        esp_info(0, 0),
+        esp_info(0xdead_beef, 0),
+        esp_info(0xdead_beef, 0x1234_5678),
+        esp_info(0, a_in),
+        esp_info(b_in, 0),
+    ];
+    let n = cases.len() as u64;
+    for c in cases {
+        let d = crafted_update(&p, vec![c, Param::Seq(0)]);
+        assert_eq!(deliver_to_b(&mut p, d), 0, "not acknowledged");
+    }
+    let s = p.b.endpoint.stats().clone();
+    assert_eq!(s.malformed, s0.malformed + n);
+    // Unsupported: deleting the only pair.
+    let d = crafted_update(&p, vec![esp_info(a_in, 0), Param::Seq(0)]);
+    assert_eq!(deliver_to_b(&mut p, d), 0);
+    assert_eq!(p.b.endpoint.stats().unsupported, s0.unsupported + 1);
+    // Nothing changed, no event, and the dropped UPDATEs did not consume
+    // Update ID 0: A's real request with SEQ 0 goes through.
+    p.run_for(Duration::from_millis(50));
+    assert!(sa_events(&p.b.events).is_empty());
+    assert!(retired(&p.b.events).is_empty());
+    assert_eq!(p.b.endpoint.sa_pairs(a_hit), vec![(b_in, a_in)]);
+    assert_eq!(p.b.endpoint.stats().update_duplicate, 0);
+    let t = p.now;
+    p.a.endpoint.add_sa(t, b_hit, false).expect("add");
+    assert!(p.run_until(Duration::from_secs(5), |p| {
+        !sa_events(&p.a.events).is_empty()
+    }));
+    assert_eq!(p.b.endpoint.sa_pairs(a_hit).len(), 2);
+}
+
+#[test]
+fn sa_pair_limit_is_enforced_on_both_sides() {
+    let (mut p, [ao, ai, bo, bi]) = established_pair(cfg());
+    let (a_hit, b_hit) = hits(&p);
+    let mut dp_a = DataPlane::new(ao, ai);
+    let mut dp_b = DataPlane::new(bo, bi);
+    for _ in 1..MAX_SA_PAIRS {
+        add_pair(&mut p, &mut dp_a, &mut dp_b, false);
+    }
+    assert_eq!(p.a.endpoint.sa_pairs(b_hit).len(), MAX_SA_PAIRS);
+    let t = p.now;
+    assert_eq!(
+        p.a.endpoint.add_sa(t, b_hit, false),
+        Err(EngineError::SaPairLimit)
+    );
+    // A peer asking for one more is refused, unacknowledged.
+    #[cfg(feature = "fuzzing")]
+    {
+        let unsupported = p.b.endpoint.stats().unsupported;
+        let d = crafted_update(&p, vec![esp_info(0, 0x4242_4242), Param::Seq(1000)]);
+        assert_eq!(deliver_to_b(&mut p, d), 0);
+        assert_eq!(p.b.endpoint.stats().unsupported, unsupported + 1);
+    }
+    assert_eq!(p.b.endpoint.sa_pairs(a_hit).len(), MAX_SA_PAIRS);
+    // Every pair works.
+    for (a_in, b_in) in p.a.endpoint.sa_pairs(b_hit) {
+        let esp = dp_a.send(b_in, a_hit, b_hit).expect("seal");
+        assert!(dp_b.receive(&esp));
+        let esp = dp_b.send(a_in, b_hit, a_hit).expect("seal");
+        assert!(dp_a.receive(&esp));
+    }
+}
+
+#[test]
+fn crossing_add_and_delete_resolve_by_hit_order() {
+    let (mut p, [ao, ai, bo, bi]) = established_pair(cfg());
+    let (a_hit, b_hit) = hits(&p);
+    let mut dp_a = DataPlane::new(ao, ai);
+    let mut dp_b = DataPlane::new(bo, bi);
+    let (a2, _) = add_pair(&mut p, &mut dp_a, &mut dp_b, false);
+    // Both start an SA operation at once: A deletes, B adds.
+    let t = p.now;
+    p.a.endpoint.delete_sa(t, b_hit, a2).expect("delete");
+    p.b.endpoint.add_sa(t, a_hit, false).expect("add");
+    p.run_for(Duration::from_secs(5));
+    let (r_a, r_b) = (retired(&p.a.events), retired(&p.b.events));
+    let (s_a, s_b) = (sa_events(&p.a.events), sa_events(&p.b.events));
+    if a_hit > b_hit {
+        // A keeps its deletion; B abandons its addition.
+        assert_eq!(r_a.len(), 1);
+        assert_eq!(r_b.len(), 1);
+        assert!(s_a.is_empty() && s_b.is_empty());
+        assert_eq!(p.a.endpoint.sa_pairs(b_hit).len(), 1);
+    } else {
+        assert!(r_a.is_empty() && r_b.is_empty());
+        assert_eq!(s_a.len(), 1);
+        assert_eq!(s_b.len(), 1);
+        assert_eq!(p.a.endpoint.sa_pairs(b_hit).len(), 3);
+    }
+    // Either way both sides agree and nothing is stuck: a new operation
+    // from the loser works.
+    let pa = p.a.endpoint.sa_pairs(b_hit);
+    let pb: Vec<(u32, u32)> =
+        p.b.endpoint
+            .sa_pairs(a_hit)
+            .into_iter()
+            .map(|(i, o)| (o, i))
+            .collect();
+    assert_eq!(pa, pb);
+    let t = p.now;
+    if a_hit > b_hit {
+        p.b.endpoint.add_sa(t, a_hit, false).expect("retry add");
+    } else {
+        p.a.endpoint.delete_sa(t, b_hit, a2).expect("retry delete");
+    }
+    assert!(p.run_until(Duration::from_secs(5), |p| {
+        p.a.endpoint.sa_pairs(b_hit).len() == 2 && p.b.endpoint.sa_pairs(a_hit).len() == 2
+    }));
+    assert_eq!(p.a.endpoint.stats().update_timeout, 0);
+    assert_eq!(p.b.endpoint.stats().update_timeout, 0);
 }

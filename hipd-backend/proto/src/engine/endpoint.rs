@@ -540,6 +540,7 @@ impl Endpoint {
         ]
         .into_iter()
         .flatten()
+        .chain(a.upd.extra_inbound_spis())
         {
             if self.by_spi.get(&spi) == Some(&id) {
                 self.by_spi.remove(&spi);

@@ -128,7 +128,8 @@
 //! [`Endpoint::set_peer_preferred`], [`Endpoint::locators`]
 //! ([`LocatorsView`]), [`Endpoint::route`], [`Endpoint::on_data_received`],
 //! [`Endpoint::can_send_to`], [`Endpoint::authorize_send`],
-//! [`Endpoint::rekey`], [`Endpoint::probe`], [`Endpoint::probe_exploring`],
+//! [`Endpoint::rekey`], [`Endpoint::add_sa`], [`Endpoint::delete_sa`],
+//! [`Endpoint::sa_pairs`], [`Endpoint::probe`], [`Endpoint::probe_exploring`],
 //! [`Endpoint::set_path`], [`Endpoint::esp_received`];
 //! events [`Event::PathChanged`], [`Event::PeerLocatorState`],
 //! [`Event::VerificationFailed`], [`Event::SasRekeyed`],
@@ -175,10 +176,8 @@
 //!   no longer listed become DEPRECATED; the P bits replace our preference
 //!   when any entry has P set. ESP_INFO is processed before LOCATOR_SET;
 //!   any ESP_INFO with OLD = NEW ≠ 0 is gratuitous (no SA change, even if
-//!   it names an SPI a rekey just replaced);
-//!   ESP_INFO with OLD = 0 (a new SA per path) or NEW = 0 (SA deprecation)
-//!   is not supported: such UPDATEs are dropped unacknowledged
-//!   ([`Stats::unsupported`]).
+//!   it names an SPI a rekey just replaced); OLD = 0 adds an SA pair and
+//!   NEW = 0 deletes one (see "SA pairs" below).
 //! * **Address verification** uses ECHO_REQUEST_SIGNED (a 16-byte random
 //!   nonce) in a SEQ-bearing UPDATE sent to the address; the locator turns
 //!   ACTIVE when the ACK comes back with the same ECHO_RESPONSE_SIGNED. The
@@ -219,6 +218,37 @@
 //!   time per side; crossing requests: the greater HIT keeps its own
 //!   request (and only ACKs the peer's), the smaller HIT abandons its own
 //!   and answers.
+//! * **SA pairs** (RFC 8046 multihoming, RFC 7402 ESP_INFO semantics):
+//!   [`Endpoint::add_sa`] sends `UPDATE(ESP_INFO(OLD = 0, NEW, index),
+//!   SEQ, [DH])`, answered `UPDATE(ESP_INFO(OLD = 0, NEW = the peer's new
+//!   inbound SPI, index), SEQ, ACK, [DH])` → `UPDATE(ACK)`; keys as for a
+//!   rekey (mirrored DH → new KEYMAT at index 0, else the four ESP keys
+//!   from the existing KEYMAT at the larger index). The new pair is handed
+//!   out with [`Event::SasRekeyed`] and [`SaChange::Added`] and becomes
+//!   the **primary** pair (the one rekeyed, announced in LOCATOR_SETs and
+//!   reported by `Association::spi_inbound`/`spi_outbound`); the previous
+//!   pair stays live in both directions and is *not* retired by traffic.
+//!   [`Endpoint::delete_sa`] sends `UPDATE(ESP_INFO(OLD = inbound SPI, NEW
+//!   = 0), SEQ)`; the peer deletes the pair and answers
+//!   `UPDATE(ESP_INFO(OLD = its inbound SPI, NEW = 0), SEQ, ACK)` →
+//!   `UPDATE(ACK)`; each side reports [`Event::SasRetired`] when it deletes
+//!   (the answering side on the request, the requesting side on the
+//!   answer, so the pair works until then). Deleting the primary pair
+//!   promotes the most recently added remaining one. [`Endpoint::sa_pairs`]
+//!   lists the live pairs. Rekey, addition and deletion share the "one
+//!   outstanding SA operation per side" slot and the crossing rule above
+//!   (the greater HIT keeps its request and only ACKs the peer's; the
+//!   smaller abandons its own and answers). Refused before the SEQ is
+//!   accepted (dropped unacknowledged, SEQ not consumed): OLD = NEW = 0, an
+//!   OLD that is not the outbound SPI of a live pair, a NEW SPI we already
+//!   send on, and an answer naming another pair than our deletion
+//!   ([`Stats::malformed`]); a request beyond [`MAX_SA_PAIRS`] pairs and the
+//!   deletion of the last pair ([`Stats::unsupported`]). Pairs replaced by
+//!   a rekey and not yet retired are not live (they cannot be deleted).
+//!   Deletion does not deprecate the peer locators announced with the
+//!   deleted SPI: the peer's next LOCATOR_SET (which lists all its
+//!   locators) decides. New pairs are not bound to a locator by the
+//!   engine: which pair carries which path is the data plane's choice.
 //! * **Probes** ([`Endpoint::probe`]) are SEQ-bearing UPDATEs with an
 //!   ECHO_REQUEST_SIGNED on a chosen pair, answered by `UPDATE(ACK,
 //!   ECHO_RESPONSE_SIGNED)` sent back on the reverse pair; never
@@ -255,7 +285,7 @@ use std::time::Duration;
 pub use assoc::{Association, LocalLocator, LocatorState, PeerLocator, Role, State, Suites};
 pub use config::Config;
 pub use endpoint::Endpoint;
-pub use endpoint::update::{EXPLORING_MARKER, LocatorsView, SEQ_WINDOW};
+pub use endpoint::update::{EXPLORING_MARKER, LocatorsView, MAX_SA_PAIRS, SEQ_WINDOW};
 pub use stats::Stats;
 
 use crate::crypto::{CryptoError, EspSuite, SecurityAssociation};
@@ -372,6 +402,21 @@ pub struct EstablishedSas {
     pub inbound: SecurityAssociation,
 }
 
+/// What an [`Event::SasRekeyed`] does to the SA pairs of an association.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SaChange {
+    /// Rekey (`ESP_INFO(OLD, NEW)`): the new pair replaces the old one,
+    /// which is retired with [`Event::SasRetired`] once traffic arrives on
+    /// the new inbound SA.
+    Rekey,
+    /// A new pair was added (`ESP_INFO(OLD = 0, NEW)`, RFC 8046
+    /// multihoming): it becomes the association's primary pair (the one
+    /// the engine rekeys and announces), while the previous pair
+    /// (`old_inbound_spi`, `old_outbound_spi`) **stays valid** in both
+    /// directions until an [`Event::SasRetired`] names it.
+    Added,
+}
+
 /// Something the application or data plane must know.
 #[derive(Debug)]
 pub enum Event {
@@ -444,9 +489,16 @@ pub enum Event {
         old_inbound_spi: u32,
         /// The outbound SPI being replaced.
         old_outbound_spi: u32,
+        /// A rekey (the old pair is retired later, [`Event::SasRetired`])
+        /// or an additional pair (RFC 8046 `ESP_INFO(OLD = 0)`: the old
+        /// pair stays valid until deleted with `ESP_INFO(NEW = 0)`).
+        kind: SaChange,
     },
-    /// The old SAs of a rekey can be deleted (traffic arrived on the new
-    /// inbound SA, or another rekey superseded them).
+    /// SAs can be deleted: the old pair of a rekey (traffic arrived on the
+    /// new inbound SA, or another rekey superseded it), or a pair deleted
+    /// with `ESP_INFO(NEW = 0)` (RFC 8046; [`Endpoint::delete_sa`] or the
+    /// peer's request). Remove the inbound SA; stop sending on the
+    /// outbound one.
     SasRetired {
         /// Association.
         id: AssocId,
@@ -559,9 +611,19 @@ pub enum EngineError {
     /// The locator is DEPRECATED and cannot be used.
     #[error("locator {0} is deprecated")]
     DeprecatedLocator(IpAddr),
-    /// A rekey of this association is already in progress.
+    /// A rekey (or SA addition / deletion) of this association is already
+    /// in progress.
     #[error("rekey already in progress")]
     RekeyInProgress,
+    /// No live SA pair of the association has this inbound SPI.
+    #[error("no SA pair with inbound SPI {0:#x}")]
+    UnknownSpi(u32),
+    /// The association's last SA pair cannot be deleted.
+    #[error("cannot delete the last SA pair")]
+    LastSaPair,
+    /// The association already has [`MAX_SA_PAIRS`] SA pairs.
+    #[error("SA pair limit reached")]
+    SaPairLimit,
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use crate::crypto::{BeetAddrs, DhKeyPair, InnerFamily, Keymat, SaDirection};
 use crate::engine::assoc::{Association, State};
 use crate::engine::{
     AssocId, Datagram, EngineError, EstablishedSas, Event, LocalLocator, LocatorState, PeerLocator,
-    Transmit,
+    SaChange, Transmit,
 };
 use crate::wire::{
     self, DhGroupId, Hit, Locator, LocatorKind, Packet, PacketRepr, PacketType, Param, TrafficType,
@@ -25,6 +25,11 @@ use crate::wire::{
 /// window): a SEQ inside it is re-ACKed if seen, processed if not; older
 /// ones are dropped.
 pub const SEQ_WINDOW: u32 = 64;
+/// Most SA pairs (the primary one and those added with `ESP_INFO(OLD =
+/// 0)`) an association keeps; further additions are refused
+/// ([`EngineError::SaPairLimit`]; a peer's request is dropped
+/// unacknowledged and counted in `Stats::unsupported`).
+pub const MAX_SA_PAIRS: usize = 8;
 /// Replies to received SEQs kept for retransmission on duplicates.
 const STORED_REPLIES: usize = 16;
 /// Credit ageing period and factor (RFC 8046 §5.6: ×7/8 every 5 s).
@@ -74,9 +79,22 @@ pub(crate) struct Pending {
     retransmitted: bool,
 }
 
+/// The SA operation of an outstanding ESP_INFO request (ours or answered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SaOp {
+    /// `ESP_INFO(OLD = primary, NEW)`: replace the primary pair.
+    Rekey,
+    /// `ESP_INFO(OLD = 0, NEW)`: add a pair (RFC 8046 multihoming).
+    Add,
+    /// `ESP_INFO(OLD, NEW = 0)`: delete the pair (inbound, outbound).
+    Delete { spi_in: u32, spi_out: u32 },
+}
+
 #[derive(Debug)]
 pub(crate) struct RekeyState {
     seq: u32,
+    op: SaOp,
+    /// Our new inbound SPI (0 for a deletion: none is reserved).
     new_spi_in: u32,
     index: u16,
     dh: Option<Box<dyn DhKeyPair>>,
@@ -103,6 +121,10 @@ pub(crate) struct UpdateState {
     rekey: Option<RekeyState>,
     /// (inbound, outbound) SPIs replaced by the last rekey, until retired.
     pub(crate) old_sas: Option<(u32, u32)>,
+    /// Live (inbound, outbound) SA pairs besides the primary one
+    /// (`Association::spi_in`/`spi_out`), oldest first: pairs that were
+    /// primary before an `ESP_INFO(OLD = 0)` addition.
+    pub(crate) extra_sas: Vec<(u32, u32)>,
     credit: u64,
     credit_at: Option<Instant>,
     /// The locator pair in use (src, dst).
@@ -128,7 +150,15 @@ impl UpdateState {
 
     /// The inbound SPI reserved by our outstanding rekey.
     pub(crate) fn rekey_spi(&self) -> Option<u32> {
-        self.rekey.as_ref().map(|r| r.new_spi_in)
+        self.rekey
+            .as_ref()
+            .map(|r| r.new_spi_in)
+            .filter(|&s| s != 0)
+    }
+
+    /// The inbound SPIs of the live pairs besides the primary one.
+    pub(crate) fn extra_inbound_spis(&self) -> impl Iterator<Item = u32> + '_ {
+        self.extra_sas.iter().map(|p| p.0)
     }
 
     /// Classifies a received Update ID: `Some(true)` new, `Some(false)`
@@ -235,6 +265,12 @@ fn choose_src(a: &Association, dst: IpAddr) -> Option<IpAddr> {
         .find(|l| l.preferred && same_family(l.addr, dst))
         .or_else(|| a.local_locators.iter().find(|l| same_family(l.addr, dst)))
         .map(|l| l.addr)
+}
+
+/// The live SA pairs (inbound, outbound): the primary one, then the
+/// others newest first.
+fn live_pairs(a: &Association) -> impl Iterator<Item = (u32, u32)> + '_ {
+    std::iter::once((a.spi_in, a.spi_out)).chain(a.upd.extra_sas.iter().rev().copied())
 }
 
 /// Whether a forced pair is still usable: the destination an ACTIVE peer
@@ -536,52 +572,136 @@ impl Endpoint {
     /// peer's answer arrives.
     pub fn rekey(&mut self, now: Instant, peer_hit: Hit, new_dh: bool) -> Result<(), EngineError> {
         self.with_assoc(peer_hit, |ep, a| {
-            Self::require_established(a)?;
-            if a.upd.rekey.is_some() {
-                return Err(EngineError::RekeyInProgress);
+            ep.start_sa_op(now, a, SaOp::Rekey, new_dh)
+        })
+    }
+
+    /// Adds an SA pair (RFC 8046 multihoming / load balancing):
+    /// `UPDATE(ESP_INFO(OLD = 0, NEW SPI, KEYMAT Index), SEQ,
+    /// [DIFFIE_HELLMAN])`; the peer answers `UPDATE(ESP_INFO(OLD = 0, its
+    /// new SPI), SEQ, ACK, [DH])`. Keys as for [`Endpoint::rekey`]. When the
+    /// answer arrives, [`Event::SasRekeyed`] with [`SaChange::Added`] hands
+    /// out the new pair, which becomes the primary one; the previous pair
+    /// stays valid until [`Endpoint::delete_sa`] (or the peer) deletes it.
+    pub fn add_sa(&mut self, now: Instant, peer_hit: Hit, new_dh: bool) -> Result<(), EngineError> {
+        self.with_assoc(peer_hit, |ep, a| {
+            if a.upd.extra_sas.len() + 1 >= MAX_SA_PAIRS {
+                return Err(EngineError::SaPairLimit);
             }
-            let s = a.suites.ok_or(EngineError::NotEstablished)?;
-            let new_spi_in = ep.new_spi();
-            let mut params = Vec::new();
-            let (dh, index) = if new_dh {
-                let ent = ep.rand_bytes(s.dh_group.private_entropy_len());
-                let dh = ep.backend.dh_generate(s.dh_group, &ent)?;
-                params.push(Param::DiffieHellman(wire::DiffieHellman {
-                    group: DhGroupId::from(s.dh_group),
-                    public_value: dh.public_value().to_vec(),
-                }));
-                (Some(dh), 0)
-            } else {
-                let idx = a.keymat.as_ref().map_or(0, Keymat::index);
-                (
-                    None,
-                    u16::try_from(idx).map_err(|_| EngineError::Config("KEYMAT index"))?,
-                )
-            };
-            params.push(Param::EspInfo(wire::EspInfo {
-                keymat_index: index,
-                old_spi: a.spi_in,
-                new_spi: new_spi_in,
-            }));
-            let (src, dst) = choose_path(a).ok_or(EngineError::NoLocators)?;
-            let seq = ep.send_update(
+            ep.start_sa_op(now, a, SaOp::Add, new_dh)
+        })
+    }
+
+    /// Deletes the live SA pair whose inbound SPI is `inbound_spi`:
+    /// `UPDATE(ESP_INFO(OLD = inbound_spi, NEW = 0), SEQ)`; the peer deletes
+    /// its side and answers `UPDATE(ESP_INFO(OLD = its inbound SPI, NEW =
+    /// 0), SEQ, ACK)`, upon which [`Event::SasRetired`] names the pair. The
+    /// pair keeps working until then. Deleting the primary pair makes the
+    /// most recently added remaining pair primary. The last pair cannot be
+    /// deleted ([`EngineError::LastSaPair`]); pairs replaced by a rekey are
+    /// not live (they retire by themselves).
+    pub fn delete_sa(
+        &mut self,
+        now: Instant,
+        peer_hit: Hit,
+        inbound_spi: u32,
+    ) -> Result<(), EngineError> {
+        self.with_assoc(peer_hit, |ep, a| {
+            Self::require_established(a)?;
+            let spi_out = live_pairs(a)
+                .find(|p| p.0 == inbound_spi)
+                .map(|p| p.1)
+                .ok_or(EngineError::UnknownSpi(inbound_spi))?;
+            if a.upd.extra_sas.is_empty() {
+                return Err(EngineError::LastSaPair);
+            }
+            ep.start_sa_op(
                 now,
                 a,
-                params,
-                Vec::new(),
-                Some(Purpose::Rekey),
-                Some(src),
-                dst,
-            )?;
-            ep.by_spi.insert(new_spi_in, a.id);
-            a.upd.rekey = Some(RekeyState {
-                seq: seq.0.unwrap_or(0),
-                new_spi_in,
-                index,
-                dh,
-            });
-            Ok(())
+                SaOp::Delete {
+                    spi_in: inbound_spi,
+                    spi_out,
+                },
+                false,
+            )
         })
+    }
+
+    /// The live SA pairs (inbound SPI, outbound SPI) of the association
+    /// with `peer_hit`, the primary one first, then the others newest
+    /// first. Pairs replaced by a rekey and not yet retired are not listed.
+    pub fn sa_pairs(&self, peer_hit: Hit) -> Vec<(u32, u32)> {
+        self.live_assoc_id(peer_hit)
+            .and_then(|id| self.assocs.get(&id))
+            .map(|a| live_pairs(a).collect())
+            .unwrap_or_default()
+    }
+
+    /// Sends our ESP_INFO request for `op` and records it as the
+    /// association's one outstanding SA operation.
+    fn start_sa_op(
+        &mut self,
+        now: Instant,
+        a: &mut Association,
+        op: SaOp,
+        new_dh: bool,
+    ) -> Result<(), EngineError> {
+        Self::require_established(a)?;
+        if a.upd.rekey.is_some() {
+            return Err(EngineError::RekeyInProgress);
+        }
+        let s = a.suites.ok_or(EngineError::NotEstablished)?;
+        let new_spi_in = match op {
+            SaOp::Delete { .. } => 0,
+            SaOp::Rekey | SaOp::Add => self.new_spi(),
+        };
+        let mut params = Vec::new();
+        let (dh, index) = if new_dh {
+            let ent = self.rand_bytes(s.dh_group.private_entropy_len());
+            let dh = self.backend.dh_generate(s.dh_group, &ent)?;
+            params.push(Param::DiffieHellman(wire::DiffieHellman {
+                group: DhGroupId::from(s.dh_group),
+                public_value: dh.public_value().to_vec(),
+            }));
+            (Some(dh), 0)
+        } else {
+            let idx = a.keymat.as_ref().map_or(0, Keymat::index);
+            (
+                None,
+                u16::try_from(idx).map_err(|_| EngineError::Config("KEYMAT index"))?,
+            )
+        };
+        let (old_spi, new_spi) = match op {
+            SaOp::Rekey => (a.spi_in, new_spi_in),
+            SaOp::Add => (0, new_spi_in),
+            SaOp::Delete { spi_in, .. } => (spi_in, 0),
+        };
+        params.push(Param::EspInfo(wire::EspInfo {
+            keymat_index: index,
+            old_spi,
+            new_spi,
+        }));
+        let (src, dst) = choose_path(a).ok_or(EngineError::NoLocators)?;
+        let seq = self.send_update(
+            now,
+            a,
+            params,
+            Vec::new(),
+            Some(Purpose::Rekey),
+            Some(src),
+            dst,
+        )?;
+        if new_spi_in != 0 {
+            self.by_spi.insert(new_spi_in, a.id);
+        }
+        a.upd.rekey = Some(RekeyState {
+            seq: seq.0.unwrap_or(0),
+            op,
+            new_spi_in,
+            index,
+            dh,
+        });
+        Ok(())
     }
 
     /// Sends a probe on the pair (`src`, `dst`): `UPDATE(SEQ,
@@ -1009,42 +1129,34 @@ impl Endpoint {
             _ => None,
         };
         // Classify ESP_INFO before accepting the SEQ.
-        let rekey = match &esp {
-            None => false,
-            // Gratuitous (OLD = NEW): no SA change. Any non-zero SPI is
-            // accepted, so a retransmission built before a rekey finished
-            // is not refused.
-            Some(i) if i.old_spi == i.new_spi && i.new_spi != 0 => false,
-            Some(i) if i.old_spi == a.spi_out && i.new_spi != 0 => true,
-            Some(i) if i.old_spi == 0 || i.new_spi == 0 => {
-                // New SA per path (load balancing) or SA deprecation: not
-                // supported; not ACKed.
-                return Err(Reject::drop(Reason::Unsupported));
-            }
-            Some(_) => return Err(Reject::drop(Reason::Malformed)),
+        let answers_ours = a.upd.rekey.as_ref().is_some_and(|r| acks.contains(&r.seq));
+        let op = match &esp {
+            None => None,
+            Some(i) => Self::classify_esp_info(a, i, answers_ours)?,
         };
         a.upd.mark_seq(seq);
         let mut reply: Vec<Param> = Vec::new();
         let mut reply_purpose: Option<Purpose> = None;
         let mut reply_dst = d.src;
         let mut reply_src = Some(d.dst);
-        if rekey && let Some(info) = &esp {
+        if let (Some(op), Some(info)) = (op, &esp) {
             let dh = match repr.param(pt::DIFFIE_HELLMAN) {
                 Some(Param::DiffieHellman(dh)) => Some(dh.clone()),
                 _ => None,
             };
-            let answers_ours = a.upd.rekey.as_ref().is_some_and(|r| acks.contains(&r.seq));
             if answers_ours {
-                self.finish_rekey(a, info, dh.as_ref())?;
+                self.finish_rekey(a, op, info, dh.as_ref())?;
             } else if a.upd.rekey.is_some() && a.local_is_g() {
-                // Crossing rekeys: the greater HIT keeps its own; the peer
-                // abandons its request when ours arrives.
+                // Crossing SA operations: the greater HIT keeps its own; the
+                // peer abandons its request when ours arrives.
             } else {
                 if let Some(r) = a.upd.rekey.take() {
                     a.upd.pending.retain(|p| p.seq != r.seq);
-                    self.by_spi.remove(&r.new_spi_in);
+                    if r.new_spi_in != 0 {
+                        self.by_spi.remove(&r.new_spi_in);
+                    }
                 }
-                let (params, _) = self.answer_rekey(a, info, dh.as_ref())?;
+                let params = self.answer_rekey(a, op, info, dh.as_ref())?;
                 reply.extend(params);
                 reply_purpose = Some(Purpose::Reply);
             }
@@ -1111,6 +1223,66 @@ impl Endpoint {
         }
         self.refresh_path(now, a);
         Ok(())
+    }
+
+    /// Classifies a received ESP_INFO (RFC 8046 §5.3, RFC 7402 §6.9–6.10)
+    /// before its SEQ is accepted: `None` for a gratuitous one (OLD = NEW ≠
+    /// 0; any SPI, so a retransmission built before a rekey finished is not
+    /// refused), else the SA operation it requests or answers. Refused
+    /// (dropped unacknowledged, counted): OLD = NEW = 0, and an OLD that is
+    /// not the outbound SPI of a live pair (`malformed`); a new pair beyond
+    /// [`MAX_SA_PAIRS`] and the deletion of the last pair (`unsupported`).
+    fn classify_esp_info(
+        a: &Association,
+        i: &wire::EspInfo,
+        answers_ours: bool,
+    ) -> Res<Option<SaOp>> {
+        let malformed = || Reject::drop(Reason::Malformed);
+        if i.old_spi == i.new_spi {
+            return if i.new_spi == 0 {
+                Err(malformed())
+            } else {
+                Ok(None)
+            };
+        }
+        if i.old_spi == 0 {
+            // A new pair; its NEW SPI must not be one we already send on.
+            if live_pairs(a).any(|p| p.1 == i.new_spi)
+                || a.upd.old_sas.is_some_and(|p| p.1 == i.new_spi)
+            {
+                return Err(malformed());
+            }
+            if !answers_ours && a.upd.extra_sas.len() + 1 >= MAX_SA_PAIRS {
+                return Err(Reject::drop(Reason::Unsupported));
+            }
+            return Ok(Some(SaOp::Add));
+        }
+        if i.new_spi == 0 {
+            if answers_ours {
+                // The peer's side of the pair we asked to delete.
+                return match a.upd.rekey.as_ref().map(|r| r.op) {
+                    Some(SaOp::Delete { spi_in, spi_out }) if spi_out == i.old_spi => {
+                        Ok(Some(SaOp::Delete { spi_in, spi_out }))
+                    }
+                    _ => Err(malformed()),
+                };
+            }
+            let spi_in = live_pairs(a)
+                .find(|p| p.1 == i.old_spi)
+                .map(|p| p.0)
+                .ok_or_else(malformed)?;
+            if a.upd.extra_sas.is_empty() {
+                return Err(Reject::drop(Reason::Unsupported));
+            }
+            return Ok(Some(SaOp::Delete {
+                spi_in,
+                spi_out: i.old_spi,
+            }));
+        }
+        if i.old_spi == a.spi_out {
+            return Ok(Some(SaOp::Rekey));
+        }
+        Err(malformed())
     }
 
     /// A duplicate SEQ: resend the reply we gave it (or a fresh ACK).
@@ -1344,26 +1516,34 @@ impl Endpoint {
         )?)
     }
 
-    /// Installs a rekeyed SA pair and emits [`Event::SasRekeyed`].
+    /// Installs a new SA pair and emits [`Event::SasRekeyed`]: a rekey
+    /// replaces the primary pair (kept mapped until retired), an addition
+    /// keeps it as a live extra pair.
     fn install_rekey(
         &mut self,
         a: &mut Association,
         sas: EstablishedSas,
         new_in: u32,
         new_out: u32,
+        kind: SaChange,
     ) {
         let Some(peer_hit) = a.peer_hit else { return };
-        if let Some((old_in, old_out)) = a.upd.old_sas.take() {
-            self.by_spi.remove(&old_in);
-            self.events.push_back(Event::SasRetired {
-                id: a.id,
-                peer_hit,
-                inbound_spi: old_in,
-                outbound_spi: old_out,
-            });
-        }
         let (old_in, old_out) = (a.spi_in, a.spi_out);
-        a.upd.old_sas = Some((old_in, old_out));
+        match kind {
+            SaChange::Rekey => {
+                if let Some((old_in, old_out)) = a.upd.old_sas.take() {
+                    self.by_spi.remove(&old_in);
+                    self.events.push_back(Event::SasRetired {
+                        id: a.id,
+                        peer_hit,
+                        inbound_spi: old_in,
+                        outbound_spi: old_out,
+                    });
+                }
+                a.upd.old_sas = Some((old_in, old_out));
+            }
+            SaChange::Added => a.upd.extra_sas.push((old_in, old_out)),
+        }
         a.spi_in = new_in;
         a.spi_out = new_out;
         self.by_spi.insert(new_in, a.id);
@@ -1374,18 +1554,72 @@ impl Endpoint {
             sas: Box::new(sas),
             old_inbound_spi: old_in,
             old_outbound_spi: old_out,
+            kind,
         });
     }
 
-    /// The peer's rekey request: choose our new SPI (and DH), answer with
-    /// `ESP_INFO(OLD, NEW, index)`, `[DIFFIE_HELLMAN]`, install the SAs.
+    /// Deletes the live pair (`spi_in`, `spi_out`) and emits
+    /// [`Event::SasRetired`]; deleting the primary pair promotes the most
+    /// recently added remaining one. Returns false if it is not live or is
+    /// the last pair.
+    fn retire_pair(&mut self, a: &mut Association, spi_in: u32, spi_out: u32) -> bool {
+        let Some(peer_hit) = a.peer_hit else {
+            return false;
+        };
+        if a.upd.extra_sas.is_empty() {
+            return false;
+        }
+        if (a.spi_in, a.spi_out) == (spi_in, spi_out) {
+            let Some((pi, po)) = a.upd.extra_sas.pop() else {
+                return false;
+            };
+            a.spi_in = pi;
+            a.spi_out = po;
+        } else {
+            let before = a.upd.extra_sas.len();
+            a.upd.extra_sas.retain(|&p| p != (spi_in, spi_out));
+            if a.upd.extra_sas.len() == before {
+                return false;
+            }
+        }
+        if self.by_spi.get(&spi_in) == Some(&a.id) {
+            self.by_spi.remove(&spi_in);
+        }
+        self.events.push_back(Event::SasRetired {
+            id: a.id,
+            peer_hit,
+            inbound_spi: spi_in,
+            outbound_spi: spi_out,
+        });
+        true
+    }
+
+    /// The peer's ESP_INFO request for `op` (we have none outstanding, or
+    /// abandoned ours): for a rekey or an addition choose our new SPI (and
+    /// DH), build and install the pair, and return `ESP_INFO(OLD = replaced
+    /// inbound SPI or 0, NEW, index)`, `[DIFFIE_HELLMAN]`; for a deletion
+    /// delete the pair and return `ESP_INFO(OLD = its inbound SPI, NEW =
+    /// 0)`.
     fn answer_rekey(
         &mut self,
         a: &mut Association,
+        op: SaOp,
         info: &wire::EspInfo,
         dh: Option<&wire::DiffieHellman>,
-    ) -> Res<(Vec<Param>, ())> {
+    ) -> Res<Vec<Param>> {
         let s = a.suites.ok_or(Reject::drop(Reason::UnexpectedState))?;
+        if let SaOp::Delete { spi_in, spi_out } = op {
+            let index = u16::try_from(a.keymat.as_ref().map_or(0, Keymat::index))
+                .map_err(|_| Reject::drop(Reason::Malformed))?;
+            if !self.retire_pair(a, spi_in, spi_out) {
+                return Err(Reject::drop(Reason::UnexpectedState));
+            }
+            return Ok(vec![Param::EspInfo(wire::EspInfo {
+                keymat_index: index,
+                old_spi: spi_in,
+                new_spi: 0,
+            })]);
+        }
         let mut params = Vec::new();
         let new_spi_in = self.new_spi();
         let (mut keymat, index) = match dh {
@@ -1417,19 +1651,24 @@ impl Endpoint {
         let r = self.rekey_sas(a, &mut keymat, index, new_spi_in, info.new_spi);
         a.keymat = Some(keymat);
         let sas = r?;
+        let (old_spi, kind) = match op {
+            SaOp::Add => (0, SaChange::Added),
+            _ => (a.spi_in, SaChange::Rekey),
+        };
         params.push(Param::EspInfo(wire::EspInfo {
             keymat_index: index,
-            old_spi: a.spi_in,
+            old_spi,
             new_spi: new_spi_in,
         }));
-        self.install_rekey(a, sas, new_spi_in, info.new_spi);
-        Ok((params, ()))
+        self.install_rekey(a, sas, new_spi_in, info.new_spi, kind);
+        Ok(params)
     }
 
-    /// The answer to our rekey request.
+    /// The answer to our ESP_INFO request (`op` as classified from it).
     fn finish_rekey(
         &mut self,
         a: &mut Association,
+        op: SaOp,
         info: &wire::EspInfo,
         dh: Option<&wire::DiffieHellman>,
     ) -> Res<()> {
@@ -1438,6 +1677,25 @@ impl Endpoint {
             .rekey
             .take()
             .ok_or(Reject::drop(Reason::UnexpectedState))?;
+        let kind = match (r.op, op) {
+            (SaOp::Rekey, SaOp::Rekey) => SaChange::Rekey,
+            (SaOp::Add, SaOp::Add) => SaChange::Added,
+            (SaOp::Delete { spi_in, spi_out }, SaOp::Delete { .. }) => {
+                // The peer deleted its side: so do we.
+                return if self.retire_pair(a, spi_in, spi_out) {
+                    Ok(())
+                } else {
+                    Err(Reject::drop(Reason::UnexpectedState))
+                };
+            }
+            _ => {
+                // An answer of another kind: give up this request.
+                if r.new_spi_in != 0 {
+                    self.by_spi.remove(&r.new_spi_in);
+                }
+                return Err(Reject::drop(Reason::Malformed));
+            }
+        };
         let (mut keymat, index) = match (&r.dh, dh) {
             (Some(mine), Some(theirs)) => {
                 let kij = mine
@@ -1467,7 +1725,7 @@ impl Endpoint {
                 return Err(e);
             }
         };
-        self.install_rekey(a, sas, r.new_spi_in, info.new_spi);
+        self.install_rekey(a, sas, r.new_spi_in, info.new_spi, kind);
         Ok(())
     }
 
@@ -1676,6 +1934,86 @@ mod tests {
             Some(t + Duration::from_secs(10))
         );
         assert_eq!(u.age_credit(t + Duration::from_secs(100_000)).0, 0);
+    }
+
+    #[test]
+    fn esp_info_classification() {
+        let info = |old_spi, new_spi| wire::EspInfo {
+            keymat_index: 0,
+            old_spi,
+            new_spi,
+        };
+        let class = |a: &Association, o, n, ours| {
+            Endpoint::classify_esp_info(a, &info(o, n), ours).map_err(|r| r.reason)
+        };
+        let mut a = Association::new(
+            AssocId(1),
+            crate::engine::Role::Initiator,
+            Hit::from_u128(1),
+            0,
+        );
+        (a.spi_in, a.spi_out) = (0x100, 0x200);
+        // Gratuitous (any SPI), rekey, addition.
+        assert_eq!(class(&a, 0x200, 0x200, false), Ok(None));
+        assert_eq!(class(&a, 0x999, 0x999, false), Ok(None));
+        assert_eq!(class(&a, 0x200, 0x300, false), Ok(Some(SaOp::Rekey)));
+        assert_eq!(class(&a, 0, 0x300, false), Ok(Some(SaOp::Add)));
+        // Both zero, unknown OLD, OLD naming our inbound SPI, NEW already
+        // sent on: malformed.
+        for (o, n) in [(0, 0), (0x999, 0), (0x999, 0x300), (0x100, 0), (0, 0x200)] {
+            assert_eq!(
+                class(&a, o, n, false),
+                Err(Reason::Malformed),
+                "{o:#x} {n:#x}"
+            );
+        }
+        // The last pair cannot be deleted.
+        assert_eq!(class(&a, 0x200, 0, false), Err(Reason::Unsupported));
+        a.upd.extra_sas.push((0x101, 0x201));
+        assert_eq!(
+            class(&a, 0x201, 0, false),
+            Ok(Some(SaOp::Delete {
+                spi_in: 0x101,
+                spi_out: 0x201
+            }))
+        );
+        assert_eq!(
+            class(&a, 0x200, 0, false),
+            Ok(Some(SaOp::Delete {
+                spi_in: 0x100,
+                spi_out: 0x200
+            }))
+        );
+        assert_eq!(class(&a, 0, 0x201, false), Err(Reason::Malformed));
+        // A rekey-replaced pair is not live.
+        a.upd.old_sas = Some((0x102, 0x202));
+        assert_eq!(class(&a, 0x202, 0, false), Err(Reason::Malformed));
+        assert_eq!(class(&a, 0, 0x202, false), Err(Reason::Malformed));
+        // An answer to our deletion must name its pair.
+        a.upd.rekey = Some(RekeyState {
+            seq: 3,
+            op: SaOp::Delete {
+                spi_in: 0x101,
+                spi_out: 0x201,
+            },
+            new_spi_in: 0,
+            index: 0,
+            dh: None,
+        });
+        assert_eq!(
+            class(&a, 0x201, 0, true),
+            Ok(Some(SaOp::Delete {
+                spi_in: 0x101,
+                spi_out: 0x201
+            }))
+        );
+        assert_eq!(class(&a, 0x200, 0, true), Err(Reason::Malformed));
+        // The pair limit refuses requests, not answers to ours.
+        a.upd.extra_sas = (0..MAX_SA_PAIRS as u32 - 1)
+            .map(|i| (0x1000 + i, 0x2000 + i))
+            .collect();
+        assert_eq!(class(&a, 0, 0x300, false), Err(Reason::Unsupported));
+        assert_eq!(class(&a, 0, 0x300, true), Ok(Some(SaOp::Add)));
     }
 
     #[test]
