@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
-cargo build --release --locked -p mh-examples --bin demo
+cargo build --release --locked -p mh-examples --bin demo -p hipd-backend --bins
 exec ./target/release/demo "$@"

@@ -1,13 +1,21 @@
 //! The project's self-contained demonstration (the README's main command).
 //!
-//! Builds a two-host lab (network namespaces `a` and `b` joined by two veth
-//! links), runs a namesocket stream from a to b addressed by *name*, cuts the
-//! link the stream is using (first by taking it down, then by silently
-//! dropping its packets), and prints what happened: detection, reconnect over
-//! the other link, bytes re-sent, interruption, and a byte-exact check.
+//! Part 1 (namesocket): builds a two-host lab (network namespaces `a` and
+//! `b` joined by two veth links), runs a namesocket stream from a to b
+//! addressed by *name*, cuts the link the stream is using (first by taking
+//! it down, then by silently dropping its packets), and prints what
+//! happened: detection, reconnect over the other link, bytes re-sent,
+//! interruption, and a byte-exact check.
 //!
-//! Run as root: `sudo bash scripts/demo.sh` (or `cargo run --release -p
-//! mh-examples --bin demo`).
+//! Part 2 (HIP, [`hip`]): hipd on both hosts, a base exchange, a TCP
+//! stream over HITs, the active address removed (UPDATE) and then the link
+//! in use silently failing (failure detection), byte-exact.
+//!
+//! Run as root: `sudo bash scripts/demo.sh` (or build `demo` and the hipd
+//! binaries with `cargo build --release -p mh-examples --bin demo -p
+//! hipd-backend --bins` and run `target/release/demo [ns|hip]`).
+
+mod hip;
 
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -28,7 +36,20 @@ const CHUNK: usize = 16 * 1024;
 fn main() -> Result<()> {
     let start = Instant::now();
     let log = move |msg: String| println!("[{:>8.3}s] {msg}", start.elapsed().as_secs_f64());
+    let which = std::env::args().nth(1).unwrap_or_else(|| "all".into());
+    if !matches!(which.as_str(), "all" | "ns" | "hip") {
+        bail!("usage: demo [all|ns|hip]");
+    }
+    if which != "hip" {
+        namesocket_part(&log)?;
+    }
+    if which != "ns" {
+        hip::run(&log)?;
+    }
+    Ok(())
+}
 
+fn namesocket_part(log: &dyn Fn(String)) -> Result<()> {
     log("building the lab: hosts a and b, two veth links".into());
     let lab = Lab::new()
         .context("the demo needs root, iproute2 and nftables (scripts/install-deps.sh)")?;
@@ -255,13 +276,13 @@ fn active_link<'a>(links: &'a [Link; 2], b: &Host, c: &NameStream) -> Result<&'a
 
 /// Fletcher-style running checksum over the stream.
 #[derive(Default)]
-struct Checksum {
+pub(crate) struct Checksum {
     a: u64,
     b: u64,
 }
 
 impl Checksum {
-    fn update(&mut self, data: &[u8]) {
+    pub(crate) fn update(&mut self, data: &[u8]) {
         for chunk in data.chunks(4096) {
             for &x in chunk {
                 self.a = self.a.wrapping_add(u64::from(x));
@@ -271,7 +292,7 @@ impl Checksum {
             self.b %= 0xFFFF_FFFB;
         }
     }
-    fn value(&self) -> u64 {
+    pub(crate) fn value(&self) -> u64 {
         (self.b << 32) | self.a
     }
 }
