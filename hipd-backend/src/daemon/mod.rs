@@ -685,6 +685,70 @@ impl Shared {
         }
     }
 
+    /// Seals like [`Shared::send_esp_via`] but queues the packet in `tx`;
+    /// [`Shared::flush_tx`] sends the queue with `sendmmsg` and runs the
+    /// per-packet accounting (`live.sent`) for what was sent.
+    fn queue_esp(&self, out: &Arc<OutSa>, inner: &[u8], via: Option<Path>, tx: &mut TxBatch) {
+        let start = tx.data.len();
+        {
+            let mut sa = out.sa.lock().unwrap_or_else(|p| p.into_inner());
+            let need = sa.seal_buffer_len(inner.len());
+            tx.data.resize(start + need, 0);
+            match sa.seal(inner, tx.data.get_mut(start..).unwrap_or(&mut [])) {
+                Ok(n) => tx.data.truncate(start + n),
+                Err(e) => {
+                    tx.data.truncate(start);
+                    tracing::debug!(error = %e, "seal failed");
+                    return;
+                }
+            }
+        }
+        let path = via.unwrap_or_else(|| *out.path.lock().unwrap_or_else(|p| p.into_inner()));
+        tx.items.push((start..tx.data.len(), path, out.clone()));
+    }
+
+    /// Sends what [`Shared::queue_esp`] queued (in order, one `sendmmsg`
+    /// per run of packets for the same socket) and empties `tx`.
+    fn flush_tx(&self, tx: &mut TxBatch) {
+        let mut i = 0;
+        while i < tx.items.len() {
+            let Some((_, first, _)) = tx.items.get(i) else {
+                break;
+            };
+            let key = (first.udp.is_some(), first.dst.is_ipv6());
+            let run = tx
+                .items
+                .get(i..)
+                .unwrap_or(&[])
+                .iter()
+                .take_while(|(_, p, _)| (p.udp.is_some(), p.dst.is_ipv6()) == key)
+                .count();
+            let items = tx.items.get(i..i + run).unwrap_or(&[]);
+            let msgs: Vec<net::OutMsg<'_>> = items
+                .iter()
+                .map(|(r, p, _)| net::OutMsg {
+                    src: Some(p.src),
+                    dst: p.dst,
+                    port: p.udp.unwrap_or(0),
+                    data: tx.data.get(r.clone()).unwrap_or(&[]),
+                })
+                .collect();
+            let kind = if key.0 { Kind::Udp } else { Kind::Esp };
+            self.sock(kind, key.1).send_batch(&msgs, &mut tx.ok);
+            let now = self.ns(Instant::now());
+            for ((_, _, out), ok) in items.iter().zip(&tx.ok) {
+                if *ok {
+                    inc(&self.ctr.esp_tx);
+                    out.packets.fetch_add(1, Ordering::Relaxed);
+                    out.live.sent(now);
+                }
+            }
+            i += run.max(1);
+        }
+        tx.data.clear();
+        tx.items.clear();
+    }
+
     /// Sends a sealed ESP packet on `path`.
     fn send_sealed(&self, path: &Path, data: &[u8]) -> bool {
         let v6 = path.dst.is_ipv6();
@@ -823,50 +887,80 @@ fn driver_thread(sh: Arc<Shared>) {
     }
 }
 
+/// Sealed ESP packets of one TUN read, sent together by
+/// [`Shared::flush_tx`].
+#[derive(Debug, Default)]
+struct TxBatch {
+    data: Vec<u8>,
+    items: Vec<(std::ops::Range<usize>, Path, Arc<OutSa>)>,
+    ok: Vec<bool>,
+}
+
 fn tun_thread(sh: Arc<Shared>) {
-    let mut buf = vec![0u8; 65536];
+    let mut raw = vec![0u8; tun::VNET_HDR_LEN + 65536];
+    let mut segs = tun::Segments::default();
     let mut sealbuf = Vec::new();
     let mut xlat = Vec::new();
+    let mut tx = TxBatch::default();
     loop {
-        let n = match sh.tun.recv(&mut buf) {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::error!(error = %e, "TUN read failed");
-                std::thread::sleep(Duration::from_millis(100));
+        if let Err(e) = sh.tun.recv_segments(&mut raw, &mut segs) {
+            if e.kind() == std::io::ErrorKind::InvalidData {
+                inc(&sh.ctr.malformed);
                 continue;
             }
-        };
-        let Some(&first) = buf.first() else { continue };
+            tracing::error!(error = %e, "TUN read failed");
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        }
+        for i in 0..segs.len() {
+            let Some(pkt) = segs.get_mut(i) else { break };
+            tun_packet(&sh, pkt, &mut sealbuf, &mut xlat, &mut tx);
+        }
+        sh.flush_tx(&mut tx);
+    }
+}
+
+/// One complete packet read from the TUN device.
+fn tun_packet(
+    sh: &Shared,
+    buf: &mut [u8],
+    sealbuf: &mut Vec<u8>,
+    xlat: &mut Vec<u8>,
+    tx: &mut TxBatch,
+) {
+    let n = buf.len();
+    {
+        let Some(&first) = buf.first() else { return };
         let inner: &mut [u8];
         let (local, peer) = match first >> 4 {
             6 => {
                 let pkt = &buf[..n];
                 let (Some(s), Some(d)) = (pkt.get(8..24), pkt.get(24..40)) else {
-                    continue;
+                    return;
                 };
                 let (Some(s), Some(d)) = (Hit::from_slice(s), Hit::from_slice(d)) else {
-                    continue;
+                    return;
                 };
                 if !d.is_orchid_v2() {
-                    continue; // ND/MLD and other link traffic on hip0
+                    return; // ND/MLD and other link traffic on hip0
                 }
                 inner = &mut buf[..n];
                 (s, d)
             }
             4 => {
                 let dp = sh.dp.read().unwrap_or_else(|p| p.into_inner());
-                match lsi::v4_to_v6(&buf[..n], &dp, &mut xlat) {
+                match lsi::v4_to_v6(&buf[..n], &dp, xlat) {
                     Some((s, d)) => {
                         inner = &mut xlat[..];
                         (s, d)
                     }
                     None => {
                         inc(&sh.ctr.no_mapping);
-                        continue;
+                        return;
                     }
                 }
             }
-            _ => continue,
+            _ => return,
         };
         let (out, via) = {
             let dp = sh.dp.read().unwrap_or_else(|p| p.into_inner());
@@ -879,10 +973,12 @@ fn tun_thread(sh: Arc<Shared>) {
         };
         let inner: &[u8] = inner;
         if let Some(out) = out {
-            sh.send_esp_via(&out, inner, &mut sealbuf, via);
-            continue;
+            sh.queue_esp(&out, inner, via, tx);
+            return;
         }
-        // No SA: queue and start the base exchange (under core).
+        // No SA: queue and start the base exchange (under core); what was
+        // sealed before goes out first.
+        sh.flush_tx(tx);
         let mut core = sh.lock_core();
         let out = {
             let dp = sh.dp.read().unwrap_or_else(|p| p.into_inner());
@@ -890,8 +986,8 @@ fn tun_thread(sh: Arc<Shared>) {
         };
         if let Some(out) = out {
             drop(core);
-            sh.send_esp(&out, inner, &mut sealbuf);
-            continue;
+            sh.send_esp(&out, inner, sealbuf);
+            return;
         }
         let q = core.pending.entry((local, peer)).or_default();
         if q.len() >= PENDING_MAX {
@@ -911,43 +1007,59 @@ fn tun_thread(sh: Arc<Shared>) {
     }
 }
 
+/// Packets drained from a socket before the coalesced TUN writes go out.
+const RX_BATCH: usize = 64;
+
 fn rx_thread(sh: Arc<Shared>, kind: Kind, v6: bool) {
     let sock = sh.sock(kind, v6);
     let mut buf = vec![0u8; 65536 + 64];
     let mut out = vec![0u8; esp::open_buffer_len(65536 + 64)];
+    let mut gro = tun::Gro::default();
     loop {
-        let meta = match sock.recv(&mut buf) {
-            Ok(Ok(m)) => m,
-            Ok(Err(_)) => {
+        // Block for the first datagram, then take what is queued (up to
+        // RX_BATCH) and write the coalesced inner packets.
+        for n in 0..RX_BATCH {
+            let r = if n == 0 {
+                sock.recv(&mut buf)
+            } else {
+                sock.try_recv(&mut buf)
+            };
+            let meta = match r {
+                Ok(Ok(m)) => m,
+                Ok(Err(_)) => {
+                    inc(&sh.ctr.malformed);
+                    continue;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "recv failed");
+                    continue;
+                }
+            };
+            let Some(payload) = buf.get(meta.offset..meta.offset + meta.len) else {
                 inc(&sh.ctr.malformed);
                 continue;
+            };
+            let pair = (meta.dst, meta.src);
+            match kind {
+                Kind::Hip => sh.handle_hip(meta.src, meta.dst, Transport::Native, payload),
+                Kind::Esp => sh.handle_esp(payload, meta.hop_limit, pair, &mut out, &mut gro),
+                Kind::Udp => match payload.first_chunk::<4>() {
+                    None => inc(&sh.ctr.malformed),
+                    Some([0, 0, 0, 0]) => sh.handle_hip(
+                        meta.src,
+                        meta.dst,
+                        Transport::Udp {
+                            src_port: meta.src_port,
+                            dst_port: sh.opts.udp_port,
+                        },
+                        payload.get(4..).unwrap_or(&[]),
+                    ),
+                    Some(_) => sh.handle_esp(payload, meta.hop_limit, pair, &mut out, &mut gro),
+                },
             }
-            Err(e) => {
-                tracing::debug!(error = %e, "recv failed");
-                continue;
-            }
-        };
-        let Some(payload) = buf.get(meta.offset..meta.offset + meta.len) else {
-            inc(&sh.ctr.malformed);
-            continue;
-        };
-        match kind {
-            Kind::Hip => sh.handle_hip(meta.src, meta.dst, Transport::Native, payload),
-            Kind::Esp => sh.handle_esp(payload, meta.hop_limit, (meta.dst, meta.src), &mut out),
-            Kind::Udp => match payload.first_chunk::<4>() {
-                None => inc(&sh.ctr.malformed),
-                Some([0, 0, 0, 0]) => sh.handle_hip(
-                    meta.src,
-                    meta.dst,
-                    Transport::Udp {
-                        src_port: meta.src_port,
-                        dst_port: sh.opts.udp_port,
-                    },
-                    payload.get(4..).unwrap_or(&[]),
-                ),
-                Some(_) => sh.handle_esp(payload, meta.hop_limit, (meta.dst, meta.src), &mut out),
-            },
         }
+        gro.flush(&sh.tun);
     }
 }
 
@@ -993,8 +1105,15 @@ impl Shared {
     }
 
     /// Opens an ESP packet that arrived on `pair` (our address, the
-    /// peer's) and delivers it to the TUN device.
-    fn handle_esp(&self, esp_pkt: &[u8], hop: u8, pair: (IpAddr, IpAddr), out: &mut [u8]) {
+    /// peer's) and delivers it to the TUN device (through `gro`).
+    fn handle_esp(
+        &self,
+        esp_pkt: &[u8],
+        hop: u8,
+        pair: (IpAddr, IpAddr),
+        out: &mut [u8],
+        gro: &mut tun::Gro,
+    ) {
         let Some(spi) = esp::peek_spi(esp_pkt) else {
             inc(&self.ctr.malformed);
             return;
@@ -1038,7 +1157,7 @@ impl Shared {
         let dp = self.dp.read().unwrap_or_else(|p| p.into_inner());
         let mut v4 = Vec::new();
         let mut tagged = Vec::new();
-        let r = if lsi::deliver_as_v4(pkt, &dp, sa.local, sa.peer)
+        if lsi::deliver_as_v4(pkt, &dp, sa.local, sa.peer)
             && lsi::v6_to_v4(pkt, &dp, sa.local, sa.peer, &mut v4)
         {
             // Records the arrival pair; tags the IPv4 form if asked.
@@ -1046,15 +1165,12 @@ impl Shared {
             let tag = shim::wants_tag(&dp, pkt, sa.local, sa.peer)
                 && shim::tag_v4(&v4, pair.0, pair.1, &mut tagged);
             drop(dp);
-            self.tun.send(if tag { &tagged } else { &v4 })
+            gro.push(&self.tun, if tag { &tagged } else { &v4 });
         } else {
             let t =
                 shim::in_tag(&dp, pkt, sa.local, sa.peer, pair.0, pair.1, &mut tagged).is_some();
             drop(dp);
-            self.tun.send(if t { &tagged } else { pkt })
-        };
-        if let Err(e) = r {
-            tracing::trace!(error = %e, "TUN write failed");
+            gro.push(&self.tun, if t { &tagged } else { pkt });
         }
     }
 }
@@ -1720,6 +1836,7 @@ impl Daemon {
         let hits: Vec<Ipv6Addr> = idents.iter().map(|i| i.hit.into()).collect();
         let lsis: Vec<Ipv4Addr> = idents.iter().map(|i| i.lsi).collect();
         let tun = Tun::create(&opts.tun_name, &hits, &lsis, opts.tun_mtu)?;
+        tracing::info!(tun = tun.name(), offload = tun.offload(), "TUN device");
         let core = Core {
             eps,
             keys,

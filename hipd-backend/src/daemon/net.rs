@@ -70,6 +70,22 @@ pub struct RecvMeta {
     pub len: usize,
 }
 
+/// Datagrams per `sendmmsg(2)` call.
+pub const SEND_BATCH: usize = 64;
+
+/// One datagram for [`USock::send_batch`].
+#[derive(Debug, Clone, Copy)]
+pub struct OutMsg<'a> {
+    /// Source address (`None`: the kernel chooses).
+    pub src: Option<IpAddr>,
+    /// Destination.
+    pub dst: IpAddr,
+    /// Destination port (UDP), 0 for raw sockets.
+    pub port: u16,
+    /// Payload.
+    pub data: &'a [u8],
+}
+
 /// Why a received datagram was rejected before any protocol processing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecvError {
@@ -204,8 +220,132 @@ impl USock {
         r.map_err(std::io::Error::from)
     }
 
+    /// Sends several datagrams with `sendmmsg(2)` (one syscall per up to
+    /// [`SEND_BATCH`] datagrams); `ok[i]` tells whether `msgs[i]` was
+    /// accepted by the kernel. A datagram the kernel refuses is skipped
+    /// (its error traced) and the rest are still sent, like separate
+    /// [`USock::send`] calls.
+    pub fn send_batch(&self, msgs: &[OutMsg<'_>], ok: &mut Vec<bool>) {
+        ok.clear();
+        ok.resize(msgs.len(), false);
+        let mut at = 0;
+        while at < msgs.len() {
+            let chunk = msgs.get(at..).unwrap_or(&[]);
+            let chunk = chunk.get(..chunk.len().min(SEND_BATCH)).unwrap_or(&[]);
+            match self.sendmmsg(chunk) {
+                Ok(sent) => {
+                    for o in ok.iter_mut().skip(at).take(sent) {
+                        *o = true;
+                    }
+                    at += sent.max(1);
+                    if sent == 0 {
+                        // Nothing accepted and no error: treat the first as lost.
+                        tracing::trace!("sendmmsg accepted nothing");
+                    }
+                }
+                Err(e) => {
+                    // The first datagram of the chunk failed.
+                    tracing::trace!(error = %e, "ESP send failed");
+                    at += 1;
+                }
+            }
+        }
+    }
+
+    fn sendmmsg(&self, msgs: &[OutMsg<'_>]) -> std::io::Result<usize> {
+        /// Room for one `cmsghdr` with an `in6_pktinfo` (or `in_pktinfo`).
+        #[repr(C, align(8))]
+        #[derive(Clone, Copy)]
+        struct CmsgBuf([u8; 64]);
+        let n = msgs.len();
+        let addrs: Vec<socket2::SockAddr> = msgs
+            .iter()
+            .map(|m| socket2::SockAddr::from(SocketAddr::new(m.dst, m.port)))
+            .collect();
+        let mut iovs: Vec<libc::iovec> = msgs
+            .iter()
+            .map(|m| libc::iovec {
+                iov_base: m.data.as_ptr() as *mut libc::c_void,
+                iov_len: m.data.len(),
+            })
+            .collect();
+        let mut cbufs = vec![CmsgBuf([0; 64]); n];
+        // SAFETY: mmsghdr is a plain C struct for which all-zero bytes are a
+        // valid (empty) value.
+        let mut hdrs: Vec<libc::mmsghdr> = (0..n).map(|_| unsafe { std::mem::zeroed() }).collect();
+        for (i, ((h, m), a)) in hdrs.iter_mut().zip(msgs).zip(&addrs).enumerate() {
+            h.msg_hdr.msg_name = a.as_ptr() as *mut libc::c_void;
+            h.msg_hdr.msg_namelen = a.len();
+            h.msg_hdr.msg_iov = iovs.as_mut_ptr().wrapping_add(i);
+            h.msg_hdr.msg_iovlen = 1;
+            let Some(cb) = cbufs.get_mut(i) else { continue };
+            let (level, ty, data): (i32, i32, Vec<u8>) = match (m.src, m.dst) {
+                (Some(IpAddr::V6(s)), IpAddr::V6(_)) => {
+                    let mut d = s.octets().to_vec();
+                    d.extend_from_slice(&0u32.to_ne_bytes()); // ifindex
+                    (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, d)
+                }
+                (Some(IpAddr::V4(s)), IpAddr::V4(_)) => {
+                    let mut d = 0i32.to_ne_bytes().to_vec(); // ifindex
+                    d.extend_from_slice(&s.octets()); // ipi_spec_dst
+                    d.extend_from_slice(&[0; 4]); // ipi_addr
+                    (libc::IPPROTO_IP, libc::IP_PKTINFO, d)
+                }
+                _ => continue,
+            };
+            // SAFETY: CMSG_SPACE/CMSG_LEN are pure size computations.
+            let (space, len) = unsafe {
+                (
+                    libc::CMSG_SPACE(data.len() as u32) as usize,
+                    libc::CMSG_LEN(data.len() as u32) as usize,
+                )
+            };
+            let hdr_len = len - data.len();
+            if space > cb.0.len() {
+                continue;
+            }
+            let ch = libc::cmsghdr {
+                cmsg_len: len as _,
+                cmsg_level: level,
+                cmsg_type: ty,
+            };
+            // SAFETY: `cb` is 8-byte aligned and at least `space` ≥
+            // size_of::<cmsghdr>() bytes long; the write is unaligned-safe.
+            unsafe { std::ptr::write_unaligned(cb.0.as_mut_ptr().cast::<libc::cmsghdr>(), ch) };
+            if let Some(d) = cb.0.get_mut(hdr_len..hdr_len + data.len()) {
+                d.copy_from_slice(&data);
+            }
+            h.msg_hdr.msg_control = cb.0.as_mut_ptr().cast::<libc::c_void>();
+            h.msg_hdr.msg_controllen = space as _;
+        }
+        // SAFETY: every mmsghdr points into `addrs`, `iovs` and `cbufs`
+        // (and the iovecs into `msgs`), all alive and unmoved for the call;
+        // `n` is the length of `hdrs`.
+        let r =
+            unsafe { libc::sendmmsg(self.fd.as_raw_fd(), hdrs.as_mut_ptr(), n as libc::c_uint, 0) };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(r as usize)
+    }
+
     /// Receives one datagram into `buf` (blocking).
     pub fn recv(&self, buf: &mut [u8]) -> std::io::Result<Result<RecvMeta, RecvError>> {
+        self.recv_flags(buf, MsgFlags::empty())
+    }
+
+    /// Receives one datagram if one is queued (`WouldBlock` otherwise); the
+    /// receive thread drains the queue with it after a blocking
+    /// [`USock::recv`] so the data plane can batch.
+    pub fn try_recv(&self, buf: &mut [u8]) -> std::io::Result<Result<RecvMeta, RecvError>> {
+        self.recv_flags(buf, MsgFlags::MSG_DONTWAIT)
+    }
+
+    fn recv_flags(
+        &self,
+        buf: &mut [u8],
+        flags: MsgFlags,
+    ) -> std::io::Result<Result<RecvMeta, RecvError>> {
         let mut cmsg = nix::cmsg_space!(libc::in6_pktinfo, libc::c_int, libc::in_pktinfo);
         let (n, src, mut dst, mut hop) = {
             let mut iov = [IoSliceMut::new(buf)];
@@ -213,7 +353,7 @@ impl USock {
                 self.fd.as_raw_fd(),
                 &mut iov,
                 Some(&mut cmsg),
-                MsgFlags::empty(),
+                flags,
             )
             .map_err(std::io::Error::from)?;
             let mut dst = None;
