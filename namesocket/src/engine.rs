@@ -1032,6 +1032,114 @@ impl Session {
         Ok(())
     }
 
+    /// [`Session::handle_input`] for input that the driver read straight
+    /// into the application's receive buffer: `buf[..len]` holds the bytes
+    /// read from the transport. DATA payload is delivered to the application
+    /// at once — moved to the front of `buf` — instead of being copied into
+    /// the engine's receive buffer and out again; control frames are
+    /// handled as usual. Returns how many payload bytes now start `buf`
+    /// (they count as read, like bytes returned by [`Session::read`]) and
+    /// the result `handle_input` would have returned (payload before an
+    /// error is still delivered).
+    ///
+    /// Zero-copy delivery needs an empty receive buffer (the order of the
+    /// stream) and a completed handshake; otherwise the input is handled
+    /// through the receive buffer and as much as fits is read into `buf`,
+    /// with the same result. `len` is clamped to `buf.len()`.
+    pub fn handle_input_in_place(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        len: usize,
+    ) -> (usize, Result<(), SessionError>) {
+        let len = len.min(buf.len());
+        if !self.recv_buf.is_empty() || self.expect_handshake || !self.is_transport_up() {
+            let input = buf.get(..len).unwrap_or(&[]).to_vec();
+            let r = self.handle_input(now, &input);
+            let n = self.read(buf);
+            return (n, r);
+        }
+        if len == 0 {
+            return (0, Ok(()));
+        }
+        self.last_rx = Some(now);
+        let mut out = 0usize;
+        let mut pos = 0usize;
+        let mut result = Ok(());
+        while pos < len && self.is_transport_up() {
+            let input = buf.get(pos..len).unwrap_or(&[]);
+            let base = input.as_ptr() as usize;
+            let (used, item) = match self.decoder.next(input) {
+                Ok(x) => x,
+                Err(e) => {
+                    result = Err(self.transport_error(now, SessionError::Wire(e)));
+                    break;
+                }
+            };
+            // Where the payload piece lies in `buf` (the decoder hands out
+            // sub-slices of its input).
+            let data = match item {
+                Some(FrameItem::Data(d)) => Some((
+                    pos.saturating_add((d.as_ptr() as usize).wrapping_sub(base)),
+                    d.len(),
+                )),
+                _ => None,
+            };
+            let control = match item {
+                Some(FrameItem::Control(c)) => Some(c),
+                _ => None,
+            };
+            pos += used;
+            if let Some((start, dl)) = data {
+                if let Err(e) = self.check_data(dl) {
+                    result = Err(self.transport_error(now, e));
+                    break;
+                }
+                // Payload never outgrows the input it came in: `out <= start`.
+                let end = start.saturating_add(dl);
+                if end > len || out > start {
+                    result = Err(self.transport_error(
+                        now,
+                        SessionError::Violation("payload outside the input"),
+                    ));
+                    break;
+                }
+                if start != out {
+                    buf.copy_within(start..end, out);
+                }
+                out += dl;
+                self.rcv_total += dl as u64;
+                self.stats.bytes_received += dl as u64;
+                self.stats.bytes_read += dl as u64;
+                if self.unacked_since.is_none() {
+                    self.unacked_since = Some(now);
+                }
+            }
+            if let Some(c) = control
+                && let Err(e) = self.on_control(now, c)
+            {
+                result = Err(self.transport_error(now, e));
+                break;
+            }
+        }
+        if out > 0 && self.delivered() - self.rcv_acked_sent >= self.ack_threshold() as u64 {
+            self.ack_needed = true;
+        }
+        (out, result)
+    }
+
+    fn check_data(&self, len: usize) -> Result<(), SessionError> {
+        if self.peer_shutdown {
+            return Err(SessionError::Violation("DATA after SHUTDOWN"));
+        }
+        if self.recv_buf.len() + len > self.recv_limit() {
+            return Err(SessionError::Violation(
+                "peer exceeded its send buffer limit",
+            ));
+        }
+        Ok(())
+    }
+
     fn transport_error(&mut self, now: Instant, e: SessionError) -> SessionError {
         self.stats.malformed_frames += 1;
         self.transport_lost(now, false);
@@ -1100,14 +1208,7 @@ impl Session {
     }
 
     fn on_data(&mut self, now: Instant, d: &[u8]) -> Result<(), SessionError> {
-        if self.peer_shutdown {
-            return Err(SessionError::Violation("DATA after SHUTDOWN"));
-        }
-        if self.recv_buf.len() + d.len() > self.recv_limit() {
-            return Err(SessionError::Violation(
-                "peer exceeded its send buffer limit",
-            ));
-        }
+        self.check_data(d.len())?;
         self.recv_buf.extend(d);
         self.rcv_total += d.len() as u64;
         self.stats.bytes_received += d.len() as u64;

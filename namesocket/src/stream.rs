@@ -141,6 +141,14 @@ impl NameStream {
             let now = Instant::now();
             match st.session.write(buf) {
                 Ok(n) if n > 0 => {
+                    let (coalesced, new_due) = st.coalesce_send(now);
+                    if coalesced {
+                        drop(st);
+                        if let Some(due) = new_due {
+                            driver::keeper().wake_before(due);
+                        }
+                        return Ok(n);
+                    }
                     // Read only when ACKs are needed to make room, or while
                     // the handshake is incomplete (NEW_ACK must be processed
                     // promptly: before it, a failed path cannot be resumed).
@@ -210,7 +218,15 @@ impl NameStream {
                 return Ok(0);
             }
             let now = Instant::now();
-            driver::pump(&self.conn, &mut st, now);
+            if buf.len() >= driver::DIRECT_READ_MIN {
+                // Nothing buffered: read the transport straight into `buf`.
+                let (n, _) = driver::pump_into(&self.conn, &mut st, now, buf);
+                if n > 0 {
+                    return Ok(n);
+                }
+            } else {
+                driver::pump(&self.conn, &mut st, now);
+            }
             if st.session.readable_bytes() > 0 || st.session.read_eof() || st.failure.is_some() {
                 continue;
             }
@@ -428,6 +444,9 @@ impl Write for &NameStream {
     fn flush(&mut self) -> io::Result<()> {
         let mut st = self.conn.lock();
         driver::flush(&mut st, Instant::now());
+        if st.unsent_bytes() == 0 {
+            st.flush_due = None;
+        }
         Ok(())
     }
 }

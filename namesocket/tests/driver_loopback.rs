@@ -434,3 +434,42 @@ fn server_that_closes_immediately() {
     }
     server.join().unwrap();
 }
+
+/// Small sends in quick succession are coalesced in the retained buffer;
+/// the last of them still reaches the peer while the sender makes no further
+/// call (the keeper writes it at the coalescing deadline), not at the next
+/// heartbeat (10 s here, beyond the reader's 3 s timeout).
+#[test]
+fn coalesced_sends_reach_the_peer_without_further_calls() {
+    let mut o = Options::default();
+    o.session.heartbeat_interval = Duration::from_secs(10);
+    o.session.dead_timeout = Duration::from_secs(30);
+    o.write_coalescing = Some(Duration::from_millis(20));
+    let l = NameListener::bind_with("0", &o).unwrap();
+    let port = l.local_port().to_string();
+    let data = pattern(200 * 100, 11);
+    let want = data.len();
+    let server = thread::spawn(move || {
+        let s = l.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(3)));
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 8192];
+        while got.len() < want {
+            let n = (&s).read(&mut buf).expect("data stuck in the sender");
+            assert!(n > 0);
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    });
+    let c = NameStream::connect_with("127.0.0.1", &port, &o).unwrap();
+    for rounds in 0..3 {
+        let part = &data[rounds * want / 3..(rounds + 1) * want / 3];
+        for chunk in part.chunks(100) {
+            assert_eq!(c.send(chunk).unwrap(), chunk.len());
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let got = server.join().unwrap();
+    assert!(got == data, "stream differs");
+    drop(c);
+}
