@@ -134,13 +134,20 @@ fn hipd_garbage_and_i1_flood_are_dropped_and_counted() {
     );
     assert!(after.hip_rx >= 3000, "{after:?}");
     assert_eq!(after.associations, 0, "an I1 flood creates no state");
-    let r1s = after
-        .engine
-        .iter()
-        .find(|(k, _)| k == "sent")
-        .map(|(_, v)| *v)
-        .unwrap();
-    assert!(r1s >= 2900, "R1s answered statelessly: {r1s}");
+    let counter = |name: &str| {
+        after
+            .engine
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| *v)
+            .unwrap()
+    };
+    let (r1s, limited) = (counter("sent"), counter("r1_rate_limited"));
+    // Every I1 is either answered statelessly or refused by the R1 rate
+    // limit (burst 200, 1000/s): the flood exceeds the burst.
+    assert!(r1s >= 200, "R1s answered statelessly: {r1s}");
+    assert!(limited > 0, "R1 rate limit engaged");
+    assert!(r1s + limited >= 2900, "R1s {r1s} + rate-limited {limited}");
 
     // Still serving: a real peer completes a BEX and moves data.
     let ha = Hipd::start(&lab, &a, "", "");

@@ -51,8 +51,8 @@
 //!   `hipconf daemon set puzzle K` (or `set puzzle K` in `hipd.conf`).
 //! * TUN MTU 1400: leaves room for the outer IPv6 header, UDP and the ESP
 //!   overhead on a 1500-byte underlay.
-//! * `set puzzle` rebuilds the engines, so it is refused while an association
-//!   is alive (CLOSED and E-FAILED records are dropped with the old engines).
+//! * `set puzzle` re-signs the precomputed R1s with the new #K at once; live
+//!   associations are unaffected.
 
 mod failover;
 mod files;
@@ -208,6 +208,9 @@ struct DataPlane {
     port_family: Mutex<HashMap<(u8, u16), (bool, Instant)>>,
     /// Sockets registered through the shim API.
     flows: HashMap<shim::FlowKey, Arc<shim::FlowDp>>,
+    /// Live outbound SAs that are not their association's primary (pairs
+    /// added with ESP_INFO OLD = 0), by outbound SPI.
+    out_spare: HashMap<u32, Arc<OutSa>>,
 }
 
 #[derive(Debug, Clone)]
@@ -227,17 +230,14 @@ struct IdentInfo {
 
 struct Core {
     eps: Vec<Endpoint>,
-    keys: Vec<Arc<dyn PrivateIdentity>>,
     idents: Vec<IdentInfo>,
     maps: BTreeMap<Hit, PeerMap>,
     next_lsi: u32,
     nat: NatMode,
     shotgun: bool,
-    opportunistic: bool,
     puzzle_k: u8,
     pending: HashMap<(Hit, Hit), VecDeque<Vec<u8>>>,
     local_locators: Vec<IpAddr>,
-    udp_port: u16,
     /// Shim contexts' settings, by (local HIT, peer HIT).
     shim: HashMap<(Hit, Hit), shim::ShimCtx>,
     /// Failure detectors, by (local HIT, peer HIT).
@@ -552,6 +552,7 @@ impl Shared {
                 tracing::info!(%peer_hit, "association closed");
                 let mut dp = self.dp.write().unwrap_or_else(|p| p.into_inner());
                 dp.out.retain(|_, s| !(s.ep == ep && s.id == id));
+                dp.out_spare.retain(|_, s| !(s.ep == ep && s.id == id));
                 dp.inb.retain(|_, s| !(s.ep == ep && s.peer == peer_hit));
             }
             Event::NotifyReceived {
@@ -581,9 +582,10 @@ impl Shared {
                 peer_hit,
                 sas,
                 old_inbound_spi,
+                kind,
                 ..
             } => {
-                tracing::info!(%peer_hit, old_inbound_spi, "SAs rekeyed");
+                tracing::info!(%peer_hit, old_inbound_spi, ?kind, "SAs rekeyed or added");
                 let sas = *sas;
                 let mut dp = self.dp.write().unwrap_or_else(|p| p.into_inner());
                 let Some(old_in) = dp.inb.get(&old_inbound_spi).cloned() else {
@@ -592,6 +594,11 @@ impl Shared {
                 let (local, peer) = (old_in.local, old_in.peer);
                 let live = old_in.live.clone();
                 if let Some(out) = dp.out.get(&(local, peer)).cloned() {
+                    if kind == hip_proto::engine::SaChange::Added {
+                        // The old pair stays usable: keep its outbound SA.
+                        let spi = out.sa.lock().unwrap_or_else(|p| p.into_inner()).spi();
+                        dp.out_spare.insert(spi, out.clone());
+                    }
                     let path = *out.path.lock().unwrap_or_else(|p| p.into_inner());
                     dp.out.insert(
                         (local, peer),
@@ -620,13 +627,30 @@ impl Shared {
                 );
             }
             Event::SasRetired {
+                id,
                 peer_hit,
                 inbound_spi,
-                ..
+                outbound_spi,
             } => {
-                tracing::debug!(%peer_hit, inbound_spi, "old SAs retired");
+                tracing::debug!(%peer_hit, inbound_spi, outbound_spi, "SAs retired");
+                let primary = core.eps[ep]
+                    .association(id)
+                    .map(|a| (a.local_hit(), a.spi_outbound()));
                 let mut dp = self.dp.write().unwrap_or_else(|p| p.into_inner());
                 dp.inb.remove(&inbound_spi);
+                dp.out_spare.remove(&outbound_spi);
+                // The primary pair was deleted: send on the new primary.
+                if let Some((local, spi)) = primary {
+                    let cur = dp.out.get(&(local, peer_hit)).cloned();
+                    if let Some(cur) = cur
+                        && cur.sa.lock().unwrap_or_else(|p| p.into_inner()).spi() == outbound_spi
+                        && let Some(next) = dp.out_spare.remove(&spi)
+                    {
+                        let path = *cur.path.lock().unwrap_or_else(|p| p.into_inner());
+                        *next.path.lock().unwrap_or_else(|p| p.into_inner()) = path;
+                        dp.out.insert((local, peer_hit), next);
+                    }
+                }
             }
             Event::PeerLocatorState {
                 peer_hit,
@@ -1602,35 +1626,15 @@ impl Shared {
             }
             Request::SetPuzzle { k } => {
                 let mut core = self.lock_core();
-                if core.eps.iter().any(|e| {
-                    e.associations()
-                        .any(|a| !matches!(a.state(), State::Closed | State::Failed))
-                }) {
-                    return Reply::err(
-                        ErrorCode::Unavailable,
-                        "puzzle difficulty can only change while no association is alive (rst all first)",
-                    );
-                }
-                match build_engines(&core.keys, k, core.opportunistic, core.udp_port) {
-                    Ok(mut eps) => {
-                        let ll: Vec<LocalLocator> = current_locators_ifindex(&self.opts.tun_name)
-                            .into_iter()
-                            .map(|(addr, ifindex)| LocalLocator {
-                                addr,
-                                ifindex,
-                                preferred: false,
-                            })
-                            .collect();
-                        for ep in eps.iter_mut() {
-                            ep.set_local_locators(Instant::now(), ll.clone());
-                        }
-                        core.eps = eps;
-                        core.puzzle_k = k;
-                        self.cv.notify_all();
-                        done(format!("puzzle difficulty {k}"))
+                let now = Instant::now();
+                for ep in core.eps.iter_mut() {
+                    if let Err(e) = ep.set_puzzle_k(now, k) {
+                        return Reply::err(ErrorCode::Failed, e.to_string());
                     }
-                    Err(e) => Reply::err(ErrorCode::Failed, e.to_string()),
                 }
+                core.puzzle_k = k;
+                self.cv.notify_all();
+                done(format!("puzzle difficulty {k} for new base exchanges"))
             }
             Request::ManualUpdate => {
                 self.update_locators();
@@ -1718,10 +1722,11 @@ impl Shared {
                 ("decrypt_failed", s.decrypt_failed),
                 ("unsupported", s.unsupported),
                 ("unhandled", s.unhandled),
+                ("r1_rate_limited", s.r1_rate_limited),
             ];
             for (k, v) in fields {
                 *engine.entry(k.to_string()).or_default() += v;
-                if !matches!(k, "received" | "sent" | "notify_sent") {
+                if !matches!(k, "received" | "sent" | "notify_sent" | "r1_rate_limited") {
                     dropped += v;
                 }
             }
@@ -1839,17 +1844,14 @@ impl Daemon {
         tracing::info!(tun = tun.name(), offload = tun.offload(), "TUN device");
         let core = Core {
             eps,
-            keys,
             idents,
             maps: BTreeMap::new(),
             next_lsi: 0x0101,
             nat: NatMode::None,
             shotgun: false,
-            opportunistic,
             puzzle_k: DEFAULT_PUZZLE_K,
             pending: HashMap::new(),
             local_locators: Vec::new(),
-            udp_port: opts.udp_port,
             shim: HashMap::new(),
             failover: HashMap::new(),
             reap_defaults: hip_proto::reap::Params::hipd_default(),
