@@ -619,6 +619,10 @@ pub struct StatsInfo {
     /// Path switches made by failure detection and shim preferences.
     #[serde(default)]
     pub failover_switches: u64,
+    /// ICMP errors about our HIP/ESP packets (each one makes the
+    /// association using that destination explore at once).
+    #[serde(default)]
+    pub icmp_errors: u64,
     /// Associations currently stored in the engine.
     pub associations: u64,
     /// The engine's raw counters, `name=value`.

@@ -430,6 +430,8 @@ enum Fault {
     DropRx,
     /// Link 1 down.
     Down,
+    /// b rejects everything arriving on link 1 with ICMP host-unreachable.
+    Reject,
 }
 
 /// A paced TCP stream a → b over HITs (about 8 MB/s for `secs`); link 1
@@ -516,13 +518,33 @@ fn failover_run(fault: Fault, tuned: bool, hot_standby: bool) -> Duration {
     let mut chunk = vec![0u8; 64 * 1024];
     let mut sent = 0u64;
     let t0 = Instant::now();
-    let mut faulted = None;
+    let mut faulted = false;
     while sent < TOTAL {
-        if faulted.is_none() && t0.elapsed() >= Duration::from_secs(1) {
-            faulted = Some(match fault {
-                Fault::DropRx => t.l1.drop_rx(&t.b).unwrap(),
-                Fault::Down => t.l1.down().unwrap(),
-            });
+        if !faulted && t0.elapsed() >= Duration::from_secs(1) {
+            faulted = true;
+            match fault {
+                Fault::DropRx => {
+                    t.l1.drop_rx(&t.b).unwrap();
+                }
+                Fault::Down => {
+                    t.l1.down().unwrap();
+                }
+                Fault::Reject => {
+                    let dev = t.l1.dev(&t.b).to_string();
+                    for cmd in [
+                        "add table inet shimreject".to_string(),
+                        "add chain inet shimreject in { type filter hook input priority -10 ; }"
+                            .to_string(),
+                        format!(
+                            "add rule inet shimreject in iifname {dev} reject with icmpx type host-unreachable"
+                        ),
+                    ] {
+                        let mut args = vec!["nft".to_string()];
+                        args.extend(cmd.split(' ').map(str::to_string));
+                        t.b.exec_ok(args).unwrap();
+                    }
+                }
+            }
         }
         pat.fill(&mut chunk);
         s.write_all(&chunk).unwrap();
@@ -531,6 +553,9 @@ fn failover_run(fault: Fault, tuned: bool, hot_standby: bool) -> Duration {
         std::thread::sleep(Duration::from_millis(8));
     }
     let gap = sink.join().expect("receiver");
+    if let Fault::Reject = fault {
+        assert!(t.ha.stats().icmp_errors > 0, "ICMP errors seen by hipd");
+    }
     let ctx = shim_ctx(&t.ha, flow);
     assert!(
         ctx.path.is_some_and(|p| p.1 != t.l1.addr(&t.b, Family::V6)),
@@ -567,6 +592,12 @@ fn shim_failover_silent_drop_tuned() {
 #[test]
 fn shim_failover_silent_drop_hot_standby() {
     failover_run(Fault::DropRx, true, true);
+}
+
+/// ICMP errors start exploration at once (the failure is not silent).
+#[test]
+fn shim_failover_icmp_unreachable() {
+    failover_run(Fault::Reject, false, false);
 }
 
 #[test]

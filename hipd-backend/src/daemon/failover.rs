@@ -11,8 +11,9 @@
 //!   packet, Next Header 59, on the association's SA);
 //! * engine events feed back: probe answers and losses, the peer probing
 //!   us, path changes made by preferences or readdressing;
-//! * local signals: addresses that disappear (rtnetlink) and negative
-//!   `SHIM_FEEDBACK` start exploration at once.
+//! * local signals: addresses that disappear (rtnetlink), ICMP errors
+//!   about our packets (IP_RECVERR error queues of the underlay sockets)
+//!   and negative `SHIM_FEEDBACK` start exploration at once.
 //!
 //! Parameters: the daemon defaults ([`Params::hipd_default`], changed with
 //! `set reap …` in hipd.conf or `hipconf daemon set reap …`), overridden
@@ -44,6 +45,8 @@ use crate::control::{PathExplore, ReapParam};
 
 /// Longest time between two driver ticks while associations exist.
 pub(super) const TICK: Duration = Duration::from_millis(10);
+/// Least time between two explorations started by ICMP errors.
+const ICMP_HOLD: Duration = Duration::from_millis(500);
 /// How often the candidate pairs are recomputed without a trigger.
 const CANDIDATE_REFRESH: Duration = Duration::from_secs(1);
 
@@ -101,6 +104,8 @@ pub(super) struct Failover {
     seen_ka: u64,
     cands_at: Option<Instant>,
     standby: Option<Pair>,
+    /// Last exploration started by an ICMP error (rate limit).
+    last_icmp: Option<Instant>,
 }
 
 impl Shared {
@@ -251,6 +256,7 @@ impl Shared {
                 seen_ka: 0,
                 cands_at: Some(now),
                 standby: None,
+                last_icmp: None,
             },
         );
     }
@@ -531,6 +537,33 @@ impl Shared {
             }
             _ => {}
         }
+    }
+
+    /// An ICMP error (unreachable, prohibited, …) came back for a packet we
+    /// sent to `dst`: associations whose current pair uses `dst` explore at
+    /// once. ICMP is unauthenticated, so it only starts probing (the
+    /// current pair stays if its probe is answered, RFC 5534 §5), at most
+    /// once per [`ICMP_HOLD`] per association.
+    pub(super) fn icmp_error(&self, dst: IpAddr) {
+        super::inc(&self.ctr.icmp_errors);
+        let mut core = self.lock_core();
+        let now = Instant::now();
+        let keys: Vec<(Hit, Hit)> = core
+            .failover
+            .iter()
+            .filter(|(_, f)| f.det.current().is_some_and(|c| c.1 == dst))
+            .filter(|(_, f)| f.last_icmp.is_none_or(|t| now - t >= ICMP_HOLD))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in keys {
+            if let Some(f) = core.failover.get_mut(&k) {
+                tracing::info!(peer = %k.1, %dst, "ICMP error: exploring");
+                f.last_icmp = Some(now);
+                f.det.on_feedback(now, true);
+            }
+            self.failover_drain(&mut core, k.0, k.1, now);
+        }
+        self.pump(&mut core);
     }
 
     /// Local addresses disappeared.

@@ -149,6 +149,7 @@ struct Counters {
     no_mapping: AtomicU64,
     keepalives_tx: AtomicU64,
     keepalives_rx: AtomicU64,
+    icmp_errors: AtomicU64,
 }
 
 fn inc(c: &AtomicU64) {
@@ -1057,6 +1058,9 @@ fn rx_thread(sh: Arc<Shared>, kind: Kind, v6: bool) {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => {
                     tracing::debug!(error = %e, "recv failed");
+                    for dst in sock.drain_errors() {
+                        sh.icmp_error(dst);
+                    }
                     continue;
                 }
             };
@@ -1745,6 +1749,7 @@ impl Shared {
             no_mapping: l(&c.no_mapping),
             keepalives_tx: l(&c.keepalives_tx),
             keepalives_rx: l(&c.keepalives_rx),
+            icmp_errors: l(&c.icmp_errors),
             failover_switches: core.shim.values().map(|c| c.switches).sum(),
             associations: core.eps.iter().map(|e| e.association_count() as u64).sum(),
             engine: engine.into_iter().collect(),

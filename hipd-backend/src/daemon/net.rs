@@ -99,6 +99,23 @@ fn to_owned(s: Socket) -> OwnedFd {
     s.into()
 }
 
+/// Queues ICMP errors about our packets on the socket's error queue
+/// ([`USock::drain_errors`]); without it unconnected raw and UDP sockets
+/// never hear of them.
+fn enable_recverr(fd: &OwnedFd, v6: bool) {
+    let r = if v6 {
+        setsockopt(fd, sockopt::Ipv6RecvErr, &true)
+    } else {
+        setsockopt(fd, sockopt::Ipv4RecvErr, &true)
+    };
+    if let Err(e) = r {
+        tracing::warn!(error = %e, "IP_RECVERR not available; ICMP errors are ignored");
+    }
+}
+
+/// Longest run of error-queue entries read at once.
+const MAX_ERRORS: usize = 64;
+
 impl USock {
     /// Opens a raw socket for `proto` in the family.
     pub fn raw(v6: bool, kind: Kind) -> anyhow::Result<USock> {
@@ -117,6 +134,7 @@ impl USock {
             setsockopt(&fd, sockopt::Ipv6RecvPacketInfo, &true)?;
             setsockopt(&fd, sockopt::Ipv6RecvHopLimit, &true)?;
         }
+        enable_recverr(&fd, v6);
         Ok(USock { fd, kind, v6 })
     }
 
@@ -144,6 +162,7 @@ impl USock {
         } else {
             setsockopt(&fd, sockopt::Ipv4PacketInfo, &true)?;
         }
+        enable_recverr(&fd, v6);
         Ok(USock {
             fd,
             kind: Kind::Udp,
@@ -332,6 +351,34 @@ impl USock {
     /// Receives one datagram into `buf` (blocking).
     pub fn recv(&self, buf: &mut [u8]) -> std::io::Result<Result<RecvMeta, RecvError>> {
         self.recv_flags(buf, MsgFlags::empty())
+    }
+
+    /// Reads the socket's error queue (ICMP errors about packets we sent):
+    /// the original destinations of the failed packets.
+    pub fn drain_errors(&self) -> Vec<IpAddr> {
+        let mut v = Vec::new();
+        let mut buf = [0u8; 256];
+        for _ in 0..MAX_ERRORS {
+            let mut cmsg = nix::cmsg_space!([u8; 128]);
+            let mut iov = [IoSliceMut::new(&mut buf)];
+            let Ok(m) = socket::recvmsg::<SockaddrStorage>(
+                self.fd.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::MSG_ERRQUEUE | MsgFlags::MSG_DONTWAIT,
+            ) else {
+                break;
+            };
+            let dst = m.address.and_then(|a| {
+                a.as_sockaddr_in6()
+                    .map(|s| IpAddr::V6(s.ip()))
+                    .or_else(|| a.as_sockaddr_in().map(|s| IpAddr::V4(s.ip())))
+            });
+            if let Some(d) = dst {
+                v.push(d);
+            }
+        }
+        v
     }
 
     /// Receives one datagram if one is queued (`WouldBlock` otherwise); the
