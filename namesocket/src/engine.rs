@@ -167,7 +167,11 @@ pub struct Config {
     pub resume_window: Duration,
     /// Most written-but-unacknowledged bytes retained (default 4 MiB).
     pub send_buffer_limit: usize,
-    /// Send an ACK at least every this many delivered bytes (default 64 KiB).
+    /// Send an ACK at least every this many delivered bytes (default
+    /// 256 KiB: the sender reads ACKs only when its retained buffer is half
+    /// full, so finer ACKs cost the receiver a write each for nothing;
+    /// measured on loopback, 64 KiB cost ~0.2 of the throughput ratio with
+    /// 2048 and 8192-byte writes).
     pub ack_every_bytes: usize,
     /// Longest delay before acknowledging delivered bytes (default 10 ms).
     pub ack_delay: Duration,
@@ -182,7 +186,7 @@ impl Default for Config {
             dead_timeout: Duration::from_millis(600),
             resume_window: Duration::from_secs(30),
             send_buffer_limit: 4 << 20,
-            ack_every_bytes: 64 << 10,
+            ack_every_bytes: 256 << 10,
             ack_delay: Duration::from_millis(10),
             max_frame_payload: wire::MAX_DATA_PAYLOAD,
         }
