@@ -623,6 +623,9 @@ pub struct StatsInfo {
     /// association using that destination explore at once).
     #[serde(default)]
     pub icmp_errors: u64,
+    /// ESP packets re-sent on the new pair after a failover.
+    #[serde(default)]
+    pub repaired: u64,
     /// Associations currently stored in the engine.
     pub associations: u64,
     /// The engine's raw counters, `name=value`.

@@ -45,6 +45,8 @@ use crate::control::{PathExplore, ReapParam};
 
 /// Longest time between two driver ticks while associations exist.
 pub(super) const TICK: Duration = Duration::from_millis(10);
+/// Packets sent this long before the last inbound one are re-sent too.
+const REPAIR_MARGIN_NS: u64 = 20_000_000;
 /// Least time between two explorations started by ICMP errors.
 const ICMP_HOLD: Duration = Duration::from_millis(500);
 /// How often the candidate pairs are recomputed without a trigger.
@@ -67,6 +69,50 @@ pub(super) struct Liveness {
     pub ka_last: AtomicU64,
     /// The pair (ours, peer's) of the last inbound packet.
     pub rx_pair: Mutex<Option<Pair>>,
+    /// The most recent sealed ESP packets, re-sent on the new pair after a
+    /// failover ([`REPAIR_SLOTS`]).
+    pub recent: Mutex<Recent>,
+}
+
+/// Sealed ESP packets kept for repair after a failover.
+pub(super) const REPAIR_SLOTS: usize = 256;
+
+/// A ring of the last [`REPAIR_SLOTS`] sealed packets with their send times.
+#[derive(Debug, Default)]
+pub(super) struct Recent {
+    slots: Vec<(u64, Vec<u8>)>,
+    next: usize,
+}
+
+impl Recent {
+    /// Records a sealed packet sent at `ns` (the slot's buffer is reused).
+    pub fn push(&mut self, ns: u64, data: &[u8]) {
+        if self.slots.len() < REPAIR_SLOTS {
+            self.slots.push((ns, data.to_vec()));
+        } else if let Some(slot) = self.slots.get_mut(self.next) {
+            slot.0 = ns;
+            slot.1.clear();
+            slot.1.extend_from_slice(data);
+        }
+        self.next = (self.next + 1) % REPAIR_SLOTS;
+    }
+
+    /// The packets sent at or after `since`, oldest first; empties the ring.
+    fn take_since(&mut self, since: u64) -> Vec<Vec<u8>> {
+        let n = self.slots.len();
+        let start = if n < REPAIR_SLOTS { 0 } else { self.next };
+        let mut v = Vec::new();
+        for k in 0..n {
+            if let Some((t, d)) = self.slots.get_mut((start + k) % n.max(1))
+                && *t >= since
+            {
+                v.push(std::mem::take(d));
+            }
+        }
+        self.slots.clear();
+        self.next = 0;
+        v
+    }
 }
 
 impl Liveness {
@@ -425,6 +471,9 @@ impl Shared {
                     tracing::info!(%peer, src = %pair.0, dst = %pair.1, ?reason, "failover: switching pair");
                     match core.eps[ep].set_path(now, peer, pair.0, pair.1) {
                         Ok(_) => {
+                            if reason != hip_proto::reap::SwitchReason::Preferred {
+                                self.repair(local, peer, pair);
+                            }
                             let unreachable: Vec<IpAddr> = core
                                 .failover
                                 .get(&(local, peer))
@@ -582,6 +631,42 @@ impl Shared {
         }
     }
 
+    /// After a failover: re-sends on `pair` the sealed ESP packets sent
+    /// since shortly before the last inbound packet — the ones the failed
+    /// path most likely swallowed. The receiver has not seen their sequence
+    /// numbers, so its anti-replay window accepts them (duplicates of
+    /// packets that did arrive are dropped by it), and the transport above
+    /// gets its data without waiting for its own retransmission timeout.
+    fn repair(&self, local: Hit, peer: Hit, pair: Pair) {
+        let out = {
+            let dp = self.dp.read().unwrap_or_else(|p| p.into_inner());
+            dp.out.get(&(local, peer)).cloned()
+        };
+        let Some(out) = out else { return };
+        let rx = out.live.rx_last.load(Ordering::Relaxed);
+        let since = rx.saturating_sub(REPAIR_MARGIN_NS);
+        let pkts = out
+            .live
+            .recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take_since(since);
+        let udp = out.path.lock().unwrap_or_else(|p| p.into_inner()).udp;
+        let path = super::Path {
+            src: pair.0,
+            dst: pair.1,
+            udp,
+        };
+        let mut n = 0u64;
+        for p in &pkts {
+            if self.send_sealed(&path, p) {
+                n += 1;
+            }
+        }
+        self.ctr.repaired.fetch_add(n, Ordering::Relaxed);
+        tracing::info!(%peer, packets = n, "failover: re-sent recent packets on the new pair");
+    }
+
     /// Sends an ESP keepalive (dummy packet) on `pair`.
     fn send_keepalive(&self, local: Hit, peer: Hit, pair: Pair) {
         let out = {
@@ -609,5 +694,31 @@ impl Shared {
         if self.send_sealed(&path, buf.get(..n).unwrap_or(&[])) {
             super::inc(&self.ctr.keepalives_tx);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repair_ring_keeps_the_newest_packets_in_order() {
+        let mut r = Recent::default();
+        for i in 0..(REPAIR_SLOTS as u64 + 10) {
+            r.push(i, &i.to_be_bytes());
+        }
+        let got = r.take_since(0);
+        assert_eq!(got.len(), REPAIR_SLOTS);
+        assert_eq!(got[0], 10u64.to_be_bytes());
+        assert_eq!(
+            got[REPAIR_SLOTS - 1],
+            (REPAIR_SLOTS as u64 + 9).to_be_bytes()
+        );
+        // Emptied, and `since` filters by send time.
+        assert!(r.take_since(0).is_empty());
+        for i in 0..5u64 {
+            r.push(i * 10, &[i as u8]);
+        }
+        assert_eq!(r.take_since(25), vec![vec![3u8], vec![4u8]]);
     }
 }

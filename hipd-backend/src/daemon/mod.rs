@@ -150,6 +150,7 @@ struct Counters {
     keepalives_tx: AtomicU64,
     keepalives_rx: AtomicU64,
     icmp_errors: AtomicU64,
+    repaired: AtomicU64,
 }
 
 fn inc(c: &AtomicU64) {
@@ -706,7 +707,13 @@ impl Shared {
         if self.send_sealed(&path, buf.get(..n).unwrap_or(&[])) {
             inc(&self.ctr.esp_tx);
             out.packets.fetch_add(1, Ordering::Relaxed);
-            out.live.sent(self.ns(Instant::now()));
+            let now = self.ns(Instant::now());
+            out.live.sent(now);
+            out.live
+                .recent
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(now, buf.get(..n).unwrap_or(&[]));
         }
     }
 
@@ -761,8 +768,13 @@ impl Shared {
             let kind = if key.0 { Kind::Udp } else { Kind::Esp };
             self.sock(kind, key.1).send_batch(&msgs, &mut tx.ok);
             let now = self.ns(Instant::now());
-            for ((_, _, out), ok) in items.iter().zip(&tx.ok) {
+            for ((r, _, out), ok) in items.iter().zip(&tx.ok) {
                 if *ok {
+                    out.live
+                        .recent
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(now, tx.data.get(r.clone()).unwrap_or(&[]));
                     inc(&self.ctr.esp_tx);
                     out.packets.fetch_add(1, Ordering::Relaxed);
                     out.live.sent(now);
@@ -1750,6 +1762,7 @@ impl Shared {
             keepalives_tx: l(&c.keepalives_tx),
             keepalives_rx: l(&c.keepalives_rx),
             icmp_errors: l(&c.icmp_errors),
+            repaired: l(&c.repaired),
             failover_switches: core.shim.values().map(|c| c.switches).sum(),
             associations: core.eps.iter().map(|e| e.association_count() as u64).sum(),
             engine: engine.into_iter().collect(),
