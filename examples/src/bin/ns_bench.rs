@@ -138,6 +138,39 @@
 //!   user-space copies plus per-call locking bound the ratio. On the veth
 //!   link, where the kernel does more per packet, namesocket matches or
 //!   beats plain TCP.
+//!
+//! # Findings after the throughput work (2026-11, session 2 round 2)
+//!
+//! Loopback, 200 MB per run, 5–7 interleaved runs, load average 3–4 on the
+//! 2 shared cores (plain TCP alone varies 1.3–1.9 GB/s between runs with
+//! 8192-byte writes, so single ratios move by ±0.2):
+//!
+//! | writes | before | after |
+//! |---|---:|---:|
+//! | 512 B | 0.45–0.57 | 1.8–2.65 |
+//! | 2048 B | 0.46–0.50 | 1.12–1.72 |
+//! | 8192 B | 0.46–0.53 | 0.71–1.16 |
+//!
+//! * `strace -f -c`, 20 MB of 512-byte writes, both ends: plain TCP 39,063
+//!   `sendto` + 3,822 `recvfrom`; namesocket before: 39,372 `writev` +
+//!   36,268 `recvfrom` (5,246 `EAGAIN`) + 5,252 `poll` (the receiver read
+//!   almost every 515-byte frame on its own); after: 991 `writev`, 1,368
+//!   `recvfrom`, 583 `poll`, 229 keeper wake-ups — 0.025 `writev` per
+//!   application write.
+//! * What did it: write coalescing (`Options::write_coalescing`: sends
+//!   within 50 µs of the previous one stay in the retained buffer until
+//!   64 KiB are pending, any other call, or 1 ms; isolated sends go out at
+//!   once), receives read straight into the application's buffer with the
+//!   payload moved to its front in place (one user-space copy less), and
+//!   ACKs every 256 KiB instead of 64 KiB (the receiver wrote an ACK per
+//!   64 KiB read although the sender reads ACKs only when half its buffer
+//!   is unacknowledged).
+//! * Turning Nagle on for transports (`nodelay: false`) did not help and
+//!   halved the ping-pong rate; it stays off.
+//! * What is left with 8192-byte writes is per-byte work: the copy into the
+//!   retained buffer (needed for resume) and the in-place move on receive.
+//! * Unchanged: latency ~0.5–0.6, connect + close ~0.35 (the NEW/NEW_ACK
+//!   thread wake-ups described above).
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
