@@ -81,30 +81,33 @@
 //! [`Request::Ping`] (the control-socket floor). The table gives the
 //! median block cost per call in µs and the ratio to the baseline.
 //!
-//! # Findings (2026-11, 2 shared cores, `--runs 5`, medians)
+//! # Findings (2026-11, 2 shared cores, idle, `--runs 5`, medians)
 //!
 //! | variant | gap | first byte | caught up | recovered |
 //! |---|---:|---:|---:|---:|
-//! | mptcp-backup | 301 ms | 300 ms | 912 ms | 5/5 |
-//! | mptcp-active | — | — | no recovery within 10 s | 0/5 |
-//! | hip-defaults | 719 ms | 718 ms | 719 ms (0.79 × MPTCP) | 5/5 |
-//! | hip-tuned | 297 ms | 296 ms | 297 ms (0.33 ×) | 5/5 |
-//! | hip-hot-standby | 724 ms | 728 ms | 728 ms (0.80 ×) | 5/5 |
-//! | hip-tuned-hot-standby | 298 ms | 297 ms | 298 ms (0.33 ×) | 5/5 |
+//! | mptcp-backup | 298 ms | 298 ms | 910 ms | 5/5 |
+//! | mptcp-active | — | — | no recovery within 10 s | 1/5 |
+//! | hip-defaults | 523 ms | 523 ms | 523 ms (0.57 × MPTCP) | 5/5 |
+//! | hip-tuned | 174 ms | 172 ms | 175 ms (0.19 ×) | 5/5 |
+//! | hip-hot-standby | 513 ms | 509 ms | 510 ms (0.56 ×) | 5/5 |
+//! | hip-tuned-hot-standby | 164 ms | 163 ms | 165 ms (0.18 ×) | 5/5 |
 //!
 //! * MPTCP with a backup subflow resumes after ~300 ms but the stream is
 //!   only back to normal delay after ~0.9 s; with both subflows active
-//!   no record arrived after the fault within 10 s in any run (as noted on
-//!   this machine before: default buffers).
-//! * HIP: first byte and caught up coincide (the shim switches the locator
-//!   pair under TCP; TCP's retransmission then drains the backlog at once).
-//!   Hot standby does not shorten the failover here: detection (the Send
-//!   Timeout, 500 ms default / 150 ms tuned) dominates, not the probing.
-//!   Tuned is right at the 0.3 s target.
-//! * SOL_SHIM query: kernel `SO_TYPE` 0.22 µs; shimapi
-//!   `SHIM_LOC_PEER_PREF` 3.4 ms, a raw `ShimGet` also 3.4 ms, while a
-//!   `Ping` on the same control connection is 9.5 µs — the cost is in the
-//!   daemon's `ShimGet` handling, not in the library or the socket.
+//!   only one run in five recovered within 10 s (default buffers).
+//! * HIP: first byte and caught up coincide. After a failover hipd
+//!   re-sends the sealed ESP packets the failed path swallowed on the new
+//!   pair, so TCP does not wait for its retransmission timeout: the figure
+//!   is the detection time (Send Timeout 500 ms default / 150 ms tuned)
+//!   plus one probe round trip. Earlier, before that repair step, the
+//!   figures were 719 ms / 297 ms (TCP's RTO backoff on top). Hot standby
+//!   saves the probing only, which is short on this lab.
+//! * SOL_SHIM query: kernel `SO_TYPE` 0.23 µs; shimapi
+//!   `SHIM_LOC_PEER_PREF` 42–88 µs, a raw `ShimGet` 38–93 µs, a `Ping` on
+//!   the same control connection 9–69 µs (two runs): one control round
+//!   trip plus the daemon's exact sock_diag owner check (~7 µs). Before
+//!   the sock_diag lookup the owner check scanned `/proc/net/tcp6` and a
+//!   query cost 3.4 ms.
 //!
 //! The hipd binary is taken from the directory of this executable
 //! (`--hipd` to override).
