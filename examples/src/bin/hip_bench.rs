@@ -23,7 +23,7 @@
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,59 +34,23 @@ use hip_proto::crypto::{
 };
 use hip_proto::engine::{Config, Datagram, Endpoint, Event, Transport};
 use hip_proto::wire::Hit;
-use hipd_backend::control::{Client, HiSelector, NatMode, Request, Response};
-use netlab::{Family, Host, Lab, Process};
+use hipd_backend::control::{NatMode, Request, Response};
+use mh_examples::hipd_lab::{self, LabHipd, call, default_hit as hit_of};
+use netlab::{Family, Host, Lab};
 use rand::RngCore;
 
-struct Hipd {
-    proc: Process,
-    sock: PathBuf,
-}
+type Hipd = LabHipd;
 
 fn start_hipd(lab: &Lab, host: &Host, hipd: &Path, tun_mtu: &str) -> anyhow::Result<Hipd> {
     let dir = lab.artifacts_dir().join(format!("{}-hip", host.name()));
-    std::fs::create_dir_all(&dir)?;
     let sock = dir.join("hipd.sock");
-    let proc = host.spawn([
-        hipd.to_str().context("path")?,
-        "--config-dir",
-        dir.to_str().context("path")?,
-        "--control-socket",
-        sock.to_str().context("path")?,
-        "--debug",
-        "none",
-        "--tun-mtu",
-        tun_mtu,
-    ])?;
-    let t0 = Instant::now();
-    loop {
-        if let Ok(mut c) = Client::connect(&sock)
-            && c.call(&Request::Ping).is_ok()
-        {
-            break;
-        }
-        if t0.elapsed() > Duration::from_secs(20) {
-            bail!("hipd did not start: {}", proc.stderr_so_far());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(Hipd { proc, sock })
-}
-
-fn call(sock: &Path, r: Request) -> anyhow::Result<Response> {
-    Ok(Client::connect(sock)?.call(&r)?)
-}
-
-fn hit_of(sock: &Path) -> anyhow::Result<Ipv6Addr> {
-    match call(
-        sock,
-        Request::GetHi {
-            which: HiSelector::Default,
-        },
-    )? {
-        Response::His { his } => Ok(his[0].hit),
-        r => bail!("unexpected {r:?}"),
-    }
+    hipd_lab::start(
+        host,
+        hipd,
+        &dir,
+        &sock,
+        &["--debug", "none", "--tun-mtu", tun_mtu],
+    )
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

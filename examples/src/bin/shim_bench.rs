@@ -123,8 +123,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, ValueEnum};
-use hipd_backend::control::{Client, FlowId, HiSelector, NatMode, Request, Response};
-use netlab::{Family, Host, Lab, Link, Process};
+use hipd_backend::control::{Client, FlowId, NatMode, Request, Response};
+use mh_examples::hipd_lab::{self, LabHipd, call, default_hit as hit_of};
+use netlab::{Family, Host, Lab, Link};
 use shimapi::{
     SHIM_APP_TIMEOUT_MS, SHIM_HOT_STANDBY, SHIM_LOC_PEER_PREF, SHIM_PATHEXPLORE, SOL_SHIM, Shim,
     shim_pathexplore,
@@ -649,59 +650,23 @@ fn mptcp_run(backup: bool, limit: Duration, verbose: bool) -> Result<Sample> {
     s
 }
 
-/// hipd in one lab host.
-struct Hipd {
-    _proc: Process,
-    sock: PathBuf,
-}
+type Hipd = LabHipd;
 
 fn start_hipd(host: &Host, hipd: &Path, dir: &Path, log_dir: &Path) -> Result<Hipd> {
-    std::fs::create_dir_all(dir)?;
     let sock = log_dir.join(format!("{}-hipd.sock", host.name()));
     let log = log_dir.join(format!("{}-hipd.log", host.name()));
-    let proc = host.spawn([
-        hipd.to_str().context("path")?,
-        "--config-dir",
-        dir.to_str().context("path")?,
-        "--control-socket",
-        sock.to_str().context("path")?,
-        "--debug",
-        "low",
-        "--log-file",
-        log.to_str().context("path")?,
-    ])?;
-    let t0 = Instant::now();
-    loop {
-        if let Ok(mut c) = Client::connect(&sock)
-            && c.call(&Request::Ping).is_ok()
-        {
-            break;
-        }
-        if t0.elapsed() > Duration::from_secs(30) {
-            bail!("hipd did not start: {}", proc.stderr_so_far());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(Hipd { _proc: proc, sock })
-}
-
-fn call(sock: &Path, r: Request) -> Result<Response> {
-    Ok(Client::connect(sock)?.call(&r)?)
-}
-
-fn hit_of(sock: &Path) -> Result<Ipv6Addr> {
-    match call(
-        sock,
-        Request::GetHi {
-            which: HiSelector::Default,
-        },
-    )? {
-        Response::His { his } => his
-            .first()
-            .map(|h| h.hit)
-            .ok_or_else(|| anyhow!("no identity")),
-        r => bail!("unexpected {r:?}"),
-    }
+    hipd_lab::start(
+        host,
+        hipd,
+        dir,
+        &sock,
+        &[
+            "--debug",
+            "low",
+            "--log-file",
+            log.to_str().context("path")?,
+        ],
+    )
 }
 
 /// A HIP lab: two hosts with hipd, an association from a to b.

@@ -7,15 +7,16 @@
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use hipd_backend::control::{Client, HiSelector, Request, Response, ShimContextInfo, StatsInfo};
-use netlab::{Family, Host, Lab, Process};
+use hipd_backend::control::{Request, Response, ShimContextInfo, StatsInfo};
+use mh_examples::hipd_lab::{self, LabHipd, call, default_hit};
+use netlab::{Family, Host, Lab};
 
 use super::Checksum;
 
@@ -23,43 +24,22 @@ const TOTAL: u64 = 300 << 20;
 const CHUNK: usize = 64 * 1024;
 const PORT: u16 = 7100;
 
-struct Hipd {
-    _proc: Process,
-    sock: PathBuf,
-}
-
-fn start_hipd(host: &Host, hipd: &Path, dir: &Path) -> Result<Hipd> {
-    std::fs::create_dir_all(dir)?;
-    let sock = dir.join("hipd.sock");
+fn start_hipd(host: &Host, hipd: &Path, dir: &Path) -> Result<LabHipd> {
     let log = dir.join("hipd.log");
-    let proc = host.spawn([
-        hipd.to_str().context("path")?,
-        "--config-dir",
-        dir.to_str().context("path")?,
-        "--control-socket",
-        sock.to_str().context("path")?,
-        "--system-hosts",
-        host.hosts_file().to_str().context("path")?,
-        "--debug",
-        "low",
-        "--log-file",
-        log.to_str().context("path")?,
-    ])?;
-    let t0 = Instant::now();
-    while Client::connect(&sock)
-        .and_then(|mut c| c.call(&Request::Ping))
-        .is_err()
-    {
-        if t0.elapsed() > Duration::from_secs(30) {
-            bail!("hipd did not start: {}", proc.stderr_so_far());
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    Ok(Hipd { _proc: proc, sock })
-}
-
-fn call(sock: &Path, r: Request) -> Result<Response> {
-    Ok(Client::connect(sock)?.call(&r)?)
+    hipd_lab::start(
+        host,
+        hipd,
+        dir,
+        &dir.join("hipd.sock"),
+        &[
+            "--system-hosts",
+            host.hosts_file().to_str().context("path")?,
+            "--debug",
+            "low",
+            "--log-file",
+            log.to_str().context("path")?,
+        ],
+    )
 }
 
 fn shim(sock: &Path, peer: Ipv6Addr) -> Option<ShimContextInfo> {
@@ -98,15 +78,7 @@ pub fn run(log: &dyn Fn(String)) -> Result<()> {
     let dir = lab.artifacts_dir().to_path_buf();
     let ha = start_hipd(&a, &hipd, &dir.join("a-hip"))?;
     let hb = start_hipd(&b, &hipd, &dir.join("b-hip"))?;
-    let hit_b = match call(
-        &hb.sock,
-        Request::GetHi {
-            which: HiSelector::Default,
-        },
-    )? {
-        Response::His { his } => his.first().context("no identity")?.hit,
-        r => bail!("unexpected {r:?}"),
-    };
+    let hit_b = default_hit(&hb.sock)?;
     let b0 = links[0].addr(&b, Family::V6);
     call(
         &ha.sock,
