@@ -6,7 +6,7 @@ mod hipd_support;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use hipd_support::{Hipd, random_file, same_file, socat_tcp};
+use hipd_support::{Hipd, random_file, same_file, socat_tcp, transfer_to_hit};
 use netlab::{Family, Lab};
 
 const MB: usize = 1 << 20;
@@ -217,18 +217,7 @@ fn hipd_native_v4_and_udp_v6_small_apps() {
         "udp",
     ]);
     assert_eq!(code, 0, "{out}{err}");
-    let file = lab.artifacts_dir().join("in-10m");
-    random_file(&file, 10 * MB, 3);
-    let got = socat_tcp(
-        &lab,
-        &c,
-        &a,
-        IpAddr::V6(hit_c),
-        IpAddr::V6(hit_c),
-        5003,
-        &file,
-    );
-    assert!(same_file(&file, &got));
+    transfer_to_hit(&lab, &c, &a, hit_c, 5003, 10 * MB, 3);
     udp_echo_check(&c, &a, IpAddr::V6(hit_c), IpAddr::V6(hit_c), 6002);
     let x: Vec<_> = ha
         .has()

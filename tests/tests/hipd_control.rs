@@ -4,12 +4,12 @@
 
 mod hipd_support;
 
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::Ipv6Addr;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use hipd_support::{Hipd, bins, random_file, same_file, socat_tcp};
+use hipd_support::{Hipd, bins, transfer_to_hit};
 use netlab::{Family, Lab};
 
 fn lab2() -> (Lab, netlab::Host, netlab::Host, netlab::Link) {
@@ -191,18 +191,7 @@ fn hipd_opportunistic_bex_then_tcp() {
     let has = ha.has();
     assert_eq!(has.len(), 1);
     assert_eq!(has[0].peer_hit, Some(hit_b));
-    let file = lab.artifacts_dir().join("opp-in");
-    random_file(&file, 4 << 20, 5);
-    let got = socat_tcp(
-        &lab,
-        &b,
-        &a,
-        IpAddr::V6(hit_b),
-        IpAddr::V6(hit_b),
-        5010,
-        &file,
-    );
-    assert!(same_file(&file, &got));
+    transfer_to_hit(&lab, &b, &a, hit_b, 5010, 4 << 20, 5);
 }
 
 /// A peer resolved through the hosts files (HIT ↔ name in the HIP hosts
@@ -214,18 +203,7 @@ fn hipd_hosts_file_resolution() {
     let hit_b = hb.hit();
     // "b-l0" resolves to b's addresses on link 0 in the lab's hosts file.
     let ha = Hipd::start(&lab, &a, "", &format!("{hit_b} b-l0\n"));
-    let file = lab.artifacts_dir().join("hosts-in");
-    random_file(&file, 2 << 20, 9);
-    let got = socat_tcp(
-        &lab,
-        &b,
-        &a,
-        IpAddr::V6(hit_b),
-        IpAddr::V6(hit_b),
-        5011,
-        &file,
-    );
-    assert!(same_file(&file, &got));
+    transfer_to_hit(&lab, &b, &a, hit_b, 5011, 2 << 20, 9);
     let has = ha.has();
     let loc = has[0].peer_locator.unwrap();
     assert!(
@@ -281,18 +259,7 @@ fn hipd_shutdown_closes_and_restart_is_clean() {
     ha.launch();
     assert_eq!(ha.hit(), hit_a);
     ha.add_map(hit_b, l0.addr(&b, Family::V6), None);
-    let file = lab.artifacts_dir().join("restart-in");
-    random_file(&file, 2 << 20, 1);
-    let got = socat_tcp(
-        &lab,
-        &b,
-        &a,
-        IpAddr::V6(hit_b),
-        IpAddr::V6(hit_b),
-        5012,
-        &file,
-    );
-    assert!(same_file(&file, &got));
+    transfer_to_hit(&lab, &b, &a, hit_b, 5012, 2 << 20, 1);
     assert!(
         hb.has()
             .iter()

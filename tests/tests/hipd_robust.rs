@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use hip_proto::wire::{ChecksumMode, DhGroupId, Hit, PacketRepr, PacketType, Param};
-use hipd_support::{Hipd, random_file, same_file, socat_tcp};
+use hipd_support::{Hipd, transfer_to_hit};
 use netlab::{Family, Lab};
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -152,18 +152,7 @@ fn hipd_garbage_and_i1_flood_are_dropped_and_counted() {
     // Still serving: a real peer completes a BEX and moves data.
     let ha = Hipd::start(&lab, &a, "", "");
     ha.add_map(hit_b, l0.addr(&b, Family::V6), None);
-    let file = lab.artifacts_dir().join("after-garbage");
-    random_file(&file, 2 << 20, 4);
-    let got = socat_tcp(
-        &lab,
-        &b,
-        &a,
-        IpAddr::V6(hit_b),
-        IpAddr::V6(hit_b),
-        5020,
-        &file,
-    );
-    assert!(same_file(&file, &got));
+    transfer_to_hit(&lab, &b, &a, hit_b, 5020, 2 << 20, 4);
     // Garbage ESP aimed at the live association's port/proto still does no harm.
     let dst = l0.addr(&b, Family::V6);
     let mut spi_garbage = Vec::new();

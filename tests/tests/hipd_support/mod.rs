@@ -234,6 +234,32 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> usize {
 /// Sends `file` with socat over TCP from `client` to `server` at `dst`
 /// (a HIT, LSI or IP) port `port`, the server listening on `bind`; returns
 /// the received file's path.
+/// Sends a fresh random file of `len` bytes (seed `seed`) with socat from
+/// `client` to `server` listening on `hit`:`port`, and asserts that it
+/// arrived byte-exact.
+pub fn transfer_to_hit(
+    lab: &Lab,
+    server: &Host,
+    client: &Host,
+    hit: Ipv6Addr,
+    port: u16,
+    len: usize,
+    seed: u64,
+) {
+    let file = lab.artifacts_dir().join(format!("send-{port}"));
+    random_file(&file, len, seed);
+    let got = socat_tcp(
+        lab,
+        server,
+        client,
+        IpAddr::V6(hit),
+        IpAddr::V6(hit),
+        port,
+        &file,
+    );
+    assert!(same_file(&file, &got), "data over {hit}:{port} differs");
+}
+
 pub fn socat_tcp(
     lab: &Lab,
     server: &Host,
