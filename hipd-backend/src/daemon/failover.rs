@@ -227,13 +227,12 @@ impl Shared {
         let Some(view) = core.eps.get(ep).and_then(|e| e.locators(peer)) else {
             return Vec::new();
         };
-        let _ = local;
         let ctx = core.shim.get(&(local, peer)).cloned().unwrap_or_default();
         let allowed = |list: &Option<Vec<crate::control::LocPref>>, a: IpAddr| {
             list.as_ref().is_none_or(|l| l.iter().any(|x| x.addr == a))
         };
         // Stay in the family of the pair in use when possible.
-        let cur_v4 = self.ctx_path_pub(local, peer).map(|p| p.1.is_ipv4());
+        let cur_v4 = self.ctx_path(local, peer).map(|p| p.1.is_ipv4());
         let mut v: Vec<(RankKey, Pair)> = Vec::new();
         for p in &view.peer {
             if p.state == LocatorState::Deprecated || !allowed(&ctx.loclist_peer, p.addr) {

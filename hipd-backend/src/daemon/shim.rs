@@ -195,11 +195,8 @@ impl Shared {
         })
     }
 
-    pub(super) fn ctx_path_pub(&self, local: Hit, peer: Hit) -> Option<(IpAddr, IpAddr)> {
-        self.ctx_path(local, peer)
-    }
-
-    fn ctx_path(&self, local: Hit, peer: Hit) -> Option<(IpAddr, IpAddr)> {
+    /// The pair the data plane uses for the association now.
+    pub(super) fn ctx_path(&self, local: Hit, peer: Hit) -> Option<(IpAddr, IpAddr)> {
         let dp = self.dp.read().unwrap_or_else(|p| p.into_inner());
         dp.out.get(&(local, peer)).map(|o| {
             let p = *o.path.lock().unwrap_or_else(|p| p.into_inner());
