@@ -152,6 +152,8 @@ pub(super) struct Failover {
     standby: Option<Pair>,
     /// Last exploration started by an ICMP error (rate limit).
     last_icmp: Option<Instant>,
+    /// The base exchange ran over IPv4.
+    base_v4: bool,
 }
 
 impl Shared {
@@ -231,8 +233,13 @@ impl Shared {
         let allowed = |list: &Option<Vec<crate::control::LocPref>>, a: IpAddr| {
             list.as_ref().is_none_or(|l| l.iter().any(|x| x.addr == a))
         };
-        // Stay in the family of the pair in use when possible.
-        let cur_v4 = self.ctx_path(local, peer).map(|p| p.1.is_ipv4());
+        // Prefer the family the base exchange used (stable, so a failover
+        // to the other family does not make it the preferred one).
+        let cur_v4 = core
+            .failover
+            .get(&(local, peer))
+            .map(|f| f.base_v4)
+            .or_else(|| self.ctx_path(local, peer).map(|p| p.1.is_ipv4()));
         let mut v: Vec<(RankKey, Pair)> = Vec::new();
         for p in &view.peer {
             if p.state == LocatorState::Deprecated || !allowed(&ctx.loclist_peer, p.addr) {
@@ -302,6 +309,7 @@ impl Shared {
                 cands_at: Some(now),
                 standby: None,
                 last_icmp: None,
+                base_v4: pair.1.is_ipv4(),
             },
         );
     }
@@ -615,16 +623,23 @@ impl Shared {
     }
 
     /// Local addresses disappeared.
+    /// The host's addresses changed (after the engines were told): the
+    /// candidate pairs are rebuilt at once, so an exploration started by a
+    /// disappeared address already sees the addresses that appeared.
     pub(super) fn failover_local_gone(&self, core: &mut Core, gone: &[IpAddr]) {
-        if gone.is_empty() {
-            return;
-        }
         let now = Instant::now();
         let keys: Vec<(Hit, Hit)> = core.failover.keys().copied().collect();
         for (l, p) in keys {
+            let ep = core.failover.get(&(l, p)).map_or(0, |f| f.ep);
+            let groups = Self::local_groups(core, ep, p);
+            let cands = self.candidates(core, ep, l, p);
             if let Some(f) = core.failover.get_mut(&(l, p)) {
-                f.det.on_local_failure(now, gone);
-                f.cands_at = None;
+                f.det.set_local_groups(now, groups);
+                f.det.set_candidates(now, cands);
+                f.cands_at = Some(now);
+                if !gone.is_empty() {
+                    f.det.on_local_failure(now, gone);
+                }
             }
             self.failover_drain(core, l, p, now);
         }
