@@ -4,6 +4,7 @@
 //! cargo build --release -p hipd-backend --bins
 //! cargo build --release -p mh-examples --bin hip_bench
 //! sudo target/release/hip_bench [--quick] [--bex-only] [--assocs 1000,10000] [--tun-mtu 1400]
+//!     [--iperf-secs N] [--transport native|udp]
 //! ```
 //! Prints one table; every HIT figure is paired with the same measurement
 //! over the plain IPv6 underlay on the same link, run interleaved (plain,
@@ -11,8 +12,14 @@
 //! * iperf3 with 128 KiB writes (target ratio ≥ 0.25);
 //! * Table 7.1 write sizes (512, 2048, 8192 B): TCP throughput;
 //! * 1-byte TCP ping-pong round trips per second;
-//! * connect+close per second over an established association (the
-//!   client closes abortively, SO_LINGER 0, so TIME_WAIT does not pile up);
+//! * connect+close per second over an established association, closed
+//!   loop: the client connects, the server accepts and closes, the client
+//!   reads the end of stream and closes abortively (SO_LINGER 0, so
+//!   TIME_WAIT does not pile up). An open loop (connect and close without
+//!   waiting for the server) overflows the listener's accept queue
+//!   whenever the client outpaces the acceptor; the kernel then drops the
+//!   SYN and that connection stalls for the 1 s SYN retransmission
+//!   timeout, which made the plain figure swing by 10×;
 //! * BEX latency p50/p99 (`rst` then `Connect` over the control socket;
 //!   target p50 ≤ 3 ms);
 //! * hipd resident memory per association with 1,000 and 10,000
@@ -172,8 +179,9 @@ fn connect_close(a: &Host, b: &Host, dst: IpAddr, port: u16, dur: Duration) -> a
     let res = a.run(move || -> std::io::Result<f64> {
         let mut n = 0u64;
         let t0 = Instant::now();
+        let mut eof = [0u8; 1];
         while t0.elapsed() < dur {
-            let s = TcpStream::connect((dst, port))?;
+            let mut s = TcpStream::connect((dst, port))?;
             // Abortive close: TIME_WAIT port exhaustion would otherwise
             // dominate the figure after a few thousand connections.
             let _ = nix::sys::socket::setsockopt(
@@ -184,6 +192,8 @@ fn connect_close(a: &Host, b: &Host, dst: IpAddr, port: u16, dur: Duration) -> a
                     l_linger: 0,
                 },
             );
+            // Wait for the server's close (end of stream).
+            let _ = s.read(&mut eof);
             drop(s);
             n += 1;
         }
@@ -360,6 +370,11 @@ fn main() -> anyhow::Result<()> {
         .and_then(|i| args.get(i + 1))
         .cloned()
         .unwrap_or_else(|| hipd_backend::daemon::TUN_MTU.to_string());
+    let udp = args
+        .iter()
+        .position(|a| a == "--transport")
+        .and_then(|i| args.get(i + 1))
+        .is_some_and(|t| t == "udp");
     let da = start_hipd(&lab, &a, &hipd, &tun_mtu)?;
     let db = start_hipd(&lab, &b, &hipd, &tun_mtu)?;
     let hit_b = hit_of(&db.sock)?;
@@ -370,7 +385,11 @@ fn main() -> anyhow::Result<()> {
             hit: hit_b,
             ip: b_ip,
             lsi: None,
-            transport: Some(NatMode::None),
+            transport: Some(if udp {
+                NatMode::PlainUdp
+            } else {
+                NatMode::None
+            }),
         },
     )?;
     call(
@@ -389,7 +408,8 @@ fn main() -> anyhow::Result<()> {
         port
     };
     println!(
-        "hipd benchmark (two namespaces, one veth link, native IPv6 underlay, hip0 MTU {tun_mtu})"
+        "hipd benchmark (two namespaces, one veth link, {} IPv6 underlay, hip0 MTU {tun_mtu})",
+        if udp { "UDP-encapsulated" } else { "native" }
     );
     println!(
         "{:<34} {:>12} {:>12} {:>8}",
@@ -415,9 +435,15 @@ fn main() -> anyhow::Result<()> {
         Ok(())
     };
     let bex_only = args.iter().any(|a| a == "--bex-only");
+    let iperf_secs: u32 = args
+        .iter()
+        .position(|a| a == "--iperf-secs")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(if quick { 2 } else { 4 });
     if !bex_only {
         row("iperf3 128 KiB writes", "MB/s", &mut |d, p| {
-            iperf3(&a, &b, d, p, if quick { 2 } else { 4 })
+            iperf3(&a, &b, d, p, iperf_secs)
         })?;
         for size in [512usize, 2048, 8192] {
             row(&format!("TCP {size} B writes"), "MB/s", &mut |d, p| {

@@ -756,7 +756,12 @@ impl Shared {
                 .take_while(|(_, p, _)| (p.udp.is_some(), p.dst.is_ipv6()) == key)
                 .count();
             let items = tx.items.get(i..i + run).unwrap_or(&[]);
-            let msgs: Vec<net::OutMsg<'_>> = items
+            let kind = if key.0 { Kind::Udp } else { Kind::Esp };
+            let sock = self.sock(kind, key.1);
+            if sock.gso() {
+                Self::send_offloaded(sock, items, &tx.data, &mut tx.ok);
+            } else {
+                let msgs: Vec<net::OutMsg<'_>> = items
                 .iter()
                 .map(|(r, p, _)| net::OutMsg {
                     src: Some(p.src),
@@ -765,8 +770,8 @@ impl Shared {
                     data: tx.data.get(r.clone()).unwrap_or(&[]),
                 })
                 .collect();
-            let kind = if key.0 { Kind::Udp } else { Kind::Esp };
-            self.sock(kind, key.1).send_batch(&msgs, &mut tx.ok);
+                sock.send_batch(&msgs, &mut tx.ok);
+            }
             let now = self.ns(Instant::now());
             for ((r, _, out), ok) in items.iter().zip(&tx.ok) {
                 if *ok {
@@ -784,6 +789,67 @@ impl Shared {
         }
         tx.data.clear();
         tx.items.clear();
+    }
+
+    /// Sends `items` (sealed ESP-in-UDP datagrams, ranges of `data` in
+    /// order and back to back) with UDP segmentation offload: each run of
+    /// datagrams on the same path with the same length (the last of a run
+    /// may be shorter) goes out with one `sendmsg`. `ok[i]` tells whether
+    /// item `i` was accepted. Falls back to `sendmmsg` when the kernel
+    /// refuses offload.
+    fn send_offloaded(
+        sock: &net::USock,
+        items: &[(std::ops::Range<usize>, Path, Arc<OutSa>)],
+        data: &[u8],
+        ok: &mut Vec<bool>,
+    ) {
+        ok.clear();
+        ok.resize(items.len(), false);
+        let mut i = 0;
+        while i < items.len() {
+            let Some((first, path, _)) = items.get(i) else {
+                break;
+            };
+            let seg = first.len();
+            let j = gso_run_end(items, i);
+            let end = items.get(j - 1).map_or(first.end, |(r, _, _)| r.end);
+            let bytes = data.get(first.start..end).unwrap_or(&[]);
+            let sent = match u16::try_from(seg) {
+                Ok(seg16) if j - i > 1 => {
+                    sock.send_segments(Some(path.src), path.dst, path.udp.unwrap_or(0), bytes, seg16)
+                }
+                _ => sock.send(Some(path.src), path.dst, path.udp.unwrap_or(0), &[bytes]),
+            };
+            match sent {
+                Ok(_) => {
+                    for o in ok.iter_mut().take(j).skip(i) {
+                        *o = true;
+                    }
+                }
+                Err(e) if !sock.gso() => {
+                    // Offload refused: send this run one by one.
+                    tracing::trace!(error = %e, "offloaded send failed, retrying without");
+                    let msgs: Vec<net::OutMsg<'_>> = items
+                        .get(i..j)
+                        .unwrap_or(&[])
+                        .iter()
+                        .map(|(r, p, _)| net::OutMsg {
+                            src: Some(p.src),
+                            dst: p.dst,
+                            port: p.udp.unwrap_or(0),
+                            data: data.get(r.clone()).unwrap_or(&[]),
+                        })
+                        .collect();
+                    let mut sub = Vec::new();
+                    sock.send_batch(&msgs, &mut sub);
+                    for (o, s) in ok.iter_mut().skip(i).zip(sub) {
+                        *o = s;
+                    }
+                }
+                Err(e) => tracing::trace!(error = %e, dst = %path.dst, "ESP send failed"),
+            }
+            i = j;
+        }
     }
 
     /// Sends a sealed ESP packet on `path`.
@@ -863,6 +929,36 @@ impl Shared {
         self.pump(core);
         Ok((i, r))
     }
+}
+
+/// The end (exclusive) of the run of `items` starting at `i` that one UDP
+/// segmentation offload send can carry: same path, byte ranges back to
+/// back, every datagram as long as the first except a shorter last one,
+/// at most [`net::GSO_MAX_SEGMENTS`] datagrams and [`net::GSO_MAX_BYTES`]
+/// bytes. Always `> i` when `i < items.len()`.
+fn gso_run_end<T>(items: &[(std::ops::Range<usize>, Path, T)], i: usize) -> usize {
+    let Some((first, path, _)) = items.get(i) else {
+        return i;
+    };
+    let seg = first.len();
+    let mut end = first.end;
+    let mut j = i + 1;
+    while let Some((r, p, _)) = items.get(j) {
+        if p != path
+            || r.start != end
+            || r.len() > seg
+            || j - i >= net::GSO_MAX_SEGMENTS
+            || r.end - first.start > net::GSO_MAX_BYTES
+        {
+            break;
+        }
+        end = r.end;
+        j += 1;
+        if r.len() < seg {
+            break;
+        }
+    }
+    j
 }
 
 fn is_hip_addr(a: IpAddr) -> bool {
@@ -1084,19 +1180,26 @@ fn rx_thread(sh: Arc<Shared>, kind: Kind, v6: bool) {
             match kind {
                 Kind::Hip => sh.handle_hip(meta.src, meta.dst, Transport::Native, payload),
                 Kind::Esp => sh.handle_esp(payload, meta.hop_limit, pair, &mut out, &mut gro),
-                Kind::Udp => match payload.first_chunk::<4>() {
-                    None => inc(&sh.ctr.malformed),
-                    Some([0, 0, 0, 0]) => sh.handle_hip(
-                        meta.src,
-                        meta.dst,
-                        Transport::Udp {
-                            src_port: meta.src_port,
-                            dst_port: sh.opts.udp_port,
-                        },
-                        payload.get(4..).unwrap_or(&[]),
-                    ),
-                    Some(_) => sh.handle_esp(payload, meta.hop_limit, pair, &mut out, &mut gro),
-                },
+                // UDP receive offload may hand over several datagrams at once.
+                Kind::Udp => {
+                    for dgram in meta.datagrams(payload) {
+                        match dgram.first_chunk::<4>() {
+                            None => inc(&sh.ctr.malformed),
+                            Some([0, 0, 0, 0]) => sh.handle_hip(
+                                meta.src,
+                                meta.dst,
+                                Transport::Udp {
+                                    src_port: meta.src_port,
+                                    dst_port: sh.opts.udp_port,
+                                },
+                                dgram.get(4..).unwrap_or(&[]),
+                            ),
+                            Some(_) => {
+                                sh.handle_esp(dgram, meta.hop_limit, pair, &mut out, &mut gro);
+                            }
+                        }
+                    }
+                }
             }
         }
         gro.flush(&sh.tun);
@@ -1956,5 +2059,74 @@ impl Daemon {
     /// Static mappings (for diagnostics).
     pub fn maps(&self) -> Vec<MapInfo> {
         self.shared.maps()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(dst: u8) -> Path {
+        Path {
+            src: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+            dst: IpAddr::V4(Ipv4Addr::new(192, 0, 2, dst)),
+            udp: Some(10500),
+        }
+    }
+
+    /// Items of the given lengths, back to back, on the paths given.
+    fn items(spec: &[(usize, u8)]) -> Vec<(std::ops::Range<usize>, Path, ())> {
+        let mut at = 0;
+        spec.iter()
+            .map(|&(len, dst)| {
+                let r = at..at + len;
+                at += len;
+                (r, p(dst), ())
+            })
+            .collect()
+    }
+
+    fn runs(v: &[(std::ops::Range<usize>, Path, ())]) -> Vec<usize> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < v.len() {
+            let j = gso_run_end(v, i);
+            assert!(j > i);
+            out.push(j - i);
+            i = j;
+        }
+        out
+    }
+
+    #[test]
+    fn gso_runs_split_on_path_size_and_limits() {
+        // Equal sizes on one path: one run; a shorter datagram ends it.
+        assert_eq!(runs(&items(&[(100, 2); 5])), vec![5]);
+        assert_eq!(
+            runs(&items(&[(100, 2), (100, 2), (60, 2), (100, 2)])),
+            vec![3, 1]
+        );
+        // A longer datagram cannot join a run.
+        assert_eq!(runs(&items(&[(100, 2), (120, 2)])), vec![1, 1]);
+        // A path change splits.
+        assert_eq!(
+            runs(&items(&[(100, 2), (100, 3), (100, 3)])),
+            vec![1, 2]
+        );
+        // The segment count limit.
+        assert_eq!(
+            runs(&items(&[(10, 2); net::GSO_MAX_SEGMENTS + 3])),
+            vec![net::GSO_MAX_SEGMENTS, 3]
+        );
+        // The byte limit: 1400-byte datagrams, 46 fit in 65 000 bytes.
+        let v = items(&[(1400, 2); 50]);
+        let r = runs(&v);
+        assert_eq!(r, vec![46, 4]);
+        // Ranges that are not back to back split.
+        let mut v = items(&[(100, 2); 3]);
+        v[2].0 = 250..350;
+        assert_eq!(runs(&v), vec![2, 1]);
+        // Empty input and out-of-range start.
+        assert_eq!(gso_run_end::<()>(&[], 0), 0);
     }
 }

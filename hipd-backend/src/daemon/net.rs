@@ -17,6 +17,7 @@
 use std::io::{IoSlice, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use nix::sys::socket::{
@@ -51,6 +52,9 @@ pub struct USock {
     pub kind: Kind,
     /// Address family is IPv6.
     pub v6: bool,
+    /// UDP segmentation offload (`UDP_SEGMENT`) is usable: set for UDP
+    /// sockets, cleared for good when the kernel refuses a GSO send.
+    gso: AtomicBool,
 }
 
 /// A received datagram.
@@ -68,7 +72,27 @@ pub struct RecvMeta {
     pub offset: usize,
     /// Payload length.
     pub len: usize,
+    /// Length of each datagram in the payload: UDP receive offload
+    /// (`UDP_GRO`) can hand over several datagrams of one flow at once, all
+    /// `stride` bytes long except a shorter last one. Equal to `len` when
+    /// the payload is one datagram.
+    pub stride: usize,
 }
+
+impl RecvMeta {
+    /// The datagrams in `payload` (the `offset..offset + len` slice of the
+    /// receive buffer).
+    pub fn datagrams<'a>(&self, payload: &'a [u8]) -> std::slice::Chunks<'a, u8> {
+        payload.chunks(self.stride.max(1))
+    }
+}
+
+/// Most datagrams in one UDP segmentation offload send (the kernel's
+/// `UDP_MAX_SEGMENTS` is 64 on older kernels, 128 on newer ones).
+pub const GSO_MAX_SEGMENTS: usize = 64;
+/// Most bytes in one UDP segmentation offload send (a UDP payload must fit
+/// in one IPv4 or IPv6 packet before segmentation).
+pub const GSO_MAX_BYTES: usize = 65_000;
 
 /// Datagrams per `sendmmsg(2)` call.
 pub const SEND_BATCH: usize = 64;
@@ -135,7 +159,12 @@ impl USock {
             setsockopt(&fd, sockopt::Ipv6RecvHopLimit, &true)?;
         }
         enable_recverr(&fd, v6);
-        Ok(USock { fd, kind, v6 })
+        Ok(USock {
+            fd,
+            kind,
+            v6,
+            gso: AtomicBool::new(false),
+        })
     }
 
     /// Opens the UDP 10500 socket of a family (IPv6 socket is v6-only).
@@ -163,10 +192,17 @@ impl USock {
             setsockopt(&fd, sockopt::Ipv4PacketInfo, &true)?;
         }
         enable_recverr(&fd, v6);
+        // Receive offload: a burst of ESP datagrams of one flow arrives as
+        // one buffer (see RecvMeta::stride). Optional: without it every
+        // datagram is read on its own.
+        if let Err(e) = setsockopt(&fd, sockopt::UdpGroSegment, &true) {
+            tracing::info!(error = %e, "UDP_GRO not available");
+        }
         Ok(USock {
             fd,
             kind: Kind::Udp,
             v6,
+            gso: AtomicBool::new(true),
         })
     }
 
@@ -178,7 +214,53 @@ impl USock {
         port: u16,
         parts: &[&[u8]],
     ) -> std::io::Result<usize> {
+        self.send_seg(src, dst, port, parts, None)
+    }
+
+    /// Whether [`USock::send_segments`] can be used.
+    pub fn gso(&self) -> bool {
+        self.gso.load(Ordering::Relaxed)
+    }
+
+    /// Sends `data`, a run of datagrams of `seg` bytes each (the last may be
+    /// shorter), to one destination with one `sendmsg` and UDP segmentation
+    /// offload: the kernel splits it, so the per-datagram cost of the stack
+    /// is paid once per run. At most [`GSO_MAX_SEGMENTS`] datagrams and
+    /// [`GSO_MAX_BYTES`] bytes. When the kernel refuses offload (`EIO`,
+    /// `EINVAL`, `ENOPROTOOPT`), offload is turned off for the socket and
+    /// the caller falls back to [`USock::send_batch`].
+    pub fn send_segments(
+        &self,
+        src: Option<IpAddr>,
+        dst: IpAddr,
+        port: u16,
+        data: &[u8],
+        seg: u16,
+    ) -> std::io::Result<usize> {
+        let r = self.send_seg(src, dst, port, &[data], Some(seg));
+        if let Err(e) = &r
+            && matches!(
+                e.raw_os_error(),
+                Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT | libc::EOPNOTSUPP)
+            )
+        {
+            tracing::info!(error = %e, "UDP segmentation offload refused; sending datagrams one by one");
+            self.gso.store(false, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn send_seg(
+        &self,
+        src: Option<IpAddr>,
+        dst: IpAddr,
+        port: u16,
+        parts: &[&[u8]],
+        seg: Option<u16>,
+    ) -> std::io::Result<usize> {
         let iov: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+        let seg_val = seg.unwrap_or(0);
+        let gso_cmsg = seg.map(|_| ControlMessage::UdpGsoSegments(&seg_val));
         let r = match dst {
             IpAddr::V6(d) => {
                 let sa = SockaddrIn6::from(std::net::SocketAddrV6::new(d, port, 0, 0));
@@ -190,10 +272,11 @@ impl USock {
                             },
                             ipi6_ifindex: 0,
                         };
+                        let c = [ControlMessage::Ipv6PacketInfo(&info)];
                         socket::sendmsg(
                             self.fd.as_raw_fd(),
                             &iov,
-                            &[ControlMessage::Ipv6PacketInfo(&info)],
+                            &with_gso(&c, gso_cmsg),
                             MsgFlags::empty(),
                             Some(&sa),
                         )
@@ -201,7 +284,7 @@ impl USock {
                     _ => socket::sendmsg(
                         self.fd.as_raw_fd(),
                         &iov,
-                        &[],
+                        &with_gso(&[], gso_cmsg),
                         MsgFlags::empty(),
                         Some(&sa),
                     ),
@@ -218,10 +301,11 @@ impl USock {
                             },
                             ipi_addr: libc::in_addr { s_addr: 0 },
                         };
+                        let c = [ControlMessage::Ipv4PacketInfo(&info)];
                         socket::sendmsg(
                             self.fd.as_raw_fd(),
                             &iov,
-                            &[ControlMessage::Ipv4PacketInfo(&info)],
+                            &with_gso(&c, gso_cmsg),
                             MsgFlags::empty(),
                             Some(&sa),
                         )
@@ -229,7 +313,7 @@ impl USock {
                     _ => socket::sendmsg(
                         self.fd.as_raw_fd(),
                         &iov,
-                        &[],
+                        &with_gso(&[], gso_cmsg),
                         MsgFlags::empty(),
                         Some(&sa),
                     ),
@@ -393,8 +477,13 @@ impl USock {
         buf: &mut [u8],
         flags: MsgFlags,
     ) -> std::io::Result<Result<RecvMeta, RecvError>> {
-        let mut cmsg = nix::cmsg_space!(libc::in6_pktinfo, libc::c_int, libc::in_pktinfo);
-        let (n, src, mut dst, mut hop) = {
+        let mut cmsg = nix::cmsg_space!(
+            libc::in6_pktinfo,
+            libc::c_int,
+            libc::in_pktinfo,
+            libc::c_int
+        );
+        let (n, src, mut dst, mut hop, stride) = {
             let mut iov = [IoSliceMut::new(buf)];
             let m = socket::recvmsg::<SockaddrStorage>(
                 self.fd.as_raw_fd(),
@@ -405,6 +494,7 @@ impl USock {
             .map_err(std::io::Error::from)?;
             let mut dst = None;
             let mut hop = 64u8;
+            let mut stride = None;
             if let Ok(it) = m.cmsgs() {
                 for c in it {
                     match c {
@@ -416,6 +506,9 @@ impl USock {
                         }
                         ControlMessageOwned::Ipv6HopLimit(h) => {
                             hop = u8::try_from(h).unwrap_or(64);
+                        }
+                        ControlMessageOwned::UdpGroSegments(s) => {
+                            stride = usize::try_from(s).ok().filter(|&s| s > 0);
                         }
                         _ => {}
                     }
@@ -429,7 +522,7 @@ impl USock {
                         .map(|s4| SocketAddr::V4(std::net::SocketAddrV4::from(*s4)))
                 }
             });
-            (m.bytes, src, dst, hop)
+            (m.bytes, src, dst, hop, stride)
         };
         let Some(src) = src else {
             return Ok(Err(RecvError::NoDestination));
@@ -456,8 +549,17 @@ impl USock {
             hop_limit: hop,
             offset,
             len,
+            stride: stride.map_or(len, |s| s.min(len.max(1))),
         }))
     }
+}
+
+/// `base` plus the UDP segmentation control message, if any.
+fn with_gso<'a>(
+    base: &[ControlMessage<'a>],
+    gso: Option<ControlMessage<'a>>,
+) -> Vec<ControlMessage<'a>> {
+    base.iter().copied().chain(gso).collect()
 }
 
 fn unreachable_kind() -> anyhow::Result<i32> {
