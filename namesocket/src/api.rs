@@ -161,7 +161,9 @@ pub fn naccept(nsd: i32) -> Result<i32> {
 }
 
 /// Connects a new namesocket to `service` on the named `host`; blocks until
-/// connected (every address pair is tried).
+/// a TCP connection is up (every address pair is tried) and the session's
+/// NEW is sent. The server's answer is processed by the next call: a refused
+/// session makes the first `nrecv`/`nsend` fail (`EPROTO`).
 pub fn nconnect(nsd: i32, host: &str, service: &str) -> Result<()> {
     let (flags, options) = take_created(nsd)?;
     match NameStream::connect_with(host, service, &options) {

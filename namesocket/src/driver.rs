@@ -58,9 +58,24 @@
 //!   stays in the retained buffer. Graceful closes keep the FIN.
 //! * **Wake fds are per thread**: a thread sleeping in a call lists its own
 //!   eventfd (created once per thread) on the connection; notifiers write to
-//!   the listed ones. A connection owns no wake descriptor, and a client
-//!   waits for NEW_ACK before its connection is shared (registered with the
-//!   keeper), so connect needs none.
+//!   the listed ones. A connection owns no wake descriptor, so connect needs
+//!   none.
+//! * **Connect is optimistic** (pipelined NEW, in the spirit of TCP Fast
+//!   Open): [`NameStream::connect`](crate::NameStream::connect) returns once
+//!   the TCP connection is up and NEW is written, without waiting for
+//!   NEW_ACK — no extra round trip and no sleep in connect. The first
+//!   receive, send, poll or close processes NEW_ACK; a refusal (REJECT, bad
+//!   version, a peer that is not namesocket) is reported by that call
+//!   (`EPROTO`), and a session without NEW_ACK within
+//!   `max(connect_attempt_timeout, 4 × dead_timeout)` fails with
+//!   [`Error::TimedOut`]. Data sent before NEW_ACK is accepted into the
+//!   retained buffer and written when NEW_ACK arrives (unless
+//!   [`engine::Config::pipeline_data`]), so it is delivered exactly once
+//!   even if the first transport fails before NEW_ACK (the reconnector then
+//!   starts a fresh session: new id, new nonce). Security is
+//!   unchanged: the resume key needs NEW_ACK's half, and a resume before
+//!   NEW_ACK is impossible anyway. The async stream
+//!   ([`crate::AsyncNameStream`]) still waits for NEW_ACK in `connect`.
 //! * **Path plans are cached** for [`crate::addrsel::PLAN_CACHE_TTL`] (1 s)
 //!   per network namespace and destination list (`NameStream::connect`);
 //!   reconnects re-plan, and a failed attempt drops the namespace's plans.
@@ -257,6 +272,9 @@ pub(crate) struct ConnState {
     /// Coalesced output waits until this instant at the latest (the keeper
     /// writes it then if the application made no call before).
     pub(crate) flush_due: Option<Instant>,
+    /// Client: NEW_ACK must have arrived by then, or the session fails with
+    /// [`Error::TimedOut`] (optimistic connect; `None` once established).
+    pub(crate) handshake_deadline: Option<Instant>,
 }
 
 /// One namesocket connection (either end).
@@ -385,10 +403,10 @@ impl Conn {
         until: Option<Instant>,
     ) -> MutexGuard<'a, ConnState> {
         let stream = st.transport.as_ref().map(|t| Arc::clone(&t.stream));
-        let deadline = match (st.session.poll_timeout(), until) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let deadline = [st.session.poll_timeout(), until, st.handshake_deadline]
+            .into_iter()
+            .flatten()
+            .min();
         let write_pending = want_write || st.session_has_output();
         let shared = self.registered.load(Ordering::Acquire);
         let wake = if shared { self.add_waiter() } else { None };
@@ -475,6 +493,7 @@ impl ConnState {
             last_read: Instant::now(),
             last_send: None,
             flush_due: None,
+            handshake_deadline: None,
         }
     }
 
@@ -482,7 +501,8 @@ impl ConnState {
         // Conservative: the engine may owe bytes whenever data is unsent;
         // `poll_transmit` needs &mut, so ask cheaply through the counters.
         let s = self.session.stats();
-        s.bytes_written > s.bytes_sent.saturating_sub(s.bytes_retransmitted)
+        self.session.data_allowed()
+            && s.bytes_written > s.bytes_sent.saturating_sub(s.bytes_retransmitted)
     }
 
     /// The terminal error, if the session is over.
@@ -534,6 +554,7 @@ pub(crate) fn pump_with(conn: &Arc<Conn>, st: &mut ConnState, now: Instant, read
     } else {
         false
     };
+    changed |= check_handshake_deadline(st, now);
     if st.session.poll_timeout().is_some_and(|t| t <= now) {
         st.session.handle_timeout(now);
         changed = true;
@@ -544,6 +565,29 @@ pub(crate) fn pump_with(conn: &Arc<Conn>, st: &mut ConnState, now: Instant, read
     // Events may have queued output (e.g. a resume acknowledgement).
     flush(st, now);
     changed
+}
+
+/// Optimistic connect: fails a client session whose NEW_ACK has not arrived
+/// by its handshake deadline (the engine alone would keep replacing silent
+/// transports with fresh NEWs until the resume window ends).
+fn check_handshake_deadline(st: &mut ConnState, now: Instant) -> bool {
+    let Some(d) = st.handshake_deadline else {
+        return false;
+    };
+    if st.session.is_established() {
+        st.handshake_deadline = None;
+        return false;
+    }
+    if now < d || st.failure.is_some() || st.session.is_finished() {
+        return false;
+    }
+    st.handshake_deadline = None;
+    st.failure = Some(Failure::HandshakeTimedOut);
+    st.log
+        .note(now, "no NEW_ACK by the connect deadline".into());
+    st.session.abort(0);
+    st.abort_transport();
+    true
 }
 
 impl ConnState {
@@ -722,7 +766,7 @@ fn handle_events(conn: &Arc<Conn>, st: &mut ConnState, now: Instant) -> bool {
     while let Some(ev) = st.session.poll_event() {
         changed = true;
         match ev {
-            Event::Connected => {}
+            Event::Connected => st.handshake_deadline = None,
             Event::PathDead => {
                 st.log.path_failures += 1;
                 st.log.last_failure_at = Some(now);
@@ -1034,7 +1078,8 @@ impl Keeper {
                 match c.st.try_lock() {
                     Ok(mut st) => {
                         let due = st.session.poll_timeout().is_some_and(|t| t <= now)
-                            || st.flush_due.is_some_and(|t| t <= now);
+                            || st.flush_due.is_some_and(|t| t <= now)
+                            || st.handshake_deadline.is_some_and(|t| t <= now);
                         if (due || st.app_closed) && pump(c, &mut st, now) {
                             c.notify();
                         }
@@ -1042,6 +1087,9 @@ impl Keeper {
                             next = next.min(t);
                         }
                         if let Some(t) = st.flush_due {
+                            next = next.min(t);
+                        }
+                        if let Some(t) = st.handshake_deadline {
                             next = next.min(t);
                         }
                         if st.app_closed

@@ -78,7 +78,8 @@
 //!   [`Event::ResumeWindowExpired`] and fails. The client gives up after the
 //!   same window.
 //! * **Pipelined NEW.** The client may send data frames right after NEW,
-//!   before NEW_ACK arrives. After RESUME it waits for RESUME_ACK (it needs
+//!   before NEW_ACK arrives, if [`Config::pipeline_data`] is set (default:
+//!   data written before NEW_ACK is held back until it arrives). After RESUME it waits for RESUME_ACK (it needs
 //!   the server's counter). If the first transport fails before NEW_ACK, the
 //!   next `transport_up` starts over with a fresh session id.
 //! * **Closing.** `shutdown_write` sends `SHUTDOWN(final count)` after the last
@@ -177,6 +178,16 @@ pub struct Config {
     pub ack_delay: Duration,
     /// Largest DATA frame payload produced (default and maximum 65535).
     pub max_frame_payload: usize,
+    /// Client: send DATA (and SHUTDOWN) right after NEW, before NEW_ACK
+    /// (default `false`: held back until NEW_ACK, then sent at once). If the
+    /// first transport fails after the server delivered pipelined data but
+    /// before NEW_ACK reached the client, the client cannot resume (it lacks
+    /// the server's half of the resume key) and sends the data again in a
+    /// fresh session, so the server application would receive it twice, in
+    /// two sessions (like TCP Fast Open data). Holding it back keeps every
+    /// byte delivered exactly once at the cost of one round trip before the
+    /// first byte.
+    pub pipeline_data: bool,
 }
 
 impl Default for Config {
@@ -189,6 +200,7 @@ impl Default for Config {
             ack_every_bytes: 256 << 10,
             ack_delay: Duration::from_millis(10),
             max_frame_payload: wire::MAX_DATA_PAYLOAD,
+            pipeline_data: false,
         }
     }
 }
@@ -1290,6 +1302,13 @@ impl Session {
         matches!(self.phase, Phase::Established | Phase::AwaitNewAck)
     }
 
+    /// True when written data may be transmitted now (established, or
+    /// awaiting NEW_ACK with [`Config::pipeline_data`]).
+    pub fn data_allowed(&self) -> bool {
+        self.phase == Phase::Established
+            || (self.phase == Phase::AwaitNewAck && self.config.pipeline_data)
+    }
+
     /// The next instant at which [`Session::handle_timeout`] must be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.phase {
@@ -1389,7 +1408,11 @@ impl Session {
                 self.stats.pings_sent += 1;
             }
             let written = self.written();
-            let avail = written - self.snd_next;
+            let avail = if self.data_allowed() {
+                written - self.snd_next
+            } else {
+                0
+            };
             if avail > 0 {
                 let len = (avail.min(self.config.max_frame_payload as u64)) as usize;
                 self.stage_ctrl.extend_from_slice(&wire::data_header(len));
@@ -1397,7 +1420,7 @@ impl Session {
                 self.stage_data_len = len;
             }
             let staged_end = self.snd_next + self.stage_data_len as u64;
-            if self.write_shutdown && staged_end == written {
+            if self.write_shutdown && staged_end == written && self.data_allowed() {
                 if self.close_requested {
                     if self.snd_acked == written && !self.close_sent {
                         Control::Close(written).emit(&mut self.stage_tail);

@@ -119,6 +119,8 @@ pub(crate) enum Failure {
     Session(SessionError),
     ResumeWindowExpired,
     Closed,
+    /// A client's NEW_ACK did not arrive by its handshake deadline.
+    HandshakeTimedOut,
 }
 
 impl Failure {
@@ -127,6 +129,7 @@ impl Failure {
             Failure::Session(e) => Error::Session(e.clone()),
             Failure::ResumeWindowExpired => Error::ResumeWindowExpired,
             Failure::Closed => Error::Closed,
+            Failure::HandshakeTimedOut => Error::TimedOut,
         }
     }
 }

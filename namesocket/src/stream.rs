@@ -11,7 +11,7 @@ use crate::addrsel::plan_paths_cached;
 use crate::connect::{self, PathSet};
 use crate::driver::{self, ClientCtx, Conn, ConnState, Options, PathLog, Transport};
 use crate::engine::{Session, Stats, WriteError};
-use crate::error::{Error, Failure, Result};
+use crate::error::{Error, Result};
 use crate::resolve::Resolver;
 use crate::wire::v2::SessionId;
 
@@ -39,6 +39,12 @@ impl NameStream {
     /// Connects to `service` on `host` with default [`Options`]: resolves
     /// every address of the name (hosts file, DNS), pairs each with a source
     /// address (RFC 6724), races the pairs and starts a session.
+    ///
+    /// Returns once a TCP connection is up and NEW is written, without
+    /// waiting for the server's NEW_ACK (see "Connect is optimistic" in the
+    /// driver docs): a server that refuses the session is reported by the
+    /// first receive, send or poll, and one that never answers by
+    /// [`Error::TimedOut`] from those calls.
     pub fn connect(host: &str, service: &str) -> Result<NameStream> {
         Self::connect_with(host, service, &Options::default())
     }
@@ -76,37 +82,28 @@ impl NameStream {
             let st = &mut st;
             st.session.transport_up(now, &mut st.rng)?;
         }
-        // Only this thread knows the connection until the handshake is done:
-        // it needs no wake fd and no keeper yet.
-        let conn = Conn::new_private(st);
-        // Wait for NEW_ACK before handing the session to the application:
-        // until then a failed path cannot be resumed (the resume key needs
-        // the server's half), so data must not be written yet. A path that
-        // fails now is replaced by the reconnector with a fresh session.
-        let deadline = now
-            + options
+        // Optimistic connect: send NEW and return without waiting for
+        // NEW_ACK. The engine accepts data at once (written once NEW_ACK is
+        // in); NEW_ACK and any refusal (REJECT, a peer that is not
+        // namesocket) are processed by the first receive, send, poll or
+        // close, which then reports the error. A transport that fails before
+        // NEW_ACK is replaced by the reconnector with a fresh session (a
+        // resume is impossible without the server's half of the key);
+        // without NEW_ACK by the deadline the session fails with `TimedOut`.
+        st.handshake_deadline = Some(
+            now + options
                 .connect_attempt_timeout
-                .max(options.session.dead_timeout * 4);
-        let mut st = conn.lock();
-        // Nothing can have arrived before NEW is sent: skip the first read.
-        let mut read = false;
-        loop {
-            driver::pump_with(&conn, &mut st, Instant::now(), read);
-            read = true;
-            // A graceful close can only follow NEW_ACK: the server accepted
-            // and already closed (its data, if any, is buffered for reading).
-            if st.session.is_established() || matches!(st.failure, Some(Failure::Closed)) {
-                break;
-            }
+                .max(options.session.dead_timeout * 4),
+        );
+        let conn = Conn::new_private(st);
+        {
+            let mut st = conn.lock();
+            // Nothing can have arrived before NEW is sent: skip the read.
+            driver::pump_with(&conn, &mut st, now, false);
             if let Some(e) = st.terminal_error() {
                 return Err(e);
             }
-            if Instant::now() >= deadline {
-                return Err(Error::TimedOut);
-            }
-            st = conn.wait(st, false, Some(deadline));
         }
-        drop(st);
         conn.register();
         Ok(NameStream::from_conn(conn))
     }

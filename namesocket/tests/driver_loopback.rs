@@ -255,14 +255,21 @@ fn non_namesocket_peer_gives_protocol_error() {
             thread::sleep(Duration::from_millis(300));
         }
     });
-    // connect waits for NEW_ACK, so the bad peer is reported right there.
-    let e = NameStream::connect_with("127.0.0.1", &port.to_string(), &fast()).unwrap_err();
+    // connect is optimistic (it does not wait for NEW_ACK): the bad peer is
+    // reported by the first call that reads its answer.
+    let c = NameStream::connect_with("127.0.0.1", &port.to_string(), &fast()).unwrap();
+    let e = c.recv(&mut [0u8; 16]).unwrap_err();
     assert_eq!(e.errno(), libc::EPROTO, "{e:?}");
     assert!(matches!(e, Error::Session(_)), "{e:?}");
-    // The thesis API reports the same errno and leaves the nsd usable.
+    // Later calls report the same error.
+    let e = c.send(b"x").unwrap_err();
+    assert_eq!(e.errno(), libc::EPROTO, "{e:?}");
+    drop(c);
+    // The thesis API reports the same errno on the first nrecv.
     let nsd = api::nsocket(0).unwrap();
-    let e = api::nconnect(nsd, "127.0.0.1", &port.to_string());
-    assert!(e.is_err());
+    api::nconnect(nsd, "127.0.0.1", &port.to_string()).unwrap();
+    let e = api::nrecv(nsd, &mut [0u8; 16], 0).unwrap_err();
+    assert_eq!(e.errno(), libc::EPROTO, "{e:?}");
     api::nclose(nsd).unwrap();
     t.join().unwrap();
 }
@@ -472,4 +479,66 @@ fn coalesced_sends_reach_the_peer_without_further_calls() {
     let got = server.join().unwrap();
     assert!(got == data, "stream differs");
     drop(c);
+}
+
+/// Optimistic connect: a server that accepts TCP connections and reads NEW
+/// but never answers. connect returns at once; the first receive fails with
+/// `TimedOut` once the handshake deadline (max(connect attempt timeout,
+/// 4 × dead timeout) = 0.6 s with `fast()`) passes, not after the 30 s
+/// resume window of an established session.
+#[test]
+fn silent_server_fails_the_first_call_with_timeout() {
+    let plain = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = plain.local_addr().unwrap().port();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = std::sync::Arc::clone(&stop);
+    plain.set_nonblocking(true).unwrap();
+    let t = thread::spawn(move || {
+        // Keep every connection open (and silent) until the test ends.
+        let mut held = Vec::new();
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok((s, _)) = plain.accept() {
+                held.push(s);
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+        held.len()
+    });
+    let start = std::time::Instant::now();
+    let c = NameStream::connect_with("127.0.0.1", &port.to_string(), &fast()).unwrap();
+    assert!(
+        start.elapsed() < Duration::from_millis(500),
+        "connect waited"
+    );
+    let e = c.recv(&mut [0u8; 16]).unwrap_err();
+    let took = start.elapsed();
+    assert!(matches!(e, Error::TimedOut), "{e:?}");
+    assert!(took >= Duration::from_millis(600), "{took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    // The session stays failed.
+    assert!(matches!(c.send(b"x").unwrap_err(), Error::TimedOut));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(t.join().unwrap() >= 1);
+}
+
+/// Optimistic connect: data written and the stream closed before NEW_ACK
+/// has arrived still reach the server exactly, followed by end-of-stream.
+#[test]
+fn data_and_close_before_new_ack_are_delivered() {
+    let l = NameListener::bind_with("0", &fast()).unwrap();
+    let port = l.local_port().to_string();
+    let server = thread::spawn(move || {
+        for i in 0..30u64 {
+            let s = l.accept().unwrap();
+            let mut got = Vec::new();
+            (&s).read_to_end(&mut got).unwrap();
+            assert_eq!(got, pattern(10_000 + i as usize, i), "connection {i}");
+        }
+    });
+    for i in 0..30u64 {
+        let c = NameStream::connect_with("127.0.0.1", &port, &fast()).unwrap();
+        (&c).write_all(&pattern(10_000 + i as usize, i)).unwrap();
+        drop(c);
+    }
+    server.join().unwrap();
 }

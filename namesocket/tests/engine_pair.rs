@@ -42,7 +42,11 @@ fn handshake_and_echo() {
 
 #[test]
 fn data_pipelined_after_new_before_new_ack() {
-    let mut p = Pair::default_pair(2);
+    let cfg = Config {
+        pipeline_data: true,
+        ..Config::default()
+    };
+    let mut p = Pair::new(2, cfg.clone(), cfg);
     p.write_client(b"hello");
     p.transmit();
     // NEW and the DATA frame travel together.
@@ -50,6 +54,26 @@ fn data_pipelined_after_new_before_new_ack() {
     p.deliver(usize::MAX, 0);
     p.read_all();
     assert_eq!(p.s_got, b"hello");
+}
+
+/// Default: data written before NEW_ACK is held back (a failure before
+/// NEW_ACK restarts the session, which would deliver pipelined data twice)
+/// and goes out once NEW_ACK has arrived.
+#[test]
+fn data_held_back_until_new_ack_by_default() {
+    let mut p = Pair::default_pair(2);
+    p.write_client(b"hello");
+    p.transmit();
+    let new_only = p.c2s.len();
+    // Only NEW went out.
+    p.write_client(b" world");
+    p.transmit();
+    assert_eq!(p.c2s.len(), new_only);
+    p.deliver(usize::MAX, 0);
+    p.read_all();
+    assert!(p.s_got.is_empty());
+    assert!(p.settle(STEP, 10));
+    assert_eq!(p.s_got, b"hello world");
 }
 
 #[test]
