@@ -405,3 +405,36 @@ fn encrypted_and_unsupported_pems_are_refused() {
         Err(CryptoError::InvalidKey(_))
     ));
 }
+
+/// ECDH public values are validated by the backend itself (decoding checks
+/// the curve equation; the order check is skipped on cofactor-1 curves):
+/// off-curve points and all-zero values are refused, a valid peer value
+/// gives both sides the same secret.
+#[test]
+fn ecdh_rejects_points_off_the_curve() {
+    use hip_proto::crypto::{DhGroup, dh_generate_with_rng};
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::SeedableRng;
+    for group in [DhGroup::EcdhP256, DhGroup::EcdhP384] {
+        let mut r = ChaCha20Rng::seed_from_u64(7);
+        let a = dh_generate_with_rng(&be(), group, &mut r).unwrap();
+        let b = dh_generate_with_rng(&be(), group, &mut r).unwrap();
+        assert_eq!(
+            *a.shared_secret(b.public_value()).unwrap(),
+            *b.shared_secret(a.public_value()).unwrap()
+        );
+        let mut bad = b.public_value().to_vec();
+        let last = bad.len() - 1;
+        bad[last] ^= 1; // y changes: (x, y') is not on the curve
+        assert!(matches!(
+            a.shared_secret(&bad),
+            Err(CryptoError::InvalidKey(_))
+        ));
+        let zero = vec![0u8; bad.len()];
+        assert!(matches!(
+            a.shared_secret(&zero),
+            Err(CryptoError::InvalidKey(_))
+        ));
+        assert!(a.shared_secret(&bad[1..]).is_err(), "wrong length");
+    }
+}

@@ -109,9 +109,10 @@ fn ec_key_from_entropy(group: &EcGroupRef, entropy: &[u8]) -> Result<EcKey<Priva
     let mut ctx = BigNumContext::new()?;
     let mut pt = EcPoint::new(group)?;
     pt.mul_generator2(group, &d, &mut ctx)?;
-    let key = EcKey::from_private_components(group, &d, &pt)?;
-    key.check_key()?;
-    Ok(key)
+    // No EC_KEY_check_key: `pt` was just computed as d·G, and the full
+    // check repeats that multiplication plus one by the group order (about
+    // a third of an ECDH's cost on P-256).
+    Ok(EcKey::from_private_components(group, &d, &pt)?)
 }
 
 fn ec_public_key(
@@ -119,11 +120,24 @@ fn ec_public_key(
     uncompressed: &[u8],
 ) -> Result<EcKey<openssl::pkey::Public>, CryptoError> {
     let mut ctx = BigNumContext::new()?;
+    // Decoding an uncompressed point checks that it lies on the curve (and
+    // an uncompressed encoding cannot name the point at infinity).
     let pt = EcPoint::from_bytes(group, uncompressed, &mut ctx)
         .map_err(|_| CryptoError::InvalidKey("EC point not on curve"))?;
+    if pt.is_infinity(group) {
+        return Err(CryptoError::InvalidKey("EC point at infinity"));
+    }
     let key = EcKey::from_public_key(group, &pt)?;
-    key.check_key()
-        .map_err(|_| CryptoError::InvalidKey("EC public key check failed"))?;
+    // On a curve of cofactor 1 (P-256, P-384, P-521: every curve HIP
+    // uses) each point on the curve other than infinity has the group's
+    // prime order, so the full key check (a multiplication by the order)
+    // adds nothing; it stays for any other curve.
+    let mut cofactor = BigNum::new()?;
+    group.cofactor(&mut cofactor, &mut ctx)?;
+    if cofactor != BigNum::from_u32(1)? {
+        key.check_key()
+            .map_err(|_| CryptoError::InvalidKey("EC public key check failed"))?;
+    }
     Ok(key)
 }
 
@@ -330,7 +344,9 @@ impl DhKeyPair for OsslDh {
                 pt.extend_from_slice(peer_public);
                 let peer = PKey::from_ec_key(ec_public_key(&group, &pt)?)?;
                 let mut d = Deriver::new(&self.pkey)?;
-                d.set_peer(&peer)
+                // ec_public_key validated the point; OpenSSL's own peer
+                // validation would repeat the full key check.
+                d.set_peer_ex(&peer, false)
                     .map_err(|_| CryptoError::InvalidKey("ECDH public value rejected"))?;
                 d.derive_to_vec()?
             }
