@@ -275,6 +275,11 @@ pub(crate) struct ConnState {
     /// Client: NEW_ACK must have arrived by then, or the session fails with
     /// [`Error::TimedOut`] (optimistic connect; `None` once established).
     pub(crate) handshake_deadline: Option<Instant>,
+    /// The last read of the transport found it empty (a short read or
+    /// `EAGAIN`): a blocking receive then sleeps in `poll` first instead of
+    /// trying a read that would most likely fail (request/response traffic:
+    /// one `poll` and one read per message instead of three calls).
+    pub(crate) input_drained: bool,
 }
 
 /// One namesocket connection (either end).
@@ -494,6 +499,7 @@ impl ConnState {
             last_send: None,
             flush_due: None,
             handshake_deadline: None,
+            input_drained: false,
         }
     }
 
@@ -658,11 +664,19 @@ fn read_input(st: &mut ConnState, now: Instant) -> bool {
                         return;
                     }
                     // A short read drained the socket: skip the EAGAIN call.
-                    if total >= READ_BUDGET || n < buf.len() {
+                    if n < buf.len() {
+                        st.input_drained = true;
+                        return;
+                    }
+                    st.input_drained = false;
+                    if total >= READ_BUDGET {
                         return;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    st.input_drained = true;
+                    return;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     tracing::debug!(error = %e, "namesocket: transport read error");
@@ -708,6 +722,7 @@ pub(crate) fn pump_into(
                 }
                 Ok(n) => {
                     changed = true;
+                    st.input_drained = n < buf.len();
                     let (d, r) = st.session.handle_input_in_place(now, buf, n);
                     delivered = d;
                     if let Err(e) = r {
@@ -716,7 +731,7 @@ pub(crate) fn pump_into(
                         st.abort_transport();
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => st.input_drained = true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     tracing::debug!(error = %e, "namesocket: transport read error");

@@ -536,11 +536,23 @@ fn handle_first(
             if !rest.is_empty() {
                 let _ = cs.session.handle_input(now, &rest);
             }
+            // NEW_ACK is written by the application's first call on the
+            // stream (a receive, a send, or the close: an accept followed by
+            // a close then costs the client one wake-up, not two), or by
+            // the keeper after the coalescing delay if the application
+            // makes none. Without write coalescing it goes out at once.
+            let defer = shared.options.write_coalescing;
+            if let Some(delay) = defer {
+                cs.flush_due = Some(now + delay);
+            }
             let conn = Conn::new(cs);
-            {
-                // The first message was just read to its end: only write.
-                let mut cs = conn.lock();
-                driver::pump_with(&conn, &mut cs, now, false);
+            match defer {
+                Some(delay) => driver::keeper().wake_before(now + delay),
+                None => {
+                    // The first message was just read to its end: only write.
+                    let mut cs = conn.lock();
+                    driver::pump_with(&conn, &mut cs, now, false);
+                }
             }
             let mut st = shared.lock();
             st.sessions.insert(new.session_id, Arc::downgrade(&conn));

@@ -90,6 +90,8 @@ impl NameStream {
         // NEW_ACK is replaced by the reconnector with a fresh session (a
         // resume is impossible without the server's half of the key);
         // without NEW_ACK by the deadline the session fails with `TimedOut`.
+        // Nothing can have arrived yet: the first receive polls first.
+        st.input_drained = true;
         st.handshake_deadline = Some(
             now + options
                 .connect_attempt_timeout
@@ -197,6 +199,10 @@ impl NameStream {
         let nonblock = dontwait || self.nonblocking.load(Ordering::Relaxed);
         let deadline = lock_opt(&self.read_timeout).map(|t| Instant::now() + t);
         let mut st = self.conn.lock();
+        // The first pass reads the transport only if the last read did not
+        // find it empty (else it sleeps in poll first: see
+        // `ConnState::input_drained`); passes after a wait always read.
+        let mut may_read = nonblock || !st.input_drained;
         loop {
             let n = st.session.read(buf);
             if n > 0 {
@@ -215,7 +221,10 @@ impl NameStream {
                 return Ok(0);
             }
             let now = Instant::now();
-            if buf.len() >= driver::DIRECT_READ_MIN {
+            if !may_read {
+                // Timers and pending output only.
+                driver::pump_with(&self.conn, &mut st, now, false);
+            } else if buf.len() >= driver::DIRECT_READ_MIN {
                 // Nothing buffered: read the transport straight into `buf`.
                 let (n, _) = driver::pump_into(&self.conn, &mut st, now, buf);
                 if n > 0 {
@@ -231,9 +240,15 @@ impl NameStream {
                 return Err(Error::WouldBlock);
             }
             if deadline.is_some_and(|d| d <= now) {
+                if !may_read {
+                    // Read once before giving up.
+                    may_read = true;
+                    continue;
+                }
                 return Err(Error::TimedOut);
             }
             st = self.conn.wait(st, false, deadline);
+            may_read = true;
         }
     }
 
