@@ -135,6 +135,8 @@ pub struct Stats {
     pub packets_out: u64,
     /// Inbound packets seen.
     pub packets_in: u64,
+    /// Inbound handshake packets only observed ([`Engine::observe_inbound`]).
+    pub learned_in: u64,
     /// Packets that are not IPv6/TCP or could not be parsed (passed).
     pub unparsed: u64,
     /// SYNs that got PREFIX_SYN.
@@ -172,6 +174,7 @@ impl Stats {
         [
             ("packets_out", self.packets_out),
             ("packets_in", self.packets_in),
+            ("learned_in", self.learned_in),
             ("unparsed", self.unparsed),
             ("syn_offers", self.syn_offers),
             ("synack_answers", self.synack_answers),
@@ -302,6 +305,18 @@ impl Engine {
     /// The original tuples of all tracked connections.
     pub fn originals(&self) -> Vec<FourTuple> {
         self.conns.values().map(|c| c.original).collect()
+    }
+
+    /// Every connection's id, current pair and the reason of its last
+    /// switch (cheaper than [`Engine::connections`]).
+    pub fn current_pairs(&self) -> impl Iterator<Item = (u64, AddrPair, Option<&'static str>)> {
+        self.conns.iter().map(|(id, c)| {
+            (
+                id.0,
+                self.pairs.current(*id).unwrap_or(c.original.pair()),
+                c.last_reason.map(reason_name),
+            )
+        })
     }
 
     /// The current wire pair of the connection with this original tuple.
@@ -644,6 +659,50 @@ impl Engine {
         Verdict::Accept
     }
 
+    /// A received handshake packet the daemon only *observed* (a copy,
+    /// e.g. through NFLOG, while the original went on to the kernel
+    /// unchanged): learns its PREFIX_SYN/PREFIX_ACK exactly like
+    /// [`Engine::inbound`] but produces no verdict. The kernel then sees
+    /// the destination options header and skips the PREFIX options (type
+    /// action `00`). Only for packets on a connection's original tuple
+    /// (handshakes); packets that must be rewritten go through
+    /// [`Engine::inbound`]. A malformed header is counted like there.
+    pub fn observe_inbound(&mut self, pkt: &[u8], now: Instant) {
+        self.stats.learned_in += 1;
+        match parse_ipv6_tcp(pkt) {
+            Ok(v) => {
+                let wire = FourTuple {
+                    local: v.dst,
+                    local_port: v.tcp_header.dst_port,
+                    peer: v.src,
+                    peer_port: v.tcp_header.src_port,
+                };
+                let f = v.tcp_header.flags;
+                match v.dest_opts {
+                    Some(h) if h.prefix_syn().is_some() || h.prefix_ack().is_some() => {
+                        self.handshake_options(&wire, f.syn, f.ack, &h, now);
+                    }
+                    // A SYN+ACK without options answering our offer: a peer
+                    // without PreserveTCP (the daemon does not queue the
+                    // ACK of such a connection, so it is decided here).
+                    _ if f.syn
+                        && f.ack
+                        && self
+                            .pending
+                            .get(&wire)
+                            .is_some_and(|p| p.role == Role::Client) =>
+                    {
+                        self.pending.remove(&wire);
+                        self.stats.plain_peers += 1;
+                    }
+                    _ => {}
+                }
+            }
+            Err(crate::packet::PacketError::Wire(_)) => self.stats.malformed_options += 1,
+            Err(_) => self.stats.unparsed += 1,
+        }
+    }
+
     /// A received packet (PREROUTING, wire tuple).
     pub fn inbound(&mut self, pkt: &[u8], now: Instant) -> Verdict {
         self.stats.packets_in += 1;
@@ -850,6 +909,58 @@ mod tests {
             s1,
             t0,
         }
+    }
+
+    /// The same handshake with the incoming packets only observed (the
+    /// daemon's NFLOG path): both sides learn, and the outgoing packets
+    /// still carry the options.
+    #[test]
+    fn observed_handshake_learns_both_sides() {
+        let (c0, c1) = (a("2001:db8:1:0::1"), a("2001:db8:1:1::1"));
+        let (s0, s1) = (a("2001:db8:1:0::2"), a("2001:db8:1:1::2"));
+        let t0 = Instant::now();
+        let mut c = Engine::new(EngineConfig::default());
+        let mut s = Engine::new(EngineConfig::default());
+        c.set_locals(locals(&[c0, c1]), t0);
+        s.set_locals(locals(&[s0, s1]), t0);
+        let syn = replaced(c.outbound(&pkt(c0, s0, 40000, 5001, SYN), t0));
+        s.observe_inbound(&syn, t0);
+        let sa = replaced(s.outbound(&pkt(s0, c0, 5001, 40000, SYN | ACK), t0));
+        let h = parse_ipv6_tcp(&sa).unwrap().dest_opts.unwrap();
+        assert!(h.prefix_syn().is_some() && h.prefix_ack().is_some());
+        c.observe_inbound(&sa, t0);
+        let ack = replaced(c.outbound(&pkt(c0, s0, 40000, 5001, ACK), t0));
+        let h = parse_ipv6_tcp(&ack).unwrap().dest_opts.unwrap();
+        assert!(h.prefix_ack().is_some() && h.prefix_syn().is_none());
+        assert!(s.connections().is_empty(), "entered on the PREFIX_ACK");
+        s.observe_inbound(&ack, t0);
+        let (cc, sc) = (c.connections(), s.connections());
+        assert_eq!((cc.len(), sc.len()), (1, 1));
+        assert_eq!(cc[0].peers, vec![s0, s1]);
+        assert_eq!(sc[0].peers, vec![c0, c1]);
+        assert_eq!(s.stats().learned_in, 2);
+        // A malformed header is counted, nothing is learned from it.
+        let mut bad = pkt(c0, s0, 40001, 5001, SYN);
+        let hdr = [6u8, 0, 0x0B, 4, 200, 1, 2, 3];
+        bad.splice(40..40, hdr);
+        bad[6] = 60;
+        let plen = u16::from_be_bytes([bad[4], bad[5]]) + 8;
+        bad[4..6].copy_from_slice(&plen.to_be_bytes());
+        s.observe_inbound(&bad, t0);
+        assert_eq!(s.stats().malformed_options, 1);
+        assert!(
+            s.outbound(&pkt(s0, c0, 5001, 40001, SYN | ACK), t0) == Verdict::Accept,
+            "no answer to a malformed offer"
+        );
+        // A plain SYN+ACK to our offer: a peer without PreserveTCP.
+        let _ = replaced(c.outbound(&pkt(c0, s0, 40002, 5001, SYN), t0));
+        c.observe_inbound(&pkt(s0, c0, 5001, 40002, SYN | ACK), t0);
+        assert_eq!(c.stats().plain_peers, 1);
+        assert_eq!(
+            c.outbound(&pkt(c0, s0, 40002, 5001, ACK), t0),
+            Verdict::Accept
+        );
+        assert_eq!(c.connections().len(), 1);
     }
 
     #[test]

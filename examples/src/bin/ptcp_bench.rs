@@ -62,6 +62,7 @@ use std::time::{Duration, Instant};
 use netlab::{Family, Host, Lab, Link, Process};
 use preservetcp::control::{Request, request};
 
+/// Interleaved runs (`PTCP_BENCH_RUNS` overrides).
 const RUNS: usize = 5;
 const PORT: u16 = 5001;
 
@@ -218,12 +219,26 @@ fn pingpong(mut c: TcpStream, mut srv: TcpStream, n: usize) -> f64 {
     n as f64 / el
 }
 
+/// A listener on `PORT` in `b` with a deep accept queue: the acceptor
+/// thread competes for the CPUs with everything else, and with std's
+/// backlog of 128 a lagging acceptor overflows the queue, the SYN is
+/// dropped and the client retransmits it after 1 s — stalls that measured
+/// the scheduler, not the connection setup (seen as `ListenOverflows`).
+fn deep_listener(s: &Setup) -> TcpListener {
+    s.b.run(|| {
+        let sock = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)?;
+        sock.set_reuse_address(true)?;
+        sock.bind(&SocketAddr::from((Ipv6Addr::UNSPECIFIED, PORT)).into())?;
+        sock.listen(4096)?;
+        std::io::Result::Ok(TcpListener::from(sock))
+    })
+    .expect("run")
+    .expect("bind")
+}
+
 /// connect+close per second.
 fn connects(s: &Setup, n: usize) -> f64 {
-    let l =
-        s.b.run(|| TcpListener::bind(("::", PORT)))
-            .expect("run")
-            .expect("bind");
+    let l = deep_listener(s);
     let acc = std::thread::spawn(move || {
         for _ in 0..n {
             match l.accept() {
@@ -236,11 +251,27 @@ fn connects(s: &Setup, n: usize) -> f64 {
     let el =
         s.a.run(move || {
             let t0 = Instant::now();
+            let mut lat = Vec::with_capacity(n);
             for _ in 0..n {
+                let t = Instant::now();
                 let c = TcpStream::connect(dst).expect("connect");
                 drop(c);
+                lat.push(t.elapsed().as_secs_f64() * 1e6);
             }
-            t0.elapsed().as_secs_f64()
+            let el = t0.elapsed().as_secs_f64();
+            lat.sort_by(f64::total_cmp);
+            let pct = |q: f64| {
+                lat.get((q * n as f64) as usize)
+                    .copied()
+                    .unwrap_or(f64::NAN)
+            };
+            eprintln!(
+                "  connect+close: median {:.0} us, p99 {:.0} us, max {:.0} us",
+                pct(0.5),
+                pct(0.99),
+                lat.last().copied().unwrap_or(f64::NAN)
+            );
+            el
         })
         .expect("run");
     let _ = acc.join();
@@ -335,13 +366,25 @@ fn main() {
         daemons: Vec::new(),
     };
 
-    let sizes = [512usize, 2048, 8192];
+    // `PTCP_BENCH_ONLY=connect` (or `pingpong`) runs just that row, for
+    // profiling; `PTCP_BENCH_RUNS` changes the number of runs.
+    let only = std::env::var("PTCP_BENCH_ONLY").unwrap_or_default();
+    let runs: usize = std::env::var("PTCP_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(RUNS);
+    let want = |row: &str| only.is_empty() || only == row;
+    let sizes: Vec<usize> = if want("send") {
+        vec![512, 2048, 8192]
+    } else {
+        Vec::new()
+    };
     // [row][column] samples; columns: plain, before, after.
     let mut tp = vec![vec![Vec::new(); 3]; sizes.len()];
     let mut pp = vec![Vec::new(); 3];
     let mut cc = vec![Vec::new(); 2];
-    for run in 0..RUNS {
-        eprintln!("run {}/{RUNS}", run + 1);
+    for run in 0..runs {
+        eprintln!("run {}/{runs}", run + 1);
         for mode in 0..3 {
             if mode == 1 {
                 s.start_daemons(&bin);
@@ -353,22 +396,27 @@ fn main() {
                 }
                 tp[i][mode].push(throughput(c, srv, *size, 1.0));
             }
-            let (c, srv) = pair(&s);
-            if mode == 2 {
-                s.migrate(c.local_addr().map(|a| a.port()).unwrap_or(0));
+            if want("pingpong") {
+                let (c, srv) = pair(&s);
+                if mode == 2 {
+                    s.migrate(c.local_addr().map(|a| a.port()).unwrap_or(0));
+                }
+                pp[mode].push(pingpong(c, srv, 5000));
             }
-            pp[mode].push(pingpong(c, srv, 5000));
-            if mode < 2 {
+            if mode < 2 && want("connect") {
                 cc[mode].push(connects(&s, 2000));
             }
         }
         s.stop_daemons();
     }
-    s.start_daemons(&bin);
-    let fo: Vec<f64> = (0..5).map(|_| failover(&s)).collect();
-    s.stop_daemons();
+    let mut fo = Vec::new();
+    if want("failover") {
+        s.start_daemons(&bin);
+        fo = (0..5).map(|_| failover(&s)).collect();
+        s.stop_daemons();
+    }
 
-    println!("PreserveTCP vs plain TCP (netlab veth, IPv6, median of {RUNS})");
+    println!("PreserveTCP vs plain TCP (netlab veth, IPv6, median of {runs})");
     println!(
         "load average at start {load_start}, at end {}; {} CPUs",
         loadavg(),

@@ -3,7 +3,7 @@
 //! ```text
 //! preservetcpd [--ports 5001,8000] [--queue 7] [--control PATH]
 //!              [--interval-ms 50] [--stall-ms 300] [--follow-hold-ms 500]
-//!              [--keep-rules] [--no-fast-path]
+//!              [--keep-rules] [--no-fast-path] [--verbose]
 //! ```
 //!
 //! Moved connections are rewritten by nftables maps (the stateless fast
@@ -11,7 +11,9 @@
 //! always with `--no-fast-path`, by the engine through NFQUEUE.
 //!
 //! Installs the ip6tables rules described in `rules.rs`, binds NFQUEUE
-//! `queue` (outgoing) and `queue + 1` (incoming), and runs four threads:
+//! `queue` (outgoing) and `queue + 1` (incoming) and NFLOG group `queue`
+//! (incoming handshake packets, learned without holding them: `nflog.rs`),
+//! and runs four threads:
 //! packets (the [`preservetcp::Engine`]), rtnetlink events (link, IPv6
 //! address and IPv6 route notifications: each batch re-reads the local
 //! addresses with their link states and checks the route of every current
@@ -20,8 +22,16 @@
 //! a stalled socket, so this one signal is sampled — and closed sockets)
 //! and the control socket (JSON lines, see [`preservetcp::control`]). Prints
 //! `ready` on stdout once everything is in place. Removes its rules on
-//! SIGTERM/SIGINT unless `--keep-rules`.
+//! SIGTERM/SIGINT unless `--keep-rules`. `--verbose` also logs every
+//! connection as it is tracked (moves are always logged).
+//!
+//! The packet thread handles queued packets one at a time with no handoff:
+//! it drains the NFLOG socket (non-blocking) into the engine, runs the
+//! engine and gives the verdict. Nothing on that path waits for a rule
+//! install or a socket lookup; rule changes happen only when a connection
+//! moves.
 
+mod nflog;
 mod rtnl;
 mod rules;
 mod sys;
@@ -52,6 +62,7 @@ struct Args {
     follow_hold: Duration,
     keep_rules: bool,
     fast_path: bool,
+    verbose: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -64,6 +75,7 @@ fn parse_args() -> Result<Args, String> {
         follow_hold: preservetcp::policy::DEFAULT_FOLLOW_HOLD,
         keep_rules: false,
         fast_path: true,
+        verbose: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -95,11 +107,12 @@ fn parse_args() -> Result<Args, String> {
             }
             "--keep-rules" => a.keep_rules = true,
             "--no-fast-path" => a.fast_path = false,
+            "--verbose" => a.verbose = true,
             "-h" | "--help" => {
                 println!(
                     "preservetcpd [--ports P1,P2] [--queue N] [--control PATH] \
                      [--interval-ms MS] [--stall-ms MS (0 = off)] [--follow-hold-ms MS] \
-                     [--keep-rules] [--no-fast-path]"
+                     [--keep-rules] [--no-fast-path] [--verbose]"
                 );
                 std::process::exit(0);
             }
@@ -114,6 +127,10 @@ fn parse_args() -> Result<Args, String> {
 
 struct Shared {
     engine: Mutex<Engine>,
+    /// The NFLOG group incoming handshake packets are learned from; locked
+    /// only while the engine is locked (lock order: engine, then this).
+    learn: Mutex<nflog::Nflog>,
+    verbose: bool,
     /// Fast path entries per moved connection (original tuple → pair), when
     /// the fast path is on.
     fast: Option<
@@ -125,7 +142,7 @@ struct Shared {
     /// rtnetlink snapshot.
     locals: Mutex<Vec<(LocalAddr, String)>>,
     /// Each connection's pair as last logged.
-    logged: Mutex<Vec<(u64, AddrPair)>>,
+    logged: Mutex<std::collections::HashMap<u64, AddrPair>>,
 }
 
 impl Shared {
@@ -133,41 +150,48 @@ impl Shared {
         self.engine.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The engine, after feeding it every learned (NFLOG) packet that is
+    /// waiting: a SYN is learned before its SYN+ACK is handled, because its
+    /// copy was queued before the kernel even processed it.
+    fn engine_drained(&self) -> MutexGuard<'_, Engine> {
+        let mut eng = self.engine();
+        self.drain_into(&mut eng);
+        eng
+    }
+
+    fn drain_into(&self, eng: &mut Engine) {
+        let mut learn = self.learn.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if let Err(e) = learn.drain(|p| eng.observe_inbound(p, now)) {
+            self.log(&format!("nflog: {e} (learned handshakes lost)"));
+        }
+    }
+
     fn log(&self, msg: &str) {
         eprintln!("[{:9.3}] {msg}", self.start.elapsed().as_secs_f64());
     }
 
-    /// Logs connections that are new or changed pairs since the last call.
+    /// Logs connections that changed pairs since the last call (and, with
+    /// `--verbose`, new ones). O(connections).
     fn log_moves(&self, eng: &Engine) {
         let mut last = self.logged.lock().unwrap_or_else(|e| e.into_inner());
-        let infos = eng.connections();
-        let conns: Vec<(u64, AddrPair)> = infos
-            .iter()
-            .map(|c| {
-                (
-                    c.id,
-                    AddrPair {
-                        local: c.current.local,
-                        peer: c.current.peer,
-                    },
-                )
-            })
-            .collect();
-        for (c, (id, pair)) in infos.iter().zip(&conns) {
-            match last.iter().find(|l| l.0 == *id) {
-                None => self.log(&format!(
+        let mut now = std::collections::HashMap::with_capacity(last.len());
+        for (id, pair, reason) in eng.current_pairs() {
+            match last.get(&id) {
+                None if self.verbose => self.log(&format!(
                     "conn {id} tracked on {}",
                     rules::fmt_pair(pair.local, pair.peer)
                 )),
-                Some(old) if old.1 != *pair => self.log(&format!(
+                Some(old) if *old != pair => self.log(&format!(
                     "conn {id} moved to {} ({})",
                     rules::fmt_pair(pair.local, pair.peer),
-                    c.last_reason.clone().unwrap_or_default()
+                    reason.unwrap_or_default()
                 )),
-                Some(_) => {}
+                _ => {}
             }
+            now.insert(id, pair);
         }
-        *last = conns;
+        *last = now;
     }
 
     /// Re-reads the local addresses (after rtnetlink notifications) and
@@ -183,7 +207,7 @@ impl Shared {
         *self.locals.lock().unwrap_or_else(|e| e.into_inner()) = snap.clone();
         let now = Instant::now();
         let actions = {
-            let mut eng = self.engine();
+            let mut eng = self.engine_drained();
             eng.set_locals(snap.into_iter().map(|l| l.0).collect(), now);
             let checks: Vec<(FourTuple, AddrPair)> = eng
                 .originals()
@@ -219,8 +243,10 @@ impl Shared {
                 Action::Redirect(t) => self.rules.redirect(&t).and(rules::fallback_rules(&t, true)),
                 Action::Unredirect(t) => {
                     if let Some(f) = &self.fast {
-                        let old = f.lock().unwrap_or_else(|e| e.into_inner()).remove(&t);
-                        if let Err(e) = rules::fast_set(&t, old, None) {
+                        let mut f = f.lock().unwrap_or_else(|e| e.into_inner());
+                        let before = f.len();
+                        let old = f.remove(&t);
+                        if let Err(e) = rules::fast_set(&t, old, None, before, f.len()) {
                             self.log(&format!("fast path: {e}"));
                         }
                     }
@@ -232,8 +258,9 @@ impl Shared {
                     if let Some(f) = &self.fast {
                         let mut f = f.lock().unwrap_or_else(|e| e.into_inner());
                         let new = (pair.local, pair.peer);
+                        let before = f.len();
                         let old = f.insert(t, new);
-                        if let Err(e) = rules::fast_set(&t, old, Some(new)) {
+                        if let Err(e) = rules::fast_set(&t, old, Some(new), before, f.len()) {
                             self.log(&format!("fast path: {e}"));
                             f.remove(&t);
                         }
@@ -266,7 +293,11 @@ fn main() {
 }
 
 fn run(args: Args) -> Result<(), String> {
-    let rules = Rules::new(args.queue, args.queue + 1, args.ports.clone());
+    let rules = Rules::new(args.queue, args.queue + 1, args.queue, args.ports.clone());
+    let mut learn = nflog::Nflog::open(args.queue).map_err(|e| format!("nflog: {e}"))?;
+    if let Err(e) = learn.set_rcvbuf(8 << 20) {
+        eprintln!("preservetcpd: nflog receive buffer: {e}");
+    }
     let config = EngineConfig {
         policy: PolicyConfig {
             stall_timeout: args.stall,
@@ -292,11 +323,13 @@ fn run(args: Args) -> Result<(), String> {
     let snap = rtnl::snapshot().map_err(|e| format!("rtnetlink dump: {e}"))?;
     let shared = Arc::new(Shared {
         engine: Mutex::new(Engine::new(config)),
+        learn: Mutex::new(learn),
+        verbose: args.verbose,
         fast,
         rules,
         start: Instant::now(),
         locals: Mutex::new(snap.clone()),
-        logged: Mutex::new(Vec::new()),
+        logged: Mutex::new(std::collections::HashMap::new()),
     });
     shared
         .engine()
@@ -394,7 +427,7 @@ fn run(args: Args) -> Result<(), String> {
         };
         let now = Instant::now();
         let (verdict, actions) = {
-            let mut eng = shared.engine();
+            let mut eng = shared.engine_drained();
             let v = if msg.get_queue_num() == q_out {
                 eng.outbound(msg.get_payload(), now)
             } else {
@@ -480,7 +513,7 @@ fn poll_loop(sh: &Shared, diag: &mut sys::Diag, interval: Duration) {
             }
         };
         let actions = {
-            let mut eng = sh.engine();
+            let mut eng = sh.engine_drained();
             eng.expire(now);
             if let Some(socks) = &socks {
                 for t in eng.originals() {
@@ -532,16 +565,16 @@ fn control_loop(sh: &Shared, listener: UnixListener) {
 fn handle(sh: &Shared, req: Request) -> Response {
     match req {
         Request::List => Response {
-            connections: Some(sh.engine().connections()),
+            connections: Some(sh.engine_drained().connections()),
             ..Response::ok()
         },
         Request::Stats => Response {
-            stats: Some(sh.engine().stats().to_map()),
+            stats: Some(sh.engine_drained().stats().to_map()),
             ..Response::ok()
         },
         Request::Move { id, local, peer } => {
             let actions = {
-                let mut eng = sh.engine();
+                let mut eng = sh.engine_drained();
                 if let Err(e) = eng.move_to(id, AddrPair { local, peer }, Instant::now()) {
                     return Response::error(e);
                 }

@@ -1,28 +1,53 @@
-//! The ip6tables (nf_tables backend) rules that feed the NFQUEUEs.
+//! The ip6tables (nf_tables backend) rules that feed the NFQUEUEs and the
+//! NFLOG group the daemon learns from.
 //!
-//! Everything lives in the `mangle` table in three chains of our own:
+//! Only packets the daemon must *modify* wait in NFQUEUE before a
+//! migration: the outgoing SYN (PREFIX_SYN), the SYN+ACK answering an offer
+//! (PREFIX_SYN + PREFIX_ACK) and the client's ACK of that SYN+ACK
+//! (PREFIX_ACK). Incoming handshake packets are only *learned*: a copy goes
+//! to NFLOG (see `nflog.rs`) and the packet itself continues at once (the
+//! kernel skips the PREFIX options, type action `00`). Packets of an
+//! established connection on its original pair never leave the kernel and
+//! match after a few cheap native expressions (the chain order below puts
+//! `ct state established` before the socket lookup).
+//!
+//! Everything lives in the `mangle` table in chains of our own:
 //!
 //! ```text
 //! OUTPUT     -> PTCP_OUT:
 //!   -p tcp -j PTCP_MOVED                         (per moved connection: queue)
-//!   SYN (no ACK) of covered traffic              -> queue OUT
-//!   SYN+ACK whose SYN carried a dest-opts header -> queue OUT   (connmark bit)
-//!   2nd packet in the original direction of covered traffic -> queue OUT
-//!                                                (the ACK that gets PREFIX_ACK)
+//!   SYN (no ACK) of covered traffic   -> PTCP_OFFER: connmark OFFER_BIT, queue OUT
+//!   non-SYN, connmark CT_BIT, ct direction original, 2nd packet in the
+//!     original direction              -> queue OUT  (the client's ACK that
+//!                                                    gets PREFIX_ACK)
+//!   SYN+ACK, connmark CT_BIT          -> queue OUT  (the answer to an offer)
 //! PREROUTING -> PTCP_PRE:
 //!   packet mark FAST_MARK       -> RETURN        (rewritten by the fast path)
 //!   -p tcp -j PTCP_MOVED_IN                      (per moved connection: its
 //!                                                original tuple -> queue IN)
-//!   SYN with a dest-opts header -> connmark bit  (so its SYN+ACK is queued)
-//!   tcp with a dest-opts header -> queue IN      (handshake options)
+//!   SYN+ACK, connmark OFFER_BIT -> goto PTCP_LEARN (answer to our offer,
+//!                                                with or without options)
+//!   SYN/SYN+ACK with a dest-opts header -> goto PTCP_LEARN
+//!   dest-opts header, local socket      -> goto PTCP_LEARN (the PREFIX_ACK)
+//!   dest-opts header (other pair)       -> queue IN
+//!   ct state established        -> RETURN        (original pairs)
 //!   tcp matching a local socket -> RETURN        (original pairs: fast path)
 //!   tcp without SYN             -> queue IN      (alternative pairs)
+//! PTCP_LEARN:
+//!   dest-opts header -> connmark CT_BIT (so the answer / the ACK is queued)
+//!   NFLOG group (learned without holding the packet)
 //! ```
 //!
 //! "Covered" is `-m multiport --ports <ports>` for each configured port
 //! list and `-m mark --mark OPT_IN_MARK/OPT_IN_MASK` for opted-in sockets;
 //! [`Rules::opt_in`] adds a rule for one 4-tuple. Every NFQUEUE rule has
 //! `--queue-bypass`: without a daemon, traffic is plain TCP.
+//!
+//! `ct state established` is safe before the socket match: a segment on an
+//! alternative pair has a conntrack entry of its own that only ever sees
+//! one direction (the answers leave rewritten on the original entry, and
+//! the fast path rewrites incoming packets before conntrack), so it never
+//! becomes established and still reaches the socket rule.
 //!
 //! The socket match ignores listeners bound to the unspecified address, so
 //! a segment on an alternative pair (no socket has that tuple) is queued
@@ -44,15 +69,24 @@ const OUT: &str = "PTCP_OUT";
 const PRE: &str = "PTCP_PRE";
 const MOVED: &str = "PTCP_MOVED";
 const MOVED_IN: &str = "PTCP_MOVED_IN";
+const OFFER: &str = "PTCP_OFFER";
+const LEARN: &str = "PTCP_LEARN";
 /// Packet mark bit the fast path sets on incoming packets it rewrote.
 pub const FAST_MARK: u32 = 0x0200_0000;
-/// Connmark bit set for connections whose SYN carried a dest-opts header.
+/// Connmark bit set for connections whose SYN (server) or SYN+ACK (client)
+/// carried a dest-opts header.
 const CT_BIT: &str = "0x1000000/0x1000000";
+/// Connmark bit set for connections whose SYN this host offered on.
+const OFFER_BIT: &str = "0x4000000/0x4000000";
+/// The bits alone, for `CONNMARK --or-mark`.
+const CT_OR: &str = "0x1000000";
+const OFFER_OR: &str = "0x4000000";
 
 #[derive(Debug, Clone)]
 pub struct Rules {
     q_out: u16,
     q_in: u16,
+    nflog_group: u16,
     ports: Vec<u16>,
 }
 
@@ -103,8 +137,13 @@ fn tuple_match(t: &FourTuple) -> Vec<String> {
 }
 
 impl Rules {
-    pub fn new(q_out: u16, q_in: u16, ports: Vec<u16>) -> Self {
-        Self { q_out, q_in, ports }
+    pub fn new(q_out: u16, q_in: u16, nflog_group: u16, ports: Vec<u16>) -> Self {
+        Self {
+            q_out,
+            q_in,
+            nflog_group,
+            ports,
+        }
     }
 
     fn queue(&self, q: u16) -> Vec<String> {
@@ -146,8 +185,10 @@ impl Rules {
         for (hook, chain) in [("OUTPUT", OUT), ("PREROUTING", PRE)] {
             while ip6t(&s(&["-t", "mangle", "-D", hook, "-j", chain])).is_ok() {}
         }
-        for c in [OUT, PRE, MOVED, MOVED_IN] {
+        for c in [OUT, PRE, MOVED, MOVED_IN, OFFER, LEARN] {
             let _ = ip6t(&s(&["-t", "mangle", "-F", c]));
+        }
+        for c in [OUT, PRE, MOVED, MOVED_IN, OFFER, LEARN] {
             let _ = ip6t(&s(&["-t", "mangle", "-X", c]));
         }
     }
@@ -155,28 +196,77 @@ impl Rules {
     /// Installs the static rules.
     pub fn install(&self) -> Result<(), String> {
         self.remove_all();
-        for c in [OUT, PRE, MOVED, MOVED_IN] {
+        for c in [OUT, PRE, MOVED, MOVED_IN, OFFER, LEARN] {
             ip6t(&s(&["-t", "mangle", "-N", c]))?;
         }
-        ip6t(&s(&["-t", "mangle", "-A", OUT, "-p", "tcp", "-j", MOVED]))?;
+        let mangle = |rule: &[&str]| {
+            let mut a = s(&["-t", "mangle"]);
+            a.extend(s(rule));
+            ip6t(&a)
+        };
+        // Offers: remember the offer in the connmark, then queue.
+        mangle(&["-A", OFFER, "-j", "CONNMARK", "--or-mark", OFFER_OR])?;
+        self.append(OFFER, Vec::new(), self.q_out)?;
+        // Learning: remember that the peer's handshake carried options (its
+        // answer / the ACK must be queued), copy to NFLOG, continue.
+        mangle(&[
+            "-A",
+            LEARN,
+            "-m",
+            "ipv6header",
+            "--header",
+            "dst",
+            "--soft",
+            "-j",
+            "CONNMARK",
+            "--or-mark",
+            CT_OR,
+        ])?;
+        let group = self.nflog_group.to_string();
+        mangle(&["-A", LEARN, "-j", "NFLOG", "--nflog-group", &group])?;
+
+        mangle(&["-A", OUT, "-p", "tcp", "-j", MOVED])?;
         for cov in self.covered() {
-            let mut m = s(&["-p", "tcp", "--tcp-flags", "SYN,ACK", "SYN"]);
-            m.extend(cov.clone());
-            self.append(OUT, m, self.q_out)?;
-            let mut m = s(&["-p", "tcp", "!", "--tcp-flags", "SYN", "SYN"]);
-            m.extend(cov);
-            m.extend(s(&[
-                "-m",
-                "connbytes",
-                "--connbytes",
-                "2:2",
-                "--connbytes-dir",
-                "original",
-                "--connbytes-mode",
-                "packets",
-            ]));
-            self.append(OUT, m, self.q_out)?;
+            let mut a = s(&[
+                "-t",
+                "mangle",
+                "-A",
+                OUT,
+                "-p",
+                "tcp",
+                "--tcp-flags",
+                "SYN,ACK",
+                "SYN",
+            ]);
+            a.extend(cov);
+            a.extend(s(&["-j", OFFER]));
+            ip6t(&a)?;
         }
+        let m = s(&[
+            "-p",
+            "tcp",
+            "!",
+            "--tcp-flags",
+            "SYN",
+            "SYN",
+            "-m",
+            "connmark",
+            "--mark",
+            CT_BIT,
+            "-m",
+            "conntrack",
+            "--ctdir",
+            "ORIGINAL",
+            "-m",
+            "connbytes",
+            "--connbytes",
+            "2:2",
+            "--connbytes-dir",
+            "original",
+            "--connbytes-mode",
+            "packets",
+        ]);
+        self.append(OUT, m, self.q_out)?;
         let m = s(&[
             "-p",
             "tcp",
@@ -191,39 +281,50 @@ impl Rules {
         self.append(OUT, m, self.q_out)?;
 
         let fast = format!("{FAST_MARK:#x}/{FAST_MARK:#x}");
-        ip6t(&s(&[
-            "-t", "mangle", "-A", PRE, "-m", "mark", "--mark", &fast, "-j", "RETURN",
-        ]))?;
-        ip6t(&s(&[
-            "-t", "mangle", "-A", PRE, "-p", "tcp", "-j", MOVED_IN,
-        ]))?;
-        ip6t(&s(&[
-            "-t",
-            "mangle",
+        mangle(&["-A", PRE, "-m", "mark", "--mark", &fast, "-j", "RETURN"])?;
+        mangle(&["-A", PRE, "-p", "tcp", "-j", MOVED_IN])?;
+        mangle(&[
             "-A",
             PRE,
             "-p",
             "tcp",
-            "--syn",
+            "--tcp-flags",
+            "SYN,ACK",
+            "SYN,ACK",
             "-m",
-            "ipv6header",
-            "--header",
-            "dst",
-            "--soft",
-            "-j",
-            "CONNMARK",
-            "--or-mark",
-            "0x1000000",
-        ]))?;
-        let m = s(&["-p", "tcp", "-m", "ipv6header", "--header", "dst", "--soft"]);
+            "connmark",
+            "--mark",
+            OFFER_BIT,
+            "-g",
+            LEARN,
+        ])?;
+        let dst = ["-m", "ipv6header", "--header", "dst", "--soft"];
+        let mut r = vec!["-A", PRE, "-p", "tcp", "--tcp-flags", "SYN", "SYN"];
+        r.extend(dst);
+        r.extend(["-g", LEARN]);
+        mangle(&r)?;
+        let mut r = vec!["-A", PRE, "-p", "tcp"];
+        r.extend(dst);
+        r.extend(["-m", "socket", "-g", LEARN]);
+        mangle(&r)?;
+        let mut m = s(&["-p", "tcp"]);
+        m.extend(s(&dst));
         self.append(PRE, m, self.q_in)?;
-        ip6t(&s(&[
-            "-t", "mangle", "-A", PRE, "-p", "tcp", "-m", "socket", "-j", "RETURN",
-        ]))?;
+        mangle(&[
+            "-A",
+            PRE,
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "ESTABLISHED",
+            "-j",
+            "RETURN",
+        ])?;
+        mangle(&["-A", PRE, "-p", "tcp", "-m", "socket", "-j", "RETURN"])?;
         self.append(PRE, s(&["-p", "tcp", "!", "--syn"]), self.q_in)?;
 
-        ip6t(&s(&["-t", "mangle", "-I", "OUTPUT", "1", "-j", OUT]))?;
-        ip6t(&s(&["-t", "mangle", "-I", "PREROUTING", "1", "-j", PRE]))?;
+        mangle(&["-I", "OUTPUT", "1", "-j", OUT])?;
+        mangle(&["-I", "PREROUTING", "1", "-j", PRE])?;
         Ok(())
     }
 
@@ -253,32 +354,12 @@ impl Rules {
         out.and(ip6t(&a))
     }
 
-    /// Cover one 4-tuple (SYN and the ACK after the SYN+ACK).
+    /// Cover one 4-tuple: its SYN is offered on (the ACK after an answer
+    /// is queued by the generic connmark rule).
     pub fn opt_in(&self, t: &FourTuple) -> Result<(), String> {
-        let mut m = tuple_match(t);
-        m.extend(s(&["--tcp-flags", "SYN,ACK", "SYN"]));
         let mut a = s(&["-t", "mangle", "-I", OUT, "2"]);
-        a.extend(m);
-        a.extend(self.queue(self.q_out));
-        ip6t(&a)?;
-        let mut m = tuple_match(t);
-        m.extend(s(&[
-            "!",
-            "--tcp-flags",
-            "SYN",
-            "SYN",
-            "-m",
-            "connbytes",
-            "--connbytes",
-            "2:2",
-            "--connbytes-dir",
-            "original",
-            "--connbytes-mode",
-            "packets",
-        ]));
-        let mut a = s(&["-t", "mangle", "-I", OUT, "2"]);
-        a.extend(m);
-        a.extend(self.queue(self.q_out));
+        a.extend(tuple_match(t));
+        a.extend(s(&["--tcp-flags", "SYN,ACK", "SYN", "-j", OFFER]));
         ip6t(&a)
     }
 }
@@ -443,25 +524,35 @@ fn nft_script(script: &str) -> Result<(), String> {
 /// checksum flag; verified in the lab, transfers are byte-exact). Packets
 /// on other pairs still reach NFQUEUE (no socket matches them), so
 /// following the peer keeps working.
+///
+/// The two chains stay *empty* while no connection has moved (the rules
+/// are added with the first map entries and flushed with the last, in the
+/// same atomic nft transaction, see [`fast_set`]), so before a migration
+/// no packet pays for the map lookups.
 pub fn fast_setup() -> Result<(), String> {
     fast_teardown();
     let key = "ipv6_addr . ipv6_addr . inet_service . inet_service : ipv6_addr";
-    let lookup = "ip6 saddr . ip6 daddr . tcp sport . tcp dport map";
     nft_script(&format!(
         "table ip6 {FAST_TABLE} {{
   map out_dst {{ type {key}; }}
   map out_src {{ type {key}; }}
   map in_src {{ type {key}; }}
   map in_dst {{ type {key}; }}
-  chain out {{ type route hook output priority -160;
-    meta l4proto tcp ip6 daddr set {lookup} @out_dst ip6 saddr set {lookup} @out_src
-  }}
-  chain pre {{ type filter hook prerouting priority -310;
-    meta l4proto tcp ip6 saddr set {lookup} @in_src ip6 daddr set {lookup} @in_dst meta mark set meta mark or {FAST_MARK:#x}
-  }}
+  chain out {{ type route hook output priority -160; }}
+  chain pre {{ type filter hook prerouting priority -310; }}
 }}
 "
     ))
+}
+
+/// The fast path's rules (see [`fast_setup`]).
+fn fast_rules() -> String {
+    let lookup = "ip6 saddr . ip6 daddr . tcp sport . tcp dport map";
+    format!(
+        "add rule ip6 {FAST_TABLE} out meta l4proto tcp ip6 daddr set {lookup} @out_dst ip6 saddr set {lookup} @out_src
+add rule ip6 {FAST_TABLE} pre meta l4proto tcp ip6 saddr set {lookup} @in_src ip6 daddr set {lookup} @in_dst meta mark set meta mark or {FAST_MARK:#x}
+"
+    )
 }
 
 /// Removes the fast path table.
@@ -493,12 +584,22 @@ fn fast_elements(t: &FourTuple, cur: Ipv6Addr, cur_peer: Ipv6Addr) -> [(&'static
 
 /// Replaces a connection's fast path entries: removes those for `old` (if
 /// any) and adds those for the pair (`local`, `peer`) (if any), atomically.
+/// `moved_before`/`moved_after`: how many connections have entries before
+/// and after this change; the chains' rules are added when that goes from
+/// 0 to 1 and flushed when it goes back to 0, in the same transaction.
 pub fn fast_set(
     t: &FourTuple,
     old: Option<(Ipv6Addr, Ipv6Addr)>,
     new: Option<(Ipv6Addr, Ipv6Addr)>,
+    moved_before: usize,
+    moved_after: usize,
 ) -> Result<(), String> {
     let mut script = String::new();
+    if moved_after == 0 && moved_before > 0 {
+        script.push_str(&format!(
+            "flush chain ip6 {FAST_TABLE} out\nflush chain ip6 {FAST_TABLE} pre\n"
+        ));
+    }
     if let Some((l, p)) = old {
         for (map, e) in fast_elements(t, l, p) {
             let key = e.split(" : ").next().unwrap_or_default();
@@ -511,6 +612,9 @@ pub fn fast_set(
         for (map, e) in fast_elements(t, l, p) {
             script.push_str(&format!("add element ip6 {FAST_TABLE} {map} {{ {e} }}\n"));
         }
+    }
+    if moved_before == 0 && moved_after > 0 {
+        script.push_str(&fast_rules());
     }
     if script.is_empty() {
         return Ok(());
