@@ -934,7 +934,16 @@ const PLAN_CACHE_SIZE: usize = 16;
 /// namespace's plans when a connection attempt fails
 /// ([`forget_cached_plans`]).
 pub fn plan_paths_cached(dsts: &[SocketAddr]) -> io::Result<Vec<PathCandidate>> {
-    let Some(ns) = netns_identity() else {
+    plan_paths_cached_in(netns_identity(), dsts)
+}
+
+/// [`plan_paths_cached`] for a caller that already has the thread's
+/// [`netns_identity`].
+pub(crate) fn plan_paths_cached_in(
+    ns: Option<(u64, u64)>,
+    dsts: &[SocketAddr],
+) -> io::Result<Vec<PathCandidate>> {
+    let Some(ns) = ns else {
         return plan_paths(dsts);
     };
     let now = std::time::Instant::now();

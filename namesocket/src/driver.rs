@@ -79,6 +79,9 @@
 //! * **Path plans are cached** for [`crate::addrsel::PLAN_CACHE_TTL`] (1 s)
 //!   per network namespace and destination list (`NameStream::connect`);
 //!   reconnects re-plan, and a failed attempt drops the namespace's plans.
+//!   The namespace handle a session keeps for its reconnects is shared by
+//!   the connects of one thread in one namespace (no `open` per connect;
+//!   each thread keeps its last one open).
 //! * **The keeper is woken only when it must act earlier than planned**;
 //!   closed connections that only await CLOSE_ACK are finished in its rounds,
 //!   at most [`LINGER_ROUND`] (20 ms) apart, in batches.
@@ -877,6 +880,41 @@ pub(crate) fn current_netns() -> Option<Arc<std::fs::File>> {
     std::fs::File::open("/proc/thread-self/ns/net")
         .ok()
         .map(Arc::new)
+}
+
+/// A namespace handle with its (device, inode) identity.
+type NetnsHandle = ((u64, u64), Arc<std::fs::File>);
+
+thread_local! {
+    /// The last namespace handle [`current_netns_for`] opened on this thread
+    /// (one descriptor per thread).
+    static NETNS: std::cell::RefCell<Option<NetnsHandle>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// [`current_netns`] for a connect that has just read the thread's
+/// namespace identity (`/proc/thread-self/ns/net`'s device and inode): the
+/// handle opened for the same namespace last time on this thread is reused
+/// (no `open`/`close` per connection). A new handle is checked with `fstat`
+/// to be the namespace identified.
+pub(crate) fn current_netns_for(id: Option<(u64, u64)>) -> Option<Arc<std::fs::File>> {
+    let Some(id) = id else {
+        return current_netns();
+    };
+    NETNS.with(|c| {
+        let mut c = c.borrow_mut();
+        if let Some((cid, f)) = c.as_ref()
+            && *cid == id
+        {
+            return Some(Arc::clone(f));
+        }
+        let f = current_netns()?;
+        let st = nix::sys::stat::fstat(&*f).ok()?;
+        if (st.st_dev, st.st_ino) == id {
+            *c = Some((id, Arc::clone(&f)));
+        }
+        Some(f)
+    })
 }
 
 fn reconnect_loop(weak: Weak<Conn>) {

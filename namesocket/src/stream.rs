@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::addrsel::plan_paths_cached;
+use crate::addrsel::{netns_identity, plan_paths_cached_in};
 use crate::connect::{self, PathSet};
 use crate::driver::{self, ClientCtx, Conn, ConnState, Options, PathLog, Transport};
 use crate::engine::{Session, Stats, WriteError};
@@ -54,7 +54,8 @@ impl NameStream {
         options.session.validate()?;
         let resolver = Resolver::new(options.resolver.clone());
         let resolution = resolver.resolve(host, service)?;
-        let candidates = plan_paths_cached(&resolution.addrs)?;
+        let ns_id = netns_identity();
+        let candidates = plan_paths_cached_in(ns_id, &resolution.addrs)?;
         let won = match connect::connect_pairs_nonblocking(&candidates, &options.race()) {
             Ok(won) => won,
             Err(e) => {
@@ -67,7 +68,7 @@ impl NameStream {
         }
         let session = Session::client(options.session.clone(), driver::current_keys())?;
         let client = ClientCtx {
-            netns: driver::current_netns(),
+            netns: driver::current_netns_for(ns_id),
             host: host.to_string(),
             service: service.to_string(),
             paths: PathSet::new(candidates),
