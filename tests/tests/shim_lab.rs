@@ -261,7 +261,13 @@ fn udp_pair(t: &Two, port: u16) -> (UdpSocket, UdpSocket) {
     let (hit_a, hit_b) = (t.ha.hit(), t.hb.hit());
     let rs = {
         let _g = t.b.enter().unwrap();
-        UdpSocket::bind(SocketAddr::new(IpAddr::V6(hit_b), port)).unwrap()
+        let s = UdpSocket::bind(SocketAddr::new(IpAddr::V6(hit_b), port)).unwrap();
+        // Room for a whole blast (2000 × 1000 B) even when the reading
+        // thread is starved on a loaded machine: the tests count paths,
+        // not the receiver's scheduling.
+        let _ =
+            nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::RcvBufForce, &(4 << 20));
+        s
     };
     let ss = {
         let _g = t.a.enter().unwrap();

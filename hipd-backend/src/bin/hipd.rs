@@ -3,6 +3,7 @@
 //! ```text
 //! hipd [-b] [--config-dir /etc/hip] [--control-socket /run/hipd/hipd.sock]
 //!      [--system-hosts /etc/hosts] [--tun-name hip0] [--udp-port 10500] [--tun-mtu 1400]
+//!      [--tun-queues N]
 //!      [--debug none|low|medium|all] [--log-file PATH] [--pid-file PATH]
 //! ```
 //! Exit status: 0 after a clean shutdown (SIGTERM/SIGINT), 1 when startup
@@ -42,6 +43,9 @@ struct Args {
     /// the outer packets).
     #[arg(long, default_value_t = hipd_backend::daemon::TUN_MTU)]
     tun_mtu: u32,
+    /// TUN queues (one sealing thread each); 0: one per CPU, at most 4.
+    #[arg(long, default_value_t = 0)]
+    tun_queues: usize,
     /// Initial log level.
     #[arg(long, default_value = "low")]
     debug: String,
@@ -134,6 +138,7 @@ fn main() {
         tun_name: args.tun_name,
         udp_port: args.udp_port,
         tun_mtu: args.tun_mtu,
+        tun_queues: args.tun_queues,
     };
     let daemon = match Daemon::start(opts, set_level) {
         Ok(d) => d,

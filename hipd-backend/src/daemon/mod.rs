@@ -119,7 +119,13 @@ pub struct Options {
     /// trades per-packet costs for fragmentation: use only on paths that
     /// pass IP fragments.
     pub tun_mtu: u32,
+    /// TUN queues, one sealing thread each; 0: one per CPU, at most
+    /// [`MAX_TUN_QUEUES`].
+    pub tun_queues: usize,
 }
+
+/// Most TUN queues chosen automatically (`Options::tun_queues` 0).
+pub const MAX_TUN_QUEUES: usize = 4;
 
 impl Default for Options {
     fn default() -> Self {
@@ -130,6 +136,7 @@ impl Default for Options {
             tun_name: "hip0".into(),
             udp_port: HIP_UDP_PORT,
             tun_mtu: TUN_MTU,
+            tun_queues: 0,
         }
     }
 }
@@ -762,14 +769,14 @@ impl Shared {
                 Self::send_offloaded(sock, items, &tx.data, &mut tx.ok);
             } else {
                 let msgs: Vec<net::OutMsg<'_>> = items
-                .iter()
-                .map(|(r, p, _)| net::OutMsg {
-                    src: Some(p.src),
-                    dst: p.dst,
-                    port: p.udp.unwrap_or(0),
-                    data: tx.data.get(r.clone()).unwrap_or(&[]),
-                })
-                .collect();
+                    .iter()
+                    .map(|(r, p, _)| net::OutMsg {
+                        src: Some(p.src),
+                        dst: p.dst,
+                        port: p.udp.unwrap_or(0),
+                        data: tx.data.get(r.clone()).unwrap_or(&[]),
+                    })
+                    .collect();
                 sock.send_batch(&msgs, &mut tx.ok);
             }
             let now = self.ns(Instant::now());
@@ -815,9 +822,13 @@ impl Shared {
             let end = items.get(j - 1).map_or(first.end, |(r, _, _)| r.end);
             let bytes = data.get(first.start..end).unwrap_or(&[]);
             let sent = match u16::try_from(seg) {
-                Ok(seg16) if j - i > 1 => {
-                    sock.send_segments(Some(path.src), path.dst, path.udp.unwrap_or(0), bytes, seg16)
-                }
+                Ok(seg16) if j - i > 1 => sock.send_segments(
+                    Some(path.src),
+                    path.dst,
+                    path.udp.unwrap_or(0),
+                    bytes,
+                    seg16,
+                ),
                 _ => sock.send(Some(path.src), path.dst, path.udp.unwrap_or(0), &[bytes]),
             };
             match sent {
@@ -1029,14 +1040,14 @@ struct TxBatch {
     ok: Vec<bool>,
 }
 
-fn tun_thread(sh: Arc<Shared>) {
+fn tun_thread(sh: Arc<Shared>, queue: usize) {
     let mut raw = vec![0u8; tun::VNET_HDR_LEN + 65536];
     let mut segs = tun::Segments::default();
     let mut sealbuf = Vec::new();
     let mut xlat = Vec::new();
     let mut tx = TxBatch::default();
     loop {
-        if let Err(e) = sh.tun.recv_segments(&mut raw, &mut segs) {
+        if let Err(e) = sh.tun.recv_segments(queue, &mut raw, &mut segs) {
             if e.kind() == std::io::ErrorKind::InvalidData {
                 inc(&sh.ctr.malformed);
                 continue;
@@ -1961,8 +1972,19 @@ impl Daemon {
         let eps = build_engines(&keys, DEFAULT_PUZZLE_K, opportunistic, opts.udp_port)?;
         let hits: Vec<Ipv6Addr> = idents.iter().map(|i| i.hit.into()).collect();
         let lsis: Vec<Ipv4Addr> = idents.iter().map(|i| i.lsi).collect();
-        let tun = Tun::create(&opts.tun_name, &hits, &lsis, opts.tun_mtu)?;
-        tracing::info!(tun = tun.name(), offload = tun.offload(), "TUN device");
+        let queues = match opts.tun_queues {
+            0 => std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(MAX_TUN_QUEUES),
+            n => n,
+        };
+        let tun = Tun::create(&opts.tun_name, &hits, &lsis, opts.tun_mtu, queues)?;
+        tracing::info!(
+            tun = tun.name(),
+            offload = tun.offload(),
+            queues = tun.queues(),
+            "TUN device"
+        );
         let core = Core {
             eps,
             idents,
@@ -2024,8 +2046,10 @@ impl Daemon {
         };
         let s = shared.clone();
         spawn("hipd-driver", Box::new(move || driver_thread(s)))?;
-        let s = shared.clone();
-        spawn("hipd-tun", Box::new(move || tun_thread(s)))?;
+        for q in 0..shared.tun.queues() {
+            let s = shared.clone();
+            spawn(&format!("hipd-tun{q}"), Box::new(move || tun_thread(s, q)))?;
+        }
         for (kind, v6) in [
             (Kind::Hip, true),
             (Kind::Hip, false),
@@ -2109,10 +2133,7 @@ mod tests {
         // A longer datagram cannot join a run.
         assert_eq!(runs(&items(&[(100, 2), (120, 2)])), vec![1, 1]);
         // A path change splits.
-        assert_eq!(
-            runs(&items(&[(100, 2), (100, 3), (100, 3)])),
-            vec![1, 2]
-        );
+        assert_eq!(runs(&items(&[(100, 2), (100, 3), (100, 3)])), vec![1, 2]);
         // The segment count limit.
         assert_eq!(
             runs(&items(&[(10, 2); net::GSO_MAX_SEGMENTS + 3])),

@@ -29,6 +29,15 @@
 //! written as one GSO packet (receive-side coalescing, like GRO), so the
 //! kernel's TCP receives (and acknowledges) one large segment instead of
 //! dozens.
+//!
+//! # Queues
+//!
+//! With more than one queue the device is created with `IFF_MULTI_QUEUE`
+//! and one file descriptor per queue; the kernel spreads the flows sent
+//! into the device over the queues by flow hash, and the daemon reads each
+//! queue in its own thread, so several flows are sealed on several cores.
+//! Writes (decrypted packets) may go to any queue. If the kernel refuses a
+//! multi-queue device, one queue is used.
 
 use std::fs::{File, OpenOptions};
 use std::io::{IoSlice, Read, Write};
@@ -42,6 +51,7 @@ const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const IFF_TUN: libc::c_short = 0x0001;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
+const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 const TUN_F_CSUM: libc::c_uint = 0x01;
 const TUN_F_TSO4: libc::c_uint = 0x02;
@@ -67,7 +77,8 @@ struct IfReq {
 /// An open TUN device.
 #[derive(Debug)]
 pub struct Tun {
-    file: File,
+    /// One file per queue (at least one).
+    queues: Vec<File>,
     name: String,
     /// The kernel accepted TSO/checksum offload.
     offload: bool,
@@ -88,44 +99,75 @@ fn ip(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Opens /dev/net/tun and attaches it to `name` (creating the device if
+/// needed); `multi`: as one queue of a multi-queue device.
+fn attach(name: &str, multi: bool) -> anyhow::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .context("opening /dev/net/tun")?;
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        flags: IFF_TUN | IFF_NO_PI | IFF_VNET_HDR | if multi { IFF_MULTI_QUEUE } else { 0 },
+        _pad: [0; 22],
+    };
+    for (d, s) in req.name.iter_mut().zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    // SAFETY: TUNSETIFF reads and writes a `struct ifreq`; `IfReq` has its
+    // layout (16-byte name, flags, padding to 40 bytes) and lives for the
+    // duration of the call; the fd is a valid open /dev/net/tun.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req as *mut IfReq) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error()).context("TUNSETIFF");
+    }
+    Ok(file)
+}
+
 impl Tun {
-    /// Creates (or attaches to) the device `name`, assigns the addresses and
+    /// Creates (or attaches to) the device `name` with `queues` queues
+    /// (at least one; see the module docs), assigns the addresses and
     /// brings it up with `mtu`.
     pub fn create(
         name: &str,
         hits: &[Ipv6Addr],
         lsis: &[Ipv4Addr],
         mtu: u32,
+        queues: usize,
     ) -> anyhow::Result<Tun> {
         if name.is_empty() || name.len() >= libc::IFNAMSIZ {
             bail!("bad interface name {name:?}");
         }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/net/tun")
-            .context("opening /dev/net/tun")?;
-        let mut req = IfReq {
-            name: [0; libc::IFNAMSIZ],
-            flags: IFF_TUN | IFF_NO_PI | IFF_VNET_HDR,
-            _pad: [0; 22],
-        };
-        for (d, s) in req.name.iter_mut().zip(name.bytes()) {
-            *d = s as libc::c_char;
+        let mut files = Vec::new();
+        let multi = queues > 1;
+        match attach(name, multi) {
+            Ok(f) => files.push(f),
+            Err(e) if multi => {
+                tracing::info!(error = %e, "multi-queue TUN refused; using one queue");
+                files.push(attach(name, false)?);
+            }
+            Err(e) => return Err(e),
         }
-        // SAFETY: TUNSETIFF reads and writes a `struct ifreq`; `IfReq` has its
-        // layout (16-byte name, flags, padding to 40 bytes) and lives for the
-        // duration of the call; the fd is a valid open /dev/net/tun.
-        let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req as *mut IfReq) };
-        if rc < 0 {
-            return Err(std::io::Error::last_os_error()).context("TUNSETIFF");
+        if multi && files.len() == 1 {
+            for _ in 1..queues {
+                match attach(name, true) {
+                    Ok(f) => files.push(f),
+                    Err(e) => {
+                        tracing::info!(error = %e, queues = files.len(), "no more TUN queues");
+                        break;
+                    }
+                }
+            }
         }
         let flags = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
         // SAFETY: TUNSETOFFLOAD takes the offload flags as the integer
-        // argument itself (no pointer); the fd is an attached TUN device.
-        let offload = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETOFFLOAD, flags) } == 0;
+        // argument itself (no pointer); each fd is an attached TUN queue.
+        let offload = files
+            .iter()
+            .all(|f| unsafe { libc::ioctl(f.as_raw_fd(), TUNSETOFFLOAD, flags) } == 0);
         let tun = Tun {
-            file,
+            queues: files,
             name: name.to_string(),
             offload,
         };
@@ -154,6 +196,11 @@ impl Tun {
         &self.name
     }
 
+    /// Number of queues (one reading thread each).
+    pub fn queues(&self) -> usize {
+        self.queues.len()
+    }
+
     /// Whether TSO/checksum offload is on.
     pub fn offload(&self) -> bool {
         self.offload
@@ -163,9 +210,17 @@ impl Tun {
     /// it into complete packets in `segs` (cleared first). A packet that
     /// cannot be split (unknown GSO type, malformed headers) yields an
     /// error of kind `InvalidData`; the caller drops it and reads on.
-    pub fn recv_segments(&self, raw: &mut [u8], segs: &mut Segments) -> std::io::Result<()> {
+    pub fn recv_segments(
+        &self,
+        queue: usize,
+        raw: &mut [u8],
+        segs: &mut Segments,
+    ) -> std::io::Result<()> {
         segs.clear();
-        let n = (&self.file).read(raw)?;
+        let Some(file) = self.queues.get(queue).or(self.queues.first()) else {
+            return Err(std::io::Error::from(std::io::ErrorKind::NotFound));
+        };
+        let n = (&*file).read(raw)?;
         let pkt = raw.get(..n).unwrap_or(&[]);
         let (hdr, body) = match pkt.split_first_chunk::<VNET_HDR_LEN>() {
             Some((h, b)) => (VnetHdr::parse(h), b),
@@ -178,7 +233,10 @@ impl Tun {
     /// (the device drops what it cannot take, like a full queue).
     fn write_with(&self, hdr: &VnetHdr, pkt: &[u8]) {
         let h = hdr.encode();
-        if let Err(e) = (&self.file).write_vectored(&[IoSlice::new(&h), IoSlice::new(pkt)]) {
+        let Some(file) = self.queues.first() else {
+            return;
+        };
+        if let Err(e) = (&*file).write_vectored(&[IoSlice::new(&h), IoSlice::new(pkt)]) {
             tracing::trace!(error = %e, "TUN write failed");
         }
     }
