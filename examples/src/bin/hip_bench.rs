@@ -4,7 +4,7 @@
 //! cargo build --release -p hipd-backend --bins
 //! cargo build --release -p mh-examples --bin hip_bench
 //! sudo target/release/hip_bench [--quick] [--bex-only] [--assocs 1000,10000] [--tun-mtu 1400]
-//!     [--iperf-secs N] [--transport native|udp]
+//!     [--iperf-secs N] [--transport native|udp|both]
 //! ```
 //! Prints one table; every HIT figure is paired with the same measurement
 //! over the plain IPv6 underlay on the same link, run interleaved (plain,
@@ -370,35 +370,43 @@ fn main() -> anyhow::Result<()> {
         .and_then(|i| args.get(i + 1))
         .cloned()
         .unwrap_or_else(|| hipd_backend::daemon::TUN_MTU.to_string());
-    let udp = args
+    let transports: Vec<NatMode> = match args
         .iter()
         .position(|a| a == "--transport")
         .and_then(|i| args.get(i + 1))
-        .is_some_and(|t| t == "udp");
+        .map(String::as_str)
+    {
+        Some("native") => vec![NatMode::None],
+        Some("udp") => vec![NatMode::PlainUdp],
+        _ => vec![NatMode::None, NatMode::PlainUdp],
+    };
     let da = start_hipd(&lab, &a, &hipd, &tun_mtu)?;
     let db = start_hipd(&lab, &b, &hipd, &tun_mtu)?;
     let hit_b = hit_of(&db.sock)?;
     let b_ip = l0.addr(&b, Family::V6);
-    call(
-        &da.sock,
-        Request::AddMap {
-            hit: hit_b,
-            ip: b_ip,
-            lsi: None,
-            transport: Some(if udp {
-                NatMode::PlainUdp
-            } else {
-                NatMode::None
-            }),
-        },
-    )?;
-    call(
-        &da.sock,
-        Request::Connect {
-            hit: hit_b,
-            wait_ms: 5000,
-        },
-    )?;
+    // Maps b's HIT to its address over `t` and (re)establishes the
+    // association with that transport.
+    let use_transport = |t: NatMode| -> anyhow::Result<()> {
+        call(
+            &da.sock,
+            Request::AddMap {
+                hit: hit_b,
+                ip: b_ip,
+                lsi: None,
+                transport: Some(t),
+            },
+        )?;
+        let _ = call(&da.sock, Request::Rst { hit: Some(hit_b) });
+        std::thread::sleep(Duration::from_millis(100));
+        call(
+            &da.sock,
+            Request::Connect {
+                hit: hit_b,
+                wait_ms: 5000,
+            },
+        )?;
+        Ok(())
+    };
     let rounds = if quick { 1 } else { 3 };
     let dur = Duration::from_secs(if quick { 1 } else { 2 });
     let hit = IpAddr::V6(hit_b);
@@ -408,11 +416,11 @@ fn main() -> anyhow::Result<()> {
         port
     };
     println!(
-        "hipd benchmark (two namespaces, one veth link, {} IPv6 underlay, hip0 MTU {tun_mtu})",
-        if udp { "UDP-encapsulated" } else { "native" }
+        "hipd benchmark (two namespaces, one veth link, IPv6 underlay, hip0 MTU {tun_mtu}; \
+         [native]: ESP as IP protocol 50, [udp]: ESP in UDP 10500)"
     );
     println!(
-        "{:<34} {:>12} {:>12} {:>8}",
+        "{:<42} {:>12} {:>12} {:>8}",
         "measurement", "plain", "HIT", "ratio"
     );
     let mut row = |name: &str,
@@ -426,7 +434,7 @@ fn main() -> anyhow::Result<()> {
         }
         let (p, h) = (median(p), median(h));
         println!(
-            "{:<34} {:>12} {:>12} {:>8.3}",
+            "{:<42} {:>12} {:>12} {:>8.3}",
             format!("{name} ({unit})"),
             format!("{p:.1}"),
             format!("{h:.1}"),
@@ -441,25 +449,34 @@ fn main() -> anyhow::Result<()> {
         .and_then(|i| args.get(i + 1))
         .and_then(|s| s.parse().ok())
         .unwrap_or(if quick { 2 } else { 4 });
-    if !bex_only {
-        row("iperf3 128 KiB writes", "MB/s", &mut |d, p| {
-            iperf3(&a, &b, d, p, iperf_secs)
-        })?;
-        for size in [512usize, 2048, 8192] {
-            row(&format!("TCP {size} B writes"), "MB/s", &mut |d, p| {
-                tcp_writes(&a, &b, d, p, size, dur)
-            })?;
+    for &t in &transports {
+        use_transport(t)?;
+        if bex_only {
+            break;
         }
-        row("1-byte ping-pong", "rt/s", &mut |d, p| {
+        let tag = if t == NatMode::None { "native" } else { "udp" };
+        row(
+            &format!("[{tag}] iperf3 128 KiB writes"),
+            "MB/s",
+            &mut |d, p| iperf3(&a, &b, d, p, iperf_secs),
+        )?;
+        for size in [512usize, 2048, 8192] {
+            row(
+                &format!("[{tag}] TCP {size} B writes"),
+                "MB/s",
+                &mut |d, p| tcp_writes(&a, &b, d, p, size, dur),
+            )?;
+        }
+        row(&format!("[{tag}] 1-byte ping-pong"), "rt/s", &mut |d, p| {
             ping_pong(&a, &b, d, p, dur)
         })?;
-        row("connect+close", "1/s", &mut |d, p| {
+        row(&format!("[{tag}] connect+close"), "1/s", &mut |d, p| {
             connect_close(&a, &b, d, p, Duration::from_secs(1))
         })?;
     }
     let (p50, p99) = bex_latency(&da.sock, hit_b, if quick { 20 } else { 200 })?;
     println!(
-        "{:<34} {:>12} {:>12}",
+        "{:<42} {:>12} {:>12}",
         "BEX latency p50/p99 (ms)",
         format!("{p50:.2}"),
         format!("{p99:.2}")
@@ -492,7 +509,7 @@ fn main() -> anyhow::Result<()> {
         let rss = rss_kib(pid);
         let per = (rss.saturating_sub(base)) as f64 * 1024.0 / made.max(1) as f64;
         println!(
-            "{:<34} {:>12} {:>12}",
+            "{:<42} {:>12} {:>12}",
             format!("memory/assoc @{made} (bytes)"),
             format!("{per:.0}"),
             format!("rss {rss} KiB")
