@@ -31,8 +31,9 @@
 //!   (receive, flush, shutdown, close, `nselect`/poll), or at the latest
 //!   after the coalescing delay (default [`COALESCE_DELAY`], 1 ms), when
 //!   the keeper writes it. An isolated send (none in the previous 50 µs) is
-//!   written at once, so request/response and sparse traffic see no added
-//!   delay; the cost is that the tail of a burst of back-to-back sends,
+//!   written at once, and so is a send that follows a receive that returned
+//!   data (request/response traffic, however fast, is not streaming), so
+//!   request/response and sparse traffic see no added delay; the cost is that the tail of a burst of back-to-back sends,
 //!   followed by no call at all, waits up to the delay (plus the keeper's
 //!   scheduling). Measured on loopback (2 shared cores): 512-byte writes went
 //!   from one `writev` each (~0.5 of plain TCP) to one per 64 KiB (above

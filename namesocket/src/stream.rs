@@ -207,6 +207,10 @@ impl NameStream {
         loop {
             let n = st.session.read(buf);
             if n > 0 {
+                // Request/response, not streaming: the next send is not
+                // coalesced with the previous one (it would only wait for
+                // this thread's next call, and cost keeper rounds).
+                st.last_send = None;
                 // Reading may owe the peer an ACK (flow control).
                 let now = Instant::now();
                 driver::pump_with(&self.conn, &mut st, now, false);
@@ -229,6 +233,7 @@ impl NameStream {
                 // Nothing buffered: read the transport straight into `buf`.
                 let (n, _) = driver::pump_into(&self.conn, &mut st, now, buf);
                 if n > 0 {
+                    st.last_send = None;
                     return Ok(n);
                 }
             } else {

@@ -14,8 +14,8 @@
 //! one veth link, IPv6 addresses; client in `a`, server in `b`):
 //!
 //! * **Throughput** with 512, 2048 and 8192-byte writes: the client writes a
-//!   fixed volume (default 300 MB; `--quick` 100 MB, long enough for stable
-//!   medians on a shared machine) in writes of that size;
+//!   fixed volume (default 500 MB; `--quick` 200 MB: shorter runs, 20 MB
+//!   and even 100 MB, gave ratios from 0.45 to 1.16 on the shared machine) in writes of that size;
 //!   the time runs from the first write to the moment the *receiver* has
 //!   read the last byte (both ends are threads of this process, so one
 //!   monotonic clock serves both). The receiver reads with 64 KiB buffers.
@@ -190,20 +190,20 @@ use netlab::{Family, Host, Lab, Link};
 #[derive(Parser, Debug, Clone)]
 #[command(about = "namesocket vs plain TCP: Table 7.1 method (thesis §7) and failover")]
 struct Args {
-    /// Shorter run (100 MB per throughput run, 20,000 round trips, 3,000
+    /// Shorter run (200 MB per throughput run, 50,000 round trips, 10,000
     /// connects, 5 runs each; shorter cells were too noisy to compare).
     #[arg(long)]
     quick: bool,
     /// Runs per cell (interleaved plain/namesocket); the median is reported.
     #[arg(long, default_value_t = 5)]
     runs: usize,
-    /// Megabytes (10^6 B) per throughput run (default 300, quick 100).
+    /// Megabytes (10^6 B) per throughput run (default 500, quick 200).
     #[arg(long)]
     mbytes: Option<u64>,
-    /// Round trips per latency run (default 50,000, quick 20,000).
+    /// Round trips per latency run (default 100,000, quick 50,000).
     #[arg(long)]
     rtts: Option<u64>,
-    /// Connections per connect run (default 6,000, quick 3,000).
+    /// Connections per connect run (default 20,000, quick 10,000).
     #[arg(long)]
     connects: Option<u64>,
     /// Failover runs per configuration.
@@ -1145,13 +1145,13 @@ fn main() -> Result<()> {
     let _ = base();
     let p = Params {
         runs: args.runs.max(1),
-        bytes: args.mbytes.unwrap_or(if args.quick { 100 } else { 300 }) * 1_000_000,
+        bytes: args.mbytes.unwrap_or(if args.quick { 200 } else { 500 }) * 1_000_000,
         rtts: args
             .rtts
-            .unwrap_or(if args.quick { 20_000 } else { 50_000 }),
+            .unwrap_or(if args.quick { 50_000 } else { 100_000 }),
         connects: args
             .connects
-            .unwrap_or(if args.quick { 3_000 } else { 6_000 }),
+            .unwrap_or(if args.quick { 10_000 } else { 20_000 }),
     };
     let root = nix::unistd::Uid::effective().is_root();
     let mut rows = Vec::new();
