@@ -295,3 +295,46 @@ fn socket_opt_in_and_control_move() {
     assert_eq!(sc[0].current.local, b1, "server followed: {sc:?}");
     assert_eq!(sc[0].last_reason.as_deref(), Some("peer_moved"));
 }
+
+/// Incoming handshake packets are only learned (NFLOG), never held in
+/// NFQUEUE: both daemons track the connections, nothing went through the
+/// incoming queue, and data sent right after `connect` (which can overtake
+/// the client's ACK while that waits for its PREFIX_ACK) does not keep the
+/// server from learning the PREFIX_ACK.
+#[test]
+fn handshake_is_learned_without_holding_incoming_packets() {
+    let t = two_links();
+    let da = Daemon::start(&t.lab, &t.a, &[PORT]);
+    let db = Daemon::start(&t.lab, &t.b, &[PORT]);
+    let listener =
+        t.b.run(|| TcpListener::bind(("::", PORT)))
+            .expect("run")
+            .expect("bind");
+    let dst = SocketAddr::from((v6(&t.l0, &t.b), PORT));
+    let mut keep = Vec::new();
+    for i in 0..5u8 {
+        let mut c =
+            t.a.run(move || TcpStream::connect(dst))
+                .expect("run")
+                .expect("connect");
+        c.write_all(&[i; 100]).expect("write at once");
+        let (mut s, _) = listener.accept().expect("accept");
+        let mut b = [0u8; 100];
+        s.read_exact(&mut b).expect("read");
+        assert_eq!(b, [i; 100]);
+        keep.push((c, s));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(da.connections().len(), 5, "client tracks all");
+    assert_eq!(db.connections().len(), 5, "server tracks all");
+    for d in [&da, &db] {
+        assert_eq!(d.stat("packets_in"), 0, "nothing queued inbound");
+    }
+    // Client: the 5 SYN+ACKs; server: 5 SYNs and 5 ACKs with PREFIX_ACK.
+    assert_eq!(da.stat("learned_in"), 5, "{}", da.log());
+    assert_eq!(db.stat("learned_in"), 10, "{}", db.log());
+    assert_eq!(db.stat("synack_answers"), 5);
+    // Client: 5 SYNs and 5 ACKs queued; server: 5 SYN+ACKs. Data never.
+    assert_eq!(da.stat("packets_out"), 10);
+    assert_eq!(db.stat("packets_out"), 5);
+}

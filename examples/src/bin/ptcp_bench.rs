@@ -94,15 +94,18 @@ impl Setup {
                 .lab
                 .artifacts_dir()
                 .join(format!("bench-{}.sock", h.name()));
-            let p = h
-                .spawn([
-                    bin.to_str().unwrap_or("preservetcpd"),
-                    "--ports",
-                    &PORT.to_string(),
-                    "--control",
-                    ctl.to_str().unwrap_or(""),
-                ])
-                .expect("spawn preservetcpd");
+            // `PTCPD_EXTRA`: more daemon arguments (e.g. `--no-realtime`).
+            let mut args: Vec<String> = vec![
+                bin.to_str().unwrap_or("preservetcpd").into(),
+                "--ports".into(),
+                PORT.to_string(),
+                "--control".into(),
+                ctl.to_str().unwrap_or("").into(),
+            ];
+            if let Ok(extra) = std::env::var("PTCPD_EXTRA") {
+                args.extend(extra.split_whitespace().map(String::from));
+            }
+            let p = h.spawn(args).expect("spawn preservetcpd");
             let t0 = Instant::now();
             while !p.stdout_so_far().contains("ready") {
                 assert!(
@@ -401,7 +404,7 @@ fn main() {
                 if mode == 2 {
                     s.migrate(c.local_addr().map(|a| a.port()).unwrap_or(0));
                 }
-                pp[mode].push(pingpong(c, srv, 5000));
+                pp[mode].push(pingpong(c, srv, 20_000));
             }
             if mode < 2 && want("connect") {
                 cc[mode].push(connects(&s, 2000));

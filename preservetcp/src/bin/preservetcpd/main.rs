@@ -29,7 +29,9 @@
 //! it drains the NFLOG socket (non-blocking) into the engine, runs the
 //! engine and gives the verdict. Nothing on that path waits for a rule
 //! install or a socket lookup; rule changes happen only when a connection
-//! moves.
+//! moves. (A `SCHED_FIFO` packet thread was measured: connect+close got
+//! slower under load, 4.7k/s against 7.0k/s, so it runs as a normal
+//! thread.)
 
 mod nflog;
 mod rtnl;
@@ -427,7 +429,13 @@ fn run(args: Args) -> Result<(), String> {
         };
         let now = Instant::now();
         let (verdict, actions) = {
-            let mut eng = shared.engine_drained();
+            // An outgoing SYN needs nothing learned (its offer depends on
+            // the local addresses only): no drain syscall on it.
+            let mut eng = if msg.get_queue_num() == q_out && is_pure_syn(msg.get_payload()) {
+                shared.engine()
+            } else {
+                shared.engine_drained()
+            };
             let v = if msg.get_queue_num() == q_out {
                 eng.outbound(msg.get_payload(), now)
             } else {
@@ -457,6 +465,13 @@ fn run(args: Args) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Whether an IPv6 packet is a TCP SYN without ACK whose TCP header follows
+/// the fixed header directly (what the kernel sends before any option is
+/// inserted). Anything else, or too short, is `false`.
+fn is_pure_syn(p: &[u8]) -> bool {
+    p.get(6) == Some(&6) && p.get(53).is_some_and(|f| f & 0x12 == 0x02)
 }
 
 fn open_fds() -> HashSet<i32> {
@@ -595,5 +610,28 @@ fn handle(sh: &Shared, req: Request) -> Response {
                 Err(e) => Response::error(e),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_pure_syn;
+
+    fn pkt(next: u8, flags: u8) -> Vec<u8> {
+        let mut p = vec![0u8; 60];
+        p[0] = 0x60;
+        p[6] = next;
+        p[53] = flags;
+        p
+    }
+
+    #[test]
+    fn pure_syn_detection() {
+        assert!(is_pure_syn(&pkt(6, 0x02)));
+        assert!(!is_pure_syn(&pkt(6, 0x12)), "SYN+ACK");
+        assert!(!is_pure_syn(&pkt(6, 0x10)), "ACK");
+        assert!(!is_pure_syn(&pkt(60, 0x02)), "behind a dest-opts header");
+        assert!(!is_pure_syn(&pkt(6, 0x02)[..53]), "short");
+        assert!(!is_pure_syn(&[]));
     }
 }

@@ -8,26 +8,32 @@
 //! to NFLOG (see `nflog.rs`) and the packet itself continues at once (the
 //! kernel skips the PREFIX options, type action `00`). Packets of an
 //! established connection on its original pair never leave the kernel and
-//! match after a few cheap native expressions (the chain order below puts
-//! `ct state established` before the socket lookup).
+//! leave our chains after a few cheap native expressions (`ct state` and
+//! the conntrack packet counter come before any extension header or socket
+//! match).
 //!
 //! Everything lives in the `mangle` table in chains of our own:
 //!
 //! ```text
 //! OUTPUT     -> PTCP_OUT:
 //!   -p tcp -j PTCP_MOVED                         (per moved connection: queue)
+//!   ct state established, >= 3 packets original -> RETURN (data segments)
 //!   SYN (no ACK) of covered traffic   -> PTCP_OFFER: connmark OFFER_BIT, queue OUT
 //!   non-SYN, connmark CT_BIT, ct direction original, 2nd packet in the
-//!     original direction              -> queue OUT  (the client's ACK that
+//!     original direction              -> PTCP_ACK: connmark ACKED_BIT,
+//!                                        queue OUT  (the client's ACK that
 //!                                                    gets PREFIX_ACK)
 //!   SYN+ACK, connmark CT_BIT          -> queue OUT  (the answer to an offer)
 //! PREROUTING -> PTCP_PRE:
 //!   packet mark FAST_MARK       -> RETURN        (rewritten by the fast path)
 //!   -p tcp -j PTCP_MOVED_IN                      (per moved connection: its
 //!                                                original tuple -> queue IN)
+//!   ct state established, >= 3 packets original, connmark not CT_BIT
+//!     without ACKED_BIT                 -> RETURN (data segments)
 //!   SYN+ACK, connmark OFFER_BIT -> goto PTCP_LEARN (answer to our offer,
 //!                                                with or without options)
 //!   SYN/SYN+ACK with a dest-opts header -> goto PTCP_LEARN
+//!   non-SYN with a dest-opts header     -> connmark ACKED_BIT
 //!   dest-opts header, local socket      -> goto PTCP_LEARN (the PREFIX_ACK)
 //!   dest-opts header (other pair)       -> queue IN
 //!   ct state established        -> RETURN        (original pairs)
@@ -70,6 +76,7 @@ const PRE: &str = "PTCP_PRE";
 const MOVED: &str = "PTCP_MOVED";
 const MOVED_IN: &str = "PTCP_MOVED_IN";
 const OFFER: &str = "PTCP_OFFER";
+const ACKQ: &str = "PTCP_ACK";
 const LEARN: &str = "PTCP_LEARN";
 /// Packet mark bit the fast path sets on incoming packets it rewrote.
 pub const FAST_MARK: u32 = 0x0200_0000;
@@ -81,6 +88,15 @@ const OFFER_BIT: &str = "0x4000000/0x4000000";
 /// The bits alone, for `CONNMARK --or-mark`.
 const CT_OR: &str = "0x1000000";
 const OFFER_OR: &str = "0x4000000";
+/// Connmark bit set once the PREFIX_ACK of a connection passed: sent by
+/// this host (client) or seen arriving (server). Until then the data
+/// shortcut in PREROUTING skips only connections without [`CT_BIT`], so a
+/// PREFIX_ACK overtaken by data (the client's ACK waits in NFQUEUE while
+/// its first data segment does not) is still learned.
+const ACKED_OR: &str = "0x8000000";
+/// Shortcut condition: not an option-carrying connection, or one whose
+/// PREFIX_ACK passed (`mark & (CT|ACKED) != CT`).
+const SHORTCUT_MARK: &str = "0x1000000/0x9000000";
 
 #[derive(Debug, Clone)]
 pub struct Rules {
@@ -185,10 +201,10 @@ impl Rules {
         for (hook, chain) in [("OUTPUT", OUT), ("PREROUTING", PRE)] {
             while ip6t(&s(&["-t", "mangle", "-D", hook, "-j", chain])).is_ok() {}
         }
-        for c in [OUT, PRE, MOVED, MOVED_IN, OFFER, LEARN] {
+        for c in [OUT, PRE, MOVED, MOVED_IN, OFFER, ACKQ, LEARN] {
             let _ = ip6t(&s(&["-t", "mangle", "-F", c]));
         }
-        for c in [OUT, PRE, MOVED, MOVED_IN, OFFER, LEARN] {
+        for c in [OUT, PRE, MOVED, MOVED_IN, OFFER, ACKQ, LEARN] {
             let _ = ip6t(&s(&["-t", "mangle", "-X", c]));
         }
     }
@@ -196,7 +212,7 @@ impl Rules {
     /// Installs the static rules.
     pub fn install(&self) -> Result<(), String> {
         self.remove_all();
-        for c in [OUT, PRE, MOVED, MOVED_IN, OFFER, LEARN] {
+        for c in [OUT, PRE, MOVED, MOVED_IN, OFFER, ACKQ, LEARN] {
             ip6t(&s(&["-t", "mangle", "-N", c]))?;
         }
         let mangle = |rule: &[&str]| {
@@ -207,6 +223,9 @@ impl Rules {
         // Offers: remember the offer in the connmark, then queue.
         mangle(&["-A", OFFER, "-j", "CONNMARK", "--or-mark", OFFER_OR])?;
         self.append(OFFER, Vec::new(), self.q_out)?;
+        // The client's ACK that gets PREFIX_ACK: remember it passed, queue.
+        mangle(&["-A", ACKQ, "-j", "CONNMARK", "--or-mark", ACKED_OR])?;
+        self.append(ACKQ, Vec::new(), self.q_out)?;
         // Learning: remember that the peer's handshake carried options (its
         // answer / the ACK must be queued), copy to NFLOG, continue.
         mangle(&[
@@ -226,6 +245,7 @@ impl Rules {
         mangle(&["-A", LEARN, "-j", "NFLOG", "--nflog-group", &group])?;
 
         mangle(&["-A", OUT, "-p", "tcp", "-j", MOVED])?;
+        mangle(&established_after_handshake(OUT, false))?;
         for cov in self.covered() {
             let mut a = s(&[
                 "-t",
@@ -242,7 +262,9 @@ impl Rules {
             a.extend(s(&["-j", OFFER]));
             ip6t(&a)?;
         }
-        let m = s(&[
+        mangle(&[
+            "-A",
+            OUT,
             "-p",
             "tcp",
             "!",
@@ -265,8 +287,9 @@ impl Rules {
             "original",
             "--connbytes-mode",
             "packets",
-        ]);
-        self.append(OUT, m, self.q_out)?;
+            "-j",
+            ACKQ,
+        ])?;
         let m = s(&[
             "-p",
             "tcp",
@@ -283,6 +306,7 @@ impl Rules {
         let fast = format!("{FAST_MARK:#x}/{FAST_MARK:#x}");
         mangle(&["-A", PRE, "-m", "mark", "--mark", &fast, "-j", "RETURN"])?;
         mangle(&["-A", PRE, "-p", "tcp", "-j", MOVED_IN])?;
+        mangle(&established_after_handshake(PRE, true))?;
         mangle(&[
             "-A",
             PRE,
@@ -302,6 +326,10 @@ impl Rules {
         let mut r = vec!["-A", PRE, "-p", "tcp", "--tcp-flags", "SYN", "SYN"];
         r.extend(dst);
         r.extend(["-g", LEARN]);
+        mangle(&r)?;
+        let mut r = vec!["-A", PRE, "-p", "tcp", "!", "--tcp-flags", "SYN", "SYN"];
+        r.extend(dst);
+        r.extend(["-j", "CONNMARK", "--or-mark", ACKED_OR]);
         mangle(&r)?;
         let mut r = vec!["-A", PRE, "-p", "tcp"];
         r.extend(dst);
@@ -362,6 +390,38 @@ impl Rules {
         a.extend(s(&["--tcp-flags", "SYN,ACK", "SYN", "-j", OFFER]));
         ip6t(&a)
     }
+}
+
+/// The shortcut for established connections past their handshake: `ct
+/// state established` and at least 3 packets in the original direction
+/// (SYN, ACK, one more), native nftables expressions, so data segments
+/// skip the extension header and socket matches. The handshake packets
+/// that matter come earlier: the client's ACK is the 2nd packet in the
+/// original direction, the SYN+ACK the 1st in reply. With `acked`
+/// (PREROUTING), connections whose PREFIX_ACK has not passed yet are not
+/// short-cut ([`SHORTCUT_MARK`]).
+fn established_after_handshake(chain: &str, acked: bool) -> Vec<&str> {
+    let mut v = vec![
+        "-A",
+        chain,
+        "-m",
+        "conntrack",
+        "--ctstate",
+        "ESTABLISHED",
+        "-m",
+        "connbytes",
+        "--connbytes",
+        "3:",
+        "--connbytes-dir",
+        "original",
+        "--connbytes-mode",
+        "packets",
+    ];
+    if acked {
+        v.extend(["-m", "connmark", "!", "--mark", SHORTCUT_MARK]);
+    }
+    v.extend(["-j", "RETURN"]);
+    v
 }
 
 /// Routing table for fallback routes.
