@@ -27,6 +27,13 @@
 //!   without PREFIX_SYN means a peer without PreserveTCP: plain TCP.
 //! - Incoming ACK with PREFIX_ACK at the server: the connection is entered.
 //!
+//! [`Engine::observe_inbound`] learns an incoming handshake packet without a
+//! verdict: `preservetcpd` uses it for the copies it gets through NFLOG
+//! while the packets themselves reach the kernel unstripped (it skips the
+//! PREFIX options, type action `00`); there a SYN+ACK without options
+//! answering our offer marks the peer as plain at once, since the ACK of
+//! such a connection is not queued.
+//!
 //! Headers are only stripped when they carry nothing but PREFIX options and
 //! padding; a header with malformed options is counted
 //! ([`Stats::malformed_options`]) and removed, so the segment continues as

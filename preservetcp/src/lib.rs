@@ -25,22 +25,35 @@
 //! ## The daemon (`preservetcpd`, Linux)
 //!
 //! `preservetcpd [--ports 5001,8000] [--queue N] [--control PATH]
-//! [--interval-ms 50] [--stall-ms 300] [--follow-hold-ms 500]` runs as root in the host (or lab
+//! [--interval-ms 50] [--stall-ms 300] [--follow-hold-ms 500] [--verbose]` runs as root in the host (or lab
 //! namespace). Packet path (all verified in the netlab lab):
 //!
-//! - ip6tables (nf_tables backend) rules in `mangle` feed NFQUEUE `N`
-//!   (OUTPUT: SYNs of covered traffic — configured ports or sockets marked
-//!   with [`OPT_IN_MARK`] —, SYN+ACKs answering an offer, the ACK after the
-//!   SYN+ACK (conntrack `connbytes 2:2`), and every packet of a moved
-//!   connection) and NFQUEUE `N+1` (PREROUTING: packets with a destination
-//!   options header, and non-SYN TCP that matches no local socket, i.e.
-//!   arrives on an alternative pair). Segments on a connection's original
-//!   tuple go straight to the kernel (`-m socket`), so an unmoved
-//!   connection costs nothing after the handshake. While a connection has
-//!   moved, segments arriving on its original tuple are queued too (the
-//!   peer went back to the original pair, which must be followed like any
-//!   other); the fast path marks the packets it rewrote to the original
-//!   tuple so that only those that really arrived on it are queued.
+//! - Only packets the daemon must *modify* wait in userspace. ip6tables
+//!   (nf_tables backend) rules in `mangle` feed NFQUEUE `N` (OUTPUT: SYNs
+//!   of covered traffic — configured ports or sockets marked with
+//!   [`OPT_IN_MARK`] —, SYN+ACKs answering an offer, the client's ACK of a
+//!   SYN+ACK that carried options, and every packet of a moved connection)
+//!   and NFQUEUE `N+1` (PREROUTING: non-SYN TCP that matches no local
+//!   socket, i.e. arrives on an alternative pair). Incoming handshake
+//!   packets (SYN and SYN+ACK with a destination options header, the SYN+ACK
+//!   answering our offer, the ACK carrying PREFIX_ACK) are only *learned*:
+//!   a copy goes to NFLOG group `N` and the packet continues at once — the
+//!   kernel skips the PREFIX options itself (type action `00`), so they
+//!   reach it unstripped. The daemon drains the NFLOG socket before it
+//!   handles a queued packet; the copy of a SYN is in that socket before the
+//!   kernel has even answered it, so the SYN+ACK always finds what the SYN
+//!   offered. A handshake therefore costs three queue round trips in all
+//!   (client SYN and ACK, server SYN+ACK) instead of six.
+//! - Segments of an established connection past its handshake leave the
+//!   chains after native `ct state` / conntrack packet count / connmark
+//!   checks, before any extension header or socket match, so an unmoved
+//!   connection costs nothing in userspace after the handshake. Segments on
+//!   a connection's original tuple go straight to the kernel (`-m socket`).
+//!   While a connection has moved, segments arriving on its original tuple
+//!   are queued too (the peer went back to the original pair, which must be
+//!   followed like any other); the fast path marks the packets it rewrote
+//!   to the original tuple so that only those that really arrived on it are
+//!   queued.
 //! - Rule changes caused by a received packet (following the peer) are made
 //!   before that packet is handed to the kernel, so the kernel's answer
 //!   leaves on the new pair.
@@ -49,7 +62,9 @@
 //!   `route` chain at priority -160 and a prerouting chain at -310; `ip6
 //!   saddr/daddr set` fixes the TCP checksum for the pseudo-header —
 //!   verified byte-exact in the lab); the NFQUEUE path below covers the
-//!   few packets before the map entries are in, and `--no-fast-path`.
+//!   few packets before the map entries are in, and `--no-fast-path`. The
+//!   two chains hold no rule while no connection has moved (added with the
+//!   first map entries, flushed with the last, in the same transaction).
 //! - Outgoing packets of a moved connection are rewritten in OUTPUT; the
 //!   kernel reroutes a queued OUTPUT packet whose addresses changed
 //!   (verified: rewritten packets leave on the other link). Incoming
