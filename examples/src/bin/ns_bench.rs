@@ -172,6 +172,62 @@
 //!   retained buffer (needed for resume) and the in-place move on receive.
 //! * Unchanged: latency ~0.5–0.6, connect + close ~0.35 (the NEW/NEW_ACK
 //!   thread wake-ups described above).
+//!
+//! # Findings, session 3 (connect, ping-pong, run length)
+//!
+//! Measured while another engineer's benchmark used ~1.3 of the 2 cores
+//! (load average 4–6): plain TCP alone varied 28–57k conn/s and 60–186k
+//! rt/s between runs of the same cell, so single ratios move by ±0.2.
+//!
+//! * **Run length.** 20 MB throughput runs took ~10 ms on loopback; 2,000
+//!   round trips and 1,000 connects ~20–60 ms: a single descheduling decided
+//!   the cell (8192 B loopback read anything from 0.45 to 1.16). `--quick`
+//!   is now 200 MB / 50,000 round trips / 10,000 connects (default 500 MB /
+//!   100,000 / 20,000), still interleaved plain/ns, median of 5.
+//! * **Connect is optimistic**: `NameStream::connect` returns once NEW is
+//!   written; NEW_ACK (or a refusal) is processed by the first call, data
+//!   written before NEW_ACK is held back until it arrives (so it is
+//!   delivered exactly once even if the first transport fails), and a
+//!   missing NEW_ACK fails the session with `TimedOut` after
+//!   max(connect_attempt_timeout, 4 × dead_timeout). The server writes
+//!   NEW_ACK with the application's first call, so accept + close sends
+//!   NEW_ACK and CLOSE in one segment. `strace -f -c`, loopback, per
+//!   connection (both ends): `writev` 4 → 3, `recvfrom` 6.5 → 4.4 (`EAGAIN`
+//!   2.3 → 1.1), `poll` 5.5 → 4.3, `openat`+`close` of the namespace handle
+//!   gone; the client now sleeps once per connect + close, like plain TCP.
+//!   Ratio 0.36 → 0.37–0.65 loopback, 0.36 → 0.45–0.50 veth.
+//! * **Why connect + close stays near 0.4–0.5**: `perf stat`, 20,000
+//!   connections, loopback: plain TCP ~27 µs of CPU and 2 context switches
+//!   per connection, namesocket 65–75 µs and 4. The session protocol puts
+//!   three data segments on the wire that plain TCP does not send (NEW,
+//!   NEW_ACK + CLOSE, CLOSE_ACK), each a `writev` plus the peer's softirq
+//!   receive and ACK; on loopback the sender pays the receiver's softirq
+//!   too (`perf`: `flush` 17% of the client thread). The second server
+//!   context switch is the wait for NEW after `accept` (the server is woken
+//!   by the handshake's last ACK, ~10 µs before the client's NEW arrives);
+//!   `TCP_DEFER_ACCEPT` would remove it but neither nix nor socket2 offers
+//!   it and the crate forbids unsafe code. The `connect` system call itself
+//!   costs namesocket ~2.5× plain TCP in `perf` (`__inet6_check_established`
+//!   and `__inet_hash_connect`: the source-address `bind` with
+//!   `IP_BIND_ADDRESS_NO_PORT`); an A/B without the `bind` was inside the
+//!   noise. Not tried: client TCP Fast Open (`TCP_FASTOPEN_CONNECT`, would
+//!   put NEW in the SYN's wake-up), which changes how the connection race
+//!   detects failed pairs.
+//! * **Ping-pong**: per message and end namesocket made `writev`, `EAGAIN`
+//!   `recvfrom`, `poll`, `recvfrom`; the speculative read before `poll` is
+//!   skipped when the last read drained the socket, so it is now `writev`,
+//!   `poll`, `recvfrom` (plain TCP: `sendto`, blocking `recvfrom`); a send
+//!   that follows a receive is never coalesced. The remaining gap is `poll`
+//!   plus a `recvfrom` instead of one blocking `recvfrom` (the transport is
+//!   non-blocking and shared with the keeper, so a receiver cannot sleep in
+//!   `recvfrom`) and ~20% user-space time (engine, locking, clock reads).
+//!   Ratio 0.56–0.73 under the load above (the issue reports 0.90/0.95 for
+//!   the previous code on an idle machine).
+//! * **8192 B loopback**: with 1 GB runs under `perf stat` namesocket used
+//!   *less* CPU than plain TCP (765 vs 854 ms: one `writev` per 64 KiB) and
+//!   won that pair (2126 vs 1381 MB/s); medians of the interleaved runs
+//!   still gave 0.57–0.85 under the other engineer's load. The cell is
+//!   scheduling-bound on this machine, not work-bound.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
