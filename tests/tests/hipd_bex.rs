@@ -115,6 +115,49 @@ fn hipd_udp_v4_tcp_100mb_over_lsis() {
     assert!(text.contains("3 received"), "{text}");
 }
 
+/// UDP encapsulation over a link whose MTU (1280) is below the outer
+/// packets hip0's MTU makes: the kernel refuses UDP segmentation offload
+/// for such runs (a segment larger than the route MTU) and hipd sends them
+/// datagram by datagram (the kernel fragments each); the transfer is
+/// complete and exact.
+#[test]
+fn hipd_udp_offload_falls_back_on_a_small_mtu_link() {
+    let (lab, a, b, l0, _l1) = two_hosts();
+    for h in [&a, &b] {
+        h.exec_ok(["ip", "link", "set", "dev", l0.dev(h), "mtu", "1280"])
+            .unwrap();
+    }
+    let ha = Hipd::start(&lab, &a, "", "");
+    let hb = Hipd::start(&lab, &b, "", "");
+    let hit_b = hb.hit();
+    let b_ip = l0.addr(&b, Family::V6);
+    let (code, out, err) = ha.hipconf(&[
+        "daemon",
+        "add",
+        "map",
+        &hit_b.to_string(),
+        &b_ip.to_string(),
+        "udp",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let file = lab.artifacts_dir().join("in-small-mtu");
+    random_file(&file, 20 * MB, 12);
+    let got = socat_tcp(
+        &lab,
+        &b,
+        &a,
+        IpAddr::V6(hit_b),
+        IpAddr::V6(hit_b),
+        5003,
+        &file,
+    );
+    assert!(same_file(&file, &got), "received data differs");
+    let has = ha.has();
+    assert_eq!(has[0].transport, "udp");
+    assert_eq!(has[0].peer_locator, Some(b_ip));
+    assert!(hb.stats().esp_rx > 14_000, "{:?}", hb.stats());
+}
+
 fn udp_echo_check(
     server: &netlab::Host,
     client: &netlab::Host,

@@ -821,8 +821,9 @@ impl Shared {
             let j = gso_run_end(items, i);
             let end = items.get(j - 1).map_or(first.end, |(r, _, _)| r.end);
             let bytes = data.get(first.start..end).unwrap_or(&[]);
+            let multi = j - i > 1;
             let sent = match u16::try_from(seg) {
-                Ok(seg16) if j - i > 1 => sock.send_segments(
+                Ok(seg16) if multi => sock.send_segments(
                     Some(path.src),
                     path.dst,
                     path.udp.unwrap_or(0),
@@ -837,7 +838,7 @@ impl Shared {
                         *o = true;
                     }
                 }
-                Err(e) if !sock.gso() => {
+                Err(e) if multi && net::offload_refused(&e) => {
                     // Offload refused: send this run one by one.
                     tracing::trace!(error = %e, "offloaded send failed, retrying without");
                     let msgs: Vec<net::OutMsg<'_>> = items

@@ -226,9 +226,11 @@ impl USock {
     /// shorter), to one destination with one `sendmsg` and UDP segmentation
     /// offload: the kernel splits it, so the per-datagram cost of the stack
     /// is paid once per run. At most [`GSO_MAX_SEGMENTS`] datagrams and
-    /// [`GSO_MAX_BYTES`] bytes. When the kernel refuses offload (`EIO`,
-    /// `EINVAL`, `ENOPROTOOPT`), offload is turned off for the socket and
-    /// the caller falls back to [`USock::send_batch`].
+    /// [`GSO_MAX_BYTES`] bytes. When the kernel cannot offload this run
+    /// ([`offload_refused`]: e.g. `EINVAL` when a segment does not fit the
+    /// route's MTU) the caller sends it with [`USock::send_batch`]; when it
+    /// cannot offload at all (`EIO`, `ENOPROTOOPT`, `EOPNOTSUPP`), offload
+    /// is also turned off for the socket.
     pub fn send_segments(
         &self,
         src: Option<IpAddr>,
@@ -241,7 +243,7 @@ impl USock {
         if let Err(e) = &r
             && matches!(
                 e.raw_os_error(),
-                Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT | libc::EOPNOTSUPP)
+                Some(libc::EIO | libc::ENOPROTOOPT | libc::EOPNOTSUPP)
             )
         {
             tracing::info!(error = %e, "UDP segmentation offload refused; sending datagrams one by one");
@@ -552,6 +554,15 @@ impl USock {
             stride: stride.map_or(len, |s| s.min(len.max(1))),
         }))
     }
+}
+
+/// Whether a failed [`USock::send_segments`] should be retried datagram by
+/// datagram (the kernel refused the offload, not the datagrams).
+pub fn offload_refused(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EIO | libc::EINVAL | libc::EMSGSIZE | libc::ENOPROTOOPT | libc::EOPNOTSUPP)
+    )
 }
 
 /// `base` plus the UDP segmentation control message, if any.
