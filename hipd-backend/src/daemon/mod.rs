@@ -1157,30 +1157,33 @@ const RX_BATCH: usize = 64;
 
 fn rx_thread(sh: Arc<Shared>, kind: Kind, v6: bool) {
     let sock = sh.sock(kind, v6);
-    let mut buf = vec![0u8; 65536 + 64];
+    // HIP control is rare; ESP and UDP take bursts (UDP datagrams may be
+    // receive-offloaded bursts of up to 64 KiB each).
+    let n = match kind {
+        Kind::Hip => 4,
+        Kind::Esp => RX_BATCH,
+        Kind::Udp => RX_BATCH / 4,
+    };
+    let mut batch = net::RecvBatch::new(n, 65536 + 64);
     let mut out = vec![0u8; esp::open_buffer_len(65536 + 64)];
     let mut gro = tun::Gro::default();
     loop {
-        // Block for the first datagram, then take what is queued (up to
-        // RX_BATCH) and write the coalesced inner packets.
-        for n in 0..RX_BATCH {
-            let r = if n == 0 {
-                sock.recv(&mut buf)
-            } else {
-                sock.try_recv(&mut buf)
-            };
-            let meta = match r {
-                Ok(Ok(m)) => m,
-                Ok(Err(_)) => {
-                    inc(&sh.ctr.malformed);
-                    continue;
+        // One recvmmsg: blocks for the first datagram and takes what is
+        // queued; then the coalesced inner packets are written.
+        if let Err(e) = sock.recv_batch(&mut batch) {
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                tracing::debug!(error = %e, "recv failed");
+                for dst in sock.drain_errors() {
+                    sh.icmp_error(dst);
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    tracing::debug!(error = %e, "recv failed");
-                    for dst in sock.drain_errors() {
-                        sh.icmp_error(dst);
-                    }
+            }
+            continue;
+        }
+        for (meta, buf) in batch.meta.iter().zip(&batch.bufs) {
+            let meta = match meta {
+                Ok(m) => *m,
+                Err(_) => {
+                    inc(&sh.ctr.malformed);
                     continue;
                 }
             };

@@ -485,7 +485,7 @@ impl USock {
             libc::in_pktinfo,
             libc::c_int
         );
-        let (n, src, mut dst, mut hop, stride) = {
+        let (n, anc) = {
             let mut iov = [IoSliceMut::new(buf)];
             let m = socket::recvmsg::<SockaddrStorage>(
                 self.fd.as_raw_fd(),
@@ -494,47 +494,65 @@ impl USock {
                 flags,
             )
             .map_err(std::io::Error::from)?;
-            let mut dst = None;
-            let mut hop = 64u8;
-            let mut stride = None;
-            if let Ok(it) = m.cmsgs() {
-                for c in it {
-                    match c {
-                        ControlMessageOwned::Ipv6PacketInfo(i) => {
-                            dst = Some(IpAddr::V6(Ipv6Addr::from(i.ipi6_addr.s6_addr)));
-                        }
-                        ControlMessageOwned::Ipv4PacketInfo(i) => {
-                            dst = Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(i.ipi_addr.s_addr))));
-                        }
-                        ControlMessageOwned::Ipv6HopLimit(h) => {
-                            hop = u8::try_from(h).unwrap_or(64);
-                        }
-                        ControlMessageOwned::UdpGroSegments(s) => {
-                            stride = usize::try_from(s).ok().filter(|&s| s > 0);
-                        }
-                        _ => {}
-                    }
-                }
-            }
-            let src = m.address.and_then(|a: SockaddrStorage| {
-                if let Some(s6) = a.as_sockaddr_in6() {
-                    Some(SocketAddr::V6(std::net::SocketAddrV6::from(*s6)))
-                } else {
-                    a.as_sockaddr_in()
-                        .map(|s4| SocketAddr::V4(std::net::SocketAddrV4::from(*s4)))
-                }
-            });
-            (m.bytes, src, dst, hop, stride)
+            (m.bytes, Ancillary::of(&m))
         };
+        Ok(self.meta(buf.get(..n).unwrap_or(&[]), anc))
+    }
+
+    /// Receives up to `batch.len()` datagrams with one `recvmmsg(2)`:
+    /// blocks for the first, then takes what is already queued
+    /// (`MSG_WAITFORONE`). `batch.meta[i]` describes `batch.bufs[i]` for
+    /// `i < n` (the returned count).
+    pub fn recv_batch(&self, batch: &mut RecvBatch) -> std::io::Result<usize> {
+        batch.meta.clear();
+        // Fresh headers per call: the kernel shrinks each header's name and
+        // control lengths to what it used, and nix's MultiHeaders does not
+        // restore them, so reused headers would truncate the next call's
+        // control messages (MSG_CTRUNC: no destination address).
+        let mut headers = socket::MultiHeaders::<SockaddrStorage>::preallocate(
+            batch.bufs.len(),
+            Some(batch.cmsg.clone()),
+        );
+        let got: Vec<(usize, Ancillary)> = {
+            let mut iovs: Vec<[IoSliceMut<'_>; 1]> = batch
+                .bufs
+                .iter_mut()
+                .map(|b| [IoSliceMut::new(b.as_mut_slice())])
+                .collect();
+            let res = socket::recvmmsg(
+                self.fd.as_raw_fd(),
+                &mut headers,
+                iovs.iter_mut(),
+                MsgFlags::MSG_WAITFORONE,
+                None,
+            )
+            .map_err(std::io::Error::from)?;
+            res.map(|m| (m.bytes, Ancillary::of(&m))).collect()
+        };
+        for ((n, anc), buf) in got.into_iter().zip(&batch.bufs) {
+            let m = self.meta(buf.get(..n).unwrap_or(&[]), anc);
+            batch.meta.push(m);
+        }
+        Ok(batch.meta.len())
+    }
+
+    /// The metadata of a received datagram (`data`: the bytes received).
+    fn meta(&self, data: &[u8], anc: Ancillary) -> Result<RecvMeta, RecvError> {
+        let Ancillary {
+            src,
+            mut dst,
+            mut hop,
+            stride,
+        } = anc;
         let Some(src) = src else {
-            return Ok(Err(RecvError::NoDestination));
+            return Err(RecvError::NoDestination);
         };
         let mut offset = 0;
-        let mut len = n;
+        let mut len = data.len();
         if !self.v6 && self.kind != Kind::Udp {
             // IPv4 raw: the IP header is included.
-            let Some(h) = parse_ipv4_header(buf.get(..n).unwrap_or(&[])) else {
-                return Ok(Err(RecvError::BadIpHeader));
+            let Some(h) = parse_ipv4_header(data) else {
+                return Err(RecvError::BadIpHeader);
             };
             offset = h.header_len;
             len = h.total_len - h.header_len;
@@ -542,9 +560,9 @@ impl USock {
             hop = h.ttl;
         }
         let Some(dst) = dst else {
-            return Ok(Err(RecvError::NoDestination));
+            return Err(RecvError::NoDestination);
         };
-        Ok(Ok(RecvMeta {
+        Ok(RecvMeta {
             src: src.ip(),
             dst,
             src_port: src.port(),
@@ -552,7 +570,7 @@ impl USock {
             offset,
             len,
             stride: stride.map_or(len, |s| s.min(len.max(1))),
-        }))
+        })
     }
 }
 
@@ -571,6 +589,89 @@ fn with_gso<'a>(
     gso: Option<ControlMessage<'a>>,
 ) -> Vec<ControlMessage<'a>> {
     base.iter().copied().chain(gso).collect()
+}
+
+/// What the kernel tells about a received datagram besides its bytes.
+#[derive(Debug, Clone, Copy)]
+struct Ancillary {
+    src: Option<SocketAddr>,
+    dst: Option<IpAddr>,
+    hop: u8,
+    stride: Option<usize>,
+}
+
+impl Ancillary {
+    fn of(m: &socket::RecvMsg<'_, '_, SockaddrStorage>) -> Ancillary {
+        let mut a = Ancillary {
+            src: None,
+            dst: None,
+            hop: 64,
+            stride: None,
+        };
+        if let Ok(it) = m.cmsgs() {
+            for c in it {
+                match c {
+                    ControlMessageOwned::Ipv6PacketInfo(i) => {
+                        a.dst = Some(IpAddr::V6(Ipv6Addr::from(i.ipi6_addr.s6_addr)));
+                    }
+                    ControlMessageOwned::Ipv4PacketInfo(i) => {
+                        a.dst = Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(i.ipi_addr.s_addr))));
+                    }
+                    ControlMessageOwned::Ipv6HopLimit(h) => {
+                        a.hop = u8::try_from(h).unwrap_or(64);
+                    }
+                    ControlMessageOwned::UdpGroSegments(s) => {
+                        a.stride = usize::try_from(s).ok().filter(|&s| s > 0);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        a.src = m.address.and_then(|a: SockaddrStorage| {
+            if let Some(s6) = a.as_sockaddr_in6() {
+                Some(SocketAddr::V6(std::net::SocketAddrV6::from(*s6)))
+            } else {
+                a.as_sockaddr_in()
+                    .map(|s4| SocketAddr::V4(std::net::SocketAddrV4::from(*s4)))
+            }
+        });
+        a
+    }
+}
+
+/// Buffers for [`USock::recv_batch`], reused across calls.
+pub struct RecvBatch {
+    /// The control-message buffer of one datagram (a template).
+    cmsg: Vec<u8>,
+    /// One buffer per datagram.
+    pub bufs: Vec<Vec<u8>>,
+    /// Metadata of the datagrams of the last call (or why each is unusable).
+    pub meta: Vec<Result<RecvMeta, RecvError>>,
+}
+
+impl std::fmt::Debug for RecvBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecvBatch")
+            .field("bufs", &self.bufs.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RecvBatch {
+    /// Room for `n` datagrams of up to `size` bytes each.
+    pub fn new(n: usize, size: usize) -> RecvBatch {
+        let cmsg = nix::cmsg_space!(
+            libc::in6_pktinfo,
+            libc::c_int,
+            libc::in_pktinfo,
+            libc::c_int
+        );
+        RecvBatch {
+            cmsg,
+            bufs: (0..n).map(|_| vec![0u8; size]).collect(),
+            meta: Vec::with_capacity(n),
+        }
+    }
 }
 
 fn unreachable_kind() -> anyhow::Result<i32> {
