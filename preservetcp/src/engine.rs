@@ -666,6 +666,31 @@ impl Engine {
         Verdict::Accept
     }
 
+    /// Whether the outgoing packet `pkt` needs an incoming handshake packet
+    /// the engine has not observed yet: a SYN+ACK for which no offer was
+    /// learned, or the client's ACK before the SYN+ACK was learned. The
+    /// daemon reads learned packets until this is `false` (or none are
+    /// left), instead of always reading until its socket is empty.
+    pub fn awaits_learning(&self, pkt: &[u8]) -> bool {
+        let Ok(v) = parse_ipv6_tcp(pkt) else {
+            return false;
+        };
+        let t = FourTuple {
+            local: v.src,
+            local_port: v.tcp_header.src_port,
+            peer: v.dst,
+            peer_port: v.tcp_header.dst_port,
+        };
+        let f = v.tcp_header.flags;
+        match self.pending.get(&t) {
+            _ if f.syn && !f.ack => false,
+            Some(p) if f.syn => !(p.role == Role::Server && p.peer_syn.is_some()),
+            None if f.syn => true,
+            Some(p) => p.role == Role::Client && p.peer_syn.is_none(),
+            None => false,
+        }
+    }
+
     /// A received handshake packet the daemon only *observed* (a copy,
     /// e.g. through NFLOG, while the original went on to the kernel
     /// unchanged): learns its PREFIX_SYN/PREFIX_ACK exactly like
@@ -930,13 +955,22 @@ mod tests {
         let mut s = Engine::new(EngineConfig::default());
         c.set_locals(locals(&[c0, c1]), t0);
         s.set_locals(locals(&[s0, s1]), t0);
-        let syn = replaced(c.outbound(&pkt(c0, s0, 40000, 5001, SYN), t0));
+        let k_syn = pkt(c0, s0, 40000, 5001, SYN);
+        assert!(!c.awaits_learning(&k_syn), "a SYN needs nothing learned");
+        let syn = replaced(c.outbound(&k_syn, t0));
+        let k_sa = pkt(s0, c0, 5001, 40000, SYN | ACK);
+        assert!(s.awaits_learning(&k_sa), "the SYN+ACK needs the offer");
         s.observe_inbound(&syn, t0);
-        let sa = replaced(s.outbound(&pkt(s0, c0, 5001, 40000, SYN | ACK), t0));
+        assert!(!s.awaits_learning(&k_sa));
+        let sa = replaced(s.outbound(&k_sa, t0));
         let h = parse_ipv6_tcp(&sa).unwrap().dest_opts.unwrap();
         assert!(h.prefix_syn().is_some() && h.prefix_ack().is_some());
+        let k_ack = pkt(c0, s0, 40000, 5001, ACK);
+        assert!(c.awaits_learning(&k_ack), "the ACK needs the SYN+ACK");
         c.observe_inbound(&sa, t0);
-        let ack = replaced(c.outbound(&pkt(c0, s0, 40000, 5001, ACK), t0));
+        assert!(!c.awaits_learning(&k_ack));
+        let ack = replaced(c.outbound(&k_ack, t0));
+        assert!(!c.awaits_learning(&k_ack), "entered: nothing pending");
         let h = parse_ipv6_tcp(&ack).unwrap().dest_opts.unwrap();
         assert!(h.prefix_ack().is_some() && h.prefix_syn().is_none());
         assert!(s.connections().is_empty(), "entered on the PREFIX_ACK");

@@ -161,6 +161,28 @@ impl Shared {
         eng
     }
 
+    /// The engine, after reading learned packets until it has what the
+    /// outgoing packet `pkt` needs ([`Engine::awaits_learning`]): usually
+    /// one read, without the final empty read of a full drain.
+    fn engine_for_outbound(&self, pkt: &[u8]) -> MutexGuard<'_, Engine> {
+        let mut eng = self.engine();
+        if eng.awaits_learning(pkt) {
+            let mut learn = self.learn.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            loop {
+                match learn.read_one(|p| eng.observe_inbound(p, now)) {
+                    Ok(true) if eng.awaits_learning(pkt) => {}
+                    Ok(_) => break,
+                    Err(e) => {
+                        self.log(&format!("nflog: {e} (learned handshakes lost)"));
+                        break;
+                    }
+                }
+            }
+        }
+        eng
+    }
+
     fn drain_into(&self, eng: &mut Engine) {
         let mut learn = self.learn.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
@@ -429,10 +451,15 @@ fn run(args: Args) -> Result<(), String> {
         };
         let now = Instant::now();
         let (verdict, actions) = {
-            // An outgoing SYN needs nothing learned (its offer depends on
-            // the local addresses only): no drain syscall on it.
-            let mut eng = if msg.get_queue_num() == q_out && is_pure_syn(msg.get_payload()) {
-                shared.engine()
+            // An outgoing packet only needs what its connection's incoming
+            // handshake packets taught (nothing for a SYN: its offer depends
+            // on the local addresses only); incoming ones get a full drain.
+            let mut eng = if msg.get_queue_num() == q_out {
+                if is_pure_syn(msg.get_payload()) {
+                    shared.engine()
+                } else {
+                    shared.engine_for_outbound(msg.get_payload())
+                }
             } else {
                 shared.engine_drained()
             };

@@ -185,6 +185,22 @@ impl Nflog {
         Ok(n)
     }
 
+    /// Feeds the packets of one waiting datagram to `f`, without blocking;
+    /// `Ok(false)` when none was waiting.
+    pub fn read_one(&mut self, mut f: impl FnMut(&[u8])) -> io::Result<bool> {
+        loop {
+            match self.sock.recv(&mut &mut self.buf[..], 0) {
+                Ok(len) => {
+                    for_each_payload(self.buf.get(..len).unwrap_or(&[]), &mut f);
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Raises the receive buffer (bursts of handshakes between drains).
     pub fn set_rcvbuf(&mut self, bytes: usize) -> io::Result<()> {
         nix::sys::socket::setsockopt(&self.sock, nix::sys::socket::sockopt::RcvBufForce, &bytes)

@@ -34,7 +34,9 @@
 //!                                                with or without options)
 //!   SYN/SYN+ACK with a dest-opts header -> goto PTCP_LEARN
 //!   non-SYN with a dest-opts header     -> connmark ACKED_BIT
-//!   dest-opts header, local socket      -> goto PTCP_LEARN (the PREFIX_ACK)
+//!   dest-opts header, ct established    -> goto PTCP_LEARN (the PREFIX_ACK,
+//!                                        also one arriving after the close)
+//!   dest-opts header, local socket      -> goto PTCP_LEARN
 //!   dest-opts header (other pair)       -> queue IN
 //!   ct state established        -> RETURN        (original pairs)
 //!   tcp matching a local socket -> RETURN        (original pairs: fast path)
@@ -330,6 +332,13 @@ impl Rules {
         let mut r = vec!["-A", PRE, "-p", "tcp", "!", "--tcp-flags", "SYN", "SYN"];
         r.extend(dst);
         r.extend(["-j", "CONNMARK", "--or-mark", ACKED_OR]);
+        mangle(&r)?;
+        // The PREFIX_ACK on the original tuple: its conntrack entry is
+        // established (also when it arrives late, after the connection
+        // closed: then no socket matches, but it must not be queued).
+        let mut r = vec!["-A", PRE, "-p", "tcp"];
+        r.extend(dst);
+        r.extend(["-m", "conntrack", "--ctstate", "ESTABLISHED", "-g", LEARN]);
         mangle(&r)?;
         let mut r = vec!["-A", PRE, "-p", "tcp"];
         r.extend(dst);
