@@ -364,11 +364,14 @@ fn wait_any(watched: &[(i32, Watched)], writefds: &NsSet, deadline: Option<Insta
             Watched::Stream(s) => {
                 let st = s.conn.lock();
                 let (t, d) = s.conn.poll_handles(&st);
+                // Not writable before NEW_ACK, which arrives as input: the
+                // transport's POLLOUT would only spin.
+                let want_write = writefds.contains(*nsd) && !st.session.new_ack_pending();
                 drop(st);
                 if let Some(d) = d {
                     next = Some(next.map_or(d, |n| n.min(d)));
                 }
-                streams.push((s, t, writefds.contains(*nsd)));
+                streams.push((s, t, want_write));
             }
             Watched::Listener(_) => has_listener = true,
         }

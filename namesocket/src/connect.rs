@@ -269,16 +269,48 @@ fn attempt_socket(c: &PathCandidate, opts: &SocketOptions) -> io::Result<Socket>
 }
 
 enum Started {
-    Connected(Socket),
+    /// Connected; this many bytes of the first message were written.
+    Connected(Socket, usize),
     Pending(Socket),
 }
 
-fn start_attempt(c: &PathCandidate, opts: &SocketOptions) -> io::Result<Started> {
+fn start_attempt(c: &PathCandidate, opts: &SocketOptions, first: &[u8]) -> io::Result<Started> {
     let sock = attempt_socket(c, opts)?;
     match sock.connect(&c.dst.into()) {
-        Ok(()) => Ok(Started::Connected(sock)),
-        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(Started::Pending(sock)),
+        Ok(()) => match early_write(&sock, first)? {
+            Some(n) => Ok(Started::Connected(sock, n)),
+            None => Ok(Started::Connected(sock, 0)),
+        },
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {
+            // Where the handshake completes within connect(2) (loopback,
+            // local links), the first message can go out at once: a write
+            // that succeeds proves the connection established and saves the
+            // poll and SO_ERROR calls; one that finds the socket still
+            // connecting (EAGAIN) changes nothing, and an error (refused)
+            // fails the attempt as the poll would have.
+            match early_write(&sock, first)? {
+                Some(n) => Ok(Started::Connected(sock, n)),
+                None => Ok(Started::Pending(sock)),
+            }
+        }
         Err(e) => Err(e),
+    }
+}
+
+/// Writes `first` on a socket that may still be connecting: `Some(bytes
+/// written)` when established, `None` while connecting (or nothing to
+/// write), an error when the attempt failed.
+fn early_write(sock: &Socket, first: &[u8]) -> io::Result<Option<usize>> {
+    if first.is_empty() {
+        return Ok(None);
+    }
+    loop {
+        match sock.send_with_flags(first, libc::MSG_NOSIGNAL) {
+            Ok(n) => return Ok(Some(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -343,6 +375,18 @@ pub(crate) fn connect_pairs_nonblocking(
     candidates: &[PathCandidate],
     cfg: &RaceConfig,
 ) -> Result<Connected<TcpStream>, ConnectError> {
+    connect_pairs_first(candidates, cfg, &[]).map(|(c, _)| c)
+}
+
+/// [`connect_pairs_nonblocking`] that also tries to write `first` (the
+/// session's first message) on each attempt as soon as `connect(2)` returns
+/// (see [`start_attempt`]). Returns how many bytes of it the winner wrote
+/// (0 when the winner connected later, through `poll`).
+pub(crate) fn connect_pairs_first(
+    candidates: &[PathCandidate],
+    cfg: &RaceConfig,
+    first: &[u8],
+) -> Result<(Connected<TcpStream>, usize), ConnectError> {
     if candidates.is_empty() {
         return Err(ConnectError::NoCandidates);
     }
@@ -367,13 +411,16 @@ pub(crate) fn connect_pairs_nonblocking(
         {
             let idx = next;
             next += 1;
-            match start_attempt(c, &cfg.socket_options) {
-                Ok(Started::Connected(sock)) => {
-                    return Ok(Connected {
-                        stream: finish_socket(sock),
-                        path: c.clone(),
-                        failures,
-                    });
+            match start_attempt(c, &cfg.socket_options, first) {
+                Ok(Started::Connected(sock, written)) => {
+                    return Ok((
+                        Connected {
+                            stream: finish_socket(sock),
+                            path: c.clone(),
+                            failures,
+                        },
+                        written,
+                    ));
                 }
                 Ok(Started::Pending(sock)) => {
                     inflight.push(InFlight {
@@ -467,11 +514,14 @@ pub(crate) fn connect_pairs_nonblocking(
                 .get(idx)
                 .cloned()
                 .ok_or(ConnectError::NoCandidates)?;
-            return Ok(Connected {
-                stream,
-                path,
-                failures,
-            });
+            return Ok((
+                Connected {
+                    stream,
+                    path,
+                    failures,
+                },
+                0,
+            ));
         }
         inflight = still;
         if failed_now {
@@ -937,6 +987,47 @@ impl AsyncDualListener {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The first message is written as soon as connect(2) returns where the
+    /// handshake completes inside it (loopback): the race reports how much,
+    /// and the server reads exactly those bytes first. A refused attempt
+    /// still fails.
+    #[test]
+    fn first_message_goes_out_with_the_connect_on_loopback() {
+        use std::io::Read;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dst = l.local_addr().unwrap();
+        let cand = PathCandidate {
+            src: None,
+            dst,
+            ifindex: None,
+        };
+        let cfg = RaceConfig {
+            per_attempt_timeout: Duration::from_secs(2),
+            stagger: Duration::from_millis(20),
+            socket_options: SocketOptions::default(),
+        };
+        let mut early = 0;
+        for i in 0..20u8 {
+            let first = [i; 40];
+            let (won, written) =
+                connect_pairs_first(std::slice::from_ref(&cand), &cfg, &first).unwrap();
+            assert!(written == 0 || written == first.len(), "{written}");
+            let (mut s, _) = l.accept().unwrap();
+            if written > 0 {
+                early += 1;
+                let mut got = [0u8; 40];
+                s.read_exact(&mut got).unwrap();
+                assert_eq!(got, first);
+            }
+            drop(won);
+        }
+        // Scheduling may defer a handshake now and then, not every time.
+        assert!(early > 0, "no early write in 20 loopback connects");
+        drop(l);
+        let refused = connect_pairs_first(&[cand], &cfg, b"x");
+        assert!(refused.is_err());
+    }
 
     fn c(src: &str, dst: &str) -> PathCandidate {
         PathCandidate {

@@ -69,11 +69,15 @@
 //!   version, a peer that is not namesocket) is reported by that call
 //!   (`EPROTO`), and a session without NEW_ACK within
 //!   `max(connect_attempt_timeout, 4 × dead_timeout)` fails with
-//!   [`Error::TimedOut`]. Data sent before NEW_ACK is accepted into the
-//!   retained buffer and written when NEW_ACK arrives (unless
-//!   [`engine::Config::pipeline_data`]), so it is delivered exactly once
-//!   even if the first transport fails before NEW_ACK (the reconnector then
-//!   starts a fresh session: new id, new nonce). Security is
+//!   [`Error::TimedOut`]. The first *send* waits for NEW_ACK (non-blocking:
+//!   `WouldBlock`, and the stream is not writable until then): a transport
+//!   lost before NEW_ACK is replaced by a fresh session (new id, new nonce;
+//!   a resume needs NEW_ACK's half of the key), which the server
+//!   application sees as a new connection, so no data may enter a session
+//!   whose id can still change. A client that only receives or closes
+//!   never waits (connect + close: one client sleep, like plain TCP). The
+//!   engine holds data back until NEW_ACK too
+//!   ([`engine::Config::pipeline_data`] off). Security is
 //!   unchanged: the resume key needs NEW_ACK's half, and a resume before
 //!   NEW_ACK is impossible anyway. The async stream
 //!   ([`crate::AsyncNameStream`]) still waits for NEW_ACK in `connect`.

@@ -608,6 +608,12 @@ impl Session {
         self.phase == Phase::Established
     }
 
+    /// Client: no NEW_ACK has been received yet (the session id may still
+    /// change: a transport lost now is replaced by a fresh session).
+    pub fn new_ack_pending(&self) -> bool {
+        self.role == Role::Client && !self.established_once && !self.is_finished()
+    }
+
     /// True when a transport is attached (handshake may be in progress).
     pub fn is_transport_up(&self) -> bool {
         matches!(

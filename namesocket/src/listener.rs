@@ -275,6 +275,8 @@ struct Pending {
     peer: SocketAddr,
     buf: Vec<u8>,
     deadline: Instant,
+    /// Accepted in this round (its first read gets one retry after a yield).
+    fresh: bool,
 }
 
 /// Sets the transport options on an accepted socket unless accepted sockets
@@ -419,6 +421,7 @@ fn accept_round(shared: &Arc<Shared>, core: &mut AcceptCore, until: Instant) {
                     peer,
                     buf: Vec::new(),
                     deadline: now + shared.options.handshake_timeout,
+                    fresh: true,
                 });
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -429,7 +432,17 @@ fn accept_round(shared: &Arc<Shared>, core: &mut AcceptCore, until: Instant) {
         }
     }
     for mut p in ready {
-        match read_first(&mut p) {
+        let mut first = read_first(&mut p);
+        if matches!(first, FirstRead::NeedMore) && p.buf.is_empty() && p.fresh {
+            // Just accepted and nothing yet: the client writes its first
+            // message right after the handshake, often on this very CPU
+            // (the handshake's last ACK woke this thread and may have
+            // preempted it). Yield once and look again before sleeping.
+            std::thread::yield_now();
+            first = read_first(&mut p);
+        }
+        p.fresh = false;
+        match first {
             FirstRead::NeedMore if p.deadline > now => pending.push(p),
             FirstRead::NeedMore => {
                 shared.lock().stats.handshake_timeouts += 1;

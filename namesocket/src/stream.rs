@@ -42,8 +42,9 @@ impl NameStream {
     ///
     /// Returns once a TCP connection is up and NEW is written, without
     /// waiting for the server's NEW_ACK (see "Connect is optimistic" in the
-    /// driver docs): a server that refuses the session is reported by the
-    /// first receive, send or poll, and one that never answers by
+    /// driver docs): the first send waits for it instead (receives, polls
+    /// and close do not); a server that refuses the session is reported by
+    /// the first receive, send or poll, and one that never answers by
     /// [`Error::TimedOut`] from those calls.
     pub fn connect(host: &str, service: &str) -> Result<NameStream> {
         Self::connect_with(host, service, &Options::default())
@@ -56,41 +57,52 @@ impl NameStream {
         let resolution = resolver.resolve(host, service)?;
         let ns_id = netns_identity();
         let candidates = plan_paths_cached_in(ns_id, &resolution.addrs)?;
-        let won = match connect::connect_pairs_nonblocking(&candidates, &options.race()) {
-            Ok(won) => won,
-            Err(e) => {
-                crate::addrsel::forget_cached_plans();
-                return Err(e.into());
-            }
-        };
+        // The session and its NEW are ready before the race, so that where
+        // the handshake completes within connect(2) NEW goes out at once
+        // (the server, woken by the handshake, then usually finds it
+        // already there instead of sleeping again).
+        let start = Instant::now();
+        let session = Session::client(options.session.clone(), driver::current_keys())?;
+        let mut st = ConnState::new(session, options.clone(), None);
+        {
+            let st = &mut st;
+            st.session.transport_up(start, &mut st.rng)?;
+        }
+        let mut first = Vec::new();
+        if let Some(tx) = st.session.poll_transmit(start) {
+            tx.copy_to(&mut first);
+        }
+        let (won, written) =
+            match connect::connect_pairs_first(&candidates, &options.race(), &first) {
+                Ok(won) => won,
+                Err(e) => {
+                    crate::addrsel::forget_cached_plans();
+                    return Err(e.into());
+                }
+            };
         if !won.failures.is_empty() {
             crate::addrsel::forget_cached_plans();
         }
-        let session = Session::client(options.session.clone(), driver::current_keys())?;
-        let client = ClientCtx {
+        let now = Instant::now();
+        if written > 0 {
+            st.session.advance(written);
+        } else {
+            // Connected through poll (possibly much later): start a fresh
+            // session now so that its timers count from the connection.
+            st.session = Session::client(options.session.clone(), driver::current_keys())?;
+            let st = &mut st;
+            st.session.transport_up(now, &mut st.rng)?;
+        }
+        st.client = Some(ClientCtx {
             netns: driver::current_netns_for(ns_id),
             host: host.to_string(),
             service: service.to_string(),
             paths: PathSet::new(candidates),
             reconnecting: false,
             last_path: Some(won.path.clone()),
-        };
-        let mut st = ConnState::new(session, options.clone(), Some(client));
+        });
         st.log.current_path = Some((won.path.src, won.path.dst));
         st.transport = Some(Transport::from_nonblocking(won.stream, Some(won.path.dst)));
-        let now = Instant::now();
-        {
-            let st = &mut st;
-            st.session.transport_up(now, &mut st.rng)?;
-        }
-        // Optimistic connect: send NEW and return without waiting for
-        // NEW_ACK. The engine accepts data at once (written once NEW_ACK is
-        // in); NEW_ACK and any refusal (REJECT, a peer that is not
-        // namesocket) are processed by the first receive, send, poll or
-        // close, which then reports the error. A transport that fails before
-        // NEW_ACK is replaced by the reconnector with a fresh session (a
-        // resume is impossible without the server's half of the key);
-        // without NEW_ACK by the deadline the session fails with `TimedOut`.
         // Nothing can have arrived yet: the first receive polls first.
         st.input_drained = true;
         st.handshake_deadline = Some(
@@ -139,6 +151,28 @@ impl NameStream {
         let mut st = self.conn.lock();
         loop {
             let now = Instant::now();
+            if st.session.new_ack_pending() {
+                // The first send waits for NEW_ACK (optimistic connect): a
+                // transport lost before it is replaced by a fresh session,
+                // which the server application sees as a new connection;
+                // data must not be accepted into a session id that may
+                // still change under the application.
+                if let Some(e) = st.terminal_error() {
+                    return Err(e);
+                }
+                driver::pump(&self.conn, &mut st, now);
+                if !st.session.new_ack_pending() || st.failure.is_some() {
+                    continue;
+                }
+                if nonblock {
+                    return Err(Error::WouldBlock);
+                }
+                if deadline.is_some_and(|d| d <= now) {
+                    return Err(Error::TimedOut);
+                }
+                st = self.conn.wait(st, false, deadline);
+                continue;
+            }
             match st.session.write(buf) {
                 Ok(n) if n > 0 => {
                     let (coalesced, new_due) = st.coalesce_send(now);
@@ -351,10 +385,11 @@ impl NameStream {
     }
 
     /// True when a send would accept at least one byte (or fail at once).
+    /// False until NEW_ACK has arrived.
     pub fn poll_writable(&self) -> bool {
         let mut st = self.conn.lock();
         driver::pump(&self.conn, &mut st, Instant::now());
-        st.session.send_capacity() > 0 || st.failure.is_some()
+        (st.session.send_capacity() > 0 && !st.session.new_ack_pending()) || st.failure.is_some()
     }
 
     /// Breaks the current transport (both directions) as a failed path

@@ -521,10 +521,11 @@ fn silent_server_fails_the_first_call_with_timeout() {
     assert!(t.join().unwrap() >= 1);
 }
 
-/// Optimistic connect: data written and the stream closed before NEW_ACK
-/// has arrived still reach the server exactly, followed by end-of-stream.
+/// Optimistic connect: data written and the stream closed right after
+/// connect (the first send waits for NEW_ACK) reach the server exactly,
+/// followed by end-of-stream.
 #[test]
-fn data_and_close_before_new_ack_are_delivered() {
+fn data_and_close_right_after_connect_are_delivered() {
     let l = NameListener::bind_with("0", &fast()).unwrap();
     let port = l.local_port().to_string();
     let server = thread::spawn(move || {
