@@ -185,34 +185,45 @@
 //!   is now 200 MB / 50,000 round trips / 10,000 connects (default 500 MB /
 //!   100,000 / 20,000), still interleaved plain/ns, median of 5.
 //! * **Connect is optimistic**: `NameStream::connect` returns once NEW is
-//!   written; NEW_ACK (or a refusal) is processed by the first call, data
-//!   written before NEW_ACK is held back until it arrives (so it is
-//!   delivered exactly once even if the first transport fails), and a
-//!   missing NEW_ACK fails the session with `TimedOut` after
+//!   written; NEW_ACK (or a refusal) is processed by the first call; the
+//!   first *send* waits for NEW_ACK (a transport lost before it is replaced
+//!   by a fresh session that the server application sees as a new
+//!   connection, so no data may enter the first one), receives and close
+//!   do not; a missing NEW_ACK fails the session with `TimedOut` after
 //!   max(connect_attempt_timeout, 4 × dead_timeout). The server writes
 //!   NEW_ACK with the application's first call, so accept + close sends
-//!   NEW_ACK and CLOSE in one segment. `strace -f -c`, loopback, per
-//!   connection (both ends): `writev` 4 → 3, `recvfrom` 6.5 → 4.4 (`EAGAIN`
-//!   2.3 → 1.1), `poll` 5.5 → 4.3, `openat`+`close` of the namespace handle
-//!   gone; the client now sleeps once per connect + close, like plain TCP.
-//!   Ratio 0.36 → 0.37–0.65 loopback, 0.36 → 0.45–0.50 veth.
-//! * **Why connect + close stays near 0.4–0.5**: `perf stat`, 20,000
-//!   connections, loopback: plain TCP ~27 µs of CPU and 2 context switches
-//!   per connection, namesocket 65–75 µs and 4. The session protocol puts
-//!   three data segments on the wire that plain TCP does not send (NEW,
-//!   NEW_ACK + CLOSE, CLOSE_ACK), each a `writev` plus the peer's softirq
-//!   receive and ACK; on loopback the sender pays the receiver's softirq
-//!   too (`perf`: `flush` 17% of the client thread). The second server
-//!   context switch is the wait for NEW after `accept` (the server is woken
-//!   by the handshake's last ACK, ~10 µs before the client's NEW arrives);
-//!   `TCP_DEFER_ACCEPT` would remove it but neither nix nor socket2 offers
-//!   it and the crate forbids unsafe code. The `connect` system call itself
+//!   NEW_ACK and CLOSE in one segment. NEW is built before the race and
+//!   written as soon as `connect(2)` returns where the handshake completed
+//!   inside it (loopback, local links: no `poll`, no `SO_ERROR`), and a
+//!   freshly accepted connection without its NEW yields the CPU once and
+//!   reads again before sleeping (the client, often on the same CPU, writes
+//!   NEW right after the handshake). `strace -f -c`, loopback, per
+//!   connection (both ends): `poll` 5.5 → 2.5, `recvfrom` 6.5 → 2.9
+//!   (`EAGAIN` 2.3 → 0.04), `writev`+`sendto` 4 → 3, no `getsockopt`, no
+//!   `openat`/`close` of the namespace handle. Context switches per
+//!   connection (`perf record -e sched:sched_switch`, 20,000 connections):
+//!   client 1.83 → 1.04, server 1.83 → 1.05; plain TCP 1.0 / 1.0. Ratio
+//!   0.36 → 0.42–0.55 loopback, 0.36 → 0.44–0.62 veth.
+//! * **Why connect + close stays near 0.4–0.6**: with the same number of
+//!   sleeps as plain TCP, what is left is work. `perf stat`, 20,000
+//!   connections, loopback: plain TCP ~27 µs of CPU per connection,
+//!   namesocket 65–75 µs (before the yield; not re-measured after it). The
+//!   session protocol puts three data segments on the wire that plain TCP
+//!   does not send (NEW, NEW_ACK + CLOSE, CLOSE_ACK), each a `writev` plus
+//!   the peer's softirq receive and ACK; on loopback the sender pays the
+//!   receiver's softirq too (`perf`: `flush` 17% of the client thread). On
+//!   2 cores shared with another benchmark the run is CPU-bound, so the
+//!   ratio follows the CPU ratio. `TCP_DEFER_ACCEPT` (instead of the yield)
+//!   is offered by neither nix nor socket2, and the crate forbids unsafe
+//!   code. The `connect` system call itself
 //!   costs namesocket ~2.5× plain TCP in `perf` (`__inet6_check_established`
 //!   and `__inet_hash_connect`: the source-address `bind` with
 //!   `IP_BIND_ADDRESS_NO_PORT`); an A/B without the `bind` was inside the
-//!   noise. Not tried: client TCP Fast Open (`TCP_FASTOPEN_CONNECT`, would
-//!   put NEW in the SYN's wake-up), which changes how the connection race
-//!   detects failed pairs.
+//!   noise. Not tried: TCP Fast Open. Without a server cookie (the
+//!   listener side needs `TCP_FASTOPEN`, which nix does not offer, and
+//!   `net.ipv4.tcp_fastopen` bit 0x2) a non-blocking first write returns
+//!   `EINPROGRESS` with nothing queued, so the client side alone gains
+//!   nothing; it would also change how the race detects failed pairs.
 //! * **Ping-pong**: per message and end namesocket made `writev`, `EAGAIN`
 //!   `recvfrom`, `poll`, `recvfrom`; the speculative read before `poll` is
 //!   skipped when the last read drained the socket, so it is now `writev`,
@@ -221,8 +232,11 @@
 //!   plus a `recvfrom` instead of one blocking `recvfrom` (the transport is
 //!   non-blocking and shared with the keeper, so a receiver cannot sleep in
 //!   `recvfrom`) and ~20% user-space time (engine, locking, clock reads).
-//!   Ratio 0.56–0.73 under the load above (the issue reports 0.90/0.95 for
-//!   the previous code on an idle machine).
+//!   Context switches per round trip are equal (1 per message and side,
+//!   `sched:sched_switch`); the gap is per-message work: ~8.5 µs per round
+//!   trip for plain TCP against ~11.7 µs. Ratio 0.49–0.73 under the load
+//!   above (the issue reports 0.90/0.95 for the previous code on an idle
+//!   machine).
 //! * **8192 B loopback**: with 1 GB runs under `perf stat` namesocket used
 //!   *less* CPU than plain TCP (765 vs 854 ms: one `writev` per 64 KiB) and
 //!   won that pair (2126 vs 1381 MB/s); medians of the interleaved runs
