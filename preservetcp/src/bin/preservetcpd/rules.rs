@@ -597,7 +597,11 @@ fn nft_script(script: &str) -> Result<(), String> {
 /// The two chains stay *empty* while no connection has moved (the rules
 /// are added with the first map entries and flushed with the last, in the
 /// same atomic nft transaction, see [`fast_set`]), so before a migration
-/// no packet pays for the map lookups.
+/// no packet pays for the map lookups. The chains themselves stay: deleting
+/// a base chain unregisters its hook, and the kernel then drops every
+/// packet waiting in NFQUEUE in the namespace (tried: the daemon's next
+/// verdicts failed with `ENOENT`, the lost segments made the peer's TCP
+/// retransmit and the connection switch pairs).
 pub fn fast_setup() -> Result<(), String> {
     fast_teardown();
     let key = "ipv6_addr . ipv6_addr . inet_service . inet_service : ipv6_addr";
