@@ -608,6 +608,12 @@ impl Session {
         self.phase == Phase::Established
     }
 
+    /// CLOSE has been queued on the current transport (it is fully written
+    /// once [`Session::poll_transmit`] returns `None`).
+    pub fn close_sent(&self) -> bool {
+        self.close_sent
+    }
+
     /// Client: no NEW_ACK has been received yet (the session id may still
     /// change: a transport lost now is replaced by a fresh session).
     pub fn new_ack_pending(&self) -> bool {

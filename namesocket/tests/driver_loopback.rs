@@ -543,3 +543,66 @@ fn data_and_close_right_after_connect_are_delivered() {
     }
     server.join().unwrap();
 }
+
+/// TIME_WAIT entries (state 06) in /proc/net/tcp{,6} whose remote port is
+/// `port` (held by connecting sockets) and whose local port is `port`.
+fn time_waits(port: u16) -> (usize, usize) {
+    let mut remote = 0;
+    let mut local = 0;
+    for f in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(f) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let (Some(l), Some(r), Some(st)) = (cols.get(1), cols.get(2), cols.get(3)) else {
+                continue;
+            };
+            if *st != "06" {
+                continue;
+            }
+            let p = |a: &str| {
+                a.rsplit(':')
+                    .next()
+                    .and_then(|h| u16::from_str_radix(h, 16).ok())
+            };
+            if p(r) == Some(port) {
+                remote += 1;
+            }
+            if p(l) == Some(port) {
+                local += 1;
+            }
+        }
+    }
+    (remote, local)
+}
+
+/// The side that closes the session first also closes TCP first (FIN right
+/// after its CLOSE), so it holds the TIME_WAITs, as with plain sockets. A
+/// server that accepts and closes must not leave TIME_WAITs on the
+/// connecting side: they would make later connects to the same port search
+/// the ephemeral range past them.
+#[test]
+fn closing_side_holds_the_time_wait() {
+    let l = NameListener::bind_with("0", &fast()).unwrap();
+    let port = l.local_port();
+    let n = 200;
+    let server = thread::spawn(move || {
+        for _ in 0..n {
+            drop(l.accept().unwrap());
+        }
+        // Keep the listener until the last CLOSE_ACKs are read.
+        thread::sleep(Duration::from_millis(200));
+    });
+    for _ in 0..n {
+        let c = NameStream::connect_with("127.0.0.1", &port.to_string(), &fast()).unwrap();
+        assert_eq!(c.recv(&mut [0u8; 8]).unwrap(), 0);
+    }
+    server.join().unwrap();
+    let (client_side, server_side) = time_waits(port);
+    assert!(
+        client_side < n / 10,
+        "{client_side} TIME_WAITs on the connecting side, {server_side} on the server side"
+    );
+    assert!(server_side >= n / 2, "{server_side} on the server side");
+}
