@@ -129,7 +129,8 @@ impl AsyncNameStream {
             Some(won.stream),
             Role::Client(info),
         ));
-        // As in the blocking driver: hand the session out only after NEW_ACK.
+        // Unlike the blocking driver (optimistic connect), the async connect
+        // hands the session out only after NEW_ACK.
         let deadline = Instant::now()
             + options
                 .connect_attempt_timeout

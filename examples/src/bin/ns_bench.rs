@@ -204,26 +204,30 @@
 //!   connection (`perf record -e sched:sched_switch`, 20,000 connections):
 //!   client 1.83 → 1.04, server 1.83 → 1.05; plain TCP 1.0 / 1.0. Ratio
 //!   0.36 → 0.42–0.55 loopback, 0.36 → 0.44–0.62 veth.
-//! * **Why connect + close stays near 0.4–0.6**: with the same number of
-//!   sleeps as plain TCP, what is left is work. `perf stat`, 20,000
-//!   connections, loopback: plain TCP ~27 µs of CPU per connection,
-//!   namesocket 65–75 µs (before the yield; not re-measured after it). The
-//!   session protocol puts three data segments on the wire that plain TCP
-//!   does not send (NEW, NEW_ACK + CLOSE, CLOSE_ACK), each a `writev` plus
-//!   the peer's softirq receive and ACK; on loopback the sender pays the
-//!   receiver's softirq too (`perf`: `flush` 17% of the client thread). On
-//!   2 cores shared with another benchmark the run is CPU-bound, so the
-//!   ratio follows the CPU ratio. `TCP_DEFER_ACCEPT` (instead of the yield)
-//!   is offered by neither nix nor socket2, and the crate forbids unsafe
-//!   code. The `connect` system call itself
-//!   costs namesocket ~2.5× plain TCP in `perf` (`__inet6_check_established`
-//!   and `__inet_hash_connect`: the source-address `bind` with
-//!   `IP_BIND_ADDRESS_NO_PORT`); an A/B without the `bind` was inside the
-//!   noise. Not tried: TCP Fast Open. Without a server cookie (the
-//!   listener side needs `TCP_FASTOPEN`, which nix does not offer, and
-//!   `net.ipv4.tcp_fastopen` bit 0x2) a non-blocking first write returns
-//!   `EINPROGRESS` with nothing queued, so the client side alone gains
-//!   nothing; it would also change how the race detects failed pairs.
+//! * **TIME_WAIT on the wrong side**: `perf`, 20,000 connect + close on
+//!   loopback: `__inet_hash_connect` was 37% of namesocket's CPU
+//!   (`__inet6_check_established` 24%, `tcp_twsk_unique` 8%; ~1% for plain
+//!   TCP). The client answered the server's CLOSE with CLOSE_ACK and closed
+//!   first, so the *connecting* side held a TIME_WAIT per connection for
+//!   the server's port and every later `connect(2)` searched the ephemeral
+//!   range past them. Now the side that sends CLOSE writes it with
+//!   `MSG_MORE` and shuts down writing at once (CLOSE and FIN in one
+//!   segment), like a plain socket closed first; CPU per connection 73–91 →
+//!   52 µs (plain TCP 24–47 µs on the same loaded machine), ratio → 0.53
+//!   loopback, 0.52 veth (one run; the two final runs are below).
+//! * **What is left of connect + close**: with the same sleeps as plain TCP
+//!   the rest is work: the session protocol puts three data segments on
+//!   the wire that plain TCP does not send (NEW, NEW_ACK + CLOSE + FIN,
+//!   CLOSE_ACK), each a `writev` plus the peer's softirq receive and ACK; on
+//!   loopback the sender pays the receiver's softirq too. On 2 cores shared
+//!   with another benchmark the loop is CPU-bound, so the ratio follows the
+//!   CPU ratio. `TCP_DEFER_ACCEPT` (instead of the yield) is offered by
+//!   neither nix nor socket2, and the crate forbids unsafe code. Not tried:
+//!   TCP Fast Open. Without a server cookie (the listener side needs
+//!   `TCP_FASTOPEN`, which nix does not offer, and `net.ipv4.tcp_fastopen`
+//!   bit 0x2) a non-blocking first write returns `EINPROGRESS` with nothing
+//!   queued, so the client side alone gains nothing; it would also change
+//!   how the race detects failed pairs.
 //! * **Ping-pong**: per message and end namesocket made `writev`, `EAGAIN`
 //!   `recvfrom`, `poll`, `recvfrom`; the speculative read before `poll` is
 //!   skipped when the last read drained the socket, so it is now `writev`,
@@ -242,6 +246,20 @@
 //!   won that pair (2126 vs 1381 MB/s); medians of the interleaved runs
 //!   still gave 0.57–0.85 under the other engineer's load. The cell is
 //!   scheduling-bound on this machine, not work-bound.
+//! * **Final runs** (`ns_bench --quick --no-failover`, commit 8307de6,
+//!   load average 3.3–3.8, another engineer's builds running), ratios
+//!   (pair ratios) of two consecutive runs:
+//!
+//! | cell | loopback | veth |
+//! |---|---:|---:|
+//! | 512 B | 1.77 (1.77), 2.79 (2.74) | 6.74 (6.94), 12.35 (8.95) |
+//! | 2048 B | 0.97 (0.95), 0.82 (0.96) | 1.92 (1.93), 1.84 (2.06) |
+//! | 8192 B | 0.70 (0.62), 0.72 (0.70) | 0.95 (0.80), 1.01 (0.94) |
+//! | ping-pong | 0.65 (0.63), 0.75 (0.67) | 0.60 (0.61), 0.21 (0.25)\* |
+//! | connect + close | 0.44 (0.46), 0.53 (0.55) | 0.51 (0.46), 0.57 (0.71) |
+//!
+//! \* a load burst during that cell: plain TCP itself fell to 26k rt/s in
+//! one of its runs.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
