@@ -140,18 +140,7 @@ fn hipd_udp_offload_falls_back_on_a_small_mtu_link() {
         "udp",
     ]);
     assert_eq!(code, 0, "{out}{err}");
-    let file = lab.artifacts_dir().join("in-small-mtu");
-    random_file(&file, 20 * MB, 12);
-    let got = socat_tcp(
-        &lab,
-        &b,
-        &a,
-        IpAddr::V6(hit_b),
-        IpAddr::V6(hit_b),
-        5003,
-        &file,
-    );
-    assert!(same_file(&file, &got), "received data differs");
+    transfer_to_hit(&lab, &b, &a, hit_b, 5003, 20 * MB, 12);
     let has = ha.has();
     assert_eq!(has[0].transport, "udp");
     assert_eq!(has[0].peer_locator, Some(b_ip));

@@ -231,9 +231,6 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> usize {
     n
 }
 
-/// Sends `file` with socat over TCP from `client` to `server` at `dst`
-/// (a HIT, LSI or IP) port `port`, the server listening on `bind`; returns
-/// the received file's path.
 /// Sends a fresh random file of `len` bytes (seed `seed`) with socat from
 /// `client` to `server` listening on `hit`:`port`, and asserts that it
 /// arrived byte-exact.
@@ -260,6 +257,9 @@ pub fn transfer_to_hit(
     assert!(same_file(&file, &got), "data over {hit}:{port} differs");
 }
 
+/// Sends `file` with socat over TCP from `client` to `server` at `dst`
+/// (a HIT, LSI or IP) port `port`, the server listening on `bind`; returns
+/// the received file's path.
 pub fn socat_tcp(
     lab: &Lab,
     server: &Host,
