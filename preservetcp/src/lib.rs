@@ -104,7 +104,15 @@
 //!   on-link source is used with it (see [`policy`], "Routable sources").
 //! - A full queue drops packets (TCP retransmits them) rather than
 //!   passing them unmodified, which would make the kernel answer a segment
-//!   on an unknown pair with a RST.
+//!   on an unknown pair with a RST. So the queue must not fill in normal
+//!   operation: every queued packet is a message in the NFQUEUE socket's
+//!   receive buffer until its verdict, and while the packet thread changes
+//!   rules to follow a peer (tens of milliseconds) the peer's whole window
+//!   of segments piles up there. The daemon therefore forces that buffer
+//!   to 16 MiB (found by the socket's netlink port id, and checked) —
+//!   with the default 208 KiB only about 90 segments fit, the rest of a
+//!   burst was dropped, and a lost tail cost the peer an RTO and a pair
+//!   switch. The queue length limit is 8192 packets.
 //!
 //! Server side: a host answers PREFIX_SYN on any port (the offer is the
 //! client's opt-in); it offers its own prefixes only in such answers.

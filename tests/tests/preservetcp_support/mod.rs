@@ -101,6 +101,25 @@ impl Daemon {
     }
 }
 
+/// Packets the kernel of `host` dropped instead of handing them to a
+/// daemon's NFQUEUE (`queue_dropped` — queue full — plus `user_dropped` —
+/// the daemon's socket buffer full — over all queues bound in the host,
+/// from `/proc/net/netfilter/nfnetlink_queue`). With fail-open off every
+/// one of them is a lost segment.
+pub fn nfqueue_drops(host: &Host) -> u64 {
+    let table = host
+        .exec_ok(["cat", "/proc/net/netfilter/nfnetlink_queue"])
+        .expect("nfnetlink_queue");
+    table
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            assert_eq!(f.len(), 9, "nfnetlink_queue line {l:?}");
+            f[5].parse::<u64>().expect("queue_dropped") + f[6].parse::<u64>().expect("user_dropped")
+        })
+        .sum()
+}
+
 /// Two hosts, two links.
 pub struct TwoLinks {
     pub lab: Lab,

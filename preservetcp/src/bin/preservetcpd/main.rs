@@ -360,15 +360,7 @@ fn run(args: Args) -> Result<(), String> {
         .engine()
         .set_locals(snap.into_iter().map(|l| l.0).collect(), Instant::now());
 
-    let before = open_fds();
     let mut queue = nfq::Queue::open().map_err(|e| format!("nfqueue: {e}"))?;
-    // The nfq crate does not expose its socket; the one new fd is it. A
-    // bigger receive buffer keeps bursts of a moved connection from
-    // overflowing it (the kernel would drop those packets).
-    for fd in open_fds().difference(&before) {
-        // Other new fds (the directory listing's own) fail with EBADF/ENOTSOCK.
-        let _ = set_rcvbuf(*fd, 16 << 20);
-    }
     for q in [args.queue, args.queue + 1] {
         queue.bind(q).map_err(|e| format!("bind queue {q}: {e}"))?;
         queue
@@ -380,6 +372,16 @@ fn run(args: Args) -> Result<(), String> {
         queue
             .set_fail_open(q, false)
             .map_err(|e| format!("fail-open {q}: {e}"))?;
+    }
+    // Every queued packet is a message in this socket's receive buffer
+    // until its verdict; a full buffer makes the kernel drop the packet
+    // (fail-open is off, and nfq sets NETLINK_NO_ENOBUFS, so nothing tells
+    // us). The packet thread stops reading while it changes rules for a
+    // followed peer (tens of milliseconds): the peer's whole window of
+    // segments waits meanwhile, far more than the default 208 KiB hold.
+    let rcvbuf = nfqueue_rcvbuf(args.queue, NFQUEUE_RCVBUF)?;
+    if args.verbose {
+        shared.log(&format!("nfqueue receive buffer {rcvbuf} bytes"));
     }
     let mut diag = sys::Diag::new().map_err(|e| format!("sock_diag: {e}"))?;
     shared.rules.install()?;
@@ -502,6 +504,63 @@ fn is_pure_syn(p: &[u8]) -> bool {
     p.get(6) == Some(&6) && p.get(53).is_some_and(|f| f & 0x12 == 0x02)
 }
 
+/// Receive buffer of the NFQUEUE socket (`SO_RCVBUFFORCE`; the kernel
+/// doubles it for bookkeeping): a queued segment costs about 2–5 KiB of it,
+/// so this holds a few thousand segments — a full 6 MiB receive window
+/// (Linux's default `tcp_rmem` maximum) of a peer whose segments wait
+/// while the packet thread changes rules. The queue length limit (8192)
+/// is the other bound.
+const NFQUEUE_RCVBUF: usize = 16 << 20;
+
+/// Sets the receive buffer of the NFQUEUE socket bound to `queue` and
+/// returns the size the kernel reports for it.
+///
+/// The nfq crate does not expose its socket, so it is found by its netlink
+/// port id, which the kernel lists per bound queue in
+/// `/proc/self/net/netfilter/nfnetlink_queue`. (Diffing the open file
+/// descriptors before and after `Queue::open` does not work: the listing of
+/// `/proc/self/fd` itself holds a descriptor, and the queue socket reuses
+/// its number.)
+fn nfqueue_rcvbuf(queue: u16, bytes: usize) -> Result<usize, String> {
+    let table = std::fs::read_to_string("/proc/self/net/netfilter/nfnetlink_queue")
+        .map_err(|e| format!("nfnetlink_queue: {e}"))?;
+    let portid = nfqueue_portid(&table, queue)
+        .ok_or_else(|| format!("queue {queue} not in nfnetlink_queue: {table}"))?;
+    let fd = open_fds()
+        .into_iter()
+        .find(|fd| {
+            nix::sys::socket::getsockname::<nix::sys::socket::NetlinkAddr>(*fd)
+                .is_ok_and(|a| a.pid() == portid)
+        })
+        .ok_or_else(|| format!("no socket with netlink port id {portid}"))?;
+    // SAFETY: `fd` is the netlink socket the kernel lists as bound to our
+    // queue: the nfq socket owned by `queue` in `run`, open for the whole
+    // of `run`; the borrow only lasts for these two calls.
+    let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    nix::sys::socket::setsockopt(&b, nix::sys::socket::sockopt::RcvBufForce, &bytes)
+        .map_err(|e| format!("nfqueue receive buffer: {e}"))?;
+    let got = nix::sys::socket::getsockopt(&b, nix::sys::socket::sockopt::RcvBuf)
+        .map_err(|e| format!("nfqueue receive buffer: {e}"))?;
+    if got < bytes {
+        return Err(format!(
+            "nfqueue receive buffer is {got} bytes, wanted {bytes}"
+        ));
+    }
+    Ok(got)
+}
+
+/// The peer port id of `queue` in the text of
+/// `/proc/net/netfilter/nfnetlink_queue` (columns: queue number, port id,
+/// queue total, copy mode, copy range, queue dropped, user dropped, id
+/// sequence, 1).
+fn nfqueue_portid(table: &str, queue: u16) -> Option<u32> {
+    table.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let q: u16 = f.next()?.parse().ok()?;
+        (q == queue).then(|| f.next()?.parse().ok())?
+    })
+}
+
 fn open_fds() -> HashSet<i32> {
     std::fs::read_dir("/proc/self/fd")
         .map(|d| {
@@ -509,15 +568,6 @@ fn open_fds() -> HashSet<i32> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-fn set_rcvbuf(fd: i32, bytes: usize) -> Result<(), String> {
-    // SAFETY: `fd` was just listed in /proc/self/fd as opened by
-    // `nfq::Queue::open` and stays open while `queue` lives (for the whole
-    // of `run`); the borrow only lasts for this setsockopt call.
-    let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-    nix::sys::socket::setsockopt(&b, nix::sys::socket::sockopt::RcvBufForce, &bytes)
-        .map_err(|e| e.to_string())
 }
 
 /// Reacts to rtnetlink notifications (see `rtnl.rs`).
@@ -643,7 +693,21 @@ fn handle(sh: &Shared, req: Request) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::is_pure_syn;
+    use super::{is_pure_syn, nfqueue_portid};
+
+    #[test]
+    fn nfqueue_portid_from_proc() {
+        let t = "    7 3520951     0 2 65535     0     0        0  1\n    8 3520951    12 2 65535     3    91      410  1\n";
+        assert_eq!(nfqueue_portid(t, 7), Some(3_520_951));
+        assert_eq!(nfqueue_portid(t, 8), Some(3_520_951));
+        assert_eq!(nfqueue_portid(t, 9), None);
+        assert_eq!(nfqueue_portid("", 7), None);
+        assert_eq!(nfqueue_portid("    7\n", 7), None, "no port id column");
+        assert_eq!(
+            nfqueue_portid("x y\n    7 4000000000 0\n", 7),
+            Some(4_000_000_000)
+        );
+    }
 
     fn pkt(next: u8, flags: u8) -> Vec<u8> {
         let mut p = vec![0u8; 60];
