@@ -6,6 +6,7 @@ mod hipd_support;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use hipd_backend::control::{NatMode, Request};
 use hipd_support::{Hipd, random_file, same_file, socat_tcp, transfer_to_hit};
 use netlab::{Family, Lab};
 
@@ -131,15 +132,12 @@ fn hipd_udp_offload_falls_back_on_a_small_mtu_link() {
     let hb = Hipd::start(&lab, &b, "", "");
     let hit_b = hb.hit();
     let b_ip = l0.addr(&b, Family::V6);
-    let (code, out, err) = ha.hipconf(&[
-        "daemon",
-        "add",
-        "map",
-        &hit_b.to_string(),
-        &b_ip.to_string(),
-        "udp",
-    ]);
-    assert_eq!(code, 0, "{out}{err}");
+    ha.call(Request::AddMap {
+        hit: hit_b,
+        ip: b_ip,
+        lsi: None,
+        transport: Some(NatMode::PlainUdp),
+    });
     transfer_to_hit(&lab, &b, &a, hit_b, 5003, 20 * MB, 12);
     let has = ha.has();
     assert_eq!(has[0].transport, "udp");
