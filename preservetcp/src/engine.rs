@@ -563,15 +563,9 @@ impl Engine {
     /// A packet the local TCP sends (OUTPUT hook, original tuple).
     pub fn outbound(&mut self, pkt: &[u8], now: Instant) -> Verdict {
         self.stats.packets_out += 1;
-        let Ok((t, f, has_opts)) = parse_ipv6_tcp(pkt).map(|v| {
-            let t = FourTuple {
-                local: v.src,
-                local_port: v.tcp_header.src_port,
-                peer: v.dst,
-                peer_port: v.tcp_header.dst_port,
-            };
-            (t, v.tcp_header.flags, v.dest_opts.is_some())
-        }) else {
+        let Ok((t, f, has_opts)) = parse_ipv6_tcp(pkt)
+            .map(|v| (v.sender_tuple(), v.tcp_header.flags, v.dest_opts.is_some()))
+        else {
             self.stats.unparsed += 1;
             return Verdict::Accept;
         };
@@ -675,12 +669,7 @@ impl Engine {
         let Ok(v) = parse_ipv6_tcp(pkt) else {
             return false;
         };
-        let t = FourTuple {
-            local: v.src,
-            local_port: v.tcp_header.src_port,
-            peer: v.dst,
-            peer_port: v.tcp_header.dst_port,
-        };
+        let t = v.sender_tuple();
         let f = v.tcp_header.flags;
         match self.pending.get(&t) {
             _ if f.syn && !f.ack => false,
@@ -703,12 +692,7 @@ impl Engine {
         self.stats.learned_in += 1;
         match parse_ipv6_tcp(pkt) {
             Ok(v) => {
-                let wire = FourTuple {
-                    local: v.dst,
-                    local_port: v.tcp_header.dst_port,
-                    peer: v.src,
-                    peer_port: v.tcp_header.src_port,
-                };
+                let wire = v.receiver_tuple();
                 let f = v.tcp_header.flags;
                 match v.dest_opts {
                     Some(h) if h.prefix_syn().is_some() || h.prefix_ack().is_some() => {
@@ -758,15 +742,9 @@ impl Engine {
     }
 
     fn inbound_parsed(&mut self, pkt: &[u8], now: Instant) -> Verdict {
-        let Ok((wire, f, opts)) = parse_ipv6_tcp(pkt).map(|v| {
-            let wire = FourTuple {
-                local: v.dst,
-                local_port: v.tcp_header.dst_port,
-                peer: v.src,
-                peer_port: v.tcp_header.src_port,
-            };
-            (wire, v.tcp_header.flags, v.dest_opts)
-        }) else {
+        let Ok((wire, f, opts)) =
+            parse_ipv6_tcp(pkt).map(|v| (v.receiver_tuple(), v.tcp_header.flags, v.dest_opts))
+        else {
             self.stats.unparsed += 1;
             return Verdict::Accept;
         };

@@ -148,6 +148,29 @@ pub struct Ipv6Tcp<'a> {
     tcp_nh_offset: usize,
 }
 
+impl Ipv6Tcp<'_> {
+    /// The connection's tuple as seen by the sending host (local = source).
+    pub fn sender_tuple(&self) -> crate::FourTuple {
+        crate::FourTuple {
+            local: self.src,
+            local_port: self.tcp_header.src_port,
+            peer: self.dst,
+            peer_port: self.tcp_header.dst_port,
+        }
+    }
+
+    /// The connection's tuple as seen by the receiving host (local =
+    /// destination).
+    pub fn receiver_tuple(&self) -> crate::FourTuple {
+        crate::FourTuple {
+            local: self.dst,
+            local_port: self.tcp_header.dst_port,
+            peer: self.src,
+            peer_port: self.tcp_header.src_port,
+        }
+    }
+}
+
 fn addr_at(buf: &[u8], off: usize) -> Option<Ipv6Addr> {
     let b: [u8; 16] = buf.get(off..off + 16)?.try_into().ok()?;
     Some(Ipv6Addr::from(b))
