@@ -884,9 +884,9 @@ mod tests {
         t0: Instant,
     }
 
-    /// Client and server with two links each; runs the handshake through
-    /// both engines (the kernel's packets in, wire packets across).
-    fn handshake() -> World {
+    /// Client and server engines with two links each (client addresses
+    /// c0, c1; server s0, s1), no connection yet.
+    fn two_engines() -> World {
         let (c0, c1) = (a("2001:db8:1:0::1"), a("2001:db8:1:1::1"));
         let (s0, s1) = (a("2001:db8:1:0::2"), a("2001:db8:1:1::2"));
         let t0 = Instant::now();
@@ -894,6 +894,29 @@ mod tests {
         let mut s = Engine::new(EngineConfig::default());
         c.set_locals(locals(&[c0, c1]), t0);
         s.set_locals(locals(&[s0, s1]), t0);
+        World {
+            c,
+            s,
+            c0,
+            c1,
+            s0,
+            s1,
+            t0,
+        }
+    }
+
+    /// [`two_engines`] with the handshake run through both engines (the
+    /// kernel's packets in, wire packets across).
+    fn handshake() -> World {
+        let World {
+            mut c,
+            mut s,
+            c0,
+            c1,
+            s0,
+            s1,
+            t0,
+        } = two_engines();
         let syn = replaced(c.outbound(&pkt(c0, s0, 40000, 5001, SYN), t0));
         assert!(parse_ipv6_tcp(&syn).unwrap().dest_opts.is_some());
         let syn_k = replaced(s.inbound(&syn, t0));
@@ -926,13 +949,15 @@ mod tests {
     /// still carry the options.
     #[test]
     fn observed_handshake_learns_both_sides() {
-        let (c0, c1) = (a("2001:db8:1:0::1"), a("2001:db8:1:1::1"));
-        let (s0, s1) = (a("2001:db8:1:0::2"), a("2001:db8:1:1::2"));
-        let t0 = Instant::now();
-        let mut c = Engine::new(EngineConfig::default());
-        let mut s = Engine::new(EngineConfig::default());
-        c.set_locals(locals(&[c0, c1]), t0);
-        s.set_locals(locals(&[s0, s1]), t0);
+        let World {
+            mut c,
+            mut s,
+            c0,
+            c1,
+            s0,
+            s1,
+            t0,
+        } = two_engines();
         let k_syn = pkt(c0, s0, 40000, 5001, SYN);
         assert!(!c.awaits_learning(&k_syn), "a SYN needs nothing learned");
         let syn = replaced(c.outbound(&k_syn, t0));
