@@ -542,6 +542,13 @@ impl ConnState {
     /// as the last handle is closed (see [`crate::connect::abort_on_close`]).
     /// A session that closed gracefully keeps the graceful TCP close (its
     /// CLOSE_ACK may still be in the socket buffer).
+    /// The transport failed (EOF, read/write error, bad input): tells the
+    /// engine and drops the transport abortively.
+    fn transport_lost(&mut self, now: Instant) {
+        self.session.transport_down(now);
+        self.abort_transport();
+    }
+
     fn abort_transport(&mut self) {
         if let Some(t) = self.transport.take() {
             if !self.session.is_closed() {
@@ -658,8 +665,7 @@ fn read_input(st: &mut ConnState, now: Instant) -> bool {
         loop {
             match (&*stream).read(&mut buf[..]) {
                 Ok(0) => {
-                    st.session.transport_down(now);
-                    st.abort_transport();
+                    st.transport_lost(now);
                     changed = true;
                     return;
                 }
@@ -670,8 +676,7 @@ fn read_input(st: &mut ConnState, now: Instant) -> bool {
                         tracing::debug!(error = %e, "namesocket: bad input on transport");
                         // The engine raised PathDead or failed the session;
                         // either way this transport is done.
-                        st.session.transport_down(now);
-                        st.abort_transport();
+                        st.transport_lost(now);
                         return;
                     }
                     // A short read drained the socket: skip the EAGAIN call.
@@ -691,8 +696,7 @@ fn read_input(st: &mut ConnState, now: Instant) -> bool {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     tracing::debug!(error = %e, "namesocket: transport read error");
-                    st.session.transport_down(now);
-                    st.abort_transport();
+                    st.transport_lost(now);
                     changed = true;
                     return;
                 }
@@ -727,8 +731,7 @@ pub(crate) fn pump_into(
         loop {
             match (&*stream).read(buf) {
                 Ok(0) => {
-                    st.session.transport_down(now);
-                    st.abort_transport();
+                    st.transport_lost(now);
                     changed = true;
                 }
                 Ok(n) => {
@@ -738,16 +741,14 @@ pub(crate) fn pump_into(
                     delivered = d;
                     if let Err(e) = r {
                         tracing::debug!(error = %e, "namesocket: bad input on transport");
-                        st.session.transport_down(now);
-                        st.abort_transport();
+                        st.transport_lost(now);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => st.input_drained = true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     tracing::debug!(error = %e, "namesocket: transport read error");
-                    st.session.transport_down(now);
-                    st.abort_transport();
+                    st.transport_lost(now);
                     changed = true;
                 }
             }
@@ -796,8 +797,7 @@ pub(crate) fn flush(st: &mut ConnState, now: Instant) {
         };
         match written {
             Ok(0) => {
-                st.session.transport_down(now);
-                st.abort_transport();
+                st.transport_lost(now);
                 return;
             }
             Ok(n) => st.session.advance(n),
@@ -805,8 +805,7 @@ pub(crate) fn flush(st: &mut ConnState, now: Instant) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 tracing::debug!(error = %e, "namesocket: transport write error");
-                st.session.transport_down(now);
-                st.abort_transport();
+                st.transport_lost(now);
                 return;
             }
         }

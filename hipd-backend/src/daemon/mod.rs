@@ -768,15 +768,7 @@ impl Shared {
             if sock.gso() {
                 Self::send_offloaded(sock, items, &tx.data, &mut tx.ok);
             } else {
-                let msgs: Vec<net::OutMsg<'_>> = items
-                    .iter()
-                    .map(|(r, p, _)| net::OutMsg {
-                        src: Some(p.src),
-                        dst: p.dst,
-                        port: p.udp.unwrap_or(0),
-                        data: tx.data.get(r.clone()).unwrap_or(&[]),
-                    })
-                    .collect();
+                let msgs = out_msgs(items, &tx.data);
                 sock.send_batch(&msgs, &mut tx.ok);
             }
             let now = self.ns(Instant::now());
@@ -841,17 +833,7 @@ impl Shared {
                 Err(e) if multi && net::offload_refused(&e) => {
                     // Offload refused: send this run one by one.
                     tracing::trace!(error = %e, "offloaded send failed, retrying without");
-                    let msgs: Vec<net::OutMsg<'_>> = items
-                        .get(i..j)
-                        .unwrap_or(&[])
-                        .iter()
-                        .map(|(r, p, _)| net::OutMsg {
-                            src: Some(p.src),
-                            dst: p.dst,
-                            port: p.udp.unwrap_or(0),
-                            data: data.get(r.clone()).unwrap_or(&[]),
-                        })
-                        .collect();
+                    let msgs = out_msgs(items.get(i..j).unwrap_or(&[]), data);
                     let mut sub = Vec::new();
                     sock.send_batch(&msgs, &mut sub);
                     for (o, s) in ok.iter_mut().skip(i).zip(sub) {
@@ -941,6 +923,23 @@ impl Shared {
         self.pump(core);
         Ok((i, r))
     }
+}
+
+/// The datagrams of queued `items` (ranges of `data`) for
+/// [`net::USock::send_batch`].
+fn out_msgs<'a, T>(
+    items: &[(std::ops::Range<usize>, Path, T)],
+    data: &'a [u8],
+) -> Vec<net::OutMsg<'a>> {
+    items
+        .iter()
+        .map(|(r, p, _)| net::OutMsg {
+            src: Some(p.src),
+            dst: p.dst,
+            port: p.udp.unwrap_or(0),
+            data: data.get(r.clone()).unwrap_or(&[]),
+        })
+        .collect()
 }
 
 /// The end (exclusive) of the run of `items` starting at `i` that one UDP

@@ -434,11 +434,6 @@ impl USock {
         Ok(r as usize)
     }
 
-    /// Receives one datagram into `buf` (blocking).
-    pub fn recv(&self, buf: &mut [u8]) -> std::io::Result<Result<RecvMeta, RecvError>> {
-        self.recv_flags(buf, MsgFlags::empty())
-    }
-
     /// Reads the socket's error queue (ICMP errors about packets we sent):
     /// the original destinations of the failed packets.
     pub fn drain_errors(&self) -> Vec<IpAddr> {
@@ -465,38 +460,6 @@ impl USock {
             }
         }
         v
-    }
-
-    /// Receives one datagram if one is queued (`WouldBlock` otherwise); the
-    /// receive thread drains the queue with it after a blocking
-    /// [`USock::recv`] so the data plane can batch.
-    pub fn try_recv(&self, buf: &mut [u8]) -> std::io::Result<Result<RecvMeta, RecvError>> {
-        self.recv_flags(buf, MsgFlags::MSG_DONTWAIT)
-    }
-
-    fn recv_flags(
-        &self,
-        buf: &mut [u8],
-        flags: MsgFlags,
-    ) -> std::io::Result<Result<RecvMeta, RecvError>> {
-        let mut cmsg = nix::cmsg_space!(
-            libc::in6_pktinfo,
-            libc::c_int,
-            libc::in_pktinfo,
-            libc::c_int
-        );
-        let (n, anc) = {
-            let mut iov = [IoSliceMut::new(buf)];
-            let m = socket::recvmsg::<SockaddrStorage>(
-                self.fd.as_raw_fd(),
-                &mut iov,
-                Some(&mut cmsg),
-                flags,
-            )
-            .map_err(std::io::Error::from)?;
-            (m.bytes, Ancillary::of(&m))
-        };
-        Ok(self.meta(buf.get(..n).unwrap_or(&[]), anc))
     }
 
     /// Receives up to `batch.len()` datagrams with one `recvmmsg(2)`:
