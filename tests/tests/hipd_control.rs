@@ -334,3 +334,31 @@ fn hipd_conf_file_and_control_socket_garbage() {
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stderr.contains("hipd.conf line 1"), "{}", out.stderr);
 }
+
+/// The HIT device is multi-queue: one queue per CPU (at most 4), each read
+/// by its own sealing thread, and traffic over the HIT still flows.
+#[test]
+fn hipd_tun_has_one_queue_and_thread_per_cpu() {
+    let (lab, a, b, l0) = lab2();
+    let ha = Hipd::start(&lab, &a, "", "");
+    let hb = Hipd::start(&lab, &b, "", "");
+    let want = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(4); // hipd_backend::daemon::MAX_TUN_QUEUES (daemon feature)
+    let queues = a.exec_ok(["ls", "/sys/class/net/hip0/queues"]).unwrap();
+    let tx = queues
+        .split_whitespace()
+        .filter(|q| q.starts_with("tx-"))
+        .count();
+    assert_eq!(tx, want, "hip0 queues: {queues}");
+    let pid = ha.proc.as_ref().expect("running").pid();
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|c| c.trim().to_string())
+        .filter(|c| c.starts_with("hipd-tun"))
+        .collect();
+    assert_eq!(threads.len(), want, "{threads:?}");
+    ha.add_map(hb.hit(), l0.addr(&b, Family::V6), None);
+    transfer_to_hit(&lab, &b, &a, hb.hit(), 5020, 4 << 20, 21);
+}
