@@ -450,12 +450,11 @@ impl Shared {
         loop {
             let mut did = false;
             for i in 0..core.eps.len() {
-                while let Some(t) = core.eps[i].poll_transmit() {
-                    did = true;
-                    let t0 = Instant::now();
-                    self.send_control(core, t);
-                    tracing::trace!(us = t0.elapsed().as_micros() as u64, "control packet sent");
-                }
+                // Events first: an Established installs the SAs before the
+                // packet that completes the exchange (R2) goes out, so the
+                // peer's first ESP packet, sent as soon as R2 arrives, never
+                // finds the inbound SA missing (it was dropped as an unknown
+                // SPI when the thread was preempted in between).
                 while let Some(ev) = core.eps[i].poll_event() {
                     did = true;
                     let t0 = Instant::now();
@@ -466,6 +465,12 @@ impl Shared {
                         event = name,
                         "event handled"
                     );
+                }
+                while let Some(t) = core.eps[i].poll_transmit() {
+                    did = true;
+                    let t0 = Instant::now();
+                    self.send_control(core, t);
+                    tracing::trace!(us = t0.elapsed().as_micros() as u64, "control packet sent");
                 }
             }
             if !did {
