@@ -25,11 +25,21 @@ declare -A probe=(
     [python3]=python3
     [ethtool]=ethtool
     [iputils-ping]=ping
+    # preservetcp's tc BPF programs: clang -target bpf, llvm, libbpf headers
+    [clang]=clang
+    [llvm]=llvm-strip
+    [libbpf-dev]=/usr/include/bpf/bpf_helpers.h
+    [bpftool]=bpftool
 )
 
 missing=()
 for pkg in "${!probe[@]}"; do
-    command -v "${probe[$pkg]}" >/dev/null 2>&1 || missing+=("$pkg")
+    p="${probe[$pkg]}"
+    if [ "${p#/}" != "$p" ]; then
+        [ -e "$p" ] || missing+=("$pkg")
+    else
+        command -v "$p" >/dev/null 2>&1 || missing+=("$pkg")
+    fi
 done
 
 if [ ${#missing[@]} -gt 0 ]; then

@@ -121,6 +121,16 @@ pub struct EngineConfig {
     pub max_connections: usize,
     /// Unfinished handshakes are forgotten after this long.
     pub pending_timeout: Duration,
+    /// The kernel (preservetcpd's tc BPF programs) inserts the options into
+    /// outgoing handshake packets, which then never reach
+    /// [`Engine::outbound`]: the engine learns each handshake from the
+    /// incoming packets alone ([`Engine::observe_inbound`]). A learned
+    /// SYN's answer is taken to carry [`Engine::offer_for`] of the local
+    /// address (what the kernel's offer map holds); a learned SYN+ACK is
+    /// taken to answer our offer (the daemon only passes those on) and, if
+    /// it carries PREFIX_SYN, enters the connection at once (the kernel
+    /// echoes it in the ACK).
+    pub kernel_options: bool,
 }
 
 impl Default for EngineConfig {
@@ -131,6 +141,7 @@ impl Default for EngineConfig {
             max_pending: 4096,
             max_connections: 65536,
             pending_timeout: Duration::from_secs(30),
+            kernel_options: false,
         }
     }
 }
@@ -490,6 +501,12 @@ impl Engine {
         v
     }
 
+    /// The PREFIX_SYN option this engine offers on a connection from
+    /// `conn_local`, given the current local addresses.
+    pub fn offer_for(&self, conn_local: Ipv6Addr) -> PrefixOption {
+        self.offer(conn_local)
+    }
+
     fn offer(&self, conn_local: Ipv6Addr) -> PrefixOption {
         let cands: Vec<LocalAddress> = self
             .locals
@@ -703,10 +720,11 @@ impl Engine {
                     // ACK of such a connection, so it is decided here).
                     _ if f.syn
                         && f.ack
-                        && self
-                            .pending
-                            .get(&wire)
-                            .is_some_and(|p| p.role == Role::Client) =>
+                        && (self.config.kernel_options
+                            || self
+                                .pending
+                                .get(&wire)
+                                .is_some_and(|p| p.role == Role::Client)) =>
                     {
                         self.pending.remove(&wire);
                         self.stats.plain_peers += 1;
@@ -791,16 +809,39 @@ impl Engine {
             }
             let val = validate_received(wire.peer, ps, &limits);
             self.stats.prefixes.merge(&val.stats);
+            let sent = self.pending.get(wire).and_then(|p| p.sent.clone());
+            let sent = match sent {
+                None if self.config.kernel_options => Some(self.offer(wire.local)),
+                s => s,
+            };
             let p = Pending {
                 role: Role::Server,
                 created: now,
-                sent: self.pending.get(wire).and_then(|p| p.sent.clone()),
+                sent,
                 peer_syn: Some(ps.clone()),
                 peer_alts: val.addresses(),
                 acked_locals: Vec::new(),
             };
             self.add_pending(*wire, p);
         } else if syn && ack {
+            if self.config.kernel_options
+                && !self
+                    .pending
+                    .get(wire)
+                    .is_some_and(|p| p.role == Role::Client)
+            {
+                let p = Pending {
+                    role: Role::Client,
+                    created: now,
+                    sent: Some(self.offer(wire.local)),
+                    peer_syn: None,
+                    peer_alts: Vec::new(),
+                    acked_locals: Vec::new(),
+                };
+                if !self.add_pending(*wire, p) {
+                    return;
+                }
+            }
             let Some(p) = self
                 .pending
                 .get_mut(wire)
@@ -816,6 +857,17 @@ impl Engine {
             }
             if let (Some(pa), Some(sent)) = (h.prefix_ack(), p.sent.as_ref()) {
                 p.acked_locals = acknowledged_locals(wire.local, sent, pa);
+            }
+            if self.config.kernel_options
+                && let Some(p) = self.pending.remove(wire)
+            {
+                // The kernel echoes the PREFIX_SYN in our ACK: the
+                // connection is set up as the ACK leaves.
+                if p.peer_syn.is_some() {
+                    self.install(*wire, &p.acked_locals, &p.peer_alts, now);
+                } else {
+                    self.stats.plain_peers += 1;
+                }
             }
         } else if ack {
             let Some(p) = self.pending.get(wire).filter(|p| p.role == Role::Server) else {
@@ -1005,6 +1057,80 @@ mod tests {
             Verdict::Accept
         );
         assert_eq!(c.connections().len(), 1);
+    }
+
+    /// With [`EngineConfig::kernel_options`] the outgoing handshake
+    /// packets never reach the engine: the kernel inserts exactly what
+    /// [`Engine::offer_for`] and the echo give (built here with the same
+    /// codec), and both sides learn from the incoming packets alone.
+    #[test]
+    fn kernel_options_learn_from_incoming_packets_only() {
+        let World {
+            mut c,
+            mut s,
+            c0,
+            c1,
+            s0,
+            s1,
+            t0,
+        } = two_engines();
+        let kernel = EngineConfig {
+            kernel_options: true,
+            ..EngineConfig::default()
+        };
+        c.config = kernel;
+        s.config = kernel;
+        let with = |p: Vec<u8>, syn: Option<PrefixOption>, ack: Option<PrefixOption>| {
+            let h = DestOptsHeader::with_prefixes(IPPROTO_TCP, syn, ack).unwrap();
+            insert_dest_opts(&p, &h).unwrap()
+        };
+        // What the egress program sends, from the offer map.
+        let c_offer = c.offer_for(c0);
+        let syn = with(pkt(c0, s0, 40000, 5001, SYN), Some(c_offer.clone()), None);
+        s.observe_inbound(&syn, t0);
+        let s_offer = s.offer_for(s0);
+        let sa = with(
+            pkt(s0, c0, 5001, 40000, SYN | ACK),
+            Some(s_offer.clone()),
+            Some(c_offer.clone()),
+        );
+        assert!(c.connections().is_empty());
+        c.observe_inbound(&sa, t0);
+        let cc = c.connections();
+        assert_eq!(cc.len(), 1, "the client enters on the SYN+ACK");
+        assert_eq!(cc[0].peers, vec![s0, s1]);
+        assert_eq!(cc[0].locals, vec![c0, c1], "our offer was acknowledged");
+        assert!(
+            s.connections().is_empty(),
+            "the server waits for PREFIX_ACK"
+        );
+        let ack = with(pkt(c0, s0, 40000, 5001, ACK), None, Some(s_offer));
+        s.observe_inbound(&ack, t0);
+        let sc = s.connections();
+        assert_eq!(sc.len(), 1);
+        assert_eq!(sc[0].peers, vec![c0, c1]);
+        assert_eq!(sc[0].locals, vec![s0, s1], "our offer was acknowledged");
+        assert_eq!(
+            (c.stats().packets_out, s.stats().packets_out),
+            (0, 0),
+            "nothing went through outbound()"
+        );
+        // A plain SYN+ACK (the daemon passes only answers to our offers).
+        c.observe_inbound(&pkt(s0, c0, 5001, 40002, SYN | ACK), t0);
+        assert_eq!(c.stats().plain_peers, 1);
+        // A SYN+ACK with PREFIX_SYN but no PREFIX_ACK still enters (the
+        // peer offered; it did not acknowledge ours).
+        let sa = with(
+            pkt(s0, c0, 5001, 40003, SYN | ACK),
+            Some(s.offer_for(s0)),
+            None,
+        );
+        c.observe_inbound(&sa, t0);
+        let cc = c.connections();
+        assert_eq!(cc.len(), 2);
+        let n = cc.iter().find(|x| x.original.local_port == 40003).unwrap();
+        assert_eq!(n.locals, vec![c0], "none of ours acknowledged");
+        assert!(c.pending.is_empty(), "nothing left pending");
     }
 
     #[test]

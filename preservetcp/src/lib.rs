@@ -202,6 +202,7 @@
 //! - Address change policy and its timing: see [`policy`].
 #![forbid(unsafe_code)]
 
+pub mod bpf;
 pub mod checksum;
 pub mod control;
 pub mod engine;

@@ -1,0 +1,505 @@
+// SPDX-License-Identifier: GPL-2.0 OR MIT
+//
+// preservetcp handshake options in the kernel (tc clsact / tcx programs).
+//
+// The PREFIX_SYN / PREFIX_ACK options live in an IPv6 Destination Options
+// header between the fixed IPv6 header and TCP (see the preservetcp crate
+// docs for the layout). These two programs put that header into the three
+// outgoing handshake packets without a trip through userspace:
+//
+//   egress SYN (marked by the daemon's ip6tables rules as covered):
+//       DSTOPTS[PREFIX_SYN(our offer for the source address)]
+//   egress SYN+ACK answering a received PREFIX_SYN:
+//       DSTOPTS[PREFIX_SYN(our offer), PREFIX_ACK(echo)]
+//   egress first non-SYN segment after a SYN+ACK that answered our offer
+//   with PREFIX_SYN:
+//       DSTOPTS[PREFIX_ACK(echo)]
+//
+// followed by Pad1 / PadN to a multiple of 8 octets, byte for byte what the
+// userspace engine (preservetcp::wire::DestOptsHeader::with_prefixes)
+// produces. The offers are precomputed by the daemon (ptcp_offers, keyed by
+// local address); received PREFIX_SYN options are remembered per
+// connection by the ingress program (ptcp_hs). Incoming packets are never
+// modified or dropped: the kernel skips the options itself (action 00).
+//
+// Only Ethernet framing (the daemon attaches to ARPHRD_ETHER links) and
+// TCP directly after the fixed IPv6 header (what the local TCP sends) are
+// handled; anything else passes untouched.
+
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#define ETH_HLEN 14
+#define ETH_P_IPV6 0x86DD
+#define IP6_HLEN 40
+#define L3 ETH_HLEN
+#define L4 (ETH_HLEN + IP6_HLEN)
+#define NEXTHDR_TCP 6
+#define NEXTHDR_DEST 60
+
+#define OPT_PAD1 0x00
+#define OPT_PADN 0x01
+#define OPT_PREFIX_SYN 0x0B
+#define OPT_PREFIX_ACK 0x0C
+
+#define TCP_SYN 0x02
+#define TCP_ACK 0x10
+
+// Option data is at most 255 bytes (one length octet): 257 with type and
+// length octets.
+#define MAX_OPT 257
+// A destination options header is at most (255 + 1) * 8 octets.
+#define MAX_HDR 2048
+// Options looked at before giving up on finding PREFIX_SYN.
+#define MAX_SCAN 16
+
+// Counters (per-CPU array indices); the daemon reads them by these numbers
+// (preservetcp::bpf::Counter).
+#define C_SYN_OFFERS 0
+#define C_SYNACK_ANSWERS 1
+#define C_ACK_ECHOES 2
+#define C_SKIPPED_MTU 3
+#define C_SKIPPED_ERROR 4
+#define C_LEARNED 5
+#define C_MALFORMED 6
+#define C_COUNT 7
+
+// States of a ptcp_hs entry.
+#define HS_OFFERED 1     // we sent PREFIX_SYN on this SYN (client)
+#define HS_CLIENT_ECHO 2 // the SYN+ACK answered it: echo in our first ACK
+#define HS_SERVER_ECHO 3 // a SYN offered: answer in our SYN+ACK
+
+// Packet mark bit the daemon's ip6tables rules set on covered SYNs (set by
+// the loader; the program clears it again).
+const volatile __u32 offer_mark = 0;
+
+struct offer {
+	__u16 len;        // bytes used in opt: 2 + option data length
+	__u8 opt[MAX_OPT + 1]; // 0x0B, data length, data
+};
+
+struct tuple {
+	__u8 local[16];
+	__u8 peer[16];
+	__u16 local_port; // network byte order
+	__u16 peer_port;  // network byte order
+};
+
+struct hs {
+	__u8 state;
+	__u8 pad;
+	__u16 len;             // bytes used in opt (received PREFIX_SYN)
+	__u8 opt[MAX_OPT + 1]; // the received option, type octet included
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u8[16]);
+	__type(value, struct offer);
+} ptcp_offers SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct tuple);
+	__type(value, struct hs);
+} ptcp_hs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, C_COUNT);
+	__type(key, __u32);
+	__type(value, __u64);
+} ptcp_counters SEC(".maps");
+
+// Scratch space for building an ingress entry (too big for the stack).
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct hs);
+} ptcp_scratch SEC(".maps");
+
+static __always_inline void count(__u32 idx)
+{
+	__u64 *c = bpf_map_lookup_elem(&ptcp_counters, &idx);
+	if (c)
+		*c += 1;
+}
+
+struct headers {
+	__u8 ip[IP6_HLEN];
+	__u8 tcp[14]; // ports, seq, ack, data offset, flags
+};
+
+// Ethernet + IPv6; loads the fixed IPv6 header and what follows it.
+static __always_inline int load_headers(struct __sk_buff *skb, struct headers *h)
+{
+	__u16 proto;
+
+	if (skb->protocol != bpf_htons(ETH_P_IPV6))
+		return -1;
+	if (bpf_skb_load_bytes(skb, 12, &proto, 2) || proto != bpf_htons(ETH_P_IPV6))
+		return -1;
+	if (bpf_skb_load_bytes(skb, L3, h, sizeof(*h)))
+		return -1;
+	if ((h->ip[0] >> 4) != 6)
+		return -1;
+	return 0;
+}
+
+// Opens room for a destination options header of hdr_len bytes (a multiple
+// of 8, at most MAX_HDR) after the fixed IPv6 header and writes its first
+// two octets; fixes the IPv6 next header and payload length. adjust_room
+// only moves the headers: the IPv6 fields are ours to fix, and the TCP
+// checksum does not change (the pseudo-header has no extension headers).
+static __always_inline int open_header(struct __sk_buff *skb, struct headers *h, __u32 hdr_len)
+{
+	__u8 first[2];
+	__u16 plen;
+	__u8 nh = NEXTHDR_DEST;
+
+	if (skb->gso_segs <= 1 && skb->gso_size == 0) {
+		__u32 mtu = 0;
+		if (bpf_check_mtu(skb, 0, &mtu, (__s32)hdr_len, 0)) {
+			count(C_SKIPPED_MTU);
+			return -1;
+		}
+	}
+	// (GSO packets: adjust_room lowers gso_size by hdr_len, so every
+	// segment still fits.)
+	plen = bpf_ntohs(*(__u16 *)&h->ip[4]);
+	if ((__u32)plen + hdr_len > 0xffff) {
+		count(C_SKIPPED_MTU);
+		return -1;
+	}
+	if (bpf_skb_adjust_room(skb, (__s32)hdr_len, BPF_ADJ_ROOM_NET, 0)) {
+		count(C_SKIPPED_ERROR);
+		return -1;
+	}
+	plen = bpf_htons(plen + (__u16)hdr_len);
+	first[0] = h->ip[6];
+	first[1] = (__u8)(hdr_len / 8 - 1);
+	if (bpf_skb_store_bytes(skb, L3 + 4, &plen, 2, 0) ||
+	    bpf_skb_store_bytes(skb, L3 + 6, &nh, 1, 0) ||
+	    bpf_skb_store_bytes(skb, L4, first, 2, 0)) {
+		count(C_SKIPPED_ERROR);
+		return -1;
+	}
+	return 0;
+}
+
+// Writes the padding that brings a header of `used` bytes to `total` (the
+// next multiple of 8): Pad1 for one byte, PadN with zero data otherwise.
+static __always_inline int write_padding(struct __sk_buff *skb, __u32 at, __u64 pad)
+{
+	__u8 p[8] = {0};
+	__u64 n;
+
+	if (pad == 0)
+		return 0;
+	if (pad == 1)
+		return bpf_skb_store_bytes(skb, at, p, 1, 0);
+	n = pad - 2;
+	// (Keeps clang from folding the bound into a form the verifier does
+	// not track on the register passed as the length.)
+	asm volatile("" : "+r"(n));
+	if (n > 5)
+		return -1;
+	p[0] = OPT_PADN;
+	p[1] = (__u8)n;
+	return bpf_skb_store_bytes(skb, at, p, n + 2, 0);
+}
+
+static __always_inline __u64 padded(__u64 used)
+{
+	return (used + 7) & ~7ull;
+}
+
+// Writes one option stored as [type, len, data...] with `type` replacing
+// the stored type octet.
+static __always_inline int write_option(struct __sk_buff *skb, __u32 at, __u8 type,
+					const __u8 *opt, __u64 len)
+{
+	if (len < 2 || len > MAX_OPT)
+		return -1;
+	if (bpf_skb_store_bytes(skb, at, &type, 1, 0))
+		return -1;
+	return bpf_skb_store_bytes(skb, at + 1, opt + 1, len - 1, 0);
+}
+
+static __always_inline void tuple_out(struct tuple *t, const struct headers *h)
+{
+	__builtin_memcpy(t->local, &h->ip[8], 16);
+	__builtin_memcpy(t->peer, &h->ip[24], 16);
+	__builtin_memcpy(&t->local_port, &h->tcp[0], 2);
+	__builtin_memcpy(&t->peer_port, &h->tcp[2], 2);
+}
+
+SEC("tc")
+int ptcp_egress(struct __sk_buff *skb)
+{
+	struct headers h;
+	struct tuple t = {};
+	__u8 flags;
+
+	if (load_headers(skb, &h) || h.ip[6] != NEXTHDR_TCP)
+		return TC_ACT_OK;
+	flags = h.tcp[13];
+	tuple_out(&t, &h);
+
+	if ((flags & (TCP_SYN | TCP_ACK)) == TCP_SYN) {
+		struct offer *o;
+		struct hs mark = {.state = HS_OFFERED};
+		__u64 a, total;
+
+		if (!offer_mark || !(skb->mark & offer_mark))
+			return TC_ACT_OK;
+		skb->mark &= ~offer_mark;
+		o = bpf_map_lookup_elem(&ptcp_offers, t.local);
+		if (!o) {
+			count(C_SKIPPED_ERROR);
+			return TC_ACT_OK;
+		}
+		a = o->len;
+		if (a < 2 || a > MAX_OPT) {
+			count(C_SKIPPED_ERROR);
+			return TC_ACT_OK;
+		}
+		total = padded(2 + a);
+		if (open_header(skb, &h, total))
+			return TC_ACT_OK;
+		if (write_option(skb, L4 + 2, OPT_PREFIX_SYN, o->opt, a) ||
+		    write_padding(skb, L4 + 2 + a, total - 2 - a)) {
+			count(C_SKIPPED_ERROR);
+			return TC_ACT_SHOT; // the room is open but unfilled
+		}
+		bpf_map_update_elem(&ptcp_hs, &t, &mark, BPF_ANY);
+		count(C_SYN_OFFERS);
+		return TC_ACT_OK;
+	}
+
+	if ((flags & (TCP_SYN | TCP_ACK)) == (TCP_SYN | TCP_ACK)) {
+		struct hs *e = bpf_map_lookup_elem(&ptcp_hs, &t);
+		struct offer *o;
+		__u64 a, b, total;
+
+		if (!e || e->state != HS_SERVER_ECHO)
+			return TC_ACT_OK;
+		o = bpf_map_lookup_elem(&ptcp_offers, t.local);
+		if (!o) {
+			count(C_SKIPPED_ERROR);
+			return TC_ACT_OK;
+		}
+		a = o->len;
+		b = e->len;
+		if (a < 2 || a > MAX_OPT || b < 2 || b > MAX_OPT) {
+			count(C_SKIPPED_ERROR);
+			return TC_ACT_OK;
+		}
+		total = padded(2 + a + b);
+		if (open_header(skb, &h, total))
+			return TC_ACT_OK;
+		// (The SYN+ACK may be retransmitted: the entry stays for those.)
+		if (write_option(skb, L4 + 2, OPT_PREFIX_SYN, o->opt, a) ||
+		    write_option(skb, L4 + 2 + a, OPT_PREFIX_ACK, e->opt, b) ||
+		    write_padding(skb, L4 + 2 + a + b, total - 2 - a - b)) {
+			count(C_SKIPPED_ERROR);
+			return TC_ACT_SHOT;
+		}
+		count(C_SYNACK_ANSWERS);
+		return TC_ACT_OK;
+	}
+
+	if (!(flags & TCP_SYN)) {
+		struct hs *e = bpf_map_lookup_elem(&ptcp_hs, &t);
+		struct hs *s;
+		__u32 zero = 0;
+		__u64 b, total;
+
+		if (!e || e->state != HS_CLIENT_ECHO)
+			return TC_ACT_OK;
+		// Only the first segment after the SYN+ACK carries the echo:
+		// copy the entry, then forget it.
+		s = bpf_map_lookup_elem(&ptcp_scratch, &zero);
+		if (!s)
+			return TC_ACT_OK;
+		__builtin_memcpy(s, e, sizeof(*s));
+		bpf_map_delete_elem(&ptcp_hs, &t);
+		b = s->len;
+		if (b < 2 || b > MAX_OPT) {
+			count(C_SKIPPED_ERROR);
+			return TC_ACT_OK;
+		}
+		total = padded(2 + b);
+		if (open_header(skb, &h, total))
+			return TC_ACT_OK;
+		if (write_option(skb, L4 + 2, OPT_PREFIX_ACK, s->opt, b) ||
+		    write_padding(skb, L4 + 2 + b, total - 2 - b)) {
+			count(C_SKIPPED_ERROR);
+			return TC_ACT_SHOT;
+		}
+		count(C_ACK_ECHOES);
+	}
+	return TC_ACT_OK;
+}
+
+// Whether the option data (the prefix list) is well formed: each prefix is
+// a length octet of at most 128 bits followed by ceil(len / 8) bytes, and
+// the prefixes fill the data exactly (preservetcp::wire::PrefixOption).
+static __always_inline int prefixes_ok(const struct hs *s)
+{
+	__u32 off = 2;
+	__u32 end = s->len;
+	int i;
+
+	if (end < 2 || end > MAX_OPT)
+		return 0;
+	// At most 255 prefixes of length 0 fit in 255 bytes.
+	for (i = 0; i < 256; i++) {
+		__u8 bits;
+
+		if (off >= end)
+			return off == end;
+		if (off > MAX_OPT)
+			return 0;
+		bits = s->opt[off];
+		if (bits > 128)
+			return 0;
+		off += 1 + (bits + 7) / 8;
+	}
+	return off == end;
+}
+
+// Scanning a destination options header for its first PREFIX_SYN, one
+// option per step, at most MAX_SCAN options (Pad1 included). The codec
+// accepts up to 2046 options in a 2048-byte header, but scanning that many
+// is far beyond the verifier's budget (tried: a plain loop and bpf_loop
+// both exceed it); senders put PREFIX_SYN first (the engine and the
+// thesis layout do), and a PREFIX_SYN further back is simply not answered
+// by this path (the connection stays plain TCP on both ends).
+struct scan {
+	struct __sk_buff *skb;
+	__u32 off;     // next option, from the start of the header
+	__u32 hdr_len; // header length (at most MAX_HDR)
+	__u32 found;   // offset of the PREFIX_SYN, 0 if none
+	__u32 flen;    // its length with type and length octets
+	__u32 bad;     // an option overruns the header
+};
+
+static __always_inline long scan_option(__u32 i, void *ctx)
+{
+	struct scan *sc = ctx;
+	__u32 off = sc->off;
+	__u8 o[2];
+
+	if (off >= sc->hdr_len || off >= MAX_HDR)
+		return 1;
+	if (bpf_skb_load_bytes(sc->skb, L4 + off, o, 2))
+		return 1;
+	if (o[0] == OPT_PAD1) {
+		sc->off = off + 1;
+		return 0;
+	}
+	if (off + 2 + o[1] > sc->hdr_len) {
+		sc->bad = 1;
+		return 1;
+	}
+	if (o[0] == OPT_PREFIX_SYN) {
+		sc->found = off;
+		sc->flen = 2 + (__u32)o[1];
+		return 1;
+	}
+	sc->off = off + 2 + o[1];
+	return 0;
+}
+
+SEC("tc")
+int ptcp_ingress(struct __sk_buff *skb)
+{
+	struct headers h;
+	struct tuple t = {};
+	struct hs *s;
+	__u8 first[2], flags;
+	struct scan sc = {};
+	__u32 hdr_len, zero = 0, found, flen;
+	int i;
+
+	if (load_headers(skb, &h))
+		return TC_ACT_OK;
+	__builtin_memcpy(t.local, &h.ip[24], 16);
+	__builtin_memcpy(t.peer, &h.ip[8], 16);
+	if (h.ip[6] == NEXTHDR_TCP) {
+		// A SYN without options: a plain connection (maybe on a
+		// reused tuple): forget any earlier offer on the tuple.
+		if ((h.tcp[13] & (TCP_SYN | TCP_ACK)) == TCP_SYN) {
+			__builtin_memcpy(&t.local_port, &h.tcp[2], 2);
+			__builtin_memcpy(&t.peer_port, &h.tcp[0], 2);
+			bpf_map_delete_elem(&ptcp_hs, &t);
+		}
+		return TC_ACT_OK;
+	}
+	if (h.ip[6] != NEXTHDR_DEST)
+		return TC_ACT_OK;
+	first[0] = h.tcp[0];
+	first[1] = h.tcp[1];
+	if (first[0] != NEXTHDR_TCP)
+		return TC_ACT_OK;
+	hdr_len = ((__u32)first[1] + 1) * 8;
+	{
+		__u8 tcp[14];
+		if (bpf_skb_load_bytes(skb, L4 + hdr_len, tcp, sizeof(tcp)))
+			return TC_ACT_OK;
+		flags = tcp[13];
+		if (!(flags & TCP_SYN))
+			return TC_ACT_OK;
+		__builtin_memcpy(&t.local_port, &tcp[2], 2);
+		__builtin_memcpy(&t.peer_port, &tcp[0], 2);
+	}
+	// The first PREFIX_SYN option; the header must be well framed up to it.
+	sc.skb = skb;
+	sc.off = 2;
+	sc.hdr_len = hdr_len;
+	for (i = 0; i < MAX_SCAN; i++)
+		if (scan_option(i, &sc))
+			break;
+	if (sc.bad) {
+		count(C_MALFORMED);
+		return TC_ACT_OK;
+	}
+	found = sc.found;
+	flen = sc.flen;
+	if (!found)
+		return TC_ACT_OK;
+	s = bpf_map_lookup_elem(&ptcp_scratch, &zero);
+	if (!s)
+		return TC_ACT_OK;
+	if (flen < 2 || flen > MAX_OPT || found >= MAX_HDR)
+		return TC_ACT_OK;
+	if (bpf_skb_load_bytes(skb, L4 + found, s->opt, flen))
+		return TC_ACT_OK;
+	s->len = (__u16)flen;
+	if (!prefixes_ok(s)) {
+		count(C_MALFORMED);
+		return TC_ACT_OK;
+	}
+	if (flags & TCP_ACK) {
+		// A SYN+ACK: only an answer to our own offer is echoed.
+		struct hs *e = bpf_map_lookup_elem(&ptcp_hs, &t);
+		if (!e || e->state != HS_OFFERED)
+			return TC_ACT_OK;
+		s->state = HS_CLIENT_ECHO;
+	} else {
+		// A SYN offering: answered on any port (the offer is the
+		// client's opt-in).
+		s->state = HS_SERVER_ECHO;
+	}
+	bpf_map_update_elem(&ptcp_hs, &t, s, BPF_ANY);
+	count(C_LEARNED);
+	return TC_ACT_OK;
+}
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";
