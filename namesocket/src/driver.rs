@@ -89,7 +89,16 @@
 //!   each thread keeps its last one open).
 //! * **The keeper is woken only when it must act earlier than planned**;
 //!   closed connections that only await CLOSE_ACK are finished in its rounds,
-//!   at most [`LINGER_ROUND`] (20 ms) apart, in batches.
+//!   at most [`LINGER_ROUND`] (20 ms) apart, in batches. A session that a
+//!   blocking `accept` hands straight to its caller does not wake it either
+//!   (the caller's first call writes NEW_ACK; the keeper does it at its
+//!   next round, within [`LINGER_ROUND`], if the caller makes none).
+//! * **Segments per connect + close: 7, plain TCP 6.** NEW rides alone
+//!   after the handshake; listeners set `TCP_QUICKACK` off, which accepted
+//!   sockets inherit, so the server does not acknowledge NEW by itself but
+//!   with NEW_ACK (+ CLOSE + FIN when the application closes at once); the
+//!   CLOSE_ACK answering a CLOSE is written with `MSG_MORE` and the
+//!   transport's FIN joins it.
 //! * **A blocking `accept` polls the listening sockets itself**; the
 //!   background acceptor polls only while no application thread is in a
 //!   blocking accept (it takes over 10 ms after the last one left), so a new
@@ -771,8 +780,12 @@ pub(crate) fn flush(st: &mut ConnState, now: Instant) {
         // Bytes that end with this side's CLOSE are written with MSG_MORE:
         // the kernel holds them until the FIN below joins them, so the peer
         // sees CLOSE and FIN in one segment and cannot answer and close
-        // (sending the first FIN) before this side's FIN is out.
-        let closing = st.session.poll_transmit(now).is_some() && st.session.close_sent();
+        // (sending the first FIN) before this side's FIN is out. The same
+        // for the CLOSE_ACK answering the peer's CLOSE: the session is over
+        // and the transport is closed right after (`Event::Closed`), so
+        // CLOSE_ACK and FIN share a segment too.
+        let closing = st.session.poll_transmit(now).is_some()
+            && (st.session.close_sent() || st.session.is_closed());
         let Some(tx) = st.session.poll_transmit(now) else {
             if st.session.close_sent() {
                 // This side's CLOSE is fully written: send the TCP FIN now,

@@ -127,6 +127,13 @@ impl NameListener {
             // sockets; the acceptor checks that on the first one and then
             // skips setting them per connection.
             let _ = connect::apply_socket_options(&SockRef::from(l), &options.socket_options());
+            // Delayed-ACK ("pingpong") mode, inherited by accepted
+            // sockets: the client's NEW is acknowledged by NEW_ACK, not by
+            // a segment of its own (the kernel otherwise acknowledges the
+            // first data of a connection at once). Bulk data still gets an
+            // ACK every second full segment; the mode ends at the first
+            // delayed-ACK timeout.
+            let _ = SockRef::from(l).set_tcp_quickack(false);
         }
         let (wake_rx, wake_tx) = UnixStream::pair()?;
         wake_rx.set_nonblocking(true)?;
@@ -213,7 +220,7 @@ impl NameListener {
             });
             match shared.core.try_lock() {
                 Ok(mut core) => {
-                    accept_round(shared, &mut core, until);
+                    accept_round(shared, &mut core, until, true);
                 }
                 Err(_) => {
                     // Another thread polls; it signals when it queues a
@@ -335,7 +342,7 @@ fn acceptor(weak: Weak<Shared>) {
         };
         shared.bg_polling.store(true, Ordering::SeqCst);
         if shared.accepting.load(Ordering::SeqCst) == 0 {
-            accept_round(&shared, &mut core, now + Duration::from_secs(1));
+            accept_round(&shared, &mut core, now + Duration::from_secs(1), false);
         }
         shared.bg_polling.store(false, Ordering::SeqCst);
         drop(core);
@@ -348,8 +355,10 @@ fn acceptor(weak: Weak<Shared>) {
 
 /// One poll of the listening sockets and the connections whose first
 /// message is pending (until `until` at the latest), then accepts, reads
-/// first messages, creates or resumes sessions.
-fn accept_round(shared: &Arc<Shared>, core: &mut AcceptCore, until: Instant) {
+/// first messages, creates or resumes sessions. `for_app`: the round runs
+/// on an application thread inside a blocking accept, which takes the new
+/// sessions at once.
+fn accept_round(shared: &Arc<Shared>, core: &mut AcceptCore, until: Instant, for_app: bool) {
     let AcceptCore {
         pending,
         rng,
@@ -452,7 +461,7 @@ fn accept_round(shared: &Arc<Shared>, core: &mut AcceptCore, until: Instant) {
                 shared.lock().stats.bad_first_messages += 1;
             }
             FirstRead::Message(msg, used) => {
-                handle_first(shared, p, msg, used, rng);
+                handle_first(shared, p, msg, used, rng, for_app);
             }
         }
     }
@@ -512,6 +521,7 @@ fn handle_first(
     msg: FirstMessage,
     used: usize,
     rng: &mut StdRng,
+    for_app: bool,
 ) {
     let now = Instant::now();
     let rest = p.buf.get(used..).unwrap_or(&[]).to_vec();
@@ -560,6 +570,13 @@ fn handle_first(
             }
             let conn = Conn::new(cs);
             match defer {
+                // Handed to an application thread that is inside accept: its
+                // first call follows at once and writes NEW_ACK, so the
+                // keeper (the fallback for an application that makes no
+                // call) need not be woken for it before its next round,
+                // [`driver::LINGER_ROUND`] away at most. Waking it for every
+                // accepted session cost a thread wake-up per connection.
+                Some(_) if for_app => driver::keeper().wake_before(now + driver::LINGER_ROUND),
                 Some(delay) => driver::keeper().wake_before(now + delay),
                 None => {
                     // The first message was just read to its end: only write.

@@ -408,3 +408,65 @@ fn forged_resume_from_another_host_is_rejected() {
     assert_eq!(stats.rejected_resumes, 1);
     assert_eq!(stats.resumes, 0);
 }
+
+/// The wire cost of a session that is opened and closed at once: seven TCP
+/// segments (plain TCP needs six): SYN, SYN+ACK, ACK, NEW, the server's
+/// NEW_ACK + CLOSE with its FIN (no separate ACK of NEW: listeners are in
+/// delayed-ACK mode), the client's CLOSE_ACK with its FIN, and the last ACK.
+#[test]
+fn open_and_close_takes_seven_segments() {
+    let t = topo();
+    let dst = t.links[0].addr(&t.b, Family::V6);
+    let cap = t.links[0].capture(&t.b).unwrap();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let server =
+        t.b.spawn_thread(move || {
+            let l = NameListener::bind("7104").unwrap();
+            ready_tx.send(()).unwrap();
+            let s = l.accept().unwrap();
+            drop(s);
+            // Keep the listener (and the keeper) up while the client ends.
+            thread::sleep(Duration::from_millis(300));
+        })
+        .unwrap();
+    ready_rx.recv().unwrap();
+    t.a.spawn_thread(move || {
+        let c = NameStream::connect(&dst.to_string(), "7104").unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(c.recv(&mut buf).unwrap(), 0, "end of stream expected");
+    })
+    .unwrap()
+    .join()
+    .unwrap();
+    server.join().unwrap();
+    thread::sleep(Duration::from_millis(100));
+    let pcap = cap.stop().unwrap();
+    let out = std::process::Command::new("tcpdump")
+        .args(["-r", pcap.to_str().unwrap(), "-nn", "-S", "tcp port 7104"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    let flags: Vec<&str> = lines
+        .iter()
+        .map(|l| {
+            l.split("Flags [")
+                .nth(1)
+                .and_then(|r| r.split(']').next())
+                .unwrap_or("?")
+        })
+        .collect();
+    let data = |l: &str| !l.ends_with("length 0");
+    assert_eq!(lines.len(), 7, "segments:\n{text}");
+    assert_eq!(&flags[..3], &["S", "S.", "."], "handshake:\n{text}");
+    assert!(data(lines[3]) && flags[3] == "P.", "NEW alone:\n{text}");
+    assert!(
+        data(lines[4]) && flags[4].contains('F'),
+        "NEW_ACK+CLOSE+FIN:\n{text}"
+    );
+    assert!(
+        data(lines[5]) && flags[5].contains('F'),
+        "CLOSE_ACK+FIN:\n{text}"
+    );
+    assert!(!data(lines[6]) && flags[6] == ".", "last ACK:\n{text}");
+}
