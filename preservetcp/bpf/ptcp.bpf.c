@@ -239,7 +239,7 @@ static __always_inline void tuple_out(struct tuple *t, const struct headers *h)
 	__builtin_memcpy(&t->peer_port, &h->tcp[2], 2);
 }
 
-SEC("tc")
+SEC("classifier")
 int ptcp_egress(struct __sk_buff *skb)
 {
 	struct headers h;
@@ -417,7 +417,7 @@ static __always_inline long scan_option(__u32 i, void *ctx)
 	return 0;
 }
 
-SEC("tc")
+SEC("classifier")
 int ptcp_ingress(struct __sk_buff *skb)
 {
 	struct headers h;

@@ -501,6 +501,12 @@ impl Engine {
         v
     }
 
+    /// Every local address (up or not), as last set by
+    /// [`Engine::set_locals`].
+    pub fn local_addrs(&self) -> impl Iterator<Item = Ipv6Addr> + '_ {
+        self.locals.iter().map(|l| l.addr.addr)
+    }
+
     /// The PREFIX_SYN option this engine offers on a connection from
     /// `conn_local`, given the current local addresses.
     pub fn offer_for(&self, conn_local: Ipv6Addr) -> PrefixOption {

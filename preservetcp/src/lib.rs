@@ -25,10 +25,51 @@
 //! ## The daemon (`preservetcpd`, Linux)
 //!
 //! `preservetcpd [--ports 5001,8000] [--queue N] [--control PATH]
-//! [--interval-ms 50] [--stall-ms 300] [--follow-hold-ms 500] [--verbose]` runs as root in the host (or lab
+//! [--interval-ms 50] [--stall-ms 300] [--follow-hold-ms 500] [--no-bpf] [--verbose]` runs as root in the host (or lab
 //! namespace). Packet path (all verified in the netlab lab):
 //!
-//! - Only packets the daemon must *modify* wait in userspace. ip6tables
+//! - Handshake in the kernel (default): two tc programs
+//!   (`bpf/ptcp.bpf.c`, compiled by `build.rs` with `clang -O2 -g -target
+//!   bpf`, loaded with the `aya` crate and attached as tcx ingress/egress
+//!   programs to every Ethernet link, also links that appear later) put
+//!   the options into the three outgoing handshake packets, so no
+//!   handshake packet waits in userspace: egress inserts PREFIX_SYN into
+//!   SYNs that the ip6tables rules marked as covered ([`bpf::OFFER_MARK`];
+//!   the bit is cleared again), PREFIX_SYN + PREFIX_ACK into a SYN+ACK
+//!   answering a received offer, and PREFIX_ACK into the first segment
+//!   after a SYN+ACK that answered our offer. The offers are precomputed by
+//!   the daemon with [`select::offer_option`] (exactly
+//!   [`Engine::offer_for`]) into a hash map keyed by local address
+//!   ([`bpf::offer_value`]) and updated with every rtnetlink snapshot;
+//!   ingress keeps the first PREFIX_SYN of an incoming SYN (any port) or of
+//!   a SYN+ACK answering our own offer in an LRU hash keyed by the
+//!   connection's tuple (options scanned: at most 16; header and option
+//!   lengths checked, the prefix list validated like
+//!   [`wire::PrefixOption::parse`]); incoming packets are never modified.
+//!   `bpf_skb_adjust_room(BPF_ADJ_ROOM_NET)` opens the room (it moves
+//!   the MAC and IPv6 headers only: the program sets the IPv6 next header
+//!   to 60 and the payload length itself; the TCP checksum stays valid,
+//!   the pseudo-header has no extension headers). A packet that would
+//!   exceed the link MTU keeps no option (counted as skipped; GSO packets
+//!   get a smaller segment size instead). The engine runs with
+//!   [`EngineConfig::kernel_options`] and learns every handshake from the
+//!   NFLOG copies of the incoming packets, so the pair table, monitoring
+//!   and migration are unchanged; the programs' counters are in the
+//!   `stats` output (`bpf_*`). The tcx links belong to the daemon's file
+//!   descriptors: they go away when it exits, however it exits. If the
+//!   programs cannot be loaded the daemon says so and falls back to the
+//!   NFQUEUE handshake below, which `--no-bpf` selects explicitly. The
+//!   wire bytes of both paths are identical (lab test
+//!   `preservetcp_bpf`).
+//!   Differences kept on purpose: the kernel path does not check PadN
+//!   contents or unknown options of a received header (the engine, which
+//!   does, then treats the connection as plain while the peer got an
+//!   echo), and a PREFIX_SYN behind more than 16 options is not answered.
+//!   Only Ethernet links are handled (the programs parse Ethernet
+//!   framing).
+//!
+//! - With `--no-bpf` (or without BPF), only packets the daemon must
+//!   *modify* wait in userspace. ip6tables
 //!   (nf_tables backend) rules in `mangle` feed NFQUEUE `N` (OUTPUT: SYNs
 //!   of covered traffic — configured ports or sockets marked with
 //!   [`OPT_IN_MARK`] —, SYN+ACKs answering an offer, the client's ACK of a

@@ -30,7 +30,7 @@ enum App {
     CurlDownload,
 }
 
-fn run(app: App, fault: Fault) {
+fn run(app: App, fault: Fault, extra: &[&str]) {
     Tool::Tcpdump.require().ok();
     let t = two_links();
     let lab = &t.lab;
@@ -41,8 +41,10 @@ fn run(app: App, fault: Fault) {
         }
     }
     let port = 5001;
-    let da = Daemon::start(lab, &t.a, &[port]);
-    let db = Daemon::start(lab, &t.b, &[port]);
+    let da = Daemon::start_with(lab, &t.a, &[port], extra);
+    let db = Daemon::start_with(lab, &t.b, &[port], extra);
+    let bpf = !extra.contains(&"--no-bpf");
+    assert_eq!((da.bpf(), db.bpf()), (bpf, bpf), "handshake path");
     let dir = lab.artifacts_dir().to_path_buf();
     let src = dir.join("send.bin");
     make_file(&src, MB, 0x5eed ^ port as u64);
@@ -153,20 +155,26 @@ fn run(app: App, fault: Fault) {
 
 #[test]
 fn upload_survives_client_link_down() {
-    run(App::SocatUpload, Fault::Down(0));
+    run(App::SocatUpload, Fault::Down(0), &[]);
 }
 
 #[test]
 fn upload_survives_silent_drop_at_server() {
-    run(App::SocatUpload, Fault::DropRx(1));
+    run(App::SocatUpload, Fault::DropRx(1), &[]);
 }
 
 #[test]
 fn download_survives_silent_drop_at_client() {
-    run(App::CurlDownload, Fault::DropRx(0));
+    run(App::CurlDownload, Fault::DropRx(0), &[]);
 }
 
 #[test]
 fn download_survives_server_link_down() {
-    run(App::CurlDownload, Fault::Down(1));
+    run(App::CurlDownload, Fault::Down(1), &[]);
+}
+
+/// The core migration with the handshake through NFQUEUE (`--no-bpf`).
+#[test]
+fn upload_survives_client_link_down_without_bpf() {
+    run(App::SocatUpload, Fault::Down(0), &["--no-bpf"]);
 }

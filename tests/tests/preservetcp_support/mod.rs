@@ -99,6 +99,81 @@ impl Daemon {
     pub fn log(&self) -> String {
         self.proc.stderr_so_far()
     }
+
+    /// Whether the handshake options are inserted by the tc BPF programs
+    /// (the default) rather than through NFQUEUE (`--no-bpf`).
+    pub fn bpf(&self) -> bool {
+        self.stat("bpf") == 1
+    }
+
+    /// SYNs that got PREFIX_SYN, by the engine (NFQUEUE) or the kernel.
+    pub fn offers_sent(&self) -> u64 {
+        self.stat("syn_offers")
+            + if self.bpf() {
+                self.stat("bpf_syn_offers")
+            } else {
+                0
+            }
+    }
+
+    /// SYN+ACKs that got PREFIX_SYN + PREFIX_ACK, by the engine or the
+    /// kernel.
+    pub fn answers_sent(&self) -> u64 {
+        self.stat("synack_answers")
+            + if self.bpf() {
+                self.stat("bpf_synack_answers")
+            } else {
+                0
+            }
+    }
+}
+
+/// Packets ever handed to an NFQUEUE in `host` (the `id sequence` column of
+/// `/proc/net/netfilter/nfnetlink_queue`, summed over the bound queues).
+pub fn nfqueue_queued(host: &Host) -> u64 {
+    let table = host
+        .exec_ok(["cat", "/proc/net/netfilter/nfnetlink_queue"])
+        .expect("nfnetlink_queue");
+    table
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            assert_eq!(f.len(), 9, "nfnetlink_queue line {l:?}");
+            f[7].parse::<u64>().expect("id sequence")
+        })
+        .sum()
+}
+
+/// The IPv6 packets (Ethernet payloads of type 0x86dd) of a classic pcap
+/// file with Ethernet link type, as tcpdump writes them.
+pub fn pcap_ipv6_packets(path: &Path) -> Vec<Vec<u8>> {
+    let data = std::fs::read(path).expect("read pcap");
+    let magic: [u8; 4] = data[..4].try_into().expect("pcap header");
+    let le = match magic {
+        [0xd4, 0xc3, 0xb2, 0xa1] | [0x4d, 0x3c, 0xb2, 0xa1] => true,
+        [0xa1, 0xb2, 0xc3, 0xd4] | [0xa1, 0xb2, 0x3c, 0x4d] => false,
+        _ => panic!("not a classic pcap file: {}", path.display()),
+    };
+    let u32_at = |o: usize| {
+        let b: [u8; 4] = data[o..o + 4].try_into().expect("u32");
+        if le {
+            u32::from_le_bytes(b)
+        } else {
+            u32::from_be_bytes(b)
+        }
+    };
+    assert_eq!(u32_at(20), 1, "Ethernet link type");
+    let mut out = Vec::new();
+    let mut off = 24;
+    while off + 16 <= data.len() {
+        let incl = u32_at(off + 8) as usize;
+        let frame = &data[off + 16..(off + 16 + incl).min(data.len())];
+        if frame.len() > 14 && frame[12..14] == [0x86, 0xdd] {
+            out.push(frame[14..].to_vec());
+        }
+        off += 16 + incl;
+    }
+    out
 }
 
 /// Packets the kernel of `host` dropped instead of handing them to a

@@ -34,6 +34,7 @@
 //! client's ACK trip then preempts the connecting thread — so it runs as a
 //! normal thread.)
 
+mod bpf;
 mod nflog;
 mod rtnl;
 mod rules;
@@ -65,6 +66,7 @@ struct Args {
     follow_hold: Duration,
     keep_rules: bool,
     fast_path: bool,
+    bpf: bool,
     verbose: bool,
 }
 
@@ -78,6 +80,7 @@ fn parse_args() -> Result<Args, String> {
         follow_hold: preservetcp::policy::DEFAULT_FOLLOW_HOLD,
         keep_rules: false,
         fast_path: true,
+        bpf: true,
         verbose: false,
     };
     let mut it = std::env::args().skip(1);
@@ -110,12 +113,13 @@ fn parse_args() -> Result<Args, String> {
             }
             "--keep-rules" => a.keep_rules = true,
             "--no-fast-path" => a.fast_path = false,
+            "--no-bpf" => a.bpf = false,
             "--verbose" => a.verbose = true,
             "-h" | "--help" => {
                 println!(
                     "preservetcpd [--ports P1,P2] [--queue N] [--control PATH] \
                      [--interval-ms MS] [--stall-ms MS (0 = off)] [--follow-hold-ms MS] \
-                     [--keep-rules] [--no-fast-path] [--verbose]"
+                     [--keep-rules] [--no-fast-path] [--no-bpf] [--verbose]"
                 );
                 std::process::exit(0);
             }
@@ -146,6 +150,9 @@ struct Shared {
     locals: Mutex<Vec<(LocalAddr, String)>>,
     /// Each connection's pair as last logged.
     logged: Mutex<std::collections::HashMap<u64, AddrPair>>,
+    /// The tc BPF programs that insert the handshake options (`None`:
+    /// `--no-bpf` or the load failed; the handshake goes through NFQUEUE).
+    bpf: Option<Mutex<bpf::Bpf>>,
 }
 
 impl Shared {
@@ -192,6 +199,23 @@ impl Shared {
         }
     }
 
+    /// Updates the kernel's offer map to the engine's offers for every
+    /// local address, and attaches the programs to links that appeared.
+    fn bpf_sync(&self, offers: OfferMap) {
+        let Some(b) = &self.bpf else { return };
+        let mut b = b.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = b.set_offers(offers) {
+            self.log(&format!("bpf offers: {e}"));
+        }
+        let (added, errors) = b.sync_links();
+        if !added.is_empty() {
+            self.log(&format!("bpf: attached to {}", added.join(", ")));
+        }
+        for e in errors {
+            self.log(&format!("bpf: {e}"));
+        }
+    }
+
     fn log(&self, msg: &str) {
         eprintln!("[{:9.3}] {msg}", self.start.elapsed().as_secs_f64());
     }
@@ -231,9 +255,10 @@ impl Shared {
         };
         *self.locals.lock().unwrap_or_else(|e| e.into_inner()) = snap.clone();
         let now = Instant::now();
-        let actions = {
+        let (actions, offers) = {
             let mut eng = self.engine_drained();
             eng.set_locals(snap.into_iter().map(|l| l.0).collect(), now);
+            let offers = self.bpf.as_ref().map(|_| offers_of(&eng));
             let checks: Vec<(FourTuple, AddrPair)> = eng
                 .originals()
                 .into_iter()
@@ -245,8 +270,11 @@ impl Shared {
                 }
             }
             self.log_moves(&eng);
-            eng.take_actions()
+            (eng.take_actions(), offers)
         };
+        if let Some(o) = offers {
+            self.bpf_sync(o);
+        }
         for a in &actions {
             self.log(&format!("{a:?}"));
         }
@@ -317,8 +345,39 @@ fn main() {
     }
 }
 
+/// Local address → encoded offer (`preservetcp::bpf::offer_value`).
+type OfferMap =
+    std::collections::HashMap<std::net::Ipv6Addr, [u8; preservetcp::bpf::OFFER_VALUE_LEN]>;
+
+/// The engine's offer for every local address (what the kernel's offer
+/// map must hold).
+fn offers_of(eng: &Engine) -> OfferMap {
+    eng.local_addrs()
+        .map(|a| (a, preservetcp::bpf::offer_value(&eng.offer_for(a))))
+        .collect()
+}
+
 fn run(args: Args) -> Result<(), String> {
-    let rules = Rules::new(args.queue, args.queue + 1, args.queue, args.ports.clone());
+    let bpf = if args.bpf {
+        match bpf::Bpf::load() {
+            Ok(b) => Some(b),
+            Err(e) => {
+                eprintln!(
+                    "preservetcpd: BPF programs not loaded, the handshake goes through NFQUEUE: {e}"
+                );
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let rules = Rules::new(
+        args.queue,
+        args.queue + 1,
+        args.queue,
+        args.ports.clone(),
+        bpf.is_some(),
+    );
     let mut learn = nflog::Nflog::open(args.queue).map_err(|e| format!("nflog: {e}"))?;
     if let Err(e) = learn.set_rcvbuf(8 << 20) {
         eprintln!("preservetcpd: nflog receive buffer: {e}");
@@ -329,6 +388,7 @@ fn run(args: Args) -> Result<(), String> {
             follow_hold: args.follow_hold,
             ..PolicyConfig::default()
         },
+        kernel_options: bpf.is_some(),
         ..EngineConfig::default()
     };
     let fast = if args.fast_path {
@@ -355,10 +415,15 @@ fn run(args: Args) -> Result<(), String> {
         start: Instant::now(),
         locals: Mutex::new(snap.clone()),
         logged: Mutex::new(std::collections::HashMap::new()),
+        bpf: bpf.map(Mutex::new),
     });
-    shared
-        .engine()
-        .set_locals(snap.into_iter().map(|l| l.0).collect(), Instant::now());
+    let offers = {
+        let mut eng = shared.engine();
+        eng.set_locals(snap.into_iter().map(|l| l.0).collect(), Instant::now());
+        offers_of(&eng)
+    };
+    // Offers and links before the rules mark any SYN for the programs.
+    shared.bpf_sync(offers);
 
     let mut queue = nfq::Queue::open().map_err(|e| format!("nfqueue: {e}"))?;
     for q in [args.queue, args.queue + 1] {
@@ -436,11 +501,21 @@ fn run(args: Args) -> Result<(), String> {
     println!("ready");
     let _ = std::io::stdout().flush();
     shared.log(&format!(
-        "queues {}/{} ports {:?} control {}",
+        "queues {}/{} ports {:?} control {} handshake {}",
         args.queue,
         args.queue + 1,
         args.ports,
-        args.control.display()
+        args.control.display(),
+        match &shared.bpf {
+            Some(b) => format!(
+                "in tc BPF on {}",
+                b.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .attached()
+                    .join(",")
+            ),
+            None => "through NFQUEUE".into(),
+        }
     ));
 
     let q_out = args.queue;
@@ -661,10 +736,19 @@ fn handle(sh: &Shared, req: Request) -> Response {
             connections: Some(sh.engine_drained().connections()),
             ..Response::ok()
         },
-        Request::Stats => Response {
-            stats: Some(sh.engine_drained().stats().to_map()),
-            ..Response::ok()
-        },
+        Request::Stats => {
+            let mut stats = sh.engine_drained().stats().to_map();
+            stats.insert("bpf".into(), u64::from(sh.bpf.is_some()));
+            if let Some(b) = &sh.bpf {
+                let b = b.lock().unwrap_or_else(|e| e.into_inner());
+                stats.extend(b.counters());
+                stats.insert("bpf_links".into(), b.attached().len() as u64);
+            }
+            Response {
+                stats: Some(stats),
+                ..Response::ok()
+            }
+        }
         Request::Move { id, local, peer } => {
             let actions = {
                 let mut eng = sh.engine_drained();

@@ -46,6 +46,15 @@
 //!   NFLOG group (learned without holding the packet)
 //! ```
 //!
+//! With the tc BPF programs (the default, see `bpf.rs`) nothing of the
+//! handshake is queued: `PTCP_OFFER` sets the packet mark bit
+//! [`OFFER_MARK`] instead of queueing (the egress program inserts
+//! PREFIX_SYN into SYNs carrying it), `PTCP_ACK` only sets its connmark,
+//! the SYN+ACK rule in `PTCP_OUT` is left out, and in `PTCP_PRE` only SYNs
+//! (not SYN+ACKs) with a dest-opts header go to `PTCP_LEARN` on their own
+//! — SYN+ACKs are learned only as answers to our offers (`OFFER_BIT`).
+//! `--no-bpf` installs the rules above unchanged.
+//!
 //! "Covered" is `-m multiport --ports <ports>` for each configured port
 //! list and `-m mark --mark OPT_IN_MARK/OPT_IN_MASK` for opted-in sockets;
 //! [`Rules::opt_in`] adds a rule for one 4-tuple. Every NFQUEUE rule has
@@ -71,6 +80,7 @@ use std::net::Ipv6Addr;
 use std::process::Command;
 
 use preservetcp::FourTuple;
+use preservetcp::bpf::OFFER_MARK;
 use preservetcp::control::{OPT_IN_MARK, OPT_IN_MASK};
 
 const OUT: &str = "PTCP_OUT";
@@ -106,6 +116,9 @@ pub struct Rules {
     q_in: u16,
     nflog_group: u16,
     ports: Vec<u16>,
+    /// The tc BPF programs insert the handshake options (see `bpf.rs`):
+    /// no outgoing handshake packet is queued.
+    bpf: bool,
 }
 
 fn ip6t(args: &[String]) -> Result<(), String> {
@@ -155,12 +168,13 @@ fn tuple_match(t: &FourTuple) -> Vec<String> {
 }
 
 impl Rules {
-    pub fn new(q_out: u16, q_in: u16, nflog_group: u16, ports: Vec<u16>) -> Self {
+    pub fn new(q_out: u16, q_in: u16, nflog_group: u16, ports: Vec<u16>, bpf: bool) -> Self {
         Self {
             q_out,
             q_in,
             nflog_group,
             ports,
+            bpf,
         }
     }
 
@@ -224,10 +238,19 @@ impl Rules {
         };
         // Offers: remember the offer in the connmark, then queue.
         mangle(&["-A", OFFER, "-j", "CONNMARK", "--or-mark", OFFER_OR])?;
-        self.append(OFFER, Vec::new(), self.q_out)?;
+        if self.bpf {
+            // The egress program inserts PREFIX_SYN into SYNs with this
+            // mark bit (and clears it).
+            let m = format!("{OFFER_MARK:#x}");
+            mangle(&["-A", OFFER, "-j", "MARK", "--or-mark", &m])?;
+        } else {
+            self.append(OFFER, Vec::new(), self.q_out)?;
+        }
         // The client's ACK that gets PREFIX_ACK: remember it passed, queue.
         mangle(&["-A", ACKQ, "-j", "CONNMARK", "--or-mark", ACKED_OR])?;
-        self.append(ACKQ, Vec::new(), self.q_out)?;
+        if !self.bpf {
+            self.append(ACKQ, Vec::new(), self.q_out)?;
+        }
         // Learning: remember that the peer's handshake carried options (its
         // answer / the ACK must be queued), copy to NFLOG, continue.
         mangle(&[
@@ -292,18 +315,20 @@ impl Rules {
             "-j",
             ACKQ,
         ])?;
-        let m = s(&[
-            "-p",
-            "tcp",
-            "--tcp-flags",
-            "SYN,ACK",
-            "SYN,ACK",
-            "-m",
-            "connmark",
-            "--mark",
-            CT_BIT,
-        ]);
-        self.append(OUT, m, self.q_out)?;
+        if !self.bpf {
+            let m = s(&[
+                "-p",
+                "tcp",
+                "--tcp-flags",
+                "SYN,ACK",
+                "SYN,ACK",
+                "-m",
+                "connmark",
+                "--mark",
+                CT_BIT,
+            ]);
+            self.append(OUT, m, self.q_out)?;
+        }
 
         let fast = format!("{FAST_MARK:#x}/{FAST_MARK:#x}");
         mangle(&["-A", PRE, "-m", "mark", "--mark", &fast, "-j", "RETURN"])?;
@@ -325,7 +350,10 @@ impl Rules {
             LEARN,
         ])?;
         let dst = ["-m", "ipv6header", "--header", "dst", "--soft"];
-        let mut r = vec!["-A", PRE, "-p", "tcp", "--tcp-flags", "SYN", "SYN"];
+        // With BPF the engine takes every learned SYN+ACK as an answer to
+        // our offer: only those (the rule above) are learned.
+        let syn_flags = if self.bpf { "SYN,ACK" } else { "SYN" };
+        let mut r = vec!["-A", PRE, "-p", "tcp", "--tcp-flags", syn_flags, "SYN"];
         r.extend(dst);
         r.extend(["-g", LEARN]);
         mangle(&r)?;

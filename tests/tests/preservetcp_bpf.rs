@@ -1,0 +1,194 @@
+//! The handshake in the kernel: preservetcpd's tc BPF programs insert the
+//! PREFIX options, so no handshake packet enters NFQUEUE, while the wire
+//! bytes are exactly those of the NFQUEUE path (`--no-bpf`, the engine's
+//! codec) and a migration still works.
+
+mod preservetcp_support;
+
+use std::io::{Read, Write};
+use std::net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+use preservetcp::packet::parse_ipv6_tcp;
+use preservetcp::wire::{DestOptsHeader, IPPROTO_TCP, Prefix, PrefixOption};
+use preservetcp_support::*;
+
+const PORT: u16 = 5001;
+
+/// TCP flags (SYN, ACK) and the raw destination options header of every
+/// packet of the connection with client port `cport` that carries one.
+fn option_headers(pkts: &[Vec<u8>], cport: u16) -> Vec<((bool, bool), Vec<u8>)> {
+    pkts.iter()
+        .filter_map(|p| {
+            let v = parse_ipv6_tcp(p).ok()?;
+            let th = v.tcp_header;
+            if th.src_port != cport && th.dst_port != cport {
+                return None;
+            }
+            let h = v.dest_opts.as_ref()?;
+            assert_eq!(p[6], 60, "the header follows the fixed IPv6 header");
+            let plen = usize::from(u16::from_be_bytes([p[4], p[5]]));
+            assert_eq!(plen + 40, p.len(), "payload length covers the header");
+            Some(((th.flags.syn, th.flags.ack), p[40..40 + h.len()].to_vec()))
+        })
+        .collect()
+}
+
+/// Connects from `a` over link 0 (kept open), exchanges a few bytes and
+/// returns both ends and the client's port.
+fn connect(t: &TwoLinks, listener: &TcpListener) -> (TcpStream, TcpStream, u16) {
+    let dst = SocketAddr::from((v6(&t.l0, &t.b), PORT));
+    let mut c =
+        t.a.run(move || TcpStream::connect(dst))
+            .expect("run")
+            .expect("connect");
+    let (mut s, _) = listener.accept().expect("accept");
+    c.write_all(b"hello").expect("write");
+    let mut b = [0u8; 5];
+    s.read_exact(&mut b).expect("read");
+    s.write_all(b"olleh").expect("write back");
+    c.read_exact(&mut b).expect("read back");
+    let port = c.local_addr().expect("local addr").port();
+    (c, s, port)
+}
+
+fn prefix_opt(a: Ipv6Addr) -> PrefixOption {
+    PrefixOption::new(vec![Prefix::from_addr(a, 64).expect("prefix")]).expect("option")
+}
+
+/// With BPF (the default) no handshake packet is ever queued — neither
+/// host's NFQUEUE saw a single packet, the engines saw none outbound or
+/// inbound — yet both daemons track the connection, and the three option
+/// headers on the wire are byte for byte the engine's (the codec's
+/// encoding of the expected offers and echoes) and the same as with
+/// `--no-bpf`. After a restart (back to BPF) a connection still migrates
+/// to link 1 when link 0 dies, and the server follows.
+#[test]
+fn handshake_in_the_kernel_matches_the_engine_and_migrates() {
+    let t = two_links();
+    let (a0, a1) = (v6(&t.l0, &t.a), v6(&t.l1, &t.a));
+    let (b0, b1) = (v6(&t.l0, &t.b), v6(&t.l1, &t.b));
+    let listener =
+        t.b.run(|| TcpListener::bind(("::", PORT)))
+            .expect("run")
+            .expect("bind");
+    let expected = [
+        (
+            (true, false),
+            DestOptsHeader::with_prefixes(IPPROTO_TCP, Some(prefix_opt(a1)), None)
+                .expect("SYN header")
+                .to_bytes(),
+        ),
+        (
+            (true, true),
+            DestOptsHeader::with_prefixes(IPPROTO_TCP, Some(prefix_opt(b1)), Some(prefix_opt(a1)))
+                .expect("SYN+ACK header")
+                .to_bytes(),
+        ),
+        (
+            (false, true),
+            DestOptsHeader::with_prefixes(IPPROTO_TCP, None, Some(prefix_opt(b1)))
+                .expect("ACK header")
+                .to_bytes(),
+        ),
+    ];
+
+    // 1. BPF: nothing queued, options on the wire.
+    let da = Daemon::start(&t.lab, &t.a, &[PORT]);
+    let db = Daemon::start(&t.lab, &t.b, &[PORT]);
+    assert!(
+        da.bpf() && db.bpf(),
+        "BPF loaded: {}\n{}",
+        da.log(),
+        db.log()
+    );
+    assert!(da.stat("bpf_links") >= 2, "attached to both links");
+    let cap = t.l0.capture(&t.b).expect("capture");
+    std::thread::sleep(Duration::from_millis(300));
+    let (c1, s1, port1) = connect(&t, &listener);
+    std::thread::sleep(Duration::from_millis(300));
+    let file = cap.stop().expect("stop capture");
+    let bpf_headers = option_headers(&pcap_ipv6_packets(&file), port1);
+    assert_eq!(
+        (nfqueue_queued(&t.a), nfqueue_queued(&t.b)),
+        (0, 0),
+        "no packet entered NFQUEUE"
+    );
+    for d in [&da, &db] {
+        assert_eq!((d.stat("packets_out"), d.stat("packets_in")), (0, 0));
+        assert_eq!(d.stat("bpf_skipped_mtu") + d.stat("bpf_skipped_error"), 0);
+    }
+    assert_eq!(da.stat("bpf_syn_offers"), 1);
+    assert_eq!(da.stat("bpf_ack_echoes"), 1);
+    assert_eq!(db.stat("bpf_synack_answers"), 1);
+    assert_eq!(
+        (da.stat("bpf_learned"), db.stat("bpf_learned")),
+        (1, 1),
+        "the SYN+ACK's and the SYN's PREFIX_SYN"
+    );
+    let (ca, cb) = (da.connections(), db.connections());
+    assert_eq!((ca.len(), cb.len()), (1, 1), "{}\n{}", da.log(), db.log());
+    assert_eq!(ca[0].peers, vec![b0, b1]);
+    assert_eq!(ca[0].locals, vec![a0, a1]);
+    assert_eq!(cb[0].peers, vec![a0, a1]);
+    assert_eq!(cb[0].locals, vec![b0, b1]);
+    assert_eq!(
+        bpf_headers, expected,
+        "SYN, SYN+ACK, ACK carry the engine's headers, nothing else does"
+    );
+    drop((c1, s1));
+    drop((da, db));
+
+    // 2. The same handshake through NFQUEUE: identical header bytes.
+    let da = Daemon::start_with(&t.lab, &t.a, &[PORT], &["--no-bpf"]);
+    let db = Daemon::start_with(&t.lab, &t.b, &[PORT], &["--no-bpf"]);
+    assert!(!da.bpf() && !db.bpf());
+    let cap = t.l0.capture(&t.b).expect("capture");
+    std::thread::sleep(Duration::from_millis(300));
+    let (c2, s2, port2) = connect(&t, &listener);
+    std::thread::sleep(Duration::from_millis(300));
+    let file = cap.stop().expect("stop capture");
+    assert_ne!(port1, port2);
+    let nfq_headers = option_headers(&pcap_ipv6_packets(&file), port2);
+    assert_eq!(nfq_headers, bpf_headers, "same bytes on both paths");
+    assert!(
+        nfqueue_queued(&t.a) >= 2,
+        "the NFQUEUE path queued the SYN and ACK"
+    );
+    drop((c2, s2));
+    drop((da, db));
+
+    // 3. BPF again after the restart: a connection migrates.
+    let da = Daemon::start(&t.lab, &t.a, &[PORT]);
+    let db = Daemon::start(&t.lab, &t.b, &[PORT]);
+    assert!(da.bpf() && db.bpf());
+    let (mut c, mut s, _) = connect(&t, &listener);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!((nfqueue_queued(&t.a), nfqueue_queued(&t.b)), (0, 0));
+    let conns = da.connections();
+    assert_eq!(conns.len(), 1, "{}", da.log());
+    let ok = da.request(&preservetcp::control::Request::Move {
+        id: conns[0].id,
+        local: a1,
+        peer: b1,
+    });
+    assert!(ok.ok, "{:?}", ok.error);
+    t.l0.drop_both().expect("drop link 0");
+    let data: Vec<u8> = (0..(2usize << 20)).map(|i| (i % 253) as u8).collect();
+    let expect = data.clone();
+    let reader = std::thread::spawn(move || {
+        let mut got = vec![0u8; expect.len()];
+        s.read_exact(&mut got).expect("read after the move");
+        s.write_all(b"done").expect("answer after the move");
+        got == expect
+    });
+    c.write_all(&data).expect("write after the move");
+    let mut done = [0u8; 4];
+    c.read_exact(&mut done).expect("answer");
+    assert!(reader.join().expect("reader"), "data intact after the move");
+    assert_eq!(&done, b"done");
+    let sc = db.connections();
+    assert_eq!(sc.len(), 1);
+    assert_eq!(sc[0].current.local, b1, "server followed: {sc:?}");
+    assert_eq!(sc[0].last_reason.as_deref(), Some("peer_moved"));
+}
