@@ -27,6 +27,40 @@
 //!   holding one identity per association.
 //!
 //! The hipd binary is taken from the directory of this executable.
+//!
+//! # Findings (2026-11, 2 vCPUs, session 4)
+//!
+//! * **Latency rows depend on how busy the machine is.** With both vCPUs
+//!   idle, a thread wake-up lands on a halted vCPU and costs tens of
+//!   microseconds; with other work running it costs a few. Plain TCP
+//!   ping-pong moved between ~10k and ~140k round trips/s between runs of
+//!   the same build, so only ratios of the same run mean anything, and even
+//!   those differ between an idle and a loaded machine (idle: ping-pong
+//!   0.42–0.45, connect + close 0.25–0.32; loaded: 0.07–0.13 and
+//!   0.09–0.20).
+//! * **Why connect + close stays below 0.5.** Every segment over a HIT
+//!   crosses two hipd threads: the sender's TUN thread (woken by the
+//!   kernel's write to hip0) and the receiver's underlay thread (woken by
+//!   the ESP packet), before the receiving application is woken. A closed
+//!   connect + close loop has four segments on its critical path (SYN,
+//!   SYN+ACK, ACK, the server's FIN), so it pays eight hipd wake-ups where
+//!   plain TCP pays none (its only sleeps are the two applications', which
+//!   both loops share). Only busy polling would remove them; on two vCPUs
+//!   shared by two applications and two daemons a spinning thread takes
+//!   the CPU from the thread it waits for, so hipd sleeps.
+//! * **Why native ESP is slower than ESP in UDP.** `perf record -a` during
+//!   the native iperf3 row: the sealing thread (`hipd-tun0`) used one full
+//!   vCPU and the applications almost none (iperf3 6% of all samples).
+//!   60% of the sealing thread's time was `sendmmsg` on the raw socket: per
+//!   packet an IPv6 route lookup, a checksumming copy, the veth transmit
+//!   and (inline, in the softirq of the same CPU) the receiver's IPv6
+//!   input and raw-socket delivery; OpenSSL (AES-GCM and the `EVP` call
+//!   overhead of OpenSSL 3) was 15%, hipd's own code 11%. Raw IP sockets
+//!   have no segmentation offload, so every 1400-byte packet takes that
+//!   path alone. ESP in UDP sends a run of equal-size packets as one
+//!   `UDP_SEGMENT` super-packet and receives it with `UDP_GRO`, one skb per
+//!   up to 64 packets through veth and both stacks, which is why it meets
+//!   the iperf3 target (0.30–0.31 idle) and native does not (0.18–0.26).
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
