@@ -96,6 +96,18 @@ fn run(app: App, fault: Fault, extra: &[&str]) {
                 assert!(t0.elapsed() < Duration::from_secs(10), "http server not up");
                 std::thread::sleep(Duration::from_millis(100));
             }
+            // The probes' connections are tracked too until the daemons
+            // see their sockets gone (at least 0.5 s after entering them):
+            // wait for that, so only the download's connection is listed.
+            let t0 = std::time::Instant::now();
+            while !(da.connections().is_empty() && db.connections().is_empty()) {
+                assert!(
+                    t0.elapsed() < Duration::from_secs(10),
+                    "probe connections not forgotten: {:?}",
+                    da.connections()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
             let client =
                 t.a.spawn([
                     "curl".to_string(),

@@ -186,6 +186,33 @@ impl Setup {
         }
     }
 
+    /// Which handshake path the client's daemon uses, with its counters
+    /// (`tc BPF` unless `PTCPD_EXTRA=--no-bpf` or the programs failed to
+    /// load).
+    fn handshake_path(&self) -> String {
+        let Some((_, ctl)) = self.daemons.first() else {
+            return "no daemon".into();
+        };
+        let st = request(ctl, &Request::Stats)
+            .ok()
+            .and_then(|r| r.stats)
+            .unwrap_or_default();
+        let get = |k: &str| st.get(k).copied().unwrap_or(0);
+        if get("bpf") == 1 {
+            format!(
+                "tc BPF (client: {} SYNs offered in the kernel, {} packets queued)",
+                get("bpf_syn_offers"),
+                get("packets_out")
+            )
+        } else {
+            format!(
+                "NFQUEUE (client: {} SYNs offered, {} packets queued)",
+                get("syn_offers"),
+                get("packets_out")
+            )
+        }
+    }
+
     /// Moves the client's connection (local port `port`) to link 1.
     fn migrate(&self, port: u16) {
         let Some((_, ctl)) = self.daemons.first() else {
@@ -468,6 +495,9 @@ fn main() {
             }
             if mode < 2 && want("connect") {
                 cc[mode].push(connects(&s, 2000));
+                if mode == 1 {
+                    eprintln!("  handshake: {}", s.handshake_path());
+                }
             }
         }
         s.stop_daemons();

@@ -245,6 +245,31 @@ pub fn snapshot() -> io::Result<Vec<(LocalAddr, String)>> {
     Ok(v)
 }
 
+/// Names of the Ethernet links (`ARPHRD_ETHER`; loopback and layer-3
+/// devices have other types), read through rtnetlink so that it is this
+/// network namespace's view whatever `/sys` shows.
+pub fn ethernet_links() -> io::Result<Vec<String>> {
+    let mut sock = Socket::new(NETLINK_ROUTE)?;
+    sock.bind_auto()?;
+    sock.connect(&NlAddr::new(0, 0))?;
+    let mut v = Vec::new();
+    for m in dump(
+        &mut sock,
+        RouteNetlinkMessage::GetLink(LinkMessage::default()),
+    )? {
+        if let RouteNetlinkMessage::NewLink(l) = m
+            && l.header.link_layer_type == netlink_packet_route::link::LinkLayerType::Ether
+            && let Some(name) = l.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfName(n) => Some(n.clone()),
+                _ => None,
+            })
+        {
+            v.push(name);
+        }
+    }
+    Ok(v)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,29 +310,4 @@ mod tests {
         two.truncate(20);
         assert_eq!(count_changes(&two), 1);
     }
-}
-
-/// Names of the Ethernet links (`ARPHRD_ETHER`; loopback and layer-3
-/// devices have other types), read through rtnetlink so that it is this
-/// network namespace's view whatever `/sys` shows.
-pub fn ethernet_links() -> io::Result<Vec<String>> {
-    let mut sock = Socket::new(NETLINK_ROUTE)?;
-    sock.bind_auto()?;
-    sock.connect(&NlAddr::new(0, 0))?;
-    let mut v = Vec::new();
-    for m in dump(
-        &mut sock,
-        RouteNetlinkMessage::GetLink(LinkMessage::default()),
-    )? {
-        if let RouteNetlinkMessage::NewLink(l) = m
-            && l.header.link_layer_type == netlink_packet_route::link::LinkLayerType::Ether
-            && let Some(name) = l.attributes.iter().find_map(|a| match a {
-                LinkAttribute::IfName(n) => Some(n.clone()),
-                _ => None,
-            })
-        {
-            v.push(name);
-        }
-    }
-    Ok(v)
 }
