@@ -192,3 +192,58 @@ fn handshake_in_the_kernel_matches_the_engine_and_migrates() {
     assert_eq!(sc[0].current.local, b1, "server followed: {sc:?}");
     assert_eq!(sc[0].last_reason.as_deref(), Some("peer_moved"));
 }
+
+/// A handshake packet that would grow past the link MTU keeps no option
+/// (counted as skipped) and still goes out: with TCP Fast Open the SYN
+/// carries as much data as the MTU allows (up to the 40-byte option
+/// reserve), and six more addresses make the client's offer header 72
+/// bytes. The connection is then plain TCP (the server got no offer); a
+/// SYN without data still gets the offer.
+#[test]
+fn oversized_syn_keeps_no_option() {
+    let t = two_links();
+    // Client: Fast Open without cookies (0x1 | 0x4); server: Fast Open
+    // data accepted without a cookie or socket option (0x2 | 0x200 | 0x400).
+    t.a.sysctl("net.ipv4.tcp_fastopen", "5").expect("sysctl");
+    t.b.sysctl("net.ipv4.tcp_fastopen", "1538").expect("sysctl");
+    let net = t.lab.v6_net();
+    let dev = t.l1.dev(&t.a).to_string();
+    for k in 10..16u16 {
+        let addr = format!("2001:db8:{net:x}:{k:x}::1/64");
+        t.a.exec_ok(["ip", "-6", "addr", "add", &addr, "dev", &dev, "nodad"])
+            .expect("extra address");
+    }
+    let da = Daemon::start(&t.lab, &t.a, &[PORT]);
+    let _db = Daemon::start(&t.lab, &t.b, &[PORT]);
+    assert!(da.bpf());
+    let listener =
+        t.b.run(|| TcpListener::bind(("::", PORT)))
+            .expect("run")
+            .expect("bind");
+    let dst = SocketAddr::from((v6(&t.l0, &t.b), PORT));
+    let data: Vec<u8> = (0..4000).map(|i| (i % 241) as u8).collect();
+    let sent = data.clone();
+    let c: TcpStream =
+        t.a.run(move || {
+            let s = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)?;
+            let n = s.send_to_with_flags(&sent, &dst.into(), libc::MSG_FASTOPEN)?;
+            assert!(n > 0);
+            let mut c: TcpStream = s.into();
+            c.write_all(&sent[n..])?;
+            std::io::Result::Ok(c)
+        })
+        .expect("run")
+        .expect("fast open connect");
+    let (mut s, _) = listener.accept().expect("accept");
+    let mut got = vec![0u8; data.len()];
+    s.read_exact(&mut got).expect("read");
+    assert!(got == data, "data intact");
+    drop((c, s));
+    assert_eq!(da.stat("bpf_skipped_mtu"), 1, "{}", da.log());
+    assert_eq!(da.stat("bpf_syn_offers"), 0);
+    // A SYN without data has room for the offer.
+    let (c, s, _) = connect(&t, &listener);
+    drop((c, s));
+    assert_eq!(da.stat("bpf_syn_offers"), 1);
+    assert_eq!(da.stat("bpf_skipped_mtu"), 1);
+}
