@@ -137,7 +137,20 @@ fn handshake_in_the_kernel_matches_the_engine_and_migrates() {
         "SYN, SYN+ACK, ACK carry the engine's headers, nothing else does"
     );
     drop((c1, s1));
-    drop((da, db));
+    // b's daemon exits (SIGTERM) and its programs go with it: b answers
+    // a's next offer with a plain SYN+ACK (attached programs would still
+    // have answered it).
+    db.proc
+        .signal(nix::sys::signal::Signal::SIGTERM)
+        .expect("SIGTERM");
+    db.proc
+        .wait_timeout(Duration::from_secs(5))
+        .expect("daemon exits");
+    let (c, s, _) = connect(&t, &listener);
+    drop((c, s));
+    assert_eq!(da.stat("bpf_syn_offers"), 2, "offered again");
+    assert_eq!(da.stat("plain_peers"), 1, "plain answer: {}", da.log());
+    drop(da);
 
     // 2. The same handshake through NFQUEUE: identical header bytes.
     let da = Daemon::start_with(&t.lab, &t.a, &[PORT], &["--no-bpf"]);

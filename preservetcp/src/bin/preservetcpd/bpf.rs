@@ -4,10 +4,12 @@
 //! links; clsact filters through netlink on older ones).
 //!
 //! aya is the loader: pure Rust, a safe API (no unsafe in the daemon for
-//! it) and no libbpf build dependency. The tcx links belong to the
-//! daemon's file descriptors: they are detached when the daemon exits,
-//! however it exits (also on SIGKILL), so a restart always starts from a
-//! clean state and nothing is pinned. Links of interfaces that disappear
+//! it) and no libbpf build dependency. The daemon detaches the programs on
+//! SIGTERM/SIGINT ([`Bpf::detach_all`]); beyond that the tcx links belong
+//! to the daemon's file descriptors, so they go when it exits however it
+//! exits (also on SIGKILL): a restart always starts from a clean state and
+//! nothing is pinned. (On kernels without tcx the clsact filters of a
+//! daemon that was killed are replaced at the next start.) Links of interfaces that disappear
 //! are removed by the kernel with the interface.
 //!
 //! The daemon keeps the offer map (`ptcp_offers`) equal to
@@ -15,10 +17,11 @@
 //! ([`Bpf::set_offers`], after each rtnetlink snapshot) and reads the
 //! per-CPU counters for the `stats` request ([`Bpf::counters`]).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv6Addr;
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray};
+use aya::programs::tc::SchedClassifierLinkId as LinkId;
 use aya::programs::{SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 use preservetcp::bpf::{Counter, OFFER_MARK, OFFER_VALUE_LEN};
@@ -34,8 +37,8 @@ pub struct Bpf {
     ebpf: Ebpf,
     offers: BpfHashMap<MapData, [u8; 16], [u8; OFFER_VALUE_LEN]>,
     counters: PerCpuArray<MapData, u64>,
-    /// Interfaces the programs are attached to.
-    attached: HashSet<String>,
+    /// Interfaces the programs are attached to, with the links.
+    attached: HashMap<String, Vec<(&'static str, LinkId)>>,
     /// The offers in the map, to update only what changed.
     current: HashMap<Ipv6Addr, [u8; OFFER_VALUE_LEN]>,
 }
@@ -78,7 +81,7 @@ impl Bpf {
             ebpf,
             offers,
             counters,
-            attached: HashSet::new(),
+            attached: HashMap::new(),
             current: HashMap::new(),
         })
     }
@@ -91,51 +94,83 @@ impl Bpf {
             Ok(l) => l,
             Err(e) => return (Vec::new(), vec![format!("listing links: {e}")]),
         };
-        self.attached.retain(|l| links.contains(l));
+        // (The kernel removed the links of interfaces that are gone.)
+        self.attached.retain(|l, _| links.contains(l));
         let mut added = Vec::new();
         let mut errors = Vec::new();
         for l in links {
-            if self.attached.contains(&l) {
+            if self.attached.contains_key(&l) {
                 continue;
             }
-            match self.attach(&l) {
+            let mut ids = Vec::new();
+            match self.attach(&l, &mut ids) {
                 Ok(()) => {
-                    self.attached.insert(l.clone());
+                    self.attached.insert(l.clone(), ids);
                     added.push(l);
                 }
-                Err(e) => errors.push(format!("{l}: {e}")),
+                Err(e) => {
+                    self.detach_links(ids);
+                    errors.push(format!("{l}: {e}"));
+                }
             }
         }
         (added, errors)
     }
 
-    fn attach(&mut self, ifname: &str) -> Result<(), String> {
+    fn program(&mut self, name: &str) -> Result<&mut SchedClassifier, String> {
+        self.ebpf
+            .program_mut(name)
+            .ok_or(format!("program {name} missing"))?
+            .try_into()
+            .map_err(|e| format!("{name}: {e}"))
+    }
+
+    fn attach(
+        &mut self,
+        ifname: &str,
+        ids: &mut Vec<(&'static str, LinkId)>,
+    ) -> Result<(), String> {
         for (name, dir) in [
             (EGRESS, TcAttachType::Egress),
             (INGRESS, TcAttachType::Ingress),
         ] {
-            let p: &mut SchedClassifier = self
-                .ebpf
-                .program_mut(name)
-                .ok_or(format!("program {name} missing"))?
-                .try_into()
-                .map_err(|e| format!("{name}: {e}"))?;
-            if let Err(e) = p.attach(ifname, dir) {
-                // Older kernels attach through clsact (netlink).
-                if aya::programs::tc::qdisc_add_clsact(ifname).is_ok() {
+            let p = self.program(name)?;
+            let id = match p.attach(ifname, dir) {
+                Ok(id) => id,
+                Err(e) => {
+                    // Kernels before 6.6 (no tcx) attach through a clsact
+                    // qdisc; filters of an earlier daemon that did not
+                    // exit cleanly are removed first.
+                    let _ = aya::programs::tc::qdisc_add_clsact(ifname);
+                    let _ = aya::programs::tc::qdisc_detach_program(ifname, dir, name);
                     p.attach(ifname, dir)
-                        .map_err(|e| format!("attach {name}: {e}"))?;
-                } else {
-                    return Err(format!("attach {name}: {e}"));
+                        .map_err(|e2| format!("attach {name}: {e} / {e2}"))?
                 }
-            }
+            };
+            ids.push((name, id));
         }
         Ok(())
     }
 
+    fn detach_links(&mut self, ids: Vec<(&'static str, LinkId)>) {
+        for (name, id) in ids {
+            if let Ok(p) = self.program(name) {
+                let _ = p.detach(id);
+            }
+        }
+    }
+
+    /// Detaches the programs from every link (on exit; tcx links would
+    /// also go with the daemon's file descriptors, clsact filters would
+    /// not).
+    pub fn detach_all(&mut self) {
+        let all: Vec<_> = self.attached.drain().flat_map(|(_, ids)| ids).collect();
+        self.detach_links(all);
+    }
+
     /// Interfaces the programs are attached to.
     pub fn attached(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.attached.iter().cloned().collect();
+        let mut v: Vec<String> = self.attached.keys().cloned().collect();
         v.sort();
         v
     }

@@ -470,6 +470,9 @@ fn run(args: Args) -> Result<(), String> {
                 sh.log(&format!("{sig:?}: exiting"));
             }
             stop.store(true, Ordering::SeqCst);
+            if let Some(b) = &sh.bpf {
+                b.lock().unwrap_or_else(|e| e.into_inner()).detach_all();
+            }
             if !keep {
                 sh.rules.remove_all();
                 rules::fallback_teardown();
