@@ -260,3 +260,52 @@ fn oversized_syn_keeps_no_option() {
     assert_eq!(da.stat("bpf_syn_offers"), 1);
     assert_eq!(da.stat("bpf_skipped_mtu"), 1);
 }
+
+/// A link that appears while the daemons run gets the programs too (the
+/// daemon follows links through rtnetlink), and a connection over it
+/// carries the options: the offer now also holds the new link's prefix.
+#[test]
+fn links_that_appear_later_get_the_programs() {
+    let t = two_links();
+    let da = Daemon::start(&t.lab, &t.a, &[PORT]);
+    let db = Daemon::start(&t.lab, &t.b, &[PORT]);
+    assert_eq!((da.stat("bpf_links"), db.stat("bpf_links")), (2, 2));
+    let l2 = t.lab.link(&t.a, &t.b).expect("link 2");
+    t.lab.wait_usable(Duration::from_secs(10)).expect("usable");
+    let t0 = std::time::Instant::now();
+    while da.stat("bpf_links") < 3 || db.stat("bpf_links") < 3 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "new link not attached: {}\n{}",
+            da.log(),
+            db.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let listener =
+        t.b.run(|| TcpListener::bind(("::", PORT)))
+            .expect("run")
+            .expect("bind");
+    let dst = SocketAddr::from((v6(&l2, &t.b), PORT));
+    let mut c =
+        t.a.run(move || TcpStream::connect(dst))
+            .expect("run")
+            .expect("connect over the new link");
+    let (mut s, _) = listener.accept().expect("accept");
+    c.write_all(b"new").expect("write");
+    let mut b = [0u8; 3];
+    s.read_exact(&mut b).expect("read");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(da.stat("bpf_syn_offers"), 1);
+    assert_eq!(db.stat("bpf_synack_answers"), 1);
+    assert_eq!(da.stat("bpf_ack_echoes"), 1);
+    let conns = da.connections();
+    assert_eq!(conns.len(), 1, "{}", da.log());
+    assert_eq!(
+        conns[0].peers.len(),
+        3,
+        "all three of b's prefixes: {conns:?}"
+    );
+    assert_eq!(conns[0].original.peer, v6(&l2, &t.b));
+    assert_eq!(nfqueue_queued(&t.a) + nfqueue_queued(&t.b), 0);
+}
