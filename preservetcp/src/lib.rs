@@ -61,10 +61,18 @@
 //!   NFQUEUE handshake below, which `--no-bpf` selects explicitly. The
 //!   wire bytes of both paths are identical (lab test
 //!   `preservetcp_bpf`).
-//!   Differences kept on purpose: the kernel path does not check PadN
-//!   contents or unknown options of a received header (the engine, which
-//!   does, then treats the connection as plain while the peer got an
-//!   echo), and a PREFIX_SYN behind more than 16 options is not answered.
+//!   Differences kept on purpose: the kernel path checks the framing of
+//!   the options up to the first PREFIX_SYN and that option's prefix list,
+//!   but not PadN contents or later options of a received header (the
+//!   engine, which rejects such a header as a whole, then treats the
+//!   connection as plain while the peer got an echo), and a PREFIX_SYN
+//!   behind more than 16 options is not answered (the verifier's budget;
+//!   the connection is plain TCP on both ends). The engine assumes the
+//!   offer of the local addresses as of the moment it learns the packet:
+//!   an address change in the few milliseconds between the kernel's
+//!   insertion and that moment makes its record of what was offered
+//!   differ from the wire (only the acknowledged-prefix bookkeeping of
+//!   that one connection is affected).
 //!   Only Ethernet links are handled (the programs parse Ethernet
 //!   framing). Measured with `ptcp_bench` (release, 2 shared CPUs, load
 //!   1.0–1.4): connect+close 0.83 and 0.91 of plain TCP against 0.17 and

@@ -3,8 +3,16 @@
 //! ```text
 //! preservetcpd [--ports 5001,8000] [--queue 7] [--control PATH]
 //!              [--interval-ms 50] [--stall-ms 300] [--follow-hold-ms 500]
-//!              [--keep-rules] [--no-fast-path] [--verbose]
+//!              [--keep-rules] [--no-fast-path] [--no-bpf] [--verbose]
 //! ```
+//!
+//! By default the handshake options are inserted by tc BPF programs
+//! (`bpf.rs`, `bpf/ptcp.bpf.c`): no handshake packet is queued, the engine
+//! runs with `EngineConfig::kernel_options` and learns every handshake
+//! from the NFLOG copies of the incoming packets, and the offer map is
+//! rewritten from the engine's offers after every rtnetlink snapshot.
+//! `--no-bpf`, or a failure to load the programs (logged), selects the
+//! NFQUEUE handshake described below.
 //!
 //! Moved connections are rewritten by nftables maps (the stateless fast
 //! path, `rules::fast_setup`) once their entries are in; until then, and
