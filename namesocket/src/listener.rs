@@ -418,11 +418,17 @@ fn accept_round(shared: &Arc<Shared>, core: &mut AcceptCore, until: Instant, for
         if !fired_at(1 + j) {
             continue;
         }
-        match l.accept() {
+        // accept4 with SOCK_NONBLOCK: no separate FIONBIO per connection.
+        let accepted = SockRef::from(l)
+            .accept4(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
+            .and_then(|(sock, addr)| {
+                let peer = addr.as_socket().ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::InvalidData, "accepted a non-IP peer")
+                })?;
+                Ok((TcpStream::from(sock), peer))
+            });
+        match accepted {
             Ok((stream, peer)) => {
-                if stream.set_nonblocking(true).is_err() {
-                    continue;
-                }
                 configure_accepted(shared, &stream);
                 shared.lock().stats.connections += 1;
                 ready.push(Pending {
