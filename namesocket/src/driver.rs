@@ -94,7 +94,8 @@
 //!   (the caller's first call writes NEW_ACK; the keeper does it at its
 //!   next round, within [`LINGER_ROUND`], if the caller makes none).
 //! * **Segments per connect + close: 7, plain TCP 6.** NEW rides alone
-//!   after the handshake; listeners set `TCP_QUICKACK` off, which accepted
+//!   after the handshake; listeners set `TCP_QUICKACK` off (with
+//!   `TCP_NODELAY`, the default), which accepted
 //!   sockets inherit, so the server does not acknowledge NEW by itself but
 //!   with NEW_ACK (+ CLOSE + FIN when the application closes at once); the
 //!   CLOSE_ACK answering a CLOSE is written with `MSG_MORE` and the
@@ -787,7 +788,7 @@ pub(crate) fn flush(st: &mut ConnState, now: Instant) {
         let closing = st.session.poll_transmit(now).is_some()
             && (st.session.close_sent() || st.session.is_closed());
         let Some(tx) = st.session.poll_transmit(now) else {
-            if st.session.close_sent() {
+            if st.session.close_sent() || st.session.is_closed() {
                 // This side's CLOSE is fully written: send the TCP FIN now,
                 // like a plain socket closed first, so that this side (not
                 // the peer, which answers CLOSE_ACK and closes at once)
@@ -796,6 +797,9 @@ pub(crate) fn flush(st: &mut ConnState, now: Instant) {
                 // range past them (`__inet6_check_established` was 37% of
                 // the CPU of a connect + close loop). Reading goes on until
                 // CLOSE_ACK; nothing else is written on this transport.
+                // The side that answered CLOSE (session closed) shuts down
+                // too: its CLOSE_ACK went out with MSG_MORE, and the FIN
+                // releases it whichever call flushed it.
                 let _ = stream.shutdown(std::net::Shutdown::Write);
                 t.write_shut = true;
             }

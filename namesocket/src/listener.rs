@@ -138,7 +138,11 @@ impl NameListener {
             // first data of a connection at once). Bulk data still gets an
             // ACK every second full segment; the mode ends at the first
             // delayed-ACK timeout.
-            let _ = SockRef::from(l).set_tcp_quickack(false);
+            // Only with TCP_NODELAY: with Nagle on, delayed ACKs at the
+            // start would hold the peer's small segments back.
+            if options.socket_options().nodelay {
+                let _ = SockRef::from(l).set_tcp_quickack(false);
+            }
         }
         let (wake_rx, wake_tx) = UnixStream::pair()?;
         wake_rx.set_nonblocking(true)?;
@@ -364,7 +368,7 @@ fn acceptor(weak: Weak<Shared>) {
 /// first messages, creates or resumes sessions. `for_app`: the round runs
 /// on an application thread inside a blocking accept, which takes the new
 /// sessions at once.
-fn accept_round(shared: &Arc<Shared>, core: &mut AcceptCore, until: Instant, for_app: bool) {
+fn accept_round(shared: &Arc<Shared>, core: &mut AcceptCore, until: Instant, mut for_app: bool) {
     let AcceptCore {
         pending,
         rng,
@@ -473,7 +477,7 @@ fn accept_round(shared: &Arc<Shared>, core: &mut AcceptCore, until: Instant, for
                 shared.lock().stats.bad_first_messages += 1;
             }
             FirstRead::Message(msg, used) => {
-                handle_first(shared, p, msg, used, rng, for_app);
+                handle_first(shared, p, msg, used, rng, &mut for_app);
             }
         }
     }
@@ -533,7 +537,7 @@ fn handle_first(
     msg: FirstMessage,
     used: usize,
     rng: &mut StdRng,
-    for_app: bool,
+    for_app: &mut bool,
 ) {
     let now = Instant::now();
     let rest = p.buf.get(used..).unwrap_or(&[]).to_vec();
@@ -581,20 +585,10 @@ fn handle_first(
                 cs.flush_due = Some(now + delay);
             }
             let conn = Conn::new(cs);
-            match defer {
-                // Handed to an application thread that is inside accept: its
-                // first call follows at once and writes NEW_ACK, so the
-                // keeper (the fallback for an application that makes no
-                // call) need not be woken for it before its next round,
-                // [`driver::LINGER_ROUND`] away at most. Waking it for every
-                // accepted session cost a thread wake-up per connection.
-                Some(_) if for_app => driver::keeper().wake_before(now + driver::LINGER_ROUND),
-                Some(delay) => driver::keeper().wake_before(now + delay),
-                None => {
-                    // The first message was just read to its end: only write.
-                    let mut cs = conn.lock();
-                    driver::pump_with(&conn, &mut cs, now, false);
-                }
+            if defer.is_none() {
+                // The first message was just read to its end: only write.
+                let mut cs = conn.lock();
+                driver::pump_with(&conn, &mut cs, now, false);
             }
             let mut st = shared.lock();
             // A dead entry keeps its connection's allocation (a `Weak`
@@ -618,9 +612,26 @@ fn handle_first(
                 driver::pump(&conn, &mut cs, now);
                 return;
             }
+            // The one session an application thread inside accept takes
+            // at once (it is first in an empty queue): its first call
+            // follows and writes NEW_ACK, so the keeper (the fallback for
+            // an application that makes no call) need not be woken for it
+            // before its next round, [`driver::LINGER_ROUND`] away at most.
+            // Waking it for every accepted session cost a thread wake-up
+            // per connection. Other sessions of the round wait in the
+            // queue: the keeper writes their NEW_ACK after the delay.
+            let taken_at_once = *for_app && st.ready.is_empty();
             st.stats.sessions += 1;
             st.ready.push_back(conn);
             drop(st);
+            if let Some(delay) = defer {
+                if taken_at_once {
+                    *for_app = false;
+                    driver::keeper().wake_before(now + driver::LINGER_ROUND);
+                } else {
+                    driver::keeper().wake_before(now + delay);
+                }
+            }
             if shared.cv_waiters.load(Ordering::SeqCst) > 0 {
                 shared.ready_cv.notify_one();
             }
