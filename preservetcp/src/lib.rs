@@ -114,8 +114,14 @@
 //!   `route` chain at priority -160 and a prerouting chain at -310; `ip6
 //!   saddr/daddr set` fixes the TCP checksum for the pseudo-header —
 //!   verified byte-exact in the lab); the NFQUEUE path below covers the
-//!   few packets before the map entries are in, and `--no-fast-path`. The
-//!   two chains hold no rule while no connection has moved (added with the
+//!   few packets before the map entries are in, and `--no-fast-path`.
+//!   Outgoing packets that already leave on the new pair's device through
+//!   an on-link route (the fallback route below) are rewritten by a
+//!   `filter` chain at -161 instead, without the per-packet reroute
+//!   (about half of the fast path's extra cost per sent packet in `perf`);
+//!   any other packet still gets the `route` chain, so a stale route only
+//!   costs the reroute (details in `preservetcpd`'s `rules.rs`). The
+//!   chains hold no rule while no connection has moved (added with the
 //!   first map entries, flushed with the last, in the same transaction).
 //! - Outgoing packets of a moved connection are rewritten in OUTPUT; the
 //!   kernel reroutes a queued OUTPUT packet whose addresses changed
@@ -132,7 +138,8 @@
 //!   could no longer send on the original tuple (the route lookup fails
 //!   before the OUTPUT hook) nor receive on it. For moved connections the
 //!   daemon adds fallback routes (`local <orig local>/128 dev lo` and
-//!   `<orig peer>/128 dev <current device>`) to table 4242, and two policy
+//!   `<orig peer>/128 dev <current device>`, the device of the on-link
+//!   route to the new pair when there is one) to table 4242, and two policy
 //!   rules at preference 32000 — before `main`, so a default route on the
 //!   host cannot take the packets (it would send the incoming ones to
 //!   forwarding) — that match exactly the connection's original 5-tuple

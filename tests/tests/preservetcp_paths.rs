@@ -268,3 +268,83 @@ fn fallback_routing_with_a_default_route() {
     transfer(&mut c, &s, 1 << 20, 12);
     transfer(&mut s, &c, 1 << 20, 13);
 }
+
+/// `counter packets N` of the fast path's output chains in `host`: the
+/// direct chain (rewrite, no reroute) and the route chain (rewrite and
+/// reroute).
+fn fast_path_counters(host: &netlab::Host) -> (u64, u64) {
+    let count = |chain: &str| -> u64 {
+        let out = host
+            .exec_ok(["nft", "list", "chain", "ip6", "ptcp", chain])
+            .expect("nft list chain");
+        out.split_whitespace()
+            .skip_while(|w| *w != "packets")
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .expect("a counter in the chain")
+    };
+    (count("out_direct"), count("out"))
+}
+
+/// After a migration to an on-link pair, the fast path rewrites the
+/// packets of the original tuple without a reroute: the fallback route
+/// already sends that tuple out of link 1, so the rewrite happens in a
+/// `filter` chain (the `route` chain's counter stays put) while link 0 is
+/// dead. When the kernel's route for the original tuple leaves on another
+/// device (the fallback route replaced by hand), the packets no longer
+/// match the `direct` set and the `route` chain rewrites and reroutes
+/// them: the data still flows over link 1 only.
+#[test]
+fn moved_connection_is_rewritten_without_reroute() {
+    let t = two_links();
+    let (da, db, _l, mut c, mut s) = setup(&t, 5105, NO_SAMPLING);
+    let (a1, b1) = (v6(&t.l1, &t.a), v6(&t.l1, &t.b));
+    let ca = only_conn(&da);
+    let ok = da.request(&Request::Move {
+        id: ca.id,
+        local: a1,
+        peer: b1,
+    });
+    assert!(ok.ok, "{:?}", ok.error);
+    transfer(&mut c, &s, 1 << 20, 14);
+    let cb = wait_pair(&db, b1, a1);
+    assert_eq!((cb.current.local, cb.current.peer), (b1, a1), "{cb:?}");
+    // Only link 1 works from here on.
+    t.l0.drop_both().expect("drop link 0");
+    let before = (fast_path_counters(&t.a), fast_path_counters(&t.b));
+    transfer(&mut c, &s, 4 << 20, 15);
+    transfer(&mut s, &c, 4 << 20, 16);
+    let after = (fast_path_counters(&t.a), fast_path_counters(&t.b));
+    let delta = |x: (u64, u64), y: (u64, u64)| (y.0 - x.0, y.1 - x.1);
+    let (da_d, db_d) = (delta(before.0, after.0), delta(before.1, after.1));
+    // 4 MiB each way: at least 64 segments of at most 64 KiB (GSO) per
+    // host, plus the ACKs.
+    assert!(
+        da_d.0 >= 64 && db_d.0 >= 64 && da_d.1 == 0 && db_d.1 == 0,
+        "(direct, rerouted) packets client {da_d:?} server {db_d:?}\nserver:\n{}\nclient:\n{}",
+        db.log(),
+        da.log()
+    );
+
+    // The client's fallback route for the original peer now points at
+    // link 0 (as after a route change): nothing may leave on link 0.
+    let b0 = v6(&t.l0, &t.b);
+    t.a.exec_ok([
+        "ip",
+        "-6",
+        "route",
+        "replace",
+        &format!("{b0}/128"),
+        "dev",
+        t.l0.dev(&t.a),
+        "table",
+        "4242",
+    ])
+    .expect("route replaced");
+    let before = fast_path_counters(&t.a);
+    transfer(&mut c, &s, 4 << 20, 17);
+    let d = delta(before, fast_path_counters(&t.a));
+    assert!(d.0 == 0 && d.1 >= 64, "(direct, rerouted) packets {d:?}");
+    let ca = only_conn(&da);
+    assert_eq!((ca.current.local, ca.current.peer), (a1, b1), "{ca:?}");
+}

@@ -442,6 +442,13 @@ fn failover(s: &Setup) -> f64 {
     result
 }
 
+/// CLOCK_MONOTONIC in seconds (the clock of `perf record -k CLOCK_MONOTONIC`).
+fn monotonic() -> f64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as f64 + t.tv_nsec() as f64 * 1e-9)
+        .unwrap_or(f64::NAN)
+}
+
 /// `/proc/loadavg`'s three load averages (the machine is shared: figures
 /// are only comparable at similar load).
 fn loadavg() -> String {
@@ -483,16 +490,30 @@ fn main() {
         daemons: Vec::new(),
     };
 
-    // `PTCP_BENCH_ONLY=connect` (or `pingpong`) runs just that row, for
-    // profiling; `PTCP_BENCH_RUNS` changes the number of runs.
+    // `PTCP_BENCH_ONLY=connect` (or `pingpong`, `send`) runs just that row,
+    // for profiling; `PTCP_BENCH_ONLY=after` runs only the send rows in the
+    // plain and after-migration columns. `PTCP_BENCH_RUNS` changes the
+    // number of runs, `PTCP_BENCH_SIZES` (e.g. `8192`) the write sizes,
+    // `PTCP_BENCH_SECS` the seconds per throughput sample (default 1).
+    // With `PTCP_BENCH_ONLY` set, each throughput sample prints its
+    // CLOCK_MONOTONIC interval, for `perf record -k CLOCK_MONOTONIC` and
+    // `perf report --time START,END`.
     let only = std::env::var("PTCP_BENCH_ONLY").unwrap_or_default();
     let runs: usize = std::env::var("PTCP_BENCH_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(RUNS);
-    let want = |row: &str| only.is_empty() || only == row;
+    let secs: f64 = std::env::var("PTCP_BENCH_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1.0);
+    let after_only = only == "after";
+    let want = |row: &str| only.is_empty() || only == row || (after_only && row == "send");
     let sizes: Vec<usize> = if want("send") {
-        vec![512, 2048, 8192]
+        std::env::var("PTCP_BENCH_SIZES")
+            .ok()
+            .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+            .unwrap_or_else(|| vec![512, 2048, 8192])
     } else {
         Vec::new()
     };
@@ -507,11 +528,23 @@ fn main() {
                 s.start_daemons(&bin);
             }
             for (i, size) in sizes.iter().enumerate() {
+                if after_only && mode == 1 {
+                    continue;
+                }
                 let (c, srv) = pair(&s);
                 if mode == 2 {
                     s.migrate(c.local_addr().map(|a| a.port()).unwrap_or(0));
                 }
-                tp[i][mode].push(throughput(c, srv, *size, 1.0));
+                let t0 = monotonic();
+                tp[i][mode].push(throughput(c, srv, *size, secs));
+                if !only.is_empty() {
+                    eprintln!(
+                        "  send {size} B {}: {:.1} MB/s, CLOCK_MONOTONIC {t0:.3},{:.3}",
+                        ["plain", "before", "after"][mode],
+                        tp[i][mode].last().copied().unwrap_or(f64::NAN),
+                        monotonic()
+                    );
+                }
             }
             if want("pingpong") {
                 let (c, srv) = pair(&s);

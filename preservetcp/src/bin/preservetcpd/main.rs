@@ -148,9 +148,7 @@ struct Shared {
     verbose: bool,
     /// Fast path entries per moved connection (original tuple → pair), when
     /// the fast path is on.
-    fast: Option<
-        Mutex<std::collections::HashMap<FourTuple, (std::net::Ipv6Addr, std::net::Ipv6Addr)>>,
-    >,
+    fast: Option<Mutex<std::collections::HashMap<FourTuple, rules::FastEntry>>>,
     rules: Rules,
     start: Instant,
     /// Local addresses with link state and device, as of the last
@@ -298,10 +296,23 @@ impl Shared {
             .map(|(_, d)| d.clone())
     }
 
+    /// Runs the engine's actions. Order matters for the fast path's direct
+    /// chain (see `rules::fast_setup`): a connection's fallback policy
+    /// rules go in only after the fallback route of its first move (adding
+    /// a rule invalidates every cached route, adding a route to table 4242
+    /// does not invalidate one the socket cached from `main`), and the map
+    /// entries after both. A packet that does not leave on the expected
+    /// device yet is rerouted, so the order is about speed, not
+    /// correctness.
     fn run_actions(&self, actions: Vec<Action>) {
+        // Connections whose fallback rules wait for their first route.
+        let mut rules_pending: Vec<FourTuple> = Vec::new();
         for a in actions {
             let r = match a {
-                Action::Redirect(t) => self.rules.redirect(&t).and(rules::fallback_rules(&t, true)),
+                Action::Redirect(t) => {
+                    rules_pending.push(t);
+                    self.rules.redirect(&t)
+                }
                 Action::Unredirect(t) => {
                     if let Some(f) = &self.fast {
                         let mut f = f.lock().unwrap_or_else(|e| e.into_inner());
@@ -316,9 +327,29 @@ impl Shared {
                         .and(rules::fallback_rules(&t, false))
                 }
                 Action::Moved(t, pair) => {
+                    // The device of an on-link route to the new pair: the
+                    // fallback route sends the original tuple there, and
+                    // the fast path may then rewrite without a reroute.
+                    let onlink = rules::onlink_dev(pair.local, pair.peer);
+                    let routed = match onlink.clone().or_else(|| self.device_of(pair.local)) {
+                        Some(d) => rules::fallback_routes(&t, &d),
+                        None => Err(format!("no device for {}", pair.local)),
+                    };
+                    let mut r = routed.clone();
+                    if let Some(i) = rules_pending.iter().position(|p| *p == t) {
+                        rules_pending.swap_remove(i);
+                        r = r.and(rules::fallback_rules(&t, true));
+                    }
                     if let Some(f) = &self.fast {
+                        let direct_oif = onlink
+                            .filter(|_| routed.is_ok())
+                            .and_then(|d| nix::net::if_::if_nametoindex(d.as_str()).ok());
+                        let new = rules::FastEntry {
+                            local: pair.local,
+                            peer: pair.peer,
+                            direct_oif,
+                        };
                         let mut f = f.lock().unwrap_or_else(|e| e.into_inner());
-                        let new = (pair.local, pair.peer);
                         let before = f.len();
                         let old = f.insert(t, new);
                         if let Err(e) = rules::fast_set(&t, old, Some(new), before, f.len()) {
@@ -326,13 +357,15 @@ impl Shared {
                             f.remove(&t);
                         }
                     }
-                    match self.device_of(pair.local) {
-                        Some(d) => rules::fallback_routes(&t, &d),
-                        None => Err(format!("no device for {}", pair.local)),
-                    }
+                    r
                 }
             };
             if let Err(e) = r {
+                self.log(&format!("rule change failed: {e}"));
+            }
+        }
+        for t in rules_pending {
+            if let Err(e) = rules::fallback_rules(&t, true) {
                 self.log(&format!("rule change failed: {e}"));
             }
         }

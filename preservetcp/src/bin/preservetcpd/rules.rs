@@ -493,13 +493,18 @@ fn ip(args: &[&str]) -> Result<(), String> {
 /// rewritten to the original local address would not be delivered — on a
 /// host with a default route they would even be routed to forwarding. So
 /// for a moved connection the daemon adds, in [`FALLBACK_TABLE`], `local
-/// <orig local>/128 dev lo` and `<orig peer>/128 dev <device of the
-/// current local address>` ([`fallback_routes`]), and two policy rules at
-/// preference [`FALLBACK_PREF`], before `main`, that send exactly this
-/// connection's original 5-tuple there, one per direction
+/// <orig local>/128 dev lo` and `<orig peer>/128 dev <device>`
+/// ([`fallback_routes`]; the device of the on-link route to the new pair,
+/// [`onlink_dev`], else the device of the current local address), and two
+/// policy rules at preference [`FALLBACK_PREF`], before `main`, that send
+/// exactly this connection's original 5-tuple there, one per direction
 /// ([`fallback_rules`]: `from L to P ipproto tcp sport l dport p` and the
-/// reverse). Outgoing packets are rewritten in OUTPUT and rerouted by their
-/// new addresses, so the device of the fallback route only has to exist.
+/// reverse; added after the first fallback route, see `run_actions`).
+/// Outgoing packets are rewritten in OUTPUT; with an on-link new pair the
+/// fallback route already sends them out of the right device and the fast
+/// path skips the reroute ([`fast_setup`]), otherwise they are rerouted by
+/// their new addresses and the device of the fallback route only has to
+/// exist.
 /// The rules only match the original tuple, so other traffic to the same
 /// addresses keeps the host's routes; they are removed when the connection
 /// returns to its original pair or closes (the table's routes stay until
@@ -580,6 +585,36 @@ pub fn fallback_routes(t: &FourTuple, current_dev: &str) -> Result<(), String> {
     ])
 }
 
+/// The device of an on-link route from `local` to `peer` (`ip -6 route
+/// get PEER from LOCAL`); `None` for a route through a gateway, a
+/// non-unicast route or an error. Only for such a device may the fast path
+/// rewrite without a reroute (see [`fast_setup`]).
+pub fn onlink_dev(local: Ipv6Addr, peer: Ipv6Addr) -> Option<String> {
+    let out = Command::new("ip")
+        .args(["-6", "-o", "route", "get"])
+        .arg(peer.to_string())
+        .arg("from")
+        .arg(local.to_string())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    parse_onlink_dev(&String::from_utf8_lossy(&out.stdout)).map(String::from)
+}
+
+/// The device of `ip -o route get` output if the route is a unicast route
+/// without a gateway (the first word is the destination itself).
+fn parse_onlink_dev(line: &str) -> Option<&str> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let first = words.first()?;
+    if first.parse::<Ipv6Addr>().is_err() || words.contains(&"via") {
+        return None;
+    }
+    let dev = words.iter().position(|w| *w == "dev")?;
+    words.get(dev + 1).copied()
+}
+
 /// nftables table of the stateless fast path.
 const FAST_TABLE: &str = "ptcp";
 
@@ -622,7 +657,33 @@ fn nft_script(script: &str) -> Result<(), String> {
 /// on other pairs still reach NFQUEUE (no socket matches them), so
 /// following the peer keeps working.
 ///
-/// The two chains stay *empty* while no connection has moved (the rules
+/// Outgoing without a reroute: the reroute after a `route` chain is a full
+/// route lookup per packet, through the policy rules and with a flow
+/// dissection (the fallback rules match ports), which made up about half
+/// of the fast path's extra cost per sent packet in `perf` profiles of
+/// `ptcp_bench` (8192-byte writes after a migration). It is not needed when
+/// the packet already leaves on the right device: the fallback rules send
+/// a moved connection's original tuple to table 4242, whose route for the
+/// original peer leaves on the device of the new pair, and for an on-link
+/// route (no gateway) the neighbour is looked up by the packet's
+/// destination *after* the rewrite (`ip6_finish_output2`). So a `filter`
+/// chain at -161 (`out_direct`) rewrites the packets whose (original
+/// source, next hop, ports, output device) is in the set `direct`: the next
+/// hop equal to the original peer means the packet's route has no gateway
+/// (nft allows five key parts, so the next hop stands in for the
+/// destination, which the maps then check in full), the device is the one
+/// of the on-link route to the new pair ([`onlink_dev`]). Every other
+/// packet of a moved connection — before the socket's cached route has
+/// caught up, when the new peer is behind a gateway, after a route change —
+/// is rewritten and rerouted by the `route` chain as before, so the order
+/// of the route, rule and map changes decides only which chain does the
+/// work, never where a packet goes. Both rules count their packets (lab
+/// test `moved_connection_is_rewritten_without_reroute`). Not covered: a
+/// cached exception route (`RTF_CACHE`, e.g. after an ICMPv6 Packet Too Big
+/// naming the *original* addresses, which no longer appear on the wire)
+/// would make the next hop the original peer even after the rewrite.
+///
+/// The three chains stay *empty* while no connection has moved (the rules
 /// are added with the first map entries and flushed with the last, in the
 /// same atomic nft transaction, see [`fast_set`]), so before a migration
 /// no packet pays for the map lookups. The chains themselves stay: deleting
@@ -639,6 +700,8 @@ pub fn fast_setup() -> Result<(), String> {
   map out_src {{ type {key}; }}
   map in_src {{ type {key}; }}
   map in_dst {{ type {key}; }}
+  set direct {{ type {DIRECT_KEY}; }}
+  chain {DIRECT_CHAIN} {{ type filter hook output priority -161; }}
   chain out {{ type route hook output priority -160; }}
   chain pre {{ type filter hook prerouting priority -310; }}
 }}
@@ -646,11 +709,22 @@ pub fn fast_setup() -> Result<(), String> {
     ))
 }
 
+/// The key of the `direct` set: original source, next hop (the original
+/// peer for an on-link route), ports, output device. (nft takes at most
+/// five parts in a set key, so the next hop stands in for the destination:
+/// with a route without gateway they are equal.)
+const DIRECT_KEY: &str = "ipv6_addr . ipv6_addr . inet_service . inet_service . iface_index";
+/// The packet fields matched against the `direct` set.
+const DIRECT_MATCH: &str = "ip6 saddr . rt ip6 nexthop . tcp sport . tcp dport . meta oif";
+/// The output chain that rewrites without a reroute (see [`fast_setup`]).
+const DIRECT_CHAIN: &str = "out_direct";
+
 /// The fast path's rules (see [`fast_setup`]).
 fn fast_rules() -> String {
     let lookup = "ip6 saddr . ip6 daddr . tcp sport . tcp dport map";
     format!(
-        "add rule ip6 {FAST_TABLE} out meta l4proto tcp ip6 daddr set {lookup} @out_dst ip6 saddr set {lookup} @out_src
+        "add rule ip6 {FAST_TABLE} {DIRECT_CHAIN} meta l4proto tcp {DIRECT_MATCH} @direct ip6 daddr set {lookup} @out_dst ip6 saddr set {lookup} @out_src counter
+add rule ip6 {FAST_TABLE} out meta l4proto tcp ip6 daddr set {lookup} @out_dst ip6 saddr set {lookup} @out_src counter
 add rule ip6 {FAST_TABLE} pre meta l4proto tcp ip6 saddr set {lookup} @in_src ip6 daddr set {lookup} @in_dst meta mark set meta mark or {FAST_MARK:#x}
 "
     )
@@ -661,9 +735,20 @@ pub fn fast_teardown() {
     let _ = nft_script(&format!("delete table ip6 {FAST_TABLE}\n"));
 }
 
-fn fast_elements(t: &FourTuple, cur: Ipv6Addr, cur_peer: Ipv6Addr) -> [(&'static str, String); 4] {
+/// A moved connection's fast path entry: its current pair and, when
+/// packets on the original tuple can leave without a reroute, the index of
+/// the device they must leave on (see [`fast_setup`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FastEntry {
+    pub local: Ipv6Addr,
+    pub peer: Ipv6Addr,
+    pub direct_oif: Option<u32>,
+}
+
+fn fast_elements(t: &FourTuple, e: &FastEntry) -> Vec<(&'static str, String)> {
     let (lp, pp) = (t.local_port, t.peer_port);
-    [
+    let (cur, cur_peer) = (e.local, e.peer);
+    let mut v = vec![
         (
             "out_dst",
             format!("{} . {} . {lp} . {pp} : {cur_peer}", t.local, t.peer),
@@ -680,7 +765,14 @@ fn fast_elements(t: &FourTuple, cur: Ipv6Addr, cur_peer: Ipv6Addr) -> [(&'static
             "in_dst",
             format!("{} . {cur} . {pp} . {lp} : {}", t.peer, t.local),
         ),
-    ]
+    ];
+    if let Some(oif) = e.direct_oif {
+        v.push((
+            "direct",
+            format!("{} . {} . {lp} . {pp} . {oif}", t.local, t.peer),
+        ));
+    }
+    v
 }
 
 /// Replaces a connection's fast path entries: removes those for `old` (if
@@ -690,27 +782,27 @@ fn fast_elements(t: &FourTuple, cur: Ipv6Addr, cur_peer: Ipv6Addr) -> [(&'static
 /// 0 to 1 and flushed when it goes back to 0, in the same transaction.
 pub fn fast_set(
     t: &FourTuple,
-    old: Option<(Ipv6Addr, Ipv6Addr)>,
-    new: Option<(Ipv6Addr, Ipv6Addr)>,
+    old: Option<FastEntry>,
+    new: Option<FastEntry>,
     moved_before: usize,
     moved_after: usize,
 ) -> Result<(), String> {
     let mut script = String::new();
     if moved_after == 0 && moved_before > 0 {
         script.push_str(&format!(
-            "flush chain ip6 {FAST_TABLE} out\nflush chain ip6 {FAST_TABLE} pre\n"
+            "flush chain ip6 {FAST_TABLE} {DIRECT_CHAIN}\nflush chain ip6 {FAST_TABLE} out\nflush chain ip6 {FAST_TABLE} pre\n"
         ));
     }
-    if let Some((l, p)) = old {
-        for (map, e) in fast_elements(t, l, p) {
+    if let Some(old) = old {
+        for (map, e) in fast_elements(t, &old) {
             let key = e.split(" : ").next().unwrap_or_default();
             script.push_str(&format!(
                 "delete element ip6 {FAST_TABLE} {map} {{ {key} }}\n"
             ));
         }
     }
-    if let Some((l, p)) = new {
-        for (map, e) in fast_elements(t, l, p) {
+    if let Some(new) = new {
+        for (map, e) in fast_elements(t, &new) {
             script.push_str(&format!("add element ip6 {FAST_TABLE} {map} {{ {e} }}\n"));
         }
     }
@@ -726,4 +818,68 @@ pub fn fast_set(
 /// Helper for log lines.
 pub fn fmt_pair(l: Ipv6Addr, p: Ipv6Addr) -> String {
     format!("[{l}]->[{p}]")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn onlink_device_only_for_routes_without_gateway() {
+        assert_eq!(
+            parse_onlink_dev(
+                "2001:db8:1::2 from 2001:db8:1::1 dev l1-b proto kernel src 2001:db8:1::1 metric 256 pref medium\n"
+            ),
+            Some("l1-b")
+        );
+        assert_eq!(
+            parse_onlink_dev(
+                "2001:db8:9::2 from 2001:db8:1::1 via fe80::1 dev eth0 proto ra src 2001:db8:1::1 metric 100 pref medium"
+            ),
+            None
+        );
+        assert_eq!(
+            parse_onlink_dev(
+                "local 2001:db8:1::1 from :: dev lo table local proto kernel src 2001:db8:1::1 metric 0 pref medium"
+            ),
+            None
+        );
+        assert_eq!(
+            parse_onlink_dev(
+                "unreachable 2001:db8:9::2 from :: dev lo proto kernel metric 4294967295 error -101 pref medium"
+            ),
+            None
+        );
+        assert_eq!(
+            parse_onlink_dev("2001:db8:1::2 from 2001:db8:1::1 dev"),
+            None
+        );
+        assert_eq!(parse_onlink_dev(""), None);
+    }
+
+    #[test]
+    fn direct_set_element_only_with_a_device() {
+        let t = FourTuple {
+            local: "2001:db8::1".parse().unwrap(),
+            local_port: 40000,
+            peer: "2001:db8::2".parse().unwrap(),
+            peer_port: 5001,
+        };
+        let mut e = FastEntry {
+            local: "2001:db8:1::1".parse().unwrap(),
+            peer: "2001:db8:1::2".parse().unwrap(),
+            direct_oif: None,
+        };
+        let maps: Vec<&str> = fast_elements(&t, &e).iter().map(|(m, _)| *m).collect();
+        assert_eq!(maps, ["out_dst", "out_src", "in_src", "in_dst"]);
+        e.direct_oif = Some(3);
+        let v = fast_elements(&t, &e);
+        assert_eq!(
+            v.last(),
+            Some(&(
+                "direct",
+                "2001:db8::1 . 2001:db8::2 . 40000 . 5001 . 3".to_string()
+            ))
+        );
+    }
 }
