@@ -129,8 +129,22 @@ pub struct EngineConfig {
     /// address (what the kernel's offer map holds); a learned SYN+ACK is
     /// taken to answer our offer (the daemon only passes those on) and, if
     /// it carries PREFIX_SYN, enters the connection at once (the kernel
-    /// echoes it in the ACK).
+    /// echoes it in the ACK) unless [`EngineConfig::kernel_echo_events`]
+    /// is set. A SYN+ACK of a connection already entered (a retransmission
+    /// after a lost ACK) is ignored.
     pub kernel_options: bool,
+    /// With [`EngineConfig::kernel_options`]: the client side of a
+    /// connection is entered when the kernel reports that the PREFIX_ACK
+    /// echo actually left ([`Engine::kernel_echoed`], from the egress
+    /// program's `ptcp_echoes` ring buffer), not when the SYN+ACK with
+    /// PREFIX_SYN is learned: the kernel may skip the echo (GSO, BIG TCP,
+    /// MTU; a RST never carries it) and give up after three segments, and
+    /// then the server never enters the connection either. Event and
+    /// SYN+ACK may be learned in either order; a SYN+ACK whose echo is
+    /// never reported expires with the pending handshakes
+    /// ([`EngineConfig::pending_timeout`]). Off: the SYN+ACK enters the
+    /// connection (the echo is assumed).
+    pub kernel_echo_events: bool,
 }
 
 impl Default for EngineConfig {
@@ -142,6 +156,7 @@ impl Default for EngineConfig {
             max_connections: 65536,
             pending_timeout: Duration::from_secs(30),
             kernel_options: false,
+            kernel_echo_events: false,
         }
     }
 }
@@ -181,6 +196,8 @@ pub struct Stats {
     pub switches: u64,
     /// Pending handshakes expired.
     pub expired: u64,
+    /// Echoes the kernel reported sent ([`Engine::kernel_echoed`]).
+    pub echo_events: u64,
     /// Received prefixes and rejections.
     pub prefixes: PrefixStats,
 }
@@ -206,6 +223,7 @@ impl Stats {
             ("rewritten_in", self.rewritten_in),
             ("switches", self.switches),
             ("expired", self.expired),
+            ("echo_events", self.echo_events),
             ("prefixes_received", p.received),
             ("prefixes_accepted", p.accepted),
             ("prefixes_rejected", p.rejected()),
@@ -240,6 +258,9 @@ struct Pending {
     peer_alts: Vec<Ipv6Addr>,
     /// Our alternatives the peer acknowledged.
     acked_locals: Vec<Ipv6Addr>,
+    /// Client, [`EngineConfig::kernel_echo_events`]: the kernel reported
+    /// the echo before the SYN+ACK was learned.
+    echoed: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -611,6 +632,7 @@ impl Engine {
                         peer_syn: None,
                         peer_alts: Vec::new(),
                         acked_locals: Vec::new(),
+                        echoed: false,
                     };
                     if !self.add_pending(t, p) {
                         return Verdict::Accept;
@@ -726,6 +748,7 @@ impl Engine {
                     // ACK of such a connection, so it is decided here).
                     _ if f.syn
                         && f.ack
+                        && self.pairs.lookup_original(&wire).is_none()
                         && (self.config.kernel_options
                             || self
                                 .pending
@@ -740,6 +763,51 @@ impl Engine {
             }
             Err(crate::packet::PacketError::Wire(_)) => self.stats.malformed_options += 1,
             Err(_) => self.stats.unparsed += 1,
+        }
+    }
+
+    /// The kernel (preservetcpd's egress program) reports that the
+    /// PREFIX_ACK echo of the client connection `t` (local = our address,
+    /// the sender tuple of the segment that carried it) left. With
+    /// [`EngineConfig::kernel_echo_events`] this enters the connection if
+    /// its SYN+ACK with PREFIX_SYN was learned, or remembers the echo until
+    /// it is (a pending handshake, subject to [`EngineConfig::max_pending`]
+    /// and [`EngineConfig::pending_timeout`]). Ignored for a connection
+    /// already entered (the echo may be reported twice when two segments
+    /// raced for it), for a tuple with a server-side handshake pending, and
+    /// without [`EngineConfig::kernel_options`].
+    pub fn kernel_echoed(&mut self, t: &FourTuple, now: Instant) {
+        self.stats.echo_events += 1;
+        if !self.config.kernel_options || self.pairs.lookup_original(t).is_some() {
+            return;
+        }
+        match self.pending.get_mut(t) {
+            Some(p) if p.role == Role::Client => {
+                if p.peer_syn.is_some() {
+                    if let Some(p) = self.pending.remove(t) {
+                        self.install(*t, &p.acked_locals, &p.peer_alts, now);
+                    }
+                } else {
+                    p.echoed = true;
+                }
+            }
+            Some(_) => {}
+            None => {
+                if self.conns.len() >= self.config.max_connections {
+                    self.stats.over_limit += 1;
+                    return;
+                }
+                let p = Pending {
+                    role: Role::Client,
+                    created: now,
+                    sent: Some(self.offer(t.local)),
+                    peer_syn: None,
+                    peer_alts: Vec::new(),
+                    acked_locals: Vec::new(),
+                    echoed: true,
+                };
+                self.add_pending(*t, p);
+            }
         }
     }
 
@@ -827,9 +895,15 @@ impl Engine {
                 peer_syn: Some(ps.clone()),
                 peer_alts: val.addresses(),
                 acked_locals: Vec::new(),
+                echoed: false,
             };
             self.add_pending(*wire, p);
         } else if syn && ack {
+            // A retransmitted SYN+ACK (our ACK was lost) of a connection
+            // already entered: nothing new to learn.
+            if self.pairs.lookup_original(wire).is_some() {
+                return;
+            }
             if self.config.kernel_options
                 && !self
                     .pending
@@ -843,6 +917,7 @@ impl Engine {
                     peer_syn: None,
                     peer_alts: Vec::new(),
                     acked_locals: Vec::new(),
+                    echoed: false,
                 };
                 if !self.add_pending(*wire, p) {
                     return;
@@ -864,7 +939,11 @@ impl Engine {
             if let (Some(pa), Some(sent)) = (h.prefix_ack(), p.sent.as_ref()) {
                 p.acked_locals = acknowledged_locals(wire.local, sent, pa);
             }
+            // With echo events, a PREFIX_SYN waits for the kernel's report
+            // that the echo left (unless it came first).
+            let waits = self.config.kernel_echo_events && p.peer_syn.is_some() && !p.echoed;
             if self.config.kernel_options
+                && !waits
                 && let Some(p) = self.pending.remove(wire)
             {
                 // The kernel echoes the PREFIX_SYN in our ACK: the
@@ -1137,6 +1216,145 @@ mod tests {
         let n = cc.iter().find(|x| x.original.local_port == 40003).unwrap();
         assert_eq!(n.locals, vec![c0], "none of ours acknowledged");
         assert!(c.pending.is_empty(), "nothing left pending");
+    }
+
+    /// Client and server engines in kernel mode (with or without echo
+    /// events), the packets the kernel's programs send, and the client's
+    /// tuple for a port.
+    fn kernel_world(echo_events: bool) -> (World, EngineConfig) {
+        let mut w = two_engines();
+        let kernel = EngineConfig {
+            kernel_options: true,
+            kernel_echo_events: echo_events,
+            ..EngineConfig::default()
+        };
+        w.c.config = kernel;
+        w.s.config = kernel;
+        (w, kernel)
+    }
+
+    fn with_opts(p: Vec<u8>, syn: Option<PrefixOption>, ack: Option<PrefixOption>) -> Vec<u8> {
+        let h = DestOptsHeader::with_prefixes(IPPROTO_TCP, syn, ack).unwrap();
+        insert_dest_opts(&p, &h).unwrap()
+    }
+
+    /// The server's answer to the client's offer on client port `port`.
+    fn synack(w: &World, port: u16) -> Vec<u8> {
+        with_opts(
+            pkt(w.s0, w.c0, 5001, port, SYN | ACK),
+            Some(w.s.offer_for(w.s0)),
+            Some(w.c.offer_for(w.c0)),
+        )
+    }
+
+    fn client_tuple(w: &World, port: u16) -> FourTuple {
+        FourTuple {
+            local: w.c0,
+            local_port: port,
+            peer: w.s0,
+            peer_port: 5001,
+        }
+    }
+
+    /// A SYN+ACK retransmitted because our ACK was lost is learned again
+    /// after the connection was entered: it must not be entered twice
+    /// (the pair table would refuse it as a conflict).
+    #[test]
+    fn retransmitted_synack_is_ignored_once_entered() {
+        let (mut w, _) = kernel_world(false);
+        let sa = synack(&w, 40000);
+        let t0 = w.t0;
+        w.c.observe_inbound(&sa, t0);
+        assert_eq!(w.c.connections().len(), 1);
+        w.c.observe_inbound(&sa, t0);
+        w.c.observe_inbound(&pkt(w.s0, w.c0, 5001, 40000, SYN | ACK), t0);
+        assert_eq!(w.c.connections().len(), 1);
+        assert_eq!(w.c.stats().table_errors, 0, "no second install");
+        assert_eq!(w.c.stats().connections, 1);
+        assert_eq!(w.c.stats().plain_peers, 0, "not taken for a plain peer");
+        assert!(w.c.pending.is_empty());
+    }
+
+    /// With [`EngineConfig::kernel_echo_events`] the client enters a
+    /// connection only when the kernel reports its echo, whichever of the
+    /// SYN+ACK and the report is learned first; a SYN+ACK whose echo never
+    /// left expires, and a duplicate report changes nothing.
+    #[test]
+    fn kernel_echo_events_decide_the_client_side() {
+        let (mut w, kernel) = kernel_world(true);
+        let t0 = w.t0;
+        // SYN+ACK first: pending until the echo is reported.
+        let sa = synack(&w, 40000);
+        w.c.observe_inbound(&sa, t0);
+        assert!(w.c.connections().is_empty(), "no echo reported yet");
+        w.c.kernel_echoed(&client_tuple(&w, 40000), t0);
+        let cc = w.c.connections();
+        assert_eq!(cc.len(), 1);
+        assert_eq!(cc[0].peers, vec![w.s0, w.s1]);
+        assert_eq!(cc[0].locals, vec![w.c0, w.c1], "our offer acknowledged");
+        // The same echo reported twice (two segments raced for it).
+        w.c.kernel_echoed(&client_tuple(&w, 40000), t0);
+        assert_eq!(w.c.connections().len(), 1);
+        assert_eq!(w.c.stats().table_errors, 0);
+        // The report first, then the SYN+ACK.
+        w.c.kernel_echoed(&client_tuple(&w, 40001), t0);
+        assert_eq!(w.c.connections().len(), 1);
+        let sa = synack(&w, 40001);
+        w.c.observe_inbound(&sa, t0);
+        let cc = w.c.connections();
+        assert_eq!(cc.len(), 2);
+        let n = cc.iter().find(|x| x.original.local_port == 40001).unwrap();
+        assert_eq!(n.peers, vec![w.s0, w.s1]);
+        assert_eq!(n.locals, vec![w.c0, w.c1]);
+        // A SYN+ACK whose echo the kernel gave up on: never entered.
+        let sa = synack(&w, 40002);
+        w.c.observe_inbound(&sa, t0);
+        w.c.expire(t0 + kernel.pending_timeout);
+        assert_eq!(w.c.stats().expired, 1);
+        assert_eq!(w.c.connections().len(), 2);
+        // A report for a plain answer (cannot happen, the kernel echoes
+        // only a PREFIX_SYN) does not make the connection ours.
+        w.c.kernel_echoed(&client_tuple(&w, 40003), t0);
+        w.c.observe_inbound(&pkt(w.s0, w.c0, 5001, 40003, SYN | ACK), t0);
+        assert_eq!(w.c.stats().plain_peers, 1);
+        assert_eq!(w.c.connections().len(), 2);
+        assert!(w.c.pending.is_empty());
+        assert_eq!(w.c.stats().echo_events, 4);
+        // The server side is unchanged: it enters on the PREFIX_ACK.
+        let syn = with_opts(
+            pkt(w.c0, w.s0, 40000, 5001, SYN),
+            Some(w.c.offer_for(w.c0)),
+            None,
+        );
+        w.s.observe_inbound(&syn, t0);
+        let ack = with_opts(
+            pkt(w.c0, w.s0, 40000, 5001, ACK),
+            None,
+            Some(w.s.offer_for(w.s0)),
+        );
+        w.s.observe_inbound(&ack, t0);
+        assert_eq!(w.s.connections().len(), 1);
+    }
+
+    /// Reports are ignored without kernel options, and a report does not
+    /// replace a server-side handshake on the same tuple.
+    #[test]
+    fn kernel_echo_reports_need_kernel_options() {
+        let mut w = two_engines();
+        let t0 = w.t0;
+        w.c.kernel_echoed(&client_tuple(&w, 40000), t0);
+        assert!(w.c.pending.is_empty());
+        let (mut w, _) = kernel_world(true);
+        let syn = with_opts(
+            pkt(w.s0, w.c0, 5001, 40000, SYN),
+            Some(w.s.offer_for(w.s0)),
+            None,
+        );
+        w.c.observe_inbound(&syn, t0);
+        w.c.kernel_echoed(&client_tuple(&w, 40000), t0);
+        let p = w.c.pending.get(&client_tuple(&w, 40000)).unwrap();
+        assert_eq!(p.role, Role::Server);
+        assert!(!p.echoed);
     }
 
     #[test]
