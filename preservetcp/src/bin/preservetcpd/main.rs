@@ -399,6 +399,15 @@ fn offers_of(eng: &Engine) -> OfferMap {
 }
 
 fn run(args: Args) -> Result<(), String> {
+    // Block the shutdown signals before any thread starts: threads inherit
+    // the mask, so only the waiting thread (`sigwait`) receives them. Were
+    // any thread left unblocked, SIGTERM's default action would end the
+    // process before the clean-up below (rules, fallback routes, tc
+    // programs, control socket) runs.
+    let mut block = nix::sys::signal::SigSet::empty();
+    block.add(nix::sys::signal::Signal::SIGTERM);
+    block.add(nix::sys::signal::Signal::SIGINT);
+    block.thread_block().map_err(|e| format!("sigmask: {e}"))?;
     let bpf = if args.bpf {
         match bpf::Bpf::load() {
             Ok(b) => Some(b),
@@ -523,11 +532,6 @@ fn run(args: Args) -> Result<(), String> {
             std::process::exit(0);
         });
     }
-    // Block the signals in every thread so the waiting thread gets them.
-    let mut block = nix::sys::signal::SigSet::empty();
-    block.add(nix::sys::signal::Signal::SIGTERM);
-    block.add(nix::sys::signal::Signal::SIGINT);
-    block.thread_block().map_err(|e| format!("sigmask: {e}"))?;
 
     {
         let sh = shared.clone();
