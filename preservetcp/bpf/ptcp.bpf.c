@@ -14,13 +14,24 @@
 //   egress first non-SYN segment after a SYN+ACK that answered our offer
 //   with PREFIX_SYN:
 //       DSTOPTS[PREFIX_ACK(echo)]
+//   (never a RST, which drops what was learned; GSO and BIG TCP packets
+//   and segments the header would push past the MTU are skipped, and the
+//   echo goes in a later segment, at most MAX_ECHO_TRIES of them; the
+//   entry is deleted once the echo is written and the tuple reported in
+//   the ptcp_echoes ring buffer, so the daemon enters the connection only
+//   for echoes that left)
 //
 // followed by Pad1 / PadN to a multiple of 8 octets, byte for byte what the
 // userspace engine (preservetcp::wire::DestOptsHeader::with_prefixes)
 // produces. The offers are precomputed by the daemon (ptcp_offers, keyed by
 // local address); received PREFIX_SYN options are remembered per
-// connection by the ingress program (ptcp_hs). Incoming packets are never
-// modified or dropped: the kernel skips the options itself (action 00).
+// connection by the ingress program (ptcp_hs): offered SYNs addressed to
+// this host (PACKET_HOST) for an address with an offer, and SYN+ACKs
+// acknowledging the ISN of our own offered SYN. Entries go with a RST in
+// either direction, an unmarked outgoing SYN (a new plain connection on
+// the tuple), a plain SYN+ACK to our offer, or an incoming plain SYN.
+// Incoming packets are never modified or dropped: the kernel skips the
+// options itself (action 00).
 //
 // Only Ethernet framing (the daemon attaches to ARPHRD_ETHER links) and
 // TCP directly after the fixed IPv6 header (what the local TCP sends) are
@@ -44,8 +55,13 @@
 #define OPT_PREFIX_SYN 0x0B
 #define OPT_PREFIX_ACK 0x0C
 
+#define TCP_FIN 0x01
 #define TCP_SYN 0x02
+#define TCP_RST 0x04
 #define TCP_ACK 0x10
+
+// skb->pkt_type of a frame addressed to this host.
+#define PACKET_HOST 0
 
 // Option data is at most 255 bytes (one length octet): 257 with type and
 // length octets.
@@ -54,6 +70,9 @@
 #define MAX_HDR 2048
 // Options looked at before giving up on finding PREFIX_SYN.
 #define MAX_SCAN 16
+// Client segments the echo may be skipped on (GSO, BIG TCP, MTU) before
+// the program gives up on the echo (counted as C_ECHO_GIVEN_UP).
+#define MAX_ECHO_TRIES 3
 
 // Counters (per-CPU array indices); the daemon reads them by these numbers
 // (preservetcp::bpf::Counter).
@@ -64,12 +83,19 @@
 #define C_SKIPPED_ERROR 4
 #define C_LEARNED 5
 #define C_MALFORMED 6
-#define C_COUNT 7
+#define C_ECHO_GIVEN_UP 7
+#define C_EVENTS_LOST 8
+#define C_COUNT 9
 
 // States of a ptcp_hs entry.
 #define HS_OFFERED 1     // we sent PREFIX_SYN on this SYN (client)
 #define HS_CLIENT_ECHO 2 // the SYN+ACK answered it: echo in our first ACK
 #define HS_SERVER_ECHO 3 // a SYN offered: answer in our SYN+ACK
+
+// Scratch slots (ptcp_scratch): one per direction, so a program never
+// overwrites the other's copy even if one ran nested in the other.
+#define SCRATCH_INGRESS 0
+#define SCRATCH_EGRESS 1
 
 // Packet mark bit the daemon's ip6tables rules set on covered SYNs (set by
 // the loader; the program clears it again).
@@ -80,6 +106,7 @@ struct offer {
 	__u8 opt[MAX_OPT + 1]; // 0x0B, data length, data
 };
 
+// Also the layout of a ptcp_echoes event (preservetcp::bpf::EchoEvent).
 struct tuple {
 	__u8 local[16];
 	__u8 peer[16];
@@ -89,14 +116,21 @@ struct tuple {
 
 struct hs {
 	__u8 state;
-	__u8 pad;
+	__u8 tries;            // HS_CLIENT_ECHO: segments the echo was skipped on
 	__u16 len;             // bytes used in opt (received PREFIX_SYN)
+	__u32 isn;             // client: our SYN's sequence number (wire order)
 	__u8 opt[MAX_OPT + 1]; // the received option, type octet included
 };
 
+// The daemon replaces an offer by a map update; without preallocation an
+// update links a freshly allocated element instead of rewriting the one a
+// program may be copying. Programs copy the value (ptcp_offer_scratch) and
+// check that its length field and the option's own length octet agree
+// before using it.
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1024);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, __u8[16]);
 	__type(value, struct offer);
 } ptcp_offers SEC(".maps");
@@ -115,13 +149,29 @@ struct {
 	__type(value, __u64);
 } ptcp_counters SEC(".maps");
 
-// Scratch space for building an ingress entry (too big for the stack).
+// One event (a struct tuple, the client's sender tuple) per PREFIX_ACK
+// echo that actually left: the daemon enters the client side of a
+// connection on it, not on the SYN+ACK (preservetcp::bpf::EchoEvent).
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 512 * 1024);
+} ptcp_echoes SEC(".maps");
+
+// Copies of ptcp_hs values (too big for the stack; see SCRATCH_*).
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, struct hs);
+} ptcp_scratch SEC(".maps");
+
+// Copy of a ptcp_offers value (egress only).
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct hs);
-} ptcp_scratch SEC(".maps");
+	__type(value, struct offer);
+} ptcp_offer_scratch SEC(".maps");
 
 static __always_inline void count(__u32 idx)
 {
@@ -231,6 +281,15 @@ static __always_inline int write_option(struct __sk_buff *skb, __u32 at, __u8 ty
 	return bpf_skb_store_bytes(skb, at + 1, opt + 1, len - 1, 0);
 }
 
+// Whether a copied option is whole: its length field, within bounds, is
+// the option's own length octet plus two, and the type is PREFIX_SYN (a
+// value mixed from two updates fails this unless both agree).
+static __always_inline int option_whole(__u64 len, const __u8 *opt)
+{
+	return len >= 2 && len <= MAX_OPT && opt[0] == OPT_PREFIX_SYN &&
+	       (__u64)opt[1] + 2 == len;
+}
+
 static __always_inline void tuple_out(struct tuple *t, const struct headers *h)
 {
 	__builtin_memcpy(t->local, &h->ip[8], 16);
@@ -239,11 +298,53 @@ static __always_inline void tuple_out(struct tuple *t, const struct headers *h)
 	__builtin_memcpy(&t->peer_port, &h->tcp[2], 2);
 }
 
+static __always_inline void forget(struct tuple *t)
+{
+	if (bpf_map_lookup_elem(&ptcp_hs, t))
+		bpf_map_delete_elem(&ptcp_hs, t);
+}
+
+// The local offer for t->local, copied; NULL (counted) if there is none
+// or the copy is not whole.
+static __always_inline struct offer *offer_copy(struct tuple *t)
+{
+	__u32 zero = 0;
+	struct offer *o = bpf_map_lookup_elem(&ptcp_offers, t->local);
+	struct offer *c = bpf_map_lookup_elem(&ptcp_offer_scratch, &zero);
+
+	if (!o || !c) {
+		count(C_SKIPPED_ERROR);
+		return 0;
+	}
+	__builtin_memcpy(c, o, sizeof(*c));
+	if (!option_whole(c->len, c->opt)) {
+		count(C_SKIPPED_ERROR);
+		return 0;
+	}
+	return c;
+}
+
+// The client's echo was skipped on this segment: give up after
+// MAX_ECHO_TRIES segments (the connection then stays plain TCP on both
+// ends: the daemon got no echo event, the server no PREFIX_ACK).
+static __always_inline void echo_skipped(struct hs *e, struct tuple *t)
+{
+	__u8 tries = e->tries + 1;
+
+	if (tries >= MAX_ECHO_TRIES) {
+		bpf_map_delete_elem(&ptcp_hs, t);
+		count(C_ECHO_GIVEN_UP);
+		return;
+	}
+	e->tries = tries;
+}
+
 SEC("classifier")
 int ptcp_egress(struct __sk_buff *skb)
 {
 	struct headers h;
 	struct tuple t = {};
+	__u32 slot = SCRATCH_EGRESS;
 	__u8 flags;
 
 	if (load_headers(skb, &h) || h.ip[6] != NEXTHDR_TCP)
@@ -251,61 +352,95 @@ int ptcp_egress(struct __sk_buff *skb)
 	flags = h.tcp[13];
 	tuple_out(&t, &h);
 
+	if (flags & TCP_RST) {
+		// An aborted handshake (or connection): never echo on a RST, and
+		// nothing learned for the tuple is needed any more.
+		forget(&t);
+		return TC_ACT_OK;
+	}
+
 	if ((flags & (TCP_SYN | TCP_ACK)) == TCP_SYN) {
 		struct offer *o;
-		struct hs mark = {.state = HS_OFFERED};
+		struct hs *e, *mark;
+		__u32 isn;
 		__u64 a, total;
+		int keep;
 
-		if (!offer_mark || !(skb->mark & offer_mark))
+		if (!offer_mark || !(skb->mark & offer_mark)) {
+			// Not covered: a new connection on a tuple that had an
+			// entry (the earlier one is gone).
+			forget(&t);
 			return TC_ACT_OK;
+		}
 		skb->mark &= ~offer_mark;
-		o = bpf_map_lookup_elem(&ptcp_offers, t.local);
+		__builtin_memcpy(&isn, &h.tcp[4], 4);
+		// A retransmission of the SYN (same sequence number) whose
+		// SYN+ACK has already been learned keeps the pending echo.
+		e = bpf_map_lookup_elem(&ptcp_hs, &t);
+		keep = e && e->state == HS_CLIENT_ECHO && e->isn == isn;
+		o = offer_copy(&t);
 		if (!o) {
-			count(C_SKIPPED_ERROR);
+			if (!keep)
+				forget(&t);
 			return TC_ACT_OK;
 		}
 		a = o->len;
-		if (a < 2 || a > MAX_OPT) {
-			count(C_SKIPPED_ERROR);
+		if (a < 2 || a > MAX_OPT)
+			return TC_ACT_OK;
+		total = padded(2 + a);
+		if (open_header(skb, &h, total)) {
+			if (!keep)
+				forget(&t);
 			return TC_ACT_OK;
 		}
-		total = padded(2 + a);
-		if (open_header(skb, &h, total))
-			return TC_ACT_OK;
 		if (write_option(skb, L4 + 2, OPT_PREFIX_SYN, o->opt, a) ||
 		    write_padding(skb, L4 + 2 + a, total - 2 - a)) {
 			count(C_SKIPPED_ERROR);
 			return TC_ACT_SHOT; // the room is open but unfilled
 		}
-		bpf_map_update_elem(&ptcp_hs, &t, &mark, BPF_ANY);
+		if (!keep) {
+			mark = bpf_map_lookup_elem(&ptcp_scratch, &slot);
+			if (mark) {
+				mark->state = HS_OFFERED;
+				mark->tries = 0;
+				mark->len = 0;
+				mark->isn = isn;
+				bpf_map_update_elem(&ptcp_hs, &t, mark, BPF_ANY);
+			}
+		}
 		count(C_SYN_OFFERS);
 		return TC_ACT_OK;
 	}
 
 	if ((flags & (TCP_SYN | TCP_ACK)) == (TCP_SYN | TCP_ACK)) {
 		struct hs *e = bpf_map_lookup_elem(&ptcp_hs, &t);
+		struct hs *s;
 		struct offer *o;
 		__u64 a, b, total;
 
 		if (!e || e->state != HS_SERVER_ECHO)
 			return TC_ACT_OK;
-		o = bpf_map_lookup_elem(&ptcp_offers, t.local);
-		if (!o) {
+		s = bpf_map_lookup_elem(&ptcp_scratch, &slot);
+		if (!s)
+			return TC_ACT_OK;
+		__builtin_memcpy(s, e, sizeof(*s));
+		b = s->len;
+		if (s->state != HS_SERVER_ECHO || !option_whole(b, s->opt)) {
 			count(C_SKIPPED_ERROR);
 			return TC_ACT_OK;
 		}
+		o = offer_copy(&t);
+		if (!o)
+			return TC_ACT_OK;
 		a = o->len;
-		b = e->len;
-		if (a < 2 || a > MAX_OPT || b < 2 || b > MAX_OPT) {
-			count(C_SKIPPED_ERROR);
+		if (a < 2 || a > MAX_OPT || b < 2 || b > MAX_OPT)
 			return TC_ACT_OK;
-		}
 		total = padded(2 + a + b);
 		if (open_header(skb, &h, total))
 			return TC_ACT_OK;
 		// (The SYN+ACK may be retransmitted: the entry stays for those.)
 		if (write_option(skb, L4 + 2, OPT_PREFIX_SYN, o->opt, a) ||
-		    write_option(skb, L4 + 2 + a, OPT_PREFIX_ACK, e->opt, b) ||
+		    write_option(skb, L4 + 2 + a, OPT_PREFIX_ACK, s->opt, b) ||
 		    write_padding(skb, L4 + 2 + a + b, total - 2 - a - b)) {
 			count(C_SKIPPED_ERROR);
 			return TC_ACT_SHOT;
@@ -317,31 +452,45 @@ int ptcp_egress(struct __sk_buff *skb)
 	if (!(flags & TCP_SYN)) {
 		struct hs *e = bpf_map_lookup_elem(&ptcp_hs, &t);
 		struct hs *s;
-		__u32 zero = 0;
 		__u64 b, total;
 
 		if (!e || e->state != HS_CLIENT_ECHO)
 			return TC_ACT_OK;
-		// Only the first segment after the SYN+ACK carries the echo:
-		// copy the entry, then forget it.
-		s = bpf_map_lookup_elem(&ptcp_scratch, &zero);
+		// GSO super-packets (one header would be copied into every
+		// segment) and BIG TCP packets (IPv6 payload length 0, a jumbo
+		// option follows) do not carry the echo; a later segment does.
+		if (skb->gso_size != 0 || (h.ip[4] == 0 && h.ip[5] == 0)) {
+			echo_skipped(e, &t);
+			return TC_ACT_OK;
+		}
+		s = bpf_map_lookup_elem(&ptcp_scratch, &slot);
 		if (!s)
 			return TC_ACT_OK;
 		__builtin_memcpy(s, e, sizeof(*s));
-		bpf_map_delete_elem(&ptcp_hs, &t);
 		b = s->len;
-		if (b < 2 || b > MAX_OPT) {
+		if (s->state != HS_CLIENT_ECHO || !option_whole(b, s->opt)) {
 			count(C_SKIPPED_ERROR);
+			bpf_map_delete_elem(&ptcp_hs, &t);
 			return TC_ACT_OK;
 		}
-		total = padded(2 + b);
-		if (open_header(skb, &h, total))
+		if (b < 2 || b > MAX_OPT)
 			return TC_ACT_OK;
+		total = padded(2 + b);
+		if (open_header(skb, &h, total)) {
+			echo_skipped(e, &t);
+			return TC_ACT_OK;
+		}
 		if (write_option(skb, L4 + 2, OPT_PREFIX_ACK, s->opt, b) ||
 		    write_padding(skb, L4 + 2 + b, total - 2 - b)) {
 			count(C_SKIPPED_ERROR);
+			echo_skipped(e, &t);
 			return TC_ACT_SHOT;
 		}
+		// Only now, with the echo written, is the entry done; the
+		// daemon learns that this connection's echo really left.
+		bpf_map_delete_elem(&ptcp_hs, &t);
+		if (bpf_ringbuf_output(&ptcp_echoes, &t, sizeof(t), 0))
+			count(C_EVENTS_LOST);
 		count(C_ACK_ECHOES);
 	}
 	return TC_ACT_OK;
@@ -417,28 +566,54 @@ static __always_inline long scan_option(__u32 i, void *ctx)
 	return 0;
 }
 
+// A SYN+ACK answers our SYN: its acknowledgment number is our ISN + 1.
+static __always_inline int answers(__u32 isn, const __u8 *ack)
+{
+	__u32 a;
+
+	__builtin_memcpy(&a, ack, 4);
+	return bpf_ntohl(a) == bpf_ntohl(isn) + 1;
+}
+
 SEC("classifier")
 int ptcp_ingress(struct __sk_buff *skb)
 {
 	struct headers h;
 	struct tuple t = {};
-	struct hs *s;
-	__u8 first[2], flags;
+	struct hs *s, *e;
+	__u8 first[2], flags, tcp[14];
 	struct scan sc = {};
-	__u32 hdr_len, zero = 0, found, flen;
-	int i;
+	__u32 hdr_len, slot = SCRATCH_INGRESS, found, flen, isn = 0;
+	int i, offered = 0;
 
+	// Only frames for this host: offered SYNs for other hosts (promiscuous
+	// mode, flooded frames) must not take ptcp_hs entries.
+	if (skb->pkt_type != PACKET_HOST)
+		return TC_ACT_OK;
 	if (load_headers(skb, &h))
 		return TC_ACT_OK;
 	__builtin_memcpy(t.local, &h.ip[24], 16);
 	__builtin_memcpy(t.peer, &h.ip[8], 16);
 	if (h.ip[6] == NEXTHDR_TCP) {
+		flags = h.tcp[13];
+		__builtin_memcpy(&t.local_port, &h.tcp[2], 2);
+		__builtin_memcpy(&t.peer_port, &h.tcp[0], 2);
+		if (flags & TCP_RST) {
+			forget(&t);
+			return TC_ACT_OK;
+		}
 		// A SYN without options: a plain connection (maybe on a
 		// reused tuple): forget any earlier offer on the tuple.
-		if ((h.tcp[13] & (TCP_SYN | TCP_ACK)) == TCP_SYN) {
-			__builtin_memcpy(&t.local_port, &h.tcp[2], 2);
-			__builtin_memcpy(&t.peer_port, &h.tcp[0], 2);
-			bpf_map_delete_elem(&ptcp_hs, &t);
+		if ((flags & (TCP_SYN | TCP_ACK)) == TCP_SYN) {
+			forget(&t);
+			return TC_ACT_OK;
+		}
+		// A SYN+ACK without options answering our offer: a plain peer,
+		// nothing to echo.
+		if ((flags & (TCP_SYN | TCP_ACK)) == (TCP_SYN | TCP_ACK)) {
+			e = bpf_map_lookup_elem(&ptcp_hs, &t);
+			if (e && e->state == HS_OFFERED && answers(e->isn, &h.tcp[8]))
+				bpf_map_delete_elem(&ptcp_hs, &t);
 		}
 		return TC_ACT_OK;
 	}
@@ -449,15 +624,30 @@ int ptcp_ingress(struct __sk_buff *skb)
 	if (first[0] != NEXTHDR_TCP)
 		return TC_ACT_OK;
 	hdr_len = ((__u32)first[1] + 1) * 8;
-	{
-		__u8 tcp[14];
-		if (bpf_skb_load_bytes(skb, L4 + hdr_len, tcp, sizeof(tcp)))
+	if (bpf_skb_load_bytes(skb, L4 + hdr_len, tcp, sizeof(tcp)))
+		return TC_ACT_OK;
+	flags = tcp[13];
+	__builtin_memcpy(&t.local_port, &tcp[2], 2);
+	__builtin_memcpy(&t.peer_port, &tcp[0], 2);
+	if (flags & TCP_RST) {
+		forget(&t);
+		return TC_ACT_OK;
+	}
+	if (!(flags & TCP_SYN) || (flags & TCP_FIN))
+		return TC_ACT_OK;
+	if (flags & TCP_ACK) {
+		// A SYN+ACK: only an answer to our own offer (this SYN's) is
+		// echoed; a retransmitted one refreshes the learned option.
+		e = bpf_map_lookup_elem(&ptcp_hs, &t);
+		if (!e || (e->state != HS_OFFERED && e->state != HS_CLIENT_ECHO) ||
+		    !answers(e->isn, &tcp[8]))
 			return TC_ACT_OK;
-		flags = tcp[13];
-		if (!(flags & TCP_SYN))
-			return TC_ACT_OK;
-		__builtin_memcpy(&t.local_port, &tcp[2], 2);
-		__builtin_memcpy(&t.peer_port, &tcp[0], 2);
+		offered = e->state == HS_OFFERED;
+		isn = e->isn;
+	} else if (!bpf_map_lookup_elem(&ptcp_offers, t.local)) {
+		// A SYN offering to an address we have no offer for: it cannot
+		// be answered, so it takes no entry.
+		return TC_ACT_OK;
 	}
 	// The first PREFIX_SYN option; the header must be well framed up to it.
 	sc.skb = skb;
@@ -468,35 +658,35 @@ int ptcp_ingress(struct __sk_buff *skb)
 			break;
 	if (sc.bad) {
 		count(C_MALFORMED);
+		if (offered)
+			bpf_map_delete_elem(&ptcp_hs, &t);
 		return TC_ACT_OK;
 	}
 	found = sc.found;
 	flen = sc.flen;
-	if (!found)
+	if (!found || flen < 2 || flen > MAX_OPT || found >= MAX_HDR) {
+		// (A SYN+ACK without PREFIX_SYN: a plain answer.)
+		if (offered)
+			bpf_map_delete_elem(&ptcp_hs, &t);
 		return TC_ACT_OK;
-	s = bpf_map_lookup_elem(&ptcp_scratch, &zero);
+	}
+	s = bpf_map_lookup_elem(&ptcp_scratch, &slot);
 	if (!s)
-		return TC_ACT_OK;
-	if (flen < 2 || flen > MAX_OPT || found >= MAX_HDR)
 		return TC_ACT_OK;
 	if (bpf_skb_load_bytes(skb, L4 + found, s->opt, flen))
 		return TC_ACT_OK;
 	s->len = (__u16)flen;
 	if (!prefixes_ok(s)) {
 		count(C_MALFORMED);
+		if (offered)
+			bpf_map_delete_elem(&ptcp_hs, &t);
 		return TC_ACT_OK;
 	}
-	if (flags & TCP_ACK) {
-		// A SYN+ACK: only an answer to our own offer is echoed.
-		struct hs *e = bpf_map_lookup_elem(&ptcp_hs, &t);
-		if (!e || e->state != HS_OFFERED)
-			return TC_ACT_OK;
-		s->state = HS_CLIENT_ECHO;
-	} else {
-		// A SYN offering: answered on any port (the offer is the
-		// client's opt-in).
-		s->state = HS_SERVER_ECHO;
-	}
+	s->tries = 0;
+	s->isn = isn;
+	// A SYN offering: answered on any port (the offer is the client's
+	// opt-in).
+	s->state = (flags & TCP_ACK) ? HS_CLIENT_ECHO : HS_SERVER_ECHO;
 	bpf_map_update_elem(&ptcp_hs, &t, s, BPF_ANY);
 	count(C_LEARNED);
 	return TC_ACT_OK;

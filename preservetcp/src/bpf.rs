@@ -9,7 +9,21 @@
 //! and stores it encoded by [`offer_value`] in the `ptcp_offers` hash map,
 //! keyed by the address's 16 octets. The egress program copies those bytes
 //! verbatim, so the option on the wire is the codec's own encoding.
+//!
+//! The egress program reports every PREFIX_ACK echo that actually left (in
+//! the client's first segment after the SYN+ACK) in the `ptcp_echoes` ring
+//! buffer, one [`ECHO_EVENT_LEN`]-byte event per echo holding the client's
+//! sender tuple ([`echo_event`] decodes it); the daemon passes it to
+//! [`crate::Engine::kernel_echoed`], which enters the client side of the
+//! connection only then. The echo can be skipped on a segment (a GSO or BIG
+//! TCP packet, one that the header would push past the MTU) and is then
+//! tried on the next segments, at most three ([`Counter::EchoGivenUp`]
+//! counts the connections that ran out of tries and stay plain on both
+//! ends); a RST never carries it.
 
+use std::net::Ipv6Addr;
+
+use crate::pairs::FourTuple;
 use crate::wire::{OPT_PREFIX_SYN, PrefixOption};
 
 /// Packet mark bit the daemon's ip6tables rules set on a covered SYN
@@ -59,6 +73,72 @@ pub fn offer_option_bytes(value: &[u8; OFFER_VALUE_LEN]) -> Option<&[u8]> {
     value.get(2..2 + len)
 }
 
+/// Size of a `ptcp_echoes` event (`struct tuple` in the C source): the
+/// local address, the peer address (16 octets each), then the local and
+/// the peer port in network byte order.
+pub const ECHO_EVENT_LEN: usize = 36;
+
+/// Decodes a `ptcp_echoes` event into the client's tuple (local = the
+/// client's address, as [`crate::Engine`] keys the connection). `None`
+/// when the event is shorter than [`ECHO_EVENT_LEN`] (longer events are
+/// accepted: the ring buffer may pad records).
+pub fn echo_event(bytes: &[u8]) -> Option<FourTuple> {
+    let addr = |at: usize| -> Option<Ipv6Addr> {
+        let o: [u8; 16] = bytes.get(at..at + 16)?.try_into().ok()?;
+        Some(Ipv6Addr::from(o))
+    };
+    let port = |at: usize| -> Option<u16> {
+        let o: [u8; 2] = bytes.get(at..at + 2)?.try_into().ok()?;
+        Some(u16::from_be_bytes(o))
+    };
+    Some(FourTuple {
+        local: addr(0)?,
+        peer: addr(16)?,
+        local_port: port(32)?,
+        peer_port: port(34)?,
+    })
+}
+
+/// Size of a `ptcp_hs` key (`struct tuple`, the same layout as an echo
+/// event).
+pub const HS_KEY_LEN: usize = ECHO_EVENT_LEN;
+
+/// Size of a `ptcp_hs` value (`struct hs`): state, tries, a native-endian
+/// `u16` option length, a `u32` sequence number, the option bytes, padded
+/// to the struct's 4-octet alignment.
+pub const HS_VALUE_LEN: usize = 268;
+
+/// `ptcp_hs` state of an entry holding a received offer the server's
+/// SYN+ACK answers (`HS_SERVER_ECHO`).
+const HS_SERVER_ECHO: u8 = 3;
+
+/// The `ptcp_hs` key of a connection (local = this host's end).
+pub fn hs_key(t: &FourTuple) -> [u8; HS_KEY_LEN] {
+    let mut k = [0u8; HS_KEY_LEN];
+    k[..16].copy_from_slice(&t.local.octets());
+    k[16..32].copy_from_slice(&t.peer.octets());
+    k[32..34].copy_from_slice(&t.local_port.to_be_bytes());
+    k[34..36].copy_from_slice(&t.peer_port.to_be_bytes());
+    k
+}
+
+/// The client's PREFIX_SYN held by a `ptcp_hs` value in state
+/// `HS_SERVER_ECHO` (what the kernel echoed in its SYN+ACK); `None` for
+/// other states or a value that does not hold a well-formed option.
+pub fn server_echo_option(value: &[u8]) -> Option<PrefixOption> {
+    if *value.first()? != HS_SERVER_ECHO {
+        return None;
+    }
+    let len = usize::from(u16::from_ne_bytes(value.get(2..4)?.try_into().ok()?));
+    let opt = value.get(8..8usize.checked_add(len)?)?;
+    match opt {
+        [OPT_PREFIX_SYN, l, data @ ..] if usize::from(*l) == data.len() => {
+            PrefixOption::parse(data).ok()
+        }
+        _ => None,
+    }
+}
+
 /// The programs' counters (per-CPU array indices, `C_*` in the C source).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Counter {
@@ -78,11 +158,17 @@ pub enum Counter {
     /// Incoming headers whose options overran the header, or whose
     /// PREFIX_SYN data was not a well-formed prefix list.
     Malformed,
+    /// Client echoes given up after being skipped on three segments (GSO,
+    /// BIG TCP or MTU): the connection stays plain TCP.
+    EchoGivenUp,
+    /// Echo events the ring buffer had no room for (the daemon then does
+    /// not enter a connection the server has entered).
+    EventsLost,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 7] = [
+    pub const ALL: [Counter; 9] = [
         Counter::SynOffers,
         Counter::SynackAnswers,
         Counter::AckEchoes,
@@ -90,6 +176,8 @@ impl Counter {
         Counter::SkippedError,
         Counter::Learned,
         Counter::Malformed,
+        Counter::EchoGivenUp,
+        Counter::EventsLost,
     ];
 
     /// Index in the `ptcp_counters` array.
@@ -102,6 +190,8 @@ impl Counter {
             Counter::SkippedError => 4,
             Counter::Learned => 5,
             Counter::Malformed => 6,
+            Counter::EchoGivenUp => 7,
+            Counter::EventsLost => 8,
         }
     }
 
@@ -115,6 +205,8 @@ impl Counter {
             Counter::SkippedError => "bpf_skipped_error",
             Counter::Learned => "bpf_learned",
             Counter::Malformed => "bpf_malformed",
+            Counter::EchoGivenUp => "bpf_echo_given_up",
+            Counter::EventsLost => "bpf_events_lost",
         }
     }
 }
@@ -192,6 +284,7 @@ mod tests {
             assert!(c.name().starts_with("bpf_"));
         }
         let mut names: Vec<_> = Counter::ALL.iter().map(|c| c.name()).collect();
+        names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), Counter::ALL.len());
     }
@@ -210,5 +303,74 @@ mod tests {
         assert!(src.contains(&format!("#define C_COUNT {}", Counter::ALL.len())));
         assert!(src.contains(&format!("#define MAX_OPT {MAX_OPTION}")));
         assert!(src.contains("__u8 opt[MAX_OPT + 1];"));
+        assert!(
+            src.contains("#define MAX_ECHO_TRIES 3"),
+            "the documented tries"
+        );
+        assert!(src.contains("#define HS_SERVER_ECHO 3"));
+        let hs = "struct hs {\n\t__u8 state;\n\t__u8 tries;";
+        assert!(src.contains(hs), "struct hs layout");
+        assert!(src.contains(
+            "\t__u16 len;             // bytes used in opt (received PREFIX_SYN)\n\t__u32 isn;"
+        ));
+    }
+
+    #[test]
+    fn server_echo_entries_decode() {
+        let o = offer(&[("2001:db8:1:1::1", 64)]);
+        let t = FourTuple {
+            local: "2001:db8::1".parse().unwrap(),
+            local_port: 5001,
+            peer: "2001:db8::2".parse().unwrap(),
+            peer_port: 40000,
+        };
+        assert_eq!(echo_event(&hs_key(&t)), Some(t), "same layout as events");
+        let ov = offer_value(&o);
+        let opt = offer_option_bytes(&ov).unwrap();
+        let mut v = [0u8; HS_VALUE_LEN];
+        v[0] = HS_SERVER_ECHO;
+        v[2..4].copy_from_slice(&(opt.len() as u16).to_ne_bytes());
+        v[8..8 + opt.len()].copy_from_slice(opt);
+        assert_eq!(server_echo_option(&v), Some(o));
+        let mut other = v;
+        other[0] = 2;
+        assert_eq!(server_echo_option(&other), None, "client entry");
+        let mut bad = v;
+        bad[2..4].copy_from_slice(&((opt.len() + 1) as u16).to_ne_bytes());
+        assert_eq!(server_echo_option(&bad), None, "length octet disagrees");
+        bad[2..4].copy_from_slice(&600u16.to_ne_bytes());
+        assert_eq!(server_echo_option(&bad), None, "past the value");
+        assert_eq!(server_echo_option(&v[..10]), None, "short");
+        assert_eq!(server_echo_option(&[]), None);
+    }
+
+    #[test]
+    fn echo_events_decode_the_c_tuple_layout() {
+        // struct tuple: local[16], peer[16], local_port, peer_port (both
+        // in network byte order).
+        let local: Ipv6Addr = "2001:db8:1::a".parse().unwrap();
+        let peer: Ipv6Addr = "2001:db8:2::b".parse().unwrap();
+        let mut ev = Vec::new();
+        ev.extend_from_slice(&local.octets());
+        ev.extend_from_slice(&peer.octets());
+        ev.extend_from_slice(&40000u16.to_be_bytes());
+        ev.extend_from_slice(&5001u16.to_be_bytes());
+        assert_eq!(ev.len(), ECHO_EVENT_LEN);
+        let t = echo_event(&ev).unwrap();
+        assert_eq!(
+            t,
+            FourTuple {
+                local,
+                local_port: 40000,
+                peer,
+                peer_port: 5001
+            }
+        );
+        // Ring buffer records are padded to 8 octets.
+        ev.extend_from_slice(&[0; 4]);
+        assert_eq!(echo_event(&ev), Some(t));
+        for n in 0..ECHO_EVENT_LEN {
+            assert_eq!(echo_event(&ev[..n]), None, "{n} octets");
+        }
     }
 }

@@ -198,6 +198,9 @@ pub struct Stats {
     pub expired: u64,
     /// Echoes the kernel reported sent ([`Engine::kernel_echoed`]).
     pub echo_events: u64,
+    /// Server handshakes rebuilt from what the kernel answered
+    /// ([`Engine::kernel_answered`]).
+    pub rebuilt: u64,
     /// Received prefixes and rejections.
     pub prefixes: PrefixStats,
 }
@@ -224,6 +227,7 @@ impl Stats {
             ("switches", self.switches),
             ("expired", self.expired),
             ("echo_events", self.echo_events),
+            ("handshakes_rebuilt", self.rebuilt),
             ("prefixes_received", p.received),
             ("prefixes_accepted", p.accepted),
             ("prefixes_rejected", p.rejected()),
@@ -283,6 +287,9 @@ pub struct Engine {
     next_id: u64,
     actions: Vec<Action>,
     stats: Stats,
+    /// [`EngineConfig::kernel_options`]: PREFIX_ACKs learned without a
+    /// pending server handshake (see [`Engine::unmatched_acks`]).
+    unmatched: HashMap<FourTuple, (PrefixOption, Instant)>,
 }
 
 fn on_link(local: &LocalAddress, addr: Ipv6Addr) -> bool {
@@ -328,6 +335,7 @@ impl Engine {
             next_id: 1,
             actions: Vec::new(),
             stats: Stats::default(),
+            unmatched: HashMap::new(),
         }
     }
 
@@ -486,6 +494,10 @@ impl Engine {
         self.pending
             .retain(|_, p| now.saturating_duration_since(p.created) < t);
         self.stats.expired += (before - self.pending.len()) as u64;
+        let before = self.unmatched.len();
+        self.unmatched
+            .retain(|_, (_, at)| now.saturating_duration_since(*at) < t);
+        self.stats.expired += (before - self.unmatched.len()) as u64;
     }
 
     /// The connections for the control socket.
@@ -811,6 +823,45 @@ impl Engine {
         }
     }
 
+    /// [`EngineConfig::kernel_options`]: the tuples (local = ours) of
+    /// PREFIX_ACKs learned while no server handshake was pending for them
+    /// (at most [`EngineConfig::max_pending`], forgotten after
+    /// [`EngineConfig::pending_timeout`]). The kernel may still have
+    /// answered the offer (its own record of the client's PREFIX_SYN
+    /// outlives the engine's): the daemon looks each up and passes the
+    /// result to [`Engine::kernel_answered`].
+    pub fn unmatched_acks(&self) -> Vec<FourTuple> {
+        self.unmatched.keys().copied().collect()
+    }
+
+    /// What the kernel answered on the connection `t` of an
+    /// [`Engine::unmatched_acks`] entry: the client's PREFIX_SYN it echoed
+    /// in its SYN+ACK (`None`: it has no record; the entry is dropped).
+    /// The server handshake is rebuilt as if it had been pending — our
+    /// offer is [`Engine::offer_for`] (what the kernel's offer map holds),
+    /// the peer's alternatives are validated from `peer_syn` — and the
+    /// connection entered with the PREFIX_ACK learned earlier.
+    pub fn kernel_answered(
+        &mut self,
+        t: &FourTuple,
+        peer_syn: Option<&PrefixOption>,
+        now: Instant,
+    ) {
+        let Some((pa, _)) = self.unmatched.remove(t) else {
+            return;
+        };
+        let Some(ps) = peer_syn else { return };
+        if self.pairs.lookup_original(t).is_some() {
+            return;
+        }
+        let val = validate_received(t.peer, ps, &self.config.limits);
+        self.stats.prefixes.merge(&val.stats);
+        let sent = self.offer(t.local);
+        let acked = acknowledged_locals(t.local, &sent, &pa);
+        self.stats.rebuilt += 1;
+        self.install(*t, &acked, &val.addresses(), now);
+    }
+
     /// A received packet (PREROUTING, wire tuple).
     pub fn inbound(&mut self, pkt: &[u8], now: Instant) -> Verdict {
         self.stats.packets_in += 1;
@@ -956,6 +1007,18 @@ impl Engine {
             }
         } else if ack {
             let Some(p) = self.pending.get(wire).filter(|p| p.role == Role::Server) else {
+                // The kernel answered an offer the engine did not keep
+                // (max_pending reached, the SYN's copy lost): the daemon
+                // can rebuild it from the kernel's record.
+                if self.config.kernel_options
+                    && let Some(pa) = h.prefix_ack()
+                    && !self.pending.contains_key(wire)
+                    && self.pairs.lookup_original(wire).is_none()
+                    && (self.unmatched.contains_key(wire)
+                        || self.unmatched.len() < self.config.max_pending)
+                {
+                    self.unmatched.insert(*wire, (pa.clone(), now));
+                }
                 return;
             };
             let (Some(pa), Some(sent)) = (h.prefix_ack(), p.sent.as_ref()) else {
@@ -1355,6 +1418,69 @@ mod tests {
         let p = w.c.pending.get(&client_tuple(&w, 40000)).unwrap();
         assert_eq!(p.role, Role::Server);
         assert!(!p.echoed);
+    }
+
+    /// The server engine lost its pending handshake (max_pending full)
+    /// while the kernel answered the offer: the PREFIX_ACK is kept as
+    /// unmatched, and the kernel's record of the client's PREFIX_SYN
+    /// rebuilds it; without a record nothing is entered.
+    #[test]
+    fn server_handshake_is_rebuilt_from_the_kernel() {
+        let (mut w, kernel) = kernel_world(false);
+        let t0 = w.t0;
+        w.s.config.max_pending = 0;
+        let c_offer = w.c.offer_for(w.c0);
+        let syn = with_opts(
+            pkt(w.c0, w.s0, 40000, 5001, SYN),
+            Some(c_offer.clone()),
+            None,
+        );
+        w.s.observe_inbound(&syn, t0);
+        assert_eq!(w.s.stats().over_limit, 1, "not kept");
+        let ack = with_opts(
+            pkt(w.c0, w.s0, 40000, 5001, ACK),
+            None,
+            Some(w.s.offer_for(w.s0)),
+        );
+        w.s.observe_inbound(&ack, t0);
+        assert!(w.s.connections().is_empty());
+        let server = FourTuple {
+            local: w.s0,
+            local_port: 5001,
+            peer: w.c0,
+            peer_port: 40000,
+        };
+        w.s.config.max_pending = kernel.max_pending;
+        w.s.observe_inbound(&ack, t0);
+        assert_eq!(w.s.unmatched_acks(), vec![server]);
+        w.s.kernel_answered(&server, Some(&c_offer), t0);
+        let sc = w.s.connections();
+        assert_eq!(sc.len(), 1);
+        assert_eq!(sc[0].peers, vec![w.c0, w.c1]);
+        assert_eq!(sc[0].locals, vec![w.s0, w.s1], "our offer acknowledged");
+        assert_eq!(w.s.stats().rebuilt, 1);
+        assert!(w.s.unmatched_acks().is_empty());
+        // Entered: a later PREFIX_ACK is not unmatched.
+        w.s.observe_inbound(&ack, t0);
+        assert!(w.s.unmatched_acks().is_empty());
+        // No kernel record: dropped. Unmatched entries also expire.
+        let ack2 = with_opts(
+            pkt(w.c0, w.s0, 40001, 5001, ACK),
+            None,
+            Some(w.s.offer_for(w.s0)),
+        );
+        w.s.observe_inbound(&ack2, t0);
+        let t2 = w.s.unmatched_acks()[0];
+        w.s.kernel_answered(&t2, None, t0);
+        assert!(w.s.unmatched_acks().is_empty());
+        assert_eq!(w.s.connections().len(), 1);
+        w.s.observe_inbound(&ack2, t0);
+        w.s.expire(t0 + kernel.pending_timeout);
+        assert!(w.s.unmatched_acks().is_empty());
+        // Without kernel options nothing is kept.
+        let mut plain = two_engines();
+        plain.s.observe_inbound(&ack2, t0);
+        assert!(plain.s.unmatched_acks().is_empty());
     }
 
     #[test]

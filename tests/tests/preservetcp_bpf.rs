@@ -309,3 +309,156 @@ fn links_that_appear_later_get_the_programs() {
     assert_eq!(conns[0].original.peer, v6(&l2, &t.b));
     assert_eq!(nfqueue_queued(&t.a) + nfqueue_queued(&t.b), 0);
 }
+
+/// Waits until `cond` holds (10 s at most), with the daemons' logs in the
+/// failure message.
+fn wait_for(what: &str, logs: &[&Daemon], mut cond: impl FnMut() -> bool) {
+    let t0 = std::time::Instant::now();
+    while !cond() {
+        let all: Vec<String> = logs.iter().map(|d| d.log()).collect();
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{what}: {}",
+            all.join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The client's kernel answers a SYN+ACK for a socket that is gone with a
+/// RST: that RST is the first segment after a SYN+ACK that answered our
+/// offer, yet it must not carry the PREFIX_ACK echo (the echo belongs to
+/// the ACK of a handshake that completes).
+#[test]
+fn rst_never_carries_the_echo() {
+    let t = two_links();
+    let da = Daemon::start(&t.lab, &t.a, &[PORT]);
+    let db = Daemon::start(&t.lab, &t.b, &[PORT]);
+    assert!(da.bpf() && db.bpf());
+    let _listener =
+        t.b.run(|| TcpListener::bind(("::", PORT)))
+            .expect("run")
+            .expect("bind");
+    // a's kernel never sees the SYN+ACK (its ingress program runs before
+    // netfilter and learns it).
+    let drop_rule = [
+        "INPUT",
+        "-p",
+        "tcp",
+        "--sport",
+        "5001",
+        "--tcp-flags",
+        "SYN,ACK",
+        "SYN,ACK",
+        "-j",
+        "DROP",
+    ];
+    let rule = |op: &str| {
+        let mut args = vec!["ip6tables", "-w", op];
+        args.extend(drop_rule);
+        t.a.exec_ok(args).expect("ip6tables");
+    };
+    rule("-I");
+    let cap = t.l0.capture(&t.b).expect("capture");
+    std::thread::sleep(Duration::from_millis(300));
+    let dst = SocketAddr::from((v6(&t.l0, &t.b), PORT));
+    let port =
+        t.a.run(move || {
+            let s = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)?;
+            s.set_nonblocking(true)?;
+            let _ = s.connect(&dst.into());
+            std::thread::sleep(Duration::from_millis(300));
+            let port = s.local_addr()?.as_socket().map(|a| a.port()).unwrap_or(0);
+            // Closing a connecting socket sends nothing.
+            drop(s);
+            std::io::Result::Ok(port)
+        })
+        .expect("run")
+        .expect("connect");
+    assert_ne!(port, 0);
+    assert_eq!(da.stat("bpf_learned"), 1, "the SYN+ACK was learned");
+    // The server retransmits its SYN+ACK (after 1 s); now a's kernel gets
+    // it and answers with a RST.
+    let out_rsts = || {
+        t.a.exec_ok(["nstat", "-asz", "TcpOutRsts"])
+            .expect("nstat")
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum::<u64>()
+    };
+    let rsts_before = out_rsts();
+    rule("-D");
+    wait_for("no RST", &[&da, &db], || out_rsts() > rsts_before);
+    std::thread::sleep(Duration::from_millis(300));
+    let file = cap.stop().expect("stop capture");
+    let pkts = pcap_ipv6_packets(&file);
+    let rsts: Vec<_> = pkts
+        .iter()
+        .filter_map(|p| parse_ipv6_tcp(p).ok())
+        .filter(|v| v.tcp_header.src_port == port && v.tcp_header.flags.rst)
+        .collect();
+    assert!(
+        !rsts.is_empty(),
+        "the RST is on the wire: {:?}",
+        pkts.iter()
+            .filter_map(|p| parse_ipv6_tcp(p).ok())
+            .map(|v| (
+                v.tcp_header.src_port,
+                v.tcp_header.dst_port,
+                v.tcp_header.flags
+            ))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        rsts.iter().all(|v| v.dest_opts.is_none()),
+        "no option on the RST"
+    );
+    assert_eq!(da.stat("bpf_ack_echoes"), 0, "no echo: {}", da.log());
+    assert!(db.connections().is_empty(), "no PREFIX_ACK reached b");
+}
+
+/// Links are followed by interface index: a link deleted and re-created
+/// under the same name (at once, before the daemon looks) gets the
+/// programs again, and a renamed link is not attached a second time.
+#[test]
+fn links_are_followed_by_index() {
+    let t = two_links();
+    let da = Daemon::start(&t.lab, &t.a, &[PORT]);
+    assert!(da.bpf());
+    let attached_lines = |d: &Daemon, name: &str| {
+        d.log()
+            .lines()
+            .filter(|l| l.contains("bpf: attached to") && l.split([' ', ',']).any(|w| w == name))
+            .count()
+    };
+    let batch = |cmds: &str| {
+        t.a.exec_ok(["sh", "-c", &format!("printf '{cmds}' | ip -batch -")])
+            .expect("ip -batch");
+    };
+    batch("link add ptx0 type veth peer name ptx1\\nlink set ptx0 up\\nlink set ptx1 up\\n");
+    wait_for("veth pair attached", &[&da], || {
+        attached_lines(&da, "ptx0") == 1 && attached_lines(&da, "ptx1") == 1
+    });
+    let before = da.stat("bpf_links");
+    // Deleted and re-created in one go: new interfaces under old names.
+    batch(
+        "link del ptx0\\nlink add ptx0 type veth peer name ptx1\\nlink set ptx0 up\\nlink set ptx1 up\\n",
+    );
+    wait_for("re-created pair attached again", &[&da], || {
+        attached_lines(&da, "ptx0") == 2 && attached_lines(&da, "ptx1") == 2
+    });
+    assert_eq!(da.stat("bpf_links"), before, "the old interfaces forgotten");
+    // Renamed: the same interface, attached once.
+    batch("link set ptx1 down\\nlink set ptx1 name ptx9\\nlink set ptx9 up\\n");
+    // Another link afterwards: once it is attached, the rename was seen.
+    batch("link add ptx2 type veth peer name ptx3\\nlink set ptx2 up\\nlink set ptx3 up\\n");
+    wait_for("second pair attached", &[&da], || {
+        attached_lines(&da, "ptx2") == 1
+    });
+    assert!(
+        !da.log().contains("ptx9"),
+        "renamed link attached again: {}",
+        da.log()
+    );
+    assert_eq!(da.stat("bpf_links"), before + 2);
+}

@@ -10,21 +10,39 @@
 //! exits (also on SIGKILL): a restart always starts from a clean state and
 //! nothing is pinned. (On kernels without tcx the clsact filters of a
 //! daemon that was killed are replaced at the next start.) Links of interfaces that disappear
-//! are removed by the kernel with the interface.
+//! are removed by the kernel with the interface. Links are tracked by
+//! interface index, not name: a link deleted and re-created under the same
+//! name (a new index) is attached again, a renamed one (same index) is not
+//! attached twice.
 //!
 //! The daemon keeps the offer map (`ptcp_offers`) equal to
 //! [`preservetcp::Engine::offer_for`] of every local address
 //! ([`Bpf::set_offers`], after each rtnetlink snapshot) and reads the
-//! per-CPU counters for the `stats` request ([`Bpf::counters`]).
+//! per-CPU counters for the `stats` request ([`Bpf::counters`]). Only
+//! offers the kernel accepted are recorded as in the map: a failed insert
+//! or removal is retried with the next snapshot.
+//!
+//! The egress program reports each PREFIX_ACK echo it really sent in the
+//! `ptcp_echoes` ring buffer ([`preservetcp::bpf::echo_event`]);
+//! [`feed_echoes`] passes them to [`preservetcp::Engine::kernel_echoed`].
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::Hash;
 use std::net::Ipv6Addr;
+use std::sync::Mutex;
+use std::time::Instant;
 
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray};
+use aya::maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, RingBuf};
 use aya::programs::tc::SchedClassifierLinkId as LinkId;
 use aya::programs::{SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
-use preservetcp::bpf::{Counter, OFFER_MARK, OFFER_VALUE_LEN};
+use preservetcp::Engine;
+use preservetcp::bpf::{
+    Counter, HS_KEY_LEN, HS_VALUE_LEN, OFFER_MARK, OFFER_VALUE_LEN, echo_event, hs_key,
+    server_echo_option,
+};
+use preservetcp::pairs::FourTuple;
+use preservetcp::wire::PrefixOption;
 
 /// The compiled programs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ptcp.bpf.o"));
@@ -32,13 +50,19 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pt
 const EGRESS: &str = "ptcp_egress";
 const INGRESS: &str = "ptcp_ingress";
 
+/// One interface's links: program name and link id, per direction.
+type Links = Vec<(&'static str, LinkId)>;
+
 /// The loaded programs, their maps and the links they are attached to.
 pub struct Bpf {
     ebpf: Ebpf,
     offers: BpfHashMap<MapData, [u8; 16], [u8; OFFER_VALUE_LEN]>,
     counters: PerCpuArray<MapData, u64>,
-    /// Interfaces the programs are attached to, with the links.
-    attached: HashMap<String, Vec<(&'static str, LinkId)>>,
+    echoes: RingBuf<MapData>,
+    hs: BpfHashMap<MapData, [u8; HS_KEY_LEN], [u8; HS_VALUE_LEN]>,
+    /// Interfaces the programs are attached to (by index), with their
+    /// names as last listed and the links.
+    attached: HashMap<u32, (String, Links)>,
     /// The offers in the map, to update only what changed.
     current: HashMap<Ipv6Addr, [u8; OFFER_VALUE_LEN]>,
 }
@@ -77,35 +101,60 @@ impl Bpf {
             .ok_or("map ptcp_counters missing")?
             .try_into()
             .map_err(|e| format!("ptcp_counters: {e}"))?;
+        let echoes = ebpf
+            .take_map("ptcp_echoes")
+            .ok_or("map ptcp_echoes missing")?
+            .try_into()
+            .map_err(|e| format!("ptcp_echoes: {e}"))?;
+        let hs = ebpf
+            .take_map("ptcp_hs")
+            .ok_or("map ptcp_hs missing")?
+            .try_into()
+            .map_err(|e| format!("ptcp_hs: {e}"))?;
         Ok(Self {
             ebpf,
             offers,
             counters,
+            echoes,
+            hs,
             attached: HashMap::new(),
             current: HashMap::new(),
         })
     }
 
     /// Attaches to every Ethernet link (the programs parse Ethernet framing
-    /// only) not attached yet (and forgets links
-    /// that are gone). Returns the names newly attached and the errors.
+    /// only) not attached yet (and forgets links that are gone). Returns
+    /// the names newly attached and the errors.
     pub fn sync_links(&mut self) -> (Vec<String>, Vec<String>) {
-        let links = match crate::rtnl::ethernet_links() {
+        let names = match crate::rtnl::ethernet_links() {
             Ok(l) => l,
             Err(e) => return (Vec::new(), vec![format!("listing links: {e}")]),
         };
-        // (The kernel removed the links of interfaces that are gone.)
-        self.attached.retain(|l, _| links.contains(l));
-        let mut added = Vec::new();
         let mut errors = Vec::new();
-        for l in links {
-            if self.attached.contains_key(&l) {
-                continue;
+        let mut present = Vec::new();
+        for n in names {
+            match nix::net::if_::if_nametoindex(n.as_str()) {
+                Ok(i) => present.push((i, n)),
+                // (Gone since the listing.)
+                Err(e) => errors.push(format!("{n}: index: {e}")),
             }
+        }
+        // (The kernel removed the links of interfaces that are gone.)
+        let todo = links_to_attach(&mut self.attached, present);
+        let mut added = Vec::new();
+        for (index, l) in todo {
             let mut ids = Vec::new();
-            match self.attach(&l, &mut ids) {
+            let result = self.attach(&l, &mut ids).and_then(|()| {
+                // aya resolves the name again: make sure it attached to
+                // the interface listed (not one renamed meanwhile).
+                match nix::net::if_::if_nametoindex(l.as_str()) {
+                    Ok(i) if i == index => Ok(()),
+                    _ => Err("renamed while attaching (retried later)".to_string()),
+                }
+            });
+            match result {
                 Ok(()) => {
-                    self.attached.insert(l.clone(), ids);
+                    self.attached.insert(index, (l.clone(), ids));
                     added.push(l);
                 }
                 Err(e) => {
@@ -164,44 +213,65 @@ impl Bpf {
     /// also go with the daemon's file descriptors, clsact filters would
     /// not).
     pub fn detach_all(&mut self) {
-        let all: Vec<_> = self.attached.drain().flat_map(|(_, ids)| ids).collect();
+        let all: Vec<_> = self
+            .attached
+            .drain()
+            .flat_map(|(_, (_, ids))| ids)
+            .collect();
         self.detach_links(all);
     }
 
     /// Interfaces the programs are attached to.
     pub fn attached(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.attached.keys().cloned().collect();
+        let mut v: Vec<String> = self.attached.values().map(|(n, _)| n.clone()).collect();
         v.sort();
         v
     }
 
     /// Makes the offer map hold exactly these offers (local address →
-    /// [`preservetcp::bpf::offer_value`]).
+    /// [`preservetcp::bpf::offer_value`]). What failed is retried at the
+    /// next call; the first error is returned.
     pub fn set_offers(
         &mut self,
         offers: HashMap<Ipv6Addr, [u8; OFFER_VALUE_LEN]>,
     ) -> Result<(), String> {
-        let mut first_err = None;
-        for old in self.current.keys() {
-            if !offers.contains_key(old)
-                && let Err(e) = self.offers.remove(&old.octets())
-                && first_err.is_none()
-            {
-                first_err = Some(format!("removing the offer of {old}: {e}"));
+        let map = std::cell::RefCell::new(&mut self.offers);
+        sync_map(
+            &mut self.current,
+            offers,
+            |a, v| {
+                map.borrow_mut()
+                    .insert(a.octets(), v, 0)
+                    .map_err(|e| format!("offer of {a}: {e}"))
+            },
+            |a| {
+                let mut m = map.borrow_mut();
+                match m.remove(&a.octets()) {
+                    Ok(()) => Ok(()),
+                    // Not in the map: as good as removed.
+                    Err(_) if matches!(m.get(&a.octets(), 0), Err(MapError::KeyNotFound)) => Ok(()),
+                    Err(e) => Err(format!("removing the offer of {a}: {e}")),
+                }
+            },
+        )
+    }
+
+    /// The client's PREFIX_SYN the kernel answered on the server
+    /// connection `t` (its `ptcp_hs` entry), if it still has it.
+    pub fn server_echo(&self, t: &FourTuple) -> Option<PrefixOption> {
+        server_echo_option(&self.hs.get(&hs_key(t), 0).ok()?)
+    }
+
+    /// The client tuples of the echoes the egress program reported since
+    /// the last call, oldest first.
+    pub fn take_echoes(&mut self) -> Vec<FourTuple> {
+        let mut v = Vec::new();
+        while let Some(item) = self.echoes.next() {
+            if let Some(t) = echo_event(&item) {
+                v.push(t);
             }
         }
-        for (a, v) in &offers {
-            if self.current.get(a) == Some(v) {
-                continue;
-            }
-            if let Err(e) = self.offers.insert(a.octets(), v, 0)
-                && first_err.is_none()
-            {
-                first_err = Some(format!("offer of {a}: {e}"));
-            }
-        }
-        self.current = offers;
-        first_err.map_or(Ok(()), Err)
+        v
     }
 
     /// The counters summed over all CPUs, by name.
@@ -217,5 +287,191 @@ impl Bpf {
                 (c.name().to_string(), n)
             })
             .collect()
+    }
+}
+
+/// Feeds the engine what only the kernel knows: the echoes it reported
+/// ([`Bpf::take_echoes`] → [`Engine::kernel_echoed`]) and its records of
+/// the offers it answered for PREFIX_ACKs the engine could not match
+/// ([`Engine::unmatched_acks`] → [`Bpf::server_echo`] →
+/// [`Engine::kernel_answered`]); nothing without BPF. Called with the
+/// engine locked (lock order: engine, then the programs), after the
+/// daemon drained the learned (NFLOG) packets.
+#[allow(
+    dead_code,
+    reason = "called from main.rs's drain_into once EngineConfig::kernel_echo_events is set there"
+)]
+pub fn feed_echoes(bpf: Option<&Mutex<Bpf>>, eng: &mut Engine, now: Instant) {
+    let Some(b) = bpf else { return };
+    let mut b = b.lock().unwrap_or_else(|e| e.into_inner());
+    for t in &b.take_echoes() {
+        eng.kernel_echoed(t, now);
+    }
+    for t in eng.unmatched_acks() {
+        let ps = b.server_echo(&t);
+        eng.kernel_answered(&t, ps.as_ref(), now);
+    }
+}
+
+/// Updates `attached` (interface index → name and whatever else) to the
+/// interfaces `present` now: entries of indices that are gone are dropped
+/// (a link deleted and re-created under the same name has a new index),
+/// the names of those still there are updated (renamed links), and the
+/// indices not attached yet are returned with their names, to attach.
+fn links_to_attach<T>(
+    attached: &mut HashMap<u32, (String, T)>,
+    present: Vec<(u32, String)>,
+) -> Vec<(u32, String)> {
+    let indices: std::collections::HashSet<u32> = present.iter().map(|(i, _)| *i).collect();
+    attached.retain(|i, _| indices.contains(i));
+    let mut todo = Vec::new();
+    for (i, name) in present {
+        match attached.get_mut(&i) {
+            Some((n, _)) => *n = name,
+            None => todo.push((i, name)),
+        }
+    }
+    todo
+}
+
+/// Brings a kernel map to `wanted`, given `current` (what it is known to
+/// hold): removes keys no longer wanted and inserts changed values,
+/// recording in `current` only what succeeded, so failures are retried
+/// next time. Returns the first error.
+fn sync_map<K: Eq + Hash + Clone, V: PartialEq + Clone>(
+    current: &mut HashMap<K, V>,
+    wanted: HashMap<K, V>,
+    mut insert: impl FnMut(&K, &V) -> Result<(), String>,
+    mut remove: impl FnMut(&K) -> Result<(), String>,
+) -> Result<(), String> {
+    let mut first_err = None;
+    let gone: Vec<K> = current
+        .keys()
+        .filter(|k| !wanted.contains_key(*k))
+        .cloned()
+        .collect();
+    for k in gone {
+        match remove(&k) {
+            Ok(()) => {
+                current.remove(&k);
+            }
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    for (k, v) in wanted {
+        if current.get(&k) == Some(&v) {
+            continue;
+        }
+        match insert(&k, &v) {
+            Ok(()) => {
+                current.insert(k, v);
+            }
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    first_err.map_or(Ok(()), Err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_are_tracked_by_index() {
+        let mut attached: HashMap<u32, (String, ())> = HashMap::new();
+        let todo = links_to_attach(&mut attached, vec![(2, "l0".into()), (3, "l1".into())]);
+        assert_eq!(todo, vec![(2, "l0".to_string()), (3, "l1".to_string())]);
+        for (i, n) in todo {
+            attached.insert(i, (n, ()));
+        }
+        // l1 renamed (same index): not attached again, new name kept.
+        let todo = links_to_attach(&mut attached, vec![(2, "l0".into()), (3, "wan".into())]);
+        assert!(todo.is_empty(), "{todo:?}");
+        assert_eq!(attached[&3].0, "wan");
+        // l0 deleted and re-created under the same name: a new index.
+        let todo = links_to_attach(&mut attached, vec![(7, "l0".into()), (3, "wan".into())]);
+        assert_eq!(todo, vec![(7, "l0".to_string())]);
+        assert!(!attached.contains_key(&2), "the old link is forgotten");
+        assert_eq!(attached.len(), 1);
+    }
+
+    #[test]
+    fn failed_map_updates_are_retried() {
+        let mut current: HashMap<u8, u8> = HashMap::new();
+        let mut map: HashMap<u8, u8> = HashMap::new();
+        let mut fail_insert = true;
+        let mut fail_remove = false;
+        let sync = |current: &mut HashMap<u8, u8>,
+                    map: &mut HashMap<u8, u8>,
+                    wanted: HashMap<u8, u8>,
+                    fail_insert: bool,
+                    fail_remove: bool| {
+            let m = std::cell::RefCell::new(map);
+            sync_map(
+                current,
+                wanted,
+                |k, v| {
+                    if fail_insert && *k == 1 {
+                        return Err("insert".into());
+                    }
+                    m.borrow_mut().insert(*k, *v);
+                    Ok(())
+                },
+                |k| {
+                    if fail_remove {
+                        return Err("remove".into());
+                    }
+                    m.borrow_mut().remove(k);
+                    Ok(())
+                },
+            )
+        };
+        let wanted = HashMap::from([(1, 10), (2, 20)]);
+        let r = sync(
+            &mut current,
+            &mut map,
+            wanted.clone(),
+            fail_insert,
+            fail_remove,
+        );
+        assert_eq!(r, Err("insert".into()));
+        assert_eq!(current, HashMap::from([(2, 20)]), "only what succeeded");
+        fail_insert = false;
+        let r = sync(
+            &mut current,
+            &mut map,
+            wanted.clone(),
+            fail_insert,
+            fail_remove,
+        );
+        assert_eq!(r, Ok(()));
+        assert_eq!(map, wanted, "the failed insert was retried");
+        assert_eq!(current, wanted);
+        // A failed removal stays recorded and is retried.
+        fail_remove = true;
+        let r = sync(
+            &mut current,
+            &mut map,
+            HashMap::from([(2, 20)]),
+            fail_insert,
+            fail_remove,
+        );
+        assert_eq!(r, Err("remove".into()));
+        assert_eq!(current, wanted);
+        fail_remove = false;
+        let r = sync(
+            &mut current,
+            &mut map,
+            HashMap::from([(2, 20)]),
+            fail_insert,
+            fail_remove,
+        );
+        assert_eq!(r, Ok(()));
+        assert_eq!(map, HashMap::from([(2, 20)]));
+        assert_eq!(current, map);
     }
 }
