@@ -301,9 +301,11 @@ impl Shared {
     /// rules go in only after the fallback route of its first move (adding
     /// a rule invalidates every cached route, adding a route to table 4242
     /// does not invalidate one the socket cached from `main`), and the map
-    /// entries after both. A packet that does not leave on the expected
-    /// device yet is rerouted, so the order is about speed, not
-    /// correctness.
+    /// entries after both (until then the NFQUEUE path rewrites and
+    /// reroutes). Going back to the original pair, the rules go before
+    /// the map entries. A rewritten packet that does not leave on the
+    /// expected device is rerouted by the `route` chain, so in every
+    /// transition the packets take a correct route.
     fn run_actions(&self, actions: Vec<Action>) {
         // Connections whose fallback rules wait for their first route.
         let mut rules_pending: Vec<FourTuple> = Vec::new();
@@ -314,6 +316,11 @@ impl Shared {
                     self.rules.redirect(&t)
                 }
                 Action::Unredirect(t) => {
+                    // The fallback rules go first: the socket's route is
+                    // then the original one again, the packets still
+                    // rewritten until the map entries go no longer match
+                    // the `direct` set and are rerouted.
+                    let r = rules::fallback_rules(&t, false);
                     if let Some(f) = &self.fast {
                         let mut f = f.lock().unwrap_or_else(|e| e.into_inner());
                         let before = f.len();
@@ -322,9 +329,7 @@ impl Shared {
                             self.log(&format!("fast path: {e}"));
                         }
                     }
-                    self.rules
-                        .unredirect(&t)
-                        .and(rules::fallback_rules(&t, false))
+                    self.rules.unredirect(&t).and(r)
                 }
                 Action::Moved(t, pair) => {
                     // The device of an on-link route to the new pair: the
