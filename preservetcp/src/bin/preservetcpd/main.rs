@@ -713,6 +713,10 @@ fn event_loop(sh: &Shared, monitor: &mut rtnl::Monitor) {
     }
 }
 
+/// Up to this many tracked connections the sampler asks for each socket
+/// by its tuple instead of dumping all (`sys::Diag::query`).
+const QUERY_MAX: usize = 16;
+
 /// Samples `tcp_info` of tracked sockets every `interval` (stalls and
 /// retransmission timeouts have no kernel notification) and forgets
 /// connections whose socket is gone.
@@ -726,7 +730,21 @@ fn poll_loop(sh: &Shared, diag: &mut sys::Diag, interval: Duration) {
         let listed_at = Instant::now()
             .checked_sub(Duration::from_millis(500))
             .unwrap_or(now);
-        let socks = match diag.dump() {
+        // Few tracked connections: one exact lookup each; many (e.g. a
+        // burst of short connections): one dump.
+        let originals = sh.engine_drained().originals();
+        let socks = if originals.len() <= QUERY_MAX {
+            originals
+                .iter()
+                .filter_map(|t| match diag.query(t) {
+                    Ok(s) => s.map(|s| Ok((*t, s))),
+                    Err(e) => Some(Err(e)),
+                })
+                .collect::<std::io::Result<std::collections::HashMap<_, _>>>()
+        } else {
+            diag.dump()
+        };
+        let socks = match socks {
             Ok(s) => Some(s),
             Err(e) => {
                 sh.log(&format!("sock_diag: {e}"));

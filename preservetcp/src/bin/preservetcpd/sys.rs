@@ -41,6 +41,55 @@ impl Diag {
         })
     }
 
+    /// The socket with exactly this tuple, unless it is gone (or in
+    /// TIME_WAIT): one request answered by one lookup in the kernel's
+    /// hash, where a dump walks all of it — every bucket of the
+    /// host-wide established hash, all namespaces' sockets included (about
+    /// 6 ms per dump on the lab machine, 8–10 % of all CPU samples with
+    /// two daemons sampling every 50 ms).
+    pub fn query(&mut self, t: &FourTuple) -> io::Result<Option<SockState>> {
+        let mut hdr = NetlinkHeader::default();
+        hdr.flags = NLM_F_REQUEST;
+        let mut socket_id = SocketId::new_v6();
+        socket_id.source_address = IpAddr::V6(t.local);
+        socket_id.destination_address = IpAddr::V6(t.peer);
+        socket_id.source_port = t.local_port;
+        socket_id.destination_port = t.peer_port;
+        // INET_DIAG_NOCOOKIE: any socket with this tuple.
+        socket_id.cookie = [0xff; 8];
+        let mut packet = NetlinkMessage::new(
+            hdr,
+            SockDiagMessage::InetRequest(InetRequest {
+                family: AF_INET6,
+                protocol: IPPROTO_TCP,
+                extensions: ExtensionFlags::INFO,
+                states: StateFlags::all(),
+                socket_id,
+            })
+            .into(),
+        );
+        packet.finalize();
+        let mut req = vec![0; packet.buffer_len()];
+        packet.serialize(&mut req[..]);
+        self.sock.send(&req, 0)?;
+        let n = self.sock.recv(&mut &mut self.buf[..], 0)?;
+        let bytes = self.buf.get(..n).unwrap_or(&[]);
+        let msg = NetlinkMessage::<SockDiagMessage>::deserialize(bytes)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        match msg.payload {
+            NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
+                // The kernel's lookup falls back to listeners: only the
+                // connection itself counts.
+                Ok(sock_state(&r).filter(|s| {
+                    s.tuple == *t && r.header.state != TCP_TIME_WAIT && r.header.state != TCP_LISTEN
+                }))
+            }
+            NetlinkPayload::Error(e) if e.raw_code() == -libc_enoent() => Ok(None),
+            NetlinkPayload::Error(e) => Err(io::Error::other(format!("sock_diag: {e:?}"))),
+            _ => Ok(None),
+        }
+    }
+
     /// All IPv6 TCP sockets except listeners and TIME_WAIT, keyed by tuple.
     pub fn dump(&mut self) -> io::Result<HashMap<FourTuple, SockState>> {
         let mut hdr = NetlinkHeader::default();
@@ -72,27 +121,8 @@ impl Diag {
                 let len = msg.header.length as usize;
                 match msg.payload {
                     NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
-                        let id = &r.header.socket_id;
-                        if let (IpAddr::V6(l), IpAddr::V6(p)) =
-                            (id.source_address, id.destination_address)
-                        {
-                            let tuple = FourTuple {
-                                local: l,
-                                local_port: id.source_port,
-                                peer: p,
-                                peer_port: id.destination_port,
-                            };
-                            let sample = r.nlas.iter().find_map(|n| match n {
-                                Nla::TcpInfo(i) => Some(TcpSample {
-                                    retransmits: u32::from(i.retransmits),
-                                    unacked: i.unacked,
-                                    since_last_ack: Duration::from_millis(u64::from(
-                                        i.last_ack_recv,
-                                    )),
-                                }),
-                                _ => None,
-                            });
-                            out.insert(tuple, SockState { tuple, sample });
+                        if let Some(st) = sock_state(&r) {
+                            out.insert(st.tuple, st);
                         }
                     }
                     NetlinkPayload::Done(_) => return Ok(out),
@@ -108,6 +138,36 @@ impl Diag {
             }
         }
     }
+}
+
+const TCP_TIME_WAIT: u8 = 6;
+const TCP_LISTEN: u8 = 10;
+
+fn libc_enoent() -> i32 {
+    nix::errno::Errno::ENOENT as i32
+}
+
+/// The tuple and `tcp_info` sample of one sock_diag answer (IPv6 only).
+fn sock_state(r: &netlink_packet_sock_diag::inet::InetResponse) -> Option<SockState> {
+    let id = &r.header.socket_id;
+    let (IpAddr::V6(l), IpAddr::V6(p)) = (id.source_address, id.destination_address) else {
+        return None;
+    };
+    let tuple = FourTuple {
+        local: l,
+        local_port: id.source_port,
+        peer: p,
+        peer_port: id.destination_port,
+    };
+    let sample = r.nlas.iter().find_map(|n| match n {
+        Nla::TcpInfo(i) => Some(TcpSample {
+            retransmits: u32::from(i.retransmits),
+            unacked: i.unacked,
+            since_last_ack: Duration::from_millis(u64::from(i.last_ack_recv)),
+        }),
+        _ => None,
+    });
+    Some(SockState { tuple, sample })
 }
 
 /// Whether `peer` is routable from `local`: a UDP socket bound to `local`
