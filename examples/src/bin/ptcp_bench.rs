@@ -196,9 +196,9 @@
 //! Second change: the daemons' sampler asks sock_diag for each tracked
 //! socket by its tuple (up to 16 connections) instead of dumping all of
 //! them. The dump's cost depends on how full the host-wide TCP hash is
-//! (other namespaces' sockets included): `preservetcpd` took 2–17 % of
-//! all samples in the before/after windows of the profiles with the old
-//! daemon, too little to be listed with the new one. Interleaved
+//! (other namespaces' sockets included): `preservetcpd` took up to 17 %
+//! of all samples in the before/after windows of the profiles with the
+//! old daemon (8–10 % in most), too little to be listed with the new one. Interleaved
 //! `PTCP_BENCH_ONLY=send` runs (median of 5; `new` = both changes):
 //!
 //! | daemon | load (uptime) | after/plain 512 / 2048 / 8192 B | before/plain 512 / 2048 / 8192 B | CPU/MB after/plain |
@@ -212,7 +212,7 @@
 //! 1.13 and 1.07 with the new one — in the direction of the profile, but
 //! within the spread. The small-write rows swing most, in both columns
 //! with daemons: their CPU time per MB sometimes doubles in the *before*
-//! column (8,938 and 12,347 µs against 3,000–3,500 plain), the first
+//! column (8,938 and 12,347 µs against 3,540 and 6,877 plain), the first
 //! samples after the daemons start; not investigated.
 
 use std::io::{Read, Write};
