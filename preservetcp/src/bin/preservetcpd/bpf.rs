@@ -297,10 +297,6 @@ impl Bpf {
 /// [`Engine::kernel_answered`]); nothing without BPF. Called with the
 /// engine locked (lock order: engine, then the programs), after the
 /// daemon drained the learned (NFLOG) packets.
-#[allow(
-    dead_code,
-    reason = "called from main.rs's drain_into once EngineConfig::kernel_echo_events is set there"
-)]
 pub fn feed_echoes(bpf: Option<&Mutex<Bpf>>, eng: &mut Engine, now: Instant) {
     let Some(b) = bpf else { return };
     let mut b = b.lock().unwrap_or_else(|e| e.into_inner());

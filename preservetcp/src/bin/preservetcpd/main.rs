@@ -203,6 +203,10 @@ impl Shared {
         if let Err(e) = learn.drain(|p| eng.observe_inbound(p, now)) {
             self.log(&format!("nflog: {e} (learned handshakes lost)"));
         }
+        drop(learn);
+        // The kernel's reports of echoes that left (client side) and of
+        // server handshakes to rebuild; lock order engine → bpf.
+        bpf::feed_echoes(self.bpf.as_ref(), eng, now);
     }
 
     /// Updates the kernel's offer map to the engine's offers for every
@@ -444,6 +448,7 @@ fn run(args: Args) -> Result<(), String> {
             ..PolicyConfig::default()
         },
         kernel_options: bpf.is_some(),
+        kernel_echo_events: bpf.is_some(),
         ..EngineConfig::default()
     };
     let fast = if args.fast_path {
