@@ -30,9 +30,10 @@ use crate::wire::{OPT_PREFIX_SYN, PrefixOption};
 /// (configured ports, opted-in sockets, per-tuple opt-ins) for the egress
 /// program, which inserts PREFIX_SYN and clears the bit again. Chosen
 /// outside [`crate::OPT_IN_MARK`] (its bits stay as they are, so the
-/// opt-in match is unaffected) and the daemon's other marks. A socket
-/// whose own `SO_MARK` has this bit set is therefore covered too (and the
-/// bit is cleared on its SYN): such marks are reserved for preservetcpd.
+/// opt-in match is unaffected) and the daemon's other marks. The first
+/// rule of `PTCP_OUT` clears the bit on every SYN, so a socket whose own
+/// `SO_MARK` has it set is not covered by that alone (its SYN leaves
+/// without the bit unless the covered-traffic rules set it again).
 pub const OFFER_MARK: u32 = 0x2000_0000;
 
 /// Largest encoded option: type, length and 255 data octets.

@@ -35,17 +35,29 @@
 //!   the options into the three outgoing handshake packets, so no
 //!   handshake packet waits in userspace: egress inserts PREFIX_SYN into
 //!   SYNs that the ip6tables rules marked as covered ([`bpf::OFFER_MARK`];
-//!   the bit is cleared again), PREFIX_SYN + PREFIX_ACK into a SYN+ACK
+//!   the first rule clears a socket's own copy of the bit on every SYN, the
+//!   program clears it again), PREFIX_SYN + PREFIX_ACK into a SYN+ACK
 //!   answering a received offer, and PREFIX_ACK into the first segment
 //!   after a SYN+ACK that answered our offer. The offers are precomputed by
 //!   the daemon with [`select::offer_option`] (exactly
 //!   [`Engine::offer_for`]) into a hash map keyed by local address
 //!   ([`bpf::offer_value`]) and updated with every rtnetlink snapshot;
-//!   ingress keeps the first PREFIX_SYN of an incoming SYN (any port) or of
-//!   a SYN+ACK answering our own offer in an LRU hash keyed by the
-//!   connection's tuple (options scanned: at most 16; header and option
-//!   lengths checked, the prefix list validated like
+//!   ingress keeps the first PREFIX_SYN of an incoming SYN (any port; only
+//!   frames addressed to this host, SYN without RST/FIN, to an address
+//!   that has an offer) or of a SYN+ACK acknowledging our own offered SYN
+//!   (its sequence number is kept in the entry) in an LRU hash keyed by
+//!   the connection's tuple (options scanned: at most 16; header and
+//!   option lengths checked, the prefix list validated like
 //!   [`wire::PrefixOption::parse`]); incoming packets are never modified.
+//!   Entries go when the echo has left, on a RST either way, on a plain
+//!   answer to an offer, and when a new SYN reuses the tuple. The offer
+//!   map is not preallocated and the programs copy every map value to
+//!   per-CPU scratch and check its framing before use, so an offer update
+//!   racing a SYN cannot produce a malformed option (at worst, two quick
+//!   updates of equal length could mix the prefix lists of two offers).
+//!   The echo never rides on a RST; a GSO, BIG TCP or too large first
+//!   segment keeps the entry and the next segment carries it (at most
+//!   three tries, then counted as `bpf_echo_given_up`).
 //!   `bpf_skb_adjust_room(BPF_ADJ_ROOM_NET)` opens the room (it moves
 //!   the MAC and IPv6 headers only: the program sets the IPv6 next header
 //!   to 60 and the payload length itself; the TCP checksum stays valid,
@@ -54,7 +66,15 @@
 //!   get a smaller segment size instead). The engine runs with
 //!   [`EngineConfig::kernel_options`] and learns every handshake from the
 //!   NFLOG copies of the incoming packets, so the pair table, monitoring
-//!   and migration are unchanged; the programs' counters are in the
+//!   and migration are unchanged. Two decisions follow what the kernel
+//!   really did ([`EngineConfig::kernel_echo_events`]): the client enters
+//!   a connection when the egress program reports (ring buffer
+//!   `ptcp_echoes`, read after every NFLOG drain) that its PREFIX_ACK
+//!   echo left, not when the SYN+ACK arrives, and a server whose pending
+//!   handshake is missing when PREFIX_ACK arrives (pending table full, an
+//!   NFLOG copy lost) rebuilds it from the client's PREFIX_SYN kept in the
+//!   kernel's entry (`handshakes_rebuilt`); a lost report (ring full) is
+//!   counted as `bpf_events_lost`; the programs' counters are in the
 //!   `stats` output (`bpf_*`). The tcx links belong to the daemon's file
 //!   descriptors: they go away when it exits, however it exits. If the
 //!   programs cannot be loaded the daemon says so and falls back to the

@@ -462,3 +462,57 @@ fn links_are_followed_by_index() {
     );
     assert_eq!(da.stat("bpf_links"), before + 2);
 }
+
+/// A socket whose own `SO_MARK` carries the offer bit, on a port the
+/// daemon does not cover, gets no offer: the first rule of `PTCP_OUT`
+/// clears the bit on SYNs, so only the covered-traffic rules make the
+/// egress program offer (an offer the engine never hears of would let the
+/// peer enter a connection this host cannot follow). A covered connection
+/// is still offered. SIGTERM ends the daemon through its clean-up (exit 0).
+#[test]
+fn socket_mark_with_the_offer_bit_is_not_an_offer() {
+    const OTHER: u16 = 5002;
+    let t = two_links();
+    let da = Daemon::start(&t.lab, &t.a, &[PORT]);
+    let db = Daemon::start(&t.lab, &t.b, &[PORT]);
+    assert!(da.bpf() && db.bpf());
+    let other =
+        t.b.run(|| TcpListener::bind(("::", OTHER)))
+            .expect("run")
+            .expect("bind");
+    let dst = SocketAddr::from((v6(&t.l0, &t.b), OTHER));
+    let c: TcpStream =
+        t.a.run(move || {
+            let s = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)?;
+            s.set_mark(preservetcp::bpf::OFFER_MARK)?;
+            s.connect(&dst.into())?;
+            std::io::Result::Ok(TcpStream::from(s))
+        })
+        .expect("run")
+        .expect("marked connect");
+    let (s, _) = other.accept().expect("accept");
+    drop((c, s));
+    assert_eq!(da.stat("bpf_syn_offers"), 0, "{}", da.log());
+    assert_eq!(db.stat("bpf_synack_answers"), 0, "{}", db.log());
+    let listener =
+        t.b.run(|| TcpListener::bind(("::", PORT)))
+            .expect("run")
+            .expect("bind");
+    let (c, s, _) = connect(&t, &listener);
+    drop((c, s));
+    assert_eq!(da.stat("bpf_syn_offers"), 1, "{}", da.log());
+    db.proc
+        .signal(nix::sys::signal::Signal::SIGTERM)
+        .expect("SIGTERM");
+    let out = db
+        .proc
+        .wait_timeout(Duration::from_secs(5))
+        .expect("daemon exits");
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status,
+        out.stderr
+    );
+    assert!(out.stderr.contains("SIGTERM: exiting"), "{}", out.stderr);
+}

@@ -16,6 +16,7 @@
 //!
 //! ```text
 //! OUTPUT     -> PTCP_OUT:
+//!   SYN (no ACK), BPF mode only       -> clear OFFER_MARK (a socket's own)
 //!   -p tcp -j PTCP_MOVED                         (per moved connection: queue)
 //!   ct state established, >= 3 packets original -> RETURN (data segments)
 //!   SYN (no ACK) of covered traffic   -> PTCP_OFFER: connmark OFFER_BIT, queue OUT
@@ -269,6 +270,27 @@ impl Rules {
         let group = self.nflog_group.to_string();
         mangle(&["-A", LEARN, "-j", "NFLOG", "--nflog-group", &group])?;
 
+        if self.bpf {
+            // A socket's own mark may carry the offer bit: clear it on
+            // every SYN first, so that only the covered-traffic rules
+            // below (which set it) make the egress program offer. An
+            // offer the engine never hears of would let the peer enter
+            // a connection this host cannot follow.
+            let clear = format!("{:#x}", !OFFER_MARK);
+            mangle(&[
+                "-A",
+                OUT,
+                "-p",
+                "tcp",
+                "--tcp-flags",
+                "SYN,ACK",
+                "SYN",
+                "-j",
+                "MARK",
+                "--and-mark",
+                &clear,
+            ])?;
+        }
         mangle(&["-A", OUT, "-p", "tcp", "-j", MOVED])?;
         mangle(&established_after_handshake(OUT, false))?;
         for cov in self.covered() {
