@@ -94,10 +94,13 @@
 //!   differ from the wire (only the acknowledged-prefix bookkeeping of
 //!   that one connection is affected).
 //!   Only Ethernet links are handled (the programs parse Ethernet
-//!   framing). Measured with `ptcp_bench` (release, 2 shared CPUs, load
-//!   1.0–1.4): connect+close 0.83 and 0.91 of plain TCP against 0.17 and
-//!   0.09 through NFQUEUE in interleaved runs (0.60–0.71 in connect-only
-//!   runs at load 1.7–2.0; see `examples/src/bin/ptcp_bench.rs`).
+//!   framing). Measured with `ptcp_bench` (release, 2 CPUs, idle):
+//!   connect+close 0.42–0.44 of plain TCP (0.09–0.17 through NFQUEUE);
+//!   the figures of 0.83–0.91 first reported were flattered by daemons that
+//!   left their netfilter state behind for the plain runs (fixed; see
+//!   `examples/src/bin/ptcp_bench.rs`). What remains per connection is
+//!   netfilter (conntrack, the mangle chains, three NFLOG copies) and the
+//!   daemons' work on the learned packets.
 //!
 //! - With `--no-bpf` (or without BPF), only packets the daemon must
 //!   *modify* wait in userspace. ip6tables
