@@ -91,26 +91,10 @@ impl Bpf {
                 .map_err(|e| format!("{name}: {e}"))?;
             p.load().map_err(|e| format!("{name}: {e}"))?;
         }
-        let offers = ebpf
-            .take_map("ptcp_offers")
-            .ok_or("map ptcp_offers missing")?
-            .try_into()
-            .map_err(|e| format!("ptcp_offers: {e}"))?;
-        let counters = ebpf
-            .take_map("ptcp_counters")
-            .ok_or("map ptcp_counters missing")?
-            .try_into()
-            .map_err(|e| format!("ptcp_counters: {e}"))?;
-        let echoes = ebpf
-            .take_map("ptcp_echoes")
-            .ok_or("map ptcp_echoes missing")?
-            .try_into()
-            .map_err(|e| format!("ptcp_echoes: {e}"))?;
-        let hs = ebpf
-            .take_map("ptcp_hs")
-            .ok_or("map ptcp_hs missing")?
-            .try_into()
-            .map_err(|e| format!("ptcp_hs: {e}"))?;
+        let offers = take_map(&mut ebpf, "ptcp_offers")?;
+        let counters = take_map(&mut ebpf, "ptcp_counters")?;
+        let echoes = take_map(&mut ebpf, "ptcp_echoes")?;
+        let hs = take_map(&mut ebpf, "ptcp_hs")?;
         Ok(Self {
             ebpf,
             offers,
@@ -370,6 +354,17 @@ fn sync_map<K: Eq + Hash + Clone, V: PartialEq + Clone>(
         }
     }
     first_err.map_or(Ok(()), Err)
+}
+
+/// Takes map `name` out of the loaded object as the typed map `T`.
+fn take_map<T>(ebpf: &mut Ebpf, name: &str) -> Result<T, String>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    ebpf.take_map(name)
+        .ok_or(format!("map {name} missing"))?
+        .try_into()
+        .map_err(|e| format!("{name}: {e}"))
 }
 
 #[cfg(test)]
