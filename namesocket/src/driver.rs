@@ -548,10 +548,6 @@ impl ConnState {
         }
     }
 
-    /// Drops a failed transport abortively: the peer gets a TCP RST as soon
-    /// as the last handle is closed (see [`crate::connect::abort_on_close`]).
-    /// A session that closed gracefully keeps the graceful TCP close (its
-    /// CLOSE_ACK may still be in the socket buffer).
     /// The transport failed (EOF, read/write error, bad input): tells the
     /// engine and drops the transport abortively.
     fn transport_lost(&mut self, now: Instant) {
@@ -559,6 +555,10 @@ impl ConnState {
         self.abort_transport();
     }
 
+    /// Drops a failed transport abortively: the peer gets a TCP RST as soon
+    /// as the last handle is closed (see [`crate::connect::abort_on_close`]).
+    /// A session that closed gracefully keeps the graceful TCP close (its
+    /// CLOSE_ACK may still be in the socket buffer).
     fn abort_transport(&mut self) {
         if let Some(t) = self.transport.take() {
             if !self.session.is_closed() {

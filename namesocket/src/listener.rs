@@ -625,12 +625,13 @@ fn handle_first(
             st.ready.push_back(conn);
             drop(st);
             if let Some(delay) = defer {
-                if taken_at_once {
-                    *for_app = false;
-                    driver::keeper().wake_before(now + driver::LINGER_ROUND);
+                *for_app &= !taken_at_once;
+                let by = if taken_at_once {
+                    driver::LINGER_ROUND
                 } else {
-                    driver::keeper().wake_before(now + delay);
-                }
+                    delay
+                };
+                driver::keeper().wake_before(now + by);
             }
             if shared.cv_waiters.load(Ordering::SeqCst) > 0 {
                 shared.ready_cv.notify_one();

@@ -41,29 +41,17 @@ impl Diag {
         })
     }
 
-    /// The socket with exactly this tuple, unless it is gone (or in
-    /// TIME_WAIT): one request answered by one lookup in the kernel's
-    /// hash, where a dump walks all of it — every bucket of the
-    /// host-wide established hash, all namespaces' sockets included (about
-    /// 6 ms per dump on the lab machine, 8–10 % of all CPU samples with
-    /// two daemons sampling every 50 ms).
-    pub fn query(&mut self, t: &FourTuple) -> io::Result<Option<SockState>> {
+    /// Sends one IPv6 TCP `inet_diag` request asking for `tcp_info`.
+    fn send_request(&self, flags: u16, states: StateFlags, socket_id: SocketId) -> io::Result<()> {
         let mut hdr = NetlinkHeader::default();
-        hdr.flags = NLM_F_REQUEST;
-        let mut socket_id = SocketId::new_v6();
-        socket_id.source_address = IpAddr::V6(t.local);
-        socket_id.destination_address = IpAddr::V6(t.peer);
-        socket_id.source_port = t.local_port;
-        socket_id.destination_port = t.peer_port;
-        // INET_DIAG_NOCOOKIE: any socket with this tuple.
-        socket_id.cookie = [0xff; 8];
+        hdr.flags = flags;
         let mut packet = NetlinkMessage::new(
             hdr,
             SockDiagMessage::InetRequest(InetRequest {
                 family: AF_INET6,
                 protocol: IPPROTO_TCP,
                 extensions: ExtensionFlags::INFO,
-                states: StateFlags::all(),
+                states,
                 socket_id,
             })
             .into(),
@@ -72,6 +60,24 @@ impl Diag {
         let mut req = vec![0; packet.buffer_len()];
         packet.serialize(&mut req[..]);
         self.sock.send(&req, 0)?;
+        Ok(())
+    }
+
+    /// The socket with exactly this tuple, unless it is gone (or in
+    /// TIME_WAIT): one request answered by one lookup in the kernel's
+    /// hash, where a dump walks all of it — every bucket of the
+    /// host-wide established hash, all namespaces' sockets included (about
+    /// 6 ms per dump on the lab machine, 8–10 % of all CPU samples with
+    /// two daemons sampling every 50 ms).
+    pub fn query(&mut self, t: &FourTuple) -> io::Result<Option<SockState>> {
+        let mut socket_id = SocketId::new_v6();
+        socket_id.source_address = IpAddr::V6(t.local);
+        socket_id.destination_address = IpAddr::V6(t.peer);
+        socket_id.source_port = t.local_port;
+        socket_id.destination_port = t.peer_port;
+        // INET_DIAG_NOCOOKIE: any socket with this tuple.
+        socket_id.cookie = [0xff; 8];
+        self.send_request(NLM_F_REQUEST, StateFlags::all(), socket_id)?;
         let n = self.sock.recv(&mut &mut self.buf[..], 0)?;
         let bytes = self.buf.get(..n).unwrap_or(&[]);
         let msg = NetlinkMessage::<SockDiagMessage>::deserialize(bytes)
@@ -92,24 +98,8 @@ impl Diag {
 
     /// All IPv6 TCP sockets except listeners and TIME_WAIT, keyed by tuple.
     pub fn dump(&mut self) -> io::Result<HashMap<FourTuple, SockState>> {
-        let mut hdr = NetlinkHeader::default();
-        hdr.flags = NLM_F_REQUEST | NLM_F_DUMP;
         let states = StateFlags::all() - StateFlags::LISTEN - StateFlags::TIME_WAIT;
-        let mut packet = NetlinkMessage::new(
-            hdr,
-            SockDiagMessage::InetRequest(InetRequest {
-                family: AF_INET6,
-                protocol: IPPROTO_TCP,
-                extensions: ExtensionFlags::INFO,
-                states,
-                socket_id: SocketId::new_v6(),
-            })
-            .into(),
-        );
-        packet.finalize();
-        let mut req = vec![0; packet.buffer_len()];
-        packet.serialize(&mut req[..]);
-        self.sock.send(&req, 0)?;
+        self.send_request(NLM_F_REQUEST | NLM_F_DUMP, states, SocketId::new_v6())?;
         let mut out = HashMap::new();
         loop {
             let n = self.sock.recv(&mut &mut self.buf[..], 0)?;
