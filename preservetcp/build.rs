@@ -1,4 +1,5 @@
-//! Builds the tc BPF programs in `bpf/` with clang (`-O2 -g -target bpf`)
+//! Builds the tc BPF programs in `bpf/` with clang (`-O2 -g -target bpf
+//! -mcpu=v3`: atomic compare-and-swap, kernels >= 5.12)
 //! into `OUT_DIR/ptcp.bpf.o`, which `preservetcpd` embeds and loads.
 
 use std::path::PathBuf;
@@ -21,7 +22,9 @@ fn main() {
     };
     let clang = std::env::var("CLANG").unwrap_or_else(|_| "clang".into());
     let result = Command::new(&clang)
-        .args(["-O2", "-g", "-target", "bpf", "-Wall", "-Werror"])
+        .args([
+            "-O2", "-g", "-target", "bpf", "-mcpu=v3", "-Wall", "-Werror",
+        ])
         .arg(format!("-I/usr/include/{multiarch}"))
         .args(["-c", src, "-o"])
         .arg(&out)

@@ -7,7 +7,8 @@
 // docs for the layout). These two programs put that header into the three
 // outgoing handshake packets without a trip through userspace:
 //
-//   egress SYN (marked by the daemon's ip6tables rules as covered):
+//   egress SYN of covered traffic (a port in ptcp_ports, a socket mark
+//   matching opt_in_mark/opt_in_mask, or a tuple in ptcp_optin):
 //       DSTOPTS[PREFIX_SYN(our offer for the source address)]
 //   egress SYN+ACK answering a received PREFIX_SYN:
 //       DSTOPTS[PREFIX_SYN(our offer), PREFIX_ACK(echo)]
@@ -30,8 +31,24 @@
 // acknowledging the ISN of our own offered SYN. Entries go with a RST in
 // either direction, an unmarked outgoing SYN (a new plain connection on
 // the tuple), a plain SYN+ACK to our offer, or an incoming plain SYN.
-// Incoming packets are never modified or dropped: the kernel skips the
-// options itself (action 00).
+// Incoming handshake packets are never modified or dropped: the kernel
+// skips the options itself (action 00).
+//
+// The daemon learns the handshakes from copies of the incoming ones in
+// the ptcp_events ring buffer (EV_LEARN: a SYN with a destination options
+// header, a SYN+ACK answering our offer with or without one, a non-SYN
+// segment with one, i.e. the PREFIX_ACK). Records are committed with the
+// ring buffer's adaptive wake-up (flags 0): only a record into an empty
+// ring wakes the daemon, which then reads a whole batch. So no netfilter
+// rule, and no conntrack, sees a connection that has not moved.
+//
+// Segments arriving on an alternative pair of a tracked connection (the
+// peer moved): ptcp_alt (filled by the daemon from the engine's N x M
+// pairs) maps the wire tuple to the original addresses; the ingress
+// program rewrites the addresses back to the original tuple (TCP checksum
+// fixed for the pseudo-header), sets fast_mark, and reports the segment
+// (EV_ALT, at most once per ALT_REPORT_NS per tuple) so the engine's
+// policy can follow the peer.
 //
 // Only Ethernet framing (the daemon attaches to ARPHRD_ETHER links) and
 // TCP directly after the fixed IPv6 header (what the local TCP sends) are
@@ -85,7 +102,28 @@
 #define C_MALFORMED 6
 #define C_ECHO_GIVEN_UP 7
 #define C_EVENTS_LOST 8
-#define C_COUNT 9
+#define C_LEARN_EVENTS 9
+#define C_ALT_REWRITES 10
+#define C_ALT_REPORTS 11
+#define C_FOLLOW_REWRITES 12
+#define C_COUNT 13
+
+// Kinds of a ptcp_events record (preservetcp::bpf::Event).
+#define EV_LEARN 1
+#define EV_ALT 2
+// Bytes of an incoming packet (from the IPv6 header) copied into an event:
+// the fixed header, the largest destination options header and a TCP
+// header with options. Longer packets are cut (the daemon only parses the
+// headers).
+#define EV_MAX (IP6_HLEN + MAX_HDR + 60)
+// Segments on an alternative pair are reported at most this often per
+// wire tuple (the policy follows a peer once its hold time has passed, so
+// it needs a report now and then, not every segment).
+#define ALT_REPORT_NS (20 * 1000 * 1000ull)
+// The follow window (struct follow), refreshed with every report.
+#define FOLLOW_NS (200 * 1000 * 1000ull)
+// Slots of ptcp_alt_slots (a power of two).
+#define ALT_SLOTS 65536
 
 // States of a ptcp_hs entry.
 #define HS_OFFERED 1     // we sent PREFIX_SYN on this SYN (client)
@@ -97,9 +135,13 @@
 #define SCRATCH_INGRESS 0
 #define SCRATCH_EGRESS 1
 
-// Packet mark bit the daemon's ip6tables rules set on covered SYNs (set by
-// the loader; the program clears it again).
-const volatile __u32 offer_mark = 0;
+// Sockets opted in by mark: mark & opt_in_mask == opt_in_mark (set by the
+// loader, preservetcp::control::OPT_IN_MARK / OPT_IN_MASK).
+const volatile __u32 opt_in_mark = 0;
+const volatile __u32 opt_in_mask = 0;
+// Packet mark bit set on incoming segments rewritten from an alternative
+// pair (the daemon's moved-connection rules skip them).
+const volatile __u32 fast_mark = 0;
 
 struct offer {
 	__u16 len;        // bytes used in opt: 2 + option data length
@@ -157,6 +199,141 @@ struct {
 	__uint(max_entries, 512 * 1024);
 } ptcp_echoes SEC(".maps");
 
+// Covered ports (index: port in host order; nonzero: covered), set by the
+// daemon from --ports. A SYN from or to a covered port is offered on.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, __u8);
+} ptcp_ports SEC(".maps");
+
+// Tuples opted in one by one (the control socket's opt-in request), in the
+// sender's view.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct tuple);
+	__type(value, __u8);
+} ptcp_optin SEC(".maps");
+
+// An alternative pair of a tracked connection: the original addresses of
+// the wire tuple it is keyed by (receiver's view, ports unchanged).
+struct alt {
+	__u8 local[16];
+	__u8 peer[16];
+	__u64 next_report_ns; // written by the program only
+	__u64 hold_until_ns;  // no follow window before (daemon: last switch + hold)
+	__u8 current;         // the connection uses this pair now (daemon)
+	__u8 pad[7];
+};
+
+// The follow window: a connection whose peer's segments arrive on an
+// alternative pair that is not its current one sends on that pair (the
+// egress program rewrites and redirects) for FOLLOW_NS after the last such
+// segment, until the daemon's own rules for the move are in. The kernel
+// answers the very segment that showed the move (typically with an ACK)
+// at once, before the daemon could act: that answer must take the new
+// pair, or the peer, still getting no ACK on it, gives it up again.
+struct follow {
+	__u8 local[16]; // the source to use (this host's alternative)
+	__u8 peer[16];  // the destination to use
+	__u64 until_ns;
+	__u32 ifindex;  // where the peer's segment arrived
+	__u32 pad;
+};
+
+// Keyed by the original tuple in the sender's view (as egress sees it).
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct tuple);
+	__type(value, struct follow);
+} ptcp_follow SEC(".maps");
+
+// When egress must look at established segments at all: until
+// echo_until_ns a client echo may be pending (ptcp_hs), until
+// follow_until_ns a follow window may be open (ptcp_follow). Outside both
+// (a steady stream) an egress segment costs no hash lookup.
+struct live {
+	__u64 echo_until_ns;
+	__u64 follow_until_ns;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct live);
+} ptcp_live SEC(".maps");
+
+// A client echo is written within this long of the SYN+ACK (the kernel's
+// ACK leaves at once; up to MAX_ECHO_TRIES skipped segments after it);
+// an echo later than that is not written (the connection stays plain on
+// both ends, as when the tries run out).
+#define ECHO_WINDOW_NS (2000 * 1000 * 1000ull)
+
+// Number of ptcp_alt entries per slot (alt_slot of their key), kept by the
+// daemon (preservetcp::bpf::alt_slot): an incoming segment whose slot is
+// empty is on no alternative pair, without a hash lookup.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, ALT_SLOTS);
+	__type(key, __u32);
+	__type(value, __u32);
+} ptcp_alt_slots SEC(".maps");
+
+// The slot of a wire tuple: the first 8 octets (the prefix part) of both
+// addresses and the ports, read as native 32-bit words (the peer's words
+// multiplied by an odd constant, so the two addresses do not cancel),
+// folded to 16 bits.
+// (The interface identifiers are left out: an alternative pair shares them
+// with the original one.)
+static __always_inline __u32 alt_slot(const struct tuple *t)
+{
+	__u32 l0, l1, p0, p1, ports, x;
+
+	__builtin_memcpy(&l0, t->local, 4);
+	__builtin_memcpy(&l1, t->local + 4, 4);
+	__builtin_memcpy(&p0, t->peer, 4);
+	__builtin_memcpy(&p1, t->peer + 4, 4);
+	__builtin_memcpy(&ports, &t->local_port, 4);
+	x = l0 ^ l1 ^ ((p0 ^ p1) * 0x9E3779B1u) ^ ports;
+	x ^= x >> 16;
+	return x & (ALT_SLOTS - 1);
+}
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct tuple);
+	__type(value, struct alt);
+} ptcp_alt SEC(".maps");
+
+// Copies of incoming packets for the daemon (preservetcp::bpf::Event): a
+// 4-octet header (kind, 0, length in host order) and `length` bytes from
+// the IPv6 header on.
+struct event {
+	__u8 kind;
+	__u8 pad;
+	__u16 len;
+	__u8 data[EV_MAX];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4 * 1024 * 1024);
+} ptcp_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct event);
+} ptcp_event_scratch SEC(".maps");
+
 // Copies of ptcp_hs values (too big for the stack; see SCRATCH_*).
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -180,22 +357,88 @@ static __always_inline void count(__u32 idx)
 		*c += 1;
 }
 
+// Copies the incoming packet (from its IPv6 header, at most EV_MAX bytes)
+// into ptcp_events as an event of `kind`; `flags` chooses the wake-up.
+static __always_inline void report(struct __sk_buff *skb, __u8 kind, __u64 flags)
+{
+	__u32 zero = 0;
+	struct event *e = bpf_map_lookup_elem(&ptcp_event_scratch, &zero);
+	__u64 len;
+
+	if (!e)
+		return;
+	len = skb->len;
+	if (len <= L3) {
+		count(C_EVENTS_LOST);
+		return;
+	}
+	len -= L3;
+	if (len > EV_MAX)
+		len = EV_MAX;
+	// (Keeps the bound on the register passed as the length.)
+	asm volatile("" : "+r"(len));
+	if (len < 1 || len > EV_MAX)
+		return;
+	if (bpf_skb_load_bytes(skb, L3, e->data, len)) {
+		count(C_EVENTS_LOST);
+		return;
+	}
+	e->kind = kind;
+	e->pad = 0;
+	e->len = (__u16)len;
+	if (bpf_ringbuf_output(&ptcp_events, e, 4 + len, flags))
+		count(C_EVENTS_LOST);
+	else
+		count(kind == EV_ALT ? C_ALT_REPORTS : C_LEARN_EVENTS);
+}
+
+// Whether an outgoing SYN (sender's tuple) is covered: its socket mark
+// opted in, one of its ports is in ptcp_ports, or its tuple opted in.
+static __always_inline int covered(struct __sk_buff *skb, struct tuple *t)
+{
+	__u32 port;
+	__u8 *on;
+
+	if (opt_in_mask && (skb->mark & opt_in_mask) == opt_in_mark)
+		return 1;
+	port = bpf_ntohs(t->local_port);
+	on = bpf_map_lookup_elem(&ptcp_ports, &port);
+	if (on && *on)
+		return 1;
+	port = bpf_ntohs(t->peer_port);
+	on = bpf_map_lookup_elem(&ptcp_ports, &port);
+	if (on && *on)
+		return 1;
+	return bpf_map_lookup_elem(&ptcp_optin, t) != 0;
+}
+
 struct headers {
 	__u8 ip[IP6_HLEN];
 	__u8 tcp[14]; // ports, seq, ack, data offset, flags
 };
 
-// Ethernet + IPv6; loads the fixed IPv6 header and what follows it.
+// Ethernet + IPv6; loads the fixed IPv6 header and what follows it. Reads
+// the packet directly when the headers are in the linear part (always for
+// what the local TCP sends and for veth), else through the helper.
 static __always_inline int load_headers(struct __sk_buff *skb, struct headers *h)
 {
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
 	__u16 proto;
 
 	if (skb->protocol != bpf_htons(ETH_P_IPV6))
 		return -1;
-	if (bpf_skb_load_bytes(skb, 12, &proto, 2) || proto != bpf_htons(ETH_P_IPV6))
-		return -1;
-	if (bpf_skb_load_bytes(skb, L3, h, sizeof(*h)))
-		return -1;
+	if (data + L3 + sizeof(*h) <= end) {
+		__builtin_memcpy(&proto, data + 12, 2);
+		if (proto != bpf_htons(ETH_P_IPV6))
+			return -1;
+		__builtin_memcpy(h, data + L3, sizeof(*h));
+	} else {
+		if (bpf_skb_load_bytes(skb, 12, &proto, 2) || proto != bpf_htons(ETH_P_IPV6))
+			return -1;
+		if (bpf_skb_load_bytes(skb, L3, h, sizeof(*h)))
+			return -1;
+	}
 	if ((h->ip[0] >> 4) != 6)
 		return -1;
 	return 0;
@@ -339,6 +582,36 @@ static __always_inline void echo_skipped(struct hs *e, struct tuple *t)
 	e->tries = tries;
 }
 
+// A segment of a connection in its follow window (see struct follow):
+// rewritten to the pair the peer sends on and redirected to the link its
+// segment arrived on (neighbour and MAC addresses filled by the kernel);
+// an expired entry is deleted.
+static __always_inline int follow_out(struct __sk_buff *skb, struct headers *h, struct tuple *t)
+{
+	struct follow *f = bpf_map_lookup_elem(&ptcp_follow, t);
+	__u8 addrs[32];
+	__u32 ifindex;
+	__s64 diff;
+
+	if (!f)
+		return TC_ACT_OK;
+	if (bpf_ktime_get_ns() > f->until_ns) {
+		bpf_map_delete_elem(&ptcp_follow, t);
+		return TC_ACT_OK;
+	}
+	__builtin_memcpy(addrs, f->local, 16);
+	__builtin_memcpy(addrs + 16, f->peer, 16);
+	ifindex = f->ifindex;
+	diff = bpf_csum_diff((__be32 *)&h->ip[8], 32, (__be32 *)addrs, 32, 0);
+	if (diff < 0 || bpf_skb_store_bytes(skb, L3 + 8, addrs, 32, 0) ||
+	    bpf_l4_csum_replace(skb, L4 + 16, 0, (__u64)diff, BPF_F_PSEUDO_HDR)) {
+		count(C_SKIPPED_ERROR);
+		return TC_ACT_SHOT; // half rewritten
+	}
+	count(C_FOLLOW_REWRITES);
+	return bpf_redirect_neigh(ifindex, 0, 0, 0);
+}
+
 SEC("classifier")
 int ptcp_egress(struct __sk_buff *skb)
 {
@@ -366,13 +639,12 @@ int ptcp_egress(struct __sk_buff *skb)
 		__u64 a, total;
 		int keep;
 
-		if (!offer_mark || !(skb->mark & offer_mark)) {
+		if (!covered(skb, &t)) {
 			// Not covered: a new connection on a tuple that had an
 			// entry (the earlier one is gone).
 			forget(&t);
 			return TC_ACT_OK;
 		}
-		skb->mark &= ~offer_mark;
 		__builtin_memcpy(&isn, &h.tcp[4], 4);
 		// A retransmission of the SYN (same sequence number) whose
 		// SYN+ACK has already been learned keeps the pending echo.
@@ -450,12 +722,32 @@ int ptcp_egress(struct __sk_buff *skb)
 	}
 
 	if (!(flags & TCP_SYN)) {
-		struct hs *e = bpf_map_lookup_elem(&ptcp_hs, &t);
+		__u32 zero = 0;
+		struct live *l = bpf_map_lookup_elem(&ptcp_live, &zero);
+		struct hs *e = 0;
 		struct hs *s;
-		__u64 b, total;
+		__u64 b, total, now;
 
-		if (!e || e->state != HS_CLIENT_ECHO)
+		if (!l || (!l->echo_until_ns && !l->follow_until_ns))
 			return TC_ACT_OK;
+		now = bpf_ktime_get_ns();
+		// Windows that passed are cleared, so that a steady stream
+		// does not even read the clock.
+		// (Compare-and-swap: a window the ingress program opened
+		// meanwhile stays.)
+		b = l->echo_until_ns;
+		if (b && now >= b)
+			__sync_val_compare_and_swap(&l->echo_until_ns, b, 0);
+		b = l->follow_until_ns;
+		if (b && now >= b)
+			__sync_val_compare_and_swap(&l->follow_until_ns, b, 0);
+		if (now < l->echo_until_ns)
+			e = bpf_map_lookup_elem(&ptcp_hs, &t);
+		if (!e || e->state != HS_CLIENT_ECHO) {
+			if (now < l->follow_until_ns)
+				return follow_out(skb, &h, &t);
+			return TC_ACT_OK;
+		}
 		// GSO super-packets (one header would be copied into every
 		// segment) and BIG TCP packets (IPv6 payload length 0, a jumbo
 		// option follows) do not carry the echo; a later segment does.
@@ -575,6 +867,68 @@ static __always_inline int answers(__u32 isn, const __u8 *ack)
 	return bpf_ntohl(a) == bpf_ntohl(isn) + 1;
 }
 
+// A segment on an alternative pair of a tracked connection (TCP right
+// after the fixed header): reported now and then, then rewritten to the
+// connection's original addresses. The TCP checksum covers the addresses
+// through the pseudo-header: it is fixed by their difference (for
+// CHECKSUM_COMPLETE packets the store updates skb->csum by the same
+// difference the checksum field takes back, so the packet sum holds).
+static __always_inline void follow_alt(struct __sk_buff *skb, struct headers *h, struct tuple *t)
+{
+	__u32 slot = alt_slot(t), zero = 0;
+	__u32 *n = bpf_map_lookup_elem(&ptcp_alt_slots, &slot);
+	struct alt *a;
+	struct live *l;
+	__u8 addrs[32];
+	__s64 diff;
+	__u64 now;
+
+	if (!n || !*n)
+		return;
+	a = bpf_map_lookup_elem(&ptcp_alt, t);
+	if (!a)
+		return;
+	now = bpf_ktime_get_ns();
+	if (!a->current && now >= a->next_report_ns) {
+		struct tuple key = {};
+		struct follow f = {};
+
+		a->next_report_ns = now + ALT_REPORT_NS;
+		report(skb, EV_ALT, 0);
+		// Within the follow hold after the connection's last switch
+		// this is a late segment on a pair just left: the engine does
+		// not follow it, neither does the window.
+		if (now < a->hold_until_ns)
+			goto rewrite;
+		// Answer on this pair until the daemon's rules take over.
+		__builtin_memcpy(key.local, a->local, 16);
+		__builtin_memcpy(key.peer, a->peer, 16);
+		key.local_port = t->local_port;
+		key.peer_port = t->peer_port;
+		__builtin_memcpy(f.local, t->local, 16);
+		__builtin_memcpy(f.peer, t->peer, 16);
+		f.until_ns = now + FOLLOW_NS;
+		f.ifindex = skb->ifindex;
+		bpf_map_update_elem(&ptcp_follow, &key, &f, BPF_ANY);
+		l = bpf_map_lookup_elem(&ptcp_live, &zero);
+		if (l && l->follow_until_ns < f.until_ns)
+			l->follow_until_ns = f.until_ns;
+	}
+rewrite:
+	// Source: the original peer; destination: the original local address.
+	__builtin_memcpy(addrs, a->peer, 16);
+	__builtin_memcpy(addrs + 16, a->local, 16);
+	diff = bpf_csum_diff((__be32 *)&h->ip[8], 32, (__be32 *)addrs, 32, 0);
+	if (diff < 0 ||
+	    bpf_skb_store_bytes(skb, L3 + 8, addrs, 32, BPF_F_RECOMPUTE_CSUM) ||
+	    bpf_l4_csum_replace(skb, L4 + 16, 0, (__u64)diff, BPF_F_PSEUDO_HDR)) {
+		count(C_SKIPPED_ERROR);
+		return;
+	}
+	skb->mark |= fast_mark;
+	count(C_ALT_REWRITES);
+}
+
 SEC("classifier")
 int ptcp_ingress(struct __sk_buff *skb)
 {
@@ -598,10 +952,16 @@ int ptcp_ingress(struct __sk_buff *skb)
 		flags = h.tcp[13];
 		__builtin_memcpy(&t.local_port, &h.tcp[2], 2);
 		__builtin_memcpy(&t.peer_port, &h.tcp[0], 2);
-		if (flags & TCP_RST) {
+		if (flags & TCP_RST)
 			forget(&t);
+		if (!(flags & TCP_SYN)) {
+			// Data, ACKs, FINs and RSTs: on an alternative pair they
+			// go back to the original tuple.
+			follow_alt(skb, &h, &t);
 			return TC_ACT_OK;
 		}
+		if (flags & TCP_RST)
+			return TC_ACT_OK;
 		// A SYN without options: a plain connection (maybe on a
 		// reused tuple): forget any earlier offer on the tuple.
 		if ((flags & (TCP_SYN | TCP_ACK)) == TCP_SYN) {
@@ -609,11 +969,11 @@ int ptcp_ingress(struct __sk_buff *skb)
 			return TC_ACT_OK;
 		}
 		// A SYN+ACK without options answering our offer: a plain peer,
-		// nothing to echo.
-		if ((flags & (TCP_SYN | TCP_ACK)) == (TCP_SYN | TCP_ACK)) {
-			e = bpf_map_lookup_elem(&ptcp_hs, &t);
-			if (e && e->state == HS_OFFERED && answers(e->isn, &h.tcp[8]))
-				bpf_map_delete_elem(&ptcp_hs, &t);
+		// nothing to echo (the daemon learns that too).
+		e = bpf_map_lookup_elem(&ptcp_hs, &t);
+		if (e && e->state == HS_OFFERED && answers(e->isn, &h.tcp[8])) {
+			bpf_map_delete_elem(&ptcp_hs, &t);
+			report(skb, EV_LEARN, 0);
 		}
 		return TC_ACT_OK;
 	}
@@ -633,21 +993,32 @@ int ptcp_ingress(struct __sk_buff *skb)
 		forget(&t);
 		return TC_ACT_OK;
 	}
-	if (!(flags & TCP_SYN) || (flags & TCP_FIN))
+	if (!(flags & TCP_SYN)) {
+		// The PREFIX_ACK (or any other segment with such a header):
+		// the daemon learns it.
+		report(skb, EV_LEARN, 0);
+		return TC_ACT_OK;
+	}
+	if (flags & TCP_FIN)
 		return TC_ACT_OK;
 	if (flags & TCP_ACK) {
 		// A SYN+ACK: only an answer to our own offer (this SYN's) is
-		// echoed; a retransmitted one refreshes the learned option.
+		// echoed (and learned by the daemon); a retransmitted one
+		// refreshes the learned option.
 		e = bpf_map_lookup_elem(&ptcp_hs, &t);
 		if (!e || (e->state != HS_OFFERED && e->state != HS_CLIENT_ECHO) ||
 		    !answers(e->isn, &tcp[8]))
 			return TC_ACT_OK;
 		offered = e->state == HS_OFFERED;
 		isn = e->isn;
-	} else if (!bpf_map_lookup_elem(&ptcp_offers, t.local)) {
-		// A SYN offering to an address we have no offer for: it cannot
-		// be answered, so it takes no entry.
-		return TC_ACT_OK;
+		report(skb, EV_LEARN, 0);
+	} else {
+		// Every offering SYN is learned by the daemon (it validates);
+		// only one to an address we have an offer for can be answered,
+		// so only that one takes an entry.
+		report(skb, EV_LEARN, 0);
+		if (!bpf_map_lookup_elem(&ptcp_offers, t.local))
+			return TC_ACT_OK;
 	}
 	// The first PREFIX_SYN option; the header must be well framed up to it.
 	sc.skb = skb;
@@ -688,6 +1059,14 @@ int ptcp_ingress(struct __sk_buff *skb)
 	// opt-in).
 	s->state = (flags & TCP_ACK) ? HS_CLIENT_ECHO : HS_SERVER_ECHO;
 	bpf_map_update_elem(&ptcp_hs, &t, s, BPF_ANY);
+	if (flags & TCP_ACK) {
+		__u32 zero = 0;
+		struct live *l = bpf_map_lookup_elem(&ptcp_live, &zero);
+		__u64 until = bpf_ktime_get_ns() + ECHO_WINDOW_NS;
+
+		if (l && l->echo_until_ns < until)
+			l->echo_until_ns = until;
+	}
 	count(C_LEARNED);
 	return TC_ACT_OK;
 }

@@ -26,15 +26,12 @@ use std::net::Ipv6Addr;
 use crate::pairs::FourTuple;
 use crate::wire::{OPT_PREFIX_SYN, PrefixOption};
 
-/// Packet mark bit the daemon's ip6tables rules set on a covered SYN
-/// (configured ports, opted-in sockets, per-tuple opt-ins) for the egress
-/// program, which inserts PREFIX_SYN and clears the bit again. Chosen
-/// outside [`crate::OPT_IN_MARK`] (its bits stay as they are, so the
-/// opt-in match is unaffected) and the daemon's other marks. The first
-/// rule of `PTCP_OUT` clears the bit on every SYN, so a socket whose own
-/// `SO_MARK` has it set is not covered by that alone (its SYN leaves
-/// without the bit unless the covered-traffic rules set it again).
-pub const OFFER_MARK: u32 = 0x2000_0000;
+/// Which SYNs are covered is decided by the egress program itself: a
+/// port in the `ptcp_ports` array ([`PORTS_LEN`] one-octet entries indexed
+/// by the port, nonzero = covered, local or peer port), a socket mark with
+/// `mark & OPT_IN_MASK == OPT_IN_MARK` ([`crate::control::OPT_IN_MARK`]),
+/// or the sender's tuple in the `ptcp_optin` hash ([`hs_key`] layout).
+pub const PORTS_LEN: u32 = 65536;
 
 /// Largest encoded option: type, length and 255 data octets.
 pub const MAX_OPTION: usize = 257;
@@ -140,6 +137,109 @@ pub fn server_echo_option(value: &[u8]) -> Option<PrefixOption> {
     }
 }
 
+/// Size of a `ptcp_alt` value (`struct alt`): the original local and peer
+/// addresses of the connection a wire tuple belongs to, a `u64` the
+/// program keeps for itself (when it next reports the tuple), the
+/// `hold_until_ns` (`CLOCK_MONOTONIC`, native endian: before it a segment
+/// on this pair opens no follow window, see [`alt_entries`]), the
+/// `current` octet (the connection uses this pair now: its segments there
+/// are rewritten but neither reported nor followed) and padding.
+pub const ALT_VALUE_LEN: usize = 56;
+
+/// The `ptcp_alt` entries of a connection: every wire tuple of its N×M
+/// pairs except the original one ([`hs_key`] of the receiver's view,
+/// local = this host's address), each mapped to the original addresses;
+/// the one equal to `current` (the connection's current pair, if it is
+/// not the original) is marked so. `hold_until_ns` is the end of the
+/// connection's follow hold (its last switch plus
+/// [`crate::policy::PolicyConfig::follow_hold`], on `CLOCK_MONOTONIC`,
+/// the clock of `bpf_ktime_get_ns`): until then the kernel does not follow
+/// a segment on another pair, as the engine does not.
+pub fn alt_entries(
+    original: &FourTuple,
+    wires: &[FourTuple],
+    current: Option<&FourTuple>,
+    hold_until_ns: u64,
+) -> Vec<([u8; HS_KEY_LEN], [u8; ALT_VALUE_LEN])> {
+    let mut v = [0u8; ALT_VALUE_LEN];
+    v[..16].copy_from_slice(&original.local.octets());
+    v[16..32].copy_from_slice(&original.peer.octets());
+    v[40..48].copy_from_slice(&hold_until_ns.to_ne_bytes());
+    wires
+        .iter()
+        .filter(|w| *w != original)
+        .map(|w| {
+            let mut v = v;
+            v[48] = u8::from(Some(w) == current);
+            (hs_key(w), v)
+        })
+        .collect()
+}
+
+/// Slots of the `ptcp_alt_slots` array: how many `ptcp_alt` entries have
+/// each [`alt_slot`], so that the ingress program skips the hash lookup for
+/// segments whose slot is empty (nearly all segments on original pairs).
+pub const ALT_SLOTS: u32 = 65536;
+
+/// The slot of a `ptcp_alt` key ([`hs_key`] layout), as `alt_slot` in the
+/// C source computes it: the first 8 octets of both addresses (their
+/// prefix part: an alternative pair shares the interface identifiers with
+/// the original one) and the two ports, as native-endian 32-bit words
+/// (the peer's multiplied by an odd constant, so the two addresses do not
+/// cancel), folded to 16 bits.
+pub fn alt_slot(key: &[u8; HS_KEY_LEN]) -> u32 {
+    let w = |at: usize| u32::from_ne_bytes([key[at], key[at + 1], key[at + 2], key[at + 3]]);
+    let p = (w(16) ^ w(20)).wrapping_mul(0x9E37_79B1);
+    let mut x = w(0) ^ w(4) ^ p ^ w(32);
+    x ^= x >> 16;
+    x & (ALT_SLOTS - 1)
+}
+
+/// Kind of a `ptcp_events` record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// An incoming handshake packet to learn from
+    /// ([`crate::Engine::observe_inbound`]).
+    Learn,
+    /// A segment that arrived on an alternative pair and was rewritten to
+    /// the original tuple in the kernel ([`crate::Engine::inbound`] with
+    /// the wire bytes; its verdict is not needed).
+    Alt,
+}
+
+/// A decoded `ptcp_events` record: its kind and the packet from the IPv6
+/// header on, as far as the program copied it. When the copy was cut
+/// short (at most the headers are needed), the IPv6 payload length is set
+/// to what was copied, so the packet parses as a whole one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// What the program reports.
+    pub kind: EventKind,
+    /// The packet bytes.
+    pub packet: Vec<u8>,
+}
+
+/// Decodes a `ptcp_events` record (`struct event`: kind octet, a pad
+/// octet, a native-endian `u16` length, then that many packet bytes;
+/// records may be padded). `None` for an unknown kind, a length beyond the
+/// record, or a packet shorter than a fixed IPv6 header.
+pub fn decode_event(bytes: &[u8]) -> Option<Event> {
+    let kind = match *bytes.first()? {
+        1 => EventKind::Learn,
+        2 => EventKind::Alt,
+        _ => return None,
+    };
+    let len = usize::from(u16::from_ne_bytes(bytes.get(2..4)?.try_into().ok()?));
+    let mut packet = bytes.get(4..4usize.checked_add(len)?)?.to_vec();
+    let payload = packet.len().checked_sub(40)?;
+    let stated = usize::from(u16::from_be_bytes(packet.get(4..6)?.try_into().ok()?));
+    if stated > payload {
+        let p = u16::try_from(payload).ok()?;
+        packet.get_mut(4..6)?.copy_from_slice(&p.to_be_bytes());
+    }
+    Some(Event { kind, packet })
+}
+
 /// The programs' counters (per-CPU array indices, `C_*` in the C source).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Counter {
@@ -162,14 +262,25 @@ pub enum Counter {
     /// Client echoes given up after being skipped on three segments (GSO,
     /// BIG TCP or MTU): the connection stays plain TCP.
     EchoGivenUp,
-    /// Echo events the ring buffer had no room for (the daemon then does
-    /// not enter a connection the server has entered).
+    /// Events (echoes, learned packets, alternative-pair reports) the ring
+    /// buffers had no room for (the daemon then may not enter a connection
+    /// the peer has entered).
     EventsLost,
+    /// Incoming handshake packets copied for the daemon to learn.
+    LearnEvents,
+    /// Segments on an alternative pair rewritten to the original tuple.
+    AltRewrites,
+    /// Of those, the ones reported to the daemon (not on the connection's
+    /// current pair; at most one per tuple every 20 ms).
+    AltReports,
+    /// Outgoing segments sent on the pair the peer moved to before the
+    /// daemon's rules for the move were in (the follow window).
+    FollowRewrites,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 9] = [
+    pub const ALL: [Counter; 13] = [
         Counter::SynOffers,
         Counter::SynackAnswers,
         Counter::AckEchoes,
@@ -179,6 +290,10 @@ impl Counter {
         Counter::Malformed,
         Counter::EchoGivenUp,
         Counter::EventsLost,
+        Counter::LearnEvents,
+        Counter::AltRewrites,
+        Counter::AltReports,
+        Counter::FollowRewrites,
     ];
 
     /// Index in the `ptcp_counters` array.
@@ -193,6 +308,10 @@ impl Counter {
             Counter::Malformed => 6,
             Counter::EchoGivenUp => 7,
             Counter::EventsLost => 8,
+            Counter::LearnEvents => 9,
+            Counter::AltRewrites => 10,
+            Counter::AltReports => 11,
+            Counter::FollowRewrites => 12,
         }
     }
 
@@ -208,6 +327,10 @@ impl Counter {
             Counter::Malformed => "bpf_malformed",
             Counter::EchoGivenUp => "bpf_echo_given_up",
             Counter::EventsLost => "bpf_events_lost",
+            Counter::LearnEvents => "bpf_learn_events",
+            Counter::AltRewrites => "bpf_alt_rewrites",
+            Counter::AltReports => "bpf_alt_reports",
+            Counter::FollowRewrites => "bpf_follow_rewrites",
         }
     }
 }
@@ -372,6 +495,140 @@ mod tests {
         assert_eq!(echo_event(&ev), Some(t));
         for n in 0..ECHO_EVENT_LEN {
             assert_eq!(echo_event(&ev[..n]), None, "{n} octets");
+        }
+    }
+
+    fn ipv6_tcp(payload_len: u16, extra: usize) -> Vec<u8> {
+        let mut p = vec![0u8; 40 + 20 + extra];
+        p[0] = 0x60;
+        p[4..6].copy_from_slice(&payload_len.to_be_bytes());
+        p[6] = 6;
+        p[52] = 5 << 4; // TCP data offset: 20 octets
+        p
+    }
+
+    fn record(kind: u8, pkt: &[u8]) -> Vec<u8> {
+        let mut r = vec![kind, 0];
+        r.extend_from_slice(&u16::try_from(pkt.len()).unwrap().to_ne_bytes());
+        r.extend_from_slice(pkt);
+        r
+    }
+
+    #[test]
+    fn events_decode_and_cut_copies_parse_whole() {
+        // A whole packet: unchanged.
+        let p = ipv6_tcp(20, 0);
+        let e = decode_event(&record(1, &p)).unwrap();
+        assert_eq!(
+            e,
+            Event {
+                kind: EventKind::Learn,
+                packet: p.clone()
+            }
+        );
+        // Padded record: the length field decides.
+        let mut r = record(2, &p);
+        r.extend_from_slice(&[0xee; 4]);
+        let e = decode_event(&r).unwrap();
+        assert_eq!(e.kind, EventKind::Alt);
+        assert_eq!(e.packet, p);
+        // A copy cut after the headers (1400 bytes of data stated): the
+        // payload length becomes what was copied.
+        let p = ipv6_tcp(1420, 0);
+        let e = decode_event(&record(1, &p)).unwrap();
+        assert_eq!(u16::from_be_bytes([e.packet[4], e.packet[5]]), 20);
+        assert!(crate::packet::parse_ipv6_tcp(&e.packet).is_ok());
+        // Unknown kind, short records, lengths beyond the record, packets
+        // shorter than the fixed header: rejected, never a panic.
+        assert_eq!(decode_event(&record(3, &ipv6_tcp(20, 0))), None);
+        let r = record(1, &ipv6_tcp(20, 0));
+        for n in 0..r.len() {
+            assert_eq!(decode_event(&r[..n]), None, "{n} octets");
+        }
+        assert_eq!(decode_event(&record(1, &[0x60; 39])), None);
+    }
+
+    #[test]
+    fn alt_entries_cover_every_pair_but_the_original() {
+        let a = |s: &str| s.parse::<Ipv6Addr>().unwrap();
+        let original = FourTuple {
+            local: a("2001:db8:0::a"),
+            local_port: 40000,
+            peer: a("2001:db8:0::b"),
+            peer_port: 5001,
+        };
+        let wires: Vec<FourTuple> = [("0", "0"), ("0", "1"), ("1", "0"), ("1", "1")]
+            .iter()
+            .map(|(l, p)| FourTuple {
+                local: a(&format!("2001:db8:{l}::a")),
+                peer: a(&format!("2001:db8:{p}::b")),
+                ..original
+            })
+            .collect();
+        let v = alt_entries(&original, &wires, None, 0);
+        assert_eq!(v.len(), 3);
+        for (k, val) in &v {
+            assert_ne!(*k, hs_key(&original));
+            assert_eq!(&val[..16], &original.local.octets());
+            assert_eq!(&val[16..32], &original.peer.octets());
+            assert_eq!(&val[32..], &[0u8; 24]);
+        }
+        assert_eq!(v[2].0, hs_key(&wires[3]));
+        // The current pair is marked, the others are not; every entry
+        // has the hold.
+        let v = alt_entries(&original, &wires, Some(&wires[2]), 0x0102_0304_0506_0708);
+        let flags: Vec<u8> = v.iter().map(|(_, val)| val[48]).collect();
+        assert_eq!(flags, vec![0, 1, 0]);
+        for (_, val) in &v {
+            assert_eq!(&val[40..48], &0x0102_0304_0506_0708u64.to_ne_bytes());
+        }
+    }
+
+    #[test]
+    fn c_source_agrees_on_events_and_alternatives() {
+        let src = include_str!("../bpf/ptcp.bpf.c");
+        assert!(src.contains("#define EV_LEARN 1"));
+        assert!(src.contains("#define EV_ALT 2"));
+        assert!(src.contains("struct event {\n\t__u8 kind;\n\t__u8 pad;\n\t__u16 len;"));
+        assert!(src.contains(
+            "struct alt {\n\t__u8 local[16];\n\t__u8 peer[16];\n\t__u64 next_report_ns; // written by the program only\n\t__u64 hold_until_ns;  // no follow window before (daemon: last switch + hold)\n\t__u8 current;         // the connection uses this pair now (daemon)\n\t__u8 pad[7];\n};"
+        ));
+        assert!(src.contains("__uint(max_entries, 65536);\n\t__type(key, __u32);\n\t__type(value, __u8);\n} ptcp_ports"));
+        assert_eq!(PORTS_LEN, 65536);
+    }
+
+    #[test]
+    fn alt_slots_ignore_interface_identifiers_and_use_ports() {
+        let t = |l: &str, p: &str, lp: u16| {
+            hs_key(&FourTuple {
+                local: l.parse().unwrap(),
+                local_port: lp,
+                peer: p.parse().unwrap(),
+                peer_port: 5001,
+            })
+        };
+        let a = alt_slot(&t("2001:db8:0::a", "2001:db8:0::b", 40000));
+        assert!(a < ALT_SLOTS);
+        assert_eq!(a, alt_slot(&t("2001:db8:0::99", "2001:db8:0::77", 40000)));
+        assert_ne!(a, alt_slot(&t("2001:db8:1::a", "2001:db8:0::b", 40000)));
+        assert_ne!(a, alt_slot(&t("2001:db8:0::a", "2001:db8:1::b", 40000)));
+        assert_ne!(a, alt_slot(&t("2001:db8:0::a", "2001:db8:0::b", 40001)));
+        // Swapping the two addresses' prefixes changes the slot too.
+        assert_ne!(
+            alt_slot(&t("2001:db8:1::a", "2001:db8:2::b", 40000)),
+            alt_slot(&t("2001:db8:2::a", "2001:db8:1::b", 40000))
+        );
+        // A known value (little-endian words, as on x86-64 and aarch64),
+        // worked out by hand from the C source's steps.
+        if cfg!(target_endian = "little") {
+            let k = t("2001:db8:1::a", "2001:db8:2::b", 40000);
+            let w = |b: [u8; 4]| u32::from_le_bytes(b);
+            let l = w([0x20, 0x01, 0x0d, 0xb8]) ^ w([0x00, 0x01, 0x00, 0x00]);
+            let p = w([0x20, 0x01, 0x0d, 0xb8]) ^ w([0x00, 0x02, 0x00, 0x00]);
+            let ports = w([0x9c, 0x40, 0x13, 0x89]);
+            let mut x = l ^ p.wrapping_mul(0x9E37_79B1) ^ ports;
+            x ^= x >> 16;
+            assert_eq!(alt_slot(&k), x & 0xffff);
         }
     }
 }

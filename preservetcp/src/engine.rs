@@ -86,6 +86,12 @@ pub enum Action {
     /// receive on the original tuple when the original link is gone (the
     /// daemon keeps fallback routes for it).
     Moved(FourTuple, AddrPair),
+    /// A connection (original tuple) was entered; its wire tuples are
+    /// [`Engine::wire_tuples`] (only with [`EngineConfig::pair_actions`]).
+    Tracked(FourTuple),
+    /// The connection was forgotten (only with
+    /// [`EngineConfig::pair_actions`]).
+    Untracked(FourTuple),
 }
 
 /// A `tcp_info` sample.
@@ -145,6 +151,12 @@ pub struct EngineConfig {
     /// ([`EngineConfig::pending_timeout`]). Off: the SYN+ACK enters the
     /// connection (the echo is assumed).
     pub kernel_echo_events: bool,
+    /// Report every connection entered ([`Action::Tracked`]) and forgotten
+    /// ([`Action::Untracked`]), so that the daemon can give the kernel the
+    /// connection's wire tuples ([`Engine::wire_tuples`]): with the tc BPF
+    /// programs, segments on an alternative pair are rewritten to the
+    /// original tuple in the kernel and only reported to the engine.
+    pub pair_actions: bool,
 }
 
 impl Default for EngineConfig {
@@ -157,6 +169,7 @@ impl Default for EngineConfig {
             pending_timeout: Duration::from_secs(30),
             kernel_options: false,
             kernel_echo_events: false,
+            pair_actions: false,
         }
     }
 }
@@ -471,8 +484,43 @@ impl Engine {
                 if c.redirected {
                     self.actions.push(Action::Unredirect(c.original));
                 }
+                if self.config.pair_actions {
+                    self.actions.push(Action::Untracked(c.original));
+                }
             }
         }
+    }
+
+    /// Until when a segment of the connection on another pair is not
+    /// followed (its last switch plus
+    /// [`crate::policy::PolicyConfig::follow_hold`]); `None` if it never
+    /// switched or is unknown.
+    pub fn follow_hold_until(&self, original: &FourTuple) -> Option<Instant> {
+        let (id, _) = self.pairs.lookup_original(original)?;
+        let at = self.conns.get(&id)?.policy.last_switch()?;
+        at.checked_add(self.config.policy.follow_hold)
+    }
+
+    /// Every tuple a connection (original tuple) may use on the wire, in
+    /// the receiver's view (local = this host's address): its N×M pairs,
+    /// the original one included. Empty for an unknown connection.
+    pub fn wire_tuples(&self, original: &FourTuple) -> Vec<FourTuple> {
+        let Some((id, _)) = self.pairs.lookup_original(original) else {
+            return Vec::new();
+        };
+        let locals = self.pairs.locals(id).unwrap_or_default();
+        let peers = self.pairs.peers(id).unwrap_or_default();
+        locals
+            .iter()
+            .flat_map(|l| {
+                peers.iter().map(move |p| {
+                    original.with_pair(AddrPair {
+                        local: *l,
+                        peer: *p,
+                    })
+                })
+            })
+            .collect()
     }
 
     /// Moves connection `id` to `pair` (control socket).
@@ -595,6 +643,9 @@ impl Engine {
             }
         }
         self.stats.connections += 1;
+        if self.config.pair_actions {
+            self.actions.push(Action::Tracked(original));
+        }
         self.conns.insert(
             id,
             Conn {
@@ -1205,6 +1256,112 @@ mod tests {
             Verdict::Accept
         );
         assert_eq!(c.connections().len(), 1);
+    }
+
+    /// With [`EngineConfig::pair_actions`] every entered connection is
+    /// reported with its wire tuples and every forgotten one too; an
+    /// alternative pair's segment given to [`Engine::inbound`] (what the
+    /// kernel reports after rewriting it) makes the policy follow.
+    #[test]
+    fn pair_actions_report_entered_and_forgotten_connections() {
+        let World {
+            mut c,
+            mut s,
+            c0,
+            c1,
+            s0,
+            s1,
+            t0,
+        } = two_engines();
+        let kernel = EngineConfig {
+            kernel_options: true,
+            pair_actions: true,
+            policy: PolicyConfig {
+                follow_hold: Duration::ZERO,
+                ..PolicyConfig::default()
+            },
+            ..EngineConfig::default()
+        };
+        c.config = kernel;
+        s.config = kernel;
+        let with = |p: Vec<u8>, syn: Option<PrefixOption>, ack: Option<PrefixOption>| {
+            let h = DestOptsHeader::with_prefixes(IPPROTO_TCP, syn, ack).unwrap();
+            insert_dest_opts(&p, &h).unwrap()
+        };
+        let c_offer = c.offer_for(c0);
+        s.observe_inbound(
+            &with(pkt(c0, s0, 40000, 5001, SYN), Some(c_offer.clone()), None),
+            t0,
+        );
+        assert!(s.take_actions().is_empty(), "nothing entered yet");
+        let s_offer = s.offer_for(s0);
+        s.observe_inbound(
+            &with(pkt(c0, s0, 40000, 5001, ACK), None, Some(s_offer)),
+            t0,
+        );
+        let orig = FourTuple {
+            local: s0,
+            local_port: 5001,
+            peer: c0,
+            peer_port: 40000,
+        };
+        assert_eq!(s.take_actions(), vec![Action::Tracked(orig)]);
+        let mut wires = s.wire_tuples(&orig);
+        wires.sort_by_key(|t| (t.local, t.peer));
+        let mut expect: Vec<FourTuple> = [(s0, c0), (s0, c1), (s1, c0), (s1, c1)]
+            .iter()
+            .map(|(l, p)| FourTuple {
+                local: *l,
+                peer: *p,
+                ..orig
+            })
+            .collect();
+        expect.sort_by_key(|t| (t.local, t.peer));
+        assert_eq!(wires, expect);
+        assert!(
+            s.wire_tuples(&FourTuple {
+                local_port: 1,
+                ..orig
+            })
+            .is_empty()
+        );
+        assert_eq!(s.follow_hold_until(&orig), None, "never switched");
+        // The client's segment on (c1 -> s1), reported by the kernel: the
+        // server follows.
+        let _ = s.inbound(&pkt(c1, s1, 40000, 5001, ACK), t0 + Duration::from_secs(1));
+        let a = s.take_actions();
+        assert!(a.contains(&Action::Redirect(orig)), "{a:?}");
+        assert!(a.contains(&Action::Moved(
+            orig,
+            AddrPair {
+                local: s1,
+                peer: c1
+            }
+        )));
+        assert_eq!(
+            s.follow_hold_until(&orig),
+            Some(t0 + Duration::from_secs(1)),
+            "switched at t0 + 1 s, no hold configured"
+        );
+        // Its socket is gone: forgotten and reported.
+        s.socket_gone(&orig, t0 + Duration::from_secs(2));
+        assert_eq!(
+            s.take_actions(),
+            vec![Action::Unredirect(orig), Action::Untracked(orig)]
+        );
+        assert!(s.wire_tuples(&orig).is_empty());
+        // Without the flag, no such actions (the default).
+        c.config.pair_actions = false;
+        c.observe_inbound(
+            &with(
+                pkt(s0, c0, 5001, 40009, SYN | ACK),
+                Some(s.offer_for(s0)),
+                None,
+            ),
+            t0,
+        );
+        assert_eq!(c.connections().len(), 1);
+        assert!(c.take_actions().is_empty());
     }
 
     /// With [`EngineConfig::kernel_options`] the outgoing handshake

@@ -34,9 +34,10 @@
 //!   programs to every Ethernet link, also links that appear later) put
 //!   the options into the three outgoing handshake packets, so no
 //!   handshake packet waits in userspace: egress inserts PREFIX_SYN into
-//!   SYNs that the ip6tables rules marked as covered ([`bpf::OFFER_MARK`];
-//!   the first rule clears a socket's own copy of the bit on every SYN, the
-//!   program clears it again), PREFIX_SYN + PREFIX_ACK into a SYN+ACK
+//!   SYNs of covered traffic, which it decides itself (a port from
+//!   `--ports` in an array map, a socket mark matching [`OPT_IN_MARK`], or
+//!   a tuple opted in through the control socket; see [`bpf::PORTS_LEN`]),
+//!   PREFIX_SYN + PREFIX_ACK into a SYN+ACK
 //!   answering a received offer, and PREFIX_ACK into the first segment
 //!   after a SYN+ACK that answered our offer. The offers are precomputed by
 //!   the daemon with [`select::offer_option`] (exactly
@@ -64,15 +65,21 @@
 //!   the pseudo-header has no extension headers). A packet that would
 //!   exceed the link MTU keeps no option (counted as skipped; GSO packets
 //!   get a smaller segment size instead). The engine runs with
-//!   [`EngineConfig::kernel_options`] and learns every handshake from the
-//!   NFLOG copies of the incoming packets, so the pair table, monitoring
-//!   and migration are unchanged. Two decisions follow what the kernel
+//!   [`EngineConfig::kernel_options`] and learns every handshake from
+//!   copies of the incoming packets that the ingress program puts into the
+//!   `ptcp_events` ring buffer ([`bpf::decode_event`]: an offering SYN, a
+//!   SYN+ACK answering our offer with or without options, a non-SYN
+//!   segment with a destination options header), so the pair table,
+//!   monitoring and migration are unchanged. A record into an empty ring
+//!   wakes the daemon's event thread, which reads whole batches at most
+//!   every 5 ms, so a burst of connections costs a few wake-ups, not one
+//!   per connection. Two decisions follow what the kernel
 //!   really did ([`EngineConfig::kernel_echo_events`]): the client enters
 //!   a connection when the egress program reports (ring buffer
-//!   `ptcp_echoes`, read after every NFLOG drain) that its PREFIX_ACK
+//!   `ptcp_echoes`) that its PREFIX_ACK
 //!   echo left, not when the SYN+ACK arrives, and a server whose pending
-//!   handshake is missing when PREFIX_ACK arrives (pending table full, an
-//!   NFLOG copy lost) rebuilds it from the client's PREFIX_SYN kept in the
+//!   handshake is missing when PREFIX_ACK arrives (pending table full, a
+//!   copy lost) rebuilds it from the client's PREFIX_SYN kept in the
 //!   kernel's entry (`handshakes_rebuilt`); a lost report (ring full) is
 //!   counted as `bpf_events_lost`; the programs' counters are in the
 //!   `stats` output (`bpf_*`). The tcx links belong to the daemon's file
@@ -94,13 +101,47 @@
 //!   differ from the wire (only the acknowledged-prefix bookkeeping of
 //!   that one connection is affected).
 //!   Only Ethernet links are handled (the programs parse Ethernet
-//!   framing). Measured with `ptcp_bench` (release, 2 CPUs, idle):
-//!   connect+close 0.42–0.44 of plain TCP (0.09–0.17 through NFQUEUE);
-//!   the figures of 0.83–0.91 first reported were flattered by daemons that
-//!   left their netfilter state behind for the plain runs (fixed; see
-//!   `examples/src/bin/ptcp_bench.rs`). What remains per connection is
-//!   netfilter (conntrack, the mangle chains, three NFLOG copies) and the
-//!   daemons' work on the learned packets.
+//!   framing).
+//! - No netfilter for a connection that has not moved (BPF mode): besides
+//!   the handshake, the programs also handle segments on *alternative*
+//!   pairs. The daemon gives the kernel each tracked connection's N×M-1
+//!   alternative wire tuples (`ptcp_alt`, [`bpf::alt_entries`], filled on
+//!   [`engine::Action::Tracked`], see [`EngineConfig::pair_actions`]; at
+//!   once for up to 500 connections per second, beyond that 100 ms after
+//!   the connection was entered, so a burst of short connections costs no
+//!   map updates), and the ingress program rewrites a segment arriving on
+//!   one back to the original tuple (addresses, and the TCP checksum by
+//!   the pseudo-header difference), marks it, and reports it (at most
+//!   every 20 ms per tuple, and not on the connection's current pair) so
+//!   that the engine's policy can follow the peer. A per-slot count
+//!   ([`bpf::alt_slot`]) spares segments on original pairs the hash
+//!   lookup. Following a peer has one part in the kernel, the *follow
+//!   window*: the kernel answers the very segment that showed the move at
+//!   once (typically with an ACK), before the daemon could change
+//!   anything, and that answer must take the new pair, or the peer, still
+//!   without an ACK there, gives the pair up again (seen in the lab as
+//!   both ends switching back and forth). So for 200 ms after such a
+//!   segment (refreshed by each report) the egress program rewrites the
+//!   connection's segments to that pair and redirects them to the link the
+//!   peer's segment came in on (`bpf_redirect_neigh`), unless the
+//!   connection is within its follow hold after its own last switch
+//!   (the daemon writes that time into the entries: late segments on a pair
+//!   just left open no window, exactly as the engine does not follow
+//!   them). Netfilter is needed only for a connection that has moved
+//!   (its outgoing segments, and its incoming ones on the original tuple):
+//!   the `mangle` chains (no conntrack match) and the fast path table are
+//!   hooked with the first move in the namespace and removed a second
+//!   after the last moved connection is back or gone (`rules.rs`). The
+//!   lab test `unmoved_connections_meet_no_netfilter_hook` checks that
+//!   neither namespace has a base chain (nor conntrack entries) while an
+//!   unmoved connection carries data, and that the hooks come and go with
+//!   a move. A peer that moves within 100 ms of a connection entered
+//!   during a burst (beyond 500 per second) finds no entry yet: its
+//!   segments on the new pair reach no socket until then.
+//!   Measured with `ptcp_bench` (release, 2 CPUs, idle; see
+//!   `examples/src/bin/ptcp_bench.rs`): connect+close 0.90 of plain TCP
+//!   (0.42–0.44 when the handshake was learned through NFLOG under
+//!   conntrack and the mangle chains; 0.09–0.17 through NFQUEUE).
 //!
 //! - With `--no-bpf` (or without BPF), only packets the daemon must
 //!   *modify* wait in userspace. ip6tables
@@ -119,7 +160,7 @@
 //!   kernel has even answered it, so the SYN+ACK always finds what the SYN
 //!   offered. A handshake therefore costs three queue round trips in all
 //!   (client SYN and ACK, server SYN+ACK) instead of six.
-//! - Segments of an established connection past its handshake leave the
+//! - (`--no-bpf`) Segments of an established connection past its handshake leave the
 //!   chains after native `ct state` / conntrack packet count / connmark
 //!   checks, before any extension header or socket match, so an unmoved
 //!   connection costs nothing in userspace after the handshake. Segments on

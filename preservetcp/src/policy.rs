@@ -300,6 +300,12 @@ impl ChangePolicy {
         }
     }
 
+    /// When the policy last switched pairs (the follow hold runs from
+    /// there).
+    pub fn last_switch(&self) -> Option<Instant> {
+        self.last_switch
+    }
+
     /// The current pair.
     pub fn current(&self) -> AddrPair {
         AddrPair {

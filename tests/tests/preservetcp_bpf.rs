@@ -463,14 +463,13 @@ fn links_are_followed_by_index() {
     assert_eq!(da.stat("bpf_links"), before + 2);
 }
 
-/// A socket whose own `SO_MARK` carries the offer bit, on a port the
-/// daemon does not cover, gets no offer: the first rule of `PTCP_OUT`
-/// clears the bit on SYNs, so only the covered-traffic rules make the
-/// egress program offer (an offer the engine never hears of would let the
-/// peer enter a connection this host cannot follow). A covered connection
-/// is still offered. SIGTERM ends the daemon through its clean-up (exit 0).
+/// The egress program decides coverage itself: a socket with some other
+/// mark (here the bit an earlier version used to flag offers) on a port
+/// the daemon does not cover gets no offer, one marked with
+/// `OPT_IN_MARK` on that port does, and so does a covered port. SIGTERM
+/// ends the daemon through its clean-up (exit 0).
 #[test]
-fn socket_mark_with_the_offer_bit_is_not_an_offer() {
+fn only_the_opt_in_mark_or_a_covered_port_makes_an_offer() {
     const OTHER: u16 = 5002;
     let t = two_links();
     let da = Daemon::start(&t.lab, &t.a, &[PORT]);
@@ -481,26 +480,35 @@ fn socket_mark_with_the_offer_bit_is_not_an_offer() {
             .expect("run")
             .expect("bind");
     let dst = SocketAddr::from((v6(&t.l0, &t.b), OTHER));
+    let marked = move |mark: u32| {
+        let s = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)?;
+        s.set_mark(mark)?;
+        s.connect(&dst.into())?;
+        std::io::Result::Ok(TcpStream::from(s))
+    };
     let c: TcpStream =
-        t.a.run(move || {
-            let s = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)?;
-            s.set_mark(preservetcp::bpf::OFFER_MARK)?;
-            s.connect(&dst.into())?;
-            std::io::Result::Ok(TcpStream::from(s))
-        })
-        .expect("run")
-        .expect("marked connect");
+        t.a.run(move || marked(0x2000_0000))
+            .expect("run")
+            .expect("marked connect");
     let (s, _) = other.accept().expect("accept");
     drop((c, s));
     assert_eq!(da.stat("bpf_syn_offers"), 0, "{}", da.log());
     assert_eq!(db.stat("bpf_synack_answers"), 0, "{}", db.log());
+    let c: TcpStream =
+        t.a.run(move || marked(preservetcp::control::OPT_IN_MARK | 0x17))
+            .expect("run")
+            .expect("opted-in connect");
+    let (s, _) = other.accept().expect("accept");
+    drop((c, s));
+    assert_eq!(da.stat("bpf_syn_offers"), 1, "{}", da.log());
+    assert_eq!(db.stat("bpf_synack_answers"), 1, "{}", db.log());
     let listener =
         t.b.run(|| TcpListener::bind(("::", PORT)))
             .expect("run")
             .expect("bind");
     let (c, s, _) = connect(&t, &listener);
     drop((c, s));
-    assert_eq!(da.stat("bpf_syn_offers"), 1, "{}", da.log());
+    assert_eq!(da.stat("bpf_syn_offers"), 2, "{}", da.log());
     db.proc
         .signal(nix::sys::signal::Signal::SIGTERM)
         .expect("SIGTERM");
@@ -515,4 +523,127 @@ fn socket_mark_with_the_offer_bit_is_not_an_offer() {
         out.stderr
     );
     assert!(out.stderr.contains("SIGTERM: exiting"), "{}", out.stderr);
+}
+
+/// The base chains (hooks) of every nftables table in `host` (iptables-nft
+/// rules are nftables tables too), one line each.
+fn hooks(host: &netlab::Host) -> Vec<String> {
+    host.exec_ok(["nft", "list", "ruleset"])
+        .expect("nft list ruleset")
+        .lines()
+        .filter(|l| l.contains(" hook "))
+        .map(|l| l.trim().to_string())
+        .collect()
+}
+
+/// Entries in the namespace's conntrack table (0 also when conntrack was
+/// never turned on in it).
+fn conntrack_entries(host: &netlab::Host) -> u64 {
+    host.exec_ok([
+        "sh",
+        "-c",
+        "cat /proc/sys/net/netfilter/nf_conntrack_count 2>/dev/null || echo 0",
+    ])
+    .expect("conntrack count")
+    .trim()
+    .parse()
+    .expect("a number")
+}
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let t0 = std::time::Instant::now();
+    while !cond() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Sends 1 MiB from `from` to `to` (read concurrently) and checks it.
+fn pass(from: &mut TcpStream, to: &mut TcpStream, seed: u8) {
+    let data: Vec<u8> = (0..1usize << 20).map(|i| (i % 251) as u8 ^ seed).collect();
+    let expect = data.clone();
+    let mut to = to.try_clone().expect("clone");
+    let reader = std::thread::spawn(move || {
+        let mut got = vec![0u8; expect.len()];
+        to.read_exact(&mut got).expect("read");
+        got == expect
+    });
+    from.write_all(&data).expect("write");
+    assert!(reader.join().expect("reader"), "data intact");
+}
+
+/// A connection that has not moved meets no netfilter hook of ours: with
+/// the BPF programs both daemons learn the handshake from the ring buffer
+/// copies and neither namespace has a single base chain (so no conntrack
+/// either) while data flows. The first move hooks the moved-connection
+/// plumbing; when the connection is back on its original pair the hooks
+/// go again (after a second).
+#[test]
+fn unmoved_connections_meet_no_netfilter_hook() {
+    let t = two_links();
+    let da = Daemon::start(&t.lab, &t.a, &[PORT]);
+    let db = Daemon::start(&t.lab, &t.b, &[PORT]);
+    assert!(da.bpf() && db.bpf());
+    let listener =
+        t.b.run(|| TcpListener::bind(("::", PORT)))
+            .expect("run")
+            .expect("bind");
+    let (mut c, mut s, _) = connect(&t, &listener);
+    for x in [&c, &s] {
+        x.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        x.set_write_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+    }
+    pass(&mut c, &mut s, 1);
+    for (h, d) in [(&t.a, &da), (&t.b, &db)] {
+        assert_eq!(hooks(h), Vec::<String>::new(), "{}: {}", h.name(), d.log());
+        assert_eq!(conntrack_entries(h), 0, "{}", h.name());
+        assert!(d.stat("bpf_learn_events") >= 1, "{}", d.log());
+        assert_eq!(d.connections().len(), 1, "tracked: {}", d.log());
+        assert_eq!(d.stat("bpf_alt_rewrites"), 0, "nothing moved yet");
+    }
+
+    // The first move hooks the plumbing, on both hosts (the server
+    // follows), and data still flows both ways.
+    let (a0, a1) = (v6(&t.l0, &t.a), v6(&t.l1, &t.a));
+    let (b0, b1) = (v6(&t.l0, &t.b), v6(&t.l1, &t.b));
+    let id = da.connections()[0].id;
+    let r = da.request(&preservetcp::control::Request::Move {
+        id,
+        local: a1,
+        peer: b1,
+    });
+    assert!(r.ok, "{:?}", r.error);
+    pass(&mut c, &mut s, 2);
+    pass(&mut s, &mut c, 3);
+    wait_until("server followed", || {
+        db.connections()[0].current.local == b1
+    });
+    for (h, d) in [(&t.a, &da), (&t.b, &db)] {
+        wait_until("hooked", || hooks(h).len() >= 2);
+        assert!(d.stat("bpf_alt_rewrites") > 0, "{}", d.log());
+    }
+    assert!(db.stat("bpf_alt_reports") >= 1, "the server saw the move");
+
+    // Back to the original pair (after the server's follow hold, see
+    // preservetcp::policy): the hooks go again.
+    std::thread::sleep(Duration::from_millis(700));
+    let r = da.request(&preservetcp::control::Request::Move {
+        id,
+        local: a0,
+        peer: b0,
+    });
+    assert!(r.ok, "{:?}", r.error);
+    let mut seed = 4;
+    wait_until("server followed back", || {
+        pass(&mut c, &mut s, seed);
+        seed = seed.wrapping_add(1);
+        db.connections()[0].current.local == b0
+    });
+    for (h, d) in [(&t.a, &da), (&t.b, &db)] {
+        wait_until("unhooked", || d.log().contains("unhooked"));
+        assert_eq!(hooks(h), Vec::<String>::new(), "{}", d.log());
+    }
+    pass(&mut s, &mut c, 99);
 }

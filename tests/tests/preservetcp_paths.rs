@@ -281,7 +281,7 @@ fn fast_path_counters(host: &netlab::Host) -> (u64, u64) {
             .skip_while(|w| *w != "packets")
             .nth(1)
             .and_then(|n| n.parse().ok())
-            .expect("a counter in the chain")
+            .unwrap_or_else(|| panic!("a counter in chain {chain} of {}: {out}", host.name()))
     };
     (count("out_direct"), count("out"))
 }
@@ -309,6 +309,18 @@ fn moved_connection_is_rewritten_without_reroute() {
     transfer(&mut c, &s, 1 << 20, 14);
     let cb = wait_pair(&db, b1, a1);
     assert_eq!((cb.current.local, cb.current.peer), (b1, a1), "{cb:?}");
+    // The fast path's rules go in after the move (with BPF the first
+    // move in a namespace also hooks the moved-connection plumbing).
+    for h in [&t.a, &t.b] {
+        let t0 = Instant::now();
+        while !h
+            .exec_ok(["nft", "list", "chain", "ip6", "ptcp", "out_direct"])
+            .is_ok_and(|o| o.contains("counter"))
+        {
+            assert!(t0.elapsed() < TEN_S, "no fast path in {}", h.name());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
     // Only link 1 works from here on.
     t.l0.drop_both().expect("drop link 0");
     let before = (fast_path_counters(&t.a), fast_path_counters(&t.b));

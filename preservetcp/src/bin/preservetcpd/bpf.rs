@@ -25,6 +25,19 @@
 //! The egress program reports each PREFIX_ACK echo it really sent in the
 //! `ptcp_echoes` ring buffer ([`preservetcp::bpf::echo_event`]);
 //! [`feed_echoes`] passes them to [`preservetcp::Engine::kernel_echoed`].
+//!
+//! The ingress program copies the incoming handshake packets into the
+//! `ptcp_events` ring buffer ([`preservetcp::bpf::decode_event`]); a
+//! record into an empty ring wakes the daemon's event thread, which reads
+//! whole batches (at most every 5 ms), and [`feed_echoes`] passes them to
+//! [`preservetcp::Engine::observe_inbound`]. Segments on an alternative
+//! pair are rewritten in the kernel through `ptcp_alt`
+//! ([`Bpf::track`]) and reported too (the event thread in `main.rs`
+//! waits on [`Bpf::ring_fds`]), then passed to
+//! [`preservetcp::Engine::inbound`] so the policy can follow the peer.
+//! The daemon also fills `ptcp_ports` (`--ports`) and `ptcp_optin`
+//! (control-socket opt-ins): the egress program decides which SYNs are
+//! covered.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
@@ -32,15 +45,16 @@ use std::net::Ipv6Addr;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use aya::maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, RingBuf};
 use aya::programs::tc::SchedClassifierLinkId as LinkId;
 use aya::programs::{SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 use preservetcp::Engine;
 use preservetcp::bpf::{
-    Counter, HS_KEY_LEN, HS_VALUE_LEN, OFFER_MARK, OFFER_VALUE_LEN, echo_event, hs_key,
-    server_echo_option,
+    ALT_VALUE_LEN, Counter, Event, EventKind, HS_KEY_LEN, HS_VALUE_LEN, OFFER_VALUE_LEN,
+    alt_entries, alt_slot, decode_event, echo_event, hs_key, server_echo_option,
 };
+use preservetcp::control::{OPT_IN_MARK, OPT_IN_MASK};
 use preservetcp::pairs::FourTuple;
 use preservetcp::wire::PrefixOption;
 
@@ -60,6 +74,13 @@ pub struct Bpf {
     counters: PerCpuArray<MapData, u64>,
     echoes: RingBuf<MapData>,
     hs: BpfHashMap<MapData, [u8; HS_KEY_LEN], [u8; HS_VALUE_LEN]>,
+    ports: Array<MapData, u8>,
+    optin: BpfHashMap<MapData, [u8; HS_KEY_LEN], u8>,
+    alt: BpfHashMap<MapData, [u8; HS_KEY_LEN], [u8; ALT_VALUE_LEN]>,
+    alt_slots: Array<MapData, u32>,
+    events: RingBuf<MapData>,
+    /// The `ptcp_alt` keys in the map, per connection (original tuple).
+    alts: HashMap<FourTuple, Vec<[u8; HS_KEY_LEN]>>,
     /// Interfaces the programs are attached to (by index), with their
     /// names as last listed and the links.
     attached: HashMap<u32, (String, Links)>,
@@ -80,7 +101,9 @@ impl Bpf {
     /// their maps; attaches nothing yet.
     pub fn load() -> Result<Self, String> {
         let mut ebpf = EbpfLoader::new()
-            .override_global("offer_mark", &OFFER_MARK, true)
+            .override_global("opt_in_mark", &OPT_IN_MARK, true)
+            .override_global("opt_in_mask", &OPT_IN_MASK, true)
+            .override_global("fast_mark", &crate::rules::FAST_MARK, true)
             .load(OBJECT)
             .map_err(|e| format!("loading ptcp.bpf.o: {e}"))?;
         for name in [EGRESS, INGRESS] {
@@ -95,12 +118,23 @@ impl Bpf {
         let counters = take_map(&mut ebpf, "ptcp_counters")?;
         let echoes = take_map(&mut ebpf, "ptcp_echoes")?;
         let hs = take_map(&mut ebpf, "ptcp_hs")?;
+        let ports = take_map(&mut ebpf, "ptcp_ports")?;
+        let optin = take_map(&mut ebpf, "ptcp_optin")?;
+        let alt = take_map(&mut ebpf, "ptcp_alt")?;
+        let alt_slots = take_map(&mut ebpf, "ptcp_alt_slots")?;
+        let events = take_map(&mut ebpf, "ptcp_events")?;
         Ok(Self {
             ebpf,
             offers,
             counters,
             echoes,
             hs,
+            ports,
+            optin,
+            alt,
+            alt_slots,
+            events,
+            alts: HashMap::new(),
             attached: HashMap::new(),
             current: HashMap::new(),
         })
@@ -240,6 +274,114 @@ impl Bpf {
         )
     }
 
+    /// Covers these ports (SYNs from or to them are offered on).
+    pub fn set_ports(&mut self, ports: &[u16]) -> Result<(), String> {
+        for p in ports {
+            self.ports
+                .set(u32::from(*p), 1, 0)
+                .map_err(|e| format!("port {p}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Covers one connection (sender's tuple: local = this host).
+    pub fn opt_in(&mut self, t: &FourTuple) -> Result<(), String> {
+        self.optin
+            .insert(hs_key(t), 1, 0)
+            .map_err(|e| format!("opt-in: {e}"))
+    }
+
+    /// Gives the kernel a connection's alternative wire tuples (all of
+    /// `wires` but the original), so that its segments on them are
+    /// rewritten to the original tuple and reported. Entries that fail
+    /// are left out (their segments then reach no socket, as if the
+    /// alternative were unknown); the first error is returned.
+    pub fn track(
+        &mut self,
+        original: &FourTuple,
+        wires: &[FourTuple],
+        current: Option<&FourTuple>,
+        hold_until_ns: u64,
+    ) -> Result<(), String> {
+        let old = self.alts.remove(original).unwrap_or_default();
+        let mut keys = Vec::new();
+        let mut first_err = None;
+        for (k, v) in alt_entries(original, wires, current, hold_until_ns) {
+            match self.alt.insert(k, v, 0) {
+                Ok(()) => {
+                    if !old.contains(&k) {
+                        self.slot_add(&k, true);
+                    }
+                    keys.push(k);
+                }
+                Err(e) => {
+                    first_err.get_or_insert(format!("alternative pair: {e}"));
+                }
+            }
+        }
+        // (Entered again under the same tuple, or an insert that failed:
+        // old keys that are not among the new ones go.)
+        for k in old.iter().filter(|k| !keys.contains(k)) {
+            self.remove_alt(k);
+        }
+        self.alts.insert(*original, keys);
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Removes a connection's alternative wire tuples from the kernel.
+    pub fn untrack(&mut self, original: &FourTuple) {
+        for k in self.alts.remove(original).unwrap_or_default() {
+            self.remove_alt(&k);
+        }
+    }
+
+    fn remove_alt(&mut self, k: &[u8; HS_KEY_LEN]) {
+        let _ = self.alt.remove(k);
+        self.slot_add(k, false);
+    }
+
+    /// Counts a `ptcp_alt` key in (or out of) its slot; the count is raised
+    /// before the entry can matter and lowered after it is gone, and it
+    /// only ever costs a hash lookup when it is off.
+    fn slot_add(&mut self, k: &[u8; HS_KEY_LEN], up: bool) {
+        let slot = alt_slot(k);
+        let n = self.alt_slots.get(&slot, 0).unwrap_or(0);
+        let n = if up {
+            n.saturating_add(1)
+        } else {
+            n.saturating_sub(1)
+        };
+        let _ = self.alt_slots.set(slot, n, 0);
+    }
+
+    /// Whether the connection's alternatives are in the kernel.
+    pub fn tracks(&self, original: &FourTuple) -> bool {
+        self.alts.contains_key(original)
+    }
+
+    /// Second descriptors of the two ring buffers (events, echoes), to
+    /// wait on: each is readable while it holds records.
+    pub fn ring_fds(&self) -> Result<[std::os::fd::OwnedFd; 2], String> {
+        use std::os::fd::AsFd;
+        let dup = |f: std::os::fd::BorrowedFd<'_>| {
+            f.try_clone_to_owned()
+                .map_err(|e| format!("ring buffer descriptor: {e}"))
+        };
+        Ok([dup(self.events.as_fd())?, dup(self.echoes.as_fd())?])
+    }
+
+    /// The events the ingress program reported since the last call,
+    /// oldest first (undecodable records are skipped).
+    pub fn take_events(&mut self) -> Vec<Event> {
+        let mut v = Vec::new();
+        while let Some(item) = self.events.next() {
+            if let Some(e) = decode_event(&item) {
+                v.push(e);
+            }
+        }
+        v
+    }
+
     /// The client's PREFIX_SYN the kernel answered on the server
     /// connection `t` (its `ptcp_hs` entry), if it still has it.
     pub fn server_echo(&self, t: &FourTuple) -> Option<PrefixOption> {
@@ -274,16 +416,30 @@ impl Bpf {
     }
 }
 
-/// Feeds the engine what only the kernel knows: the echoes it reported
+/// Feeds the engine what only the kernel knows: the incoming handshake
+/// packets and alternative-pair segments it copied
+/// ([`Bpf::take_events`]), the echoes it reported
 /// ([`Bpf::take_echoes`] → [`Engine::kernel_echoed`]) and its records of
 /// the offers it answered for PREFIX_ACKs the engine could not match
 /// ([`Engine::unmatched_acks`] → [`Bpf::server_echo`] →
 /// [`Engine::kernel_answered`]); nothing without BPF. Called with the
 /// engine locked (lock order: engine, then the programs), after the
-/// daemon drained the learned (NFLOG) packets.
+/// daemon drained the NFLOG copies (without BPF).
 pub fn feed_echoes(bpf: Option<&Mutex<Bpf>>, eng: &mut Engine, now: Instant) {
     let Some(b) = bpf else { return };
     let mut b = b.lock().unwrap_or_else(|e| e.into_inner());
+    // The learned packets first (a SYN+ACK before the report that our
+    // echo to it left, as on the wire).
+    for e in b.take_events() {
+        match e.kind {
+            EventKind::Learn => eng.observe_inbound(&e.packet, now),
+            // Already rewritten and delivered by the kernel: the engine
+            // only needs to see where the peer sends from.
+            EventKind::Alt => {
+                let _ = eng.inbound(&e.packet, now);
+            }
+        }
+    }
     for t in &b.take_echoes() {
         eng.kernel_echoed(t, now);
     }

@@ -9,32 +9,36 @@
 //! By default the handshake options are inserted by tc BPF programs
 //! (`bpf.rs`, `bpf/ptcp.bpf.c`): no handshake packet is queued, the engine
 //! runs with `EngineConfig::kernel_options` and learns every handshake
-//! from the NFLOG copies of the incoming packets, and the offer map is
+//! from the copies of incoming packets in the programs' ring buffer, the
+//! programs rewrite segments on alternative pairs, and the offer map is
 //! rewritten from the engine's offers after every rtnetlink snapshot.
-//! `--no-bpf`, or a failure to load the programs (logged), selects the
-//! NFQUEUE handshake described below.
+//! Netfilter (the moved-connection chains of `rules.rs` and the fast path
+//! table) is hooked only while some connection has moved. `--no-bpf`, or
+//! a failure to load the programs (logged), selects the NFQUEUE handshake
+//! and the full rule set described in `rules.rs`, with NFLOG group `queue`
+//! for the incoming handshake packets (`nflog.rs`).
 //!
 //! Moved connections are rewritten by nftables maps (the stateless fast
 //! path, `rules::fast_setup`) once their entries are in; until then, and
 //! always with `--no-fast-path`, by the engine through NFQUEUE.
 //!
-//! Installs the ip6tables rules described in `rules.rs`, binds NFQUEUE
-//! `queue` (outgoing) and `queue + 1` (incoming) and NFLOG group `queue`
-//! (incoming handshake packets, learned without holding them: `nflog.rs`),
-//! and runs four threads:
-//! packets (the [`preservetcp::Engine`]), rtnetlink events (link, IPv6
+//! Binds NFQUEUE `queue` (outgoing) and `queue + 1` (incoming) and runs
+//! these threads: packets (the [`preservetcp::Engine`] for queued
+//! packets), rtnetlink events (link, IPv6
 //! address and IPv6 route notifications: each batch re-reads the local
 //! addresses with their link states and checks the route of every current
 //! pair at once, see `rtnl.rs`), a sampler (every `interval-ms`: sock_diag
 //! `tcp_info` of tracked connections — the kernel has no notification for
-//! a stalled socket, so this one signal is sampled — and closed sockets)
-//! and the control socket (JSON lines, see [`preservetcp::control`]). Prints
+//! a stalled socket, so this one signal is sampled — and closed sockets),
+//! the ring buffer reader (BPF mode: handshake copies, echo reports and
+//! alternative-pair segments, read in batches at most every 5 ms) and the
+//! control socket (JSON lines, see [`preservetcp::control`]). Prints
 //! `ready` on stdout once everything is in place. Removes its rules on
 //! SIGTERM/SIGINT unless `--keep-rules`. `--verbose` also logs every
 //! connection as it is tracked (moves are always logged).
 //!
 //! The packet thread handles queued packets one at a time with no handoff:
-//! it drains the NFLOG socket (non-blocking) into the engine, runs the
+//! it drains what was learned (NFLOG or the ring buffers) into the engine, runs the
 //! engine and gives the verdict. Nothing on that path waits for a rule
 //! install or a socket lookup; rule changes happen only when a connection
 //! moves. (A `SCHED_FIFO` packet thread was measured twice under load:
@@ -142,9 +146,10 @@ fn parse_args() -> Result<Args, String> {
 
 struct Shared {
     engine: Mutex<Engine>,
-    /// The NFLOG group incoming handshake packets are learned from; locked
-    /// only while the engine is locked (lock order: engine, then this).
-    learn: Mutex<nflog::Nflog>,
+    /// The NFLOG group incoming handshake packets are learned from
+    /// (without BPF; with it the ingress program copies them); locked only
+    /// while the engine is locked (lock order: engine, then this).
+    learn: Option<Mutex<nflog::Nflog>>,
     verbose: bool,
     /// Fast path entries per moved connection (original tuple → pair), when
     /// the fast path is on.
@@ -159,7 +164,67 @@ struct Shared {
     /// The tc BPF programs that insert the handshake options (`None`:
     /// `--no-bpf` or the load failed; the handshake goes through NFQUEUE).
     bpf: Option<Mutex<bpf::Bpf>>,
+    /// Connections that have moved, and whether the netfilter plumbing for
+    /// them is hooked (BPF mode hooks it only while one has moved).
+    moved: Mutex<MovedState>,
+    /// Connections entered but whose alternative pairs are not in the
+    /// kernel yet (BPF mode, see [`ALT_DELAY`]), oldest first.
+    alt_pending: Mutex<std::collections::VecDeque<(Instant, FourTuple)>>,
+    /// Connections tracked at once in the current second (start, count).
+    alt_budget: Mutex<(Instant, u32)>,
 }
+
+/// An `Instant` on `CLOCK_MONOTONIC` in nanoseconds (the clock of the
+/// programs' `bpf_ktime_get_ns`; `Instant` is that clock on Linux, but it
+/// does not expose its value).
+fn monotonic_ns(at: Instant) -> u64 {
+    let now = Instant::now();
+    let Ok(mono) = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) else {
+        return 0;
+    };
+    let mono_ns = u64::try_from(mono.tv_sec())
+        .unwrap_or(0)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::try_from(mono.tv_nsec()).unwrap_or(0));
+    let ahead = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    if at >= now {
+        mono_ns.saturating_add(ahead(at - now))
+    } else {
+        mono_ns.saturating_sub(ahead(now - at))
+    }
+}
+
+/// See [`Shared::moved`].
+#[derive(Debug, Default)]
+struct MovedState {
+    /// Connections redirected now.
+    count: usize,
+    /// The moved-connection rules and the fast path table are in.
+    hooked: bool,
+    /// Since when `count` is zero (while hooked).
+    idle_since: Option<Instant>,
+}
+
+/// How long the netfilter plumbing stays after the last moved connection
+/// is back or gone (BPF mode): deleting a base chain drops packets that
+/// wait in NFQUEUE, so it goes only once nothing can be waiting.
+const UNHOOK_AFTER: Duration = Duration::from_secs(1);
+
+/// A connection's alternative pairs go into the kernel as it is entered,
+/// for up to [`ALT_IMMEDIATE`] connections per second; beyond that (a
+/// burst of short connections, e.g. a connect+close benchmark entering
+/// tens of thousands per second) once it is this old, so that short
+/// connections never cost the map updates (three per connection on two
+/// links, and as many removals). A peer moves only after a failure was
+/// detected (a stall of 300 ms by default, an RTO, or a link going down)
+/// or on request; a connection entered during such a burst that its peer
+/// moves away from within this delay is the rare case: its segments on
+/// the new pair reach no socket until then.
+const ALT_DELAY: Duration = Duration::from_millis(100);
+
+/// Connections per second whose alternative pairs go into the kernel at
+/// once (see [`ALT_DELAY`]).
+const ALT_IMMEDIATE: u32 = 500;
 
 impl Shared {
     fn engine(&self) -> MutexGuard<'_, Engine> {
@@ -180,8 +245,10 @@ impl Shared {
     /// one read, without the final empty read of a full drain.
     fn engine_for_outbound(&self, pkt: &[u8]) -> MutexGuard<'_, Engine> {
         let mut eng = self.engine();
-        if eng.awaits_learning(pkt) {
-            let mut learn = self.learn.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(learn) = &self.learn
+            && eng.awaits_learning(pkt)
+        {
+            let mut learn = learn.lock().unwrap_or_else(|e| e.into_inner());
             let now = Instant::now();
             loop {
                 match learn.read_one(|p| eng.observe_inbound(p, now)) {
@@ -198,15 +265,88 @@ impl Shared {
     }
 
     fn drain_into(&self, eng: &mut Engine) {
-        let mut learn = self.learn.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        if let Err(e) = learn.drain(|p| eng.observe_inbound(p, now)) {
-            self.log(&format!("nflog: {e} (learned handshakes lost)"));
+        if let Some(learn) = &self.learn {
+            let mut learn = learn.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = learn.drain(|p| eng.observe_inbound(p, now)) {
+                self.log(&format!("nflog: {e} (learned handshakes lost)"));
+            }
         }
-        drop(learn);
-        // The kernel's reports of echoes that left (client side) and of
+        // The kernel's copies of handshake packets and alternative-pair
+        // segments, its reports of echoes that left (client side) and of
         // server handshakes to rebuild; lock order engine → bpf.
         bpf::feed_echoes(self.bpf.as_ref(), eng, now);
+    }
+
+    /// Hooks the moved-connection plumbing if it is not (BPF mode; without
+    /// BPF it is always hooked).
+    fn ensure_hooked(&self) {
+        if self.bpf.is_none() {
+            return;
+        }
+        let mut m = self.moved.lock().unwrap_or_else(|e| e.into_inner());
+        m.idle_since = None;
+        if m.hooked {
+            return;
+        }
+        if self.fast.is_some()
+            && let Err(e) = rules::fast_setup()
+        {
+            self.log(&format!(
+                "fast path: {e} (moved connections stay on NFQUEUE)"
+            ));
+        }
+        match self.rules.hook() {
+            Ok(()) => self.log("moved-connection rules hooked"),
+            Err(e) => self.log(&format!("hooking the moved-connection rules: {e}")),
+        }
+        m.hooked = true;
+    }
+
+    /// Unhooks the moved-connection plumbing once no connection has been
+    /// moved for [`UNHOOK_AFTER`] (BPF mode).
+    fn maybe_unhook(&self, now: Instant) {
+        if self.bpf.is_none() {
+            return;
+        }
+        let mut m = self.moved.lock().unwrap_or_else(|e| e.into_inner());
+        if !m.hooked || m.count > 0 {
+            return;
+        }
+        let since = *m.idle_since.get_or_insert(now);
+        if now.saturating_duration_since(since) < UNHOOK_AFTER {
+            return;
+        }
+        self.rules.unhook();
+        if self.fast.is_some() {
+            rules::fast_teardown();
+        }
+        m.hooked = false;
+        m.idle_since = None;
+        self.log("moved-connection rules unhooked (no connection has moved)");
+    }
+
+    /// Gives the kernel the alternative pairs of connections entered at
+    /// least [`ALT_DELAY`] ago that are still tracked (BPF mode).
+    fn push_alts(&self, now: Instant) {
+        if self.bpf.is_none() {
+            return;
+        }
+        let due: Vec<FourTuple> = {
+            let mut p = self.alt_pending.lock().unwrap_or_else(|e| e.into_inner());
+            let mut due = Vec::new();
+            while let Some((at, t)) = p.front().copied() {
+                if now.saturating_duration_since(at) < ALT_DELAY {
+                    break;
+                }
+                p.pop_front();
+                due.push(t);
+            }
+            due
+        };
+        for t in due {
+            self.sync_alts(&t, true);
+        }
     }
 
     /// Updates the kernel's offer map to the engine's offers for every
@@ -285,10 +425,37 @@ impl Shared {
         if let Some(o) = offers {
             self.bpf_sync(o);
         }
-        for a in &actions {
-            self.log(&format!("{a:?}"));
-        }
+        log_actions(self, &actions);
         self.run_actions(actions);
+    }
+
+    /// Writes a connection's alternative pairs into the kernel with the
+    /// engine's current pair marked (BPF mode): with `force` also if they
+    /// are not there yet. A connection the engine no longer tracks, or one
+    /// without alternatives, is left alone.
+    fn sync_alts(&self, t: &FourTuple, force: bool) {
+        let Some(b) = &self.bpf else { return };
+        if !force && !b.lock().unwrap_or_else(|e| e.into_inner()).tracks(t) {
+            return;
+        }
+        let (wires, current, hold) = {
+            let eng = self.engine();
+            let current = eng
+                .current_pair(t)
+                .filter(|p| *p != t.pair())
+                .map(|p| t.with_pair(p));
+            (eng.wire_tuples(t), current, eng.follow_hold_until(t))
+        };
+        if wires.len() > 1
+            && let Err(e) = b.lock().unwrap_or_else(|e| e.into_inner()).track(
+                t,
+                &wires,
+                current.as_ref(),
+                hold.map_or(0, monotonic_ns),
+            )
+        {
+            self.log(&format!("bpf: {e}"));
+        }
     }
 
     fn device_of(&self, addr: std::net::Ipv6Addr) -> Option<String> {
@@ -315,11 +482,51 @@ impl Shared {
         let mut rules_pending: Vec<FourTuple> = Vec::new();
         for a in actions {
             let r = match a {
+                Action::Tracked(t) => {
+                    let now = Instant::now();
+                    let at_once = {
+                        let mut b = self.alt_budget.lock().unwrap_or_else(|e| e.into_inner());
+                        if now.saturating_duration_since(b.0) >= Duration::from_secs(1) {
+                            *b = (now, 0);
+                        }
+                        b.1 += 1;
+                        b.1 <= ALT_IMMEDIATE
+                    };
+                    if at_once {
+                        self.sync_alts(&t, true);
+                    } else {
+                        self.alt_pending
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push_back((now, t));
+                    }
+                    Ok(())
+                }
+                Action::Untracked(t) => {
+                    if let Some(b) = &self.bpf {
+                        let mut b = b.lock().unwrap_or_else(|e| e.into_inner());
+                        if b.tracks(&t) {
+                            b.untrack(&t);
+                        }
+                    }
+                    Ok(())
+                }
                 Action::Redirect(t) => {
+                    {
+                        let mut m = self.moved.lock().unwrap_or_else(|e| e.into_inner());
+                        m.count += 1;
+                    }
+                    self.ensure_hooked();
                     rules_pending.push(t);
                     self.rules.redirect(&t)
                 }
                 Action::Unredirect(t) => {
+                    {
+                        let mut m = self.moved.lock().unwrap_or_else(|e| e.into_inner());
+                        m.count = m.count.saturating_sub(1);
+                    }
+                    // No pair is current but the original one now.
+                    self.sync_alts(&t, false);
                     // The fallback rules go first: the socket's route is
                     // then the original one again, the packets still
                     // rewritten until the map entries go no longer match
@@ -336,6 +543,10 @@ impl Shared {
                     self.rules.unredirect(&t).and(r)
                 }
                 Action::Moved(t, pair) => {
+                    // The peer answers on the new pair: its alternatives
+                    // must be in the kernel, this one marked current (its
+                    // segments are no move of the peer's).
+                    self.sync_alts(&t, true);
                     // The device of an on-link route to the new pair: the
                     // fallback route sends the original tuple there, and
                     // the fast path may then rewrite without a reroute.
@@ -418,7 +629,7 @@ fn run(args: Args) -> Result<(), String> {
     block.add(nix::sys::signal::Signal::SIGINT);
     block.thread_block().map_err(|e| format!("sigmask: {e}"))?;
     let bpf = if args.bpf {
-        match bpf::Bpf::load() {
+        match bpf::Bpf::load().and_then(|mut b| b.set_ports(&args.ports).map(|()| b)) {
             Ok(b) => Some(b),
             Err(e) => {
                 eprintln!(
@@ -437,10 +648,15 @@ fn run(args: Args) -> Result<(), String> {
         args.ports.clone(),
         bpf.is_some(),
     );
-    let mut learn = nflog::Nflog::open(args.queue).map_err(|e| format!("nflog: {e}"))?;
-    if let Err(e) = learn.set_rcvbuf(8 << 20) {
-        eprintln!("preservetcpd: nflog receive buffer: {e}");
-    }
+    let learn = if bpf.is_none() {
+        let mut learn = nflog::Nflog::open(args.queue).map_err(|e| format!("nflog: {e}"))?;
+        if let Err(e) = learn.set_rcvbuf(8 << 20) {
+            eprintln!("preservetcpd: nflog receive buffer: {e}");
+        }
+        Some(Mutex::new(learn))
+    } else {
+        None
+    };
     let config = EngineConfig {
         policy: PolicyConfig {
             stall_timeout: args.stall,
@@ -449,9 +665,15 @@ fn run(args: Args) -> Result<(), String> {
         },
         kernel_options: bpf.is_some(),
         kernel_echo_events: bpf.is_some(),
+        pair_actions: bpf.is_some(),
         ..EngineConfig::default()
     };
-    let fast = if args.fast_path {
+    let fast = if args.fast_path && bpf.is_some() {
+        // Set up with the first moved connection (`Shared::ensure_hooked`);
+        // a table left by a daemon that did not exit cleanly goes now.
+        rules::fast_teardown();
+        Some(Mutex::new(std::collections::HashMap::new()))
+    } else if args.fast_path {
         match rules::fast_setup() {
             Ok(()) => Some(Mutex::new(std::collections::HashMap::new())),
             Err(e) => {
@@ -468,7 +690,7 @@ fn run(args: Args) -> Result<(), String> {
     let snap = rtnl::snapshot().map_err(|e| format!("rtnetlink dump: {e}"))?;
     let shared = Arc::new(Shared {
         engine: Mutex::new(Engine::new(config)),
-        learn: Mutex::new(learn),
+        learn,
         verbose: args.verbose,
         fast,
         rules,
@@ -476,6 +698,9 @@ fn run(args: Args) -> Result<(), String> {
         locals: Mutex::new(snap.clone()),
         logged: Mutex::new(std::collections::HashMap::new()),
         bpf: bpf.map(Mutex::new),
+        moved: Mutex::new(MovedState::default()),
+        alt_pending: Mutex::new(std::collections::VecDeque::new()),
+        alt_budget: Mutex::new((Instant::now(), 0)),
     });
     let offers = {
         let mut eng = shared.engine();
@@ -556,6 +781,14 @@ fn run(args: Args) -> Result<(), String> {
         let sh = shared.clone();
         std::thread::spawn(move || event_loop(&sh, &mut monitor));
     }
+    let ring_fds = match &shared.bpf {
+        Some(b) => Some(b.lock().unwrap_or_else(|e| e.into_inner()).ring_fds()?),
+        None => None,
+    };
+    if let Some(fds) = ring_fds {
+        let sh = shared.clone();
+        std::thread::spawn(move || ring_loop(&sh, fds));
+    }
     println!("ready");
     let _ = std::io::stdout().flush();
     shared.log(&format!(
@@ -614,9 +847,7 @@ fn run(args: Args) -> Result<(), String> {
             // pair — lost if that path is dead, and taken by the peer as a
             // move back. This holds up the queue for the few milliseconds
             // the rule changes take, once per switch.
-            for a in &actions {
-                shared.log(&format!("{a:?}"));
-            }
+            log_actions(&shared, &actions);
             shared.run_actions(actions);
         }
         if let Verdict::Replace(p) = verdict {
@@ -659,13 +890,20 @@ fn nfqueue_rcvbuf(queue: u16, bytes: usize) -> Result<usize, String> {
         .map_err(|e| format!("nfnetlink_queue: {e}"))?;
     let portid = nfqueue_portid(&table, queue)
         .ok_or_else(|| format!("queue {queue} not in nfnetlink_queue: {table}"))?;
+    // Port ids are per netlink protocol: the rtnetlink sockets may have
+    // the same one (the process id, given to the first socket of each
+    // protocol), so the socket is found by its inode.
+    let netlink = std::fs::read_to_string("/proc/self/net/netlink")
+        .map_err(|e| format!("/proc/self/net/netlink: {e}"))?;
+    let inode = netlink_inode(&netlink, NETLINK_NETFILTER, portid)
+        .ok_or_else(|| format!("no netfilter netlink socket with port id {portid}"))?;
     let fd = open_fds()
         .into_iter()
         .find(|fd| {
-            nix::sys::socket::getsockname::<nix::sys::socket::NetlinkAddr>(*fd)
-                .is_ok_and(|a| a.pid() == portid)
+            std::fs::read_link(format!("/proc/self/fd/{fd}"))
+                .is_ok_and(|l| l.to_str() == Some(&format!("socket:[{inode}]")))
         })
-        .ok_or_else(|| format!("no socket with netlink port id {portid}"))?;
+        .ok_or_else(|| format!("no descriptor for socket inode {inode}"))?;
     // SAFETY: `fd` is the netlink socket the kernel lists as bound to our
     // queue: the nfq socket owned by `queue` in `run`, open for the whole
     // of `run`; the borrow only lasts for these two calls.
@@ -680,6 +918,25 @@ fn nfqueue_rcvbuf(queue: u16, bytes: usize) -> Result<usize, String> {
         ));
     }
     Ok(got)
+}
+
+/// `NETLINK_NETFILTER`, the protocol of NFQUEUE sockets.
+const NETLINK_NETFILTER: u32 = 12;
+
+/// The inode of the netlink socket of `protocol` with `portid` in the text
+/// of `/proc/net/netlink` (columns: sk, Eth = protocol, Pid = port id,
+/// Groups, Rmem, Wmem, Dump, Locks, Drops, Inode).
+fn netlink_inode(table: &str, protocol: u32, portid: u32) -> Option<u64> {
+    table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let proto: u32 = f.get(1)?.parse().ok()?;
+        let pid: u32 = f.get(2)?.parse().ok()?;
+        if proto == protocol && pid == portid {
+            f.get(9)?.parse().ok()
+        } else {
+            None
+        }
+    })
 }
 
 /// The peer port id of `queue` in the text of
@@ -774,10 +1031,56 @@ fn poll_loop(sh: &Shared, diag: &mut sys::Diag, interval: Duration) {
             sh.log_moves(&eng);
             eng.take_actions()
         };
-        for a in &actions {
+        log_actions(sh, &actions);
+        sh.run_actions(actions);
+        sh.push_alts(now);
+        sh.maybe_unhook(now);
+    }
+}
+
+/// Logs the actions worth a line (not the per-connection bookkeeping
+/// unless `--verbose`).
+fn log_actions(sh: &Shared, actions: &[Action]) {
+    for a in actions {
+        if sh.verbose || !matches!(a, Action::Tracked(_) | Action::Untracked(_)) {
             sh.log(&format!("{a:?}"));
         }
+    }
+}
+
+/// Least time between two reads of the ring buffers by the event thread:
+/// under a burst of connections the rings stay readable; this bounds the
+/// thread to 200 drains per second (each a batch) while a handshake or a
+/// followed peer waits at most 5 ms.
+const RING_MIN_GAP: Duration = Duration::from_millis(5);
+
+/// Waits for records in the programs' ring buffers (handshake copies,
+/// echo reports, segments on alternative pairs) and feeds them to the
+/// engine: connections are entered, and peers followed, within a few
+/// milliseconds.
+fn ring_loop(sh: &Shared, rings: [std::os::fd::OwnedFd; 2]) {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    loop {
+        let mut fds = rings
+            .each_ref()
+            .map(|f| PollFd::new(f.as_fd(), PollFlags::POLLIN));
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                sh.log(&format!("events ring buffer: {e}"));
+                return;
+            }
+        }
+        let actions = {
+            let mut eng = sh.engine_drained();
+            sh.log_moves(&eng);
+            eng.take_actions()
+        };
+        log_actions(sh, &actions);
         sh.run_actions(actions);
+        std::thread::sleep(RING_MIN_GAP);
     }
 }
 
@@ -806,14 +1109,27 @@ fn control_loop(sh: &Shared, listener: UnixListener) {
     }
 }
 
+/// The engine after a drain, for a read-only request: the actions the
+/// drain produced (connections entered, peers followed) are run before
+/// returning, like everywhere else the engine is drained.
+fn drained_then<T>(sh: &Shared, f: impl FnOnce(&Engine) -> T) -> T {
+    let (v, actions) = {
+        let mut eng = sh.engine_drained();
+        (f(&eng), eng.take_actions())
+    };
+    log_actions(sh, &actions);
+    sh.run_actions(actions);
+    v
+}
+
 fn handle(sh: &Shared, req: Request) -> Response {
     match req {
         Request::List => Response {
-            connections: Some(sh.engine_drained().connections()),
+            connections: Some(drained_then(sh, Engine::connections)),
             ..Response::ok()
         },
         Request::Stats => {
-            let mut stats = sh.engine_drained().stats().to_map();
+            let mut stats = drained_then(sh, |e| e.stats().to_map());
             stats.insert("bpf".into(), u64::from(sh.bpf.is_some()));
             if let Some(b) = &sh.bpf {
                 let b = b.lock().unwrap_or_else(|e| e.into_inner());
@@ -843,7 +1159,11 @@ fn handle(sh: &Shared, req: Request) -> Response {
                 peer: t.peer,
                 peer_port: t.peer_port,
             };
-            match sh.rules.opt_in(&t) {
+            let r = match &sh.bpf {
+                Some(b) => b.lock().unwrap_or_else(|e| e.into_inner()).opt_in(&t),
+                None => sh.rules.opt_in(&t),
+            };
+            match r {
                 Ok(()) => Response::ok(),
                 Err(e) => Response::error(e),
             }
@@ -875,6 +1195,27 @@ mod tests {
         p[6] = next;
         p[53] = flags;
         p
+    }
+
+    #[test]
+    fn netlink_inode_by_protocol_and_port_id() {
+        let t = "sk               Eth Pid        Groups   Rmem     Wmem     Dump  Locks    Drops    Inode\n\
+                 ffff8f0a41b9c800 0   4985       00000551 0        0        0     2        0        71234\n\
+                 ffff8f0a41b9d000 12  4985       00000000 0        0        0     2        0        71240\n\
+                 ffff8f0a41b9e000 12  -4001      00000000 0        0        0     2        0        71241\n";
+        assert_eq!(
+            super::netlink_inode(t, 12, 4985),
+            Some(71240),
+            "not the rtnetlink one"
+        );
+        assert_eq!(super::netlink_inode(t, 0, 4985), Some(71234));
+        assert_eq!(super::netlink_inode(t, 12, 7), None);
+        assert_eq!(super::netlink_inode("", 12, 4985), None);
+        assert_eq!(
+            super::netlink_inode("h\nx 12 4985\n", 12, 4985),
+            None,
+            "short line"
+        );
     }
 
     #[test]

@@ -47,14 +47,26 @@
 //!   NFLOG group (learned without holding the packet)
 //! ```
 //!
-//! With the tc BPF programs (the default, see `bpf.rs`) nothing of the
-//! handshake is queued: `PTCP_OFFER` sets the packet mark bit
-//! [`OFFER_MARK`] instead of queueing (the egress program inserts
-//! PREFIX_SYN into SYNs carrying it), `PTCP_ACK` only sets its connmark,
-//! the SYN+ACK rule in `PTCP_OUT` is left out, and in `PTCP_PRE` only SYNs
-//! (not SYN+ACKs) with a dest-opts header go to `PTCP_LEARN` on their own
-//! — SYN+ACKs are learned only as answers to our offers (`OFFER_BIT`).
-//! `--no-bpf` installs the rules above unchanged.
+//! With the tc BPF programs (the default, see `bpf.rs`) none of the above
+//! is installed: the programs decide which SYNs are covered, insert the
+//! options and copy the incoming handshake packets to the daemon, and
+//! rewrite segments on alternative pairs back to the original tuple. What
+//! remains for netfilter is a connection that has *moved*, so only the
+//! moved-connection plumbing exists, and it is hooked into OUTPUT and
+//! PREROUTING only while a connection has moved ([`Rules::hook`],
+//! [`Rules::unhook`]):
+//!
+//! ```text
+//! OUTPUT     -> PTCP_OUT:  -p tcp -j PTCP_MOVED
+//! PREROUTING -> PTCP_PRE:  packet mark FAST_MARK -> RETURN
+//!                          -p tcp -j PTCP_MOVED_IN
+//! ```
+//!
+//! None of these rules uses conntrack, so the namespace never turns it on
+//! for us, and a connection that has not moved meets no netfilter hook of
+//! ours at all (the `mangle` base chains are deleted again when the last
+//! moved connection is gone, if nothing else uses them). `--no-bpf`
+//! installs the full rule set above, hooked at start.
 //!
 //! "Covered" is `-m multiport --ports <ports>` for each configured port
 //! list and `-m mark --mark OPT_IN_MARK/OPT_IN_MASK` for opted-in sockets;
@@ -81,7 +93,6 @@ use std::net::Ipv6Addr;
 use std::process::Command;
 
 use preservetcp::FourTuple;
-use preservetcp::bpf::OFFER_MARK;
 use preservetcp::control::{OPT_IN_MARK, OPT_IN_MASK};
 
 const OUT: &str = "PTCP_OUT";
@@ -117,8 +128,9 @@ pub struct Rules {
     q_in: u16,
     nflog_group: u16,
     ports: Vec<u16>,
-    /// The tc BPF programs insert the handshake options (see `bpf.rs`):
-    /// no outgoing handshake packet is queued.
+    /// The tc BPF programs run the handshake and the unmoved connections
+    /// (see `bpf.rs`): only the moved-connection chains exist, hooked on
+    /// demand.
     bpf: bool,
 }
 
@@ -215,9 +227,7 @@ impl Rules {
 
     /// Removes our chains (ignoring errors: they may not exist).
     pub fn remove_all(&self) {
-        for (hook, chain) in [("OUTPUT", OUT), ("PREROUTING", PRE)] {
-            while ip6t(&s(&["-t", "mangle", "-D", hook, "-j", chain])).is_ok() {}
-        }
+        self.unhook();
         for c in [OUT, PRE, MOVED, MOVED_IN, OFFER, ACKQ, LEARN] {
             let _ = ip6t(&s(&["-t", "mangle", "-F", c]));
         }
@@ -226,32 +236,51 @@ impl Rules {
         }
     }
 
-    /// Installs the static rules.
+    /// Jumps from OUTPUT and PREROUTING to our chains (at the top).
+    pub fn hook(&self) -> Result<(), String> {
+        ip6t(&s(&["-t", "mangle", "-I", "OUTPUT", "1", "-j", OUT]))?;
+        ip6t(&s(&["-t", "mangle", "-I", "PREROUTING", "1", "-j", PRE]))
+    }
+
+    /// Removes the jumps, and the `mangle` base chains if that left them
+    /// empty: an empty base chain still registers its hook, which every
+    /// packet in the namespace then passes through (the output one is a
+    /// `route` chain, which also saves and compares each packet's
+    /// addresses). A base chain someone else's rules are in stays.
+    pub fn unhook(&self) {
+        for (hook, chain) in [("OUTPUT", OUT), ("PREROUTING", PRE)] {
+            while ip6t(&s(&["-t", "mangle", "-D", hook, "-j", chain])).is_ok() {}
+            let _ = ip6t(&s(&["-t", "mangle", "-X", hook]));
+        }
+    }
+
+    /// Installs the static rules (with BPF: the moved-connection chains,
+    /// not hooked; without: everything, hooked).
     pub fn install(&self) -> Result<(), String> {
         self.remove_all();
-        for c in [OUT, PRE, MOVED, MOVED_IN, OFFER, ACKQ, LEARN] {
-            ip6t(&s(&["-t", "mangle", "-N", c]))?;
-        }
         let mangle = |rule: &[&str]| {
             let mut a = s(&["-t", "mangle"]);
             a.extend(s(rule));
             ip6t(&a)
         };
+        let fast = format!("{FAST_MARK:#x}/{FAST_MARK:#x}");
+        if self.bpf {
+            for c in [OUT, PRE, MOVED, MOVED_IN] {
+                ip6t(&s(&["-t", "mangle", "-N", c]))?;
+            }
+            mangle(&["-A", OUT, "-p", "tcp", "-j", MOVED])?;
+            mangle(&["-A", PRE, "-m", "mark", "--mark", &fast, "-j", "RETURN"])?;
+            return mangle(&["-A", PRE, "-p", "tcp", "-j", MOVED_IN]);
+        }
+        for c in [OUT, PRE, MOVED, MOVED_IN, OFFER, ACKQ, LEARN] {
+            ip6t(&s(&["-t", "mangle", "-N", c]))?;
+        }
         // Offers: remember the offer in the connmark, then queue.
         mangle(&["-A", OFFER, "-j", "CONNMARK", "--or-mark", OFFER_OR])?;
-        if self.bpf {
-            // The egress program inserts PREFIX_SYN into SYNs with this
-            // mark bit (and clears it).
-            let m = format!("{OFFER_MARK:#x}");
-            mangle(&["-A", OFFER, "-j", "MARK", "--or-mark", &m])?;
-        } else {
-            self.append(OFFER, Vec::new(), self.q_out)?;
-        }
+        self.append(OFFER, Vec::new(), self.q_out)?;
         // The client's ACK that gets PREFIX_ACK: remember it passed, queue.
         mangle(&["-A", ACKQ, "-j", "CONNMARK", "--or-mark", ACKED_OR])?;
-        if !self.bpf {
-            self.append(ACKQ, Vec::new(), self.q_out)?;
-        }
+        self.append(ACKQ, Vec::new(), self.q_out)?;
         // Learning: remember that the peer's handshake carried options (its
         // answer / the ACK must be queued), copy to NFLOG, continue.
         mangle(&[
@@ -270,27 +299,6 @@ impl Rules {
         let group = self.nflog_group.to_string();
         mangle(&["-A", LEARN, "-j", "NFLOG", "--nflog-group", &group])?;
 
-        if self.bpf {
-            // A socket's own mark may carry the offer bit: clear it on
-            // every SYN first, so that only the covered-traffic rules
-            // below (which set it) make the egress program offer. An
-            // offer the engine never hears of would let the peer enter
-            // a connection this host cannot follow.
-            let clear = format!("{:#x}", !OFFER_MARK);
-            mangle(&[
-                "-A",
-                OUT,
-                "-p",
-                "tcp",
-                "--tcp-flags",
-                "SYN,ACK",
-                "SYN",
-                "-j",
-                "MARK",
-                "--and-mark",
-                &clear,
-            ])?;
-        }
         mangle(&["-A", OUT, "-p", "tcp", "-j", MOVED])?;
         mangle(&established_after_handshake(OUT, false))?;
         for cov in self.covered() {
@@ -337,22 +345,19 @@ impl Rules {
             "-j",
             ACKQ,
         ])?;
-        if !self.bpf {
-            let m = s(&[
-                "-p",
-                "tcp",
-                "--tcp-flags",
-                "SYN,ACK",
-                "SYN,ACK",
-                "-m",
-                "connmark",
-                "--mark",
-                CT_BIT,
-            ]);
-            self.append(OUT, m, self.q_out)?;
-        }
+        let m = s(&[
+            "-p",
+            "tcp",
+            "--tcp-flags",
+            "SYN,ACK",
+            "SYN,ACK",
+            "-m",
+            "connmark",
+            "--mark",
+            CT_BIT,
+        ]);
+        self.append(OUT, m, self.q_out)?;
 
-        let fast = format!("{FAST_MARK:#x}/{FAST_MARK:#x}");
         mangle(&["-A", PRE, "-m", "mark", "--mark", &fast, "-j", "RETURN"])?;
         mangle(&["-A", PRE, "-p", "tcp", "-j", MOVED_IN])?;
         mangle(&established_after_handshake(PRE, true))?;
@@ -372,10 +377,7 @@ impl Rules {
             LEARN,
         ])?;
         let dst = ["-m", "ipv6header", "--header", "dst", "--soft"];
-        // With BPF the engine takes every learned SYN+ACK as an answer to
-        // our offer: only those (the rule above) are learned.
-        let syn_flags = if self.bpf { "SYN,ACK" } else { "SYN" };
-        let mut r = vec!["-A", PRE, "-p", "tcp", "--tcp-flags", syn_flags, "SYN"];
+        let mut r = vec!["-A", PRE, "-p", "tcp", "--tcp-flags", "SYN", "SYN"];
         r.extend(dst);
         r.extend(["-g", LEARN]);
         mangle(&r)?;
@@ -410,9 +412,7 @@ impl Rules {
         mangle(&["-A", PRE, "-p", "tcp", "-m", "socket", "-j", "RETURN"])?;
         self.append(PRE, s(&["-p", "tcp", "!", "--syn"]), self.q_in)?;
 
-        mangle(&["-I", "OUTPUT", "1", "-j", OUT])?;
-        mangle(&["-I", "PREROUTING", "1", "-j", PRE])?;
-        Ok(())
+        self.hook()
     }
 
     /// Queue every outgoing packet of the connection with this original
