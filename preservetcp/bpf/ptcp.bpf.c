@@ -106,7 +106,8 @@
 #define C_ALT_REWRITES 10
 #define C_ALT_REPORTS 11
 #define C_FOLLOW_REWRITES 12
-#define C_COUNT 13
+#define C_ALT_OWNED 13
+#define C_COUNT 14
 
 // Kinds of a ptcp_events record (preservetcp::bpf::Event).
 #define EV_LEARN 1
@@ -210,10 +211,10 @@ struct {
 
 // Tuples opted in one by one (the control socket's opt-in request), in the
 // sender's view.
+// (LRU: opt-ins are never withdrawn; the oldest go first.)
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 4096);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct tuple);
 	__type(value, __u8);
 } ptcp_optin SEC(".maps");
@@ -225,6 +226,8 @@ struct alt {
 	__u8 peer[16];
 	__u64 next_report_ns; // written by the program only
 	__u64 hold_until_ns;  // no follow window before (daemon: last switch + hold)
+	__u8 cur_local[16];   // the connection's current pair (daemon): what
+	__u8 cur_peer[16];    // its outgoing segments carry when egress sees them
 	__u8 current;         // the connection uses this pair now (daemon)
 	__u8 pad[7];
 };
@@ -244,7 +247,9 @@ struct follow {
 	__u32 pad;
 };
 
-// Keyed by the original tuple in the sender's view (as egress sees it).
+// Keyed by the connection's current tuple in the sender's view (as egress
+// sees it: the original one, or the pair the daemon's rules moved it to,
+// which rewrite before tc egress).
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 4096);
@@ -270,9 +275,11 @@ struct {
 
 // A client echo is written within this long of the SYN+ACK (the kernel's
 // ACK leaves at once; up to MAX_ECHO_TRIES skipped segments after it);
-// an echo later than that is not written (the connection stays plain on
-// both ends, as when the tries run out).
-#define ECHO_WINDOW_NS (2000 * 1000 * 1000ull)
+// outside every open window egress does not look for pending echoes (an
+// entry left over is used only if another handshake opens a window
+// again; until then the connection is plain on both ends, as when the
+// tries run out).
+#define ECHO_WINDOW_NS (500 * 1000 * 1000ull)
 
 // Number of ptcp_alt entries per slot (alt_slot of their key), kept by the
 // daemon (preservetcp::bpf::alt_slot): an incoming segment whose slot is
@@ -888,6 +895,30 @@ static __always_inline void follow_alt(struct __sk_buff *skb, struct headers *h,
 	a = bpf_map_lookup_elem(&ptcp_alt, t);
 	if (!a)
 		return;
+	if (!a->current) {
+		// A socket of its own on this tuple (another connection that
+		// happens to use the same ports from another address) keeps
+		// its segments; listeners and TIME_WAIT do not count. (Not
+		// looked up on the current pair: there the connection's own
+		// rewritten segments use the tuple on the wire as well.)
+		struct bpf_sock_tuple st = {};
+		struct bpf_sock *sk;
+
+		__builtin_memcpy(st.ipv6.saddr, t->peer, 16);
+		__builtin_memcpy(st.ipv6.daddr, t->local, 16);
+		st.ipv6.sport = t->peer_port;
+		st.ipv6.dport = t->local_port;
+		sk = bpf_skc_lookup_tcp(skb, &st, sizeof(st.ipv6), BPF_F_CURRENT_NETNS, 0);
+		if (sk) {
+			__u32 state = sk->state;
+
+			bpf_sk_release(sk);
+			if (state != BPF_TCP_LISTEN && state != BPF_TCP_TIME_WAIT) {
+				count(C_ALT_OWNED);
+				return;
+			}
+		}
+	}
 	now = bpf_ktime_get_ns();
 	if (!a->current && now >= a->next_report_ns) {
 		struct tuple key = {};
@@ -901,8 +932,8 @@ static __always_inline void follow_alt(struct __sk_buff *skb, struct headers *h,
 		if (now < a->hold_until_ns)
 			goto rewrite;
 		// Answer on this pair until the daemon's rules take over.
-		__builtin_memcpy(key.local, a->local, 16);
-		__builtin_memcpy(key.peer, a->peer, 16);
+		__builtin_memcpy(key.local, a->cur_local, 16);
+		__builtin_memcpy(key.peer, a->cur_peer, 16);
 		key.local_port = t->local_port;
 		key.peer_port = t->peer_port;
 		__builtin_memcpy(f.local, t->local, 16);
@@ -994,9 +1025,15 @@ int ptcp_ingress(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	}
 	if (!(flags & TCP_SYN)) {
-		// The PREFIX_ACK (or any other segment with such a header):
-		// the daemon learns it.
-		report(skb, EV_LEARN, 0);
+		// The PREFIX_ACK answering our SYN+ACK: the daemon learns it,
+		// once per handshake (the entry's tries octet, unused by a
+		// server entry, records it), so a peer putting the header on
+		// every segment costs no copies.
+		e = bpf_map_lookup_elem(&ptcp_hs, &t);
+		if (e && e->state == HS_SERVER_ECHO && !e->tries) {
+			e->tries = 1;
+			report(skb, EV_LEARN, 0);
+		}
 		return TC_ACT_OK;
 	}
 	if (flags & TCP_FIN)

@@ -1,6 +1,7 @@
 //! The shared layout between `preservetcpd` and its tc BPF programs
-//! (`bpf/ptcp.bpf.c`): the offer map's value encoding, the packet mark
-//! that selects covered SYNs, and the counters.
+//! (`bpf/ptcp.bpf.c`): the offer map's value encoding, the covered-port
+//! array, the events the programs report, the alternative-pair entries
+//! and their slots, and the counters.
 //!
 //! The programs put the PREFIX options into the three outgoing handshake
 //! packets in the kernel (see the crate docs, "Handshake in the kernel").
@@ -142,9 +143,11 @@ pub fn server_echo_option(value: &[u8]) -> Option<PrefixOption> {
 /// program keeps for itself (when it next reports the tuple), the
 /// `hold_until_ns` (`CLOCK_MONOTONIC`, native endian: before it a segment
 /// on this pair opens no follow window, see [`alt_entries`]), the
+/// connection's current local and peer addresses (the tuple its outgoing
+/// segments carry at tc egress, which keys the follow window), the
 /// `current` octet (the connection uses this pair now: its segments there
 /// are rewritten but neither reported nor followed) and padding.
-pub const ALT_VALUE_LEN: usize = 56;
+pub const ALT_VALUE_LEN: usize = 88;
 
 /// The `ptcp_alt` entries of a connection: every wire tuple of its N×M
 /// pairs except the original one ([`hs_key`] of the receiver's view,
@@ -165,12 +168,15 @@ pub fn alt_entries(
     v[..16].copy_from_slice(&original.local.octets());
     v[16..32].copy_from_slice(&original.peer.octets());
     v[40..48].copy_from_slice(&hold_until_ns.to_ne_bytes());
+    let cur = current.unwrap_or(original);
+    v[48..64].copy_from_slice(&cur.local.octets());
+    v[64..80].copy_from_slice(&cur.peer.octets());
     wires
         .iter()
         .filter(|w| *w != original)
         .map(|w| {
             let mut v = v;
-            v[48] = u8::from(Some(w) == current);
+            v[80] = u8::from(Some(w) == current);
             (hs_key(w), v)
         })
         .collect()
@@ -233,7 +239,8 @@ pub fn decode_event(bytes: &[u8]) -> Option<Event> {
     let mut packet = bytes.get(4..4usize.checked_add(len)?)?.to_vec();
     let payload = packet.len().checked_sub(40)?;
     let stated = usize::from(u16::from_be_bytes(packet.get(4..6)?.try_into().ok()?));
-    if stated > payload {
+    // (0: a BIG TCP packet, whose length is in a jumbo option.)
+    if stated > payload || stated == 0 {
         let p = u16::try_from(payload).ok()?;
         packet.get_mut(4..6)?.copy_from_slice(&p.to_be_bytes());
     }
@@ -276,11 +283,14 @@ pub enum Counter {
     /// Outgoing segments sent on the pair the peer moved to before the
     /// daemon's rules for the move were in (the follow window).
     FollowRewrites,
+    /// Segments on an alternative pair left alone because a socket of its
+    /// own has that tuple (another connection on the same ports).
+    AltOwned,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 13] = [
+    pub const ALL: [Counter; 14] = [
         Counter::SynOffers,
         Counter::SynackAnswers,
         Counter::AckEchoes,
@@ -294,6 +304,7 @@ impl Counter {
         Counter::AltRewrites,
         Counter::AltReports,
         Counter::FollowRewrites,
+        Counter::AltOwned,
     ];
 
     /// Index in the `ptcp_counters` array.
@@ -312,6 +323,7 @@ impl Counter {
             Counter::AltRewrites => 10,
             Counter::AltReports => 11,
             Counter::FollowRewrites => 12,
+            Counter::AltOwned => 13,
         }
     }
 
@@ -331,6 +343,7 @@ impl Counter {
             Counter::AltRewrites => "bpf_alt_rewrites",
             Counter::AltReports => "bpf_alt_reports",
             Counter::FollowRewrites => "bpf_follow_rewrites",
+            Counter::AltOwned => "bpf_alt_owned",
         }
     }
 }
@@ -546,6 +559,10 @@ mod tests {
             assert_eq!(decode_event(&r[..n]), None, "{n} octets");
         }
         assert_eq!(decode_event(&record(1, &[0x60; 39])), None);
+        // A BIG TCP packet states 0: the copied length goes in.
+        let e = decode_event(&record(2, &ipv6_tcp(0, 100))).unwrap();
+        assert_eq!(u16::from_be_bytes([e.packet[4], e.packet[5]]), 120);
+        assert!(crate::packet::parse_ipv6_tcp(&e.packet).is_ok());
     }
 
     #[test]
@@ -571,16 +588,21 @@ mod tests {
             assert_ne!(*k, hs_key(&original));
             assert_eq!(&val[..16], &original.local.octets());
             assert_eq!(&val[16..32], &original.peer.octets());
-            assert_eq!(&val[32..], &[0u8; 24]);
+            assert_eq!(&val[32..48], &[0u8; 16]);
+            assert_eq!(&val[48..64], &original.local.octets(), "current = original");
+            assert_eq!(&val[64..80], &original.peer.octets());
+            assert_eq!(&val[80..], &[0u8; 8]);
         }
         assert_eq!(v[2].0, hs_key(&wires[3]));
         // The current pair is marked, the others are not; every entry
         // has the hold.
         let v = alt_entries(&original, &wires, Some(&wires[2]), 0x0102_0304_0506_0708);
-        let flags: Vec<u8> = v.iter().map(|(_, val)| val[48]).collect();
+        let flags: Vec<u8> = v.iter().map(|(_, val)| val[80]).collect();
         assert_eq!(flags, vec![0, 1, 0]);
         for (_, val) in &v {
             assert_eq!(&val[40..48], &0x0102_0304_0506_0708u64.to_ne_bytes());
+            assert_eq!(&val[48..64], &wires[2].local.octets());
+            assert_eq!(&val[64..80], &wires[2].peer.octets());
         }
     }
 
@@ -591,7 +613,7 @@ mod tests {
         assert!(src.contains("#define EV_ALT 2"));
         assert!(src.contains("struct event {\n\t__u8 kind;\n\t__u8 pad;\n\t__u16 len;"));
         assert!(src.contains(
-            "struct alt {\n\t__u8 local[16];\n\t__u8 peer[16];\n\t__u64 next_report_ns; // written by the program only\n\t__u64 hold_until_ns;  // no follow window before (daemon: last switch + hold)\n\t__u8 current;         // the connection uses this pair now (daemon)\n\t__u8 pad[7];\n};"
+            "struct alt {\n\t__u8 local[16];\n\t__u8 peer[16];\n\t__u64 next_report_ns; // written by the program only\n\t__u64 hold_until_ns;  // no follow window before (daemon: last switch + hold)\n\t__u8 cur_local[16];   // the connection's current pair (daemon): what\n\t__u8 cur_peer[16];    // its outgoing segments carry when egress sees them\n\t__u8 current;         // the connection uses this pair now (daemon)\n\t__u8 pad[7];\n};"
         ));
         assert!(src.contains("__uint(max_entries, 65536);\n\t__type(key, __u32);\n\t__type(value, __u8);\n} ptcp_ports"));
         assert_eq!(PORTS_LEN, 65536);

@@ -135,9 +135,22 @@
 //!   lab test `unmoved_connections_meet_no_netfilter_hook` checks that
 //!   neither namespace has a base chain (nor conntrack entries) while an
 //!   unmoved connection carries data, and that the hooks come and go with
-//!   a move. A peer that moves within 100 ms of a connection entered
-//!   during a burst (beyond 500 per second) finds no entry yet: its
-//!   segments on the new pair reach no socket until then.
+//!   a move. The engine's actions are taken and run under one lock
+//!   (`run_lock` in `main.rs`), so the kernel's entries follow the
+//!   engine's order of events even though five threads drive it. A
+//!   segment on an alternative tuple that a socket of its own has (another
+//!   connection from another local address with the same ports) is left
+//!   alone (`bpf_alt_owned`; a socket lookup only on such hits, lab test
+//!   `a_socket_on_an_alternative_tuple_keeps_its_segments`).
+//!   Known limits: a peer that moves within 100 ms of a connection entered
+//!   during a burst (beyond 500 per second) finds no entry yet, its
+//!   segments on the new pair reach no socket until then; the programs
+//!   are attached to Ethernet links only, so a segment on an alternative
+//!   pair arriving over another kind of link (a tunnel, raw-IP LTE) is
+//!   not rewritten (with `--no-bpf` NFQUEUE covers every link); the follow
+//!   window sends on the link the peer's segment arrived on, which can
+//!   differ from the device the daemon's rules then choose (on a shared
+//!   segment with asymmetric routes).
 //!   Measured with `ptcp_bench` (release, 2 CPUs, idle; see
 //!   `examples/src/bin/ptcp_bench.rs`): connect+close 0.90 of plain TCP
 //!   (0.42–0.44 when the handshake was learned through NFLOG under
@@ -172,7 +185,9 @@
 //!   queued.
 //! - Rule changes caused by a received packet (following the peer) are made
 //!   before that packet is handed to the kernel, so the kernel's answer
-//!   leaves on the new pair.
+//!   leaves on the new pair. With BPF the segment is delivered at once
+//!   (rewritten at tc ingress) and the follow window above makes the
+//!   kernel's answer take the new pair until the daemon's rules are in.
 //! - Fast path: once a connection has moved, nftables maps keyed by the
 //!   4-tuple rewrite its addresses statelessly in the kernel (an output
 //!   `route` chain at priority -160 and a prerouting chain at -310; `ip6
@@ -190,8 +205,9 @@
 //! - Outgoing packets of a moved connection are rewritten in OUTPUT; the
 //!   kernel reroutes a queued OUTPUT packet whose addresses changed
 //!   (verified: rewritten packets leave on the other link). Incoming
-//!   packets are rewritten back in PREROUTING, before the input route
-//!   lookup and socket demultiplexing. Checksums: nfnetlink_queue hands
+//!   packets are rewritten back in PREROUTING (with BPF: already at tc
+//!   ingress, so the nft `pre` chain finds nothing to do), before the
+//!   input route lookup and socket demultiplexing. Checksums: nfnetlink_queue hands
 //!   out packets with complete checksums (it resolves
 //!   `CHECKSUM_PARTIAL`), the engine updates the TCP checksum
 //!   incrementally and the kernel verifies it on input. Conntrack needs no

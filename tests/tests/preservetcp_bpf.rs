@@ -647,3 +647,62 @@ fn unmoved_connections_meet_no_netfilter_hook() {
     }
     pass(&mut s, &mut c, 99);
 }
+
+/// A socket of its own on a tracked connection's alternative tuple keeps
+/// its segments: connection 1 goes from a's link 0 address with port p,
+/// connection 2 from a's link 1 address with the same port p to the same
+/// server address and port — on both hosts conn 2's tuple is one of conn
+/// 1's alternative pairs. Conn 2 still establishes and carries its own
+/// data (the programs see its socket and leave its segments alone,
+/// counted as `bpf_alt_owned`), and conn 1 is unaffected.
+#[test]
+fn a_socket_on_an_alternative_tuple_keeps_its_segments() {
+    let t = two_links();
+    let da = Daemon::start(&t.lab, &t.a, &[PORT]);
+    let db = Daemon::start(&t.lab, &t.b, &[PORT]);
+    assert!(da.bpf() && db.bpf());
+    let listener =
+        t.b.run(|| TcpListener::bind(("::", PORT)))
+            .expect("run")
+            .expect("bind");
+    let (mut c1, mut s1, port) = connect(&t, &listener);
+    // Both daemons have the connection's alternatives in the kernel.
+    wait_until("tracked", || {
+        da.connections().len() == 1 && db.connections().len() == 1
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let a1 = v6(&t.l1, &t.a);
+    let dst = SocketAddr::from((v6(&t.l0, &t.b), PORT));
+    let mut c2: TcpStream =
+        t.a.run(move || {
+            let s = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)?;
+            s.bind(&SocketAddr::from((a1, port)).into())?;
+            s.connect(&dst.into())?;
+            std::io::Result::Ok(TcpStream::from(s))
+        })
+        .expect("run")
+        .expect("second connection from the alternative address");
+    let (mut s2, from) = listener.accept().expect("accept the second");
+    assert_eq!(from, SocketAddr::from((a1, port)));
+    for x in [&c1, &s1, &c2, &s2] {
+        x.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        x.set_write_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+    }
+    pass(&mut c2, &mut s2, 7);
+    pass(&mut s2, &mut c2, 8);
+    pass(&mut c1, &mut s1, 9);
+    pass(&mut s1, &mut c1, 10);
+    assert!(
+        da.stat("bpf_alt_owned") >= 1 && db.stat("bpf_alt_owned") >= 1,
+        "{}\n{}",
+        da.log(),
+        db.log()
+    );
+    assert_eq!(
+        da.stat("bpf_alt_rewrites") + db.stat("bpf_alt_rewrites"),
+        0,
+        "nothing of conn 2 was taken for conn 1"
+    );
+}

@@ -172,6 +172,13 @@ struct Shared {
     alt_pending: Mutex<std::collections::VecDeque<(Instant, FourTuple)>>,
     /// Connections tracked at once in the current second (start, count).
     alt_budget: Mutex<(Instant, u32)>,
+    /// Held by a thread from taking the engine's actions until it has run
+    /// them (and by the sampler's alternative-pair and unhook work): the
+    /// actions of different threads then never interleave or overtake
+    /// each other (a connection's `Untracked` run before its `Moved`, say,
+    /// would leave its entries in the kernel). Lock order: this, the
+    /// engine, the programs.
+    run_lock: Mutex<()>,
 }
 
 /// An `Instant` on `CLOCK_MONOTONIC` in nanoseconds (the clock of the
@@ -297,10 +304,16 @@ impl Shared {
             ));
         }
         match self.rules.hook() {
-            Ok(()) => self.log("moved-connection rules hooked"),
-            Err(e) => self.log(&format!("hooking the moved-connection rules: {e}")),
+            Ok(()) => {
+                self.log("moved-connection rules hooked");
+                m.hooked = true;
+            }
+            Err(e) => {
+                // (Retried with the next move; nothing half-hooked stays.)
+                self.rules.unhook();
+                self.log(&format!("hooking the moved-connection rules: {e}"));
+            }
         }
-        m.hooked = true;
     }
 
     /// Unhooks the moved-connection plumbing once no connection has been
@@ -405,6 +418,7 @@ impl Shared {
         };
         *self.locals.lock().unwrap_or_else(|e| e.into_inner()) = snap.clone();
         let now = Instant::now();
+        let _run = self.run_lock.lock().unwrap_or_else(|e| e.into_inner());
         let (actions, offers) = {
             let mut eng = self.engine_drained();
             eng.set_locals(snap.into_iter().map(|l| l.0).collect(), now);
@@ -523,6 +537,9 @@ impl Shared {
                 Action::Unredirect(t) => {
                     {
                         let mut m = self.moved.lock().unwrap_or_else(|e| e.into_inner());
+                        if m.count == 0 {
+                            self.log("moved-connection count below zero (ignored)");
+                        }
                         m.count = m.count.saturating_sub(1);
                     }
                     // No pair is current but the original one now.
@@ -701,6 +718,7 @@ fn run(args: Args) -> Result<(), String> {
         moved: Mutex::new(MovedState::default()),
         alt_pending: Mutex::new(std::collections::VecDeque::new()),
         alt_budget: Mutex::new((Instant::now(), 0)),
+        run_lock: Mutex::new(()),
     });
     let offers = {
         let mut eng = shared.engine();
@@ -819,6 +837,7 @@ fn run(args: Args) -> Result<(), String> {
             }
         };
         let now = Instant::now();
+        let run = shared.run_lock.lock().unwrap_or_else(|e| e.into_inner());
         let (verdict, actions) = {
             // An outgoing packet only needs what its connection's incoming
             // handshake packets taught (nothing for a SYN: its offer depends
@@ -850,6 +869,7 @@ fn run(args: Args) -> Result<(), String> {
             log_actions(&shared, &actions);
             shared.run_actions(actions);
         }
+        drop(run);
         if let Verdict::Replace(p) = verdict {
             msg.set_payload(p);
         }
@@ -994,7 +1014,7 @@ fn poll_loop(sh: &Shared, diag: &mut sys::Diag, interval: Duration) {
             .unwrap_or(now);
         // Few tracked connections: one exact lookup each; many (e.g. a
         // burst of short connections): one dump.
-        let originals = sh.engine_drained().originals();
+        let originals = sh.engine().originals();
         let socks = if originals.len() <= QUERY_MAX {
             originals
                 .iter()
@@ -1013,6 +1033,7 @@ fn poll_loop(sh: &Shared, diag: &mut sys::Diag, interval: Duration) {
                 None
             }
         };
+        let run = sh.run_lock.lock().unwrap_or_else(|e| e.into_inner());
         let actions = {
             let mut eng = sh.engine_drained();
             eng.expire(now);
@@ -1035,6 +1056,7 @@ fn poll_loop(sh: &Shared, diag: &mut sys::Diag, interval: Duration) {
         sh.run_actions(actions);
         sh.push_alts(now);
         sh.maybe_unhook(now);
+        drop(run);
     }
 }
 
@@ -1073,6 +1095,7 @@ fn ring_loop(sh: &Shared, rings: [std::os::fd::OwnedFd; 2]) {
                 return;
             }
         }
+        let run = sh.run_lock.lock().unwrap_or_else(|e| e.into_inner());
         let actions = {
             let mut eng = sh.engine_drained();
             sh.log_moves(&eng);
@@ -1080,6 +1103,7 @@ fn ring_loop(sh: &Shared, rings: [std::os::fd::OwnedFd; 2]) {
         };
         log_actions(sh, &actions);
         sh.run_actions(actions);
+        drop(run);
         std::thread::sleep(RING_MIN_GAP);
     }
 }
@@ -1113,6 +1137,7 @@ fn control_loop(sh: &Shared, listener: UnixListener) {
 /// drain produced (connections entered, peers followed) are run before
 /// returning, like everywhere else the engine is drained.
 fn drained_then<T>(sh: &Shared, f: impl FnOnce(&Engine) -> T) -> T {
+    let _run = sh.run_lock.lock().unwrap_or_else(|e| e.into_inner());
     let (v, actions) = {
         let mut eng = sh.engine_drained();
         (f(&eng), eng.take_actions())
@@ -1142,6 +1167,7 @@ fn handle(sh: &Shared, req: Request) -> Response {
             }
         }
         Request::Move { id, local, peer } => {
+            let _run = sh.run_lock.lock().unwrap_or_else(|e| e.into_inner());
             let actions = {
                 let mut eng = sh.engine_drained();
                 if let Err(e) = eng.move_to(id, AddrPair { local, peer }, Instant::now()) {

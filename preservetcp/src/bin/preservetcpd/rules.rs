@@ -16,7 +16,6 @@
 //!
 //! ```text
 //! OUTPUT     -> PTCP_OUT:
-//!   SYN (no ACK), BPF mode only       -> clear OFFER_MARK (a socket's own)
 //!   -p tcp -j PTCP_MOVED                         (per moved connection: queue)
 //!   ct state established, >= 3 packets original -> RETURN (data segments)
 //!   SYN (no ACK) of covered traffic   -> PTCP_OFFER: connmark OFFER_BIT, queue OUT
@@ -708,11 +707,15 @@ fn nft_script(script: &str) -> Result<(), String> {
 /// The three chains stay *empty* while no connection has moved (the rules
 /// are added with the first map entries and flushed with the last, in the
 /// same atomic nft transaction, see [`fast_set`]), so before a migration
-/// no packet pays for the map lookups. The chains themselves stay: deleting
-/// a base chain unregisters its hook, and the kernel then drops every
-/// packet waiting in NFQUEUE in the namespace (tried: the daemon's next
-/// verdicts failed with `ENOENT`, the lost segments made the peer's TCP
-/// retransmit and the connection switch pairs).
+/// no packet pays for the map lookups. Without BPF the chains themselves
+/// stay: deleting a base chain unregisters its hook, and the kernel then
+/// drops every packet waiting in NFQUEUE in the namespace (tried: the
+/// daemon's next verdicts failed with `ENOENT`, the lost segments made the
+/// peer's TCP retransmit and the connection switch pairs). With BPF the
+/// table is created with the first move and deleted a second after the
+/// last moved connection is back or gone (`Shared::maybe_unhook`), when
+/// nothing of a moved connection can still wait in NFQUEUE; an empty base
+/// chain still costs every packet of the namespace a hook call.
 pub fn fast_setup() -> Result<(), String> {
     fast_teardown();
     let key = "ipv6_addr . ipv6_addr . inet_service . inet_service : ipv6_addr";
