@@ -107,7 +107,8 @@
 #define C_ALT_REPORTS 11
 #define C_FOLLOW_REWRITES 12
 #define C_ALT_OWNED 13
-#define C_COUNT 14
+#define C_MOVED_REWRITES 14
+#define C_COUNT 15
 
 // Kinds of a ptcp_events record (preservetcp::bpf::Event).
 #define EV_LEARN 1
@@ -226,8 +227,6 @@ struct alt {
 	__u8 peer[16];
 	__u64 next_report_ns; // written by the program only
 	__u64 hold_until_ns;  // no follow window before (daemon: last switch + hold)
-	__u8 cur_local[16];   // the connection's current pair (daemon): what
-	__u8 cur_peer[16];    // its outgoing segments carry when egress sees them
 	__u8 current;         // the connection uses this pair now (daemon)
 	__u8 pad[7];
 };
@@ -247,9 +246,9 @@ struct follow {
 	__u32 pad;
 };
 
-// Keyed by the connection's current tuple in the sender's view (as egress
-// sees it: the original one, or the pair the daemon's rules moved it to,
-// which rewrite before tc egress).
+// Keyed by the original tuple in the sender's view (as egress sees it:
+// the kernel's TCP only ever uses the original tuple; every rewrite is
+// ours, in these programs).
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 4096);
@@ -290,6 +289,37 @@ struct {
 	__type(key, __u32);
 	__type(value, __u32);
 } ptcp_alt_slots SEC(".maps");
+
+// A connection the daemon moved to another pair (keyed by its original
+// tuple, sender's view): egress rewrites its segments to the pair and
+// hands them to the pair's device (bpf_redirect_neigh: neighbour and MAC
+// addresses for the new destination); a segment arriving on the original
+// tuple means the peer went back, and is reported (and followed, outside
+// the hold) like one on an alternative pair.
+struct moved {
+	__u8 local[16];       // source on the wire
+	__u8 peer[16];        // destination on the wire
+	__u64 next_report_ns; // written by the program only
+	__u64 hold_until_ns;  // daemon: the connection's last switch + hold
+	__u32 ifindex;        // daemon: the device of the pair
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct tuple);
+	__type(value, struct moved);
+} ptcp_moved SEC(".maps");
+
+// Entries in ptcp_moved (daemon): while 0, no segment costs a lookup.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} ptcp_moved_count SEC(".maps");
 
 // The slot of a wire tuple: the first 8 octets (the prefix part) of both
 // addresses and the ports, read as native 32-bit words (the peer's words
@@ -589,34 +619,59 @@ static __always_inline void echo_skipped(struct hs *e, struct tuple *t)
 	e->tries = tries;
 }
 
-// A segment of a connection in its follow window (see struct follow):
-// rewritten to the pair the peer sends on and redirected to the link its
-// segment arrived on (neighbour and MAC addresses filled by the kernel);
-// an expired entry is deleted.
-static __always_inline int follow_out(struct __sk_buff *skb, struct headers *h, struct tuple *t)
+// Rewrites an outgoing segment to the pair `addrs` (source, destination)
+// and hands it to device `ifindex`, where the kernel looks up the
+// neighbour of the new destination and fills in the MAC addresses.
+static __always_inline int rewrite_out(struct __sk_buff *skb, struct headers *h, __u8 *addrs,
+				       __u32 ifindex, __u32 counter)
 {
-	struct follow *f = bpf_map_lookup_elem(&ptcp_follow, t);
-	__u8 addrs[32];
-	__u32 ifindex;
-	__s64 diff;
+	__s64 diff = bpf_csum_diff((__be32 *)&h->ip[8], 32, (__be32 *)addrs, 32, 0);
 
-	if (!f)
-		return TC_ACT_OK;
-	if (bpf_ktime_get_ns() > f->until_ns) {
-		bpf_map_delete_elem(&ptcp_follow, t);
-		return TC_ACT_OK;
-	}
-	__builtin_memcpy(addrs, f->local, 16);
-	__builtin_memcpy(addrs + 16, f->peer, 16);
-	ifindex = f->ifindex;
-	diff = bpf_csum_diff((__be32 *)&h->ip[8], 32, (__be32 *)addrs, 32, 0);
 	if (diff < 0 || bpf_skb_store_bytes(skb, L3 + 8, addrs, 32, 0) ||
 	    bpf_l4_csum_replace(skb, L4 + 16, 0, (__u64)diff, BPF_F_PSEUDO_HDR)) {
 		count(C_SKIPPED_ERROR);
 		return TC_ACT_SHOT; // half rewritten
 	}
-	count(C_FOLLOW_REWRITES);
+	count(counter);
 	return bpf_redirect_neigh(ifindex, 0, 0, 0);
+}
+
+// A segment of a connection the daemon moved (struct moved): on its pair.
+static __always_inline int moved_out(struct __sk_buff *skb, struct headers *h, struct tuple *t)
+{
+	__u32 zero = 0;
+	__u32 *n = bpf_map_lookup_elem(&ptcp_moved_count, &zero);
+	struct moved *m;
+	__u8 addrs[32];
+
+	if (!n || !*n)
+		return TC_ACT_OK;
+	m = bpf_map_lookup_elem(&ptcp_moved, t);
+	if (!m)
+		return TC_ACT_OK;
+	__builtin_memcpy(addrs, m->local, 16);
+	__builtin_memcpy(addrs + 16, m->peer, 16);
+	return rewrite_out(skb, h, addrs, m->ifindex, C_MOVED_REWRITES);
+}
+
+// A segment of a connection in its follow window (see struct follow):
+// rewritten to the pair the peer sends on and redirected to the link its
+// segment arrived on; an expired entry is deleted. Without a window, a
+// moved connection's segment takes its pair (moved_out).
+static __always_inline int follow_out(struct __sk_buff *skb, struct headers *h, struct tuple *t)
+{
+	struct follow *f = bpf_map_lookup_elem(&ptcp_follow, t);
+	__u8 addrs[32];
+
+	if (!f)
+		return moved_out(skb, h, t);
+	if (bpf_ktime_get_ns() > f->until_ns) {
+		bpf_map_delete_elem(&ptcp_follow, t);
+		return moved_out(skb, h, t);
+	}
+	__builtin_memcpy(addrs, f->local, 16);
+	__builtin_memcpy(addrs + 16, f->peer, 16);
+	return rewrite_out(skb, h, addrs, f->ifindex, C_FOLLOW_REWRITES);
 }
 
 SEC("classifier")
@@ -634,9 +689,10 @@ int ptcp_egress(struct __sk_buff *skb)
 
 	if (flags & TCP_RST) {
 		// An aborted handshake (or connection): never echo on a RST, and
-		// nothing learned for the tuple is needed any more.
+		// nothing learned for the tuple is needed any more. (A moved
+		// connection's RST still takes its pair.)
 		forget(&t);
-		return TC_ACT_OK;
+		return moved_out(skb, &h, &t);
 	}
 
 	if ((flags & (TCP_SYN | TCP_ACK)) == TCP_SYN) {
@@ -736,7 +792,7 @@ int ptcp_egress(struct __sk_buff *skb)
 		__u64 b, total, now;
 
 		if (!l || (!l->echo_until_ns && !l->follow_until_ns))
-			return TC_ACT_OK;
+			return moved_out(skb, &h, &t);
 		now = bpf_ktime_get_ns();
 		// Windows that passed are cleared, so that a steady stream
 		// does not even read the clock.
@@ -753,7 +809,7 @@ int ptcp_egress(struct __sk_buff *skb)
 		if (!e || e->state != HS_CLIENT_ECHO) {
 			if (now < l->follow_until_ns)
 				return follow_out(skb, &h, &t);
-			return TC_ACT_OK;
+			return moved_out(skb, &h, &t);
 		}
 		// GSO super-packets (one header would be copied into every
 		// segment) and BIG TCP packets (IPv6 payload length 0, a jumbo
@@ -880,7 +936,7 @@ static __always_inline int answers(__u32 isn, const __u8 *ack)
 // through the pseudo-header: it is fixed by their difference (for
 // CHECKSUM_COMPLETE packets the store updates skb->csum by the same
 // difference the checksum field takes back, so the packet sum holds).
-static __always_inline void follow_alt(struct __sk_buff *skb, struct headers *h, struct tuple *t)
+static __always_inline int follow_alt(struct __sk_buff *skb, struct headers *h, struct tuple *t)
 {
 	__u32 slot = alt_slot(t), zero = 0;
 	__u32 *n = bpf_map_lookup_elem(&ptcp_alt_slots, &slot);
@@ -891,10 +947,10 @@ static __always_inline void follow_alt(struct __sk_buff *skb, struct headers *h,
 	__u64 now;
 
 	if (!n || !*n)
-		return;
+		return 0;
 	a = bpf_map_lookup_elem(&ptcp_alt, t);
 	if (!a)
-		return;
+		return 0;
 	if (!a->current) {
 		// A socket of its own on this tuple (another connection that
 		// happens to use the same ports from another address) keeps
@@ -915,7 +971,7 @@ static __always_inline void follow_alt(struct __sk_buff *skb, struct headers *h,
 			bpf_sk_release(sk);
 			if (state != BPF_TCP_LISTEN && state != BPF_TCP_TIME_WAIT) {
 				count(C_ALT_OWNED);
-				return;
+				return 0;
 			}
 		}
 	}
@@ -931,9 +987,9 @@ static __always_inline void follow_alt(struct __sk_buff *skb, struct headers *h,
 		// not follow it, neither does the window.
 		if (now < a->hold_until_ns)
 			goto rewrite;
-		// Answer on this pair until the daemon's rules take over.
-		__builtin_memcpy(key.local, a->cur_local, 16);
-		__builtin_memcpy(key.peer, a->cur_peer, 16);
+		// Answer on this pair until the daemon's entry takes over.
+		__builtin_memcpy(key.local, a->local, 16);
+		__builtin_memcpy(key.peer, a->peer, 16);
 		key.local_port = t->local_port;
 		key.peer_port = t->peer_port;
 		__builtin_memcpy(f.local, t->local, 16);
@@ -954,10 +1010,46 @@ rewrite:
 	    bpf_skb_store_bytes(skb, L3 + 8, addrs, 32, BPF_F_RECOMPUTE_CSUM) ||
 	    bpf_l4_csum_replace(skb, L4 + 16, 0, (__u64)diff, BPF_F_PSEUDO_HDR)) {
 		count(C_SKIPPED_ERROR);
-		return;
+		return 0;
 	}
 	skb->mark |= fast_mark;
 	count(C_ALT_REWRITES);
+	return 1;
+}
+
+// A segment on the original tuple of a connection the daemon moved: the
+// peer went back to the original pair. Reported (and followed outside the
+// hold) like a segment on an alternative pair; it needs no rewrite.
+static __always_inline void moved_in(struct __sk_buff *skb, struct tuple *t)
+{
+	__u32 zero = 0;
+	__u32 *n = bpf_map_lookup_elem(&ptcp_moved_count, &zero);
+	struct moved *m;
+	struct live *l;
+	__u64 now;
+
+	if (!n || !*n)
+		return;
+	m = bpf_map_lookup_elem(&ptcp_moved, t);
+	if (!m)
+		return;
+	now = bpf_ktime_get_ns();
+	if (now < m->next_report_ns)
+		return;
+	m->next_report_ns = now + ALT_REPORT_NS;
+	report(skb, EV_ALT, 0);
+	if (now >= m->hold_until_ns) {
+		struct follow f = {};
+
+		__builtin_memcpy(f.local, t->local, 16);
+		__builtin_memcpy(f.peer, t->peer, 16);
+		f.until_ns = now + FOLLOW_NS;
+		f.ifindex = skb->ifindex;
+		bpf_map_update_elem(&ptcp_follow, t, &f, BPF_ANY);
+		l = bpf_map_lookup_elem(&ptcp_live, &zero);
+		if (l && l->follow_until_ns < f.until_ns)
+			l->follow_until_ns = f.until_ns;
+	}
 }
 
 SEC("classifier")
@@ -987,8 +1079,10 @@ int ptcp_ingress(struct __sk_buff *skb)
 			forget(&t);
 		if (!(flags & TCP_SYN)) {
 			// Data, ACKs, FINs and RSTs: on an alternative pair they
-			// go back to the original tuple.
-			follow_alt(skb, &h, &t);
+			// go back to the original tuple; on the original tuple of
+			// a moved connection they show the peer went back.
+			if (!follow_alt(skb, &h, &t))
+				moved_in(skb, &t);
 			return TC_ACT_OK;
 		}
 		if (flags & TCP_RST)

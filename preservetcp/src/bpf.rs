@@ -143,11 +143,9 @@ pub fn server_echo_option(value: &[u8]) -> Option<PrefixOption> {
 /// program keeps for itself (when it next reports the tuple), the
 /// `hold_until_ns` (`CLOCK_MONOTONIC`, native endian: before it a segment
 /// on this pair opens no follow window, see [`alt_entries`]), the
-/// connection's current local and peer addresses (the tuple its outgoing
-/// segments carry at tc egress, which keys the follow window), the
 /// `current` octet (the connection uses this pair now: its segments there
 /// are rewritten but neither reported nor followed) and padding.
-pub const ALT_VALUE_LEN: usize = 88;
+pub const ALT_VALUE_LEN: usize = 56;
 
 /// The `ptcp_alt` entries of a connection: every wire tuple of its N×M
 /// pairs except the original one ([`hs_key`] of the receiver's view,
@@ -168,15 +166,12 @@ pub fn alt_entries(
     v[..16].copy_from_slice(&original.local.octets());
     v[16..32].copy_from_slice(&original.peer.octets());
     v[40..48].copy_from_slice(&hold_until_ns.to_ne_bytes());
-    let cur = current.unwrap_or(original);
-    v[48..64].copy_from_slice(&cur.local.octets());
-    v[64..80].copy_from_slice(&cur.peer.octets());
     wires
         .iter()
         .filter(|w| *w != original)
         .map(|w| {
             let mut v = v;
-            v[80] = u8::from(Some(w) == current);
+            v[48] = u8::from(Some(w) == current);
             (hs_key(w), v)
         })
         .collect()
@@ -199,6 +194,31 @@ pub fn alt_slot(key: &[u8; HS_KEY_LEN]) -> u32 {
     let mut x = w(0) ^ w(4) ^ p ^ w(32);
     x ^= x >> 16;
     x & (ALT_SLOTS - 1)
+}
+
+/// Size of a `ptcp_moved` value (`struct moved`): the pair's local and
+/// peer addresses, a `u64` the program keeps (when it next reports a
+/// segment on the original tuple), the `hold_until_ns` (as in
+/// [`alt_entries`]), the index of the pair's device, padding.
+pub const MOVED_VALUE_LEN: usize = 56;
+
+/// The `ptcp_moved` value of a connection moved to (`local`, `peer`),
+/// whose segments leave on device `ifindex`, keyed by [`hs_key`] of its
+/// original tuple: the egress program rewrites its segments to the pair
+/// and redirects them there; a segment arriving on the original tuple is
+/// reported (the peer went back) and, after `hold_until_ns`, followed.
+pub fn moved_value(
+    local: Ipv6Addr,
+    peer: Ipv6Addr,
+    ifindex: u32,
+    hold_until_ns: u64,
+) -> [u8; MOVED_VALUE_LEN] {
+    let mut v = [0u8; MOVED_VALUE_LEN];
+    v[..16].copy_from_slice(&local.octets());
+    v[16..32].copy_from_slice(&peer.octets());
+    v[40..48].copy_from_slice(&hold_until_ns.to_ne_bytes());
+    v[48..52].copy_from_slice(&ifindex.to_ne_bytes());
+    v
 }
 
 /// Kind of a `ptcp_events` record.
@@ -286,11 +306,13 @@ pub enum Counter {
     /// Segments on an alternative pair left alone because a socket of its
     /// own has that tuple (another connection on the same ports).
     AltOwned,
+    /// Outgoing segments of moved connections rewritten to their pair.
+    MovedRewrites,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 14] = [
+    pub const ALL: [Counter; 15] = [
         Counter::SynOffers,
         Counter::SynackAnswers,
         Counter::AckEchoes,
@@ -305,6 +327,7 @@ impl Counter {
         Counter::AltReports,
         Counter::FollowRewrites,
         Counter::AltOwned,
+        Counter::MovedRewrites,
     ];
 
     /// Index in the `ptcp_counters` array.
@@ -324,6 +347,7 @@ impl Counter {
             Counter::AltReports => 11,
             Counter::FollowRewrites => 12,
             Counter::AltOwned => 13,
+            Counter::MovedRewrites => 14,
         }
     }
 
@@ -344,6 +368,7 @@ impl Counter {
             Counter::AltReports => "bpf_alt_reports",
             Counter::FollowRewrites => "bpf_follow_rewrites",
             Counter::AltOwned => "bpf_alt_owned",
+            Counter::MovedRewrites => "bpf_moved_rewrites",
         }
     }
 }
@@ -588,21 +613,16 @@ mod tests {
             assert_ne!(*k, hs_key(&original));
             assert_eq!(&val[..16], &original.local.octets());
             assert_eq!(&val[16..32], &original.peer.octets());
-            assert_eq!(&val[32..48], &[0u8; 16]);
-            assert_eq!(&val[48..64], &original.local.octets(), "current = original");
-            assert_eq!(&val[64..80], &original.peer.octets());
-            assert_eq!(&val[80..], &[0u8; 8]);
+            assert_eq!(&val[32..], &[0u8; 24]);
         }
         assert_eq!(v[2].0, hs_key(&wires[3]));
         // The current pair is marked, the others are not; every entry
         // has the hold.
         let v = alt_entries(&original, &wires, Some(&wires[2]), 0x0102_0304_0506_0708);
-        let flags: Vec<u8> = v.iter().map(|(_, val)| val[80]).collect();
+        let flags: Vec<u8> = v.iter().map(|(_, val)| val[48]).collect();
         assert_eq!(flags, vec![0, 1, 0]);
         for (_, val) in &v {
             assert_eq!(&val[40..48], &0x0102_0304_0506_0708u64.to_ne_bytes());
-            assert_eq!(&val[48..64], &wires[2].local.octets());
-            assert_eq!(&val[64..80], &wires[2].peer.octets());
         }
     }
 
@@ -613,10 +633,27 @@ mod tests {
         assert!(src.contains("#define EV_ALT 2"));
         assert!(src.contains("struct event {\n\t__u8 kind;\n\t__u8 pad;\n\t__u16 len;"));
         assert!(src.contains(
-            "struct alt {\n\t__u8 local[16];\n\t__u8 peer[16];\n\t__u64 next_report_ns; // written by the program only\n\t__u64 hold_until_ns;  // no follow window before (daemon: last switch + hold)\n\t__u8 cur_local[16];   // the connection's current pair (daemon): what\n\t__u8 cur_peer[16];    // its outgoing segments carry when egress sees them\n\t__u8 current;         // the connection uses this pair now (daemon)\n\t__u8 pad[7];\n};"
+            "struct alt {\n\t__u8 local[16];\n\t__u8 peer[16];\n\t__u64 next_report_ns; // written by the program only\n\t__u64 hold_until_ns;  // no follow window before (daemon: last switch + hold)\n\t__u8 current;         // the connection uses this pair now (daemon)\n\t__u8 pad[7];\n};"
         ));
         assert!(src.contains("__uint(max_entries, 65536);\n\t__type(key, __u32);\n\t__type(value, __u8);\n} ptcp_ports"));
         assert_eq!(PORTS_LEN, 65536);
+        assert!(src.contains(
+            "struct moved {\n\t__u8 local[16];       // source on the wire\n\t__u8 peer[16];        // destination on the wire\n\t__u64 next_report_ns; // written by the program only\n\t__u64 hold_until_ns;  // daemon: the connection's last switch + hold\n\t__u32 ifindex;        // daemon: the device of the pair\n\t__u32 pad;\n};"
+        ));
+    }
+
+    #[test]
+    fn moved_values_hold_the_pair_hold_and_device() {
+        let l: Ipv6Addr = "2001:db8:1::a".parse().unwrap();
+        let p: Ipv6Addr = "2001:db8:1::b".parse().unwrap();
+        let v = moved_value(l, p, 7, 0x1122_3344_5566_7788);
+        assert_eq!(v.len(), MOVED_VALUE_LEN);
+        assert_eq!(&v[..16], &l.octets());
+        assert_eq!(&v[16..32], &p.octets());
+        assert_eq!(&v[32..40], &[0u8; 8], "the program's report time");
+        assert_eq!(&v[40..48], &0x1122_3344_5566_7788u64.to_ne_bytes());
+        assert_eq!(&v[48..52], &7u32.to_ne_bytes());
+        assert_eq!(&v[52..], &[0u8; 4]);
     }
 
     #[test]

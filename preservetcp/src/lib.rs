@@ -127,15 +127,23 @@
 //!   connection is within its follow hold after its own last switch
 //!   (the daemon writes that time into the entries: late segments on a pair
 //!   just left open no window, exactly as the engine does not follow
-//!   them). Netfilter is needed only for a connection that has moved
-//!   (its outgoing segments, and its incoming ones on the original tuple):
-//!   the `mangle` chains (no conntrack match) and the fast path table are
-//!   hooked with the first move in the namespace and removed a second
-//!   after the last moved connection is back or gone (`rules.rs`). The
+//!   them). A connection the engine moved is the programs' too
+//!   (`ptcp_moved`, [`bpf::moved_value`], keyed by the original tuple):
+//!   egress rewrites its segments to the new pair and hands them to the
+//!   pair's device with `bpf_redirect_neigh` (the kernel looks up the new
+//!   destination's neighbour and fills in the MAC addresses), ingress
+//!   rewrites the peer's segments back (they arrive on an alternative
+//!   pair, marked current), and a segment arriving on the original tuple
+//!   is reported, and followed outside the hold, as the peer going back.
+//!   So in BPF mode there is no netfilter rule of ours at all, and no
+//!   NFQUEUE trip, before or after a move: what stays outside the
+//!   programs are the fallback routes and rules below (the fallback route
+//!   goes through the new pair's next hop, because the kernel resolves the
+//!   neighbour of the *original* destination before tc egress runs). The
 //!   lab test `unmoved_connections_meet_no_netfilter_hook` checks that
-//!   neither namespace has a base chain (nor conntrack entries) while an
-//!   unmoved connection carries data, and that the hooks come and go with
-//!   a move. The engine's actions are taken and run under one lock
+//!   neither namespace has a base chain (nor conntrack entries) while a
+//!   connection carries data, before and after a move and back. The
+//!   engine's actions are taken and run under one lock
 //!   (`run_lock` in `main.rs`), so the kernel's entries follow the
 //!   engine's order of events even though five threads drive it. A
 //!   segment on an alternative tuple that a socket of its own has (another

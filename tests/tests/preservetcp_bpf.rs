@@ -572,12 +572,12 @@ fn pass(from: &mut TcpStream, to: &mut TcpStream, seed: u8) {
     assert!(reader.join().expect("reader"), "data intact");
 }
 
-/// A connection that has not moved meets no netfilter hook of ours: with
-/// the BPF programs both daemons learn the handshake from the ring buffer
-/// copies and neither namespace has a single base chain (so no conntrack
-/// either) while data flows. The first move hooks the moved-connection
-/// plumbing; when the connection is back on its original pair the hooks
-/// go again (after a second).
+/// No netfilter hook of ours, before or after a move: with the BPF
+/// programs both daemons learn the handshake from the ring buffer copies,
+/// and a moved connection's segments are rewritten and redirected by the
+/// programs too, so neither namespace has a single base chain (and no
+/// conntrack) while data flows on the original pair, on the pair it was
+/// moved to, and back on the original one.
 #[test]
 fn unmoved_connections_meet_no_netfilter_hook() {
     let t = two_links();
@@ -604,8 +604,8 @@ fn unmoved_connections_meet_no_netfilter_hook() {
         assert_eq!(d.stat("bpf_alt_rewrites"), 0, "nothing moved yet");
     }
 
-    // The first move hooks the plumbing, on both hosts (the server
-    // follows), and data still flows both ways.
+    // A move: the programs rewrite on both hosts (the server follows),
+    // data flows both ways, and still no hook exists.
     let (a0, a1) = (v6(&t.l0, &t.a), v6(&t.l1, &t.a));
     let (b0, b1) = (v6(&t.l0, &t.b), v6(&t.l1, &t.b));
     let id = da.connections()[0].id;
@@ -621,13 +621,22 @@ fn unmoved_connections_meet_no_netfilter_hook() {
         db.connections()[0].current.local == b1
     });
     for (h, d) in [(&t.a, &da), (&t.b, &db)] {
-        wait_until("hooked", || hooks(h).len() >= 2);
+        assert_eq!(hooks(h), Vec::<String>::new(), "{}: {}", h.name(), d.log());
+        assert_eq!(conntrack_entries(h), 0, "{}", h.name());
         assert!(d.stat("bpf_alt_rewrites") > 0, "{}", d.log());
+        // (The server's first answers go out in its follow window.)
+        assert!(
+            d.stat("bpf_moved_rewrites") + d.stat("bpf_follow_rewrites") > 0,
+            "{}",
+            d.log()
+        );
+        assert_eq!(nfqueue_queued(h), 0, "nothing queued: {}", h.name());
     }
     assert!(db.stat("bpf_alt_reports") >= 1, "the server saw the move");
 
     // Back to the original pair (after the server's follow hold, see
-    // preservetcp::policy): the hooks go again.
+    // preservetcp::policy): the server follows back (it sees the client's
+    // segments on the original tuple), no rewriting is left.
     std::thread::sleep(Duration::from_millis(700));
     let r = da.request(&preservetcp::control::Request::Move {
         id,
@@ -641,11 +650,20 @@ fn unmoved_connections_meet_no_netfilter_hook() {
         seed = seed.wrapping_add(1);
         db.connections()[0].current.local == b0
     });
-    for (h, d) in [(&t.a, &da), (&t.b, &db)] {
-        wait_until("unhooked", || d.log().contains("unhooked"));
-        assert_eq!(hooks(h), Vec::<String>::new(), "{}", d.log());
-    }
     pass(&mut s, &mut c, 99);
+    // (Past the server's follow window.)
+    std::thread::sleep(Duration::from_millis(300));
+    let moved = (da.stat("bpf_moved_rewrites"), db.stat("bpf_moved_rewrites"));
+    pass(&mut c, &mut s, 100);
+    pass(&mut s, &mut c, 101);
+    assert_eq!(
+        (da.stat("bpf_moved_rewrites"), db.stat("bpf_moved_rewrites")),
+        moved,
+        "nothing rewritten on the original pair"
+    );
+    for (h, d) in [(&t.a, &da), (&t.b, &db)] {
+        assert_eq!(hooks(h), Vec::<String>::new(), "{}: {}", h.name(), d.log());
+    }
 }
 
 /// A socket of its own on a tracked connection's alternative tuple keeps

@@ -293,11 +293,13 @@ fn fast_path_counters(host: &netlab::Host) -> (u64, u64) {
 /// dead. When the kernel's route for the original tuple leaves on another
 /// device (the fallback route replaced by hand), the packets no longer
 /// match the `direct` set and the `route` chain rewrites and reroutes
-/// them: the data still flows over link 1 only.
+/// them: the data still flows over link 1 only. (The nftables fast path
+/// is `--no-bpf`'s; with the BPF programs see
+/// `moved_connection_is_rewritten_by_the_programs`.)
 #[test]
 fn moved_connection_is_rewritten_without_reroute() {
     let t = two_links();
-    let (da, db, _l, mut c, mut s) = setup(&t, 5105, NO_SAMPLING);
+    let (da, db, _l, mut c, mut s) = setup(&t, 5105, &["--interval-ms", "3600000", "--no-bpf"]);
     let (a1, b1) = (v6(&t.l1, &t.a), v6(&t.l1, &t.b));
     let ca = only_conn(&da);
     let ok = da.request(&Request::Move {
@@ -309,8 +311,7 @@ fn moved_connection_is_rewritten_without_reroute() {
     transfer(&mut c, &s, 1 << 20, 14);
     let cb = wait_pair(&db, b1, a1);
     assert_eq!((cb.current.local, cb.current.peer), (b1, a1), "{cb:?}");
-    // The fast path's rules go in after the move (with BPF the first
-    // move in a namespace also hooks the moved-connection plumbing).
+    // The fast path's rules go in after the move.
     for h in [&t.a, &t.b] {
         let t0 = Instant::now();
         while !h
@@ -359,4 +360,65 @@ fn moved_connection_is_rewritten_without_reroute() {
     assert!(d.0 == 0 && d.1 >= 64, "(direct, rerouted) packets {d:?}");
     let ca = only_conn(&da);
     assert_eq!((ca.current.local, ca.current.peer), (a1, b1), "{ca:?}");
+}
+
+/// With the BPF programs a moved connection is rewritten and redirected
+/// in the kernel: while link 0 is dead every segment of it is rewritten
+/// by the egress program (`bpf_moved_rewrites`) and the data flows both
+/// ways over link 1. When the kernel's route for the original tuple
+/// leaves on link 0 (the fallback route replaced by hand, as after a
+/// route change; the neighbour entry of the original peer is still there
+/// from before), the program still hands the segments to link 1's
+/// device: nothing is lost on the dead link.
+#[test]
+fn moved_connection_is_rewritten_by_the_programs() {
+    let t = two_links();
+    let (da, db, _l, mut c, mut s) = setup(&t, 5106, NO_SAMPLING);
+    assert!(da.bpf() && db.bpf());
+    let (a1, b1) = (v6(&t.l1, &t.a), v6(&t.l1, &t.b));
+    let ca = only_conn(&da);
+    let ok = da.request(&Request::Move {
+        id: ca.id,
+        local: a1,
+        peer: b1,
+    });
+    assert!(ok.ok, "{:?}", ok.error);
+    transfer(&mut c, &s, 1 << 20, 20);
+    let cb = wait_pair(&db, b1, a1);
+    assert_eq!((cb.current.local, cb.current.peer), (b1, a1), "{cb:?}");
+    t.l0.drop_both().expect("drop link 0");
+    // (Past the server's follow window.)
+    std::thread::sleep(Duration::from_millis(300));
+    let before = (da.stat("bpf_moved_rewrites"), db.stat("bpf_moved_rewrites"));
+    transfer(&mut c, &s, 4 << 20, 21);
+    transfer(&mut s, &c, 4 << 20, 22);
+    let after = (da.stat("bpf_moved_rewrites"), db.stat("bpf_moved_rewrites"));
+    // 4 MiB each way: at least 64 segments of at most 64 KiB (GSO) per
+    // host, plus the ACKs.
+    assert!(
+        after.0 - before.0 >= 64 && after.1 - before.1 >= 64,
+        "rewritten client {before:?} -> {after:?}\nserver:\n{}\nclient:\n{}",
+        db.log(),
+        da.log()
+    );
+    let b0 = v6(&t.l0, &t.b);
+    t.a.exec_ok([
+        "ip",
+        "-6",
+        "route",
+        "replace",
+        &format!("{b0}/128"),
+        "dev",
+        t.l0.dev(&t.a),
+        "table",
+        "4242",
+    ])
+    .expect("route replaced");
+    transfer(&mut c, &s, 4 << 20, 23);
+    transfer(&mut s, &c, 1 << 20, 24);
+    let ca = only_conn(&da);
+    assert_eq!((ca.current.local, ca.current.peer), (a1, b1), "{ca:?}");
+    for h in [&t.a, &t.b] {
+        assert_eq!(nfqueue_queued(h), 0, "nothing queued in {}", h.name());
+    }
 }

@@ -51,8 +51,9 @@ use aya::programs::{SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 use preservetcp::Engine;
 use preservetcp::bpf::{
-    ALT_VALUE_LEN, Counter, Event, EventKind, HS_KEY_LEN, HS_VALUE_LEN, OFFER_VALUE_LEN,
-    alt_entries, alt_slot, decode_event, echo_event, hs_key, server_echo_option,
+    ALT_VALUE_LEN, Counter, Event, EventKind, HS_KEY_LEN, HS_VALUE_LEN, MOVED_VALUE_LEN,
+    OFFER_VALUE_LEN, alt_entries, alt_slot, decode_event, echo_event, hs_key, moved_value,
+    server_echo_option,
 };
 use preservetcp::control::{OPT_IN_MARK, OPT_IN_MASK};
 use preservetcp::pairs::FourTuple;
@@ -78,6 +79,10 @@ pub struct Bpf {
     optin: BpfHashMap<MapData, [u8; HS_KEY_LEN], u8>,
     alt: BpfHashMap<MapData, [u8; HS_KEY_LEN], [u8; ALT_VALUE_LEN]>,
     alt_slots: Array<MapData, u32>,
+    moved: BpfHashMap<MapData, [u8; HS_KEY_LEN], [u8; MOVED_VALUE_LEN]>,
+    moved_count: Array<MapData, u32>,
+    /// The connections in `ptcp_moved`.
+    moved_set: std::collections::HashSet<FourTuple>,
     events: RingBuf<MapData>,
     /// The `ptcp_alt` keys in the map, per connection (original tuple).
     alts: HashMap<FourTuple, Vec<[u8; HS_KEY_LEN]>>,
@@ -122,6 +127,8 @@ impl Bpf {
         let optin = take_map(&mut ebpf, "ptcp_optin")?;
         let alt = take_map(&mut ebpf, "ptcp_alt")?;
         let alt_slots = take_map(&mut ebpf, "ptcp_alt_slots")?;
+        let moved = take_map(&mut ebpf, "ptcp_moved")?;
+        let moved_count = take_map(&mut ebpf, "ptcp_moved_count")?;
         let events = take_map(&mut ebpf, "ptcp_events")?;
         Ok(Self {
             ebpf,
@@ -133,6 +140,9 @@ impl Bpf {
             optin,
             alt,
             alt_slots,
+            moved,
+            moved_count,
+            moved_set: std::collections::HashSet::new(),
             events,
             alts: HashMap::new(),
             attached: HashMap::new(),
@@ -352,6 +362,43 @@ impl Bpf {
             n.saturating_sub(1)
         };
         let _ = self.alt_slots.set(slot, n, 0);
+    }
+
+    /// Moves a connection (original tuple) to the pair (`local`, `peer`)
+    /// on device `ifindex` in the kernel (see
+    /// [`preservetcp::bpf::moved_value`]).
+    pub fn set_moved(
+        &mut self,
+        t: &FourTuple,
+        local: Ipv6Addr,
+        peer: Ipv6Addr,
+        ifindex: u32,
+        hold_until_ns: u64,
+    ) -> Result<(), String> {
+        self.moved
+            .insert(
+                hs_key(t),
+                moved_value(local, peer, ifindex, hold_until_ns),
+                0,
+            )
+            .map_err(|e| format!("moved connection: {e}"))?;
+        if self.moved_set.insert(*t) {
+            self.set_moved_count();
+        }
+        Ok(())
+    }
+
+    /// The connection is back on its original pair or gone.
+    pub fn unmove(&mut self, t: &FourTuple) {
+        if self.moved_set.remove(t) {
+            let _ = self.moved.remove(&hs_key(t));
+            self.set_moved_count();
+        }
+    }
+
+    fn set_moved_count(&mut self) {
+        let n = u32::try_from(self.moved_set.len()).unwrap_or(u32::MAX);
+        let _ = self.moved_count.set(0, n, 0);
     }
 
     /// Whether the connection's alternatives are in the kernel.

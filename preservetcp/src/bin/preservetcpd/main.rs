@@ -164,9 +164,6 @@ struct Shared {
     /// The tc BPF programs that insert the handshake options (`None`:
     /// `--no-bpf` or the load failed; the handshake goes through NFQUEUE).
     bpf: Option<Mutex<bpf::Bpf>>,
-    /// Connections that have moved, and whether the netfilter plumbing for
-    /// them is hooked (BPF mode hooks it only while one has moved).
-    moved: Mutex<MovedState>,
     /// Connections entered but whose alternative pairs are not in the
     /// kernel yet (BPF mode, see [`ALT_DELAY`]), oldest first.
     alt_pending: Mutex<std::collections::VecDeque<(Instant, FourTuple)>>,
@@ -200,22 +197,6 @@ fn monotonic_ns(at: Instant) -> u64 {
         mono_ns.saturating_sub(ahead(now - at))
     }
 }
-
-/// See [`Shared::moved`].
-#[derive(Debug, Default)]
-struct MovedState {
-    /// Connections redirected now.
-    count: usize,
-    /// The moved-connection rules and the fast path table are in.
-    hooked: bool,
-    /// Since when `count` is zero (while hooked).
-    idle_since: Option<Instant>,
-}
-
-/// How long the netfilter plumbing stays after the last moved connection
-/// is back or gone (BPF mode): deleting a base chain drops packets that
-/// wait in NFQUEUE, so it goes only once nothing can be waiting.
-const UNHOOK_AFTER: Duration = Duration::from_secs(1);
 
 /// A connection's alternative pairs go into the kernel as it is entered,
 /// for up to [`ALT_IMMEDIATE`] connections per second; beyond that (a
@@ -283,60 +264,6 @@ impl Shared {
         // segments, its reports of echoes that left (client side) and of
         // server handshakes to rebuild; lock order engine → bpf.
         bpf::feed_echoes(self.bpf.as_ref(), eng, now);
-    }
-
-    /// Hooks the moved-connection plumbing if it is not (BPF mode; without
-    /// BPF it is always hooked).
-    fn ensure_hooked(&self) {
-        if self.bpf.is_none() {
-            return;
-        }
-        let mut m = self.moved.lock().unwrap_or_else(|e| e.into_inner());
-        m.idle_since = None;
-        if m.hooked {
-            return;
-        }
-        if self.fast.is_some()
-            && let Err(e) = rules::fast_setup()
-        {
-            self.log(&format!(
-                "fast path: {e} (moved connections stay on NFQUEUE)"
-            ));
-        }
-        match self.rules.hook() {
-            Ok(()) => {
-                self.log("moved-connection rules hooked");
-                m.hooked = true;
-            }
-            Err(e) => {
-                // (Retried with the next move; nothing half-hooked stays.)
-                self.rules.unhook();
-                self.log(&format!("hooking the moved-connection rules: {e}"));
-            }
-        }
-    }
-
-    /// Unhooks the moved-connection plumbing once no connection has been
-    /// moved for [`UNHOOK_AFTER`] (BPF mode).
-    fn maybe_unhook(&self, now: Instant) {
-        if self.bpf.is_none() {
-            return;
-        }
-        let mut m = self.moved.lock().unwrap_or_else(|e| e.into_inner());
-        if !m.hooked || m.count > 0 {
-            return;
-        }
-        let since = *m.idle_since.get_or_insert(now);
-        if now.saturating_duration_since(since) < UNHOOK_AFTER {
-            return;
-        }
-        self.rules.unhook();
-        if self.fast.is_some() {
-            rules::fast_teardown();
-        }
-        m.hooked = false;
-        m.idle_since = None;
-        self.log("moved-connection rules unhooked (no connection has moved)");
     }
 
     /// Gives the kernel the alternative pairs of connections entered at
@@ -526,24 +453,62 @@ impl Shared {
                     Ok(())
                 }
                 Action::Redirect(t) => {
-                    {
-                        let mut m = self.moved.lock().unwrap_or_else(|e| e.into_inner());
-                        m.count += 1;
-                    }
-                    self.ensure_hooked();
                     rules_pending.push(t);
-                    self.rules.redirect(&t)
+                    if self.bpf.is_some() {
+                        // (The programs rewrite: `Moved` follows.)
+                        Ok(())
+                    } else {
+                        self.rules.redirect(&t)
+                    }
+                }
+                Action::Unredirect(t) if self.bpf.is_some() => {
+                    // Back on the original pair (or gone): the programs
+                    // stop rewriting first, then the fallback rules go.
+                    if let Some(b) = &self.bpf {
+                        b.lock().unwrap_or_else(|e| e.into_inner()).unmove(&t);
+                    }
+                    self.sync_alts(&t, false);
+                    rules::fallback_rules(&t, false)
+                }
+                Action::Moved(t, pair) if self.bpf.is_some() => {
+                    // The programs rewrite the connection's segments to the
+                    // pair and hand them to its device; its alternatives
+                    // are in the kernel with this one marked current (its
+                    // segments are no move of the peer's). The fallback
+                    // route (through the pair's next hop, so the kernel's
+                    // own neighbour lookup for the original destination
+                    // succeeds) and rules keep the original tuple routable
+                    // when the original link is gone.
+                    self.sync_alts(&t, true);
+                    let route = rules::route_to(pair.local, pair.peer)
+                        .or_else(|| self.device_of(pair.local).map(|d| (d, None)));
+                    let Some((dev, via)) = route else {
+                        self.log(&format!("no device for {}", pair.local));
+                        continue;
+                    };
+                    let hold = self.engine().follow_hold_until(&t).map_or(0, monotonic_ns);
+                    let moved = match nix::net::if_::if_nametoindex(dev.as_str()) {
+                        Ok(ifindex) => match &self.bpf {
+                            Some(b) => b
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .set_moved(&t, pair.local, pair.peer, ifindex, hold),
+                            None => Ok(()),
+                        },
+                        Err(e) => Err(format!("{dev}: {e}")),
+                    };
+                    let mut r = moved.and(rules::fallback_routes(
+                        &t,
+                        &dev,
+                        Some(via.unwrap_or(pair.peer)),
+                    ));
+                    if let Some(i) = rules_pending.iter().position(|p| *p == t) {
+                        rules_pending.swap_remove(i);
+                        r = r.and(rules::fallback_rules(&t, true));
+                    }
+                    r
                 }
                 Action::Unredirect(t) => {
-                    {
-                        let mut m = self.moved.lock().unwrap_or_else(|e| e.into_inner());
-                        if m.count == 0 {
-                            self.log("moved-connection count below zero (ignored)");
-                        }
-                        m.count = m.count.saturating_sub(1);
-                    }
-                    // No pair is current but the original one now.
-                    self.sync_alts(&t, false);
                     // The fallback rules go first: the socket's route is
                     // then the original one again, the packets still
                     // rewritten until the map entries go no longer match
@@ -569,7 +534,7 @@ impl Shared {
                     // the fast path may then rewrite without a reroute.
                     let onlink = rules::onlink_dev(pair.local, pair.peer);
                     let routed = match onlink.clone().or_else(|| self.device_of(pair.local)) {
-                        Some(d) => rules::fallback_routes(&t, &d),
+                        Some(d) => rules::fallback_routes(&t, &d, None),
                         None => Err(format!("no device for {}", pair.local)),
                     };
                     let mut r = routed.clone();
@@ -685,11 +650,11 @@ fn run(args: Args) -> Result<(), String> {
         pair_actions: bpf.is_some(),
         ..EngineConfig::default()
     };
-    let fast = if args.fast_path && bpf.is_some() {
-        // Set up with the first moved connection (`Shared::ensure_hooked`);
-        // a table left by a daemon that did not exit cleanly goes now.
+    let fast = if bpf.is_some() {
+        // The programs rewrite moved connections; a table left by a
+        // daemon that did not exit cleanly goes now.
         rules::fast_teardown();
-        Some(Mutex::new(std::collections::HashMap::new()))
+        None
     } else if args.fast_path {
         match rules::fast_setup() {
             Ok(()) => Some(Mutex::new(std::collections::HashMap::new())),
@@ -715,7 +680,6 @@ fn run(args: Args) -> Result<(), String> {
         locals: Mutex::new(snap.clone()),
         logged: Mutex::new(std::collections::HashMap::new()),
         bpf: bpf.map(Mutex::new),
-        moved: Mutex::new(MovedState::default()),
         alt_pending: Mutex::new(std::collections::VecDeque::new()),
         alt_budget: Mutex::new((Instant::now(), 0)),
         run_lock: Mutex::new(()),
@@ -1055,7 +1019,6 @@ fn poll_loop(sh: &Shared, diag: &mut sys::Diag, interval: Duration) {
         log_actions(sh, &actions);
         sh.run_actions(actions);
         sh.push_alts(now);
-        sh.maybe_unhook(now);
         drop(run);
     }
 }

@@ -46,26 +46,16 @@
 //!   NFLOG group (learned without holding the packet)
 //! ```
 //!
-//! With the tc BPF programs (the default, see `bpf.rs`) none of the above
-//! is installed: the programs decide which SYNs are covered, insert the
-//! options and copy the incoming handshake packets to the daemon, and
-//! rewrite segments on alternative pairs back to the original tuple. What
-//! remains for netfilter is a connection that has *moved*, so only the
-//! moved-connection plumbing exists, and it is hooked into OUTPUT and
-//! PREROUTING only while a connection has moved ([`Rules::hook`],
-//! [`Rules::unhook`]):
-//!
-//! ```text
-//! OUTPUT     -> PTCP_OUT:  -p tcp -j PTCP_MOVED
-//! PREROUTING -> PTCP_PRE:  packet mark FAST_MARK -> RETURN
-//!                          -p tcp -j PTCP_MOVED_IN
-//! ```
-//!
-//! None of these rules uses conntrack, so the namespace never turns it on
-//! for us, and a connection that has not moved meets no netfilter hook of
-//! ours at all (the `mangle` base chains are deleted again when the last
-//! moved connection is gone, if nothing else uses them). `--no-bpf`
-//! installs the full rule set above, hooked at start.
+//! With the tc BPF programs (the default, see `bpf.rs`) none of this is
+//! installed: the programs decide which SYNs are covered, insert the
+//! options, copy the incoming handshake packets to the daemon, rewrite
+//! segments on alternative pairs back to the original tuple, and rewrite
+//! and redirect the segments of moved connections (`ptcp_moved`). No
+//! netfilter hook of ours exists in the namespace, so nothing turns
+//! conntrack on either; what stays outside the programs are the fallback
+//! routes and rules below, which keep a moved connection's original tuple
+//! routable. `--no-bpf` installs the full rule set above, hooked at start,
+//! and the nftables fast path ([`fast_setup`]).
 //!
 //! "Covered" is `-m multiport --ports <ports>` for each configured port
 //! list and `-m mark --mark OPT_IN_MARK/OPT_IN_MASK` for opted-in sockets;
@@ -264,12 +254,7 @@ impl Rules {
         };
         let fast = format!("{FAST_MARK:#x}/{FAST_MARK:#x}");
         if self.bpf {
-            for c in [OUT, PRE, MOVED, MOVED_IN] {
-                ip6t(&s(&["-t", "mangle", "-N", c]))?;
-            }
-            mangle(&["-A", OUT, "-p", "tcp", "-j", MOVED])?;
-            mangle(&["-A", PRE, "-m", "mark", "--mark", &fast, "-j", "RETURN"])?;
-            return mangle(&["-A", PRE, "-p", "tcp", "-j", MOVED_IN]);
+            return Ok(());
         }
         for c in [OUT, PRE, MOVED, MOVED_IN, OFFER, ACKQ, LEARN] {
             ip6t(&s(&["-t", "mangle", "-N", c]))?;
@@ -579,10 +564,19 @@ pub fn fallback_rules(t: &FourTuple, add: bool) -> Result<(), String> {
     result
 }
 
-/// Adds the fallback routes for a connection moved to `current_dev`.
-pub fn fallback_routes(t: &FourTuple, current_dev: &str) -> Result<(), String> {
+/// Adds the fallback routes for a connection moved to `current_dev`; with
+/// `via`, the original peer is routed through that next hop (the tc
+/// programs rewrite after the kernel's neighbour lookup, which must
+/// succeed for the original destination: through the new pair's next hop
+/// it does).
+pub fn fallback_routes(
+    t: &FourTuple,
+    current_dev: &str,
+    via: Option<Ipv6Addr>,
+) -> Result<(), String> {
     let l = format!("{}/128", t.local);
     let p = format!("{}/128", t.peer);
+    let via = via.map(|v| v.to_string());
     ip(&[
         "-6",
         "route",
@@ -594,16 +588,45 @@ pub fn fallback_routes(t: &FourTuple, current_dev: &str) -> Result<(), String> {
         "table",
         FALLBACK_TABLE,
     ])?;
-    ip(&[
-        "-6",
-        "route",
-        "replace",
-        &p,
-        "dev",
-        current_dev,
-        "table",
-        FALLBACK_TABLE,
-    ])
+    let mut a = vec!["-6", "route", "replace", &p];
+    if let Some(v) = &via {
+        a.extend(["via", v.as_str()]);
+    }
+    a.extend(["dev", current_dev, "table", FALLBACK_TABLE]);
+    ip(&a)
+}
+
+/// The device and the gateway (if any) of the route from `local` to
+/// `peer` (`ip -6 route get PEER from LOCAL`); `None` for a non-unicast
+/// route or an error.
+pub fn route_to(local: Ipv6Addr, peer: Ipv6Addr) -> Option<(String, Option<Ipv6Addr>)> {
+    let out = Command::new("ip")
+        .args(["-6", "-o", "route", "get"])
+        .arg(peer.to_string())
+        .arg("from")
+        .arg(local.to_string())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    parse_route(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// Device and gateway of `ip -o route get` output for a unicast route.
+fn parse_route(line: &str) -> Option<(String, Option<Ipv6Addr>)> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    words.first()?.parse::<Ipv6Addr>().ok()?;
+    let after = |k: &str| {
+        let i = words.iter().position(|w| *w == k)?;
+        words.get(i + 1).copied()
+    };
+    let dev = after("dev")?.to_string();
+    let via = match after("via") {
+        Some(v) => Some(v.parse().ok()?),
+        None => None,
+    };
+    Some((dev, via))
 }
 
 /// The device of an on-link route from `local` to `peer` (`ip -6 route
@@ -880,6 +903,31 @@ mod tests {
             None
         );
         assert_eq!(parse_onlink_dev(""), None);
+    }
+
+    #[test]
+    fn routes_give_device_and_gateway() {
+        assert_eq!(
+            parse_route(
+                "2001:db8:1::2 from 2001:db8:1::1 dev l1-b proto kernel src 2001:db8:1::1 metric 256 pref medium\n"
+            ),
+            Some(("l1-b".to_string(), None))
+        );
+        assert_eq!(
+            parse_route(
+                "2001:db8:9::2 from 2001:db8:1::1 via fe80::1 dev eth0 proto ra src 2001:db8:1::1 metric 100 pref medium"
+            ),
+            Some(("eth0".to_string(), Some("fe80::1".parse().unwrap())))
+        );
+        assert_eq!(
+            parse_route(
+                "unreachable 2001:db8:9::2 from :: dev lo proto kernel metric 4294967295 error -101 pref medium"
+            ),
+            None
+        );
+        assert_eq!(parse_route("2001:db8:1::2 via nonsense dev x"), None);
+        assert_eq!(parse_route("2001:db8:1::2 from 2001:db8:1::1 dev"), None);
+        assert_eq!(parse_route(""), None);
     }
 
     #[test]
