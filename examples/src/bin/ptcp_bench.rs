@@ -241,6 +241,38 @@
 //! migration needs the handshake learning and the moved-connection
 //! rewrite without netfilter (both are in reach of the tc programs), so
 //! that an unmoved connection meets no hook at all.
+//!
+//! **Session 5: no netfilter in BPF mode.** An experiment first, with
+//! the session-4 daemon (`PTCP_BENCH_ONLY=send`, the daemons' rules
+//! deleted by hand after start, so the tc programs alone remained): CPU
+//! per MB before a migration went from 1.37–1.54× plain (rules in place)
+//! to 1.15× (mangle chains gone, conntrack gone, the fast path table's
+//! three empty base chains still hooked) to 1.00 / 1.06 / 0.92 (nothing
+//! but the tc programs). So the tc programs now also learn the handshake
+//! (ring buffer instead of NFLOG), decide coverage, rewrite segments on
+//! alternative pairs and rewrite and redirect moved connections; no
+//! netfilter rule of ours exists in BPF mode (see the preservetcp crate
+//! docs). `bpftool prog show` with `kernel.bpf_stats_enabled=1` during
+//! the before phase: about 110 ns per run for each program on an
+//! established segment (the stats themselves included), 190–210 ns for
+//! the client's egress while a just-connected socket's echo window is
+//! open. Full runs on an idle machine (load 0.9–1.5), median of 5:
+//!
+//! | run | send 512 / 2048 / 8192 B before | after | CPU/MB before | CPU/MB after | ping-pong before / after | connect+close | failover |
+//! |-----|---------------------------------|-------|---------------|--------------|--------------------------|---------------|----------|
+//! | 1 | 0.98 / 0.87 / 0.72 | 0.79 / 0.67 / 0.76 | 0.99 / 1.11 / 1.31 | 0.98 / 1.56 / 1.18 | 0.96 / 1.01 | 1.08 (25.5k/s plain) | 0.365 s |
+//! | 2 | 0.89 / 0.82 / 0.85 | 0.73 / 0.70 / 0.84 | 1.04 / 1.09 / 1.26 | 1.33 / 1.21 / 1.16 | 1.14 / 1.00 | 0.45 (42.2k/s plain) | 0.375 s |
+//!
+//! With the handshake learned in the kernel but moved connections still
+//! on nftables (commit 70e12ad, one full run and `PTCP_BENCH_ONLY`
+//! runs): connect+close 0.65–0.90 (`PTCP_BENCH_ONLY=connect`: 0.90,
+//! 37.1k/s against 41.2k/s plain), before 0.79–1.09 / 0.85–1.01 /
+//! 0.69–1.12, after 0.55–0.76 / 0.60–0.79 / 0.79–1.02 with CPU/MB after
+//! 1.48–1.88 for small writes. The spread between identical runs (the
+//! 8192-byte before row from 0.69 to 1.12, connect+close from 0.45 to
+//! 1.08) is the 2-vCPU machine's: the CPU time per MB is the steadier
+//! figure, and it puts small writes before a migration within 0–11 % of
+//! plain.
 
 use std::io::{Read, Write};
 use std::net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream};

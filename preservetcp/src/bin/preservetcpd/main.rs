@@ -1,4 +1,5 @@
-//! `preservetcpd`: the privileged PreserveTCP daemon (Linux, NFQUEUE).
+//! `preservetcpd`: the privileged PreserveTCP daemon (Linux: tc BPF, or
+//! NFQUEUE with `--no-bpf`).
 //!
 //! ```text
 //! preservetcpd [--ports 5001,8000] [--queue 7] [--control PATH]
@@ -10,17 +11,18 @@
 //! (`bpf.rs`, `bpf/ptcp.bpf.c`): no handshake packet is queued, the engine
 //! runs with `EngineConfig::kernel_options` and learns every handshake
 //! from the copies of incoming packets in the programs' ring buffer, the
-//! programs rewrite segments on alternative pairs, and the offer map is
-//! rewritten from the engine's offers after every rtnetlink snapshot.
-//! Netfilter (the moved-connection chains of `rules.rs` and the fast path
-//! table) is hooked only while some connection has moved. `--no-bpf`, or
-//! a failure to load the programs (logged), selects the NFQUEUE handshake
-//! and the full rule set described in `rules.rs`, with NFLOG group `queue`
-//! for the incoming handshake packets (`nflog.rs`).
-//!
-//! Moved connections are rewritten by nftables maps (the stateless fast
-//! path, `rules::fast_setup`) once their entries are in; until then, and
-//! always with `--no-fast-path`, by the engine through NFQUEUE.
+//! programs rewrite segments on alternative pairs and the segments of
+//! moved connections (`ptcp_moved`, filled on the engine's `Moved`), and
+//! the offer map is rewritten from the engine's offers after every
+//! rtnetlink snapshot. No netfilter rule is installed and nothing is
+//! queued (NFQUEUE stays bound, empty). `--no-bpf`, or a failure to load
+//! the programs (logged), selects the NFQUEUE handshake and the full rule
+//! set described in `rules.rs`, with NFLOG group `queue` for the incoming
+//! handshake packets (`nflog.rs`); there moved connections are rewritten
+//! by nftables maps (the stateless fast path, `rules::fast_setup`) once
+//! their entries are in, until then, and always with `--no-fast-path`,
+//! by the engine through NFQUEUE. (`--no-fast-path` has no effect in BPF
+//! mode.)
 //!
 //! Binds NFQUEUE `queue` (outgoing) and `queue + 1` (incoming) and runs
 //! these threads: packets (the [`preservetcp::Engine`] for queued
