@@ -52,6 +52,18 @@ fn connect(t: &TwoLinks, listener: &TcpListener) -> (TcpStream, TcpStream, u16) 
     (c, s, port)
 }
 
+/// BPF daemons on both hosts (covering `PORT`) and a listener on b.
+fn bpf_daemons(t: &TwoLinks) -> (Daemon, Daemon, TcpListener) {
+    let da = Daemon::start(&t.lab, &t.a, &[PORT]);
+    let db = Daemon::start(&t.lab, &t.b, &[PORT]);
+    assert!(da.bpf() && db.bpf(), "{}\n{}", da.log(), db.log());
+    let listener =
+        t.b.run(|| TcpListener::bind(("::", PORT)))
+            .expect("run")
+            .expect("bind");
+    (da, db, listener)
+}
+
 fn prefix_opt(a: Ipv6Addr) -> PrefixOption {
     PrefixOption::new(vec![Prefix::from_addr(a, 64).expect("prefix")]).expect("option")
 }
@@ -581,13 +593,7 @@ fn pass(from: &mut TcpStream, to: &mut TcpStream, seed: u8) {
 #[test]
 fn unmoved_connections_meet_no_netfilter_hook() {
     let t = two_links();
-    let da = Daemon::start(&t.lab, &t.a, &[PORT]);
-    let db = Daemon::start(&t.lab, &t.b, &[PORT]);
-    assert!(da.bpf() && db.bpf());
-    let listener =
-        t.b.run(|| TcpListener::bind(("::", PORT)))
-            .expect("run")
-            .expect("bind");
+    let (da, db, listener) = bpf_daemons(&t);
     let (mut c, mut s, _) = connect(&t, &listener);
     for x in [&c, &s] {
         x.set_read_timeout(Some(Duration::from_secs(20)))
@@ -676,13 +682,7 @@ fn unmoved_connections_meet_no_netfilter_hook() {
 #[test]
 fn a_socket_on_an_alternative_tuple_keeps_its_segments() {
     let t = two_links();
-    let da = Daemon::start(&t.lab, &t.a, &[PORT]);
-    let db = Daemon::start(&t.lab, &t.b, &[PORT]);
-    assert!(da.bpf() && db.bpf());
-    let listener =
-        t.b.run(|| TcpListener::bind(("::", PORT)))
-            .expect("run")
-            .expect("bind");
+    let (da, db, listener) = bpf_daemons(&t);
     let (mut c1, mut s1, port) = connect(&t, &listener);
     // Both daemons have the connection's alternatives in the kernel.
     wait_until("tracked", || {

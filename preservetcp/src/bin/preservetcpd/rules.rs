@@ -629,34 +629,17 @@ fn parse_route(line: &str) -> Option<(String, Option<Ipv6Addr>)> {
     Some((dev, via))
 }
 
-/// The device of an on-link route from `local` to `peer` (`ip -6 route
-/// get PEER from LOCAL`); `None` for a route through a gateway, a
-/// non-unicast route or an error. Only for such a device may the fast path
-/// rewrite without a reroute (see [`fast_setup`]).
+/// The device of an on-link route from `local` to `peer` (see
+/// [`route_to`]); `None` for a route through a gateway, a non-unicast
+/// route or an error. Only for such a device may the fast path rewrite
+/// without a reroute (see [`fast_setup`]).
 pub fn onlink_dev(local: Ipv6Addr, peer: Ipv6Addr) -> Option<String> {
-    let out = Command::new("ip")
-        .args(["-6", "-o", "route", "get"])
-        .arg(peer.to_string())
-        .arg("from")
-        .arg(local.to_string())
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    parse_onlink_dev(&String::from_utf8_lossy(&out.stdout)).map(String::from)
+    route_to(local, peer).and_then(onlink)
 }
 
-/// The device of `ip -o route get` output if the route is a unicast route
-/// without a gateway (the first word is the destination itself).
-fn parse_onlink_dev(line: &str) -> Option<&str> {
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let first = words.first()?;
-    if first.parse::<Ipv6Addr>().is_err() || words.contains(&"via") {
-        return None;
-    }
-    let dev = words.iter().position(|w| *w == "dev")?;
-    words.get(dev + 1).copied()
+/// The device of a route without gateway.
+fn onlink((dev, via): (String, Option<Ipv6Addr>)) -> Option<String> {
+    via.is_none().then_some(dev)
 }
 
 /// nftables table of the stateless fast path.
@@ -874,11 +857,12 @@ mod tests {
 
     #[test]
     fn onlink_device_only_for_routes_without_gateway() {
+        let parse_onlink_dev = |l: &str| parse_route(l).and_then(onlink);
         assert_eq!(
             parse_onlink_dev(
                 "2001:db8:1::2 from 2001:db8:1::1 dev l1-b proto kernel src 2001:db8:1::1 metric 256 pref medium\n"
             ),
-            Some("l1-b")
+            Some("l1-b".to_string())
         );
         assert_eq!(
             parse_onlink_dev(
