@@ -46,7 +46,7 @@
 // peer moved): ptcp_alt (filled by the daemon from the engine's N x M
 // pairs) maps the wire tuple to the original addresses; the ingress
 // program rewrites the addresses back to the original tuple (TCP checksum
-// fixed for the pseudo-header), sets fast_mark, and reports the segment
+// fixed for the pseudo-header) and reports the segment
 // (EV_ALT, at most once per ALT_REPORT_NS per tuple) so the engine's
 // policy can follow the peer.
 //
@@ -141,9 +141,6 @@
 // loader, preservetcp::control::OPT_IN_MARK / OPT_IN_MASK).
 const volatile __u32 opt_in_mark = 0;
 const volatile __u32 opt_in_mask = 0;
-// Packet mark bit set on incoming segments rewritten from an alternative
-// pair (the daemon's moved-connection rules skip them).
-const volatile __u32 fast_mark = 0;
 
 struct offer {
 	__u16 len;        // bytes used in opt: 2 + option data length
@@ -307,7 +304,7 @@ struct moved {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
+	__uint(max_entries, 65536); // the engine's connection limit
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct tuple);
 	__type(value, struct moved);
@@ -702,6 +699,11 @@ int ptcp_egress(struct __sk_buff *skb)
 		__u64 a, total;
 		int keep;
 
+		// A new connection on this tuple: a moved entry of an earlier
+		// one (closed, its entry not yet removed by the daemon) must
+		// not rewrite it.
+		if (bpf_map_lookup_elem(&ptcp_moved, &t))
+			bpf_map_delete_elem(&ptcp_moved, &t);
 		if (!covered(skb, &t)) {
 			// Not covered: a new connection on a tuple that had an
 			// entry (the earlier one is gone).
@@ -1012,7 +1014,6 @@ rewrite:
 		count(C_SKIPPED_ERROR);
 		return 0;
 	}
-	skb->mark |= fast_mark;
 	count(C_ALT_REWRITES);
 	return 1;
 }

@@ -155,10 +155,18 @@
 //!   segments on the new pair reach no socket until then; the programs
 //!   are attached to Ethernet links only, so a segment on an alternative
 //!   pair arriving over another kind of link (a tunnel, raw-IP LTE) is
-//!   not rewritten (with `--no-bpf` NFQUEUE covers every link); the follow
-//!   window sends on the link the peer's segment arrived on, which can
-//!   differ from the device the daemon's rules then choose (on a shared
-//!   segment with asymmetric routes).
+//!   not rewritten (with `--no-bpf` NFQUEUE covers every link), and a
+//!   connection moved to a pair on such a link leaves unrewritten; the
+//!   follow window sends on the link the peer's segment arrived on, which
+//!   can differ from the device the daemon then chooses (on a shared
+//!   segment with asymmetric routes); BIG TCP packets (a jumbo hop-by-hop
+//!   header before TCP) are not rewritten, so BIG TCP must stay off
+//!   (`gso_max_size` at most 64 KiB, the default) on links a connection
+//!   may move to; the device of a moved connection is looked up when it
+//!   moves and again after every rtnetlink batch (links, addresses,
+//!   routes); if the daemon dies (SIGKILL), its moved connections lose
+//!   their rewriting with the programs (a clean exit removes the fallback
+//!   rules as well, even with `--keep-rules`).
 //!   Measured with `ptcp_bench` (release, 2 CPUs, idle; see
 //!   `examples/src/bin/ptcp_bench.rs`): connect+close 0.90 of plain TCP
 //!   (0.42–0.44 when the handshake was learned through NFLOG under
@@ -195,8 +203,9 @@
 //!   before that packet is handed to the kernel, so the kernel's answer
 //!   leaves on the new pair. With BPF the segment is delivered at once
 //!   (rewritten at tc ingress) and the follow window above makes the
-//!   kernel's answer take the new pair until the daemon's rules are in.
-//! - Fast path: once a connection has moved, nftables maps keyed by the
+//!   kernel's answer take the new pair until the daemon's `ptcp_moved`
+//!   entry is in.
+//! - Fast path (`--no-bpf`): once a connection has moved, nftables maps keyed by the
 //!   4-tuple rewrite its addresses statelessly in the kernel (an output
 //!   `route` chain at priority -160 and a prerouting chain at -310; `ip6
 //!   saddr/daddr set` fixes the TCP checksum for the pseudo-header —
@@ -210,12 +219,11 @@
 //!   costs the reroute (details in `preservetcpd`'s `rules.rs`). The
 //!   chains hold no rule while no connection has moved (added with the
 //!   first map entries, flushed with the last, in the same transaction).
-//! - Outgoing packets of a moved connection are rewritten in OUTPUT; the
+//! - (`--no-bpf`) Outgoing packets of a moved connection are rewritten in OUTPUT; the
 //!   kernel reroutes a queued OUTPUT packet whose addresses changed
 //!   (verified: rewritten packets leave on the other link). Incoming
-//!   packets are rewritten back in PREROUTING (with BPF: already at tc
-//!   ingress, so the nft `pre` chain finds nothing to do), before the
-//!   input route lookup and socket demultiplexing. Checksums: nfnetlink_queue hands
+//!   packets are rewritten back in PREROUTING, before the input route
+//!   lookup and socket demultiplexing. Checksums: nfnetlink_queue hands
 //!   out packets with complete checksums (it resolves
 //!   `CHECKSUM_PARTIAL`), the engine updates the TCP checksum
 //!   incrementally and the kernel verifies it on input. Conntrack needs no

@@ -108,7 +108,6 @@ impl Bpf {
         let mut ebpf = EbpfLoader::new()
             .override_global("opt_in_mark", &OPT_IN_MARK, true)
             .override_global("opt_in_mask", &OPT_IN_MASK, true)
-            .override_global("fast_mark", &crate::rules::FAST_MARK, true)
             .load(OBJECT)
             .map_err(|e| format!("loading ptcp.bpf.o: {e}"))?;
         for name in [EGRESS, INGRESS] {

@@ -172,7 +172,7 @@ struct Shared {
     /// Connections tracked at once in the current second (start, count).
     alt_budget: Mutex<(Instant, u32)>,
     /// Held by a thread from taking the engine's actions until it has run
-    /// them (and by the sampler's alternative-pair and unhook work): the
+    /// them (and by the sampler's alternative-pair work): the
     /// actions of different threads then never interleave or overtake
     /// each other (a connection's `Untracked` run before its `Moved`, say,
     /// would leave its entries in the kernel). Lock order: this, the
@@ -266,6 +266,50 @@ impl Shared {
         // segments, its reports of echoes that left (client side) and of
         // server handshakes to rebuild; lock order engine → bpf.
         bpf::feed_echoes(self.bpf.as_ref(), eng, now);
+    }
+
+    /// Moves connection `t` to `pair` in the kernel (BPF mode): the
+    /// `ptcp_moved` entry with the device of the route to the pair, then
+    /// the fallback route of the original peer through that route's next
+    /// hop.
+    fn move_in_kernel(&self, t: &FourTuple, pair: AddrPair) -> Result<(), String> {
+        let Some(b) = &self.bpf else { return Ok(()) };
+        let (dev, via) = rules::route_to(pair.local, pair.peer)
+            .or_else(|| self.device_of(pair.local).map(|d| (d, None)))
+            .ok_or_else(|| format!("no device for {}", pair.local))?;
+        let ifindex =
+            nix::net::if_::if_nametoindex(dev.as_str()).map_err(|e| format!("{dev}: {e}"))?;
+        let hold = self.engine().follow_hold_until(t).map_or(0, monotonic_ns);
+        b.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_moved(t, pair.local, pair.peer, ifindex, hold)?;
+        rules::fallback_routes(t, &dev, Some(via.unwrap_or(pair.peer)))
+    }
+
+    /// After a change of links, addresses or routes: every moved
+    /// connection's device and fallback route again (BPF mode; a device
+    /// may be gone or re-created, a route may use another one now, and
+    /// connections to the same peer share its fallback route).
+    fn refresh_moved(&self) {
+        if self.bpf.is_none() {
+            return;
+        }
+        let moved: Vec<(FourTuple, AddrPair)> = {
+            let eng = self.engine();
+            eng.originals()
+                .into_iter()
+                .filter_map(|t| eng.current_pair(&t).map(|p| (t, p)))
+                .filter(|(t, p)| *p != t.pair())
+                .collect()
+        };
+        for (t, p) in moved {
+            if let Err(e) = self.move_in_kernel(&t, p) {
+                self.log(&format!(
+                    "moved connection to {}: {e}",
+                    rules::fmt_pair(p.local, p.peer)
+                ));
+            }
+        }
     }
 
     /// Gives the kernel the alternative pairs of connections entered at
@@ -370,6 +414,7 @@ impl Shared {
         }
         log_actions(self, &actions);
         self.run_actions(actions);
+        self.refresh_moved();
     }
 
     /// Writes a connection's alternative pairs into the kernel with the
@@ -464,13 +509,17 @@ impl Shared {
                     }
                 }
                 Action::Unredirect(t) if self.bpf.is_some() => {
-                    // Back on the original pair (or gone): the programs
-                    // stop rewriting first, then the fallback rules go.
+                    // Back on the original pair (or gone): the fallback
+                    // rules go first (the socket's route is the original
+                    // one again, and the program still rewrites what left
+                    // before), then the programs stop rewriting.
+                    rules_pending.retain(|p| *p != t);
+                    let r = rules::fallback_rules(&t, false);
                     if let Some(b) = &self.bpf {
                         b.lock().unwrap_or_else(|e| e.into_inner()).unmove(&t);
                     }
                     self.sync_alts(&t, false);
-                    rules::fallback_rules(&t, false)
+                    r
                 }
                 Action::Moved(t, pair) if self.bpf.is_some() => {
                     // The programs rewrite the connection's segments to the
@@ -480,35 +529,22 @@ impl Shared {
                     // route (through the pair's next hop, so the kernel's
                     // own neighbour lookup for the original destination
                     // succeeds) and rules keep the original tuple routable
-                    // when the original link is gone.
+                    // when the original link is gone; nothing is routed by
+                    // them unless the programs rewrite it (a packet with
+                    // the original addresses on the new pair's link would
+                    // be dropped by any source address filter).
                     self.sync_alts(&t, true);
-                    let route = rules::route_to(pair.local, pair.peer)
-                        .or_else(|| self.device_of(pair.local).map(|d| (d, None)));
-                    let Some((dev, via)) = route else {
-                        self.log(&format!("no device for {}", pair.local));
-                        continue;
+                    let first = match rules_pending.iter().position(|p| *p == t) {
+                        Some(i) => {
+                            rules_pending.swap_remove(i);
+                            true
+                        }
+                        None => false,
                     };
-                    let hold = self.engine().follow_hold_until(&t).map_or(0, monotonic_ns);
-                    let moved = match nix::net::if_::if_nametoindex(dev.as_str()) {
-                        Ok(ifindex) => match &self.bpf {
-                            Some(b) => b
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .set_moved(&t, pair.local, pair.peer, ifindex, hold),
-                            None => Ok(()),
-                        },
-                        Err(e) => Err(format!("{dev}: {e}")),
-                    };
-                    let mut r = moved.and(rules::fallback_routes(
-                        &t,
-                        &dev,
-                        Some(via.unwrap_or(pair.peer)),
-                    ));
-                    if let Some(i) = rules_pending.iter().position(|p| *p == t) {
-                        rules_pending.swap_remove(i);
-                        r = r.and(rules::fallback_rules(&t, true));
+                    match self.move_in_kernel(&t, pair) {
+                        Ok(()) if first => rules::fallback_rules(&t, true),
+                        r => r,
                     }
-                    r
                 }
                 Action::Unredirect(t) => {
                     // The fallback rules go first: the socket's route is
@@ -744,8 +780,14 @@ fn run(args: Args) -> Result<(), String> {
             }
             if !keep {
                 sh.rules.remove_all();
-                rules::fallback_teardown();
                 rules::fast_teardown();
+            }
+            // With BPF the programs rewrote the moved connections and are
+            // gone now: the fallback rules would route their original
+            // tuples, unrewritten, to the new pairs' links, so they go
+            // even with --keep-rules.
+            if !keep || sh.bpf.is_some() {
+                rules::fallback_teardown();
             }
             let _ = std::fs::remove_file(control);
             std::process::exit(0);

@@ -117,9 +117,8 @@ pub struct Rules {
     q_in: u16,
     nflog_group: u16,
     ports: Vec<u16>,
-    /// The tc BPF programs run the handshake and the unmoved connections
-    /// (see `bpf.rs`): only the moved-connection chains exist, hooked on
-    /// demand.
+    /// The tc BPF programs do all of it (see `bpf.rs`): no rule is
+    /// installed.
     bpf: bool,
 }
 
@@ -243,8 +242,7 @@ impl Rules {
         }
     }
 
-    /// Installs the static rules (with BPF: the moved-connection chains,
-    /// not hooked; without: everything, hooked).
+    /// Installs the static rules (with BPF: none), hooked.
     pub fn install(&self) -> Result<(), String> {
         self.remove_all();
         let mangle = |rule: &[&str]| {
@@ -506,15 +504,21 @@ fn ip(args: &[&str]) -> Result<(), String> {
 /// exactly this connection's original 5-tuple there, one per direction
 /// ([`fallback_rules`]: `from L to P ipproto tcp sport l dport p` and the
 /// reverse; added after the first fallback route, see `run_actions`).
-/// Outgoing packets are rewritten in OUTPUT; with an on-link new pair the
-/// fallback route already sends them out of the right device and the fast
-/// path skips the reroute ([`fast_setup`]), otherwise they are rerouted by
-/// their new addresses and the device of the fallback route only has to
-/// exist.
+/// Without BPF outgoing packets are rewritten in OUTPUT; with an on-link
+/// new pair the fallback route already sends them out of the right device
+/// and the fast path skips the reroute ([`fast_setup`]), otherwise they
+/// are rerouted by their new addresses and the device of the fallback
+/// route only has to exist. With BPF the tc egress program rewrites them
+/// *after* the kernel's own neighbour lookup for the original destination,
+/// so the fallback route goes through the new pair's next hop (`via`, the
+/// new peer itself on a link), and the program hands the packet to the
+/// pair's device whichever device the route chose.
 /// The rules only match the original tuple, so other traffic to the same
 /// addresses keeps the host's routes; they are removed when the connection
-/// returns to its original pair or closes (the table's routes stay until
-/// the daemon exits: without a rule pointing at them they are unused).
+/// returns to its original pair or closes. The table's routes stay until
+/// the daemon exits; one route per original peer serves every moved
+/// connection to it (the last move wins; with BPF the daemon writes every
+/// moved connection's route and device again after each rtnetlink batch).
 pub fn fallback_setup() -> Result<(), String> {
     fallback_teardown();
     Ok(())
@@ -718,10 +722,9 @@ fn nft_script(script: &str) -> Result<(), String> {
 /// drops every packet waiting in NFQUEUE in the namespace (tried: the
 /// daemon's next verdicts failed with `ENOENT`, the lost segments made the
 /// peer's TCP retransmit and the connection switch pairs). With BPF the
-/// table is created with the first move and deleted a second after the
-/// last moved connection is back or gone (`Shared::maybe_unhook`), when
-/// nothing of a moved connection can still wait in NFQUEUE; an empty base
-/// chain still costs every packet of the namespace a hook call.
+/// programs rewrite moved connections and this table is not created (an
+/// empty base chain would still cost every packet of the namespace a
+/// hook call).
 pub fn fast_setup() -> Result<(), String> {
     fast_teardown();
     let key = "ipv6_addr . ipv6_addr . inet_service . inet_service : ipv6_addr";
