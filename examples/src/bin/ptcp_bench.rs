@@ -256,12 +256,36 @@
 //! the before phase: about 110 ns per run for each program on an
 //! established segment (the stats themselves included), 190–210 ns for
 //! the client's egress while a just-connected socket's echo window is
-//! open. Full runs on an idle machine (load 0.9–1.5), median of 5:
+//! open. Full runs on an idle machine after moved connections, too, went
+//! to the tc programs (commit 5ec4a18, load 0.8–1.7), median of 5:
 //!
 //! | run | send 512 / 2048 / 8192 B before | after | CPU/MB before | CPU/MB after | ping-pong before / after | connect+close | failover |
 //! |-----|---------------------------------|-------|---------------|--------------|--------------------------|---------------|----------|
-//! | 1 | 0.98 / 0.87 / 0.72 | 0.79 / 0.67 / 0.76 | 0.99 / 1.11 / 1.31 | 0.98 / 1.56 / 1.18 | 0.96 / 1.01 | 1.08 (25.5k/s plain) | 0.365 s |
-//! | 2 | 0.89 / 0.82 / 0.85 | 0.73 / 0.70 / 0.84 | 1.04 / 1.09 / 1.26 | 1.33 / 1.21 / 1.16 | 1.14 / 1.00 | 0.45 (42.2k/s plain) | 0.375 s |
+//! | 1 | 0.90 / 0.97 / 0.81 | 1.78 / 1.16 / 0.67 | 1.11 / 1.03 / 1.21 | 0.37 / 0.57 / 1.00 | 1.12 / 8.2 | 0.73 (44.0k/s plain) | 0.350 s |
+//! | 2 | 0.80 / 0.85 / 1.04 | 1.60 / 1.04 / 0.81 | 1.20 / 1.18 / 0.98 | 0.40 / 0.63 / 0.73 | 1.01 / 8.3 | 0.70 (42.3k/s plain) | 0.358 s |
+//! | 3 | 0.94 / 0.95 / 1.05 | 1.61 / 1.23 / 0.89 | 1.06 / 1.04 / 0.91 | 0.42 / 0.53 / 0.75 | 0.98 / 7.2 | 0.81 (37.9k/s plain) | 0.357 s |
+//!
+//! The *after* column is not comparable with plain as it stands: a
+//! segment that the egress program redirects (`bpf_redirect_neigh`) is
+//! no longer carried through the receiver's whole input path in the
+//! sending thread's context (the plain path on veth is), so the two
+//! threads' CPU time per MB drops and the two vCPUs work in parallel:
+//! 1-byte ping-pong runs 7–8× faster than plain and small writes 1.6×.
+//! What it costs is shown by the CPU time of the *whole machine* per MB
+//! (`/proc/stat` busy time over each sample's interval, daemons and
+//! softirq included; `PTCP_BENCH_ONLY=send PTCP_BENCH_RUNS=3`, medians):
+//!
+//! | write size | plain | before | after | before/plain | after/plain |
+//! |------------|-------|--------|-------|--------------|-------------|
+//! | 512 B | 5,942 µs | 6,435 µs | 4,290 µs | 1.08 | 0.72 |
+//! | 2048 B | 2,034 µs | 2,160 µs | 2,249 µs | 1.06 | 1.11 |
+//! | 8192 B | 1,082 µs | 1,106 µs | 1,739 µs | 1.02 | 1.61 |
+//!
+//! So an unmoved connection costs 2–8 % more CPU per MB than plain TCP
+//! (the two tc programs on every segment), a moved one with large writes
+//! 1.6× (rewrite, redirect and a second neighbour lookup per GSO packet),
+//! with small writes less than plain (the redirected path batches
+//! better).
 //!
 //! With the handshake learned in the kernel but moved connections still
 //! on nftables (commit 70e12ad, one full run and `PTCP_BENCH_ONLY`
