@@ -616,19 +616,53 @@ static __always_inline void echo_skipped(struct hs *e, struct tuple *t)
 	e->tries = tries;
 }
 
+// Writes `addrs` (source, destination) into the IPv6 header of a packet
+// with TCP right after it, and fixes the TCP checksum by the pseudo-header
+// difference. For a CHECKSUM_COMPLETE packet (ingress) the store updates
+// skb->csum by the same difference the checksum field takes back, so the
+// packet sum holds; egress packets are never CHECKSUM_COMPLETE. Nonzero
+// (counted) on a helper failure.
+static __always_inline int rewrite_addrs(struct __sk_buff *skb, struct headers *h, __u8 *addrs)
+{
+	__s64 diff = bpf_csum_diff((__be32 *)&h->ip[8], 32, (__be32 *)addrs, 32, 0);
+
+	if (diff < 0 ||
+	    bpf_skb_store_bytes(skb, L3 + 8, addrs, 32, BPF_F_RECOMPUTE_CSUM) ||
+	    bpf_l4_csum_replace(skb, L4 + 16, 0, (__u64)diff, BPF_F_PSEUDO_HDR)) {
+		count(C_SKIPPED_ERROR);
+		return -1;
+	}
+	return 0;
+}
+
+// Opens (or extends) the follow window of the connection with original
+// tuple `key` (sender's view): its segments go to (`local`, `peer`) on
+// device `ifindex` until FOLLOW_NS from `now`.
+static __always_inline void open_follow(struct tuple *key, const __u8 *local, const __u8 *peer,
+					__u32 ifindex, __u64 now)
+{
+	__u32 zero = 0;
+	struct follow f = {};
+	struct live *l;
+
+	__builtin_memcpy(f.local, local, 16);
+	__builtin_memcpy(f.peer, peer, 16);
+	f.until_ns = now + FOLLOW_NS;
+	f.ifindex = ifindex;
+	bpf_map_update_elem(&ptcp_follow, key, &f, BPF_ANY);
+	l = bpf_map_lookup_elem(&ptcp_live, &zero);
+	if (l && l->follow_until_ns < f.until_ns)
+		l->follow_until_ns = f.until_ns;
+}
+
 // Rewrites an outgoing segment to the pair `addrs` (source, destination)
 // and hands it to device `ifindex`, where the kernel looks up the
 // neighbour of the new destination and fills in the MAC addresses.
 static __always_inline int rewrite_out(struct __sk_buff *skb, struct headers *h, __u8 *addrs,
 				       __u32 ifindex, __u32 counter)
 {
-	__s64 diff = bpf_csum_diff((__be32 *)&h->ip[8], 32, (__be32 *)addrs, 32, 0);
-
-	if (diff < 0 || bpf_skb_store_bytes(skb, L3 + 8, addrs, 32, 0) ||
-	    bpf_l4_csum_replace(skb, L4 + 16, 0, (__u64)diff, BPF_F_PSEUDO_HDR)) {
-		count(C_SKIPPED_ERROR);
+	if (rewrite_addrs(skb, h, addrs))
 		return TC_ACT_SHOT; // half rewritten
-	}
 	count(counter);
 	return bpf_redirect_neigh(ifindex, 0, 0, 0);
 }
@@ -940,12 +974,10 @@ static __always_inline int answers(__u32 isn, const __u8 *ack)
 // difference the checksum field takes back, so the packet sum holds).
 static __always_inline int follow_alt(struct __sk_buff *skb, struct headers *h, struct tuple *t)
 {
-	__u32 slot = alt_slot(t), zero = 0;
+	__u32 slot = alt_slot(t);
 	__u32 *n = bpf_map_lookup_elem(&ptcp_alt_slots, &slot);
 	struct alt *a;
-	struct live *l;
 	__u8 addrs[32];
-	__s64 diff;
 	__u64 now;
 
 	if (!n || !*n)
@@ -980,7 +1012,6 @@ static __always_inline int follow_alt(struct __sk_buff *skb, struct headers *h, 
 	now = bpf_ktime_get_ns();
 	if (!a->current && now >= a->next_report_ns) {
 		struct tuple key = {};
-		struct follow f = {};
 
 		a->next_report_ns = now + ALT_REPORT_NS;
 		report(skb, EV_ALT, 0);
@@ -994,26 +1025,14 @@ static __always_inline int follow_alt(struct __sk_buff *skb, struct headers *h, 
 		__builtin_memcpy(key.peer, a->peer, 16);
 		key.local_port = t->local_port;
 		key.peer_port = t->peer_port;
-		__builtin_memcpy(f.local, t->local, 16);
-		__builtin_memcpy(f.peer, t->peer, 16);
-		f.until_ns = now + FOLLOW_NS;
-		f.ifindex = skb->ifindex;
-		bpf_map_update_elem(&ptcp_follow, &key, &f, BPF_ANY);
-		l = bpf_map_lookup_elem(&ptcp_live, &zero);
-		if (l && l->follow_until_ns < f.until_ns)
-			l->follow_until_ns = f.until_ns;
+		open_follow(&key, t->local, t->peer, skb->ifindex, now);
 	}
 rewrite:
 	// Source: the original peer; destination: the original local address.
 	__builtin_memcpy(addrs, a->peer, 16);
 	__builtin_memcpy(addrs + 16, a->local, 16);
-	diff = bpf_csum_diff((__be32 *)&h->ip[8], 32, (__be32 *)addrs, 32, 0);
-	if (diff < 0 ||
-	    bpf_skb_store_bytes(skb, L3 + 8, addrs, 32, BPF_F_RECOMPUTE_CSUM) ||
-	    bpf_l4_csum_replace(skb, L4 + 16, 0, (__u64)diff, BPF_F_PSEUDO_HDR)) {
-		count(C_SKIPPED_ERROR);
+	if (rewrite_addrs(skb, h, addrs))
 		return 0;
-	}
 	count(C_ALT_REWRITES);
 	return 1;
 }
@@ -1026,7 +1045,6 @@ static __always_inline void moved_in(struct __sk_buff *skb, struct tuple *t)
 	__u32 zero = 0;
 	__u32 *n = bpf_map_lookup_elem(&ptcp_moved_count, &zero);
 	struct moved *m;
-	struct live *l;
 	__u64 now;
 
 	if (!n || !*n)
@@ -1039,18 +1057,8 @@ static __always_inline void moved_in(struct __sk_buff *skb, struct tuple *t)
 		return;
 	m->next_report_ns = now + ALT_REPORT_NS;
 	report(skb, EV_ALT, 0);
-	if (now >= m->hold_until_ns) {
-		struct follow f = {};
-
-		__builtin_memcpy(f.local, t->local, 16);
-		__builtin_memcpy(f.peer, t->peer, 16);
-		f.until_ns = now + FOLLOW_NS;
-		f.ifindex = skb->ifindex;
-		bpf_map_update_elem(&ptcp_follow, t, &f, BPF_ANY);
-		l = bpf_map_lookup_elem(&ptcp_live, &zero);
-		if (l && l->follow_until_ns < f.until_ns)
-			l->follow_until_ns = f.until_ns;
-	}
+	if (now >= m->hold_until_ns)
+		open_follow(t, t->local, t->peer, skb->ifindex, now);
 }
 
 SEC("classifier")

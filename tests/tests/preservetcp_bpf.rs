@@ -344,13 +344,7 @@ fn wait_for(what: &str, logs: &[&Daemon], mut cond: impl FnMut() -> bool) {
 #[test]
 fn rst_never_carries_the_echo() {
     let t = two_links();
-    let da = Daemon::start(&t.lab, &t.a, &[PORT]);
-    let db = Daemon::start(&t.lab, &t.b, &[PORT]);
-    assert!(da.bpf() && db.bpf());
-    let _listener =
-        t.b.run(|| TcpListener::bind(("::", PORT)))
-            .expect("run")
-            .expect("bind");
+    let (da, db, _listener) = bpf_daemons(&t);
     // a's kernel never sees the SYN+ACK (its ingress program runs before
     // netfilter and learns it).
     let drop_rule = [
