@@ -66,6 +66,8 @@
 #define L4 (ETH_HLEN + IP6_HLEN)
 #define NEXTHDR_TCP 6
 #define NEXTHDR_DEST 60
+#define NEXTHDR_ICMP 58
+#define ICMPV6_PKT_TOOBIG 2
 
 #define OPT_PAD1 0x00
 #define OPT_PADN 0x01
@@ -108,7 +110,8 @@
 #define C_FOLLOW_REWRITES 12
 #define C_ALT_OWNED 13
 #define C_MOVED_REWRITES 14
-#define C_COUNT 15
+#define C_ICMP_TRANSLATED 15
+#define C_COUNT 16
 
 // Kinds of a ptcp_events record (preservetcp::bpf::Event).
 #define EV_LEARN 1
@@ -972,6 +975,32 @@ static __always_inline int answers(__u32 isn, const __u8 *ack)
 // through the pseudo-header: it is fixed by their difference (for
 // CHECKSUM_COMPLETE packets the store updates skb->csum by the same
 // difference the checksum field takes back, so the packet sum holds).
+// Whether a socket of its own has tuple `t` (another connection that
+// happens to use the same ports from another address): then what arrives
+// on it is that socket's; listeners and TIME_WAIT do not count. (Not asked
+// for a connection's current pair: there its own rewritten segments use
+// the tuple on the wire as well.) Counted.
+static __always_inline int owned(struct __sk_buff *skb, const struct tuple *t)
+{
+	struct bpf_sock_tuple st = {};
+	struct bpf_sock *sk;
+	__u32 state;
+
+	__builtin_memcpy(st.ipv6.saddr, t->peer, 16);
+	__builtin_memcpy(st.ipv6.daddr, t->local, 16);
+	st.ipv6.sport = t->peer_port;
+	st.ipv6.dport = t->local_port;
+	sk = bpf_skc_lookup_tcp(skb, &st, sizeof(st.ipv6), BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return 0;
+	state = sk->state;
+	bpf_sk_release(sk);
+	if (state == BPF_TCP_LISTEN || state == BPF_TCP_TIME_WAIT)
+		return 0;
+	count(C_ALT_OWNED);
+	return 1;
+}
+
 static __always_inline int follow_alt(struct __sk_buff *skb, struct headers *h, struct tuple *t)
 {
 	__u32 slot = alt_slot(t);
@@ -985,30 +1014,8 @@ static __always_inline int follow_alt(struct __sk_buff *skb, struct headers *h, 
 	a = bpf_map_lookup_elem(&ptcp_alt, t);
 	if (!a)
 		return 0;
-	if (!a->current) {
-		// A socket of its own on this tuple (another connection that
-		// happens to use the same ports from another address) keeps
-		// its segments; listeners and TIME_WAIT do not count. (Not
-		// looked up on the current pair: there the connection's own
-		// rewritten segments use the tuple on the wire as well.)
-		struct bpf_sock_tuple st = {};
-		struct bpf_sock *sk;
-
-		__builtin_memcpy(st.ipv6.saddr, t->peer, 16);
-		__builtin_memcpy(st.ipv6.daddr, t->local, 16);
-		st.ipv6.sport = t->peer_port;
-		st.ipv6.dport = t->local_port;
-		sk = bpf_skc_lookup_tcp(skb, &st, sizeof(st.ipv6), BPF_F_CURRENT_NETNS, 0);
-		if (sk) {
-			__u32 state = sk->state;
-
-			bpf_sk_release(sk);
-			if (state != BPF_TCP_LISTEN && state != BPF_TCP_TIME_WAIT) {
-				count(C_ALT_OWNED);
-				return 0;
-			}
-		}
-	}
+	if (!a->current && owned(skb, t))
+		return 0;
 	now = bpf_ktime_get_ns();
 	if (!a->current && now >= a->next_report_ns) {
 		struct tuple key = {};
@@ -1061,6 +1068,51 @@ static __always_inline void moved_in(struct __sk_buff *skb, struct tuple *t)
 		open_follow(t, t->local, t->peer, skb->ifindex, now);
 }
 
+// An ICMPv6 Packet Too Big quoting one of our segments on a pair of a
+// connection other than its original one (a router on the new path could
+// not forward it). The kernel finds the socket by the quoted addresses, so
+// they are put back to the original tuple (the quoted source is the local
+// address); then the socket learns the path MTU of the route it now takes
+// and sends smaller segments, instead of losing every full-size segment
+// on the new path. Only the quoted addresses change: the ICMPv6 checksum
+// takes their difference (it covers the quote, not through a pseudo-header,
+// so a CHECKSUM_COMPLETE sum is unchanged: data and checksum field move by
+// opposite amounts).
+static __always_inline void translate_too_big(struct __sk_buff *skb, struct headers *h)
+{
+	// The quote: the IPv6 header after the 8-octet ICMPv6 header, then
+	// the TCP ports.
+	const __u32 q = L4 + 8;
+	__u8 quote[IP6_HLEN + 4];
+	__u8 addrs[32];
+	struct tuple t = {};
+	struct alt *a;
+	__s64 diff;
+
+	if (h->tcp[0] != ICMPV6_PKT_TOOBIG || h->tcp[1] != 0)
+		return;
+	if (bpf_skb_load_bytes(skb, q, quote, sizeof(quote)))
+		return;
+	if ((quote[0] >> 4) != 6 || quote[6] != NEXTHDR_TCP)
+		return;
+	__builtin_memcpy(t.local, &quote[8], 16);
+	__builtin_memcpy(t.peer, &quote[24], 16);
+	__builtin_memcpy(&t.local_port, &quote[IP6_HLEN], 2);
+	__builtin_memcpy(&t.peer_port, &quote[IP6_HLEN + 2], 2);
+	a = bpf_map_lookup_elem(&ptcp_alt, &t);
+	if (!a || (!a->current && owned(skb, &t)))
+		return;
+	__builtin_memcpy(addrs, a->local, 16);
+	__builtin_memcpy(addrs + 16, a->peer, 16);
+	diff = bpf_csum_diff((__be32 *)&quote[8], 32, (__be32 *)addrs, 32, 0);
+	if (diff < 0 || bpf_skb_store_bytes(skb, q + 8, addrs, 32, 0) ||
+	    bpf_l4_csum_replace(skb, L4 + 2, 0, (__u64)diff, 0)) {
+		count(C_SKIPPED_ERROR);
+		return;
+	}
+	count(C_ICMP_TRANSLATED);
+}
+
 SEC("classifier")
 int ptcp_ingress(struct __sk_buff *skb)
 {
@@ -1078,6 +1130,10 @@ int ptcp_ingress(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	if (load_headers(skb, &h))
 		return TC_ACT_OK;
+	if (h.ip[6] == NEXTHDR_ICMP) {
+		translate_too_big(skb, &h);
+		return TC_ACT_OK;
+	}
 	__builtin_memcpy(t.local, &h.ip[24], 16);
 	__builtin_memcpy(t.peer, &h.ip[8], 16);
 	if (h.ip[6] == NEXTHDR_TCP) {

@@ -308,11 +308,15 @@ pub enum Counter {
     AltOwned,
     /// Outgoing segments of moved connections rewritten to their pair.
     MovedRewrites,
+    /// ICMPv6 Packet Too Big messages quoting a segment on one of a
+    /// connection's non-original pairs, whose quote was put back to the
+    /// original tuple so that the socket learns the path MTU.
+    IcmpTranslated,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 15] = [
+    pub const ALL: [Counter; 16] = [
         Counter::SynOffers,
         Counter::SynackAnswers,
         Counter::AckEchoes,
@@ -328,6 +332,7 @@ impl Counter {
         Counter::FollowRewrites,
         Counter::AltOwned,
         Counter::MovedRewrites,
+        Counter::IcmpTranslated,
     ];
 
     /// Index in the `ptcp_counters` array.
@@ -348,6 +353,7 @@ impl Counter {
             Counter::FollowRewrites => 12,
             Counter::AltOwned => 13,
             Counter::MovedRewrites => 14,
+            Counter::IcmpTranslated => 15,
         }
     }
 
@@ -369,6 +375,7 @@ impl Counter {
             Counter::FollowRewrites => "bpf_follow_rewrites",
             Counter::AltOwned => "bpf_alt_owned",
             Counter::MovedRewrites => "bpf_moved_rewrites",
+            Counter::IcmpTranslated => "bpf_icmp_translated",
         }
     }
 }

@@ -205,6 +205,9 @@ pub struct Stats {
     pub rewritten_out: u64,
     /// Inbound packets rewritten to the original tuple.
     pub rewritten_in: u64,
+    /// ICMPv6 Packet Too Big messages whose quote was put back to the
+    /// original tuple (the quoted segment was on another pair).
+    pub icmp_translated: u64,
     /// Address changes.
     pub switches: u64,
     /// Pending handshakes expired.
@@ -237,6 +240,7 @@ impl Stats {
             ("table_errors", self.table_errors),
             ("rewritten_out", self.rewritten_out),
             ("rewritten_in", self.rewritten_in),
+            ("icmp_translated", self.icmp_translated),
             ("switches", self.switches),
             ("expired", self.expired),
             ("echo_events", self.echo_events),
@@ -916,6 +920,9 @@ impl Engine {
     /// A received packet (PREROUTING, wire tuple).
     pub fn inbound(&mut self, pkt: &[u8], now: Instant) -> Verdict {
         self.stats.packets_in += 1;
+        if let Some(quoted) = crate::packet::too_big_quote(pkt) {
+            return self.inbound_too_big(pkt, &quoted);
+        }
         match parse_ipv6_tcp(pkt) {
             Ok(_) => self.inbound_parsed(pkt, now),
             Err(crate::packet::PacketError::Wire(_)) => {
@@ -932,6 +939,29 @@ impl Engine {
                 self.stats.unparsed += 1;
                 Verdict::Accept
             }
+        }
+    }
+
+    /// An ICMPv6 Packet Too Big quoting `quoted` (this host's view). A
+    /// router on a connection's new pair could not forward one of its
+    /// segments; the kernel finds the socket by the quoted addresses, so
+    /// they go back to the original tuple, and the socket learns the path
+    /// MTU of the route it takes now (the fallback route of the new pair).
+    /// Quotes of original tuples and of untracked segments pass unchanged.
+    fn inbound_too_big(&mut self, pkt: &[u8], quoted: &FourTuple) -> Verdict {
+        let Some(original) = self.pairs.lookup_wire(quoted).map(|m| m.original) else {
+            return Verdict::Accept;
+        };
+        if *quoted == original {
+            return Verdict::Accept;
+        }
+        let mut buf = pkt.to_vec();
+        match crate::packet::rewrite_too_big_quote(&mut buf, original.local, original.peer) {
+            Ok(()) => {
+                self.stats.icmp_translated += 1;
+                Verdict::Replace(buf)
+            }
+            Err(_) => Verdict::Accept,
         }
     }
 
@@ -1807,5 +1837,63 @@ mod tests {
             s.outbound(&pkt(s0, c0, 4, 3, SYN | ACK), t0),
             Verdict::Accept
         );
+    }
+
+    /// A Packet Too Big from a router on the client's new pair quoting a
+    /// segment there: the quote goes back to the original tuple (the
+    /// socket's), with a valid checksum. A quote of the original tuple, or
+    /// of a connection nobody tracks, passes unchanged.
+    #[test]
+    fn packet_too_big_on_a_new_pair_reaches_the_socket() {
+        let World {
+            mut c,
+            c0,
+            c1,
+            s0,
+            s1,
+            t0,
+            ..
+        } = handshake();
+        let id = c.connections()[0].id;
+        c.move_to(
+            id,
+            AddrPair {
+                local: c1,
+                peer: s1,
+            },
+            t0,
+        )
+        .unwrap();
+        c.take_actions();
+        let router = a("2001:db8:9::1");
+        let too_big = |quoted: &[u8]| {
+            let mut icmp = vec![2, 0, 0, 0, 0, 0, 0x05, 0x00];
+            icmp.extend_from_slice(quoted);
+            let len = u32::try_from(icmp.len()).unwrap();
+            let acc = crate::checksum::pseudo_header_sum_v6(router, c1, len, 58);
+            let sum = !crate::checksum::fold(crate::checksum::sum_words(&icmp, acc));
+            icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+            let mut p = build_ipv6_tcp(router, c1, 64, &icmp).unwrap();
+            p[6] = 58;
+            p
+        };
+        let on_new_pair = pkt(c1, s1, 40000, 5001, ACK);
+        let got = replaced(c.inbound(&too_big(&on_new_pair), t0));
+        let q = crate::packet::too_big_quote(&got).unwrap();
+        assert_eq!(
+            (q.local, q.peer, q.local_port, q.peer_port),
+            (c0, s0, 40000, 5001)
+        );
+        let icmp = &got[40..];
+        let acc = crate::checksum::pseudo_header_sum_v6(router, c1, icmp.len() as u32, 58);
+        assert_eq!(
+            crate::checksum::fold(crate::checksum::sum_words(icmp, acc)),
+            0xffff
+        );
+        assert_eq!(c.stats().icmp_translated, 1);
+        for quoted in [pkt(c0, s0, 40000, 5001, ACK), pkt(c1, s1, 40001, 5001, ACK)] {
+            assert!(matches!(c.inbound(&too_big(&quoted), t0), Verdict::Accept));
+        }
+        assert_eq!(c.stats().icmp_translated, 1);
     }
 }

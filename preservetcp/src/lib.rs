@@ -150,6 +150,17 @@
 //!   connection from another local address with the same ports) is left
 //!   alone (`bpf_alt_owned`; a socket lookup only on such hits, lab test
 //!   `a_socket_on_an_alternative_tuple_keeps_its_segments`).
+//!   Path MTU: a moved connection's socket routes its original tuple
+//!   through the fallback route on the new pair's device, so it sizes its
+//!   segments for that link by itself; an ICMPv6 Packet Too Big from a
+//!   router on the new path quotes the segment as it was on the wire (the
+//!   new pair), which no socket has, so the ingress program (with
+//!   `--no-bpf`: NFQUEUE and `Engine::inbound`) puts the quoted addresses
+//!   back to the original tuple and adjusts the ICMPv6 checksum
+//!   (`bpf_icmp_translated` / `icmp_translated`); quotes a socket of its
+//!   own has are left alone. Without this, every full-size segment on a
+//!   narrower new path would be lost (lab tests
+//!   `packet_too_big_on_the_new_path_*`, `moved_connection_fits_a_smaller_mtu_*`).
 //!   Known limits: a peer that moves within 100 ms of a connection entered
 //!   during a burst (beyond 500 per second) finds no entry yet, its
 //!   segments on the new pair reach no socket until then; the programs

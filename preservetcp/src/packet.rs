@@ -393,6 +393,72 @@ pub fn rewrite_addresses_v6(
     Ok(())
 }
 
+/// IPv6 next-header value of ICMPv6.
+pub const IPPROTO_ICMPV6: u8 = 58;
+/// ICMPv6 type of a Packet Too Big message (RFC 4443 3.2).
+pub const ICMPV6_PACKET_TOO_BIG: u8 = 2;
+/// Offset of the quoted packet in an ICMPv6 error message (after the
+/// IPv6 header and the 8-octet ICMPv6 header).
+const QUOTE_OFFSET: usize = IPV6_HEADER_LEN + 8;
+
+/// The TCP segment an ICMPv6 Packet Too Big message quotes, as the tuple
+/// of the host that sent it (local = the quoted source). `None` unless
+/// `packet` is an IPv6 packet whose next header is ICMPv6 (no extension
+/// headers before it), of type Packet Too Big with code 0, quoting an IPv6
+/// packet whose next header is TCP with at least the two ports present.
+pub fn too_big_quote(packet: &[u8]) -> Option<crate::FourTuple> {
+    if packet.first()? >> 4 != 6 || *packet.get(6)? != IPPROTO_ICMPV6 {
+        return None;
+    }
+    if *packet.get(IPV6_HEADER_LEN)? != ICMPV6_PACKET_TOO_BIG
+        || *packet.get(IPV6_HEADER_LEN + 1)? != 0
+    {
+        return None;
+    }
+    let q = packet.get(QUOTE_OFFSET..)?;
+    if q.first()? >> 4 != 6 || *q.get(6)? != IPPROTO_TCP {
+        return None;
+    }
+    let port = |off: usize| Some(u16::from_be_bytes(q.get(off..off + 2)?.try_into().ok()?));
+    Some(crate::FourTuple {
+        local: addr_at(q, 8)?,
+        local_port: port(IPV6_HEADER_LEN)?,
+        peer: addr_at(q, 24)?,
+        peer_port: port(IPV6_HEADER_LEN + 2)?,
+    })
+}
+
+/// Replaces the addresses of the segment an ICMPv6 Packet Too Big quotes
+/// (see [`too_big_quote`]) by `src` and `dst` and updates the ICMPv6
+/// checksum incrementally (RFC 1624): the checksum covers the quote, so it
+/// changes by the same amount as for any 32-byte address rewrite, and a
+/// wrong checksum stays wrong. The outer header is left as it is.
+pub fn rewrite_too_big_quote(
+    packet: &mut [u8],
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+) -> Result<(), PacketError> {
+    let old = too_big_quote(packet).ok_or(PacketError::Truncated {
+        needed: QUOTE_OFFSET + IPV6_HEADER_LEN + 4,
+        available: packet.len(),
+    })?;
+    let csum_off = IPV6_HEADER_LEN + 2;
+    let sum = load_u16(packet, csum_off).ok_or(PacketError::Truncated {
+        needed: csum_off + 2,
+        available: packet.len(),
+    })?;
+    let new = update_tcp_checksum_v6(sum, old.local, old.peer, src, dst);
+    let (s, d) = (QUOTE_OFFSET + 8, QUOTE_OFFSET + 24);
+    if let Some(b) = packet.get_mut(s..s + 16) {
+        b.copy_from_slice(&src.octets());
+    }
+    if let Some(b) = packet.get_mut(d..d + 16) {
+        b.copy_from_slice(&dst.octets());
+    }
+    store_u16(packet, csum_off, new);
+    Ok(())
+}
+
 /// Builds an IPv6 packet (no extension headers) around `tcp` with the given
 /// addresses and hop limit. The TCP checksum is left as it is in `tcp`.
 pub fn build_ipv6_tcp(
@@ -627,5 +693,122 @@ mod tests {
         let with = insert_dest_opts(&pkt, &hdr).unwrap();
         let v = parse_ipv6_tcp(&with).unwrap();
         assert_eq!(v.dest_opts.unwrap().options()[0], hdr.options()[0]);
+    }
+
+    /// An ICMPv6 Packet Too Big from `router` to `to` quoting `quoted`,
+    /// with a valid checksum.
+    fn too_big(router: Ipv6Addr, to: Ipv6Addr, quoted: &[u8]) -> Vec<u8> {
+        let mut icmp = vec![ICMPV6_PACKET_TOO_BIG, 0, 0, 0, 0, 0, 0x05, 0x00];
+        icmp.extend_from_slice(quoted);
+        let len = u32::try_from(icmp.len()).unwrap();
+        let acc = crate::checksum::pseudo_header_sum_v6(router, to, len, IPPROTO_ICMPV6);
+        let c = !crate::checksum::fold(crate::checksum::sum_words(&icmp, acc));
+        icmp[2..4].copy_from_slice(&c.to_be_bytes());
+        let mut p = build_ipv6_tcp(router, to, 64, &icmp).unwrap();
+        p[6] = IPPROTO_ICMPV6;
+        p
+    }
+
+    fn icmp_ok(p: &[u8]) -> bool {
+        let (src, dst) = (addr_at(p, 8).unwrap(), addr_at(p, 24).unwrap());
+        let icmp = &p[IPV6_HEADER_LEN..];
+        let len = u32::try_from(icmp.len()).unwrap();
+        let acc = crate::checksum::pseudo_header_sum_v6(src, dst, len, IPPROTO_ICMPV6);
+        crate::checksum::fold(crate::checksum::sum_words(icmp, acc)) == 0xffff
+    }
+
+    #[test]
+    fn too_big_quote_is_put_back_to_the_original_tuple() {
+        let (r, c1, s1) = (a("2001:db8:9::1"), a("2001:db8:1::1"), a("2001:db8:2::2"));
+        let (c0, s0) = (a("2001:db8:0::1"), a("2001:db8:0::2"));
+        let mut seg = tcp_segment(0x10, &[7u8; 1200]);
+        assert!(set_tcp_checksum_v6(c1, s1, &mut seg));
+        let sent = build_ipv6_tcp(c1, s1, 64, &seg).unwrap();
+        // Routers quote as much as fits in the minimum MTU.
+        let mut p = too_big(r, c1, &sent[..1232]);
+        assert!(icmp_ok(&p));
+        let q = too_big_quote(&p).unwrap();
+        assert_eq!(
+            (q.local, q.peer, q.local_port, q.peer_port),
+            (c1, s1, 1039, 21)
+        );
+        rewrite_too_big_quote(&mut p, c0, s0).unwrap();
+        assert!(icmp_ok(&p), "checksum updated");
+        let q = too_big_quote(&p).unwrap();
+        assert_eq!(
+            (q.local, q.peer, q.local_port, q.peer_port),
+            (c0, s0, 1039, 21)
+        );
+        assert_eq!(
+            (addr_at(&p, 8), addr_at(&p, 24)),
+            (Some(r), Some(c1)),
+            "outer kept"
+        );
+        assert_eq!(
+            &p[QUOTE_OFFSET + 40..],
+            &sent[40..1232],
+            "quoted segment kept"
+        );
+    }
+
+    #[test]
+    fn a_wrong_icmp_checksum_stays_wrong() {
+        let (r, c1, s1) = (a("2001:db8:9::1"), a("2001:db8:1::1"), a("2001:db8:2::2"));
+        let sent = build_ipv6_tcp(c1, s1, 64, &tcp_segment(0x10, b"x")).unwrap();
+        let mut p = too_big(r, c1, &sent);
+        p[IPV6_HEADER_LEN + 2] ^= 0x40;
+        rewrite_too_big_quote(&mut p, a("2001:db8::1"), a("2001:db8::2")).unwrap();
+        assert!(!icmp_ok(&p));
+    }
+
+    #[test]
+    fn only_a_too_big_quoting_tcp_with_its_ports_is_taken() {
+        let (r, c1, s1) = (a("2001:db8:9::1"), a("2001:db8:1::1"), a("2001:db8:2::2"));
+        let sent = build_ipv6_tcp(c1, s1, 64, &tcp_segment(0x10, b"x")).unwrap();
+        let p = too_big(r, c1, &sent);
+        // Every truncation: no quote unless the ports are in, no panic.
+        for n in 0..p.len() {
+            let got = too_big_quote(&p[..n]);
+            assert_eq!(
+                got.is_some(),
+                n >= QUOTE_OFFSET + IPV6_HEADER_LEN + 4,
+                "{n}"
+            );
+            let mut cut = p[..n].to_vec();
+            assert_eq!(
+                rewrite_too_big_quote(&mut cut, c1, s1).is_ok(),
+                got.is_some()
+            );
+        }
+        // Destination Unreachable (type 1), a nonzero code, a quoted UDP
+        // datagram, a TCP packet: not a Packet Too Big quoting TCP.
+        let mut other = p.clone();
+        other[IPV6_HEADER_LEN] = 1;
+        assert!(too_big_quote(&other).is_none());
+        let mut other = p.clone();
+        other[IPV6_HEADER_LEN + 1] = 1;
+        assert!(too_big_quote(&other).is_none());
+        let mut other = p.clone();
+        other[QUOTE_OFFSET + 6] = 17;
+        assert!(too_big_quote(&other).is_none());
+        assert!(too_big_quote(&sent).is_none());
+    }
+
+    proptest! {
+        #[test]
+        fn too_big_parsing_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let mut b = bytes;
+            if b.len() > 6 {
+                b[0] = 0x60;
+                b[6] = IPPROTO_ICMPV6;
+            }
+            if b.len() > IPV6_HEADER_LEN + 1 {
+                b[IPV6_HEADER_LEN] = ICMPV6_PACKET_TOO_BIG;
+                b[IPV6_HEADER_LEN + 1] = 0;
+            }
+            let q = too_big_quote(&b);
+            let r = rewrite_too_big_quote(&mut b, Ipv6Addr::LOCALHOST, Ipv6Addr::LOCALHOST);
+            prop_assert_eq!(q.is_some(), r.is_ok());
+        }
     }
 }

@@ -422,3 +422,139 @@ fn moved_connection_is_rewritten_by_the_programs() {
         assert_eq!(nfqueue_queued(h), 0, "nothing queued in {}", h.name());
     }
 }
+
+/// Link 1 carries at most 1280-byte packets, link 0 the usual 1500. A
+/// connection moved to link 1 (link 0 silently dropping) must send
+/// segments that fit it: the kernel sizes them from the route the socket
+/// now takes (the daemon's fallback route on link 1's device), in both
+/// directions and in both modes.
+fn moved_to_a_smaller_mtu(port: u16, extra: &[&str]) {
+    let t = two_links();
+    for h in [&t.a, &t.b] {
+        h.exec_ok(["ip", "link", "set", "dev", t.l1.dev(h), "mtu", "1280"])
+            .expect("mtu");
+    }
+    let (da, db, _l, mut c, mut s) = setup(&t, port, extra);
+    let (a1, b1) = (v6(&t.l1, &t.a), v6(&t.l1, &t.b));
+    let ca = only_conn(&da);
+    let ok = da.request(&Request::Move {
+        id: ca.id,
+        local: a1,
+        peer: b1,
+    });
+    assert!(ok.ok, "{:?}", ok.error);
+    transfer(&mut c, &s, 1 << 20, 30);
+    wait_pair(&db, b1, a1);
+    t.l0.drop_both().expect("drop link 0");
+    // Full-size segments both ways: each would be dropped by link 1.
+    transfer(&mut c, &s, 8 << 20, 31);
+    transfer(&mut s, &c, 8 << 20, 32);
+    let (ca, cb) = (only_conn(&da), only_conn(&db));
+    assert_eq!((ca.current.local, ca.current.peer), (a1, b1), "{ca:?}");
+    assert_eq!((cb.current.local, cb.current.peer), (b1, a1), "{cb:?}");
+}
+
+#[test]
+fn moved_connection_fits_a_smaller_mtu_bpf() {
+    moved_to_a_smaller_mtu(5107, NO_SAMPLING);
+}
+
+#[test]
+fn moved_connection_fits_a_smaller_mtu_nfqueue() {
+    let mut extra = NO_SAMPLING.to_vec();
+    extra.push("--no-bpf");
+    moved_to_a_smaller_mtu(5108, &extra);
+}
+
+/// The new pair crosses a router whose next link carries at most 1280-byte
+/// packets: the router answers the client's full-size segments with an
+/// ICMPv6 Packet Too Big quoting the segment as it was on the wire (the new
+/// pair). The daemon side must hand it to the socket on the original tuple
+/// (which alone can learn the path MTU), or the connection stalls.
+fn packet_too_big_on_the_new_path(port: u16, extra: &[&str]) {
+    let lab = netlab::Lab::new().expect("lab");
+    let a = lab.add_host("a").expect("host a");
+    let b = lab.add_host("b").expect("host b");
+    let r = lab.add_host("r").expect("host r");
+    let l0 = lab.link(&a, &b).expect("link 0");
+    let la = lab.link(&a, &r).expect("link a-r");
+    let lb = lab.link(&r, &b).expect("link r-b");
+    lab.wait_usable(Duration::from_secs(10)).expect("usable");
+    for h in [&r, &b] {
+        h.exec_ok(["ip", "link", "set", "dev", lb.dev(h), "mtu", "1280"])
+            .expect("mtu");
+    }
+    r.sysctl("net.ipv6.conf.all.forwarding", "1")
+        .expect("forwarding");
+    let (al, bl) = (v6(&la, &a), v6(&lb, &b));
+    for (h, dst, via, dev) in [
+        (&a, bl, v6(&la, &r), la.dev(&a)),
+        (&b, al, v6(&lb, &r), lb.dev(&b)),
+    ] {
+        h.exec_ok([
+            "ip",
+            "-6",
+            "route",
+            "add",
+            &format!("{dst}/128"),
+            "via",
+            &via.to_string(),
+            "dev",
+            dev,
+        ])
+        .expect("route via r");
+    }
+    let t = TwoLinks {
+        lab,
+        a,
+        b,
+        l0,
+        l1: la,
+    };
+    let da = Daemon::start_with(&t.lab, &t.a, &[port], extra);
+    let db = Daemon::start_with(&t.lab, &t.b, &[port], extra);
+    let listener =
+        t.b.run(move || TcpListener::bind(("::", port)))
+            .expect("run")
+            .expect("bind");
+    let dst = SocketAddr::from((v6(&t.l0, &t.b), port));
+    let (mut c, mut s) = connect(&t, &listener, dst);
+    transfer(&mut c, &s, 256 << 10, 40);
+    let ca = only_conn(&da);
+    assert!(ca.peers.contains(&bl), "learned {bl}: {ca:?}");
+    let ok = da.request(&Request::Move {
+        id: ca.id,
+        local: al,
+        peer: bl,
+    });
+    assert!(ok.ok, "{:?}", ok.error);
+    transfer(&mut c, &s, 256 << 10, 41);
+    wait_pair(&db, bl, al);
+    t.l0.drop_both().expect("drop link 0");
+    transfer(&mut c, &s, 8 << 20, 42);
+    transfer(&mut s, &c, 8 << 20, 43);
+    let ca = only_conn(&da);
+    assert_eq!((ca.current.local, ca.current.peer), (al, bl), "{ca:?}");
+    let counter = if da.bpf() {
+        "bpf_icmp_translated"
+    } else {
+        "icmp_translated"
+    };
+    assert!(
+        da.stat(counter) >= 1,
+        "the Packet Too Big reached the socket through the daemon:\n{}",
+        da.log()
+    );
+}
+
+#[test]
+fn packet_too_big_on_the_new_path_bpf() {
+    packet_too_big_on_the_new_path(5109, NO_SAMPLING);
+}
+
+#[test]
+fn packet_too_big_on_the_new_path_nfqueue() {
+    let mut extra = NO_SAMPLING.to_vec();
+    extra.push("--no-bpf");
+    packet_too_big_on_the_new_path(5110, &extra);
+}

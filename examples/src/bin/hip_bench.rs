@@ -4,7 +4,7 @@
 //! cargo build --release -p hipd-backend --bins
 //! cargo build --release -p mh-examples --bin hip_bench
 //! sudo target/release/hip_bench [--quick] [--bex-only] [--assocs 1000,10000] [--tun-mtu 1400]
-//!     [--iperf-secs N] [--transport native|udp|both]
+//!     [--iperf-secs N] [--transport native|udp|both] [--only ROW,ROW] [--no-bex]
 //! ```
 //! Prints one table; every HIT figure is paired with the same measurement
 //! over the plain IPv6 underlay on the same link, run interleaved (plain,
@@ -25,6 +25,10 @@
 //! * hipd resident memory per association with 1,000 and 10,000
 //!   associations, created over UDP by an in-process initiator engine
 //!   holding one identity per association.
+//!
+//! `--only` runs only the rows whose name contains one of the given words
+//! (e.g. `--only ping-pong,connect`); `--no-bex` stops after the rows
+//! (no BEX latency, no memory figures).
 //!
 //! The hipd binary is taken from the directory of this executable.
 //!
@@ -457,10 +461,20 @@ fn main() -> anyhow::Result<()> {
         "{:<42} {:>12} {:>12} {:>8}",
         "measurement", "plain", "HIT", "ratio"
     );
+    // `--only a,b`: run only the rows whose name contains one of these.
+    let only: Vec<String> = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .map(|s| s.split(',').map(str::to_owned).collect())
+        .unwrap_or_default();
     let mut row = |name: &str,
                    unit: &str,
                    f: &mut dyn FnMut(IpAddr, u16) -> anyhow::Result<f64>|
      -> anyhow::Result<()> {
+        if !only.is_empty() && !only.iter().any(|o| name.contains(o.as_str())) {
+            return Ok(());
+        }
         let (mut p, mut h) = (Vec::new(), Vec::new());
         for _ in 0..rounds {
             p.push(f(b_ip, next_port())?);
@@ -507,6 +521,9 @@ fn main() -> anyhow::Result<()> {
         row(&format!("[{tag}] connect+close"), "1/s", &mut |d, p| {
             connect_close(&a, &b, d, p, Duration::from_secs(1))
         })?;
+    }
+    if args.iter().any(|a| a == "--no-bex") {
+        return Ok(());
     }
     let (p50, p99) = bex_latency(&da.sock, hit_b, if quick { 20 } else { 200 })?;
     println!(

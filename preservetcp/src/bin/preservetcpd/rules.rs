@@ -28,6 +28,10 @@
 //!   packet mark FAST_MARK       -> RETURN        (rewritten by the fast path)
 //!   -p tcp -j PTCP_MOVED_IN                      (per moved connection: its
 //!                                                original tuple -> queue IN)
+//!   ICMPv6 Packet Too Big quoting a local socket's tuple -> RETURN
+//!   ICMPv6 Packet Too Big       -> queue IN      (a quote of a segment on
+//!                                                another pair goes back to
+//!                                                the original tuple)
 //!   ct state established, >= 3 packets original, connmark not CT_BIT
 //!     without ACKED_BIT                 -> RETURN (data segments)
 //!   SYN+ACK, connmark OFFER_BIT -> goto PTCP_LEARN (answer to our offer,
@@ -342,6 +346,17 @@ impl Rules {
 
         mangle(&["-A", PRE, "-m", "mark", "--mark", &fast, "-j", "RETURN"])?;
         mangle(&["-A", PRE, "-p", "tcp", "-j", MOVED_IN])?;
+        // Packet Too Big: the engine puts a quote of a segment on another
+        // pair back to the original tuple, so the socket learns the MTU. A
+        // quote some socket owns (the socket match looks up the quoted
+        // tuple of an ICMPv6 error) is that socket's and stays in the
+        // kernel.
+        let too_big = ["-p", "ipv6-icmp", "--icmpv6-type", "packet-too-big"];
+        let mut r = vec!["-A", PRE];
+        r.extend(too_big);
+        r.extend(["-m", "socket", "-j", "RETURN"]);
+        mangle(&r)?;
+        self.append(PRE, s(&too_big), self.q_in)?;
         mangle(&established_after_handshake(PRE, true))?;
         mangle(&[
             "-A",
