@@ -18,6 +18,9 @@ cd fuzz
 cargo fuzz build -s none -O >/dev/null
 for t in $targets; do
     mkdir -p "corpus/$t"
+    # Checked-in seeds (inputs random bytes rarely reach, e.g. an ICMPv6
+    # Packet Too Big quoting TCP) join the corpus.
+    if [ -d "seeds/$t" ]; then cp -n seeds/"$t"/* "corpus/$t/"; fi
     echo "fuzz: $t for ${secs}s"
     cargo fuzz run -s none -O "$t" "corpus/$t" -- -max_total_time="$secs" -print_final_stats=1 2>&1 \
         | grep -E "stat::number_of_executed_units|Done|ERROR|panicked" || true

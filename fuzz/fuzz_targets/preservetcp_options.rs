@@ -1,10 +1,15 @@
 //! Fuzz the preservetcp destination options codec and the IPv6 packet helpers:
 //! parsing must never panic, and whatever parses must re-emit to the same
-//! bytes and re-parse to the same value.
+//! bytes and re-parse to the same value. The ICMPv6 Packet Too Big quote
+//! rewrite changes exactly the quoted addresses and the checksum, and a
+//! fresh engine takes any bytes as an incoming and as an outgoing packet.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use preservetcp::packet::{PacketError, insert_dest_opts, parse_ipv6_tcp, strip_dest_opts};
+use preservetcp::packet::{
+    PacketError, insert_dest_opts, parse_ipv6_tcp, rewrite_too_big_quote, strip_dest_opts,
+    too_big_quote,
+};
 use preservetcp::select::{Limits, validate_received};
 use preservetcp::wire::{DestOptsHeader, PrefixOption};
 
@@ -44,4 +49,40 @@ fuzz_target!(|data: &[u8]| {
             );
         }
     }
+    if let Some(q) = too_big_quote(data) {
+        let (src, dst) = (
+            std::net::Ipv6Addr::LOCALHOST,
+            std::net::Ipv6Addr::UNSPECIFIED,
+        );
+        let mut b = data.to_vec();
+        rewrite_too_big_quote(&mut b, src, dst).expect("rewrite after parse");
+        let again = too_big_quote(&b).expect("re-parse");
+        assert_eq!((again.local, again.peer), (src, dst));
+        assert_eq!(
+            (again.local_port, again.peer_port),
+            (q.local_port, q.peer_port)
+        );
+        // Only the ICMPv6 checksum (42..44) and the quoted addresses
+        // (48 + 8 .. 48 + 40) changed.
+        for (i, (x, y)) in data.iter().zip(&b).enumerate() {
+            if !(42..44).contains(&i) && !(56..88).contains(&i) {
+                assert_eq!(x, y, "byte {i}");
+            }
+        }
+    } else {
+        let mut b = data.to_vec();
+        assert!(
+            rewrite_too_big_quote(
+                &mut b,
+                std::net::Ipv6Addr::LOCALHOST,
+                std::net::Ipv6Addr::LOCALHOST
+            )
+            .is_err()
+        );
+        assert_eq!(b.as_slice(), data);
+    }
+    let mut eng = preservetcp::Engine::new(preservetcp::EngineConfig::default());
+    let now = std::time::Instant::now();
+    let _ = eng.inbound(data, now);
+    let _ = eng.outbound(data, now);
 });
