@@ -170,3 +170,79 @@ fn hipd_garbage_and_i1_flood_are_dropped_and_counted() {
     assert!(hb.stats().esp_bad >= before_bad + 100);
     assert_eq!(hb.has()[0].state, "ESTABLISHED");
 }
+
+/// The only path crosses a router whose next link carries at most 1280
+/// bytes, less than an ESP packet of a full-size inner segment (hip0 MTU
+/// 1400 plus the ESP and IPv6 overhead). The router's Packet Too Big
+/// reaches hipd's error queue: it is a path MTU, not a dead path, so it
+/// must not make the association explore (counted as `icmp_too_big`, not
+/// as `icmp_errors`), and the kernel fragments the ESP packets that follow.
+/// Both underlays, 20 MB each way byte-exact.
+#[test]
+fn hipd_packet_too_big_is_a_path_mtu_not_a_failure() {
+    let lab = Lab::new().unwrap();
+    let a = lab.add_host("a").unwrap();
+    let b = lab.add_host("b").unwrap();
+    let r = lab.add_host("r").unwrap();
+    let la = lab.link(&a, &r).unwrap();
+    let lb = lab.link(&r, &b).unwrap();
+    lab.wait_usable(Duration::from_secs(5)).unwrap();
+    for h in [&r, &b] {
+        h.exec_ok(["ip", "link", "set", "dev", lb.dev(h), "mtu", "1280"])
+            .unwrap();
+    }
+    r.sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
+    let (IpAddr::V6(a_ip), IpAddr::V6(b_ip)) = (la.addr(&a, Family::V6), lb.addr(&b, Family::V6))
+    else {
+        unreachable!()
+    };
+    for (h, dst, via, dev) in [
+        (&a, b_ip, la.addr(&r, Family::V6), la.dev(&a)),
+        (&b, a_ip, lb.addr(&r, Family::V6), lb.dev(&b)),
+    ] {
+        h.exec_ok([
+            "ip",
+            "-6",
+            "route",
+            "add",
+            &format!("{dst}/128"),
+            "via",
+            &via.to_string(),
+            "dev",
+            dev,
+        ])
+        .unwrap();
+    }
+    let ha = Hipd::start(&lab, &a, "", "");
+    let hb = Hipd::start(&lab, &b, "", "");
+    let (hit_a, hit_b) = (ha.hit(), hb.hit());
+    ha.add_map(hit_b, IpAddr::V6(b_ip), None);
+    hb.add_map(hit_a, IpAddr::V6(a_ip), None);
+    for (n, nat) in ["none", "plain-udp"].into_iter().enumerate() {
+        for h in [&ha, &hb] {
+            let (code, out, err) = h.hipconf(&["daemon", "nat", nat]);
+            assert_eq!(code, 0, "{out}{err}");
+            h.hipconf(&["daemon", "rst", "all"]);
+        }
+        // The path MTU a learned in the round before is forgotten, so the
+        // router answers this underlay's packets too.
+        a.exec_ok(["ip", "-6", "route", "flush", "cache"]).unwrap();
+        let before = (ha.stats(), hb.stats());
+        let port = 7300 + 2 * n as u16;
+        transfer_to_hit(&lab, &b, &a, hit_b, port, 20 << 20, 71 + n as u64);
+        transfer_to_hit(&lab, &a, &b, hit_a, port + 1, 20 << 20, 81 + n as u64);
+        let after = (ha.stats(), hb.stats());
+        assert!(
+            after.0.icmp_too_big > before.0.icmp_too_big,
+            "{nat}: a heard the router's Packet Too Big: {:#?}",
+            after.0
+        );
+        for (x, y, who) in [(&before.0, &after.0, "a"), (&before.1, &after.1, "b")] {
+            assert_eq!(
+                (x.icmp_errors, x.failover_switches),
+                (y.icmp_errors, y.failover_switches),
+                "{nat}: {who} took no Packet Too Big for a path failure"
+            );
+        }
+    }
+}

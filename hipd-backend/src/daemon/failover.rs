@@ -13,7 +13,11 @@
 //!   us, path changes made by preferences or readdressing;
 //! * local signals: addresses that disappear (rtnetlink), ICMP errors
 //!   about our packets (IP_RECVERR error queues of the underlay sockets)
-//!   and negative `SHIM_FEEDBACK` start exploration at once.
+//!   and negative `SHIM_FEEDBACK` start exploration at once. A Packet Too
+//!   Big (or Fragmentation Needed, `EMSGSIZE`) is not a failure: the
+//!   kernel has lowered the destination's path MTU and fragments the ESP
+//!   packets that follow, so it is only counted (`icmp_too_big`; lab test
+//!   `hipd_packet_too_big_is_a_path_mtu_not_a_failure`).
 //!
 //! Parameters: the daemon defaults ([`Params::hipd_default`], changed with
 //! `set reap …` in hipd.conf or `hipconf daemon set reap …`), overridden

@@ -157,6 +157,7 @@ struct Counters {
     keepalives_tx: AtomicU64,
     keepalives_rx: AtomicU64,
     icmp_errors: AtomicU64,
+    icmp_too_big: AtomicU64,
     repaired: AtomicU64,
 }
 
@@ -1177,8 +1178,13 @@ fn rx_thread(sh: Arc<Shared>, kind: Kind, v6: bool) {
         if let Err(e) = sock.recv_batch(&mut batch) {
             if e.kind() != std::io::ErrorKind::Interrupted {
                 tracing::debug!(error = %e, "recv failed");
-                for dst in sock.drain_errors() {
-                    sh.icmp_error(dst);
+                for (dst, what) in sock.drain_errors() {
+                    match what {
+                        // A path MTU, not a dead path: the kernel
+                        // fragments what follows.
+                        net::SendError::TooBig => inc(&sh.ctr.icmp_too_big),
+                        net::SendError::Other => sh.icmp_error(dst),
+                    }
                 }
             }
             continue;
@@ -1884,6 +1890,7 @@ impl Shared {
             keepalives_tx: l(&c.keepalives_tx),
             keepalives_rx: l(&c.keepalives_rx),
             icmp_errors: l(&c.icmp_errors),
+            icmp_too_big: l(&c.icmp_too_big),
             repaired: l(&c.repaired),
             failover_switches: core.shim.values().map(|c| c.switches).sum(),
             associations: core.eps.iter().map(|e| e.association_count() as u64).sum(),

@@ -110,6 +110,29 @@ pub struct OutMsg<'a> {
     pub data: &'a [u8],
 }
 
+/// What an error-queue entry ([`USock::drain_errors`]) says about a packet
+/// we sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendError {
+    /// Too big for the path (ICMPv6 Packet Too Big, ICMP Fragmentation
+    /// Needed, or the local MTU: `EMSGSIZE`). The kernel has lowered the
+    /// destination's path MTU and fragments what follows; the path works.
+    TooBig,
+    /// Anything else (unreachable, time exceeded, ...), or an entry
+    /// without an extended error: the path may be dead.
+    Other,
+}
+
+impl SendError {
+    /// Classifies the `ee_errno` of a `sock_extended_err`.
+    pub fn from_errno(errno: Option<u32>) -> SendError {
+        match errno {
+            Some(e) if e == libc::EMSGSIZE as u32 => SendError::TooBig,
+            _ => SendError::Other,
+        }
+    }
+}
+
 /// Why a received datagram was rejected before any protocol processing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecvError {
@@ -435,8 +458,9 @@ impl USock {
     }
 
     /// Reads the socket's error queue (ICMP errors about packets we sent):
-    /// the original destinations of the failed packets.
-    pub fn drain_errors(&self) -> Vec<IpAddr> {
+    /// the original destination of each failed packet and what the error
+    /// says.
+    pub fn drain_errors(&self) -> Vec<(IpAddr, SendError)> {
         let mut v = Vec::new();
         let mut buf = [0u8; 256];
         for _ in 0..MAX_ERRORS {
@@ -455,8 +479,13 @@ impl USock {
                     .map(|s| IpAddr::V6(s.ip()))
                     .or_else(|| a.as_sockaddr_in().map(|s| IpAddr::V4(s.ip())))
             });
+            let errno = m.cmsgs().ok().into_iter().flatten().find_map(|c| match c {
+                socket::ControlMessageOwned::Ipv6RecvErr(e, _)
+                | socket::ControlMessageOwned::Ipv4RecvErr(e, _) => Some(e.ee_errno),
+                _ => None,
+            });
             if let Some(d) = dst {
-                v.push(d);
+                v.push((d, SendError::from_errno(errno)));
             }
         }
         v
