@@ -50,9 +50,13 @@
 // (EV_ALT, at most once per ALT_REPORT_NS per tuple) so the engine's
 // policy can follow the peer.
 //
+// An ICMPv6 Packet Too Big quoting a segment on such a pair gets its quote
+// back to the original tuple (translate_too_big), so that the socket
+// learns the path MTU.
+//
 // Only Ethernet framing (the daemon attaches to ARPHRD_ETHER links) and
-// TCP directly after the fixed IPv6 header (what the local TCP sends) are
-// handled; anything else passes untouched.
+// TCP (or ICMPv6) directly after the fixed IPv6 header (what the local TCP
+// sends) are handled; anything else passes untouched.
 
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
@@ -969,12 +973,6 @@ static __always_inline int answers(__u32 isn, const __u8 *ack)
 	return bpf_ntohl(a) == bpf_ntohl(isn) + 1;
 }
 
-// A segment on an alternative pair of a tracked connection (TCP right
-// after the fixed header): reported now and then, then rewritten to the
-// connection's original addresses. The TCP checksum covers the addresses
-// through the pseudo-header: it is fixed by their difference (for
-// CHECKSUM_COMPLETE packets the store updates skb->csum by the same
-// difference the checksum field takes back, so the packet sum holds).
 // Whether a socket of its own has tuple `t` (another connection that
 // happens to use the same ports from another address): then what arrives
 // on it is that socket's; listeners and TIME_WAIT do not count. (Not asked
@@ -1001,6 +999,12 @@ static __always_inline int owned(struct __sk_buff *skb, const struct tuple *t)
 	return 1;
 }
 
+// A segment on an alternative pair of a tracked connection (TCP right
+// after the fixed header): reported now and then, then rewritten to the
+// connection's original addresses. The TCP checksum covers the addresses
+// through the pseudo-header: it is fixed by their difference (for
+// CHECKSUM_COMPLETE packets the store updates skb->csum by the same
+// difference the checksum field takes back, so the packet sum holds).
 static __always_inline int follow_alt(struct __sk_buff *skb, struct headers *h, struct tuple *t)
 {
 	__u32 slot = alt_slot(t);
@@ -1078,7 +1082,7 @@ static __always_inline void moved_in(struct __sk_buff *skb, struct tuple *t)
 // takes their difference (it covers the quote, not through a pseudo-header,
 // so a CHECKSUM_COMPLETE sum is unchanged: data and checksum field move by
 // opposite amounts).
-static __always_inline void translate_too_big(struct __sk_buff *skb, struct headers *h)
+static __always_inline int translate_too_big(struct __sk_buff *skb, struct headers *h)
 {
 	// The quote: the IPv6 header after the 8-octet ICMPv6 header, then
 	// the TCP ports.
@@ -1090,27 +1094,31 @@ static __always_inline void translate_too_big(struct __sk_buff *skb, struct head
 	__s64 diff;
 
 	if (h->tcp[0] != ICMPV6_PKT_TOOBIG || h->tcp[1] != 0)
-		return;
+		return TC_ACT_OK;
 	if (bpf_skb_load_bytes(skb, q, quote, sizeof(quote)))
-		return;
+		return TC_ACT_OK;
 	if ((quote[0] >> 4) != 6 || quote[6] != NEXTHDR_TCP)
-		return;
+		return TC_ACT_OK;
 	__builtin_memcpy(t.local, &quote[8], 16);
 	__builtin_memcpy(t.peer, &quote[24], 16);
 	__builtin_memcpy(&t.local_port, &quote[IP6_HLEN], 2);
 	__builtin_memcpy(&t.peer_port, &quote[IP6_HLEN + 2], 2);
 	a = bpf_map_lookup_elem(&ptcp_alt, &t);
 	if (!a || (!a->current && owned(skb, &t)))
-		return;
+		return TC_ACT_OK;
 	__builtin_memcpy(addrs, a->local, 16);
 	__builtin_memcpy(addrs + 16, a->peer, 16);
 	diff = bpf_csum_diff((__be32 *)&quote[8], 32, (__be32 *)addrs, 32, 0);
-	if (diff < 0 || bpf_skb_store_bytes(skb, q + 8, addrs, 32, 0) ||
-	    bpf_l4_csum_replace(skb, L4 + 2, 0, (__u64)diff, 0)) {
+	if (diff < 0 || bpf_skb_store_bytes(skb, q + 8, addrs, 32, 0)) {
 		count(C_SKIPPED_ERROR);
-		return;
+		return TC_ACT_OK;
+	}
+	if (bpf_l4_csum_replace(skb, L4 + 2, 0, (__u64)diff, 0)) {
+		count(C_SKIPPED_ERROR);
+		return TC_ACT_SHOT; // half rewritten
 	}
 	count(C_ICMP_TRANSLATED);
+	return TC_ACT_OK;
 }
 
 SEC("classifier")
@@ -1130,10 +1138,8 @@ int ptcp_ingress(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	if (load_headers(skb, &h))
 		return TC_ACT_OK;
-	if (h.ip[6] == NEXTHDR_ICMP) {
-		translate_too_big(skb, &h);
-		return TC_ACT_OK;
-	}
+	if (h.ip[6] == NEXTHDR_ICMP)
+		return translate_too_big(skb, &h);
 	__builtin_memcpy(t.local, &h.ip[24], 16);
 	__builtin_memcpy(t.peer, &h.ip[8], 16);
 	if (h.ip[6] == NEXTHDR_TCP) {

@@ -303,8 +303,9 @@ pub enum Counter {
     /// Outgoing segments sent on the pair the peer moved to before the
     /// daemon's rules for the move were in (the follow window).
     FollowRewrites,
-    /// Segments on an alternative pair left alone because a socket of its
-    /// own has that tuple (another connection on the same ports).
+    /// Segments on an alternative pair (and Packet Too Big messages
+    /// quoting one) left alone because a socket of its own has that tuple
+    /// (another connection on the same ports).
     AltOwned,
     /// Outgoing segments of moved connections rewritten to their pair.
     MovedRewrites,

@@ -152,15 +152,21 @@
 //!   `a_socket_on_an_alternative_tuple_keeps_its_segments`).
 //!   Path MTU: a moved connection's socket routes its original tuple
 //!   through the fallback route on the new pair's device, so it sizes its
-//!   segments for that link by itself; an ICMPv6 Packet Too Big from a
-//!   router on the new path quotes the segment as it was on the wire (the
-//!   new pair), which no socket has, so the ingress program (with
-//!   `--no-bpf`: NFQUEUE and `Engine::inbound`) puts the quoted addresses
-//!   back to the original tuple and adjusts the ICMPv6 checksum
-//!   (`bpf_icmp_translated` / `icmp_translated`); quotes a socket of its
-//!   own has are left alone. Without this, every full-size segment on a
-//!   narrower new path would be lost (lab tests
-//!   `packet_too_big_on_the_new_path_*`, `moved_connection_fits_a_smaller_mtu_*`).
+//!   segments for that link's MTU by itself (lab tests
+//!   `moved_connection_fits_a_smaller_mtu_*`). An ICMPv6 Packet Too Big
+//!   from a router on the new path quotes the segment as it was on the
+//!   wire (the new pair), which no socket has: the ingress program (with
+//!   `--no-bpf`: a `raw` PREROUTING rule, before conntrack, NFQUEUE and
+//!   `Engine::inbound`) puts the quoted addresses back to the original
+//!   tuple and adjusts the ICMPv6 checksum (`bpf_icmp_translated` /
+//!   `icmp_translated`), and the socket learns the path MTU. Without it
+//!   every full-size segment on a narrower new path is lost (lab tests
+//!   `packet_too_big_on_the_new_path_*`). Quotes of a tuple a socket of its
+//!   own has are left alone: in BPF mode on pairs other than the current
+//!   one, a connected socket (not a listener, not TIME_WAIT); with
+//!   `--no-bpf` the `socket` match decides (it also counts TIME_WAIT and
+//!   listeners bound to that very address). Like segments, a Packet Too
+//!   Big arriving over a non-Ethernet link is not translated in BPF mode.
 //!   Known limits: a peer that moves within 100 ms of a connection entered
 //!   during a burst (beyond 500 per second) finds no entry yet, its
 //!   segments on the new pair reach no socket until then; the programs

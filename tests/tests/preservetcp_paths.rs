@@ -444,7 +444,8 @@ fn moved_to_a_smaller_mtu(port: u16, extra: &[&str]) {
     });
     assert!(ok.ok, "{:?}", ok.error);
     transfer(&mut c, &s, 1 << 20, 30);
-    wait_pair(&db, b1, a1);
+    let cb = wait_pair(&db, b1, a1);
+    assert_eq!((cb.current.local, cb.current.peer), (b1, a1), "{cb:?}");
     t.l0.drop_both().expect("drop link 0");
     // Full-size segments both ways: each would be dropped by link 1.
     transfer(&mut c, &s, 8 << 20, 31);
@@ -529,7 +530,8 @@ fn packet_too_big_on_the_new_path(port: u16, extra: &[&str]) {
     });
     assert!(ok.ok, "{:?}", ok.error);
     transfer(&mut c, &s, 256 << 10, 41);
-    wait_pair(&db, bl, al);
+    let cb = wait_pair(&db, bl, al);
+    assert_eq!((cb.current.local, cb.current.peer), (bl, al), "{cb:?}");
     t.l0.drop_both().expect("drop link 0");
     transfer(&mut c, &s, 8 << 20, 42);
     transfer(&mut s, &c, 8 << 20, 43);

@@ -570,10 +570,15 @@ impl Shared {
                     // The device of an on-link route to the new pair: the
                     // fallback route sends the original tuple there, and
                     // the fast path may then rewrite without a reroute.
+                    // The on-link route goes through the new peer as its
+                    // next hop (as in BPF mode), so that the next hop stays
+                    // the new peer also in a path MTU exception (RTF_CACHE)
+                    // the route may get from a translated Packet Too Big.
                     let onlink = rules::onlink_dev(pair.local, pair.peer);
-                    let routed = match onlink.clone().or_else(|| self.device_of(pair.local)) {
-                        Some(d) => rules::fallback_routes(&t, &d, None),
-                        None => Err(format!("no device for {}", pair.local)),
+                    let routed = match (&onlink, self.device_of(pair.local)) {
+                        (Some(d), _) => rules::fallback_routes(&t, d, Some(pair.peer)),
+                        (None, Some(d)) => rules::fallback_routes(&t, &d, None),
+                        (None, None) => Err(format!("no device for {}", pair.local)),
                     };
                     let mut r = routed.clone();
                     if let Some(i) = rules_pending.iter().position(|p| *p == t) {

@@ -28,10 +28,6 @@
 //!   packet mark FAST_MARK       -> RETURN        (rewritten by the fast path)
 //!   -p tcp -j PTCP_MOVED_IN                      (per moved connection: its
 //!                                                original tuple -> queue IN)
-//!   ICMPv6 Packet Too Big quoting a local socket's tuple -> RETURN
-//!   ICMPv6 Packet Too Big       -> queue IN      (a quote of a segment on
-//!                                                another pair goes back to
-//!                                                the original tuple)
 //!   ct state established, >= 3 packets original, connmark not CT_BIT
 //!     without ACKED_BIT                 -> RETURN (data segments)
 //!   SYN+ACK, connmark OFFER_BIT -> goto PTCP_LEARN (answer to our offer,
@@ -48,6 +44,12 @@
 //! PTCP_LEARN:
 //!   dest-opts header -> connmark CT_BIT (so the answer / the ACK is queued)
 //!   NFLOG group (learned without holding the packet)
+//! raw PREROUTING -> PTCP_RAW_PRE (before conntrack):
+//!   ICMPv6 Packet Too Big to a local address quoting TCP, the quoted
+//!     tuple a local socket's          -> RETURN
+//!   the same, any other quoted tuple  -> queue IN (a quote of a segment on
+//!                                        another pair goes back to the
+//!                                        original tuple)
 //! ```
 //!
 //! With the tc BPF programs (the default, see `bpf.rs`) none of this is
@@ -90,6 +92,25 @@ use preservetcp::control::{OPT_IN_MARK, OPT_IN_MASK};
 
 const OUT: &str = "PTCP_OUT";
 const PRE: &str = "PTCP_PRE";
+/// The `raw` PREROUTING chain for ICMPv6 Packet Too Big (see
+/// [`Rules::install`]).
+const RAW_PRE: &str = "PTCP_RAW_PRE";
+/// An ICMPv6 Packet Too Big to this host quoting a TCP segment (the quoted
+/// IPv6 header starts at octet 48, its next header is octet 54).
+const TOO_BIG: [&str; 12] = [
+    "-p",
+    "ipv6-icmp",
+    "--icmpv6-type",
+    "packet-too-big",
+    "-m",
+    "addrtype",
+    "--dst-type",
+    "LOCAL",
+    "-m",
+    "u32",
+    "--u32",
+    "51&0xFF=6",
+];
 const MOVED: &str = "PTCP_MOVED";
 const MOVED_IN: &str = "PTCP_MOVED_IN";
 const OFFER: &str = "PTCP_OFFER";
@@ -226,12 +247,15 @@ impl Rules {
         for c in [OUT, PRE, MOVED, MOVED_IN, OFFER, ACKQ, LEARN] {
             let _ = ip6t(&s(&["-t", "mangle", "-X", c]));
         }
+        let _ = ip6t(&s(&["-t", "raw", "-F", RAW_PRE]));
+        let _ = ip6t(&s(&["-t", "raw", "-X", RAW_PRE]));
     }
 
     /// Jumps from OUTPUT and PREROUTING to our chains (at the top).
     pub fn hook(&self) -> Result<(), String> {
         ip6t(&s(&["-t", "mangle", "-I", "OUTPUT", "1", "-j", OUT]))?;
-        ip6t(&s(&["-t", "mangle", "-I", "PREROUTING", "1", "-j", PRE]))
+        ip6t(&s(&["-t", "mangle", "-I", "PREROUTING", "1", "-j", PRE]))?;
+        ip6t(&s(&["-t", "raw", "-I", "PREROUTING", "1", "-j", RAW_PRE]))
     }
 
     /// Removes the jumps, and the `mangle` base chains if that left them
@@ -244,6 +268,8 @@ impl Rules {
             while ip6t(&s(&["-t", "mangle", "-D", hook, "-j", chain])).is_ok() {}
             let _ = ip6t(&s(&["-t", "mangle", "-X", hook]));
         }
+        while ip6t(&s(&["-t", "raw", "-D", "PREROUTING", "-j", RAW_PRE])).is_ok() {}
+        let _ = ip6t(&s(&["-t", "raw", "-X", "PREROUTING"]));
     }
 
     /// Installs the static rules (with BPF: none), hooked.
@@ -346,17 +372,6 @@ impl Rules {
 
         mangle(&["-A", PRE, "-m", "mark", "--mark", &fast, "-j", "RETURN"])?;
         mangle(&["-A", PRE, "-p", "tcp", "-j", MOVED_IN])?;
-        // Packet Too Big: the engine puts a quote of a segment on another
-        // pair back to the original tuple, so the socket learns the MTU. A
-        // quote some socket owns (the socket match looks up the quoted
-        // tuple of an ICMPv6 error) is that socket's and stays in the
-        // kernel.
-        let too_big = ["-p", "ipv6-icmp", "--icmpv6-type", "packet-too-big"];
-        let mut r = vec!["-A", PRE];
-        r.extend(too_big);
-        r.extend(["-m", "socket", "-j", "RETURN"]);
-        mangle(&r)?;
-        self.append(PRE, s(&too_big), self.q_in)?;
         mangle(&established_after_handshake(PRE, true))?;
         mangle(&[
             "-A",
@@ -408,6 +423,23 @@ impl Rules {
         ])?;
         mangle(&["-A", PRE, "-p", "tcp", "-m", "socket", "-j", "RETURN"])?;
         self.append(PRE, s(&["-p", "tcp", "!", "--syn"]), self.q_in)?;
+
+        // Packet Too Big quoting a segment on another pair: the engine puts
+        // the quote back to the original tuple, so that the socket learns
+        // the path MTU. In `raw` (before conntrack), so that conntrack sees
+        // the translated quote and finds the connection (RELATED), and a
+        // firewall dropping INVALID keeps it. A quote some socket has (the
+        // socket match looks up the quoted tuple of an ICMPv6 error) is
+        // that socket's and stays in the kernel.
+        ip6t(&s(&["-t", "raw", "-N", RAW_PRE]))?;
+        let mut r = s(&["-t", "raw", "-A", RAW_PRE]);
+        r.extend(s(&TOO_BIG));
+        r.extend(s(&["-m", "socket", "-j", "RETURN"]));
+        ip6t(&r)?;
+        let mut r = s(&["-t", "raw", "-A", RAW_PRE]);
+        r.extend(s(&TOO_BIG));
+        r.extend(self.queue(self.q_in));
+        ip6t(&r)?;
 
         self.hook()
     }
@@ -710,24 +742,26 @@ fn nft_script(script: &str) -> Result<(), String> {
 /// `ptcp_bench` (8192-byte writes after a migration). It is not needed when
 /// the packet already leaves on the right device: the fallback rules send
 /// a moved connection's original tuple to table 4242, whose route for the
-/// original peer leaves on the device of the new pair, and for an on-link
-/// route (no gateway) the neighbour is looked up by the packet's
-/// destination *after* the rewrite (`ip6_finish_output2`). So a `filter`
-/// chain at -161 (`out_direct`) rewrites the packets whose (original
-/// source, next hop, ports, output device) is in the set `direct`: the next
-/// hop equal to the original peer means the packet's route has no gateway
-/// (nft allows five key parts, so the next hop stands in for the
-/// destination, which the maps then check in full), the device is the one
-/// of the on-link route to the new pair ([`onlink_dev`]). Every other
-/// packet of a moved connection — before the socket's cached route has
-/// caught up, when the new peer is behind a gateway, after a route change —
-/// is rewritten and rerouted by the `route` chain as before, so the order
-/// of the route, rule and map changes decides only which chain does the
-/// work, never where a packet goes. Both rules count their packets (lab
-/// test `moved_connection_is_rewritten_without_reroute`). Not covered: a
-/// cached exception route (`RTF_CACHE`, e.g. after an ICMPv6 Packet Too Big
-/// naming the *original* addresses, which no longer appear on the wire)
-/// would make the next hop the original peer even after the rewrite.
+/// original peer leaves on the device of the new pair with the new peer as
+/// its next hop when the new pair is on-link, and the neighbour is looked
+/// up by that next hop (`ip6_finish_output2`). So a `filter` chain at -161
+/// (`out_direct`) rewrites the packets whose (original source, next hop,
+/// ports, output device) is in the set `direct`: the next hop equal to the
+/// new peer means the packet already took the fallback route (nft allows
+/// five key parts, so the next hop stands in for the destination, which
+/// the maps then check in full), the device is the one of the on-link
+/// route to the new pair ([`onlink_dev`]). Every other packet of a moved
+/// connection — before the socket's cached route has caught up, when the
+/// new peer is behind a gateway, after a route change — is rewritten and
+/// rerouted by the `route` chain as before, so the order of the route,
+/// rule and map changes decides only which chain does the work, never
+/// where a packet goes. Both rules count their packets (lab test
+/// `moved_connection_is_rewritten_without_reroute`). A path MTU exception
+/// (`RTF_CACHE`) the fallback route gets from a translated Packet Too Big
+/// keeps its next hop, the new peer. (The fallback route once had no next
+/// hop, the original peer stood in: an exception's next hop is then its
+/// own destination, the original peer, which after the rewrite has no
+/// neighbour on the new link.)
 ///
 /// The three chains stay *empty* while no connection has moved (the rules
 /// are added with the first map entries and flushed with the last, in the
@@ -758,10 +792,10 @@ pub fn fast_setup() -> Result<(), String> {
     ))
 }
 
-/// The key of the `direct` set: original source, next hop (the original
-/// peer for an on-link route), ports, output device. (nft takes at most
-/// five parts in a set key, so the next hop stands in for the destination:
-/// with a route without gateway they are equal.)
+/// The key of the `direct` set: original source, next hop (the new peer:
+/// the fallback route of an on-link new pair goes through it), ports,
+/// output device. (nft takes at most five parts in a set key, so the next
+/// hop stands in for the destination, which the maps check in full.)
 const DIRECT_KEY: &str = "ipv6_addr . ipv6_addr . inet_service . inet_service . iface_index";
 /// The packet fields matched against the `direct` set.
 const DIRECT_MATCH: &str = "ip6 saddr . rt ip6 nexthop . tcp sport . tcp dport . meta oif";
@@ -818,7 +852,7 @@ fn fast_elements(t: &FourTuple, e: &FastEntry) -> Vec<(&'static str, String)> {
     if let Some(oif) = e.direct_oif {
         v.push((
             "direct",
-            format!("{} . {} . {lp} . {pp} . {oif}", t.local, t.peer),
+            format!("{} . {cur_peer} . {lp} . {pp} . {oif}", t.local),
         ));
     }
     v
@@ -953,7 +987,7 @@ mod tests {
             v.last(),
             Some(&(
                 "direct",
-                "2001:db8::1 . 2001:db8::2 . 40000 . 5001 . 3".to_string()
+                "2001:db8::1 . 2001:db8:1::2 . 40000 . 5001 . 3".to_string()
             ))
         );
     }
