@@ -177,9 +177,16 @@ fn hipd_garbage_and_i1_flood_are_dropped_and_counted() {
 /// reaches hipd's error queue: it is a path MTU, not a dead path, so it
 /// must not make the association explore (counted as `icmp_too_big`, not
 /// as `icmp_errors`), and the kernel fragments the ESP packets that follow.
-/// Both underlays, 20 MB each way byte-exact.
+/// Both underlays (each in a lab of its own, so that no path MTU is known
+/// yet), 20 MB each way byte-exact.
 #[test]
 fn hipd_packet_too_big_is_a_path_mtu_not_a_failure() {
+    for (n, nat) in ["none", "plain-udp"].into_iter().enumerate() {
+        packet_too_big_round(nat, 7300 + 2 * n as u16, 71 + n as u64);
+    }
+}
+
+fn packet_too_big_round(nat: &str, port: u16, seed: u64) {
     let lab = Lab::new().unwrap();
     let a = lab.add_host("a").unwrap();
     let b = lab.add_host("b").unwrap();
@@ -187,62 +194,44 @@ fn hipd_packet_too_big_is_a_path_mtu_not_a_failure() {
     let la = lab.link(&a, &r).unwrap();
     let lb = lab.link(&r, &b).unwrap();
     lab.wait_usable(Duration::from_secs(5)).unwrap();
-    for h in [&r, &b] {
-        h.exec_ok(["ip", "link", "set", "dev", lb.dev(h), "mtu", "1280"])
-            .unwrap();
-    }
+    lb.set_mtu(1280).unwrap();
     r.sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
     let (IpAddr::V6(a_ip), IpAddr::V6(b_ip)) = (la.addr(&a, Family::V6), lb.addr(&b, Family::V6))
     else {
         unreachable!()
     };
-    for (h, dst, via, dev) in [
-        (&a, b_ip, la.addr(&r, Family::V6), la.dev(&a)),
-        (&b, a_ip, lb.addr(&r, Family::V6), lb.dev(&b)),
-    ] {
-        h.exec_ok([
-            "ip",
-            "-6",
-            "route",
-            "add",
-            &format!("{dst}/128"),
-            "via",
-            &via.to_string(),
-            "dev",
-            dev,
-        ])
+    a.route_via(b_ip.into(), la.addr(&r, Family::V6), la.dev(&a))
         .unwrap();
-    }
-    let ha = Hipd::start(&lab, &a, "", "");
-    let hb = Hipd::start(&lab, &b, "", "");
+    b.route_via(a_ip.into(), lb.addr(&r, Family::V6), lb.dev(&b))
+        .unwrap();
+    let conf = format!("nat {nat}\n");
+    let ha = Hipd::start(&lab, &a, &conf, "");
+    let hb = Hipd::start(&lab, &b, &conf, "");
     let (hit_a, hit_b) = (ha.hit(), hb.hit());
     ha.add_map(hit_b, IpAddr::V6(b_ip), None);
     hb.add_map(hit_a, IpAddr::V6(a_ip), None);
-    for (n, nat) in ["none", "plain-udp"].into_iter().enumerate() {
-        for h in [&ha, &hb] {
-            let (code, out, err) = h.hipconf(&["daemon", "nat", nat]);
-            assert_eq!(code, 0, "{out}{err}");
-            h.hipconf(&["daemon", "rst", "all"]);
-        }
-        // The path MTU a learned in the round before is forgotten, so the
-        // router answers this underlay's packets too.
-        a.exec_ok(["ip", "-6", "route", "flush", "cache"]).unwrap();
-        let before = (ha.stats(), hb.stats());
-        let port = 7300 + 2 * n as u16;
-        transfer_to_hit(&lab, &b, &a, hit_b, port, 20 << 20, 71 + n as u64);
-        transfer_to_hit(&lab, &a, &b, hit_a, port + 1, 20 << 20, 81 + n as u64);
-        let after = (ha.stats(), hb.stats());
-        assert!(
-            after.0.icmp_too_big > before.0.icmp_too_big,
-            "{nat}: a heard the router's Packet Too Big: {:#?}",
-            after.0
+    transfer_to_hit(&lab, &b, &a, hit_b, port, 20 << 20, seed);
+    transfer_to_hit(&lab, &a, &b, hit_a, port + 1, 20 << 20, seed + 10);
+    let sa = ha.stats();
+    let snmp = |h: &netlab::Host| {
+        h.exec_ok(["sh", "-c", "grep -i -e toobig -e frag /proc/net/snmp6"])
+            .unwrap_or_default()
+    };
+    assert!(
+        sa.icmp_too_big > 0,
+        "{nat}: a heard the router's Packet Too Big: {sa:#?}\nr:\n{}\na:\n{}",
+        snmp(&r),
+        snmp(&a)
+    );
+    for (st, who) in [(sa, "a"), (hb.stats(), "b")] {
+        assert_eq!(
+            (st.icmp_errors, st.failover_switches),
+            (0, 0),
+            "{nat}: {who} took no Packet Too Big for a path failure"
         );
-        for (x, y, who) in [(&before.0, &after.0, "a"), (&before.1, &after.1, "b")] {
-            assert_eq!(
-                (x.icmp_errors, x.failover_switches),
-                (y.icmp_errors, y.failover_switches),
-                "{nat}: {who} took no Packet Too Big for a path failure"
-            );
-        }
     }
+    let has = ha.has();
+    assert_eq!(has.len(), 1, "{has:?}");
+    let want = if nat == "none" { "native" } else { "udp" };
+    assert_eq!(has[0].transport, want, "{nat}: {has:?}");
 }

@@ -430,29 +430,38 @@ fn moved_connection_is_rewritten_by_the_programs() {
 /// directions and in both modes.
 fn moved_to_a_smaller_mtu(port: u16, extra: &[&str]) {
     let t = two_links();
-    for h in [&t.a, &t.b] {
-        h.exec_ok(["ip", "link", "set", "dev", t.l1.dev(h), "mtu", "1280"])
-            .expect("mtu");
-    }
+    t.l1.set_mtu(1280).expect("mtu");
     let (da, db, _l, mut c, mut s) = setup(&t, port, extra);
     let (a1, b1) = (v6(&t.l1, &t.a), v6(&t.l1, &t.b));
-    let ca = only_conn(&da);
+    move_then_lose_link0(&t, (&da, &db), (&mut c, &mut s), (a1, b1), 30);
+}
+
+/// Moves the client's connection to (`local`, `peer`), waits until the
+/// server follows, silently drops link 0 and sends 8 MiB each way with
+/// full-size segments; the connection stays on the new pair.
+fn move_then_lose_link0(
+    t: &TwoLinks,
+    (da, db): (&Daemon, &Daemon),
+    (c, s): (&mut TcpStream, &mut TcpStream),
+    (local, peer): (Ipv6Addr, Ipv6Addr),
+    seed: u8,
+) {
+    let ca = only_conn(da);
     let ok = da.request(&Request::Move {
         id: ca.id,
-        local: a1,
-        peer: b1,
+        local,
+        peer,
     });
     assert!(ok.ok, "{:?}", ok.error);
-    transfer(&mut c, &s, 1 << 20, 30);
-    let cb = wait_pair(&db, b1, a1);
-    assert_eq!((cb.current.local, cb.current.peer), (b1, a1), "{cb:?}");
+    transfer(c, s, 256 << 10, seed);
+    let cb = wait_pair(db, peer, local);
+    assert_eq!((cb.current.local, cb.current.peer), (peer, local), "{cb:?}");
     t.l0.drop_both().expect("drop link 0");
-    // Full-size segments both ways: each would be dropped by link 1.
-    transfer(&mut c, &s, 8 << 20, 31);
-    transfer(&mut s, &c, 8 << 20, 32);
-    let (ca, cb) = (only_conn(&da), only_conn(&db));
-    assert_eq!((ca.current.local, ca.current.peer), (a1, b1), "{ca:?}");
-    assert_eq!((cb.current.local, cb.current.peer), (b1, a1), "{cb:?}");
+    transfer(c, s, 8 << 20, seed + 1);
+    transfer(s, c, 8 << 20, seed + 2);
+    let (ca, cb) = (only_conn(da), only_conn(db));
+    assert_eq!((ca.current.local, ca.current.peer), (local, peer), "{ca:?}");
+    assert_eq!((cb.current.local, cb.current.peer), (peer, local), "{cb:?}");
 }
 
 #[test]
@@ -481,30 +490,14 @@ fn packet_too_big_on_the_new_path(port: u16, extra: &[&str]) {
     let la = lab.link(&a, &r).expect("link a-r");
     let lb = lab.link(&r, &b).expect("link r-b");
     lab.wait_usable(Duration::from_secs(10)).expect("usable");
-    for h in [&r, &b] {
-        h.exec_ok(["ip", "link", "set", "dev", lb.dev(h), "mtu", "1280"])
-            .expect("mtu");
-    }
+    lb.set_mtu(1280).expect("mtu");
     r.sysctl("net.ipv6.conf.all.forwarding", "1")
         .expect("forwarding");
     let (al, bl) = (v6(&la, &a), v6(&lb, &b));
-    for (h, dst, via, dev) in [
-        (&a, bl, v6(&la, &r), la.dev(&a)),
-        (&b, al, v6(&lb, &r), lb.dev(&b)),
-    ] {
-        h.exec_ok([
-            "ip",
-            "-6",
-            "route",
-            "add",
-            &format!("{dst}/128"),
-            "via",
-            &via.to_string(),
-            "dev",
-            dev,
-        ])
+    a.route_via(bl.into(), v6(&la, &r).into(), la.dev(&a))
         .expect("route via r");
-    }
+    b.route_via(al.into(), v6(&lb, &r).into(), lb.dev(&b))
+        .expect("route via r");
     let t = TwoLinks {
         lab,
         a,
@@ -523,20 +516,7 @@ fn packet_too_big_on_the_new_path(port: u16, extra: &[&str]) {
     transfer(&mut c, &s, 256 << 10, 40);
     let ca = only_conn(&da);
     assert!(ca.peers.contains(&bl), "learned {bl}: {ca:?}");
-    let ok = da.request(&Request::Move {
-        id: ca.id,
-        local: al,
-        peer: bl,
-    });
-    assert!(ok.ok, "{:?}", ok.error);
-    transfer(&mut c, &s, 256 << 10, 41);
-    let cb = wait_pair(&db, bl, al);
-    assert_eq!((cb.current.local, cb.current.peer), (bl, al), "{cb:?}");
-    t.l0.drop_both().expect("drop link 0");
-    transfer(&mut c, &s, 8 << 20, 42);
-    transfer(&mut s, &c, 8 << 20, 43);
-    let ca = only_conn(&da);
-    assert_eq!((ca.current.local, ca.current.peer), (al, bl), "{ca:?}");
+    move_then_lose_link0(&t, (&da, &db), (&mut c, &mut s), (al, bl), 40);
     let counter = if da.bpf() {
         "bpf_icmp_translated"
     } else {

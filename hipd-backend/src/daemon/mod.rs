@@ -754,6 +754,19 @@ impl Shared {
 
     /// Sends what [`Shared::queue_esp`] queued (in order, one `sendmmsg`
     /// per run of packets for the same socket) and empties `tx`.
+    /// Reads `sock`'s error queue (ICMP errors about packets we sent) and
+    /// acts on each entry: a Packet Too Big is a path MTU, not a dead path
+    /// (the kernel fragments what follows), anything else makes the
+    /// associations using that destination explore.
+    fn drain_send_errors(&self, sock: &net::USock) {
+        for (dst, what) in sock.drain_errors() {
+            match what {
+                net::SendError::TooBig => inc(&self.ctr.icmp_too_big),
+                net::SendError::Other => self.icmp_error(dst),
+            }
+        }
+    }
+
     fn flush_tx(&self, tx: &mut TxBatch) {
         let mut i = 0;
         while i < tx.items.len() {
@@ -776,6 +789,13 @@ impl Shared {
             } else {
                 let msgs = out_msgs(items, &tx.data);
                 sock.send_batch(&msgs, &mut tx.ok);
+            }
+            if sock.take_send_error() {
+                // The error a send returned may have been the socket's
+                // pending ICMP error (`sk_err`; the send may then have
+                // been retried and gone out), which the receiving thread
+                // never sees: read the error queue here too.
+                self.drain_send_errors(sock);
             }
             let now = self.ns(Instant::now());
             for ((r, _, out), ok) in items.iter().zip(&tx.ok) {
@@ -1178,14 +1198,7 @@ fn rx_thread(sh: Arc<Shared>, kind: Kind, v6: bool) {
         if let Err(e) = sock.recv_batch(&mut batch) {
             if e.kind() != std::io::ErrorKind::Interrupted {
                 tracing::debug!(error = %e, "recv failed");
-                for (dst, what) in sock.drain_errors() {
-                    match what {
-                        // A path MTU, not a dead path: the kernel
-                        // fragments what follows.
-                        net::SendError::TooBig => inc(&sh.ctr.icmp_too_big),
-                        net::SendError::Other => sh.icmp_error(dst),
-                    }
-                }
+                sh.drain_send_errors(sock);
             }
             continue;
         }

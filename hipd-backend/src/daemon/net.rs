@@ -55,6 +55,11 @@ pub struct USock {
     /// UDP segmentation offload (`UDP_SEGMENT`) is usable: set for UDP
     /// sockets, cleared for good when the kernel refuses a GSO send.
     gso: AtomicBool,
+    /// A send failed since [`USock::take_send_error`] last asked. The error
+    /// a send returns may be the socket's pending ICMP error (`sk_err`,
+    /// e.g. `EMSGSIZE` after a Packet Too Big), which the receiving thread
+    /// then never sees, so the sender reads the error queue.
+    send_error: AtomicBool,
 }
 
 /// A received datagram.
@@ -187,6 +192,7 @@ impl USock {
             kind,
             v6,
             gso: AtomicBool::new(false),
+            send_error: AtomicBool::new(false),
         })
     }
 
@@ -226,6 +232,7 @@ impl USock {
             kind: Kind::Udp,
             v6,
             gso: AtomicBool::new(true),
+            send_error: AtomicBool::new(false),
         })
     }
 
@@ -238,6 +245,11 @@ impl USock {
         parts: &[&[u8]],
     ) -> std::io::Result<usize> {
         self.send_seg(src, dst, port, parts, None)
+    }
+
+    /// Whether a send failed since the last call (see `send_error`).
+    pub fn take_send_error(&self) -> bool {
+        self.send_error.swap(false, Ordering::Relaxed)
     }
 
     /// Whether [`USock::send_segments`] can be used.
@@ -345,6 +357,9 @@ impl USock {
                 }
             }
         };
+        if r.is_err() {
+            self.send_error.store(true, Ordering::Relaxed);
+        }
         r.map_err(std::io::Error::from)
     }
 
@@ -452,6 +467,7 @@ impl USock {
         let r =
             unsafe { libc::sendmmsg(self.fd.as_raw_fd(), hdrs.as_mut_ptr(), n as libc::c_uint, 0) };
         if r < 0 {
+            self.send_error.store(true, Ordering::Relaxed);
             return Err(std::io::Error::last_os_error());
         }
         Ok(r as usize)

@@ -129,6 +129,29 @@ impl Host {
         })?
     }
 
+    /// Adds a host route (`/128` or `/32`) to `dst` through the router
+    /// `via` on device `dev` (for paths through a router host, which needs
+    /// `net.ipv6.conf.all.forwarding` / `net.ipv4.ip_forward`).
+    pub fn route_via(&self, dst: IpAddr, via: IpAddr, dev: &str) -> Result<()> {
+        let (fam, len) = if dst.is_ipv6() {
+            ("-6", 128)
+        } else {
+            ("-4", 32)
+        };
+        self.exec_ok([
+            "ip",
+            fam,
+            "route",
+            "add",
+            &format!("{dst}/{len}"),
+            "via",
+            &via.to_string(),
+            "dev",
+            dev,
+        ])
+        .map(drop)
+    }
+
     /// Reads a sysctl inside this host (trimmed).
     pub fn sysctl_get(&self, key: &str) -> Result<String> {
         let path = sysctl_path(key)?;

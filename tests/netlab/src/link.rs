@@ -178,6 +178,26 @@ impl Link {
         Ok(stamp)
     }
 
+    /// Sets the MTU of both ends (e.g. 1280, the IPv6 minimum, for a
+    /// narrower link behind a router).
+    pub fn set_mtu(&self, mtu: u32) -> Result<()> {
+        self.lab.check_open()?;
+        for e in &self.ends {
+            let m = mtu.to_string();
+            tools::ip([
+                "-n",
+                e.host.netns(),
+                "link",
+                "set",
+                "dev",
+                &e.dev,
+                "mtu",
+                &m,
+            ])?;
+        }
+        Ok(())
+    }
+
     /// Sets both ends administratively down (both hosts see carrier loss).
     pub fn down(&self) -> Result<FaultStamp> {
         self.set_state(&[&self.ends[0], &self.ends[1]], false)
