@@ -65,6 +65,38 @@
 //!   `UDP_SEGMENT` super-packet and receives it with `UDP_GRO`, one skb per
 //!   up to 64 packets through veth and both stacks, which is why it meets
 //!   the iperf3 target (0.30–0.31 idle) and native does not (0.18–0.26).
+//!
+//! # Findings, session 6: what bounds the latency rows
+//!
+//! Native underlay, `--only ping-pong,connect --no-bex`, one run each:
+//!
+//! | setting | plain rt/s | HIT rt/s | ratio | plain conn/s | HIT conn/s | ratio |
+//! |---|---:|---:|---:|---:|---:|---:|
+//! | 2 vCPUs, idle (5 runs / 3 runs) | 11,000–15,400 | 1,800–2,800 | 0.16–0.22 | 4,400–11,800 | 1,400–2,900 | 0.21–0.31 |
+//! | 2 vCPUs, a `SCHED_IDLE` spinner on each | 38,400 | 6,000 | 0.16 | 19,600 | 3,000 | 0.16 |
+//! | all on one vCPU (`taskset -c 0`) | 145,700 | 27,600 | 0.19 | 42,500 | 9,100 | 0.21 |
+//!
+//! * On one vCPU nothing waits for a wake-up on another CPU, so the row is
+//!   pure work: a HIT round trip costs ~36 µs against ~7 µs, i.e. ~14 µs
+//!   of extra work per message, for the two extra user/kernel crossings
+//!   of each side (TUN read, seal, `sendmmsg`; `recvmmsg`, open, TUN
+//!   write) and two extra context switches. `strace -c` of b's hipd:
+//!   exactly one `read`, `sendmmsg`, `recvmmsg` and `writev` per packet;
+//!   `perf`: hipd's own code, libc and OpenSSL are ~8% of all samples, the
+//!   kernel paths the rest. So the work ratio is ~0.2 whatever hipd's
+//!   user space does.
+//! * On two vCPUs every cross-CPU wake-up of this guest (nested
+//!   virtualization, `cpuidle` haltpoll with `guest_halt_poll_ns=0`)
+//!   costs ~35–50 µs: plain TCP itself is 10× slower than on one vCPU. A
+//!   HIT message pays three wake-ups (hipd on the sending host, hipd on
+//!   the receiving host, the application) where plain TCP pays one;
+//!   keeping both vCPUs out of halt (the spinners) speeds both up but
+//!   leaves the ratio.
+//! * So connect + close ≥ 0.5 is out of reach for a data plane that must
+//!   cross into user space twice per packet on this machine: neither the
+//!   work (0.21) nor the wake-ups (3 against 1) allow it. Busy polling in
+//!   hipd would trade a spinning vCPU for the wake-ups; it was not made a
+//!   default.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};

@@ -260,6 +260,42 @@
 //!
 //! \* a load burst during that cell: plain TCP itself fell to 26k rt/s in
 //! one of its runs.
+//!
+//! # Findings, session 6: work against wake-ups
+//!
+//! `ns_bench --quick --no-failover --case latency,connect`, idle machine,
+//! once on both vCPUs and once with the whole process on one
+//! (`taskset -c 0`, where no wake-up crosses CPUs and the ratio is the
+//! ratio of work):
+//!
+//! | cell | 2 vCPUs | one vCPU |
+//! |---|---:|---:|
+//! | ping-pong loopback | 9,602 vs 4,563 rt/s, 0.48 | 174,563 vs 100,567, 0.58 |
+//! | ping-pong veth | 9,310 vs 7,532 rt/s, 0.81 | 149,237 vs 102,616, 0.69 |
+//! | connect + close loopback | 5,754 vs 4,504 conn/s, 0.78 | 54,296 vs 28,986, 0.53 |
+//! | connect + close veth | 9,440 vs 5,209 conn/s, 0.55 | — |
+//!
+//! * Plain TCP is 15–18× faster on one vCPU than on two: in this guest
+//!   (nested virtualization, haltpoll with `guest_halt_poll_ns=0`) a
+//!   wake-up on the other vCPU costs ~50 µs, so on two vCPUs the latency
+//!   cells measure where the scheduler puts the two threads, not the
+//!   stack. `perf stat -e sched:sched_wakeup` over 150,000 veth round
+//!   trips: plain 2.0 wake-ups per round trip, namesocket 1.7 (the read
+//!   after `writev` often finds the answer already there), yet 137 µs per
+//!   round trip against 104.
+//! * The work ratio (one vCPU) is 0.58–0.69 for ping-pong and 0.53 for
+//!   connect + close. Per round trip namesocket costs ~4 µs more (`perf`:
+//!   `poll` plus `recvfrom` instead of one blocking `recvfrom`, the
+//!   engine, the locks and clock reads are ~20% of the samples); per
+//!   connection it makes ~22 system calls (both ends, `strace -c`: 2.9
+//!   `poll`, 4.2 `recvfrom`, 3 `setsockopt`, 2 `shutdown`, 2 `close`, 1.6
+//!   `sendto`, 2 `sendmsg`, and one each of `socket`, `bind`, `connect`,
+//!   `accept4`, `newfstatat`) against ~7, and puts three more data
+//!   segments on the wire (NEW; NEW_ACK with CLOSE; CLOSE_ACK).
+//! * So 0.95 and 0.80 need both: less work per message and per connection,
+//!   and the same placement luck as plain TCP. Neither is in reach without
+//!   changing the session protocol (NEW riding on the SYN needs TCP Fast
+//!   Open, which needs `net.ipv4.tcp_fastopen` set host-wide).
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
