@@ -623,11 +623,15 @@ pub struct StatsInfo {
     /// association using that destination explore at once).
     #[serde(default)]
     pub icmp_errors: u64,
-    /// Packet Too Big / Fragmentation Needed about our HIP/ESP packets: a
-    /// path MTU, not a failure (the kernel fragments what follows; no
-    /// exploration).
+    /// Packet Too Big / Fragmentation Needed about our HIP/ESP packets
+    /// (`EMSGSIZE` in the error queue): a path MTU, not a failure (the
+    /// kernel fragments what follows; no exploration).
     #[serde(default)]
     pub icmp_too_big: u64,
+    /// Time Exceeded in fragment reassembly about our packets: a fragment
+    /// was lost, not the path (no exploration).
+    #[serde(default)]
+    pub icmp_fragment_lost: u64,
     /// ESP packets re-sent on the new pair after a failover.
     #[serde(default)]
     pub repaired: u64,

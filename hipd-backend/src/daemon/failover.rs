@@ -17,7 +17,11 @@
 //!   Big (or Fragmentation Needed, `EMSGSIZE`) is not a failure: the
 //!   kernel has lowered the destination's path MTU and fragments the ESP
 //!   packets that follow, so it is only counted (`icmp_too_big`; lab test
-//!   `hipd_packet_too_big_is_a_path_mtu_not_a_failure`).
+//!   `hipd_packet_too_big_is_a_path_mtu_not_a_failure`); nor is a Time
+//!   Exceeded in fragment reassembly (`icmp_fragment_lost`). An error a
+//!   send consumed (the socket's pending `sk_err` returned by `sendmsg`)
+//!   flags the socket, and the sender (or the socket's receiving thread)
+//!   then reads the error queue, so no entry waits for the next one.
 //!
 //! Parameters: the daemon defaults ([`Params::hipd_default`], changed with
 //! `set reap …` in hipd.conf or `hipconf daemon set reap …`), overridden

@@ -158,6 +158,7 @@ struct Counters {
     keepalives_rx: AtomicU64,
     icmp_errors: AtomicU64,
     icmp_too_big: AtomicU64,
+    icmp_fragment_lost: AtomicU64,
     repaired: AtomicU64,
 }
 
@@ -752,21 +753,24 @@ impl Shared {
         tx.items.push((start..tx.data.len(), path, out.clone()));
     }
 
-    /// Sends what [`Shared::queue_esp`] queued (in order, one `sendmmsg`
-    /// per run of packets for the same socket) and empties `tx`.
     /// Reads `sock`'s error queue (ICMP errors about packets we sent) and
     /// acts on each entry: a Packet Too Big is a path MTU, not a dead path
-    /// (the kernel fragments what follows), anything else makes the
-    /// associations using that destination explore.
+    /// (the kernel fragments what follows), a reassembly time-out a lost
+    /// fragment; anything else makes the associations using that
+    /// destination explore. Never called with the core lock held
+    /// ([`Shared::icmp_error`] takes it).
     fn drain_send_errors(&self, sock: &net::USock) {
         for (dst, what) in sock.drain_errors() {
             match what {
                 net::SendError::TooBig => inc(&self.ctr.icmp_too_big),
+                net::SendError::FragmentLost => inc(&self.ctr.icmp_fragment_lost),
                 net::SendError::Other => self.icmp_error(dst),
             }
         }
     }
 
+    /// Sends what [`Shared::queue_esp`] queued (in order, one `sendmmsg`
+    /// per run of packets for the same socket) and empties `tx`.
     fn flush_tx(&self, tx: &mut TxBatch) {
         let mut i = 0;
         while i < tx.items.len() {
@@ -1195,7 +1199,13 @@ fn rx_thread(sh: Arc<Shared>, kind: Kind, v6: bool) {
     loop {
         // One recvmmsg: blocks for the first datagram and takes what is
         // queued; then the coalesced inner packets are written.
-        if let Err(e) = sock.recv_batch(&mut batch) {
+        let got = sock.recv_batch(&mut batch);
+        // Errors consumed by sends made outside `flush_tx` (keepalives,
+        // repairs and HIP control, under the core lock) are read here.
+        if sock.take_send_error() {
+            sh.drain_send_errors(sock);
+        }
+        if let Err(e) = got {
             if e.kind() != std::io::ErrorKind::Interrupted {
                 tracing::debug!(error = %e, "recv failed");
                 sh.drain_send_errors(sock);
@@ -1904,6 +1914,7 @@ impl Shared {
             keepalives_rx: l(&c.keepalives_rx),
             icmp_errors: l(&c.icmp_errors),
             icmp_too_big: l(&c.icmp_too_big),
+            icmp_fragment_lost: l(&c.icmp_fragment_lost),
             repaired: l(&c.repaired),
             failover_switches: core.shim.values().map(|c| c.switches).sum(),
             associations: core.eps.iter().map(|e| e.association_count() as u64).sum(),

@@ -120,20 +120,37 @@ pub struct OutMsg<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SendError {
     /// Too big for the path (ICMPv6 Packet Too Big, ICMP Fragmentation
-    /// Needed, or the local MTU: `EMSGSIZE`). The kernel has lowered the
-    /// destination's path MTU and fragments what follows; the path works.
+    /// Needed: `EMSGSIZE`). The kernel has lowered the destination's path
+    /// MTU and fragments what follows; the path works.
     TooBig,
-    /// Anything else (unreachable, time exceeded, ...), or an entry
+    /// Time Exceeded during fragment reassembly (ICMPv6 type 3 code 1,
+    /// ICMP type 11 code 1): a fragment of one of our packets was lost;
+    /// the path works.
+    FragmentLost,
+    /// Anything else (unreachable, hop limit exceeded, ...), or an entry
     /// without an extended error: the path may be dead.
     Other,
 }
 
+/// `SO_EE_ORIGIN_ICMP` and `SO_EE_ORIGIN_ICMP6` (linux/errqueue.h).
+const EE_ORIGIN_ICMP: u8 = 2;
+const EE_ORIGIN_ICMP6: u8 = 3;
+
 impl SendError {
-    /// Classifies the `ee_errno` of a `sock_extended_err`.
-    pub fn from_errno(errno: Option<u32>) -> SendError {
-        match errno {
-            Some(e) if e == libc::EMSGSIZE as u32 => SendError::TooBig,
-            _ => SendError::Other,
+    /// Classifies a `sock_extended_err` (`None`: the entry had none).
+    pub fn of(e: Option<&libc::sock_extended_err>) -> SendError {
+        let Some(e) = e else { return SendError::Other };
+        let reassembly = match e.ee_origin {
+            EE_ORIGIN_ICMP6 => (e.ee_type, e.ee_code) == (3, 1),
+            EE_ORIGIN_ICMP => (e.ee_type, e.ee_code) == (11, 1),
+            _ => false,
+        };
+        if e.ee_errno == libc::EMSGSIZE as u32 {
+            SendError::TooBig
+        } else if reassembly {
+            SendError::FragmentLost
+        } else {
+            SendError::Other
         }
     }
 }
@@ -249,7 +266,26 @@ impl USock {
 
     /// Whether a send failed since the last call (see `send_error`).
     pub fn take_send_error(&self) -> bool {
-        self.send_error.swap(false, Ordering::Relaxed)
+        self.send_error.load(Ordering::Relaxed) && self.send_error.swap(false, Ordering::Relaxed)
+    }
+
+    /// Notes a failed send whose `errno` may be a pending ICMP error the
+    /// send consumed; the kernel's own refusals (a segment larger than the
+    /// route allows offloading, no buffer space, ...) never are.
+    fn note_send_error(&self, errno: i32) {
+        if !matches!(
+            errno,
+            libc::EINVAL
+                | libc::ENOBUFS
+                | libc::EAGAIN
+                | libc::EIO
+                | libc::EINTR
+                | libc::ENOMEM
+                | libc::EOPNOTSUPP
+                | libc::ENOPROTOOPT
+        ) {
+            self.send_error.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Whether [`USock::send_segments`] can be used.
@@ -357,8 +393,8 @@ impl USock {
                 }
             }
         };
-        if r.is_err() {
-            self.send_error.store(true, Ordering::Relaxed);
+        if let Err(e) = r {
+            self.note_send_error(e as i32);
         }
         r.map_err(std::io::Error::from)
     }
@@ -467,8 +503,15 @@ impl USock {
         let r =
             unsafe { libc::sendmmsg(self.fd.as_raw_fd(), hdrs.as_mut_ptr(), n as libc::c_uint, 0) };
         if r < 0 {
+            let e = std::io::Error::last_os_error();
+            self.note_send_error(e.raw_os_error().unwrap_or(0));
+            return Err(e);
+        }
+        if (r as usize) < n {
+            // The kernel ends a batch at the first failed datagram and
+            // reports the count only: that error may have been the
+            // socket's pending ICMP error.
             self.send_error.store(true, Ordering::Relaxed);
-            return Err(std::io::Error::last_os_error());
         }
         Ok(r as usize)
     }
@@ -480,7 +523,9 @@ impl USock {
         let mut v = Vec::new();
         let mut buf = [0u8; 256];
         for _ in 0..MAX_ERRORS {
-            let mut cmsg = nix::cmsg_space!([u8; 128]);
+            // Packet info, hop limit and the extended error (written last):
+            // 128 bytes at most for IPv6; room to spare.
+            let mut cmsg = nix::cmsg_space!([u8; 256]);
             let mut iov = [IoSliceMut::new(&mut buf)];
             let Ok(m) = socket::recvmsg::<SockaddrStorage>(
                 self.fd.as_raw_fd(),
@@ -495,13 +540,16 @@ impl USock {
                     .map(|s| IpAddr::V6(s.ip()))
                     .or_else(|| a.as_sockaddr_in().map(|s| IpAddr::V4(s.ip())))
             });
-            let errno = m.cmsgs().ok().into_iter().flatten().find_map(|c| match c {
+            if m.flags.contains(MsgFlags::MSG_CTRUNC) {
+                tracing::trace!("error queue entry with truncated control messages");
+            }
+            let err = m.cmsgs().ok().into_iter().flatten().find_map(|c| match c {
                 socket::ControlMessageOwned::Ipv6RecvErr(e, _)
-                | socket::ControlMessageOwned::Ipv4RecvErr(e, _) => Some(e.ee_errno),
+                | socket::ControlMessageOwned::Ipv4RecvErr(e, _) => Some(e),
                 _ => None,
             });
             if let Some(d) = dst {
-                v.push((d, SendError::from_errno(errno)));
+                v.push((d, SendError::of(err.as_ref())));
             }
         }
         v
@@ -777,5 +825,54 @@ mod tests {
         let mut bad = h;
         bad[0] = 0x65;
         assert!(parse_ipv4_header(&bad).is_none());
+    }
+
+    #[test]
+    fn error_queue_entries_are_classified() {
+        let e = |errno: i32, origin: u8, ty: u8, code: u8| libc::sock_extended_err {
+            ee_errno: errno as u32,
+            ee_origin: origin,
+            ee_type: ty,
+            ee_code: code,
+            ee_pad: 0,
+            ee_info: 1280,
+            ee_data: 0,
+        };
+        // ICMPv6 Packet Too Big, ICMP Fragmentation Needed.
+        assert_eq!(
+            SendError::of(Some(&e(libc::EMSGSIZE, 3, 2, 0))),
+            SendError::TooBig
+        );
+        assert_eq!(
+            SendError::of(Some(&e(libc::EMSGSIZE, 2, 3, 4))),
+            SendError::TooBig
+        );
+        // Reassembly time-outs (ICMPv6 3/1, ICMP 11/1).
+        assert_eq!(
+            SendError::of(Some(&e(libc::EHOSTUNREACH, 3, 3, 1))),
+            SendError::FragmentLost
+        );
+        assert_eq!(
+            SendError::of(Some(&e(libc::EHOSTUNREACH, 2, 11, 1))),
+            SendError::FragmentLost
+        );
+        // Hop limit exceeded in transit, unreachable, no extended error.
+        assert_eq!(
+            SendError::of(Some(&e(libc::EHOSTUNREACH, 3, 3, 0))),
+            SendError::Other
+        );
+        assert_eq!(
+            SendError::of(Some(&e(libc::EHOSTUNREACH, 3, 1, 3))),
+            SendError::Other
+        );
+        assert_eq!(
+            SendError::of(Some(&e(libc::ECONNREFUSED, 2, 3, 3))),
+            SendError::Other
+        );
+        assert_eq!(
+            SendError::of(Some(&e(libc::EHOSTUNREACH, 1, 3, 1))),
+            SendError::Other
+        );
+        assert_eq!(SendError::of(None), SendError::Other);
     }
 }
