@@ -14,6 +14,8 @@ use preservetcp_support::*;
 /// `tcp_info` sampling once an hour: in these tests only rtnetlink events
 /// (or packets) can make the daemon act.
 const NO_SAMPLING: &[&str] = &["--interval-ms", "3600000"];
+/// [`NO_SAMPLING`] with the NFQUEUE/nftables path instead of the programs.
+const NO_SAMPLING_NO_BPF: &[&str] = &["--interval-ms", "3600000", "--no-bpf"];
 
 /// Client socket in host `a` connected to `dst`, and the server's accepted
 /// socket; both with generous timeouts so a dead connection fails the test
@@ -299,7 +301,7 @@ fn fast_path_counters(host: &netlab::Host) -> (u64, u64) {
 #[test]
 fn moved_connection_is_rewritten_without_reroute() {
     let t = two_links();
-    let (da, db, _l, mut c, mut s) = setup(&t, 5105, &["--interval-ms", "3600000", "--no-bpf"]);
+    let (da, db, _l, mut c, mut s) = setup(&t, 5105, NO_SAMPLING_NO_BPF);
     let (a1, b1) = (v6(&t.l1, &t.a), v6(&t.l1, &t.b));
     let ca = only_conn(&da);
     let ok = da.request(&Request::Move {
@@ -471,9 +473,7 @@ fn moved_connection_fits_a_smaller_mtu_bpf() {
 
 #[test]
 fn moved_connection_fits_a_smaller_mtu_nfqueue() {
-    let mut extra = NO_SAMPLING.to_vec();
-    extra.push("--no-bpf");
-    moved_to_a_smaller_mtu(5108, &extra);
+    moved_to_a_smaller_mtu(5108, NO_SAMPLING_NO_BPF);
 }
 
 /// The new pair crosses a router whose next link carries at most 1280-byte
@@ -536,7 +536,5 @@ fn packet_too_big_on_the_new_path_bpf() {
 
 #[test]
 fn packet_too_big_on_the_new_path_nfqueue() {
-    let mut extra = NO_SAMPLING.to_vec();
-    extra.push("--no-bpf");
-    packet_too_big_on_the_new_path(5110, &extra);
+    packet_too_big_on_the_new_path(5110, NO_SAMPLING_NO_BPF);
 }
