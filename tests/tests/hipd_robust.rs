@@ -3,7 +3,7 @@
 
 mod hipd_support;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use hip_proto::wire::{ChecksumMode, DhGroupId, Hit, PacketRepr, PacketType, Param};
@@ -186,7 +186,10 @@ fn hipd_packet_too_big_is_a_path_mtu_not_a_failure() {
     }
 }
 
-fn packet_too_big_round(nat: &str, port: u16, seed: u64) {
+/// Hosts a, b and router r: a–r, then r–b with MTU `mtu`; a and b reach
+/// each other's address on those links through r. Returns the lab, the
+/// hosts and a's and b's addresses.
+fn router_lab(mtu: u32) -> (Lab, [netlab::Host; 3], [Ipv6Addr; 2]) {
     let lab = Lab::new().unwrap();
     let a = lab.add_host("a").unwrap();
     let b = lab.add_host("b").unwrap();
@@ -194,7 +197,7 @@ fn packet_too_big_round(nat: &str, port: u16, seed: u64) {
     let la = lab.link(&a, &r).unwrap();
     let lb = lab.link(&r, &b).unwrap();
     lab.wait_usable(Duration::from_secs(5)).unwrap();
-    lb.set_mtu(1280).unwrap();
+    lb.set_mtu(mtu).unwrap();
     r.sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
     let (IpAddr::V6(a_ip), IpAddr::V6(b_ip)) = (la.addr(&a, Family::V6), lb.addr(&b, Family::V6))
     else {
@@ -204,14 +207,35 @@ fn packet_too_big_round(nat: &str, port: u16, seed: u64) {
         .unwrap();
     b.route_via(a_ip.into(), lb.addr(&r, Family::V6), lb.dev(&b))
         .unwrap();
-    let conf = format!("nat {nat}\n");
-    let ha = Hipd::start(&lab, &a, &conf, "");
-    let hb = Hipd::start(&lab, &b, &conf, "");
+    (lab, [a, b, r], [a_ip, b_ip])
+}
+
+/// hipd on a and b of a [`router_lab`] with `hipd.conf` text `conf`, each
+/// mapping the other's HIT to its address.
+fn router_hipds(lab: &Lab, h: &[netlab::Host; 3], ip: [Ipv6Addr; 2], conf: &str) -> (Hipd, Hipd) {
+    let ha = Hipd::start(lab, &h[0], conf, "");
+    let hb = Hipd::start(lab, &h[1], conf, "");
+    ha.add_map(hb.hit(), IpAddr::V6(ip[1]), None);
+    hb.add_map(ha.hit(), IpAddr::V6(ip[0]), None);
+    (ha, hb)
+}
+
+/// IPv6 fragments `host`'s stack created (`Ip6FragCreates`).
+fn frag_creates(host: &netlab::Host) -> u64 {
+    let t = host.exec_ok(["cat", "/proc/net/snmp6"]).unwrap();
+    t.lines()
+        .find_map(|l| l.strip_prefix("Ip6FragCreates"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap()
+}
+
+fn packet_too_big_round(nat: &str, port: u16, seed: u64) {
+    let (lab, h, ip) = router_lab(1280);
+    let [a, b, r] = &h;
+    let (ha, hb) = router_hipds(&lab, &h, ip, &format!("nat {nat}\n"));
     let (hit_a, hit_b) = (ha.hit(), hb.hit());
-    ha.add_map(hit_b, IpAddr::V6(b_ip), None);
-    hb.add_map(hit_a, IpAddr::V6(a_ip), None);
-    transfer_to_hit(&lab, &b, &a, hit_b, port, 20 << 20, seed);
-    transfer_to_hit(&lab, &a, &b, hit_a, port + 1, 20 << 20, seed + 10);
+    transfer_to_hit(&lab, b, a, hit_b, port, 20 << 20, seed);
+    transfer_to_hit(&lab, a, b, hit_a, port + 1, 20 << 20, seed + 10);
     let sa = ha.stats();
     let snmp = |h: &netlab::Host| {
         h.exec_ok(["sh", "-c", "grep -i -e toobig -e frag /proc/net/snmp6"])
@@ -220,8 +244,8 @@ fn packet_too_big_round(nat: &str, port: u16, seed: u64) {
     assert!(
         sa.icmp_too_big > 0,
         "{nat}: a heard the router's Packet Too Big: {sa:#?}\nr:\n{}\na:\n{}",
-        snmp(&r),
-        snmp(&a)
+        snmp(r),
+        snmp(a)
     );
     for (st, who) in [(sa, "a"), (hb.stats(), "b")] {
         assert_eq!(
@@ -234,4 +258,33 @@ fn packet_too_big_round(nat: &str, port: u16, seed: u64) {
     assert_eq!(has.len(), 1, "{has:?}");
     let want = if nat == "none" { "native" } else { "udp" };
     assert_eq!(has[0].transport, want, "{nat}: {has:?}");
+}
+
+/// The path takes 1400 bytes: a full-size inner packet (hip0 MTU 1400) no
+/// longer fits once ESP and the outer header are added, but 1360 bytes do.
+/// After the router's first Packet Too Big, hipd tells the sending TCP the
+/// inner MTU (a Packet Too Big from the peer HIT into hip0), and its
+/// segments then fit: a fragments almost nothing of 20 MB (every ESP
+/// packet of a full-size segment would be fragmented otherwise).
+#[test]
+fn hipd_tells_the_application_the_inner_path_mtu() {
+    for (n, nat) in ["none", "plain-udp"].into_iter().enumerate() {
+        let (lab, h, ip) = router_lab(1400);
+        let [a, b, _] = &h;
+        let (ha, hb) = router_hipds(&lab, &h, ip, &format!("nat {nat}\n"));
+        let port = 7400 + n as u16;
+        transfer_to_hit(&lab, b, a, hb.hit(), port, 20 << 20, 91 + n as u64);
+        let st = ha.stats();
+        let frags = frag_creates(a);
+        eprintln!(
+            "{nat}: {} Packet Too Big into hip0, {frags} fragments",
+            st.ptb_to_tun
+        );
+        assert!(st.icmp_too_big > 0, "{nat}: {st:#?}");
+        assert!(st.ptb_to_tun > 0, "{nat}: {st:#?}");
+        // 20 MB are ~15,000 full-size segments, each ESP packet two
+        // fragments without the signal.
+        assert!(frags < 1000, "{nat}: {frags} fragments");
+        assert_eq!((st.icmp_errors, st.failover_switches), (0, 0), "{nat}");
+    }
 }

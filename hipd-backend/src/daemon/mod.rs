@@ -50,7 +50,12 @@
 //!   millisecond of hashing per exchange here). Raise it at run time with
 //!   `hipconf daemon set puzzle K` (or `set puzzle K` in `hipd.conf`).
 //! * TUN MTU 1400: leaves room for the outer IPv6 header, UDP and the ESP
-//!   overhead on a 1500-byte underlay.
+//!   overhead on a 1500-byte underlay. On a narrower path the router's
+//!   Packet Too Big sets the kernel's path MTU (ESP is then fragmented, no
+//!   exploration) and hipd's (see [`pmtu`]): the sending application is
+//!   told the inner MTU that fits with a Packet Too Big into hip0, if it
+//!   is at least 1280 (lab tests `hipd_packet_too_big_is_a_path_mtu_not_a_failure`,
+//!   `hipd_tells_the_application_the_inner_path_mtu`).
 //! * `set puzzle` re-signs the precomputed R1s with the new #K at once; live
 //!   associations are unaffected.
 
@@ -58,6 +63,7 @@ mod failover;
 mod files;
 mod lsi;
 pub mod net;
+mod pmtu;
 mod shim;
 mod sockdiag;
 mod tun;
@@ -159,6 +165,7 @@ struct Counters {
     icmp_errors: AtomicU64,
     icmp_too_big: AtomicU64,
     icmp_fragment_lost: AtomicU64,
+    ptb_to_tun: AtomicU64,
     repaired: AtomicU64,
 }
 
@@ -287,6 +294,8 @@ pub struct Shared {
     udp6: USock,
     udp4: USock,
     tun: Tun,
+    /// Path MTUs learned from Packet Too Big about our ESP packets.
+    pmtu: pmtu::Cache,
     ctr: Counters,
     set_level: LevelSetter,
     opts: Options,
@@ -750,7 +759,28 @@ impl Shared {
             }
         }
         let path = via.unwrap_or_else(|| *out.path.lock().unwrap_or_else(|p| p.into_inner()));
+        let esp_len = tx.data.len() - start;
+        self.check_pmtu(&path, inner, esp_len);
         tx.items.push((start..tx.data.len(), path, out.clone()));
+    }
+
+    /// When the ESP packet of `inner` (`esp_len` bytes) on `path` exceeds
+    /// the path MTU learned for its destination, tells the sender with a
+    /// Packet Too Big into hip0 (see [`pmtu`]); the packet is still sent.
+    fn check_pmtu(&self, path: &Path, inner: &[u8], esp_len: usize) {
+        let outer = esp_len
+            + if path.dst.is_ipv6() { 40 } else { 20 }
+            + if path.udp.is_some() { 8 } else { 0 };
+        let Some(mtu) = self
+            .pmtu
+            .signal(path.dst, inner.len(), outer, Instant::now())
+        else {
+            return;
+        };
+        if let Some(ptb) = pmtu::packet_too_big(inner, mtu) {
+            self.tun.write_packet(&ptb);
+            inc(&self.ctr.ptb_to_tun);
+        }
     }
 
     /// Reads `sock`'s error queue (ICMP errors about packets we sent) and
@@ -762,7 +792,10 @@ impl Shared {
     fn drain_send_errors(&self, sock: &net::USock) {
         for (dst, what) in sock.drain_errors() {
             match what {
-                net::SendError::TooBig => inc(&self.ctr.icmp_too_big),
+                net::SendError::TooBig { mtu } => {
+                    inc(&self.ctr.icmp_too_big);
+                    self.pmtu.learn(dst, mtu, Instant::now());
+                }
                 net::SendError::FragmentLost => inc(&self.ctr.icmp_fragment_lost),
                 net::SendError::Other => self.icmp_error(dst),
             }
@@ -1915,6 +1948,7 @@ impl Shared {
             icmp_errors: l(&c.icmp_errors),
             icmp_too_big: l(&c.icmp_too_big),
             icmp_fragment_lost: l(&c.icmp_fragment_lost),
+            ptb_to_tun: l(&c.ptb_to_tun),
             repaired: l(&c.repaired),
             failover_switches: core.shim.values().map(|c| c.switches).sum(),
             associations: core.eps.iter().map(|e| e.association_count() as u64).sum(),
@@ -2049,6 +2083,7 @@ impl Daemon {
             udp6: USock::udp(true, opts.udp_port)?,
             udp4: USock::udp(false, opts.udp_port)?,
             tun,
+            pmtu: pmtu::Cache::default(),
             ctr: Counters::default(),
             set_level,
             opts: opts.clone(),

@@ -121,8 +121,11 @@ pub struct OutMsg<'a> {
 pub enum SendError {
     /// Too big for the path (ICMPv6 Packet Too Big, ICMP Fragmentation
     /// Needed: `EMSGSIZE`). The kernel has lowered the destination's path
-    /// MTU and fragments what follows; the path works.
-    TooBig,
+    /// MTU to `mtu` (`ee_info`) and fragments what follows; the path works.
+    TooBig {
+        /// The path MTU the message reported.
+        mtu: u32,
+    },
     /// Time Exceeded during fragment reassembly (ICMPv6 type 3 code 1,
     /// ICMP type 11 code 1): a fragment of one of our packets was lost;
     /// the path works.
@@ -146,7 +149,7 @@ impl SendError {
             _ => false,
         };
         if e.ee_errno == libc::EMSGSIZE as u32 {
-            SendError::TooBig
+            SendError::TooBig { mtu: e.ee_info }
         } else if reassembly {
             SendError::FragmentLost
         } else {
@@ -839,14 +842,9 @@ mod tests {
             ee_data: 0,
         };
         // ICMPv6 Packet Too Big, ICMP Fragmentation Needed.
-        assert_eq!(
-            SendError::of(Some(&e(libc::EMSGSIZE, 3, 2, 0))),
-            SendError::TooBig
-        );
-        assert_eq!(
-            SendError::of(Some(&e(libc::EMSGSIZE, 2, 3, 4))),
-            SendError::TooBig
-        );
+        let big = SendError::TooBig { mtu: 1280 };
+        assert_eq!(SendError::of(Some(&e(libc::EMSGSIZE, 3, 2, 0))), big);
+        assert_eq!(SendError::of(Some(&e(libc::EMSGSIZE, 2, 3, 4))), big);
         // Reassembly time-outs (ICMPv6 3/1, ICMP 11/1).
         assert_eq!(
             SendError::of(Some(&e(libc::EHOSTUNREACH, 3, 3, 1))),

@@ -231,6 +231,11 @@ impl Tun {
 
     /// Writes `pkt` with the virtio header `hdr`; errors are only traced
     /// (the device drops what it cannot take, like a full queue).
+    /// Writes one complete packet (the kernel verifies its checksums).
+    pub fn write_packet(&self, pkt: &[u8]) {
+        self.write_with(&VnetHdr::default(), pkt);
+    }
+
     fn write_with(&self, hdr: &VnetHdr, pkt: &[u8]) {
         let h = hdr.encode();
         let Some(file) = self.queues.first() else {
