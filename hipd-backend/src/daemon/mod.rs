@@ -52,7 +52,7 @@
 //! * TUN MTU 1400: leaves room for the outer IPv6 header, UDP and the ESP
 //!   overhead on a 1500-byte underlay. On a narrower path the router's
 //!   Packet Too Big sets the kernel's path MTU (ESP is then fragmented, no
-//!   exploration) and hipd's (see [`pmtu`]): the sending application is
+//!   exploration) and hipd's (module `pmtu`): the sending application is
 //!   told the inner MTU that fits with a Packet Too Big into hip0, if it
 //!   is at least 1280 (lab tests `hipd_packet_too_big_is_a_path_mtu_not_a_failure`,
 //!   `hipd_tells_the_application_the_inner_path_mtu`).
