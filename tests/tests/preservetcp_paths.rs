@@ -505,15 +505,7 @@ fn packet_too_big_on_the_new_path(port: u16, extra: &[&str]) {
         l0,
         l1: la,
     };
-    let da = Daemon::start_with(&t.lab, &t.a, &[port], extra);
-    let db = Daemon::start_with(&t.lab, &t.b, &[port], extra);
-    let listener =
-        t.b.run(move || TcpListener::bind(("::", port)))
-            .expect("run")
-            .expect("bind");
-    let dst = SocketAddr::from((v6(&t.l0, &t.b), port));
-    let (mut c, mut s) = connect(&t, &listener, dst);
-    transfer(&mut c, &s, 256 << 10, 40);
+    let (da, db, _l, mut c, mut s) = setup(&t, port, extra);
     let ca = only_conn(&da);
     assert!(ca.peers.contains(&bl), "learned {bl}: {ca:?}");
     move_then_lose_link0(&t, (&da, &db), (&mut c, &mut s), (al, bl), 40);
