@@ -1866,17 +1866,7 @@ mod tests {
         .unwrap();
         c.take_actions();
         let router = a("2001:db8:9::1");
-        let too_big = |quoted: &[u8]| {
-            let mut icmp = vec![2, 0, 0, 0, 0, 0, 0x05, 0x00];
-            icmp.extend_from_slice(quoted);
-            let len = u32::try_from(icmp.len()).unwrap();
-            let acc = crate::checksum::pseudo_header_sum_v6(router, c1, len, 58);
-            let sum = !crate::checksum::fold(crate::checksum::sum_words(&icmp, acc));
-            icmp[2..4].copy_from_slice(&sum.to_be_bytes());
-            let mut p = build_ipv6_tcp(router, c1, 64, &icmp).unwrap();
-            p[6] = 58;
-            p
-        };
+        let too_big = |quoted: &[u8]| crate::packet::tests::too_big(router, c1, quoted);
         let on_new_pair = pkt(c1, s1, 40000, 5001, ACK);
         let got = replaced(c.inbound(&too_big(&on_new_pair), t0));
         let q = crate::packet::too_big_quote(&got).unwrap();
@@ -1884,12 +1874,7 @@ mod tests {
             (q.local, q.peer, q.local_port, q.peer_port),
             (c0, s0, 40000, 5001)
         );
-        let icmp = &got[40..];
-        let acc = crate::checksum::pseudo_header_sum_v6(router, c1, icmp.len() as u32, 58);
-        assert_eq!(
-            crate::checksum::fold(crate::checksum::sum_words(icmp, acc)),
-            0xffff
-        );
+        assert!(crate::packet::tests::icmp_ok(&got));
         assert_eq!(c.stats().icmp_translated, 1);
         for quoted in [pkt(c0, s0, 40000, 5001, ACK), pkt(c1, s1, 40001, 5001, ACK)] {
             assert!(matches!(c.inbound(&too_big(&quoted), t0), Verdict::Accept));

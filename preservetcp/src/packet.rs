@@ -480,7 +480,7 @@ pub fn build_ipv6_tcp(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::checksum::{set_tcp_checksum_v6, verify_tcp_checksum_v6};
     use crate::wire::{DestOption, Prefix, PrefixOption};
@@ -697,7 +697,7 @@ mod tests {
 
     /// An ICMPv6 Packet Too Big from `router` to `to` quoting `quoted`,
     /// with a valid checksum.
-    fn too_big(router: Ipv6Addr, to: Ipv6Addr, quoted: &[u8]) -> Vec<u8> {
+    pub(crate) fn too_big(router: Ipv6Addr, to: Ipv6Addr, quoted: &[u8]) -> Vec<u8> {
         let mut icmp = vec![ICMPV6_PACKET_TOO_BIG, 0, 0, 0, 0, 0, 0x05, 0x00];
         icmp.extend_from_slice(quoted);
         let len = u32::try_from(icmp.len()).unwrap();
@@ -709,7 +709,8 @@ mod tests {
         p
     }
 
-    fn icmp_ok(p: &[u8]) -> bool {
+    /// Whether an ICMPv6 packet's checksum is valid.
+    pub(crate) fn icmp_ok(p: &[u8]) -> bool {
         let (src, dst) = (addr_at(p, 8).unwrap(), addr_at(p, 24).unwrap());
         let icmp = &p[IPV6_HEADER_LEN..];
         let len = u32::try_from(icmp.len()).unwrap();

@@ -303,16 +303,7 @@ fn moved_connection_is_rewritten_without_reroute() {
     let t = two_links();
     let (da, db, _l, mut c, mut s) = setup(&t, 5105, NO_SAMPLING_NO_BPF);
     let (a1, b1) = (v6(&t.l1, &t.a), v6(&t.l1, &t.b));
-    let ca = only_conn(&da);
-    let ok = da.request(&Request::Move {
-        id: ca.id,
-        local: a1,
-        peer: b1,
-    });
-    assert!(ok.ok, "{:?}", ok.error);
-    transfer(&mut c, &s, 1 << 20, 14);
-    let cb = wait_pair(&db, b1, a1);
-    assert_eq!((cb.current.local, cb.current.peer), (b1, a1), "{cb:?}");
+    move_client((&da, &db), (&mut c, &s), (a1, b1), 1 << 20, 14);
     // The fast path's rules go in after the move.
     for h in [&t.a, &t.b] {
         let t0 = Instant::now();
@@ -343,19 +334,7 @@ fn moved_connection_is_rewritten_without_reroute() {
 
     // The client's fallback route for the original peer now points at
     // link 0 (as after a route change): nothing may leave on link 0.
-    let b0 = v6(&t.l0, &t.b);
-    t.a.exec_ok([
-        "ip",
-        "-6",
-        "route",
-        "replace",
-        &format!("{b0}/128"),
-        "dev",
-        t.l0.dev(&t.a),
-        "table",
-        "4242",
-    ])
-    .expect("route replaced");
+    fallback_route_on_link0(&t);
     let before = fast_path_counters(&t.a);
     transfer(&mut c, &s, 4 << 20, 17);
     let d = delta(before, fast_path_counters(&t.a));
@@ -378,16 +357,7 @@ fn moved_connection_is_rewritten_by_the_programs() {
     let (da, db, _l, mut c, mut s) = setup(&t, 5106, NO_SAMPLING);
     assert!(da.bpf() && db.bpf());
     let (a1, b1) = (v6(&t.l1, &t.a), v6(&t.l1, &t.b));
-    let ca = only_conn(&da);
-    let ok = da.request(&Request::Move {
-        id: ca.id,
-        local: a1,
-        peer: b1,
-    });
-    assert!(ok.ok, "{:?}", ok.error);
-    transfer(&mut c, &s, 1 << 20, 20);
-    let cb = wait_pair(&db, b1, a1);
-    assert_eq!((cb.current.local, cb.current.peer), (b1, a1), "{cb:?}");
+    move_client((&da, &db), (&mut c, &s), (a1, b1), 1 << 20, 20);
     t.l0.drop_both().expect("drop link 0");
     // (Past the server's follow window.)
     std::thread::sleep(Duration::from_millis(300));
@@ -403,19 +373,7 @@ fn moved_connection_is_rewritten_by_the_programs() {
         db.log(),
         da.log()
     );
-    let b0 = v6(&t.l0, &t.b);
-    t.a.exec_ok([
-        "ip",
-        "-6",
-        "route",
-        "replace",
-        &format!("{b0}/128"),
-        "dev",
-        t.l0.dev(&t.a),
-        "table",
-        "4242",
-    ])
-    .expect("route replaced");
+    fallback_route_on_link0(&t);
     transfer(&mut c, &s, 4 << 20, 23);
     transfer(&mut s, &c, 1 << 20, 24);
     let ca = only_conn(&da);
@@ -438,6 +396,45 @@ fn moved_to_a_smaller_mtu(port: u16, extra: &[&str]) {
     move_then_lose_link0(&t, (&da, &db), (&mut c, &mut s), (a1, b1), 30);
 }
 
+/// Moves the client's connection to (`local`, `peer`), sends `len` bytes
+/// and waits until the server follows to the same pair.
+fn move_client(
+    (da, db): (&Daemon, &Daemon),
+    (c, s): (&mut TcpStream, &TcpStream),
+    (local, peer): (Ipv6Addr, Ipv6Addr),
+    len: usize,
+    seed: u8,
+) {
+    let ca = only_conn(da);
+    let ok = da.request(&Request::Move {
+        id: ca.id,
+        local,
+        peer,
+    });
+    assert!(ok.ok, "{:?}", ok.error);
+    transfer(c, s, len, seed);
+    let cb = wait_pair(db, peer, local);
+    assert_eq!((cb.current.local, cb.current.peer), (peer, local), "{cb:?}");
+}
+
+/// Points the client's fallback route for the server's link-0 address at
+/// link 0 (as after a route change), in table 4242.
+fn fallback_route_on_link0(t: &TwoLinks) {
+    let b0 = v6(&t.l0, &t.b);
+    t.a.exec_ok([
+        "ip",
+        "-6",
+        "route",
+        "replace",
+        &format!("{b0}/128"),
+        "dev",
+        t.l0.dev(&t.a),
+        "table",
+        "4242",
+    ])
+    .expect("route replaced");
+}
+
 /// Moves the client's connection to (`local`, `peer`), waits until the
 /// server follows, silently drops link 0 and sends 8 MiB each way with
 /// full-size segments; the connection stays on the new pair.
@@ -448,16 +445,7 @@ fn move_then_lose_link0(
     (local, peer): (Ipv6Addr, Ipv6Addr),
     seed: u8,
 ) {
-    let ca = only_conn(da);
-    let ok = da.request(&Request::Move {
-        id: ca.id,
-        local,
-        peer,
-    });
-    assert!(ok.ok, "{:?}", ok.error);
-    transfer(c, s, 256 << 10, seed);
-    let cb = wait_pair(db, peer, local);
-    assert_eq!((cb.current.local, cb.current.peer), (peer, local), "{cb:?}");
+    move_client((da, db), (c, s), (local, peer), 256 << 10, seed);
     t.l0.drop_both().expect("drop link 0");
     transfer(c, s, 8 << 20, seed + 1);
     transfer(s, c, 8 << 20, seed + 2);

@@ -24,7 +24,9 @@ use super::net::parse_ipv4_header;
 /// `/proc/net/tcp*` costs milliseconds on a busy host).
 pub(super) const PORT_DECISION_TTL: Duration = Duration::from_secs(2);
 
-fn sum16(mut acc: u32, data: &[u8]) -> u32 {
+/// Adds `data` as big-endian 16-bit words to `acc` (an odd last byte is
+/// padded), without folding.
+pub(super) fn sum16(mut acc: u32, data: &[u8]) -> u32 {
     let mut it = data.chunks_exact(2);
     for c in &mut it {
         acc += u32::from(u16::from_be_bytes([c[0], c[1]]));
@@ -35,7 +37,8 @@ fn sum16(mut acc: u32, data: &[u8]) -> u32 {
     acc
 }
 
-fn fold(mut acc: u32) -> u16 {
+/// Folds a one's-complement sum to 16 bits.
+pub(super) fn fold(mut acc: u32) -> u16 {
     while acc > 0xffff {
         acc = (acc & 0xffff) + (acc >> 16);
     }

@@ -19,6 +19,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use super::lsi::{fold, sum16};
+
 /// How long a learned path MTU is used (the kernel's default for its own
 /// path MTU cache, `net.ipv6.route.mtu_expires`).
 pub(super) const PMTU_TTL: Duration = Duration::from_secs(600);
@@ -141,27 +143,14 @@ pub(super) fn packet_too_big(inner: &[u8], mtu: usize) -> Option<Vec<u8>> {
     Some(p)
 }
 
-/// ICMPv6 checksum of `msg` (its checksum field zero) from `src` to `dst`.
+/// ICMPv6 checksum of `msg` (its checksum field zero) from `src` to `dst`
+/// (at most 1280 bytes: the 32-bit sum cannot overflow).
 fn checksum(src: &[u8], dst: &[u8], msg: &[u8]) -> u16 {
-    let mut acc: u64 = 0;
-    let mut add = |b: &[u8]| {
-        let mut it = b.chunks_exact(2);
-        for c in &mut it {
-            acc += u64::from(u16::from_be_bytes([c[0], c[1]]));
-        }
-        if let [x] = it.remainder() {
-            acc += u64::from(*x) << 8;
-        }
-    };
-    add(src);
-    add(dst);
-    add(&u32::try_from(msg.len()).unwrap_or(0).to_be_bytes());
-    add(&[0, 0, 0, 58]);
-    add(msg);
-    while acc > 0xffff {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    !(acc as u16)
+    let len = u32::try_from(msg.len()).unwrap_or(0).to_be_bytes();
+    let acc = [src, dst, &len, &[0, 0, 0, 58], msg]
+        .iter()
+        .fold(0, |acc, b| sum16(acc, b));
+    !fold(acc)
 }
 
 #[cfg(test)]
