@@ -632,9 +632,10 @@ pub struct StatsInfo {
     /// was lost, not the path (no exploration).
     #[serde(default)]
     pub icmp_fragment_lost: u64,
-    /// ICMPv6 Packet Too Big written into hip0: an inner packet's ESP
-    /// packet exceeded a learned path MTU, the application's TCP is told
-    /// the inner size that fits.
+    /// ICMPv6 Packet Too Big (ICMPv4 Fragmentation Needed for LSI
+    /// traffic) written into hip0: an inner packet's ESP packet exceeded a
+    /// learned path MTU, the application's TCP is told the inner size that
+    /// fits.
     #[serde(default)]
     pub ptb_to_tun: u64,
     /// ESP packets re-sent on the new pair after a failover.

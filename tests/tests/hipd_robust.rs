@@ -288,3 +288,61 @@ fn hipd_tells_the_application_the_inner_path_mtu() {
         assert_eq!((st.icmp_errors, st.failover_switches), (0, 0), "{nat}");
     }
 }
+
+/// [`hipd_tells_the_application_the_inner_path_mtu`] for an IPv4
+/// application on LSIs: its packets are translated to IPv6 (20 bytes
+/// longer) before sealing, so hipd answers with an ICMPv4 Fragmentation
+/// Needed from the peer LSI carrying the IPv4 size that fits; Linux TCP
+/// sets Don't Fragment, lowers its segment size, and a fragments almost
+/// nothing of 20 MB.
+#[test]
+fn hipd_tells_an_lsi_application_the_inner_path_mtu() {
+    let peer_lsi: std::net::Ipv4Addr = "1.0.0.7".parse().unwrap();
+    for (n, nat) in ["none", "plain-udp"].into_iter().enumerate() {
+        let (lab, h, ip) = router_lab(1400);
+        let [a, b, _] = &h;
+        let conf = format!("nat {nat}\n");
+        let ha = Hipd::start(&lab, a, &conf, "");
+        let hb = Hipd::start(&lab, b, &conf, "");
+        ha.add_map(hb.hit(), IpAddr::V6(ip[1]), Some(peer_lsi));
+        hb.add_map(ha.hit(), IpAddr::V6(ip[0]), None);
+        let port = 7410 + n as u16;
+        let file = lab.artifacts_dir().join(format!("lsi-{port}"));
+        hipd_support::random_file(&file, 20 << 20, 93 + n as u64);
+        let got = hipd_support::socat_tcp(
+            &lab,
+            b,
+            a,
+            IpAddr::V4(hb.lsi()),
+            IpAddr::V4(peer_lsi),
+            port,
+            &file,
+        );
+        assert!(
+            hipd_support::same_file(&file, &got),
+            "{nat}: data over {peer_lsi}:{port} differs"
+        );
+        let st = ha.stats();
+        let frags = frag_creates(a);
+        eprintln!(
+            "{nat}: {} Fragmentation Needed into hip0, {frags} fragments",
+            st.ptb_to_tun
+        );
+        assert!(st.icmp_too_big > 0, "{nat}: {st:#?}");
+        assert!(st.ptb_to_tun > 0, "{nat}: {st:#?}");
+        // The kernel took the signal: a route exception with the MTU that
+        // fits (at most 1400 - 20 - ESP and outer overhead) for the LSI.
+        let route = a
+            .exec_ok(["ip", "-4", "route", "get", &peer_lsi.to_string()])
+            .unwrap();
+        let mtu: u32 = route
+            .split_whitespace()
+            .skip_while(|w| *w != "mtu")
+            .nth(1)
+            .and_then(|m| m.parse().ok())
+            .unwrap_or_else(|| panic!("{nat}: no path MTU for the LSI: {route}"));
+        assert!((1240..1380).contains(&mtu), "{nat}: {route}");
+        assert!(frags < 1000, "{nat}: {frags} fragments");
+        assert_eq!((st.icmp_errors, st.failover_switches), (0, 0), "{nat}");
+    }
+}

@@ -54,8 +54,11 @@
 //!   Packet Too Big sets the kernel's path MTU (ESP is then fragmented, no
 //!   exploration) and hipd's (module `pmtu`): the sending application is
 //!   told the inner MTU that fits with a Packet Too Big into hip0, if it
-//!   is at least 1280 (lab tests `hipd_packet_too_big_is_a_path_mtu_not_a_failure`,
-//!   `hipd_tells_the_application_the_inner_path_mtu`).
+//!   is at least 1280, or for LSI (IPv4) traffic with Don't Fragment set
+//!   with a Fragmentation Needed, if it is at least 576 (lab tests
+//!   `hipd_packet_too_big_is_a_path_mtu_not_a_failure`,
+//!   `hipd_tells_the_application_the_inner_path_mtu`,
+//!   `hipd_tells_an_lsi_application_the_inner_path_mtu`).
 //! * `set puzzle` re-signs the precomputed R1s with the new #K at once; live
 //!   associations are unaffected.
 
@@ -742,8 +745,16 @@ impl Shared {
 
     /// Seals like [`Shared::send_esp_via`] but queues the packet in `tx`;
     /// [`Shared::flush_tx`] sends the queue with `sendmmsg` and runs the
-    /// per-packet accounting (`live.sent`) for what was sent.
-    fn queue_esp(&self, out: &Arc<OutSa>, inner: &[u8], via: Option<Path>, tx: &mut TxBatch) {
+    /// per-packet accounting (`live.sent`) for what was sent. `v4_orig` is the
+    /// application's IPv4 packet when `inner` is its translation.
+    fn queue_esp(
+        &self,
+        out: &Arc<OutSa>,
+        inner: &[u8],
+        v4_orig: Option<&[u8]>,
+        via: Option<Path>,
+        tx: &mut TxBatch,
+    ) {
         let start = tx.data.len();
         {
             let mut sa = out.sa.lock().unwrap_or_else(|p| p.into_inner());
@@ -760,25 +771,35 @@ impl Shared {
         }
         let path = via.unwrap_or_else(|| *out.path.lock().unwrap_or_else(|p| p.into_inner()));
         let esp_len = tx.data.len() - start;
-        self.check_pmtu(&path, inner, esp_len);
+        self.check_pmtu(&path, inner, v4_orig, esp_len);
         tx.items.push((start..tx.data.len(), path, out.clone()));
     }
 
     /// When the ESP packet of `inner` (`esp_len` bytes) on `path` exceeds
     /// the path MTU learned for its destination, tells the sender with a
-    /// Packet Too Big into hip0 (see [`pmtu`]); the packet is still sent.
-    fn check_pmtu(&self, path: &Path, inner: &[u8], esp_len: usize) {
+    /// Packet Too Big into hip0 (an ICMPv4 Fragmentation Needed for the
+    /// IPv4 packet `v4_orig` that `inner` translates; see [`pmtu`]); the packet
+    /// is still sent.
+    fn check_pmtu(&self, path: &Path, inner: &[u8], v4_orig: Option<&[u8]>, esp_len: usize) {
         let outer = esp_len
             + if path.dst.is_ipv6() { 40 } else { 20 }
             + if path.udp.is_some() { 8 } else { 0 };
+        let floor = match v4_orig {
+            Some(_) => pmtu::IPV4_MIN_MTU + pmtu::XLAT_GROWTH,
+            None => pmtu::IPV6_MIN_MTU,
+        };
         let Some(mtu) = self
             .pmtu
-            .signal(path.dst, inner.len(), outer, Instant::now())
+            .signal(path.dst, inner.len(), outer, floor, Instant::now())
         else {
             return;
         };
-        if let Some(ptb) = pmtu::packet_too_big(inner, mtu) {
-            self.tun.write_packet(&ptb);
+        let msg = match v4_orig {
+            Some(v4) => pmtu::frag_needed(v4, mtu - pmtu::XLAT_GROWTH),
+            None => pmtu::packet_too_big(inner, mtu),
+        };
+        if let Some(msg) = msg {
+            self.tun.write_packet(&msg);
             inc(&self.ctr.ptb_to_tun);
         }
     }
@@ -1139,6 +1160,8 @@ fn tun_packet(
     {
         let Some(&first) = buf.first() else { return };
         let inner: &mut [u8];
+        // The application's packet when `inner` is its translation.
+        let v4_orig: Option<&[u8]>;
         let (local, peer) = match first >> 4 {
             6 => {
                 let pkt = &buf[..n];
@@ -1152,6 +1175,7 @@ fn tun_packet(
                     return; // ND/MLD and other link traffic on hip0
                 }
                 inner = &mut buf[..n];
+                v4_orig = None;
                 (s, d)
             }
             4 => {
@@ -1159,6 +1183,7 @@ fn tun_packet(
                 match lsi::v4_to_v6(&buf[..n], &dp, xlat) {
                     Some((s, d)) => {
                         inner = &mut xlat[..];
+                        v4_orig = Some(&buf[..n]);
                         (s, d)
                     }
                     None => {
@@ -1180,7 +1205,7 @@ fn tun_packet(
         };
         let inner: &[u8] = inner;
         if let Some(out) = out {
-            sh.queue_esp(&out, inner, via, tx);
+            sh.queue_esp(&out, inner, v4_orig, via, tx);
             return;
         }
         // No SA: queue and start the base exchange (under core); what was
