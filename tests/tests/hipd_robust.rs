@@ -3,7 +3,7 @@
 
 mod hipd_support;
 
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use hip_proto::wire::{ChecksumMode, DhGroupId, Hit, PacketRepr, PacketType, Param};
@@ -187,9 +187,9 @@ fn hipd_packet_too_big_is_a_path_mtu_not_a_failure() {
 }
 
 /// Hosts a, b and router r: a–r, then r–b with MTU `mtu`; a and b reach
-/// each other's address on those links through r. Returns the lab, the
-/// hosts and a's and b's addresses.
-fn router_lab(mtu: u32) -> (Lab, [netlab::Host; 3], [Ipv6Addr; 2]) {
+/// each other's `fam` address on those links through r. Returns the lab,
+/// the hosts and a's and b's addresses.
+fn router_lab(mtu: u32, fam: Family) -> (Lab, [netlab::Host; 3], [IpAddr; 2]) {
     let lab = Lab::new().unwrap();
     let a = lab.add_host("a").unwrap();
     let b = lab.add_host("b").unwrap();
@@ -199,25 +199,45 @@ fn router_lab(mtu: u32) -> (Lab, [netlab::Host; 3], [Ipv6Addr; 2]) {
     lab.wait_usable(Duration::from_secs(5)).unwrap();
     lb.set_mtu(mtu).unwrap();
     r.sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
-    let (IpAddr::V6(a_ip), IpAddr::V6(b_ip)) = (la.addr(&a, Family::V6), lb.addr(&b, Family::V6))
-    else {
-        unreachable!()
-    };
-    a.route_via(b_ip.into(), la.addr(&r, Family::V6), la.dev(&a))
-        .unwrap();
-    b.route_via(a_ip.into(), lb.addr(&r, Family::V6), lb.dev(&b))
-        .unwrap();
+    r.sysctl("net.ipv4.ip_forward", "1").unwrap();
+    let (a_ip, b_ip) = (la.addr(&a, fam), lb.addr(&b, fam));
+    a.route_via(b_ip, la.addr(&r, fam), la.dev(&a)).unwrap();
+    b.route_via(a_ip, lb.addr(&r, fam), lb.dev(&b)).unwrap();
     (lab, [a, b, r], [a_ip, b_ip])
 }
 
 /// hipd on a and b of a [`router_lab`] with `hipd.conf` text `conf`, each
 /// mapping the other's HIT to its address.
-fn router_hipds(lab: &Lab, h: &[netlab::Host; 3], ip: [Ipv6Addr; 2], conf: &str) -> (Hipd, Hipd) {
+fn router_hipds(lab: &Lab, h: &[netlab::Host; 3], ip: [IpAddr; 2], conf: &str) -> (Hipd, Hipd) {
     let ha = Hipd::start(lab, &h[0], conf, "");
     let hb = Hipd::start(lab, &h[1], conf, "");
-    ha.add_map(hb.hit(), IpAddr::V6(ip[1]), None);
-    hb.add_map(ha.hit(), IpAddr::V6(ip[0]), None);
+    ha.add_map(hb.hit(), ip[1], None);
+    hb.add_map(ha.hit(), ip[0], None);
     (ha, hb)
+}
+
+/// The underlays of the inner path MTU tests: (`nat` setting, family).
+const UNDERLAYS: [(&str, Family); 4] = [
+    ("none", Family::V6),
+    ("plain-udp", Family::V6),
+    ("none", Family::V4),
+    ("plain-udp", Family::V4),
+];
+
+/// Fragments `host`'s stack created for `fam` (`Ip6FragCreates` or
+/// `Ip: FragCreates`).
+fn frag_creates_of(host: &netlab::Host, fam: Family) -> u64 {
+    if fam == Family::V6 {
+        return frag_creates(host);
+    }
+    let t = host.exec_ok(["cat", "/proc/net/snmp"]).unwrap();
+    let mut ip = t.lines().filter(|l| l.starts_with("Ip: "));
+    let (names, values) = (ip.next().unwrap(), ip.next().unwrap());
+    let i = names
+        .split_whitespace()
+        .position(|n| n == "FragCreates")
+        .unwrap();
+    values.split_whitespace().nth(i).unwrap().parse().unwrap()
 }
 
 /// IPv6 fragments `host`'s stack created (`Ip6FragCreates`).
@@ -230,7 +250,7 @@ fn frag_creates(host: &netlab::Host) -> u64 {
 }
 
 fn packet_too_big_round(nat: &str, port: u16, seed: u64) {
-    let (lab, h, ip) = router_lab(1280);
+    let (lab, h, ip) = router_lab(1280, Family::V6);
     let [a, b, r] = &h;
     let (ha, hb) = router_hipds(&lab, &h, ip, &format!("nat {nat}\n"));
     let (hit_a, hit_b) = (ha.hit(), hb.hit());
@@ -268,24 +288,28 @@ fn packet_too_big_round(nat: &str, port: u16, seed: u64) {
 /// packet of a full-size segment would be fragmented otherwise).
 #[test]
 fn hipd_tells_the_application_the_inner_path_mtu() {
-    for (n, nat) in ["none", "plain-udp"].into_iter().enumerate() {
-        let (lab, h, ip) = router_lab(1400);
+    for (n, (nat, fam)) in UNDERLAYS.into_iter().enumerate() {
+        let (lab, h, ip) = router_lab(1400, fam);
         let [a, b, _] = &h;
         let (ha, hb) = router_hipds(&lab, &h, ip, &format!("nat {nat}\n"));
         let port = 7400 + n as u16;
         transfer_to_hit(&lab, b, a, hb.hit(), port, 20 << 20, 91 + n as u64);
         let st = ha.stats();
-        let frags = frag_creates(a);
+        let frags = frag_creates_of(a, fam);
         eprintln!(
-            "{nat}: {} Packet Too Big into hip0, {frags} fragments",
+            "{nat} {fam:?}: {} Packet Too Big into hip0, {frags} fragments",
             st.ptb_to_tun
         );
-        assert!(st.icmp_too_big > 0, "{nat}: {st:#?}");
-        assert!(st.ptb_to_tun > 0, "{nat}: {st:#?}");
+        assert!(st.icmp_too_big > 0, "{nat} {fam:?}: {st:#?}");
+        assert!(st.ptb_to_tun > 0, "{nat} {fam:?}: {st:#?}");
         // 20 MB are ~15,000 full-size segments, each ESP packet two
         // fragments without the signal.
-        assert!(frags < 1000, "{nat}: {frags} fragments");
-        assert_eq!((st.icmp_errors, st.failover_switches), (0, 0), "{nat}");
+        assert!(frags < 1000, "{nat} {fam:?}: {frags} fragments");
+        assert_eq!(
+            (st.icmp_errors, st.failover_switches),
+            (0, 0),
+            "{nat} {fam:?}"
+        );
     }
 }
 
@@ -298,14 +322,14 @@ fn hipd_tells_the_application_the_inner_path_mtu() {
 #[test]
 fn hipd_tells_an_lsi_application_the_inner_path_mtu() {
     let peer_lsi: std::net::Ipv4Addr = "1.0.0.7".parse().unwrap();
-    for (n, nat) in ["none", "plain-udp"].into_iter().enumerate() {
-        let (lab, h, ip) = router_lab(1400);
+    for (n, (nat, fam)) in UNDERLAYS.into_iter().enumerate() {
+        let (lab, h, ip) = router_lab(1400, fam);
         let [a, b, _] = &h;
         let conf = format!("nat {nat}\n");
         let ha = Hipd::start(&lab, a, &conf, "");
         let hb = Hipd::start(&lab, b, &conf, "");
-        ha.add_map(hb.hit(), IpAddr::V6(ip[1]), Some(peer_lsi));
-        hb.add_map(ha.hit(), IpAddr::V6(ip[0]), None);
+        ha.add_map(hb.hit(), ip[1], Some(peer_lsi));
+        hb.add_map(ha.hit(), ip[0], None);
         let port = 7410 + n as u16;
         let file = lab.artifacts_dir().join(format!("lsi-{port}"));
         hipd_support::random_file(&file, 20 << 20, 93 + n as u64);
@@ -318,18 +342,19 @@ fn hipd_tells_an_lsi_application_the_inner_path_mtu() {
             port,
             &file,
         );
+        let what = format!("{nat} {fam:?}");
         assert!(
             hipd_support::same_file(&file, &got),
-            "{nat}: data over {peer_lsi}:{port} differs"
+            "{what}: data over {peer_lsi}:{port} differs"
         );
         let st = ha.stats();
-        let frags = frag_creates(a);
+        let frags = frag_creates_of(a, fam);
         eprintln!(
-            "{nat}: {} Fragmentation Needed into hip0, {frags} fragments",
+            "{what}: {} Fragmentation Needed into hip0, {frags} fragments",
             st.ptb_to_tun
         );
-        assert!(st.icmp_too_big > 0, "{nat}: {st:#?}");
-        assert!(st.ptb_to_tun > 0, "{nat}: {st:#?}");
+        assert!(st.icmp_too_big > 0, "{what}: {st:#?}");
+        assert!(st.ptb_to_tun > 0, "{what}: {st:#?}");
         // The kernel took the signal: a route exception with the MTU that
         // fits (at most 1400 - 20 - ESP and outer overhead) for the LSI.
         let route = a
@@ -340,9 +365,9 @@ fn hipd_tells_an_lsi_application_the_inner_path_mtu() {
             .skip_while(|w| *w != "mtu")
             .nth(1)
             .and_then(|m| m.parse().ok())
-            .unwrap_or_else(|| panic!("{nat}: no path MTU for the LSI: {route}"));
-        assert!((1240..1380).contains(&mtu), "{nat}: {route}");
-        assert!(frags < 1000, "{nat}: {frags} fragments");
-        assert_eq!((st.icmp_errors, st.failover_switches), (0, 0), "{nat}");
+            .unwrap_or_else(|| panic!("{what}: no path MTU for the LSI: {route}"));
+        assert!((1240..1380).contains(&mtu), "{what}: {route}");
+        assert!(frags < 1000, "{what}: {frags} fragments");
+        assert_eq!((st.icmp_errors, st.failover_switches), (0, 0), "{what}");
     }
 }
