@@ -168,7 +168,8 @@ pub enum Request {
         /// Difficulty (0..=28).
         k: u8,
     },
-    /// Re-read local locators now and tell the engine.
+    /// Re-read local locators now and announce them (UPDATE with
+    /// LOCATOR_SET) to every established association, changed or not.
     ManualUpdate,
     /// Shotgun mode: send I1s to every known peer locator.
     Shotgun {

@@ -4,7 +4,7 @@
 
 mod hipd_support;
 
-use std::net::Ipv6Addr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -138,16 +138,33 @@ fn hipd_hipconf_verbs_exit_codes_and_permissions() {
     );
     assert_eq!(hb_has[0].spi_out, h["spi_in"].as_u64().unwrap() as u32);
 
-    // Run-time switches.
+    // Run-time switches. `debug all` shows debug lines (every control
+    // request is logged at debug level); `debug low` hides them again.
+    let requests = |h: &Hipd| h.log_text().matches("control request").count();
     assert_eq!(ha.hipconf(&["daemon", "debug", "all"]).0, 0);
-    wait_until("log level change logged", || {
-        ha.log_text().contains("log level changed")
-    });
+    assert_eq!(ha.hipconf(&["daemon", "get", "ha", "all"]).0, 0);
+    wait_until("a debug line after `debug all`", || requests(&ha) > 0);
     assert_eq!(ha.hipconf(&["daemon", "debug", "low"]).0, 0);
+    let seen = requests(&ha);
+    assert_eq!(ha.hipconf(&["daemon", "get", "ha", "all"]).0, 0);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(requests(&ha), seen, "no debug line after `debug low`");
     assert_eq!(ha.hipconf(&["daemon", "nat", "plain-udp"]).0, 0);
     assert_eq!(ha.hipconf(&["daemon", "nat", "none"]).0, 0);
     assert_eq!(ha.hipconf(&["daemon", "shotgun", "on"]).0, 0);
-    assert_eq!(ha.hipconf(&["daemon", "manual-update"]).0, 0);
+    // manual-update announces the (unchanged) locators to the peer.
+    let updates = |h: &Hipd| {
+        h.stats()
+            .engine
+            .iter()
+            .find(|(k, _)| k == "update_received")
+            .map_or(0, |(_, v)| *v)
+    };
+    let before = updates(&hb);
+    let (code, out, _) = ha.hipconf(&["daemon", "manual-update"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("announced to 1 association"), "{out}");
+    wait_until("the peer received the UPDATE", || updates(&hb) > before);
     // Puzzle changes apply to new exchanges; the live association stays.
     let (code, _, err) = ha.hipconf(&["daemon", "set", "puzzle", "12"]);
     assert_eq!(code, 0, "{err}");
@@ -165,6 +182,47 @@ fn hipd_hipconf_verbs_exit_codes_and_permissions() {
             .all(|h| h.state != "ESTABLISHED" && h.state != "CLOSING")
     });
     assert_eq!(ha.hipconf(&["daemon", "set", "puzzle", "12"]).0, 0);
+    // Shotgun: with a second IPv6 address a has two IPv6 locators, so with
+    // shotgun on its I1s go to b from both; off, from one.
+    let IpAddr::V6(a0) = l0.addr(&a, Family::V6) else {
+        unreachable!()
+    };
+    let mut seg = a0.segments();
+    seg[7] = 0xa1;
+    let a0b = Ipv6Addr::from(seg);
+    a.exec_ok([
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        &format!("{a0b}/64"),
+        "dev",
+        l0.dev(&a),
+        "nodad",
+    ])
+    .unwrap();
+    wait_until("hipd saw the second address", || {
+        let (_, out, _) = ha.hipconf(&["daemon", "manual-update"]);
+        out.contains(&a0b.to_string())
+    });
+    let exchange = |shotgun: &str| {
+        assert_eq!(ha.hipconf(&["daemon", "shotgun", shotgun]).0, 0);
+        let before = ha.stats().hip_tx;
+        let (code, out, err) = ha.hipconf(&["daemon", "connect", &hit_b.to_string()]);
+        assert_eq!(code, 0, "{out}{err}");
+        std::thread::sleep(Duration::from_millis(300));
+        let sent = ha.stats().hip_tx - before;
+        let (code, out, _) = ha.hipconf(&["daemon", "rst", "all"]);
+        assert_eq!(code, 0, "{out}");
+        wait_until("CLOSE acknowledged", || {
+            ha.has()
+                .iter()
+                .all(|h| h.state != "ESTABLISHED" && h.state != "CLOSING")
+        });
+        sent
+    };
+    let (on, off) = (exchange("on"), exchange("off"));
+    assert!(on > off, "HIP packets sent with shotgun on {on}, off {off}");
     // del map
     assert_eq!(
         ha.hipconf(&["daemon", "del", "map", &hit_b.to_string()]).0,

@@ -929,3 +929,41 @@ fn puzzle_difficulty_changes_at_run_time() {
             .all(|a| a.state() == hip_proto::engine::State::Established)
     );
 }
+
+/// RFC 7401 §4.4.4: an I1 received in CLOSED is answered with an R1, so
+/// a host that closed an association can start a new base exchange with
+/// the same peer at once (the peer holds CLOSED for minutes).
+#[test]
+fn new_bex_while_the_peer_holds_closed() {
+    let mut p = pair(
+        test_identity(IdentityKind::EcdsaP256, 0),
+        test_identity(IdentityKind::EcdsaP256, 1),
+        fast_config(),
+        fast_config(),
+    );
+    let a_hit = p.a.endpoint.local_hits()[0];
+    let b_hit = p.b.endpoint.local_hits()[0];
+    let now = p.now;
+    p.a.endpoint
+        .connect(now, Some(b_hit), vec![addr(2)], None)
+        .unwrap();
+    check_bex(&mut p);
+    let now = p.now;
+    p.a.endpoint.close(now, b_hit).unwrap();
+    let closed = |p: &Pair| {
+        p.a.events.iter().any(|e| matches!(e, Event::Closed { .. }))
+            && p.b.events.iter().any(|e| matches!(e, Event::Closed { .. }))
+    };
+    assert!(p.run_until(Duration::from_secs(10), closed));
+    assert_eq!(
+        p.b.endpoint.association_by_peer(a_hit).unwrap().state(),
+        State::Closed
+    );
+    p.a.events.clear();
+    p.b.events.clear();
+    let now = p.now;
+    p.a.endpoint
+        .connect(now, Some(b_hit), vec![addr(2)], None)
+        .unwrap();
+    check_bex(&mut p);
+}

@@ -1603,3 +1603,150 @@ fn crossing_add_and_delete_resolve_by_hit_order() {
     assert_eq!(p.a.endpoint.stats().update_timeout, 0);
     assert_eq!(p.b.endpoint.stats().update_timeout, 0);
 }
+
+/// `hipconf daemon manual-update`: announcing the unchanged locator set to
+/// every association sends one UPDATE with LOCATOR_SET each time, the
+/// peer acknowledges it, and nothing else changes.
+#[test]
+fn announce_to_all_sends_an_update_even_when_nothing_changed() {
+    let (mut p, _) = established_pair(cfg());
+    let (a_hit, b_hit) = hits(&p);
+    let announced = Rc::new(RefCell::new(0u32));
+    let n = announced.clone();
+    p.set_filter(Some(Box::new(move |side, t: &mut Transmit| {
+        if side == Side::B
+            && update_repr(t)
+                .is_some_and(|r| r.params.iter().any(|x| matches!(x, Param::LocatorSet(_))))
+        {
+            *n.borrow_mut() += 1;
+        }
+        true
+    })));
+    for round in 1..=2 {
+        let t = p.now;
+        assert_eq!(p.b.endpoint.announce_to_all(t), 1, "round {round}");
+        p.run_for(Duration::from_secs(5));
+        assert_eq!(*announced.borrow(), round, "one UPDATE per call");
+    }
+    assert_eq!(p.b.endpoint.stats().update_retransmit, 0, "acknowledged");
+    assert_eq!(
+        peer_state(&p, Side::A, b_hit, B1),
+        Some(LocatorState::Active)
+    );
+    assert_eq!(p.a.endpoint.route(b_hit), Some((addr(A1), addr(B1))));
+    assert_eq!(p.b.endpoint.route(a_hit), Some((addr(B1), addr(A1))));
+    assert_eq!(
+        p.a.endpoint.association_by_peer(b_hit).map(|a| a.state()),
+        Some(State::Established)
+    );
+}
+
+/// Drains `e`'s transmits: (source, destination) of each I1; those with
+/// a source carry the checksum for their pair.
+fn i1_pairs(e: &mut Endpoint) -> Vec<(Option<IpAddr>, IpAddr)> {
+    let mut v = Vec::new();
+    while let Some(t) = e.poll_transmit() {
+        let r = PacketRepr::parse_bytes(&t.payload).expect("parses");
+        assert_eq!(r.packet_type, PacketType::I1);
+        if let Some(src) = t.src {
+            let mode = ChecksumMode::from_addrs(src, t.dst).expect("one family");
+            let pkt = hip_proto::wire::Packet::new_checked(&t.payload[..]).expect("packet");
+            assert!(pkt.verify_checksum(mode), "checksum for {src} → {}", t.dst);
+        }
+        v.push((t.src, t.dst));
+    }
+    v
+}
+
+/// Shotgun off: the first I1 goes to up to three peer locators from the
+/// routing table's source, retransmissions to the first. On: every pair
+/// of a local and a peer locator of the same family, first sending and
+/// retransmitting, each from its local address.
+#[test]
+fn shotgun_sends_i1s_to_every_locator_pair() {
+    let now = std::time::Instant::now();
+    let mut e = Endpoint::new(
+        cfg(),
+        vec![test_identity(IdentityKind::EcdsaP256, 0)],
+        backend(),
+        [1; 32],
+        now,
+    )
+    .expect("endpoint");
+    let v4: IpAddr = "192.0.2.1".parse().unwrap();
+    e.set_local_locators(
+        now,
+        vec![
+            local(A1, 1, true),
+            local(3, 2, false),
+            LocalLocator {
+                addr: v4,
+                ifindex: 3,
+                preferred: false,
+            },
+        ],
+    );
+    let peer = |i: u16| Hit::from(Ipv6Addr::new(0x2001, 0x20, 0, 0, 0, 0, 0, i));
+    let peers = vec![addr(B1), addr(B2)];
+    e.connect(now, Some(peer(1)), peers.clone(), None)
+        .expect("connect");
+    assert_eq!(i1_pairs(&mut e), vec![(None, addr(B1)), (None, addr(B2))]);
+    let later = now + Duration::from_millis(1100);
+    e.handle_timeout(later);
+    assert_eq!(i1_pairs(&mut e), vec![(None, addr(B1))], "retransmission");
+
+    e.set_shotgun(true);
+    e.connect(later, Some(peer(2)), peers, None)
+        .expect("connect");
+    let all = vec![
+        (Some(addr(A1)), addr(B1)),
+        (Some(addr(3)), addr(B1)),
+        (Some(addr(A1)), addr(B2)),
+        (Some(addr(3)), addr(B2)),
+    ];
+    assert_eq!(i1_pairs(&mut e), all, "no IPv4 source for IPv6 peers");
+    e.handle_timeout(later + Duration::from_millis(1100));
+    let mut got = i1_pairs(&mut e);
+    got.retain(|p| p.0.is_some());
+    assert_eq!(got, all, "retransmitted to every pair");
+}
+
+/// Shotgun on: a LOCATOR_SET announcement also goes to every other pair
+/// of our and the peer's locators; the peer acknowledges the copies and
+/// the association is unaffected.
+#[test]
+fn shotgun_copies_announcements_to_every_pair() {
+    let (mut p, _) = established_pair(cfg());
+    let (a_hit, b_hit) = hits(&p);
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let s = seen.clone();
+    p.set_filter(Some(Box::new(move |side, t: &mut Transmit| {
+        if side == Side::B
+            && update_repr(t)
+                .is_some_and(|r| r.params.iter().any(|x| matches!(x, Param::LocatorSet(_))))
+        {
+            if let Some(src) = t.src {
+                let mode = ChecksumMode::from_addrs(src, t.dst).expect("one family");
+                let pkt = hip_proto::wire::Packet::new_checked(&t.payload[..]).expect("packet");
+                assert!(pkt.verify_checksum(mode), "checksum for {src} → {}", t.dst);
+            }
+            s.borrow_mut().push((t.src, t.dst));
+        }
+        true
+    })));
+    p.b.endpoint.set_shotgun(true);
+    let t = p.now;
+    p.b.endpoint
+        .set_local_locators(t, vec![local(B1, 1, true), local(B2, 2, false)]);
+    p.run_for(Duration::from_secs(5));
+    let seen = seen.borrow().clone();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(seen.contains(&(Some(addr(B2)), addr(A1))), "{seen:?}");
+    assert_eq!(p.b.endpoint.stats().update_retransmit, 0, "acknowledged");
+    assert_eq!(p.a.endpoint.route(b_hit), Some((addr(A1), addr(B1))));
+    assert_eq!(p.b.endpoint.route(a_hit), Some((addr(B1), addr(A1))));
+    assert_eq!(
+        p.a.endpoint.association_by_peer(b_hit).map(|a| a.state()),
+        Some(State::Established)
+    );
+}

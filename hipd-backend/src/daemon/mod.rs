@@ -988,17 +988,12 @@ impl Shared {
                 return Ok((i, a.id()));
             }
         }
-        let mut locs = self.resolve(core, peer);
+        let locs = self.resolve(core, peer);
         if locs.is_empty() {
             return Err((
                 ErrorCode::UnknownHit,
                 format!("no locator known for HIT {peer}"),
             ));
-        }
-        if !core.shotgun {
-            // Prefer the family of the first mapping; the engine sends the
-            // first I1 to up to three locators anyway.
-            locs.truncate(3);
         }
         let i = core.ep_for_peer(peer);
         let now = Instant::now();
@@ -1592,7 +1587,12 @@ fn serve_lines(sh: &Shared, conn: UnixStream, flows: &mut Vec<shim::FlowKey>) {
         if !line.ends_with('\n') {
             return; // over-long line or EOF mid-line
         }
-        let reply = match decode_request(line.trim_end()) {
+        let req = decode_request(line.trim_end());
+        match &req {
+            Ok(r) => tracing::debug!(?uid, request = ?r, "control request"),
+            Err(e) => tracing::debug!(?uid, error = ?e, "bad control request"),
+        }
+        let reply = match req {
             Err(e) => Reply::from(e),
             Ok(
                 req @ (Request::ShimGet { .. }
@@ -1863,11 +1863,21 @@ impl Shared {
             }
             Request::ManualUpdate => {
                 self.update_locators();
-                let core = self.lock_core();
-                done(format!("local locators: {:?}", core.local_locators))
+                let mut core = self.lock_core();
+                let now = Instant::now();
+                let sent: usize = core.eps.iter_mut().map(|e| e.announce_to_all(now)).sum();
+                self.pump(&mut core);
+                done(format!(
+                    "local locators {:?} announced to {sent} association(s)",
+                    core.local_locators
+                ))
             }
             Request::Shotgun { on } => {
-                self.lock_core().shotgun = on;
+                let mut core = self.lock_core();
+                core.shotgun = on;
+                for ep in core.eps.iter_mut() {
+                    ep.set_shotgun(on);
+                }
                 done(format!("shotgun {}", if on { "on" } else { "off" }))
             }
             Request::Connect { hit, wait_ms } => {
@@ -1948,10 +1958,20 @@ impl Shared {
                 ("unsupported", s.unsupported),
                 ("unhandled", s.unhandled),
                 ("r1_rate_limited", s.r1_rate_limited),
+                ("update_sent", s.update_sent),
+                ("update_received", s.update_received),
             ];
             for (k, v) in fields {
                 *engine.entry(k.to_string()).or_default() += v;
-                if !matches!(k, "received" | "sent" | "notify_sent" | "r1_rate_limited") {
+                if !matches!(
+                    k,
+                    "received"
+                        | "sent"
+                        | "notify_sent"
+                        | "r1_rate_limited"
+                        | "update_sent"
+                        | "update_received"
+                ) {
                     dropped += v;
                 }
             }

@@ -100,6 +100,9 @@ pub struct Suites {
 pub(crate) struct Retx {
     pub src: Option<IpAddr>,
     pub dst: IpAddr,
+    /// Further (source, destination) pairs each (re)transmission also goes
+    /// to (shotgun mode).
+    pub also: Vec<(Option<IpAddr>, IpAddr)>,
     pub payload: Vec<u8>,
     pub deadline: Instant,
     pub timeout: Duration,
@@ -345,6 +348,7 @@ mod tests {
         s.retx = Some(Retx {
             src: None,
             dst: a(1),
+            also: Vec::new(),
             payload: vec![],
             deadline: t + Duration::from_secs(2),
             timeout: Duration::from_secs(1),

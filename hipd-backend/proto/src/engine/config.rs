@@ -5,6 +5,10 @@ use std::time::Duration;
 use super::Transport;
 use crate::crypto::{DhGroup, EspSuite, GcmKeySize, HipCipher, HitSuite};
 
+/// The most locator pairs shotgun mode sends one packet to
+/// ([`Config::shotgun`]).
+pub const MAX_SHOTGUN_PAIRS: usize = 16;
+
 /// Configuration of an [`Endpoint`](super::Endpoint). Lists are in
 /// preference order. See the [module docs](super) for the defaults' rationale.
 #[derive(Debug, Clone)]
@@ -49,6 +53,14 @@ pub struct Config {
     pub replay_window: usize,
     /// Transport of I1s sent by [`Endpoint::connect`](super::Endpoint::connect).
     pub initiator_transport: Transport,
+    /// Shotgun mode (HIPL's `hipconf daemon shotgun on`): I1s and their
+    /// retransmissions go to every pair of a local locator and a peer
+    /// locator of the same family (at most [`MAX_SHOTGUN_PAIRS`]), each
+    /// from that local address, and a LOCATOR_SET announcement is copied
+    /// to every such pair. Off (the default): I1s go to up to three peer
+    /// locators from the source the routing table picks, retransmissions
+    /// to the first, and an announcement to the peer locator in use.
+    pub shotgun: bool,
     /// Initial UPDATE retransmission timeout, used until an RTT sample
     /// exists (then 2 × smoothed RTT, at least
     /// [`Config::update_timeout_min`]); doubled per retransmission.
@@ -115,6 +127,7 @@ impl Default for Config {
             accept_opportunistic: true,
             replay_window: crate::crypto::esp::DEFAULT_REPLAY_WINDOW,
             initiator_transport: Transport::Native,
+            shotgun: false,
             update_timeout: Duration::from_secs(1),
             update_timeout_min: Duration::from_millis(50),
             update_retries: 5,

@@ -323,6 +323,31 @@ impl Endpoint {
         self.transmits.push_back(t);
     }
 
+    /// Queues a copy of an already built packet (`payload`) for another
+    /// pair: with a source the checksum is recomputed for it (the driver
+    /// fills it in for packets without one); a pair of mixed families is
+    /// skipped.
+    pub(crate) fn push_copy(
+        &mut self,
+        src: Option<IpAddr>,
+        dst: IpAddr,
+        transport: Transport,
+        payload: &[u8],
+    ) {
+        let mut t = Transmit {
+            src: None,
+            dst,
+            transport,
+            payload: payload.to_vec(),
+        };
+        if let Some(s) = src
+            && !t.fill_checksum(s)
+        {
+            return;
+        }
+        self.push_tx(t);
+    }
+
     fn rand_bytes(&mut self, n: usize) -> Vec<u8> {
         let mut v = vec![0; n];
         self.rng.fill_bytes(&mut v);
@@ -629,13 +654,12 @@ impl Endpoint {
                 r.retries_left -= 1;
                 r.timeout = r.timeout.saturating_mul(2);
                 r.deadline = now + r.timeout;
-                let t = Transmit {
-                    src: r.src,
-                    dst: r.dst,
-                    transport: a.transport,
-                    payload: r.payload.clone(),
-                };
-                self.push_tx(t);
+                // (The checksum is recomputed for a given source: shotgun
+                // I1s share one payload among their pairs.)
+                self.push_copy(r.src, r.dst, a.transport, &r.payload);
+                for &(src, dst) in &r.also {
+                    self.push_copy(src, dst, a.transport, &r.payload);
+                }
             }
         }
         if let Some(d) = a.state_deadline
@@ -724,17 +748,27 @@ impl Endpoint {
             .collect();
         a.state = State::I1Sent;
         let payload = self.i1_payload(hit, peer_hit.unwrap_or(Hit::ZERO))?;
-        for &dst in peer_locators.iter().take(3) {
-            self.push_tx(Transmit {
-                src: None,
-                dst,
-                transport: a.transport,
-                payload: payload.clone(),
-            });
+        let mut pairs = if self.config.shotgun {
+            self.shotgun_pairs(&peer_locators)
+        } else {
+            Vec::new()
+        };
+        if pairs.is_empty() {
+            pairs = peer_locators.iter().take(3).map(|&d| (None, d)).collect();
         }
+        for &(src, dst) in &pairs {
+            self.push_copy(src, dst, a.transport, &payload);
+        }
+        let (src, dst) = pairs.first().copied().unwrap_or((None, first));
+        let also = if self.config.shotgun {
+            pairs.get(1..).unwrap_or(&[]).to_vec()
+        } else {
+            Vec::new()
+        };
         a.retx = Some(Retx {
-            src: None,
-            dst: first,
+            src,
+            dst,
+            also,
             payload,
             deadline: now + self.config.i1_timeout,
             timeout: self.config.i1_timeout,
@@ -745,6 +779,32 @@ impl Endpoint {
         }
         self.assocs.insert(id, a);
         Ok(id)
+    }
+
+    /// Shotgun mode's (source, destination) pairs: every local locator
+    /// with every peer locator of its family, peer locators in the given
+    /// order, at most [`MAX_SHOTGUN_PAIRS`]. Empty when no local locator
+    /// is known (the routing table then picks the source).
+    pub(crate) fn shotgun_pairs(&self, peers: &[IpAddr]) -> Vec<(Option<IpAddr>, IpAddr)> {
+        let Some(locals) = self.local_locators.as_ref() else {
+            return Vec::new();
+        };
+        let mut v = Vec::new();
+        for &dst in peers {
+            for l in locals {
+                if l.addr.is_ipv6() == dst.is_ipv6() && !v.contains(&(Some(l.addr), dst)) {
+                    v.push((Some(l.addr), dst));
+                }
+            }
+        }
+        v.truncate(super::MAX_SHOTGUN_PAIRS);
+        v
+    }
+
+    /// Turns shotgun mode ([`Config::shotgun`]) on or off for the I1s and
+    /// announcements sent from now on.
+    pub fn set_shotgun(&mut self, on: bool) {
+        self.config.shotgun = on;
     }
 
     fn i1_payload(&self, local: Hit, peer: Hit) -> Result<Vec<u8>, EngineError> {
@@ -838,6 +898,7 @@ impl Endpoint {
         a.retx = Some(Retx {
             src: None,
             dst,
+            also: Vec::new(),
             payload,
             deadline: now + self.config.i1_timeout,
             timeout: self.config.i1_timeout,
@@ -930,6 +991,7 @@ impl Endpoint {
         a.retx = Some(Retx {
             src,
             dst,
+            also: Vec::new(),
             payload: t.payload.clone(),
             deadline: now + self.config.close_timeout,
             timeout: self.config.close_timeout,
@@ -1467,6 +1529,7 @@ impl Endpoint {
         a.retx = Some(Retx {
             src: Some(d.dst),
             dst: d.src,
+            also: Vec::new(),
             payload: t.payload.clone(),
             deadline: now + self.config.i2_timeout,
             timeout: self.config.i2_timeout,

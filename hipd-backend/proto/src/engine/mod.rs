@@ -283,7 +283,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 pub use assoc::{Association, LocalLocator, LocatorState, PeerLocator, Role, State, Suites};
-pub use config::Config;
+pub use config::{Config, MAX_SHOTGUN_PAIRS};
 pub use endpoint::Endpoint;
 pub use endpoint::update::{EXPLORING_MARKER, LocatorsView, MAX_SA_PAIRS, SEQ_WINDOW};
 pub use stats::Stats;

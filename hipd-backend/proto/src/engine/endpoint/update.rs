@@ -413,6 +413,41 @@ impl Endpoint {
         }
     }
 
+    /// Announces the current local locators to every ESTABLISHED (or
+    /// R2-SENT) association whether or not they changed (HIPL's `hipconf
+    /// daemon manual-update`): `UPDATE(ESP_INFO, LOCATOR_SET, SEQ)`, which
+    /// replaces an announcement still waiting for its ACK. Returns how many
+    /// UPDATEs were sent. Associations without a local locator set (none
+    /// was ever given) announce the address of their exchange.
+    pub fn announce_to_all(&mut self, now: Instant) -> usize {
+        let ids: Vec<AssocId> = self
+            .assocs
+            .values()
+            .filter(|a| Self::require_established(a).is_ok())
+            .map(|a| a.id)
+            .collect();
+        let mut sent = 0;
+        for id in ids {
+            let Some(mut a) = self.assocs.remove(&id) else {
+                continue;
+            };
+            if a.local_locators.is_empty()
+                && let Some((src, _)) = a.upd.path
+            {
+                a.local_locators = vec![LocalLocator {
+                    addr: src,
+                    ifindex: 0,
+                    preferred: true,
+                }];
+            }
+            if self.announce_locators(now, &mut a).is_ok() {
+                sent += 1;
+            }
+            self.assocs.insert(id, a);
+        }
+        sent
+    }
+
     fn apply_local_locators(&mut self, now: Instant, a: &mut Association, given: &[LocalLocator]) {
         let mut locs: Vec<LocalLocator> = Vec::with_capacity(given.len());
         for l in given {
@@ -954,7 +989,7 @@ impl Endpoint {
             .or(a.upd.path.map(|p| p.1))
             .ok_or(EngineError::NoLocators)?;
         a.upd.pending.retain(|p| p.purpose != Purpose::Announce);
-        self.send_update(
+        let (_, payload) = self.send_update(
             now,
             a,
             params,
@@ -963,6 +998,29 @@ impl Endpoint {
             src,
             dst,
         )?;
+        if self.config.shotgun {
+            // Copies to every other pair of our and the peer's locators
+            // (the peer acknowledges the duplicates of the SEQ again).
+            let peers: Vec<IpAddr> = a
+                .peer_locators
+                .iter()
+                .filter(|l| l.state != LocatorState::Deprecated)
+                .map(|l| l.addr)
+                .collect();
+            let locals: Vec<IpAddr> = a.local_locators.iter().map(|l| l.addr).collect();
+            let mut copies = 0;
+            'pairs: for &d in &peers {
+                for &l in &locals {
+                    if copies + 1 >= crate::engine::MAX_SHOTGUN_PAIRS {
+                        break 'pairs;
+                    }
+                    if same_family(l, d) && (Some(l), d) != (src, dst) {
+                        self.push_copy(Some(l), d, a.transport, &payload);
+                        copies += 1;
+                    }
+                }
+            }
+        }
         a.upd.announce_at = (self.config.locator_lifetime != u32::MAX)
             .then(|| now + Duration::from_secs(u64::from(self.config.locator_lifetime / 2).max(1)));
         Ok(())
