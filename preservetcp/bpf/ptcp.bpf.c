@@ -115,7 +115,8 @@
 #define C_ALT_OWNED 13
 #define C_MOVED_REWRITES 14
 #define C_ICMP_TRANSLATED 15
-#define C_COUNT 16
+#define C_ALT_IMPLAUSIBLE 16
+#define C_COUNT 17
 
 // Kinds of a ptcp_events record (preservetcp::bpf::Event).
 #define EV_LEARN 1
@@ -999,6 +1000,66 @@ static __always_inline int owned(struct __sk_buff *skb, const struct tuple *t)
 	return 1;
 }
 
+// How far (bytes of sequence space) a segment's sequence number may lie
+// from the socket's next expected byte for the segment to move the
+// connection: a peer that moved retransmits from its oldest unacknowledged
+// byte, which is behind our rcv_nxt by what our lost ACKs covered (at
+// most a receive window; tcp_rmem's default maximum is 6 MiB).
+#define FOLLOW_SEQ_WINDOW (1u << 23)
+
+// Whether a segment arriving on another pair of the connection with
+// original tuple (`local`, `peer`, ports of `t`) is one its peer could have
+// sent, so that it may move the connection (report, follow window): not a
+// RST, the ACK flag set, the acknowledgment number within [snd_una,
+// snd_nxt] (RFC 5961 §5 acceptance, without the allowance for old ACKs:
+// a late ACK just moves nothing) and the sequence number within
+// FOLLOW_SEQ_WINDOW of rcv_nxt. A blind attacker who knows the tuple and
+// one of the peer's other addresses must guess both 32-bit numbers into
+// those windows. Segments that fail are still rewritten to the original
+// tuple (the socket's own checks apply to them), only not followed.
+// Counted (C_ALT_IMPLAUSIBLE).
+static __always_inline int plausible(struct __sk_buff *skb, const struct headers *h,
+				     const __u8 *local, const __u8 *peer,
+				     const struct tuple *t)
+{
+	struct bpf_sock_tuple st = {};
+	struct bpf_tcp_sock *tp;
+	struct bpf_sock *sk;
+	__u32 seq, ack, rcv_nxt, snd_una, snd_nxt;
+	__u8 flags = h->tcp[13];
+
+	if ((flags & TCP_RST) || !(flags & TCP_ACK))
+		goto no;
+	__builtin_memcpy(st.ipv6.saddr, peer, 16);
+	__builtin_memcpy(st.ipv6.daddr, local, 16);
+	st.ipv6.sport = t->peer_port;
+	st.ipv6.dport = t->local_port;
+	sk = bpf_sk_lookup_tcp(skb, &st, sizeof(st.ipv6), BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		goto no;
+	tp = bpf_tcp_sock(sk);
+	if (!tp) {
+		bpf_sk_release(sk);
+		goto no;
+	}
+	rcv_nxt = tp->rcv_nxt;
+	snd_una = tp->snd_una;
+	snd_nxt = tp->snd_nxt;
+	bpf_sk_release(sk);
+	__builtin_memcpy(&seq, &h->tcp[4], 4);
+	__builtin_memcpy(&ack, &h->tcp[8], 4);
+	seq = bpf_ntohl(seq);
+	ack = bpf_ntohl(ack);
+	if (ack - snd_una > snd_nxt - snd_una)
+		goto no;
+	if (seq - rcv_nxt + FOLLOW_SEQ_WINDOW > 2 * FOLLOW_SEQ_WINDOW)
+		goto no;
+	return 1;
+no:
+	count(C_ALT_IMPLAUSIBLE);
+	return 0;
+}
+
 // A segment on an alternative pair of a tracked connection (TCP right
 // after the fixed header): reported now and then, then rewritten to the
 // connection's original addresses. The TCP checksum covers the addresses
@@ -1021,7 +1082,8 @@ static __always_inline int follow_alt(struct __sk_buff *skb, struct headers *h, 
 	if (!a->current && owned(skb, t))
 		return 0;
 	now = bpf_ktime_get_ns();
-	if (!a->current && now >= a->next_report_ns) {
+	if (!a->current && now >= a->next_report_ns &&
+	    plausible(skb, h, a->local, a->peer, t)) {
 		struct tuple key = {};
 
 		a->next_report_ns = now + ALT_REPORT_NS;
@@ -1050,8 +1112,10 @@ rewrite:
 
 // A segment on the original tuple of a connection the daemon moved: the
 // peer went back to the original pair. Reported (and followed outside the
-// hold) like a segment on an alternative pair; it needs no rewrite.
-static __always_inline void moved_in(struct __sk_buff *skb, struct tuple *t)
+// hold) like a segment on an alternative pair, if plausible; it needs no
+// rewrite.
+static __always_inline void moved_in(struct __sk_buff *skb, const struct headers *h,
+				     struct tuple *t)
 {
 	__u32 zero = 0;
 	__u32 *n = bpf_map_lookup_elem(&ptcp_moved_count, &zero);
@@ -1064,7 +1128,7 @@ static __always_inline void moved_in(struct __sk_buff *skb, struct tuple *t)
 	if (!m)
 		return;
 	now = bpf_ktime_get_ns();
-	if (now < m->next_report_ns)
+	if (now < m->next_report_ns || !plausible(skb, h, t->local, t->peer, t))
 		return;
 	m->next_report_ns = now + ALT_REPORT_NS;
 	report(skb, EV_ALT, 0);
@@ -1153,7 +1217,7 @@ int ptcp_ingress(struct __sk_buff *skb)
 			// go back to the original tuple; on the original tuple of
 			// a moved connection they show the peer went back.
 			if (!follow_alt(skb, &h, &t))
-				moved_in(skb, &t);
+				moved_in(skb, &h, &t);
 			return TC_ACT_OK;
 		}
 		if (flags & TCP_RST)

@@ -313,11 +313,17 @@ pub enum Counter {
     /// connection's non-original pairs, whose quote was put back to the
     /// original tuple so that the socket learns the path MTU.
     IcmpTranslated,
+    /// Segments on an alternative pair (or on the original tuple of a
+    /// moved connection) that did not move the connection because the
+    /// peer could not have sent them: a RST, no ACK flag, or sequence or
+    /// acknowledgment number outside the socket's windows (a blind
+    /// spoofing attempt or a very late segment). Still delivered.
+    AltImplausible,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 16] = [
+    pub const ALL: [Counter; 17] = [
         Counter::SynOffers,
         Counter::SynackAnswers,
         Counter::AckEchoes,
@@ -334,6 +340,7 @@ impl Counter {
         Counter::AltOwned,
         Counter::MovedRewrites,
         Counter::IcmpTranslated,
+        Counter::AltImplausible,
     ];
 
     /// Index in the `ptcp_counters` array.
@@ -355,6 +362,7 @@ impl Counter {
             Counter::AltOwned => 13,
             Counter::MovedRewrites => 14,
             Counter::IcmpTranslated => 15,
+            Counter::AltImplausible => 16,
         }
     }
 
@@ -377,6 +385,7 @@ impl Counter {
             Counter::AltOwned => "bpf_alt_owned",
             Counter::MovedRewrites => "bpf_moved_rewrites",
             Counter::IcmpTranslated => "bpf_icmp_translated",
+            Counter::AltImplausible => "bpf_alt_implausible",
         }
     }
 }

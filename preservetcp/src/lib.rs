@@ -135,6 +135,19 @@
 //!   rewrites the peer's segments back (they arrive on an alternative
 //!   pair, marked current), and a segment arriving on the original tuple
 //!   is reported, and followed outside the hold, as the peer going back.
+//!   Only a segment the peer could have sent moves a connection (reported,
+//!   window opened): the ingress program looks up the connection's socket
+//!   (`bpf_sk_lookup_tcp`, `bpf_tcp_sock`) and requires the ACK flag, no
+//!   RST, the acknowledgment number within `[snd_una, snd_nxt]` and the
+//!   sequence number within 8 MiB of `rcv_nxt`; other segments are still
+//!   rewritten and delivered (the socket's own RFC 5961 checks apply) but
+//!   move nothing (`bpf_alt_implausible`). So a blind attacker who knows
+//!   the tuple and one of the peer's other addresses cannot move the
+//!   connection without guessing both numbers (lab test
+//!   `blind_spoofed_segments_do_not_move_a_connection`). With `--no-bpf`
+//!   netfilter gives the daemon no view of the socket's sequence state and
+//!   any segment on an alternative pair is followed: use the default mode
+//!   where off-path spoofing matters.
 //!   So in BPF mode there is no netfilter rule of ours at all, and no
 //!   NFQUEUE trip, before or after a move: what stays outside the
 //!   programs are the fallback routes and rules below (the fallback route

@@ -1,0 +1,146 @@
+//! preservetcp against blind spoofing: a segment on one of a connection's
+//! alternative pairs moves the connection (the peer moved) only if the
+//! peer could have sent it. An attacker who knows the tuple and one of the
+//! peer's other addresses, but not the sequence numbers, must not be able
+//! to move the connection with a forged ACK, data segment or RST.
+
+mod preservetcp_support;
+
+use std::io::{Read, Write};
+use std::net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+use preservetcp_support::*;
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// A TCP segment from `src`:`sport` to `dst`:`dport` with `flags`, the
+/// given sequence and acknowledgment numbers and `payload`, checksummed.
+fn segment(
+    (src, sport): (Ipv6Addr, u16),
+    (dst, dport): (Ipv6Addr, u16),
+    (seq, ack): (u32, u32),
+    flags: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut s = Vec::with_capacity(20 + payload.len());
+    s.extend_from_slice(&sport.to_be_bytes());
+    s.extend_from_slice(&dport.to_be_bytes());
+    s.extend_from_slice(&seq.to_be_bytes());
+    s.extend_from_slice(&ack.to_be_bytes());
+    s.extend_from_slice(&[5 << 4, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    s.extend_from_slice(payload);
+    let mut acc: u32 = 0;
+    let len = u32::try_from(s.len()).unwrap().to_be_bytes();
+    let pseudo = [&src.octets()[..], &dst.octets(), &len, &[0, 0, 0, 6]];
+    for part in pseudo.into_iter().chain([&s[..]]) {
+        for c in part.chunks(2) {
+            acc += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+        }
+    }
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    let sum = !(acc as u16);
+    s[16..18].copy_from_slice(&sum.to_be_bytes());
+    s
+}
+
+const ACK: u8 = 0x10;
+const PSH_ACK: u8 = 0x18;
+const RST: u8 = 0x04;
+const RST_ACK: u8 = 0x14;
+
+#[test]
+fn blind_spoofed_segments_do_not_move_a_connection() {
+    let t = two_links();
+    let port = 5301;
+    let da = Daemon::start(&t.lab, &t.a, &[port]);
+    let db = Daemon::start(&t.lab, &t.b, &[port]);
+    assert!(da.bpf() && db.bpf(), "the tc programs are loaded");
+    let listener =
+        t.b.run(move || TcpListener::bind(("::", port)))
+            .expect("run")
+            .expect("bind");
+    let (a0, a1, b0, b1) = (
+        v6(&t.l0, &t.a),
+        v6(&t.l1, &t.a),
+        v6(&t.l0, &t.b),
+        v6(&t.l1, &t.b),
+    );
+    let dst = SocketAddr::from((b0, port));
+    let mut c: TcpStream =
+        t.a.run(move || TcpStream::connect(dst))
+            .expect("run")
+            .expect("connect");
+    let (mut s, _) = listener.accept().expect("accept");
+    for x in [&c, &s] {
+        x.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+    }
+    let ping = |from: &mut TcpStream, to: &mut TcpStream, n: u8| {
+        let data = vec![n; 64 << 10];
+        from.write_all(&data).expect("write");
+        let mut got = vec![0u8; data.len()];
+        to.read_exact(&mut got).expect("read");
+        assert_eq!(got, data, "data intact");
+    };
+    ping(&mut c, &mut s, 1);
+    ping(&mut s, &mut c, 2);
+    let conn = da.connections();
+    assert_eq!(conn.len(), 1, "{conn:?}");
+    assert_eq!(conn[0].peers.len(), 2, "learned b's second address");
+    let cport = c.local_addr().expect("local").port();
+    let before = da.stat("bpf_alt_implausible");
+
+    // From b1 (b's address on link 1, which the attacker knows to be the
+    // peer's) to a1, with the connection's ports: what a blind attacker on
+    // link 1 could send. Numbers far from anything the connection used.
+    let forged =
+        t.b.run(move || {
+            let raw = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::TCP))?;
+            raw.bind(&SocketAddr::from((b1, 0)).into())?;
+            let to = SocketAddr::from((a1, 0)).into();
+            let mut n = 0;
+            for (i, (flags, payload)) in [
+                (ACK, &b""[..]),
+                (PSH_ACK, &b"forged data"[..]),
+                (RST, &b""[..]),
+                (RST_ACK, &b""[..]),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let k = u32::try_from(i).unwrap();
+                let seq = 0x1234_5678_u32.wrapping_add(k.wrapping_mul(0x4000_0000));
+                let ack = 0x9abc_def0_u32.wrapping_add(k.wrapping_mul(0x4000_0000));
+                let seg = segment((b1, port), (a1, cport), (seq, ack), flags, payload);
+                raw.send_to(&seg, &to)?;
+                n += 1;
+            }
+            Ok::<_, std::io::Error>(n)
+        })
+        .expect("run")
+        .expect("raw socket");
+    assert_eq!(forged, 4);
+    std::thread::sleep(Duration::from_millis(500));
+
+    let implausible = da.stat("bpf_alt_implausible") - before;
+    assert!(
+        implausible >= 4,
+        "all four forged segments were judged implausible ({implausible})\n{}",
+        da.log()
+    );
+    let conn = da.connections();
+    assert_eq!(
+        (conn[0].current.local, conn[0].current.peer),
+        (a0, b0),
+        "the connection stayed on its original pair: {conn:?}\n{}",
+        da.log()
+    );
+    assert_eq!(da.stat("bpf_follow_rewrites"), 0, "no follow window opened");
+    // The connection is unharmed (the RSTs were out of window).
+    ping(&mut c, &mut s, 3);
+    ping(&mut s, &mut c, 4);
+    let conn = da.connections();
+    assert_eq!((conn[0].current.local, conn[0].current.peer), (a0, b0));
+}
