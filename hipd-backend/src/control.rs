@@ -24,7 +24,8 @@
 //! [`Request::Opportunistic`]) are open to every user, like sending a packet
 //! to a HIT is. Per-socket requests (`Shim*`, used by the `shimapi`
 //! crate) are accepted only from the uid that owns the socket (the uid of
-//! the kernel socket with that local port, from `/proc/net/{tcp,udp}*`)
+//! the kernel socket with that local port, asked of the kernel with a
+//! sock_diag query)
 //! or from root; per-socket state lives as long as the control connection
 //! that registered it, or until [`Request::ShimRelease`].
 //!
@@ -492,8 +493,15 @@ pub struct ShimContextInfo {
     pub send_timeout_ms: u32,
     /// `SHIM_PATHEXPLORE` as set (`None` = defaults).
     pub path_explore: Option<PathExplore>,
-    /// The parameters in effect.
+    /// The parameters in effect (keepalive fields in whole seconds, as
+    /// RFC 6316 defines them; see the `_ms` fields for the exact values).
     pub effective_explore: PathExplore,
+    /// The keepalive timeout in effect, milliseconds.
+    #[serde(default)]
+    pub keepalive_timeout_ms: u32,
+    /// The keepalive interval in effect, milliseconds.
+    #[serde(default)]
+    pub keepalive_interval_ms: u32,
     /// Failure-detection state: "operational", "exploring", "inbound_ok".
     pub reap_state: String,
     /// Path switches made by failure detection / preferences.

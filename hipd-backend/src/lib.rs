@@ -26,20 +26,19 @@
 //! As Responder the daemon answers opportunistic I1s (receiver HIT zero)
 //! unless `hipd.conf` says `opportunistic off`. As Initiator an
 //! opportunistic exchange is started explicitly (`hipconf daemon opp IP` or
-//! [`control::Request::Opportunistic`]); the learned HIT is returned and is
-//! then usable by applications.
+//! [`control::Request::Opportunistic`], open to every user like sending a
+//! packet to a HIT); the learned HIT is returned and is then usable by
+//! applications. `opportunistic off` refuses that too (permission denied,
+//! hipconf exit code 4).
 //!
 //! ## Known gaps
-//! * No TUN offloads (vnet header, GSO/GRO, multi-queue) and no batched
-//!   socket IO: one read, seal and `sendmsg` per packet. `--tun-mtu` above
-//!   the underlay MTU lets the kernel fragment outer packets instead.
 //! * ESP to an UNVERIFIED peer locator is not gated by the engine's
 //!   credit-based authorization (`authorize_send`); received bytes are
 //!   reported to the engine (`on_data_received`).
-//! * Per-socket / per-endpoint-descriptor requests (for the shim and
-//!   endpoint APIs) do not exist yet in protocol v1, so the "owning user"
-//!   check is not implemented; root-only vs read-only is.
-//! * ICMPv4 inside LSI flows is not translated.
+//! * ICMPv4 inside LSI flows is translated for echo request/reply only;
+//!   other ICMPv4 messages from the application are dropped (counted as
+//!   `no_mapping`). Path MTU towards LSI applications is signalled with
+//!   ICMPv4 Fragmentation Needed (see the daemon docs).
 //! * Rendezvous, relay, HIP firewall, certificates and DNS HIP records are
 //!   not implemented.
 #![deny(unsafe_op_in_unsafe_fn)]

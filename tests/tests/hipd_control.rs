@@ -108,6 +108,20 @@ fn hipd_hipconf_verbs_exit_codes_and_permissions() {
     assert_eq!(as_nobody(&["daemon", "debug", "all"]).0, 4);
     assert_eq!(as_nobody(&["daemon", "rst", "all"]).0, 4);
 
+    // Mappings that cannot be right are refused (exit 2): a HIT or LSI as
+    // the locator, our own HIT, our own LSI as the peer's.
+    let hit_a = ha.hit().to_string();
+    let lsi_a = ha.lsi().to_string();
+    let hb_s = hit_b.to_string();
+    for bad in [
+        vec!["daemon", "add", "map", &hb_s, &hit_a],
+        vec!["daemon", "add", "map", &hb_s, "1.0.0.9"],
+        vec!["daemon", "add", "map", &hit_a, "2001:db8::1"],
+        vec!["daemon", "add", "map", &hb_s, "2001:db8::1", &lsi_a],
+    ] {
+        let (code, out, err) = ha.hipconf(&bad);
+        assert_eq!(code, 2, "{bad:?}: {out}{err}");
+    }
     // Static mapping via hipconf, then a BEX on request.
     let b_ip = l0.addr(&b, Family::V6);
     let (code, out, err) = ha.hipconf(&[
@@ -124,6 +138,16 @@ fn hipd_hipconf_verbs_exit_codes_and_permissions() {
     let (code, out, _) = ha.hipconf(&["--json", "daemon", "get", "ha", &hit_b.to_string()]);
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    // `--json` anywhere gives the same; errors come as JSON too.
+    let (code, out2, _) = ha.hipconf(&["daemon", "get", "ha", &hit_b.to_string(), "--json"]);
+    assert_eq!(code, 0);
+    let v2: serde_json::Value = serde_json::from_str(&out2).unwrap();
+    assert_eq!(v2["has"][0]["peer_hit"], v["has"][0]["peer_hit"]);
+    let (code, out2, _) = ha.hipconf(&["daemon", "get", "ha", "2001:2f::99", "--json"]);
+    assert_eq!(code, 5, "{out2}");
+    let e: serde_json::Value = serde_json::from_str(&out2).unwrap();
+    assert_eq!(e["exit_code"], 5, "{e}");
+    assert!(e["error"].as_str().is_some_and(|m| !m.is_empty()), "{e}");
     let h = &v["has"][0];
     assert_eq!(h["state"], "ESTABLISHED");
     assert_eq!(h["peer_hit"], hit_b.to_string());
@@ -250,6 +274,34 @@ fn hipd_opportunistic_bex_then_tcp() {
     assert_eq!(has.len(), 1);
     assert_eq!(has[0].peer_hit, Some(hit_b));
     transfer_to_hit(&lab, &b, &a, hit_b, 5010, 4 << 20, 5);
+}
+
+/// `opportunistic off` in hipd.conf: the daemon neither starts an
+/// opportunistic exchange (refused at once, exit code 4) nor answers one
+/// (the I1 is dropped and counted; the initiator gives up).
+#[test]
+fn hipd_opportunistic_policy_off() {
+    let (lab, a, b, l0) = lab2();
+    let ha = Hipd::start(&lab, &a, "", "");
+    let hb = Hipd::start(&lab, &b, "opportunistic off\n", "");
+    let a_ip = l0.addr(&a, Family::V6).to_string();
+    let b_ip = l0.addr(&b, Family::V6).to_string();
+    let t0 = Instant::now();
+    let (code, out, err) = hb.hipconf(&["daemon", "opp", &a_ip]);
+    assert_eq!(code, 4, "{out}{err}");
+    assert!(err.contains("opportunistic"), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(2), "refused at once");
+    assert!(ha.has().is_empty() && hb.has().is_empty());
+    let (code, out, err) = ha.hipconf(&["daemon", "opp", &b_ip]);
+    assert_ne!(code, 0, "{out}{err}");
+    let dropped = hb
+        .stats()
+        .engine
+        .iter()
+        .find(|(k, _)| k == "unknown_association")
+        .map_or(0, |(_, v)| *v);
+    assert!(dropped >= 1, "b dropped the opportunistic I1s: {dropped}");
+    assert!(hb.has().is_empty(), "{:?}", hb.has());
 }
 
 /// A peer resolved through the hosts files (HIT ↔ name in the HIP hosts

@@ -52,16 +52,25 @@ fn print_ha(h: &HaInfo) {
     println!(" ESP packets out {} in {}", h.esp_out, h.esp_in);
 }
 
+/// With `--json`, an error is also printed on standard output as
+/// `{"error": MESSAGE, "exit_code": N}` (the message stays on stderr).
+fn json_error(json: bool, message: &str, code: i32) {
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "error": message, "exit_code": code })
+        );
+    }
+}
+
 fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let mut socket = hipd_backend::control::DEFAULT_SOCKET.to_string();
-    let mut json = false;
+    // `--json` may stand anywhere (`hipconf daemon get ha all --json`).
+    let json = args.iter().any(|a| a == "--json");
+    args.retain(|a| a != "--json");
     loop {
         match args.first().map(String::as_str) {
-            Some("--json") => {
-                json = true;
-                args.remove(0);
-            }
             Some("--socket") if args.len() >= 2 => {
                 socket = args[1].clone();
                 args.drain(..2);
@@ -82,6 +91,7 @@ fn main() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("hipconf: {e}\n{USAGE}");
+            json_error(json, &e.to_string(), 2);
             std::process::exit(2);
         }
     };
@@ -99,6 +109,7 @@ fn main() {
                     _ => 1,
                 },
             };
+            json_error(json, &e.to_string(), code);
             std::process::exit(code);
         }
     };
@@ -171,12 +182,12 @@ fn print_shim(c: &hipd_backend::control::ShimContextInfo) {
         c.switches
     );
     println!(
-        "  send timeout {} ms  probes {} every {} ms  keepalive {} s/{} s  hot standby {} (standby {})",
+        "  send timeout {} ms  probes {} every {} ms  keepalive timeout {} ms interval {} ms  hot standby {} (standby {})",
         c.send_timeout_ms,
         c.effective_explore.probenum,
         c.effective_explore.initprobeto,
-        c.effective_explore.keepaliveto,
-        c.effective_explore.keepaliveint,
+        c.keepalive_timeout_ms,
+        c.keepalive_interval_ms,
         if c.hot_standby { "on" } else { "off" },
         pair(c.standby)
     );

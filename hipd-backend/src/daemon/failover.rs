@@ -348,14 +348,16 @@ impl Shared {
     }
 
     /// What the shim API reports: state, standby pair, Send Timeout (ms),
-    /// effective SHIM_PATHEXPLORE values.
+    /// effective SHIM_PATHEXPLORE values (whose keepalive fields are whole
+    /// seconds, RFC 6316 5.11) and the keepalive timeout and interval in
+    /// milliseconds.
     pub(super) fn reap_report(
         &self,
         core: &Core,
         local: Hit,
         peer: Hit,
         _ctx: &super::shim::ShimCtx,
-    ) -> (String, Option<Pair>, u32, PathExplore) {
+    ) -> (String, Option<Pair>, u32, PathExplore, (u32, u32)) {
         let p = self.reap_params(core, local, peer);
         let pe = PathExplore {
             probenum: p.initial_probes,
@@ -364,6 +366,8 @@ impl Shared {
             initprobeto: u16::try_from(p.initial_probe_timeout.as_millis()).unwrap_or(u16::MAX),
         };
         let ms = u32::try_from(p.send_timeout.as_millis()).unwrap_or(u32::MAX);
+        let as_ms = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
+        let keepalive = (as_ms(p.keepalive_timeout), as_ms(p.keepalive_interval));
         match core.failover.get(&(local, peer)) {
             Some(f) => (
                 match f.det.state() {
@@ -375,8 +379,9 @@ impl Shared {
                 f.standby,
                 ms,
                 pe,
+                keepalive,
             ),
-            None => ("none".into(), None, ms, pe),
+            None => ("none".into(), None, ms, pe, keepalive),
         }
     }
 

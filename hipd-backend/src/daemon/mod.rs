@@ -256,6 +256,9 @@ struct Core {
     next_lsi: u32,
     nat: NatMode,
     shotgun: bool,
+    /// `opportunistic on|off` (hipd.conf): answer opportunistic I1s and
+    /// start opportunistic exchanges.
+    opportunistic: bool,
     puzzle_k: u8,
     pending: HashMap<(Hit, Hit), VecDeque<Vec<u8>>>,
     local_locators: Vec<IpAddr>,
@@ -1740,8 +1743,30 @@ impl Shared {
                         format!("{hit} is not an ORCHIDv2 HIT"),
                     );
                 }
+                if is_hip_addr(ip) || ip.is_unspecified() || ip.is_multicast() {
+                    return Reply::err(
+                        ErrorCode::BadRequest,
+                        format!(
+                            "{ip} is not a locator (a HIT, LSI, unspecified or multicast address)"
+                        ),
+                    );
+                }
                 let mut core = self.lock_core();
                 let mut dp = self.dp.write().unwrap_or_else(|p| p.into_inner());
+                if dp.local_hit_lsi.contains_key(&hit) {
+                    return Reply::err(
+                        ErrorCode::BadRequest,
+                        format!("{hit} is one of this host's HITs"),
+                    );
+                }
+                if let Some(l) = lsi
+                    && dp.local_lsi.contains_key(&l)
+                {
+                    return Reply::err(
+                        ErrorCode::BadRequest,
+                        format!("{l} is one of this host's LSIs"),
+                    );
+                }
                 let lsi = match lsi
                     .or_else(|| core.maps.get(&hit).map(|m| m.lsi))
                     .or_else(|| dp.peer_lsi.get(&hit).copied())
@@ -1889,6 +1914,12 @@ impl Shared {
             }
             Request::Opportunistic { ip, wait_ms } => {
                 let mut core = self.lock_core();
+                if !core.opportunistic {
+                    return Reply::err(
+                        ErrorCode::PermissionDenied,
+                        "opportunistic mode is off by policy (hipd.conf: opportunistic off)",
+                    );
+                }
                 if let Some((ep, id)) = core.eps.iter().enumerate().find_map(|(i, e)| {
                     e.associations()
                         .find(|a| {
@@ -2110,6 +2141,7 @@ impl Daemon {
             next_lsi: 0x0101,
             nat: NatMode::None,
             shotgun: false,
+            opportunistic,
             puzzle_k: DEFAULT_PUZZLE_K,
             pending: HashMap::new(),
             local_locators: Vec::new(),

@@ -33,8 +33,8 @@
 //!
 //! # Ownership
 //! Every `Shim*` request is checked against the socket's owner: the uid of
-//! the kernel socket with the flow's addresses and ports in
-//! `/proc/net/{tcp,udp}{,6}` must equal the caller's (root may act on any
+//! the kernel socket with the flow's addresses and ports (a sock_diag
+//! query) must equal the caller's (root may act on any
 //! socket). Per-flow state is dropped when the control connection that
 //! registered it closes or on `ShimRelease`.
 
@@ -281,7 +281,7 @@ impl Shared {
         };
         order(&mut local_v, &ctx.loclist_local);
         order(&mut peer_v, &ctx.loclist_peer);
-        let (reap_state, standby, send_timeout_ms, effective_explore) =
+        let (reap_state, standby, send_timeout_ms, effective_explore, keepalive_ms) =
             self.reap_report(core, local, peer, &ctx);
         let socket = flow
             .map(|f| {
@@ -310,6 +310,8 @@ impl Shared {
             send_timeout_ms,
             path_explore: ctx.path_explore,
             effective_explore,
+            keepalive_timeout_ms: keepalive_ms.0,
+            keepalive_interval_ms: keepalive_ms.1,
             reap_state,
             switches: ctx.switches,
             socket,

@@ -148,6 +148,8 @@ pub fn context() -> ShimContextInfo {
             keepaliveint: 5,
             initprobeto: 500,
         },
+        keepalive_timeout_ms: 15000,
+        keepalive_interval_ms: 5000,
         reap_state: "operational".into(),
         switches: 0,
         socket: ShimSocketInfo {
