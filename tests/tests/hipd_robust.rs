@@ -87,15 +87,37 @@ fn hipd_garbage_and_i1_flood_are_dropped_and_counted() {
     }
     udp_garbage.push(vec![]);
     udp_garbage.push(vec![0, 0]);
+    // Each socket on its own: every packet is received and dropped by a
+    // counter of that socket's path.
+    let drops = |s: &hipd_backend::control::StatsInfo| {
+        s.malformed + s.engine_dropped + s.esp_unknown_spi + s.esp_bad
+    };
     for fam in [Family::V6, Family::V4] {
         let dst = l0.addr(&b, fam);
-        let (g1, g2) = (garbage.clone(), udp_garbage.clone());
-        a.run(move || {
-            send_all(dst, Some(139), &g1);
-            send_all(dst, Some(50), &g1);
-            send_all(dst, None, &g2);
-        })
-        .unwrap();
+        for (what, proto, pkts) in [
+            ("HIP (proto 139)", Some(139), &garbage),
+            ("ESP (proto 50)", Some(50), &garbage),
+            ("UDP 10500", None, &udp_garbage),
+        ] {
+            let st0 = hb.stats();
+            let p = pkts.clone();
+            a.run(move || send_all(dst, proto, &p)).unwrap();
+            let n = pkts.len() as u64;
+            let t0 = std::time::Instant::now();
+            let mut st = hb.stats();
+            while drops(&st) - drops(&st0) < n && t0.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(50));
+                st = hb.stats();
+            }
+            assert_eq!(
+                drops(&st) - drops(&st0),
+                n,
+                "{what} over {fam:?}: every garbage packet counted once\n{st0:#?}\n{st:#?}"
+            );
+            if proto == Some(139) {
+                assert_eq!(st.hip_rx - st0.hip_rx, n, "{what} over {fam:?}");
+            }
+        }
     }
 
     // I1 flood with random initiator HITs: answered statelessly.

@@ -1286,8 +1286,14 @@ fn rx_thread(sh: Arc<Shared>, kind: Kind, v6: bool) {
                 Kind::Esp => sh.handle_esp(payload, meta.hop_limit, pair, &mut out, &mut gro),
                 // UDP receive offload may hand over several datagrams at once.
                 Kind::Udp => {
+                    if payload.is_empty() {
+                        inc(&sh.ctr.malformed); // an empty datagram
+                    }
                     for dgram in meta.datagrams(payload) {
                         match dgram.first_chunk::<4>() {
+                            // RFC 3948 2.3 NAT-keepalive (one 0xFF octet):
+                            // only keeps a NAT binding, nothing to do.
+                            None if dgram == [0xff] => inc(&sh.ctr.keepalives_rx),
                             None => inc(&sh.ctr.malformed),
                             Some([0, 0, 0, 0]) => sh.handle_hip(
                                 meta.src,
