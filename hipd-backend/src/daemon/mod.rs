@@ -1459,8 +1459,12 @@ fn locator_thread(sh: Arc<Shared>) {
                 sh.update_locators();
             }
             Err(e) => {
-                tracing::debug!(error = %e, "netlink recv");
+                // ENOBUFS: the kernel dropped notifications; any other
+                // error may have lost some too. Re-read the addresses
+                // rather than wait for the next event.
+                tracing::debug!(error = %e, "netlink recv; re-reading the locators");
                 std::thread::sleep(Duration::from_millis(200));
+                sh.update_locators();
             }
         }
     }
