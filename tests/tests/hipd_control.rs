@@ -311,14 +311,36 @@ fn hipd_hosts_file_resolution() {
     let (lab, a, b, l0) = lab2();
     let hb = Hipd::start(&lab, &b, "", "");
     let hit_b = hb.hit();
-    // "b-l0" resolves to b's addresses on link 0 in the lab's hosts file.
-    let ha = Hipd::start(&lab, &a, "", &format!("{hit_b} b-l0\n"));
+    // "b-l0" resolves to b's addresses on link 0 in the lab's hosts file;
+    // the HIP hosts file also gives that name an LSI.
+    let ha = Hipd::start(&lab, &a, "", &format!("{hit_b} b-l0\n1.0.0.42 b-l0\n"));
     transfer_to_hit(&lab, &b, &a, hit_b, 5011, 2 << 20, 9);
     let has = ha.has();
     let loc = has[0].peer_locator.unwrap();
     assert!(
         loc == l0.addr(&b, Family::V6) || loc == l0.addr(&b, Family::V4),
         "{loc}"
+    );
+    assert_eq!(
+        has[0].peer_lsi,
+        Some("1.0.0.42".parse().unwrap()),
+        "{has:?}"
+    );
+    // An IPv4 application reaches b at that LSI.
+    let file = lab.artifacts_dir().join("hosts-lsi");
+    hipd_support::random_file(&file, 2 << 20, 10);
+    let got = hipd_support::socat_tcp(
+        &lab,
+        &b,
+        &a,
+        IpAddr::V4(hb.lsi()),
+        "1.0.0.42".parse().unwrap(),
+        5012,
+        &file,
+    );
+    assert!(
+        hipd_support::same_file(&file, &got),
+        "data over the hosts-file LSI"
     );
 }
 

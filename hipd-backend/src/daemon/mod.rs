@@ -308,6 +308,9 @@ pub struct Shared {
     shutting_down: AtomicBool,
     /// Time base of the data plane's atomic timestamps.
     epoch: Instant,
+    /// When the HIP hosts file was last read for peer LSIs (ms since
+    /// `epoch`; see [`Shared::load_hosts_lsis`]).
+    hosts_lsis_read: AtomicU64,
 }
 
 impl std::fmt::Debug for Shared {
@@ -953,6 +956,53 @@ impl Shared {
         }
     }
 
+    /// Peer LSIs from the HIP hosts file (an LSI line naming one of a
+    /// HIT's names, like HIPL's `/etc/hip/hosts`): each becomes the HIT's
+    /// LSI unless the HIT already has one (a static mapping wins), the LSI
+    /// belongs to another HIT, or it is one of ours. Read at start and,
+    /// at most once a second, when a packet to an unknown LSI arrives.
+    fn load_hosts_lsis(&self) {
+        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.hosts_lsis_read.store(now.max(1), Ordering::Relaxed);
+        let Ok(text) = std::fs::read_to_string(self.opts.config_dir.join("hosts")) else {
+            return;
+        };
+        let hosts = HipHosts::parse(&text);
+        let mut dp = self.dp.write().unwrap_or_else(|p| p.into_inner());
+        for &hit in hosts.hit_names.keys() {
+            let Some(lsi) = hosts.lsi_of(hit) else {
+                continue;
+            };
+            let hit = Hit::from(hit);
+            if lsi.octets()[0] != 1
+                || !hit.is_orchid_v2()
+                || dp.local_lsi.contains_key(&lsi)
+                || dp.local_hit_lsi.contains_key(&hit)
+                || dp.peer_lsi.contains_key(&hit)
+                || dp.lsi_peer.contains_key(&lsi)
+            {
+                continue;
+            }
+            tracing::info!(%hit, %lsi, "peer LSI from the hosts file");
+            dp.peer_lsi.insert(hit, lsi);
+            dp.lsi_peer.insert(lsi, hit);
+        }
+    }
+
+    /// [`Shared::load_hosts_lsis`] for a packet to `lsi`, which has no
+    /// mapping, if the file was not read within the last second; returns
+    /// whether `lsi` has a peer now.
+    fn lsi_from_hosts(&self, lsi: Ipv4Addr) -> bool {
+        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let last = self.hosts_lsis_read.load(Ordering::Relaxed);
+        if lsi.octets()[0] != 1 || now.saturating_sub(last) < 1000 {
+            return false;
+        }
+        self.load_hosts_lsis();
+        let dp = self.dp.read().unwrap_or_else(|p| p.into_inner());
+        dp.lsi_peer.contains_key(&lsi)
+    }
+
     /// Locators of a peer HIT: static mappings, then hosts files.
     fn resolve(&self, core: &Core, peer: Hit) -> Vec<IpAddr> {
         let mut v = core
@@ -1177,6 +1227,17 @@ fn tun_packet(
                 (s, d)
             }
             4 => {
+                let dst = buf
+                    .get(16..20)
+                    .and_then(|d| <[u8; 4]>::try_from(d).ok())
+                    .map(Ipv4Addr::from);
+                let unknown = dst.is_some_and(|d| {
+                    let dp = sh.dp.read().unwrap_or_else(|p| p.into_inner());
+                    !dp.lsi_peer.contains_key(&d)
+                });
+                if unknown && let Some(d) = dst {
+                    sh.lsi_from_hosts(d);
+                }
                 let dp = sh.dp.read().unwrap_or_else(|p| p.into_inner());
                 match lsi::v4_to_v6(&buf[..n], &dp, xlat) {
                     Some((s, d)) => {
@@ -2176,6 +2237,7 @@ impl Daemon {
             opts: opts.clone(),
             shutting_down: AtomicBool::new(false),
             epoch: Instant::now(),
+            hosts_lsis_read: AtomicU64::new(0),
         });
         shared.update_locators();
         for cmd in conf.commands {
@@ -2184,6 +2246,7 @@ impl Daemon {
                 anyhow::bail!("hipd.conf: {cmd:?}: {:?}", r.error);
             }
         }
+        shared.load_hosts_lsis();
         // Control socket: remove a stale socket nobody listens on.
         let path = &opts.control_socket;
         if let Some(dir) = path.parent() {
