@@ -9,6 +9,7 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use hipd_backend::control::{Client, Request, Response};
 use hipd_support::{Hipd, bins, transfer_to_hit};
 use netlab::{Family, Lab};
 
@@ -493,4 +494,64 @@ fn hipd_tun_has_one_queue_and_thread_per_cpu() {
     assert_eq!(threads.len(), want, "{threads:?}");
     ha.add_map(hb.hit(), l0.addr(&b, Family::V6), None);
     transfer_to_hit(&lab, &b, &a, hb.hit(), 5020, 4 << 20, 21);
+}
+
+/// `hipd -b`: the command returns once the daemon serves (exit 0, the
+/// control socket answers at once, the pid file names a live process that
+/// SIGTERM stops); a daemon that cannot start makes `-b` exit 1 with its
+/// error message.
+#[test]
+fn hipd_background_start_reports_the_outcome() {
+    let lab = Lab::new().unwrap();
+    let a = lab.add_host("a").unwrap();
+    let dir = lab.artifacts_dir().join("bg-hip");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("hosts"), "").unwrap();
+    let (hipd, _) = bins();
+    let path = |f: &str| dir.join(f).to_str().unwrap().to_string();
+    let run = |conf: &str| {
+        std::fs::write(dir.join("hipd.conf"), conf).unwrap();
+        a.exec([
+            hipd.to_str().unwrap(),
+            "-b",
+            "--config-dir",
+            &path(""),
+            "--control-socket",
+            &path("hipd.sock"),
+            "--log-file",
+            &path("hipd.log"),
+            "--pid-file",
+            &path("hipd.pid"),
+        ])
+        .unwrap()
+    };
+    // A broken hipd.conf: the daemon stops at startup; -b says so.
+    let out = run("no such command\n");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("hipd.conf"), "{err}");
+    assert!(!dir.join("hipd.pid").exists());
+
+    let out = run("");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    // Serving already: no retry needed.
+    let mut c = Client::connect(dir.join("hipd.sock")).expect("control socket");
+    assert!(matches!(c.call(&Request::Ping), Ok(Response::Pong { .. })));
+    let pid: i32 = std::fs::read_to_string(dir.join("hipd.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(pid);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    // Gone, or a zombie waiting for whoever inherited it to reap it.
+    wait_until("the background daemon stopped", || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |st| {
+            st.rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'))
+        })
+    });
+    assert!(!dir.join("hipd.pid").exists(), "pid file removed");
 }

@@ -8,6 +8,14 @@
 //! ```
 //! Exit status: 0 after a clean shutdown (SIGTERM/SIGINT), 1 when startup
 //! fails (message on stderr).
+//!
+//! `-b` (background): the command starts the daemon as a child in a new
+//! session (re-executing itself without `-b`) and waits until the child
+//! reports that it is serving (identities loaded, hip0 up, sockets bound,
+//! control socket listening, pid file written); it then exits 0, or 1 with
+//! the child's error message if startup failed. The daemon logs to
+//! `--log-file`, by default [`BACKGROUND_LOG`] in the background (there is
+//! no terminal to write to).
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -57,6 +65,79 @@ struct Args {
     pid_file: Option<PathBuf>,
 }
 
+/// The log file of a background daemon started without `--log-file`.
+const BACKGROUND_LOG: &str = "/var/log/hipd.log";
+/// Set (to "1") in the environment of the child a `-b` start runs: it
+/// starts a new session and reports readiness on standard output.
+const CHILD_ENV: &str = "HIPD_BACKGROUND_CHILD";
+/// What the background child writes on standard output once serving.
+const READY: &str = "hipd ready";
+
+/// `-b`: runs this program again without `-b` (with `--log-file`), waits
+/// for the child's readiness line and exits 0, or exits 1 with what the
+/// child wrote on stderr if it ended first.
+fn start_in_background(log_file: Option<&std::path::Path>) -> ! {
+    use std::io::{BufRead, Read};
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("hipd: finding the executable: {e}");
+            std::process::exit(1);
+        }
+    };
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os()
+        .skip(1)
+        .filter(|a| a != "-b" && a != "--background")
+        .collect();
+    if log_file.is_none() {
+        args.push("--log-file".into());
+        args.push(BACKGROUND_LOG.into());
+    }
+    let child = std::process::Command::new(exe)
+        .args(args)
+        .env(CHILD_ENV, "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("hipd: starting the daemon: {e}");
+            std::process::exit(1);
+        }
+    };
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        let _ = std::io::BufReader::new(out).read_line(&mut line);
+    }
+    if line.trim_end() == READY {
+        println!("hipd: running in the background, pid {}", child.id());
+        std::process::exit(0);
+    }
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    let status = child.wait();
+    eprint!("{err}");
+    eprintln!("hipd: the daemon did not start ({status:?})");
+    std::process::exit(1);
+}
+
+/// In the background child, once serving: reports readiness to the
+/// parent and detaches standard output and error from it.
+fn report_ready() {
+    use std::io::Write;
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "{READY}");
+    let _ = out.flush();
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        let _ = nix::unistd::dup2_stdout(&null);
+        let _ = nix::unistd::dup2_stderr(&null);
+    }
+}
+
 fn filter(l: DebugLevel) -> EnvFilter {
     EnvFilter::new(match l {
         DebugLevel::None => "error",
@@ -79,11 +160,14 @@ fn main() {
         eprintln!("hipd: must run as root");
         std::process::exit(1);
     }
-    if args.background
-        && let Err(e) = nix::unistd::daemon(true, args.log_file.is_some())
-    {
-        eprintln!("hipd: daemonize: {e}");
-        std::process::exit(1);
+    if args.background {
+        start_in_background(args.log_file.as_deref());
+    }
+    let child = std::env::var_os(CHILD_ENV).is_some_and(|v| v == "1");
+    if child {
+        // A new session: no controlling terminal, not in the starter's
+        // process group (its signals are not ours).
+        let _ = nix::unistd::setsid();
     }
     let (layer, handle) = reload::Layer::new(filter(level));
     let writer: Box<dyn Fn() -> Box<dyn std::io::Write> + Send + Sync> = match &args.log_file {
@@ -150,6 +234,9 @@ fn main() {
     };
     if let Some(p) = &args.pid_file {
         let _ = std::fs::write(p, format!("{}\n", std::process::id()));
+    }
+    if child {
+        report_ready();
     }
     loop {
         match sigs.wait() {
