@@ -68,6 +68,43 @@ fn hipd_native_v6_tcp_100mb_over_hits() {
     assert_eq!(sb.esp_bad, 0, "{sb:?}");
 }
 
+/// UDP applications on a HIT and on LSIs move 100 MB each, byte-exact
+/// (native IPv6 underlay; the application resends what UDP lost).
+#[test]
+fn hipd_udp_applications_100mb_over_hit_and_lsi() {
+    let (lab, a, b, l0, _l1) = two_hosts();
+    let ha = Hipd::start(&lab, &a, "", "");
+    let hb = Hipd::start(&lab, &b, "", "");
+    let hit_b = hb.hit();
+    let b_lsi: std::net::Ipv4Addr = "1.0.0.6".parse().unwrap();
+    ha.add_map(hit_b, l0.addr(&b, Family::V6), Some(b_lsi));
+    let esp0 = hb.stats().esp_rx;
+    let resent = hipd_support::udp_transfer(
+        &b,
+        &a,
+        IpAddr::V6(hit_b),
+        IpAddr::V6(hit_b),
+        5021,
+        100 * MB,
+        31,
+    );
+    eprintln!("HIT: {resent} datagrams resent");
+    let resent = hipd_support::udp_transfer(
+        &b,
+        &a,
+        IpAddr::V4(hb.lsi()),
+        IpAddr::V4(b_lsi),
+        5022,
+        100 * MB,
+        32,
+    );
+    eprintln!("LSI: {resent} datagrams resent");
+    // 200 MB in 1200-byte datagrams: ~175,000 ESP packets into b.
+    let st = hb.stats();
+    assert!(st.esp_rx - esp0 >= 170_000, "{st:?}");
+    assert_eq!(st.esp_bad, 0, "{st:?}");
+}
+
 /// UDP encapsulation (port 10500) over IPv4, applications on LSIs: 100 MB
 /// over TCP between LSIs, byte-exact.
 #[test]

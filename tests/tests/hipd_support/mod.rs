@@ -297,3 +297,173 @@ pub fn socat_tcp(
     assert!(s.status.success(), "socat server: {}", s.stderr);
     out
 }
+
+/// Payload bytes per datagram of [`udp_transfer`].
+const UDP_CHUNK: usize = 1200;
+/// Datagrams per window of [`udp_transfer`] (the acknowledgment bitmap).
+const UDP_WINDOW: usize = 256;
+/// The sequence number of the end-of-transfer datagram.
+const UDP_FIN: u32 = u32::MAX;
+
+/// Byte `i` of the [`udp_transfer`] stream with `seed`.
+fn udp_byte(seed: u64, i: usize) -> u8 {
+    let x = (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ seed;
+    (x >> 29) as u8 ^ (x >> 7) as u8
+}
+
+/// Moves `len` bytes from a UDP socket in `client` to one bound to `bind`
+/// (port `port`) in `server`, at `dst`: 1200-byte datagrams with a 32-bit
+/// sequence number, in windows of 256 that the receiver acknowledges with
+/// a bitmap (when complete, or after 5 ms without news); the sender
+/// resends what is missing. Checks the received bytes against the sent
+/// ones and returns how many datagrams were resent. (UDP itself may drop
+/// datagrams; this is what a UDP application that needs all its data does,
+/// and exercises hipd's UDP path in both directions.)
+pub fn udp_transfer(
+    server: &Host,
+    client: &Host,
+    bind: IpAddr,
+    dst: IpAddr,
+    port: u16,
+    len: usize,
+    seed: u64,
+) -> u64 {
+    use std::net::{SocketAddr, UdpSocket};
+    let bind = SocketAddr::from((bind, port));
+    let dst = SocketAddr::from((dst, port));
+    let srv = server
+        .run(move || UdpSocket::bind(bind))
+        .unwrap()
+        .expect("bind UDP on the HIT/LSI");
+    let total = len.div_ceil(UDP_CHUNK);
+    let receiver = std::thread::spawn(move || {
+        srv.set_read_timeout(Some(Duration::from_millis(5)))
+            .unwrap();
+        let mut data = vec![0u8; len];
+        let mut got = vec![false; total];
+        let mut have = 0usize;
+        let mut peer: Option<SocketAddr> = None;
+        let mut window: Option<usize> = None;
+        let mut buf = vec![0u8; 2048];
+        let t0 = Instant::now();
+        let ack = |w: usize, got: &[bool], to: SocketAddr| {
+            let mut a = (w as u32).to_be_bytes().to_vec();
+            let mut bits = [0u8; UDP_WINDOW / 8];
+            for (i, g) in got.iter().skip(w * UDP_WINDOW).take(UDP_WINDOW).enumerate() {
+                if *g {
+                    bits[i / 8] |= 1 << (i % 8);
+                }
+            }
+            a.extend_from_slice(&bits);
+            let _ = srv.send_to(&a, to);
+        };
+        loop {
+            assert!(
+                t0.elapsed() < Duration::from_secs(120),
+                "UDP transfer stalled"
+            );
+            match srv.recv_from(&mut buf) {
+                Ok((n, from)) if n >= 4 => {
+                    peer = Some(from);
+                    let seq = u32::from_be_bytes(buf[..4].try_into().unwrap());
+                    if seq == UDP_FIN {
+                        if have == total {
+                            let _ = srv.send_to(&UDP_FIN.to_be_bytes(), from);
+                            return data;
+                        }
+                        continue;
+                    }
+                    let i = seq as usize;
+                    let start = i * UDP_CHUNK;
+                    let end = (start + UDP_CHUNK).min(len);
+                    assert!(
+                        i < total && n - 4 == end - start,
+                        "datagram {i} of {n} bytes"
+                    );
+                    if !got[i] {
+                        data[start..end].copy_from_slice(&buf[4..n]);
+                        got[i] = true;
+                        have += 1;
+                    }
+                    let w = i / UDP_WINDOW;
+                    window = Some(w);
+                    let last = ((w + 1) * UDP_WINDOW).min(total);
+                    if got[w * UDP_WINDOW..last].iter().all(|g| *g) {
+                        ack(w, &got, from);
+                    }
+                }
+                Ok(_) => panic!("short datagram"),
+                Err(_) => {
+                    if let (Some(w), Some(p)) = (window, peer) {
+                        ack(w, &got, p);
+                    }
+                }
+            }
+        }
+    });
+    let any: SocketAddr = match dst {
+        SocketAddr::V6(_) => "[::]:0".parse().unwrap(),
+        SocketAddr::V4(_) => "0.0.0.0:0".parse().unwrap(),
+    };
+    let cli = client.run(move || UdpSocket::bind(any)).unwrap().unwrap();
+    cli.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let mut resent = 0u64;
+    let mut pkt = vec![0u8; 4 + UDP_CHUNK];
+    let mut abuf = [0u8; 64];
+    for w in 0..total.div_ceil(UDP_WINDOW) {
+        let first = w * UDP_WINDOW;
+        let last = ((w + 1) * UDP_WINDOW).min(total);
+        let mut missing: Vec<usize> = (first..last).collect();
+        let mut rounds = 0;
+        while !missing.is_empty() {
+            rounds += 1;
+            assert!(rounds < 200, "window {w} never completed");
+            for &i in &missing {
+                let start = i * UDP_CHUNK;
+                let end = (start + UDP_CHUNK).min(len);
+                pkt[..4].copy_from_slice(&(i as u32).to_be_bytes());
+                for (k, b) in pkt[4..4 + end - start].iter_mut().enumerate() {
+                    *b = udp_byte(seed, start + k);
+                }
+                // The first datagram may wait for the base exchange.
+                cli.send_to(&pkt[..4 + end - start], dst).unwrap();
+            }
+            if rounds > 1 {
+                resent += missing.len() as u64;
+            }
+            // Wait for this window's acknowledgment (older ones are stale).
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_millis(200) {
+                let Ok(n) = cli.recv(&mut abuf) else { break };
+                if n < 4 + UDP_WINDOW / 8
+                    || u32::from_be_bytes(abuf[..4].try_into().unwrap()) as usize != w
+                {
+                    continue;
+                }
+                let bits = &abuf[4..4 + UDP_WINDOW / 8];
+                missing.retain(|&i| {
+                    let k = i - first;
+                    bits[k / 8] & (1 << (k % 8)) == 0
+                });
+                break;
+            }
+        }
+    }
+    let mut done = false;
+    for _ in 0..50 {
+        cli.send_to(&UDP_FIN.to_be_bytes(), dst).unwrap();
+        if let Ok(n) = cli.recv(&mut abuf)
+            && n == 4
+            && abuf[..4] == UDP_FIN.to_be_bytes()
+        {
+            done = true;
+            break;
+        }
+    }
+    assert!(done, "end of the UDP transfer not acknowledged");
+    let data = receiver.join().expect("receiver");
+    let bad = (0..len).find(|&i| data[i] != udp_byte(seed, i));
+    assert_eq!(bad, None, "UDP stream differs at that byte");
+    resent
+}
