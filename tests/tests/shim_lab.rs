@@ -819,3 +819,122 @@ fn shim_peer_pref_moves_udp_traffic_between_links() {
     assert!(get_loclist(&shim, &ss, SHIM_LOCLIST_PEER).len() > 1);
     drop(t.lab);
 }
+
+/// Sends one control request to `h`'s hipd as uid/gid 65534 (nobody) and
+/// returns the reply.
+fn request_as_nobody(host: &Host, h: &Hipd, req: Request) -> hipd_backend::control::Reply {
+    let env = hipd_backend::control::Envelope {
+        v: hipd_backend::control::PROTOCOL_VERSION,
+        req,
+    };
+    let line = serde_json::to_string(&env).unwrap();
+    let out = host
+        .exec([
+            "sh",
+            "-c",
+            "printf '%s\\n' \"$0\" | setpriv --reuid 65534 --regid 65534 --clear-groups \
+             socat -t 5 - UNIX-CONNECT:\"$1\"",
+            &line,
+            h.sock.to_str().unwrap(),
+        ])
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.lines().next().unwrap_or_default()).unwrap_or_else(|e| {
+        panic!(
+            "reply {text:?}: {e}; stderr {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// Context-wide settings move every socket of the HIT pair: a user may set
+/// them on their own socket only while no other user's socket shares the
+/// context (root's here); once root's connection is gone, the same request
+/// succeeds. (The user's own sticky options stay open to them.)
+#[test]
+fn context_settings_need_every_socket_of_the_context() {
+    let t = two_hosts("");
+    std::fs::set_permissions(
+        &t.ha.sock,
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    )
+    .unwrap();
+    let (hit_a, hit_b) = (t.ha.hit(), t.hb.hit());
+    let port = 6210;
+    let listener =
+        t.b.run(move || TcpListener::bind(("::", port)))
+            .unwrap()
+            .unwrap();
+    // Root's connection over the context.
+    let root_c =
+        t.a.run(move || TcpStream::connect((hit_b, port)))
+            .unwrap()
+            .unwrap();
+    let (root_s, _) = listener.accept().unwrap();
+    // nobody's connection, idle for up to 60 s.
+    let nobody =
+        t.a.spawn([
+            "setpriv",
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "socat",
+            "-u",
+            "EXEC:sleep 60",
+            &format!("TCP6:[{hit_b}]:{port}"),
+        ])
+        .unwrap();
+    let (nobody_s, nobody_peer) = listener.accept().unwrap();
+    let flow = FlowId {
+        proto: 6,
+        local: IpAddr::V6(hit_a),
+        local_port: nobody_peer.port(),
+        peer: IpAddr::V6(hit_b),
+        peer_port: port,
+    };
+    let pref = hipd_backend::control::ShimSetting::PeerPref {
+        loc: hipd_backend::control::LocPref {
+            addr: t.l1.addr(&t.b, Family::V6),
+            prio: 1,
+            weight: 0,
+        },
+    };
+    let set = || Request::ShimSet {
+        flow,
+        set: pref.clone(),
+    };
+    let r = request_as_nobody(&t.a, &t.ha, set());
+    let e = r.error.expect("refused");
+    assert_eq!(
+        e.code,
+        hipd_backend::control::ErrorCode::PermissionDenied,
+        "{e:?}"
+    );
+    assert!(e.message.contains("another user"), "{e:?}");
+    // A sticky option of nobody's own socket is theirs to set.
+    let sticky = Request::ShimSet {
+        flow,
+        set: hipd_backend::control::ShimSetting::PeerSend {
+            addr: Some(t.l1.addr(&t.b, Family::V6)),
+        },
+    };
+    let r = request_as_nobody(&t.a, &t.ha, sticky);
+    assert!(r.ok, "{:?}", r.error);
+
+    // Root's connection closes (TIME_WAIT does not count).
+    drop(root_c);
+    drop(root_s);
+    let t0 = Instant::now();
+    loop {
+        let r = request_as_nobody(&t.a, &t.ha, set());
+        if r.ok {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", r.error);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(nobody_s);
+    drop(nobody);
+}

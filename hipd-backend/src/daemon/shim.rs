@@ -35,8 +35,11 @@
 //! Every `Shim*` request is checked against the socket's owner: the uid of
 //! the kernel socket with the flow's addresses and ports (a sock_diag
 //! query) must equal the caller's (root may act on any
-//! socket). Per-flow state is dropped when the control connection that
-//! registered it closes or on `ShimRelease`.
+//! socket). Context-wide settings (see Model) move every socket of the
+//! context, so a user other than root may set them only while all TCP and
+//! UDP sockets between the context's HITs (or LSIs) are that user's (a
+//! sock_diag dump); otherwise `EPERM`. Per-flow state is dropped when the
+//! control connection that registered it closes or on `ShimRelease`.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -400,6 +403,7 @@ impl Shared {
             }),
             Request::ShimSet { flow, set } => self
                 .check_owner(&flow, uid)
+                .and_then(|key| self.check_context_owner(key, &set, uid).map(|()| key))
                 .and_then(|key| self.shim_set(key, set, conn_flows)),
             Request::ShimSendToken {
                 flow,
@@ -428,6 +432,56 @@ impl Shared {
             Some(_) => err(
                 ErrorCode::PermissionDenied,
                 "permission denied: the socket belongs to another user",
+            ),
+        }
+    }
+
+    /// Context-wide settings (preferences, loclists, hot standby,
+    /// application timeout, path exploration, feedback) change the path of
+    /// every socket of the association: a user other than root may change
+    /// them only while no socket of another user talks over that context
+    /// (TCP or UDP between the local HIT or LSI and the peer's; a
+    /// sock_diag dump). The sticky per-socket options (`*_SEND`, `*_RECV`)
+    /// stay open to the socket's owner.
+    fn check_context_owner(
+        &self,
+        key: FlowKey,
+        set: &ShimSetting,
+        uid: Option<u32>,
+    ) -> ShimResult<()> {
+        let per_socket = matches!(
+            set,
+            ShimSetting::LocalSend { .. }
+                | ShimSetting::PeerSend { .. }
+                | ShimSetting::LocalRecv { .. }
+                | ShimSetting::PeerRecv { .. }
+        );
+        let Some(uid) = uid else {
+            return err(
+                ErrorCode::PermissionDenied,
+                "permission denied: unknown caller",
+            );
+        };
+        if per_socket || uid == 0 {
+            return Ok(());
+        }
+        let mut locals: Vec<IpAddr> = vec![IpAddr::V6(key.local.into())];
+        let mut peers: Vec<IpAddr> = vec![IpAddr::V6(key.peer.into())];
+        {
+            let dp = self.dp.read().unwrap_or_else(|p| p.into_inner());
+            locals.extend(dp.local_hit_lsi.get(&key.local).map(|l| IpAddr::V4(*l)));
+            peers.extend(dp.peer_lsi.get(&key.peer).map(|l| IpAddr::V4(*l)));
+        }
+        match super::sockdiag::owners_between(&locals, &peers) {
+            Ok(owners) if owners.iter().all(|o| *o == uid) => Ok(()),
+            Ok(_) => err(
+                ErrorCode::PermissionDenied,
+                "permission denied: another user's sockets share this context (HIT pair); \
+                 only root may change its settings",
+            ),
+            Err(e) => err(
+                ErrorCode::Failed,
+                format!("cannot list the context's sockets: {e}"),
             ),
         }
     }

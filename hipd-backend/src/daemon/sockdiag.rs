@@ -166,6 +166,104 @@ fn query(
     }
 }
 
+/// The uids of every TCP and UDP socket (any state but listening, closed
+/// and TIME_WAIT) whose
+/// local address is one of `locals` and whose remote address is one of
+/// `peers` (all of one family per call is not required: each family is
+/// dumped once), through `SOCK_DIAG_BY_FAMILY` dumps.
+pub(super) fn owners_between(locals: &[IpAddr], peers: &[IpAddr]) -> io::Result<Vec<u32>> {
+    let mut sock = open()?;
+    let mut uids = Vec::new();
+    let mut seq = 0u32;
+    for (family, v6) in [(AF_INET6, true), (AF_INET, false)] {
+        if !locals.iter().any(|a| a.is_ipv6() == v6) {
+            continue;
+        }
+        for proto in [IPPROTO_TCP, IPPROTO_UDP] {
+            seq = seq.wrapping_add(1);
+            dump(&mut sock, seq, family, proto, |id, uid| {
+                let l = id.source_address.to_canonical();
+                let p = id.destination_address.to_canonical();
+                let hit = |set: &[IpAddr], a: IpAddr| set.iter().any(|x| x.to_canonical() == a);
+                if hit(locals, l) && hit(peers, p) && !uids.contains(&uid) {
+                    uids.push(uid);
+                }
+            })?;
+        }
+    }
+    Ok(uids)
+}
+
+/// One `SOCK_DIAG_BY_FAMILY` dump of `family`/`proto` (all states but
+/// LISTEN, CLOSE and TIME_WAIT); calls `each` with every answer's socket id
+/// and uid.
+fn dump(
+    sock: &mut Socket,
+    seq: u32,
+    family: u8,
+    proto: u8,
+    mut each: impl FnMut(&SocketId, u32),
+) -> io::Result<()> {
+    let mut hdr = NetlinkHeader::default();
+    hdr.flags = NLM_F_REQUEST | netlink_packet_core::NLM_F_DUMP;
+    hdr.sequence_number = seq;
+    let any = if family == AF_INET6 {
+        IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+    };
+    let mut packet = NetlinkMessage::new(
+        hdr,
+        SockDiagMessage::InetRequest(InetRequest {
+            family,
+            protocol: proto,
+            extensions: ExtensionFlags::empty(),
+            states: StateFlags::all()
+                - StateFlags::LISTEN
+                - StateFlags::TIME_WAIT
+                - StateFlags::CLOSE,
+            socket_id: SocketId {
+                source_port: 0,
+                destination_port: 0,
+                source_address: any,
+                destination_address: any,
+                interface_id: 0,
+                cookie: NOCOOKIE,
+            },
+        })
+        .into(),
+    );
+    packet.finalize();
+    let mut req = vec![0; packet.buffer_len()];
+    packet.serialize(&mut req[..]);
+    sock.send(&req, 0)?;
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let n = sock.recv(&mut &mut buf[..], 0)?;
+        let mut off = 0;
+        while let Some(rest) = buf.get(off..n).filter(|r| r.len() >= 16) {
+            let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            let Some(one) = rest.get(..len).filter(|_| len >= 16) else {
+                return Err(io::Error::other("sock_diag: truncated message"));
+            };
+            off += (len + 3) & !3;
+            let msg = NetlinkMessage::<SockDiagMessage>::deserialize(one)
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            if msg.header.sequence_number != seq {
+                continue;
+            }
+            match msg.payload {
+                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
+                    each(&r.header.socket_id, r.header.uid);
+                }
+                NetlinkPayload::Done(_) => return Ok(()),
+                NetlinkPayload::Error(e) => return Err(e.to_io()),
+                _ => {}
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,6 +320,23 @@ mod tests {
         let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (s, _) = l.accept().unwrap();
         (c, s, l)
+    }
+
+    #[test]
+    fn owners_between_lists_the_uids_of_matching_sockets_only() {
+        let (c, _s, _l) = tcp_pair("[::1]:0");
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+        udp.connect(peer.local_addr().unwrap()).unwrap();
+        let lo6: IpAddr = Ipv6Addr::LOCALHOST.into();
+        let lo4: IpAddr = Ipv4Addr::LOCALHOST.into();
+        let me = my_uid();
+        assert_eq!(owners_between(&[lo6], &[lo6]).unwrap(), vec![me]);
+        assert_eq!(owners_between(&[lo4], &[lo4]).unwrap(), vec![me]);
+        let other: IpAddr = "2001:db8::77".parse().unwrap();
+        assert!(owners_between(&[other], &[lo6]).unwrap().is_empty());
+        assert!(owners_between(&[lo6], &[other]).unwrap().is_empty());
+        drop(c);
     }
 
     #[test]
