@@ -16,9 +16,35 @@
 //! ```
 //!
 //! `opt_in` covers one 4-tuple that will be connected later (the local port
-//! must therefore be bound already). A program can instead mark its socket
-//! with [`OPT_IN_MARK`] before `connect` ([`opt_in`]); the daemon's rules
-//! catch marked SYNs in addition to the configured ports.
+//! must therefore be bound already). Without BPF each is an ip6tables rule:
+//! at most `--max-opt-ins` (256 by default) are kept at once, a request
+//! beyond that fails, and a tuple's rule goes once its connection is gone
+//! (or when no socket with the tuple appeared within 30 s). A program can
+//! instead mark its socket with [`OPT_IN_MARK`] before `connect`
+//! ([`opt_in`]); the daemon's rules catch marked SYNs in addition to the
+//! configured ports.
+//!
+//! # Who may ask what
+//!
+//! The daemon creates the socket with mode 0666, so every local user can
+//! connect, and checks each request against the uid of the sender
+//! (`SO_PEERCRED`):
+//!
+//! - `list` and `stats` ([`Request::is_read_only`]): everyone;
+//! - `move`: root, or the uid owning the socket of that connection;
+//! - everything else (`opt_in`): root only.
+//!
+//! A refused request is answered with an error starting with
+//! [`PERMISSION_DENIED`]:
+//!
+//! ```text
+//! -> {"cmd":"move","id":1,"local":"2001:db8::1","peer":"2001:db8::2"}
+//! <- {"ok":false,"error":"permission denied: uid 1000 may not move connection 1: ..."}
+//! ```
+//!
+//! The daemon serves up to 16 clients at once, each on its own thread; a
+//! client must send each complete request line within 10 s (of connecting
+//! or of the previous answer) or it is disconnected.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::Ipv6Addr;
@@ -30,6 +56,10 @@ use serde::{Deserialize, Serialize};
 
 /// Default path of the control socket.
 pub const DEFAULT_CONTROL_PATH: &str = "/run/preservetcpd.sock";
+
+/// The start of the error text of a request refused because of the
+/// sender's uid (see the [module documentation](self)).
+pub const PERMISSION_DENIED: &str = "permission denied";
 
 /// The socket mark (`SO_MARK`) that opts a socket in; the daemon's rules
 /// match `mark & OPT_IN_MASK == OPT_IN_MARK`.
@@ -106,6 +136,28 @@ pub enum Request {
     OptIn(TupleInfo),
     /// Daemon counters.
     Stats,
+}
+
+impl Request {
+    /// Whether the request only reads the daemon's state (`list`,
+    /// `stats`): the daemon answers those for every user; the others
+    /// change state and need root (a `move` also the socket's owner).
+    pub fn is_read_only(&self) -> bool {
+        match self {
+            Request::List | Request::Stats => true,
+            Request::Move { .. } | Request::OptIn(_) => false,
+        }
+    }
+
+    /// The request's `cmd` (as on the wire).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::List => "list",
+            Request::Move { .. } => "move",
+            Request::OptIn(_) => "opt_in",
+            Request::Stats => "stats",
+        }
+    }
 }
 
 /// The daemon's answer.
@@ -185,5 +237,33 @@ mod tests {
         assert!(s.contains(r#""cmd":"opt_in""#), "{s}");
         let e = serde_json::to_string(&Response::error("x")).unwrap();
         assert_eq!(e, r#"{"ok":false,"error":"x"}"#);
+    }
+
+    #[test]
+    fn only_list_and_stats_are_read_only_and_names_match_the_wire() {
+        let t = TupleInfo {
+            local: "2001:db8::1".parse().unwrap(),
+            local_port: 1,
+            peer: "2001:db8::2".parse().unwrap(),
+            peer_port: 2,
+        };
+        let all = [
+            (Request::List, true),
+            (Request::Stats, true),
+            (
+                Request::Move {
+                    id: 1,
+                    local: t.local,
+                    peer: t.peer,
+                },
+                false,
+            ),
+            (Request::OptIn(t), false),
+        ];
+        for (r, read_only) in all {
+            assert_eq!(r.is_read_only(), read_only, "{r:?}");
+            let json = serde_json::to_value(&r).unwrap();
+            assert_eq!(json["cmd"], r.name(), "{r:?}");
+        }
     }
 }

@@ -25,7 +25,9 @@
 //! ## The daemon (`preservetcpd`, Linux)
 //!
 //! `preservetcpd [--ports 5001,8000] [--queue N] [--control PATH]
-//! [--interval-ms 50] [--stall-ms 300] [--follow-hold-ms 500] [--no-bpf] [--verbose]` runs as root in the host (or lab
+//! [--interval-ms 50] [--stall-ms 300] [--follow-hold-ms 500] [--no-bpf]
+//! [--max-opt-ins 256] [--fallback-table 4242] [--fallback-pref 32000]
+//! [--verbose]` runs as root in the host (or lab
 //! namespace). Packet path (all verified in the netlab lab):
 //!
 //! - Handshake in the kernel (default): two tc programs
@@ -265,13 +267,17 @@
 //!   before the OUTPUT hook) nor receive on it. For moved connections the
 //!   daemon adds fallback routes (`local <orig local>/128 dev lo` and
 //!   `<orig peer>/128 dev <current device>`, the device of the on-link
-//!   route to the new pair when there is one) to table 4242, and two policy
-//!   rules at preference 32000 — before `main`, so a default route on the
+//!   route to the new pair when there is one) to table 4242
+//!   (`--fallback-table`), and two policy rules at preference 32000
+//!   (`--fallback-pref`) — before `main`, so a default route on the
 //!   host cannot take the packets (it would send the incoming ones to
 //!   forwarding) — that match exactly the connection's original 5-tuple
 //!   (`from L to P ipproto tcp sport l dport p`, and the reverse). Other
 //!   traffic keeps the host's routes; the rules go when the connection is
-//!   back on its original pair or closed.
+//!   back on its original pair or closed. The daemon's rules and routes
+//!   carry protocol tag 80: at exit it deletes exactly those it added, and
+//!   at start those a killed daemon left (tag 80 in that table and at that
+//!   preference), never anyone else's.
 //! - Signals: link, IPv6 address and IPv6 route changes arrive as
 //!   rtnetlink multicast notifications (`RTMGRP_LINK`,
 //!   `RTMGRP_IPV6_IFADDR`, `RTMGRP_IPV6_ROUTE`); each batch makes the

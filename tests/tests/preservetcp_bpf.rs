@@ -718,3 +718,572 @@ fn a_socket_on_an_alternative_tuple_keeps_its_segments() {
         "nothing of conn 2 was taken for conn 1"
     );
 }
+
+/// The policy rules at the fallback preference (32000) in `host`.
+fn fallback_rules(host: &netlab::Host) -> Vec<String> {
+    host.exec_ok(["ip", "-6", "rule", "list", "pref", "32000"])
+        .expect("ip rule list")
+        .lines()
+        .map(|l| l.trim().to_string())
+        .collect()
+}
+
+/// The routes in the fallback table (4242) of `host`.
+fn fallback_routes(host: &netlab::Host) -> Vec<String> {
+    host.exec_ok(["ip", "-6", "route", "show", "table", "all"])
+        .expect("ip route show")
+        .lines()
+        .filter(|l| l.contains(" table 4242"))
+        .map(|l| l.trim().to_string())
+        .collect()
+}
+
+/// `bpf(2)` `BPF_PROG_QUERY` attributes (`union bpf_attr`, the `query`
+/// member, up to `revision`).
+#[repr(C)]
+#[derive(Debug, Default)]
+struct ProgQuery {
+    target_ifindex: u32,
+    attach_type: u32,
+    query_flags: u32,
+    attach_flags: u32,
+    prog_ids: u64,
+    count: u32,
+    _pad: u32,
+    prog_attach_flags: u64,
+    link_ids: u64,
+    link_attach_flags: u64,
+    revision: u64,
+}
+
+/// The programs attached with tcx to `dev` in `host`, (ingress, egress)
+/// (`BPF_PROG_QUERY`; bpftool of the lab machine does not list tcx).
+fn tcx_programs(host: &netlab::Host, dev: &str) -> (u32, u32) {
+    /// `BPF_PROG_QUERY`, `BPF_TCX_INGRESS`, `BPF_TCX_EGRESS` (linux/bpf.h).
+    const PROG_QUERY: libc::c_long = 16;
+    const TCX: [u32; 2] = [46, 47];
+    let dev = dev.to_string();
+    host.run(move || {
+        let ifindex = nix::net::if_::if_nametoindex(dev.as_str()).expect("ifindex");
+        TCX.map(|attach_type| {
+            let mut q = ProgQuery {
+                target_ifindex: ifindex,
+                attach_type,
+                ..ProgQuery::default()
+            };
+            let size = u32::try_from(std::mem::size_of::<ProgQuery>()).expect("size");
+            // SAFETY: `q` is a valid, zero-padded `bpf_attr` prefix for
+            // BPF_PROG_QUERY of `size` bytes; with no id buffer the kernel
+            // only writes the count, flags and revision into it.
+            let r = unsafe {
+                libc::syscall(libc::SYS_bpf, PROG_QUERY, std::ptr::from_mut(&mut q), size)
+            };
+            assert_eq!(r, 0, "BPF_PROG_QUERY: {}", std::io::Error::last_os_error());
+            q.count
+        })
+    })
+    .map(|[i, e]| (i, e))
+    .expect("run")
+}
+
+/// What `preservetcpd` may leave in `host`'s kernel, by kind, for an
+/// assertion message: the nftables ruleset lines naming its ip6tables
+/// chains or its fast path table, its ip6tables chains as listed by
+/// ip6tables, and the tc filters and tcx programs on `devs`.
+fn daemon_leftovers(host: &netlab::Host, devs: &[&str]) -> Vec<String> {
+    let mut left: Vec<String> = host
+        .exec_ok(["nft", "list", "ruleset"])
+        .expect("nft list ruleset")
+        .lines()
+        .filter(|l| l.contains("PTCP_") || l.contains("table ip6 ptcp"))
+        .map(|l| format!("nft: {}", l.trim()))
+        .collect();
+    for table in ["mangle", "raw"] {
+        left.extend(
+            host.exec_ok(["ip6tables", "-w", "-t", table, "-S"])
+                .expect("ip6tables -S")
+                .lines()
+                .filter(|l| l.contains("PTCP_"))
+                .map(|l| format!("ip6tables -t {table}: {l}")),
+        );
+    }
+    for dev in devs {
+        for dir in ["ingress", "egress"] {
+            let out = host
+                .exec(["tc", "filter", "show", "dev", dev, dir])
+                .expect("tc filter show");
+            let text = String::from_utf8_lossy(&out.stdout);
+            if !text.trim().is_empty() {
+                left.push(format!("tc {dev} {dir}: {}", text.trim()));
+            }
+        }
+        let (i, e) = tcx_programs(host, dev);
+        if i + e > 0 {
+            left.push(format!("tcx {dev}: {i} ingress, {e} egress"));
+        }
+    }
+    left
+}
+
+/// SIGTERM ends a daemon through its clean-up, and the clean-up is the
+/// last change the daemon makes: with a moved connection on both hosts
+/// and `move` requests racing the exit on the client, afterwards no
+/// policy rule of the daemon at preference 32000, no route of it in table
+/// 4242, no ip6tables chain, nft table, tc filter or tcx program of it is
+/// left — while a rule at 32000 and a route in 4242 that someone else
+/// added before the daemons started are still there.
+fn exit_removes_what_the_daemon_added(port: u16, extra: &[&str]) {
+    let t = two_links();
+    let (a0, a1) = (v6(&t.l0, &t.a), v6(&t.l1, &t.a));
+    let (b0, b1) = (v6(&t.l0, &t.b), v6(&t.l1, &t.b));
+    for h in [&t.a, &t.b] {
+        h.exec_ok([
+            "ip",
+            "-6",
+            "rule",
+            "add",
+            "pref",
+            "32000",
+            "from",
+            "2001:db8:ffff::1/128",
+            "table",
+            "4242",
+        ])
+        .expect("foreign rule");
+        h.exec_ok([
+            "ip",
+            "-6",
+            "route",
+            "add",
+            "unreachable",
+            "2001:db8:ffff::/64",
+            "table",
+            "4242",
+        ])
+        .expect("foreign route");
+    }
+    let foreign = |h: &netlab::Host| (fallback_rules(h), fallback_routes(h));
+    let before = [foreign(&t.a), foreign(&t.b)];
+    assert_eq!(before[0].0.len(), 1, "{:?}", before[0]);
+    let bpf = extra.is_empty();
+    let da = Daemon::start_with(&t.lab, &t.a, &[port], extra);
+    let db = Daemon::start_with(&t.lab, &t.b, &[port], extra);
+    assert_eq!((da.bpf(), db.bpf()), (bpf, bpf), "{}", da.log());
+    let listener =
+        t.b.run(move || TcpListener::bind(("::", port)))
+            .expect("run")
+            .expect("bind");
+    let dst = SocketAddr::from((b0, port));
+    let mut c =
+        t.a.run(move || TcpStream::connect(dst))
+            .expect("run")
+            .expect("connect");
+    let (mut s, _) = listener.accept().expect("accept");
+    for x in [&c, &s] {
+        x.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        x.set_write_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+    }
+    pass(&mut c, &mut s, 1);
+    wait_until("both track the connection", || {
+        da.connections().len() == 1 && db.connections().len() == 1
+    });
+    let id = da.connections()[0].id;
+    let r = da.request(&preservetcp::control::Request::Move {
+        id,
+        local: a1,
+        peer: b1,
+    });
+    assert!(r.ok, "{:?}", r.error);
+    let mut seed = 2;
+    wait_until("server followed", || {
+        pass(&mut c, &mut s, seed);
+        seed = seed.wrapping_add(1);
+        db.connections()[0].current.local == b1
+    });
+    // Both daemons have their fallback routing in: two rules of the moved
+    // connection next to the foreign one, routes tagged with their
+    // protocol (80); their programs or rules are in place.
+    let devs = [t.l0.dev(&t.a), t.l1.dev(&t.a)];
+    let devs_b = [t.l0.dev(&t.b), t.l1.dev(&t.b)];
+    for (h, d, devs) in [(&t.a, &da, &devs), (&t.b, &db, &devs_b)] {
+        assert_eq!(fallback_rules(h).len(), 3, "{}: {}", h.name(), d.log());
+        assert!(
+            fallback_routes(h).iter().any(|r| r.contains("proto 80")),
+            "{}: {:?}",
+            h.name(),
+            fallback_routes(h)
+        );
+        assert!(
+            !daemon_leftovers(h, devs).is_empty(),
+            "the check sees the daemon's state"
+        );
+    }
+    if bpf {
+        assert_eq!(tcx_programs(&t.a, devs[0]), (1, 1));
+    }
+
+    // Moves back and forth race the exit on the client.
+    let control = da.control.clone();
+    let mover = std::thread::spawn(move || {
+        let pairs = [(a0, b0), (a1, b1)];
+        let mut answered = 0u32;
+        for i in 0.. {
+            let (local, peer) = pairs[i % 2];
+            let req = preservetcp::control::Request::Move { id, local, peer };
+            match preservetcp::control::request(&control, &req) {
+                Ok(_) => answered += 1,
+                // The daemon is gone (or going): its socket with it.
+                Err(_) => break,
+            }
+        }
+        answered
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    for d in [da, db] {
+        d.proc
+            .signal(nix::sys::signal::Signal::SIGTERM)
+            .expect("SIGTERM");
+        let out = d
+            .proc
+            .wait_timeout(Duration::from_secs(10))
+            .expect("daemon exits");
+        assert!(
+            out.status.success(),
+            "exit {:?}: {}",
+            out.status,
+            out.stderr
+        );
+        assert!(out.stderr.contains("SIGTERM: exiting"), "{}", out.stderr);
+        assert!(!d.control.exists(), "control socket removed");
+    }
+    assert!(mover.join().expect("mover") > 0, "moves were answered");
+    for ((h, devs), before) in [(&t.a, &devs), (&t.b, &devs_b)].into_iter().zip(before) {
+        assert_eq!(
+            foreign(h),
+            before,
+            "{}: only the foreign rule and route are left",
+            h.name()
+        );
+        assert_eq!(
+            daemon_leftovers(h, devs),
+            Vec::<String>::new(),
+            "{}",
+            h.name()
+        );
+        assert_eq!(hooks(h), Vec::<String>::new(), "{}: no hook", h.name());
+    }
+}
+
+#[test]
+fn exit_removes_what_the_daemon_added_bpf() {
+    exit_removes_what_the_daemon_added(5011, &[]);
+}
+
+#[test]
+fn exit_removes_what_the_daemon_added_nfqueue() {
+    exit_removes_what_the_daemon_added(5012, &["--no-bpf"]);
+}
+
+/// Sends one request line to the control socket at `control` as uid and
+/// gid 65534 (`setpriv` + `socat`) and returns the answer.
+fn control_as_nobody(control: &std::path::Path, line: &str) -> preservetcp::control::Response {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("setpriv")
+        .args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "socat",
+            "-t",
+            "5",
+            "-",
+        ])
+        .arg(format!("UNIX-CONNECT:{}", control.display()))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("setpriv socat");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{line}\n").as_bytes())
+        .expect("request");
+    let out = child.wait_with_output().expect("socat");
+    assert!(
+        out.status.success(),
+        "socat: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("answer {text:?}: {e}"))
+}
+
+/// The control socket is open to every user (mode 0666) for reading, and
+/// changes are checked against the sender's uid: uid 65534 may list and
+/// read the counters, may not move root's connection, a connection the
+/// daemon does not know or opt a tuple in (`permission denied`), but may
+/// move the connection of its own socket.
+#[test]
+fn control_requests_are_checked_against_the_senders_uid() {
+    use std::os::unix::fs::PermissionsExt;
+    const P: u16 = 5013;
+    let t = two_links();
+    let (a1, b0, b1) = (v6(&t.l1, &t.a), v6(&t.l0, &t.b), v6(&t.l1, &t.b));
+    // (Only the socket's own mode is under test: the way to it is open.)
+    std::fs::set_permissions(
+        t.lab.artifacts_dir(),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .expect("chmod");
+    let da = Daemon::start(&t.lab, &t.a, &[P]);
+    let _db = Daemon::start(&t.lab, &t.b, &[P]);
+    let mode = std::fs::metadata(&da.control)
+        .expect("control socket")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o666, "{mode:o}");
+    let listener =
+        t.b.run(|| TcpListener::bind(("::", P)))
+            .expect("run")
+            .expect("bind");
+    let dst = SocketAddr::from((b0, P));
+    let root_conn =
+        t.a.run(move || TcpStream::connect(dst))
+            .expect("run")
+            .expect("connect");
+    let (_root_srv, _) = listener.accept().expect("accept");
+    let root_port = root_conn.local_addr().expect("addr").port();
+    // A connection of uid 65534's own.
+    let _nobody_conn =
+        t.a.spawn([
+            "setpriv",
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "socat",
+            "-u",
+            &format!("TCP6:[{b0}]:{P}"),
+            "/dev/null",
+        ])
+        .expect("socat as nobody");
+    let (_nobody_srv, from) = listener.accept().expect("accept nobody's");
+    wait_until("both connections tracked", || da.connections().len() == 2);
+    let conns = da.connections();
+    let id_of = |port: u16| {
+        conns
+            .iter()
+            .find(|c| c.original.local_port == port)
+            .unwrap_or_else(|| panic!("no connection from port {port}: {conns:?}"))
+            .id
+    };
+    let (root_id, nobody_id) = (id_of(root_port), id_of(from.port()));
+
+    let r = control_as_nobody(&da.control, r#"{"cmd":"list"}"#);
+    assert!(r.ok, "{:?}", r.error);
+    assert_eq!(r.connections.map(|c| c.len()), Some(2));
+    let r = control_as_nobody(&da.control, r#"{"cmd":"stats"}"#);
+    assert!(r.ok && r.stats.is_some(), "{:?}", r.error);
+    let denied = |line: String, why: &str| {
+        let r = control_as_nobody(&da.control, &line);
+        assert!(!r.ok, "{line} was allowed");
+        let e = r.error.unwrap_or_default();
+        assert!(
+            e.starts_with(preservetcp::control::PERMISSION_DENIED) && e.contains(why),
+            "{line}: {e}"
+        );
+    };
+    let mv = |id: u64| format!(r#"{{"cmd":"move","id":{id},"local":"{a1}","peer":"{b1}"}}"#);
+    denied(mv(root_id), "another user");
+    denied(mv(999_999), "not known");
+    denied(
+        format!(r#"{{"cmd":"opt_in","local":"{a1}","local_port":1,"peer":"{b1}","peer_port":2}}"#),
+        "needs root",
+    );
+    let r = control_as_nobody(&da.control, "not json");
+    assert!(
+        !r.ok && r.error.unwrap_or_default().starts_with("bad request"),
+        "bad input"
+    );
+    let by_id = |id: u64| {
+        da.connections()
+            .into_iter()
+            .find(|c| c.id == id)
+            .expect("still tracked")
+    };
+    assert_ne!(by_id(root_id).current.local, a1, "root's did not move");
+    let r = control_as_nobody(&da.control, &mv(nobody_id));
+    assert!(r.ok, "the owner moves its connection: {:?}", r.error);
+    assert_eq!(
+        (
+            by_id(nobody_id).current.local,
+            by_id(nobody_id).current.peer
+        ),
+        (a1, b1)
+    );
+}
+
+/// Control clients are served each on a thread of its own: an idle client
+/// does not hold up another one's request; at most 16 are connected at
+/// once (the 17th is told `busy` and closed, the places come back when
+/// clients leave), and an idle client is disconnected after 10 s.
+#[test]
+fn control_clients_are_served_concurrently_and_bounded() {
+    use std::io::BufRead;
+    use std::os::unix::net::UnixStream;
+    let t = two_links();
+    let da = Daemon::start(&t.lab, &t.a, &[PORT]);
+    let mut idle: Vec<UnixStream> = (0..16)
+        .map(|_| UnixStream::connect(&da.control).expect("connect"))
+        .collect();
+    let line_of = |s: &UnixStream, timeout: Duration| {
+        s.set_read_timeout(Some(timeout)).expect("timeout");
+        let mut line = String::new();
+        std::io::BufReader::new(s)
+            .read_line(&mut line)
+            .expect("answer");
+        line
+    };
+    let extra = UnixStream::connect(&da.control).expect("connect the 17th");
+    let busy = line_of(&extra, Duration::from_secs(5));
+    assert!(busy.contains("busy"), "{busy:?}");
+    drop(extra);
+    // One idle client stays: another client's request is answered.
+    idle.truncate(1);
+    let control = da.control.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let t0 = std::time::Instant::now();
+        loop {
+            let r = preservetcp::control::request(&control, &preservetcp::control::Request::List)
+                .expect("request");
+            // (The places of the closed clients come back as their
+            // threads see the end of the stream.)
+            if r.ok || t0.elapsed() > Duration::from_secs(3) {
+                let _ = tx.send(r);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let r = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("answered while a client idles");
+    assert!(r.ok, "{:?}", r.error);
+    assert_eq!(r.connections, Some(Vec::new()));
+    // The idle client is told and disconnected after the timeout.
+    let t0 = std::time::Instant::now();
+    let bye = line_of(&idle[0], Duration::from_secs(20));
+    assert!(bye.contains("no complete request"), "{bye:?}");
+    assert!(t0.elapsed() < Duration::from_secs(15));
+    assert_eq!(line_of(&idle[0], Duration::from_secs(5)), "", "closed");
+}
+
+/// The `opt_in` control request without BPF: the tuple's SYN is offered
+/// on (one ip6tables rule, even when asked twice) although its port is
+/// not configured, a connection on another tuple is not covered, requests
+/// beyond `--max-opt-ins` fail, and the rule goes once the connection is
+/// closed.
+#[test]
+fn opt_in_request_covers_a_tuple_without_bpf() {
+    const P: u16 = 5014;
+    let t = two_links();
+    let (a0, b0) = (v6(&t.l0, &t.a), v6(&t.l0, &t.b));
+    let da = Daemon::start_with(&t.lab, &t.a, &[], &["--no-bpf", "--max-opt-ins", "2"]);
+    let db = Daemon::start_with(&t.lab, &t.b, &[], &["--no-bpf"]);
+    assert!(!da.bpf() && !db.bpf());
+    let listener =
+        t.b.run(|| TcpListener::bind(("::", P)))
+            .expect("run")
+            .expect("bind");
+    let bound = || {
+        t.a.run(move || {
+            let s = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)?;
+            s.bind(&SocketAddr::from((a0, 0)).into())?;
+            std::io::Result::Ok(s)
+        })
+        .expect("run")
+        .expect("bound socket")
+    };
+    let sock = bound();
+    let port = sock
+        .local_addr()
+        .expect("addr")
+        .as_socket()
+        .expect("inet")
+        .port();
+    let opt_in = |local_port: u16| {
+        da.request(&preservetcp::control::Request::OptIn(
+            preservetcp::control::TupleInfo {
+                local: a0,
+                local_port,
+                peer: b0,
+                peer_port: P,
+            },
+        ))
+    };
+    let r = opt_in(port);
+    assert!(r.ok, "{:?}", r.error);
+    let r = opt_in(port);
+    assert!(r.ok, "asked again: {:?}", r.error);
+    let rules_for = |p: u16| {
+        t.a.exec_ok(["ip6tables", "-w", "-t", "mangle", "-S", "PTCP_OUT"])
+            .expect("ip6tables -S")
+            .lines()
+            .filter(|l| l.contains(&format!("--sport {p} ")) && l.contains("PTCP_OFFER"))
+            .count()
+    };
+    assert_eq!(rules_for(port), 1, "one rule for the tuple");
+
+    sock.connect(&SocketAddr::from((b0, P)).into())
+        .expect("connect");
+    let mut c = TcpStream::from(sock);
+    let (mut s, _) = listener.accept().expect("accept");
+    for x in [&c, &s] {
+        x.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+    }
+    pass(&mut c, &mut s, 1);
+    wait_until("tracked on both hosts", || {
+        da.connections().len() == 1 && db.connections().len() == 1
+    });
+    assert_eq!(da.connections()[0].original.local_port, port);
+    assert_eq!(da.stat("syn_offers"), 1, "{}", da.log());
+    assert_eq!(db.stat("synack_answers"), 1, "{}", db.log());
+
+    // Another tuple (not opted in) gets no offer.
+    let other = bound();
+    other
+        .connect(&SocketAddr::from((b0, P)).into())
+        .expect("connect");
+    let (other_srv, _) = listener.accept().expect("accept");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(da.stat("syn_offers"), 1, "not covered");
+    assert_eq!(da.connections().len(), 1);
+    drop((other, other_srv));
+
+    // The limit (2): one more, then a refusal naming it.
+    let r = opt_in(1);
+    assert!(r.ok, "{:?}", r.error);
+    let r = opt_in(2);
+    assert!(!r.ok);
+    let e = r.error.unwrap_or_default();
+    assert!(e.contains("opt-in limit reached: 2"), "{e}");
+    assert_eq!(rules_for(2), 0);
+
+    // Closed (after the daemon saw its socket): the rule goes; the tuple
+    // that never connected keeps its rule (for its grace period).
+    std::thread::sleep(Duration::from_millis(1500));
+    drop((c, s));
+    wait_until("the closed tuple's rule removed", || rules_for(port) == 0);
+    assert_eq!(rules_for(1), 1);
+    let r = opt_in(3);
+    assert!(r.ok, "room again: {:?}", r.error);
+}

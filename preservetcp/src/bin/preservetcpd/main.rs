@@ -4,6 +4,8 @@
 //! ```text
 //! preservetcpd [--ports 5001,8000] [--queue 7] [--control PATH]
 //!              [--interval-ms 50] [--stall-ms 300] [--follow-hold-ms 500]
+//!              [--fallback-table 4242] [--fallback-pref 32000]
+//!              [--max-opt-ins 256]
 //!              [--keep-rules] [--no-fast-path] [--no-bpf] [--verbose]
 //! ```
 //!
@@ -34,10 +36,34 @@
 //! a stalled socket, so this one signal is sampled — and closed sockets),
 //! the ring buffer reader (BPF mode: handshake copies, echo reports and
 //! alternative-pair segments, read in batches at most every 5 ms) and the
-//! control socket (JSON lines, see [`preservetcp::control`]). Prints
-//! `ready` on stdout once everything is in place. Removes its rules on
-//! SIGTERM/SIGINT unless `--keep-rules`. `--verbose` also logs every
-//! connection as it is tracked (moves are always logged).
+//! control socket (JSON lines, see [`preservetcp::control`]; one thread
+//! per client, see [`control_loop`]). Prints `ready` on stdout once
+//! everything is in place. Removes its rules on SIGTERM/SIGINT unless
+//! `--keep-rules`. `--verbose` also logs every connection as it is tracked
+//! (moves are always logged).
+//!
+//! Fallback routing (see `rules::Fallback`): a moved connection's original
+//! tuple stays routable through routes in table 4242 (`--fallback-table`)
+//! and two policy rules per connection at preference 32000
+//! (`--fallback-pref`; after `local`, before `main`). The daemon's routes
+//! and rules carry the protocol tag 80 (`rules::FALLBACK_PROTO`); it
+//! removes only those it added, on exit, and at start the tagged ones a
+//! killed daemon left. Pick other numbers when the host uses these.
+//!
+//! Without BPF each tuple opted in over the control socket is an
+//! ip6tables rule: at most `--max-opt-ins` at once (256,
+//! `rules::DEFAULT_MAX_OPT_INS`; a request beyond fails), each removed once
+//! its connection is gone. (With BPF they are entries of an LRU map.)
+//!
+//! The control socket is created with mode 0666: every user may ask for
+//! `list` and `stats`; requests that change state are checked against the
+//! sender's `SO_PEERCRED` uid — root only, except that the owner of a
+//! connection's socket may `move` that connection (see [`authorize`]).
+//!
+//! Exit: the signal thread takes the run lock (`Shared::run_lock`), marks
+//! the daemon as shutting down and removes everything while holding it
+//! until the process ends: no thread changes the kernel after the clean-up
+//! started, so nothing added by a concurrent rule change survives the exit.
 //!
 //! The packet thread handles queued packets one at a time with no handoff:
 //! it drains what was learned (NFLOG or the ring buffers) into the engine, runs the
@@ -55,15 +81,16 @@ mod rules;
 mod sys;
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixListener;
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use preservetcp::FourTuple;
-use preservetcp::control::{DEFAULT_CONTROL_PATH, Request, Response};
+use preservetcp::control::{DEFAULT_CONTROL_PATH, PERMISSION_DENIED, Request, Response, TupleInfo};
 use preservetcp::engine::{Action, Engine, EngineConfig, LocalAddr, Verdict};
 use preservetcp::pairs::AddrPair;
 use preservetcp::policy::PolicyConfig;
@@ -82,6 +109,12 @@ struct Args {
     fast_path: bool,
     bpf: bool,
     verbose: bool,
+    /// Routing table of the fallback routes.
+    fallback_table: u32,
+    /// Preference of the fallback policy rules.
+    fallback_pref: u32,
+    /// Most tuples opted in at once without BPF.
+    max_opt_ins: usize,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -96,6 +129,9 @@ fn parse_args() -> Result<Args, String> {
         fast_path: true,
         bpf: true,
         verbose: false,
+        fallback_table: rules::DEFAULT_FALLBACK_TABLE,
+        fallback_pref: rules::DEFAULT_FALLBACK_PREF,
+        max_opt_ins: rules::DEFAULT_MAX_OPT_INS,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -125,6 +161,23 @@ fn parse_args() -> Result<Args, String> {
                         .map_err(|e| format!("--follow-hold-ms: {e}"))?,
                 );
             }
+            "--fallback-table" => {
+                a.fallback_table = rules::check_fallback_table(
+                    val()?
+                        .parse()
+                        .map_err(|e| format!("--fallback-table: {e}"))?,
+                )?;
+            }
+            "--fallback-pref" => {
+                a.fallback_pref = rules::check_fallback_pref(
+                    val()?
+                        .parse()
+                        .map_err(|e| format!("--fallback-pref: {e}"))?,
+                )?;
+            }
+            "--max-opt-ins" => {
+                a.max_opt_ins = val()?.parse().map_err(|e| format!("--max-opt-ins: {e}"))?;
+            }
             "--keep-rules" => a.keep_rules = true,
             "--no-fast-path" => a.fast_path = false,
             "--no-bpf" => a.bpf = false,
@@ -133,6 +186,8 @@ fn parse_args() -> Result<Args, String> {
                 println!(
                     "preservetcpd [--ports P1,P2] [--queue N] [--control PATH] \
                      [--interval-ms MS] [--stall-ms MS (0 = off)] [--follow-hold-ms MS] \
+                     [--fallback-table N (4242)] [--fallback-pref N (32000)] \
+                     [--max-opt-ins N (256)] \
                      [--keep-rules] [--no-fast-path] [--no-bpf] [--verbose]"
                 );
                 std::process::exit(0);
@@ -157,6 +212,8 @@ struct Shared {
     /// the fast path is on.
     fast: Option<Mutex<std::collections::HashMap<FourTuple, rules::FastEntry>>>,
     rules: Rules,
+    /// The fallback routes and policy rules of moved connections.
+    fallback: rules::Fallback,
     start: Instant,
     /// Local addresses with link state and device, as of the last
     /// rtnetlink snapshot.
@@ -172,13 +229,31 @@ struct Shared {
     /// Connections tracked at once in the current second (start, count).
     alt_budget: Mutex<(Instant, u32)>,
     /// Held by a thread from taking the engine's actions until it has run
-    /// them (and by the sampler's alternative-pair work): the
-    /// actions of different threads then never interleave or overtake
-    /// each other (a connection's `Untracked` run before its `Moved`, say,
-    /// would leave its entries in the kernel). Lock order: this, the
+    /// them (and by the sampler's alternative-pair work, the opt-ins and
+    /// the exit's clean-up): the actions of different threads then never
+    /// interleave or overtake each other (a connection's `Untracked` run
+    /// before its `Moved`, say, would leave its entries in the kernel),
+    /// and nothing is changed in the kernel once the clean-up started
+    /// ([`RunState::shutting_down`]). Every change of rules, routes,
+    /// programs or maps is made while holding it. Lock order: this, the
     /// engine, the programs.
-    run_lock: Mutex<()>,
+    run_lock: Mutex<RunState>,
 }
+
+/// What [`Shared::run_lock`] guards.
+#[derive(Debug, Default)]
+struct RunState {
+    /// Set by the signal thread before it removes what the daemon put in
+    /// the kernel; it holds the lock from then until the process exits.
+    /// Every function that changes the kernel takes the guard ([`Run`])
+    /// and does nothing once this is set (which only matters should the
+    /// lock ever be released, e.g. after a panic).
+    shutting_down: bool,
+}
+
+/// The held run lock ([`Shared::run`]): proof for the functions that
+/// change the kernel that no other thread does at the same time.
+type Run<'a> = MutexGuard<'a, RunState>;
 
 /// An `Instant` on `CLOCK_MONOTONIC` in nanoseconds (the clock of the
 /// programs' `bpf_ktime_get_ns`; `Instant` is that clock on Linux, but it
@@ -219,6 +294,32 @@ const ALT_IMMEDIATE: u32 = 500;
 impl Shared {
     fn engine(&self) -> MutexGuard<'_, Engine> {
         self.engine.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes the run lock (see [`Shared::run_lock`]).
+    fn run(&self) -> Run<'_> {
+        self.run_lock.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Removes what the daemon put in the kernel (on SIGTERM/SIGINT), with
+    /// the run lock held and [`RunState::shutting_down`] set by the
+    /// caller: the programs, and unless `keep_rules` the rules, the fast
+    /// path table and the fallback routing (with BPF the fallback routing
+    /// goes also with `keep_rules`: the programs rewrote the moved
+    /// connections and are gone now, so the fallback rules would route
+    /// their original tuples, unrewritten, to the new pairs' links).
+    fn teardown(&self, run: &Run<'_>, keep_rules: bool) {
+        debug_assert!(run.shutting_down);
+        if let Some(b) = &self.bpf {
+            b.lock().unwrap_or_else(|e| e.into_inner()).detach_all();
+        }
+        if !keep_rules {
+            self.rules.remove_all();
+            rules::fast_teardown();
+        }
+        if !keep_rules || self.bpf.is_some() {
+            self.fallback.teardown();
+        }
     }
 
     /// The engine, after feeding it every learned (NFLOG) packet that is
@@ -283,15 +384,16 @@ impl Shared {
         b.lock()
             .unwrap_or_else(|e| e.into_inner())
             .set_moved(t, pair.local, pair.peer, ifindex, hold)?;
-        rules::fallback_routes(t, &dev, Some(via.unwrap_or(pair.peer)))
+        self.fallback
+            .routes(t, &dev, Some(via.unwrap_or(pair.peer)))
     }
 
     /// After a change of links, addresses or routes: every moved
     /// connection's device and fallback route again (BPF mode; a device
     /// may be gone or re-created, a route may use another one now, and
     /// connections to the same peer share its fallback route).
-    fn refresh_moved(&self) {
-        if self.bpf.is_none() {
+    fn refresh_moved(&self, run: &Run<'_>) {
+        if self.bpf.is_none() || run.shutting_down {
             return;
         }
         let moved: Vec<(FourTuple, AddrPair)> = {
@@ -314,8 +416,8 @@ impl Shared {
 
     /// Gives the kernel the alternative pairs of connections entered at
     /// least [`ALT_DELAY`] ago that are still tracked (BPF mode).
-    fn push_alts(&self, now: Instant) {
-        if self.bpf.is_none() {
+    fn push_alts(&self, run: &Run<'_>, now: Instant) {
+        if self.bpf.is_none() || run.shutting_down {
             return;
         }
         let due: Vec<FourTuple> = {
@@ -337,8 +439,11 @@ impl Shared {
 
     /// Updates the kernel's offer map to the engine's offers for every
     /// local address, and attaches the programs to links that appeared.
-    fn bpf_sync(&self, offers: OfferMap) {
+    fn bpf_sync(&self, run: &Run<'_>, offers: OfferMap) {
         let Some(b) = &self.bpf else { return };
+        if run.shutting_down {
+            return;
+        }
         let mut b = b.lock().unwrap_or_else(|e| e.into_inner());
         if let Err(e) = b.set_offers(offers) {
             self.log(&format!("bpf offers: {e}"));
@@ -391,7 +496,10 @@ impl Shared {
         };
         *self.locals.lock().unwrap_or_else(|e| e.into_inner()) = snap.clone();
         let now = Instant::now();
-        let _run = self.run_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let run = self.run();
+        if run.shutting_down {
+            return;
+        }
         let (actions, offers) = {
             let mut eng = self.engine_drained();
             eng.set_locals(snap.into_iter().map(|l| l.0).collect(), now);
@@ -410,11 +518,11 @@ impl Shared {
             (eng.take_actions(), offers)
         };
         if let Some(o) = offers {
-            self.bpf_sync(o);
+            self.bpf_sync(&run, o);
         }
         log_actions(self, &actions);
-        self.run_actions(actions);
-        self.refresh_moved();
+        self.run_actions(&run, actions);
+        self.refresh_moved(&run);
     }
 
     /// Writes a connection's alternative pairs into the kernel with the
@@ -458,14 +566,19 @@ impl Shared {
     /// Runs the engine's actions. Order matters for the fast path's direct
     /// chain (see `rules::fast_setup`): a connection's fallback policy
     /// rules go in only after the fallback route of its first move (adding
-    /// a rule invalidates every cached route, adding a route to table 4242
-    /// does not invalidate one the socket cached from `main`), and the map
+    /// a rule invalidates every cached route, adding a route to the
+    /// fallback table does not invalidate one the socket cached from
+    /// `main`), and the map
     /// entries after both (until then the NFQUEUE path rewrites and
     /// reroutes). Going back to the original pair, the rules go before
     /// the map entries. A rewritten packet that does not leave on the
     /// expected device is rerouted by the `route` chain, so in every
-    /// transition the packets take a correct route.
-    fn run_actions(&self, actions: Vec<Action>) {
+    /// transition the packets take a correct route. Nothing is run once
+    /// the daemon is shutting down.
+    fn run_actions(&self, run: &Run<'_>, actions: Vec<Action>) {
+        if run.shutting_down {
+            return;
+        }
         // Connections whose fallback rules wait for their first route.
         let mut rules_pending: Vec<FourTuple> = Vec::new();
         for a in actions {
@@ -514,7 +627,7 @@ impl Shared {
                     // one again, and the program still rewrites what left
                     // before), then the programs stop rewriting.
                     rules_pending.retain(|p| *p != t);
-                    let r = rules::fallback_rules(&t, false);
+                    let r = self.fallback.rules(&t, false);
                     if let Some(b) = &self.bpf {
                         b.lock().unwrap_or_else(|e| e.into_inner()).unmove(&t);
                     }
@@ -542,7 +655,7 @@ impl Shared {
                         None => false,
                     };
                     match self.move_in_kernel(&t, pair) {
-                        Ok(()) if first => rules::fallback_rules(&t, true),
+                        Ok(()) if first => self.fallback.rules(&t, true),
                         r => r,
                     }
                 }
@@ -551,7 +664,7 @@ impl Shared {
                     // then the original one again, the packets still
                     // rewritten until the map entries go no longer match
                     // the `direct` set and are rerouted.
-                    let r = rules::fallback_rules(&t, false);
+                    let r = self.fallback.rules(&t, false);
                     if let Some(f) = &self.fast {
                         let mut f = f.lock().unwrap_or_else(|e| e.into_inner());
                         let before = f.len();
@@ -576,14 +689,14 @@ impl Shared {
                     // the route may get from a translated Packet Too Big.
                     let onlink = rules::onlink_dev(pair.local, pair.peer);
                     let routed = match (&onlink, self.device_of(pair.local)) {
-                        (Some(d), _) => rules::fallback_routes(&t, d, Some(pair.peer)),
-                        (None, Some(d)) => rules::fallback_routes(&t, &d, None),
+                        (Some(d), _) => self.fallback.routes(&t, d, Some(pair.peer)),
+                        (None, Some(d)) => self.fallback.routes(&t, &d, None),
                         (None, None) => Err(format!("no device for {}", pair.local)),
                     };
                     let mut r = routed.clone();
                     if let Some(i) = rules_pending.iter().position(|p| *p == t) {
                         rules_pending.swap_remove(i);
-                        r = r.and(rules::fallback_rules(&t, true));
+                        r = r.and(self.fallback.rules(&t, true));
                     }
                     if let Some(f) = &self.fast {
                         let direct_oif = onlink
@@ -610,7 +723,7 @@ impl Shared {
             }
         }
         for t in rules_pending {
-            if let Err(e) = rules::fallback_rules(&t, true) {
+            if let Err(e) = self.fallback.rules(&t, true) {
                 self.log(&format!("rule change failed: {e}"));
             }
         }
@@ -672,6 +785,7 @@ fn run(args: Args) -> Result<(), String> {
         args.queue,
         args.ports.clone(),
         bpf.is_some(),
+        args.max_opt_ins,
     );
     let learn = if bpf.is_none() {
         let mut learn = nflog::Nflog::open(args.queue).map_err(|e| format!("nflog: {e}"))?;
@@ -719,13 +833,14 @@ fn run(args: Args) -> Result<(), String> {
         verbose: args.verbose,
         fast,
         rules,
+        fallback: rules::Fallback::new(args.fallback_table, args.fallback_pref),
         start: Instant::now(),
         locals: Mutex::new(snap.clone()),
         logged: Mutex::new(std::collections::HashMap::new()),
         bpf: bpf.map(Mutex::new),
         alt_pending: Mutex::new(std::collections::VecDeque::new()),
         alt_budget: Mutex::new((Instant::now(), 0)),
-        run_lock: Mutex::new(()),
+        run_lock: Mutex::new(RunState::default()),
     });
     let offers = {
         let mut eng = shared.engine();
@@ -733,7 +848,7 @@ fn run(args: Args) -> Result<(), String> {
         offers_of(&eng)
     };
     // Offers and links before the rules mark any SYN for the programs.
-    shared.bpf_sync(offers);
+    shared.bpf_sync(&shared.run(), offers);
 
     let mut queue = nfq::Queue::open().map_err(|e| format!("nfqueue: {e}"))?;
     for q in [args.queue, args.queue + 1] {
@@ -760,10 +875,14 @@ fn run(args: Args) -> Result<(), String> {
     }
     let mut diag = sys::Diag::new().map_err(|e| format!("sock_diag: {e}"))?;
     shared.rules.install()?;
-    rules::fallback_setup()?;
+    shared.fallback.setup();
 
     let _ = std::fs::remove_file(&args.control);
     let listener = UnixListener::bind(&args.control)
+        .map_err(|e| format!("{}: {e}", args.control.display()))?;
+    // Every user may connect (and read: `list`, `stats`); what changes
+    // state is checked per request against the sender's uid (`authorize`).
+    std::fs::set_permissions(&args.control, std::fs::Permissions::from_mode(0o666))
         .map_err(|e| format!("{}: {e}", args.control.display()))?;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -780,20 +899,11 @@ fn run(args: Args) -> Result<(), String> {
                 sh.log(&format!("{sig:?}: exiting"));
             }
             stop.store(true, Ordering::SeqCst);
-            if let Some(b) = &sh.bpf {
-                b.lock().unwrap_or_else(|e| e.into_inner()).detach_all();
-            }
-            if !keep {
-                sh.rules.remove_all();
-                rules::fast_teardown();
-            }
-            // With BPF the programs rewrote the moved connections and are
-            // gone now: the fallback rules would route their original
-            // tuples, unrewritten, to the new pairs' links, so they go
-            // even with --keep-rules.
-            if !keep || sh.bpf.is_some() {
-                rules::fallback_teardown();
-            }
+            // Exclusive: the lock is held until the process ends, so no
+            // thread adds a rule, route or program after the clean-up.
+            let mut run = sh.run();
+            run.shutting_down = true;
+            sh.teardown(&run, keep);
             let _ = std::fs::remove_file(control);
             std::process::exit(0);
         });
@@ -850,7 +960,7 @@ fn run(args: Args) -> Result<(), String> {
             }
         };
         let now = Instant::now();
-        let run = shared.run_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let run = shared.run();
         let (verdict, actions) = {
             // An outgoing packet only needs what its connection's incoming
             // handshake packets taught (nothing for a SYN: its offer depends
@@ -880,7 +990,7 @@ fn run(args: Args) -> Result<(), String> {
             // move back. This holds up the queue for the few milliseconds
             // the rule changes take, once per switch.
             log_actions(&shared, &actions);
-            shared.run_actions(actions);
+            shared.run_actions(&run, actions);
         }
         drop(run);
         if let Verdict::Replace(p) = verdict {
@@ -1012,10 +1122,16 @@ fn event_loop(sh: &Shared, monitor: &mut rtnl::Monitor) {
 /// by its tuple instead of dumping all (`sys::Diag::query`).
 const QUERY_MAX: usize = 16;
 
+/// How often the sampler checks whether the sockets of opted-in tuples
+/// exist (without BPF, see `rules::Rules::expire_opt_ins`).
+const OPT_IN_CHECK: Duration = Duration::from_secs(1);
+
 /// Samples `tcp_info` of tracked sockets every `interval` (stalls and
-/// retransmission timeouts have no kernel notification) and forgets
-/// connections whose socket is gone.
+/// retransmission timeouts have no kernel notification), forgets
+/// connections whose socket is gone and, once per [`OPT_IN_CHECK`],
+/// removes the opt-in rules of tuples whose connection is gone.
 fn poll_loop(sh: &Shared, diag: &mut sys::Diag, interval: Duration) {
+    let mut opt_in_checked = Instant::now();
     loop {
         std::thread::sleep(interval);
         let now = Instant::now();
@@ -1046,7 +1162,16 @@ fn poll_loop(sh: &Shared, diag: &mut sys::Diag, interval: Duration) {
                 None
             }
         };
-        let run = sh.run_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let opt_ins = if now.saturating_duration_since(opt_in_checked) >= OPT_IN_CHECK {
+            opt_in_checked = now;
+            opt_in_sockets(sh, diag)
+        } else {
+            Vec::new()
+        };
+        let run = sh.run();
+        if run.shutting_down {
+            continue;
+        }
         let actions = {
             let mut eng = sh.engine_drained();
             eng.expire(now);
@@ -1066,9 +1191,45 @@ fn poll_loop(sh: &Shared, diag: &mut sys::Diag, interval: Duration) {
             eng.take_actions()
         };
         log_actions(sh, &actions);
-        sh.run_actions(actions);
-        sh.push_alts(now);
+        sh.run_actions(&run, actions);
+        sh.push_alts(&run, now);
+        for (t, r) in sh.rules.expire_opt_ins(&opt_ins, now) {
+            match r {
+                Ok(()) if sh.verbose => sh.log(&format!("opt-in of {t:?} removed")),
+                Ok(()) => {}
+                Err(e) => sh.log(&format!("opt-in of {t:?}: {e}")),
+            }
+        }
         drop(run);
+    }
+}
+
+/// Whether a socket exists for each tuple opted in by rule (none with
+/// BPF); tuples whose lookup failed are left out.
+fn opt_in_sockets(sh: &Shared, diag: &mut sys::Diag) -> Vec<(FourTuple, bool)> {
+    let tuples = sh.rules.opt_in_tuples();
+    if tuples.len() <= QUERY_MAX {
+        tuples
+            .into_iter()
+            .filter_map(|t| match diag.query(&t) {
+                Ok(s) => Some((t, s.is_some())),
+                Err(e) => {
+                    sh.log(&format!("sock_diag: {e}"));
+                    None
+                }
+            })
+            .collect()
+    } else {
+        match diag.dump() {
+            Ok(all) => tuples
+                .into_iter()
+                .map(|t| (t, all.contains_key(&t)))
+                .collect(),
+            Err(e) => {
+                sh.log(&format!("sock_diag: {e}"));
+                Vec::new()
+            }
+        }
     }
 }
 
@@ -1107,58 +1268,320 @@ fn ring_loop(sh: &Shared, rings: [std::os::fd::OwnedFd; 2]) {
                 return;
             }
         }
-        let run = sh.run_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let run = sh.run();
         let actions = {
             let mut eng = sh.engine_drained();
             sh.log_moves(&eng);
             eng.take_actions()
         };
         log_actions(sh, &actions);
-        sh.run_actions(actions);
+        sh.run_actions(&run, actions);
         drop(run);
         std::thread::sleep(RING_MIN_GAP);
     }
 }
 
-fn control_loop(sh: &Shared, listener: UnixListener) {
+/// Most control clients served at once (one thread each); a connection
+/// beyond that gets a `busy` error and is closed.
+const CONTROL_MAX_CLIENTS: usize = 16;
+
+/// A control client must complete each request line within this time
+/// (from its connection or the previous answer) and read each answer
+/// within it; otherwise it is disconnected, so an idle or slow client
+/// holds its thread (and one of the [`CONTROL_MAX_CLIENTS`]) no longer.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest request line accepted (bytes, without the newline); a longer
+/// one gets an error and the connection is closed.
+const CONTROL_MAX_LINE: usize = 64 * 1024;
+
+/// Accepts control clients and serves each on a thread of its own
+/// ([`serve_client`]), at most [`CONTROL_MAX_CLIENTS`] at once.
+fn control_loop(sh: &Arc<Shared>, listener: UnixListener) {
+    let clients = Arc::new(AtomicUsize::new(0));
     for stream in listener.incoming() {
-        let Ok(stream) = stream else { continue };
-        let Ok(read_half) = stream.try_clone() else {
-            continue;
-        };
-        let mut w = stream;
-        for line in BufReader::new(read_half).lines() {
-            let Ok(line) = line else { break };
-            if line.trim().is_empty() {
+        let mut stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                // E.g. out of file descriptors: do not spin.
+                sh.log(&format!("control socket: {e}"));
+                std::thread::sleep(Duration::from_millis(100));
                 continue;
             }
-            let resp = match serde_json::from_str::<Request>(&line) {
-                Ok(req) => handle(sh, req),
-                Err(e) => Response::error(format!("bad request: {e}")),
-            };
-            let mut out = serde_json::to_string(&resp).unwrap_or_else(|_| "{\"ok\":false}".into());
-            out.push('\n');
-            if w.write_all(out.as_bytes()).is_err() {
-                break;
-            }
+        };
+        let slot = ClientSlot::take(&clients);
+        let Some(slot) = slot else {
+            let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+            let _ = write_response(
+                &mut stream,
+                &Response::error(format!(
+                    "busy: {CONTROL_MAX_CLIENTS} control clients are connected"
+                )),
+            );
+            continue;
+        };
+        let client_sh = sh.clone();
+        let spawned = std::thread::Builder::new()
+            .name("control".into())
+            .spawn(move || {
+                let _slot = slot;
+                serve_client(&client_sh, stream);
+            });
+        if let Err(e) = spawned {
+            // (The closure, with the slot and the stream, is dropped.)
+            sh.log(&format!("control client thread: {e}"));
         }
     }
+}
+
+/// One of the [`CONTROL_MAX_CLIENTS`] places, given back when dropped.
+struct ClientSlot(Arc<AtomicUsize>);
+
+impl ClientSlot {
+    /// A place, unless all are taken.
+    fn take(count: &Arc<AtomicUsize>) -> Option<Self> {
+        count
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < CONTROL_MAX_CLIENTS).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(count.clone()))
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Writes one answer line.
+fn write_response(w: &mut impl Write, resp: &Response) -> std::io::Result<()> {
+    let mut out = serde_json::to_string(resp).unwrap_or_else(|_| "{\"ok\":false}".into());
+    out.push('\n');
+    w.write_all(out.as_bytes())
+}
+
+/// Why no request line was read.
+#[derive(Debug)]
+enum LineError {
+    /// The line grew past [`CONTROL_MAX_LINE`].
+    TooLong,
+    /// It was not complete within [`CONTROL_TIMEOUT`].
+    TimedOut,
+    /// The connection failed.
+    Io(std::io::Error),
+}
+
+/// Reads the next line (without its newline) from `s`, with `buf` holding
+/// what was read beyond earlier lines; it must be complete by `deadline`.
+/// `Ok(None)` at the end of the stream (an unfinished last line is
+/// dropped).
+fn read_line(
+    s: &mut UnixStream,
+    buf: &mut Vec<u8>,
+    deadline: Instant,
+) -> Result<Option<Vec<u8>>, LineError> {
+    loop {
+        if let Some(i) = buf.iter().position(|&b| b == b'\n') {
+            let mut line: Vec<u8> = buf.drain(..=i).collect();
+            line.pop();
+            return Ok(Some(line));
+        }
+        if buf.len() > CONTROL_MAX_LINE {
+            return Err(LineError::TooLong);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(LineError::TimedOut);
+        }
+        s.set_read_timeout(Some(left)).map_err(LineError::Io)?;
+        let mut chunk = [0u8; 4096];
+        match s.read(&mut chunk) {
+            Ok(0) => return Ok(None),
+            Ok(n) => buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(LineError::TimedOut);
+            }
+            Err(e) => return Err(LineError::Io(e)),
+        }
+    }
+}
+
+/// Serves one control client: its requests one line at a time, each
+/// checked against the client's uid (`SO_PEERCRED`; unknown: read-only
+/// requests only), until it closes the connection, breaks the line limit
+/// or the timeout ([`CONTROL_TIMEOUT`]).
+fn serve_client(sh: &Shared, mut stream: UnixStream) {
+    let uid =
+        match nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials) {
+            Ok(c) => Some(c.uid()),
+            Err(e) => {
+                sh.log(&format!("control client credentials: {e}"));
+                None
+            }
+        };
+    if stream.set_write_timeout(Some(CONTROL_TIMEOUT)).is_err() {
+        return;
+    }
+    let mut buf = Vec::new();
+    loop {
+        let line = match read_line(&mut stream, &mut buf, Instant::now() + CONTROL_TIMEOUT) {
+            Ok(Some(l)) => l,
+            Ok(None) => return,
+            Err(LineError::Io(e)) => {
+                sh.log(&format!("control client: {e}"));
+                return;
+            }
+            Err(LineError::TooLong) => {
+                let _ = write_response(
+                    &mut stream,
+                    &Response::error(format!(
+                        "request longer than {CONTROL_MAX_LINE} bytes: closing"
+                    )),
+                );
+                return;
+            }
+            Err(LineError::TimedOut) => {
+                let _ = write_response(
+                    &mut stream,
+                    &Response::error(format!(
+                        "no complete request within {} s: closing",
+                        CONTROL_TIMEOUT.as_secs()
+                    )),
+                );
+                return;
+            }
+        };
+        let Ok(line) = std::str::from_utf8(&line) else {
+            if write_response(&mut stream, &Response::error("bad request: not UTF-8")).is_err() {
+                return;
+            }
+            continue;
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
+        let resp = match serde_json::from_str::<Request>(line) {
+            Ok(req) => match authorize(sh, uid, &req) {
+                Ok(()) => handle(sh, req),
+                Err(e) => Response::error(e),
+            },
+            Err(e) => Response::error(format!("bad request: {e}")),
+        };
+        if write_response(&mut stream, &resp).is_err() {
+            return;
+        }
+    }
+}
+
+/// Whether the client with `uid` (`None`: unknown) may make `req`:
+/// read-only requests ([`Request::is_read_only`]) everyone; the others
+/// root (uid 0), and a `move` also the uid that owns the connection's
+/// socket (looked up at request time, [`socket_owner`]; a connection
+/// whose socket is not found is root's only). The error starts with
+/// [`PERMISSION_DENIED`].
+fn authorize(sh: &Shared, uid: Option<u32>, req: &Request) -> Result<(), String> {
+    if req.is_read_only() || uid == Some(0) {
+        return Ok(());
+    }
+    let Some(uid) = uid else {
+        return Err(format!(
+            "{PERMISSION_DENIED}: `{}` needs root, the sender's uid is unknown",
+            req.name()
+        ));
+    };
+    if let Request::Move { id, .. } = req {
+        let original = sh
+            .engine()
+            .connections()
+            .into_iter()
+            .find(|c| c.id == *id)
+            .map(|c| c.original);
+        return match original.and_then(|t| socket_owner(&t)) {
+            Some(owner) if owner == uid => Ok(()),
+            Some(_) => Err(format!(
+                "{PERMISSION_DENIED}: uid {uid} may not move connection {id}: \
+                 it belongs to another user (root or the socket's owner only)"
+            )),
+            None => Err(format!(
+                "{PERMISSION_DENIED}: uid {uid} may not move connection {id}: \
+                 its socket's owner is not known (root only)"
+            )),
+        };
+    }
+    Err(format!(
+        "{PERMISSION_DENIED}: `{}` needs root (uid {uid})",
+        req.name()
+    ))
+}
+
+/// The uid owning the TCP socket with tuple `t` (local = this host) in the
+/// daemon's network namespace, from `/proc/self/net/tcp6`; `None` if there
+/// is no such socket (or only one in TIME_WAIT, which has no owner).
+fn socket_owner(t: &TupleInfo) -> Option<u32> {
+    let table = std::fs::read_to_string("/proc/self/net/tcp6").ok()?;
+    tcp6_owner(&table, t)
+}
+
+/// TCP state `TIME_WAIT` in `/proc/net/tcp6`.
+const PROC_TIME_WAIT: &str = "06";
+
+/// The uid column of the line for `t` in the text of `/proc/net/tcp6`
+/// (columns: sl, local address:port, remote address:port, state,
+/// tx:rx queue, timer, retransmits, uid, …; see [`proc_tcp6_addr`]).
+fn tcp6_owner(table: &str, t: &TupleInfo) -> Option<u32> {
+    table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let local = proc_tcp6_addr(f.get(1)?)?;
+        let peer = proc_tcp6_addr(f.get(2)?)?;
+        if local != (t.local, t.local_port)
+            || peer != (t.peer, t.peer_port)
+            || *f.get(3)? == PROC_TIME_WAIT
+        {
+            return None;
+        }
+        f.get(7)?.parse().ok()
+    })
+}
+
+/// An `ADDRESS:PORT` of `/proc/net/tcp6`: the address as four 32-bit
+/// words, each printed in hex as the kernel holds it in memory (host byte
+/// order), the port in hex.
+fn proc_tcp6_addr(s: &str) -> Option<(std::net::Ipv6Addr, u16)> {
+    let (a, p) = s.split_once(':')?;
+    if a.len() != 32 {
+        return None;
+    }
+    let mut octets = [0u8; 16];
+    for (i, word) in octets.chunks_exact_mut(4).enumerate() {
+        let w = u32::from_str_radix(a.get(i * 8..i * 8 + 8)?, 16).ok()?;
+        word.copy_from_slice(&w.to_ne_bytes());
+    }
+    Some((octets.into(), u16::from_str_radix(p, 16).ok()?))
 }
 
 /// The engine after a drain, for a read-only request: the actions the
 /// drain produced (connections entered, peers followed) are run before
 /// returning, like everywhere else the engine is drained.
 fn drained_then<T>(sh: &Shared, f: impl FnOnce(&Engine) -> T) -> T {
-    let _run = sh.run_lock.lock().unwrap_or_else(|e| e.into_inner());
+    let run = sh.run();
     let (v, actions) = {
         let mut eng = sh.engine_drained();
         (f(&eng), eng.take_actions())
     };
     log_actions(sh, &actions);
-    sh.run_actions(actions);
+    sh.run_actions(&run, actions);
     v
 }
 
+/// Answers an authorized request ([`authorize`]).
 fn handle(sh: &Shared, req: Request) -> Response {
     match req {
         Request::List => Response {
@@ -1179,7 +1602,10 @@ fn handle(sh: &Shared, req: Request) -> Response {
             }
         }
         Request::Move { id, local, peer } => {
-            let _run = sh.run_lock.lock().unwrap_or_else(|e| e.into_inner());
+            let run = sh.run();
+            if run.shutting_down {
+                return Response::error("shutting down");
+            }
             let actions = {
                 let mut eng = sh.engine_drained();
                 if let Err(e) = eng.move_to(id, AddrPair { local, peer }, Instant::now()) {
@@ -1187,7 +1613,7 @@ fn handle(sh: &Shared, req: Request) -> Response {
                 }
                 eng.take_actions()
             };
-            sh.run_actions(actions);
+            sh.run_actions(&run, actions);
             Response::ok()
         }
         Request::OptIn(t) => {
@@ -1197,10 +1623,18 @@ fn handle(sh: &Shared, req: Request) -> Response {
                 peer: t.peer,
                 peer_port: t.peer_port,
             };
+            let run = sh.run();
+            if run.shutting_down {
+                return Response::error("shutting down");
+            }
             let r = match &sh.bpf {
                 Some(b) => b.lock().unwrap_or_else(|e| e.into_inner()).opt_in(&t),
-                None => sh.rules.opt_in(&t),
+                None => sh
+                    .rules
+                    .opt_in(&t, Instant::now())
+                    .map_err(|e| e.to_string()),
             };
+            drop(run);
             match r {
                 Ok(()) => Response::ok(),
                 Err(e) => Response::error(e),
@@ -1254,6 +1688,52 @@ mod tests {
             None,
             "short line"
         );
+    }
+
+    /// Lines of a real `/proc/net/tcp6` (x86-64): a listener on
+    /// [2001:db8::1]:5001 and both ends of a connection to it (uids
+    /// changed to tell them apart), plus one in TIME_WAIT.
+    #[cfg(target_endian = "little")]
+    const TCP6: &str = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: B80D0120000000000000000001000000:1389 00000000000000000000000000000000:0000 0A 00000000:00000001 00:00000000 00000000     0        0 45456047 2 000000007c42c4e9 100 0 0 10 0
+   1: B80D0120000000000000000001000000:CE4C B80D0120000000000000000001000000:1389 01 00000000:00000000 00:00000000 00000000  1000        0 45456049 2 000000005daeec9f 20 0 0 10 -1
+   2: B80D0120000000000000000001000000:1389 B80D0120000000000000000001000000:CE4C 01 00000000:00000000 00:00000000 00000000    65534        0 0 1 0000000008a52563 20 0 0 10 -1
+   3: B80D0120000000000000000001000000:1389 B80D0120000000000000000001000000:CE4D 06 00000000:00000000 03:00000E2A 00000000     0        0 0 3 0000000000000000
+";
+
+    #[test]
+    #[cfg(target_endian = "little")]
+    fn socket_owner_from_proc_tcp6() {
+        let a: std::net::Ipv6Addr = "2001:db8::1".parse().unwrap();
+        let t = |local_port, peer_port| preservetcp::control::TupleInfo {
+            local: a,
+            local_port,
+            peer: a,
+            peer_port,
+        };
+        assert_eq!(super::tcp6_owner(TCP6, &t(0xce4c, 5001)), Some(1000));
+        assert_eq!(super::tcp6_owner(TCP6, &t(5001, 0xce4c)), Some(65534));
+        assert_eq!(super::tcp6_owner(TCP6, &t(5001, 0xce4d)), None, "TIME_WAIT");
+        assert_eq!(super::tcp6_owner(TCP6, &t(5001, 1)), None, "no such socket");
+        assert_eq!(super::tcp6_owner("", &t(0xce4c, 5001)), None);
+        assert_eq!(
+            super::proc_tcp6_addr("B80D0120000000000000000001000000:1389"),
+            Some((a, 5001))
+        );
+        assert_eq!(
+            super::proc_tcp6_addr("00000000000000000000000001000000:0016"),
+            Some((std::net::Ipv6Addr::LOCALHOST, 22))
+        );
+        for bad in [
+            "",
+            "B80D0120:1389",
+            "B80D0120000000000000000001000000",
+            "B80D012000000000000000000100000G:1389",
+            "B80D0120000000000000000001000000:10000",
+            "B80D012000000000000000000100000é:1389",
+        ] {
+            assert_eq!(super::proc_tcp6_addr(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

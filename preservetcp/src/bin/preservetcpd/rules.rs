@@ -65,8 +65,11 @@
 //!
 //! "Covered" is `-m multiport --ports <ports>` for each configured port
 //! list and `-m mark --mark OPT_IN_MARK/OPT_IN_MASK` for opted-in sockets;
-//! [`Rules::opt_in`] adds a rule for one 4-tuple. Every NFQUEUE rule has
-//! `--queue-bypass`: without a daemon, traffic is plain TCP.
+//! [`Rules::opt_in`] adds a rule for one 4-tuple (at most
+//! `--max-opt-ins` of them, [`DEFAULT_MAX_OPT_INS`]; each is removed again
+//! once its connection is gone, see [`Rules::expire_opt_ins`]). Every
+//! NFQUEUE rule has `--queue-bypass`: without a daemon, traffic is plain
+//! TCP.
 //!
 //! `ct state established` is safe before the socket match: a segment on an
 //! alternative pair has a conntrack entry of its own that only ever sees
@@ -84,8 +87,11 @@
 //! packets it rewrote to the original tuple ([`FAST_MARK`]) so that only
 //! packets that really arrived on the original pair are queued.
 
+use std::collections::{HashMap, HashSet};
 use std::net::Ipv6Addr;
 use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use preservetcp::FourTuple;
 use preservetcp::control::{OPT_IN_MARK, OPT_IN_MASK};
@@ -136,7 +142,54 @@ const ACKED_OR: &str = "0x8000000";
 /// PREFIX_ACK passed (`mark & (CT|ACKED) != CT`).
 const SHORTCUT_MARK: &str = "0x1000000/0x9000000";
 
-#[derive(Debug, Clone)]
+/// Default of `--max-opt-ins`: at most this many 4-tuples are opted in
+/// through the control socket at once without BPF. Each is an ip6tables
+/// rule every outgoing SYN passes (and `ip6tables` re-reads the whole
+/// chain on each change), so the chain must not grow without bound; a
+/// request beyond the limit fails ([`OptInError::Limit`]). (With BPF the
+/// opt-ins are entries of the programs' `ptcp_optin` map, an LRU hash of
+/// 4096 entries.)
+pub const DEFAULT_MAX_OPT_INS: usize = 256;
+
+/// An opted-in 4-tuple whose socket has not appeared this long after the
+/// request is dropped (the request is meant for a connection about to be
+/// made); one whose socket was seen goes as soon as the socket is gone.
+pub const OPT_IN_GRACE: Duration = Duration::from_secs(30);
+
+/// Why an opt-in was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OptInError {
+    /// [`Rules::opt_in`] already covers this many tuples (the limit).
+    Limit(usize),
+    /// The rule could not be added (the `ip6tables` error).
+    Rule(String),
+}
+
+impl std::fmt::Display for OptInError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OptInError::Limit(n) => write!(
+                f,
+                "opt-in limit reached: {n} tuples are opted in already (--max-opt-ins)"
+            ),
+            OptInError::Rule(e) => write!(f, "opt-in rule: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for OptInError {}
+
+/// One tuple opted in by [`Rules::opt_in`].
+#[derive(Debug, Clone, Copy)]
+struct OptIn {
+    /// When it was requested (last).
+    since: Instant,
+    /// Whether its socket has been seen (connected).
+    seen: bool,
+}
+
+/// The daemon's ip6tables rules (see the module documentation).
+#[derive(Debug)]
 pub struct Rules {
     q_out: u16,
     q_in: u16,
@@ -145,6 +198,10 @@ pub struct Rules {
     /// The tc BPF programs do all of it (see `bpf.rs`): no rule is
     /// installed.
     bpf: bool,
+    /// Most tuples [`Rules::opt_in`] covers at once.
+    max_opt_ins: usize,
+    /// The tuples with an opt-in rule in `PTCP_OUT`.
+    opt_ins: Mutex<HashMap<FourTuple, OptIn>>,
 }
 
 fn ip6t(args: &[String]) -> Result<(), String> {
@@ -194,14 +251,30 @@ fn tuple_match(t: &FourTuple) -> Vec<String> {
 }
 
 impl Rules {
-    pub fn new(q_out: u16, q_in: u16, nflog_group: u16, ports: Vec<u16>, bpf: bool) -> Self {
+    /// The rules for NFQUEUEs `q_out`/`q_in`, NFLOG group `nflog_group`
+    /// and the covered `ports` (none installed with `bpf`), with at most
+    /// `max_opt_ins` opted-in tuples.
+    pub fn new(
+        q_out: u16,
+        q_in: u16,
+        nflog_group: u16,
+        ports: Vec<u16>,
+        bpf: bool,
+        max_opt_ins: usize,
+    ) -> Self {
         Self {
             q_out,
             q_in,
             nflog_group,
             ports,
             bpf,
+            max_opt_ins,
+            opt_ins: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn opt_ins(&self) -> MutexGuard<'_, HashMap<FourTuple, OptIn>> {
+        self.opt_ins.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn queue(&self, q: u16) -> Vec<String> {
@@ -238,8 +311,10 @@ impl Rules {
         ip6t(&a)
     }
 
-    /// Removes our chains (ignoring errors: they may not exist).
+    /// Removes our chains (ignoring errors: they may not exist), the
+    /// opt-in rules with them.
     pub fn remove_all(&self) {
+        self.opt_ins().clear();
         self.unhook();
         for c in [OUT, PRE, MOVED, MOVED_IN, OFFER, ACKQ, LEARN] {
             let _ = ip6t(&s(&["-t", "mangle", "-F", c]));
@@ -470,13 +545,75 @@ impl Rules {
         out.and(ip6t(&a))
     }
 
-    /// Cover one 4-tuple: its SYN is offered on (the ACK after an answer
-    /// is queued by the generic connmark rule).
-    pub fn opt_in(&self, t: &FourTuple) -> Result<(), String> {
-        let mut a = s(&["-t", "mangle", "-I", OUT, "2"]);
-        a.extend(tuple_match(t));
+    /// The opt-in rule of `t` (after the operation and its arguments).
+    fn opt_in_rule(t: &FourTuple) -> Vec<String> {
+        let mut a = tuple_match(t);
         a.extend(s(&["--tcp-flags", "SYN,ACK", "SYN", "-j", OFFER]));
-        ip6t(&a)
+        a
+    }
+
+    /// Covers one 4-tuple: its SYN is offered on (the ACK after an answer
+    /// is queued by the generic connmark rule). A tuple covered already
+    /// stays covered (its grace starts again); beyond the limit
+    /// ([`DEFAULT_MAX_OPT_INS`]) nothing is added.
+    pub fn opt_in(&self, t: &FourTuple, now: Instant) -> Result<(), OptInError> {
+        let mut opt_ins = self.opt_ins();
+        if let Some(o) = opt_ins.get_mut(t) {
+            o.since = now;
+            return Ok(());
+        }
+        if opt_ins.len() >= self.max_opt_ins {
+            return Err(OptInError::Limit(self.max_opt_ins));
+        }
+        let mut a = s(&["-t", "mangle", "-I", OUT, "2"]);
+        a.extend(Self::opt_in_rule(t));
+        ip6t(&a).map_err(OptInError::Rule)?;
+        opt_ins.insert(
+            *t,
+            OptIn {
+                since: now,
+                seen: false,
+            },
+        );
+        Ok(())
+    }
+
+    /// The tuples [`Rules::opt_in`] covers now.
+    pub fn opt_in_tuples(&self) -> Vec<FourTuple> {
+        self.opt_ins().keys().copied().collect()
+    }
+
+    /// Removes the opt-in rules whose connection is gone: `checked` tells
+    /// for some opted-in tuples whether a socket with that tuple exists
+    /// now. A tuple whose socket was seen before and is gone now, and one
+    /// whose socket never appeared within [`OPT_IN_GRACE`], loses its rule;
+    /// tuples not in `checked` are left alone. Returns each tuple removed
+    /// with the outcome of deleting its rule (the tuple is forgotten
+    /// either way: a rule that cannot be deleted is no longer ours to
+    /// count).
+    pub fn expire_opt_ins(
+        &self,
+        checked: &[(FourTuple, bool)],
+        now: Instant,
+    ) -> Vec<(FourTuple, Result<(), String>)> {
+        let mut opt_ins = self.opt_ins();
+        let mut removed = Vec::new();
+        for (t, present) in checked {
+            let Some(o) = opt_ins.get_mut(t) else {
+                continue;
+            };
+            if *present {
+                o.seen = true;
+                continue;
+            }
+            if o.seen || now.saturating_duration_since(o.since) >= OPT_IN_GRACE {
+                opt_ins.remove(t);
+                let mut a = s(&["-t", "mangle", "-D", OUT]);
+                a.extend(Self::opt_in_rule(t));
+                removed.push((*t, ip6t(&a)));
+            }
+        }
+        removed
     }
 }
 
@@ -512,12 +649,40 @@ fn established_after_handshake(chain: &str, acked: bool) -> Vec<&str> {
     v
 }
 
-/// Routing table for fallback routes.
-pub const FALLBACK_TABLE: &str = "4242";
-/// Preference of the per-connection rules that select [`FALLBACK_TABLE`]:
-/// after `local` (0), before `main` (32766), so they also apply on a host
-/// with a default route.
-pub const FALLBACK_PREF: &str = "32000";
+/// Default routing table of the fallback routes (`--fallback-table`).
+pub const DEFAULT_FALLBACK_TABLE: u32 = 4242;
+/// Default preference of the per-connection policy rules that select the
+/// fallback table (`--fallback-pref`): after `local` (0), before `main`
+/// (32766), so they also apply on a host with a default route.
+pub const DEFAULT_FALLBACK_PREF: u32 = 32000;
+/// The routing protocol number (`proto` of routes, `protocol` of policy
+/// rules) the daemon tags its fallback routes and rules with: at start it
+/// removes what a daemon that did not exit cleanly left with this tag
+/// (and only that), see [`Fallback::setup`]. Unassigned in iproute2's
+/// `rt_protos`.
+pub const FALLBACK_PROTO: u8 = 80;
+
+/// Checks a `--fallback-table` value: a table of its own, not `unspec`
+/// (0) nor one of the reserved `default`, `main` and `local` (253–255).
+pub fn check_fallback_table(table: u32) -> Result<u32, String> {
+    if table == 0 || (253..=255).contains(&table) {
+        Err(format!(
+            "--fallback-table {table}: not 0 and not a reserved table (253-255)"
+        ))
+    } else {
+        Ok(table)
+    }
+}
+
+/// Checks a `--fallback-pref` value: after the `local` rule (0) and
+/// before the `main` one (32766).
+pub fn check_fallback_pref(pref: u32) -> Result<u32, String> {
+    if (1..32766).contains(&pref) {
+        Ok(pref)
+    } else {
+        Err(format!("--fallback-pref {pref}: must be within 1..=32765"))
+    }
+}
 
 fn ip(args: &[&str]) -> Result<(), String> {
     let out = Command::new("ip")
@@ -543,38 +708,188 @@ fn ip(args: &[&str]) -> Result<(), String> {
 /// hook (so nothing could rewrite the packet), and incoming packets
 /// rewritten to the original local address would not be delivered — on a
 /// host with a default route they would even be routed to forwarding. So
-/// for a moved connection the daemon adds, in [`FALLBACK_TABLE`], `local
-/// <orig local>/128 dev lo` and `<orig peer>/128 dev <device>`
-/// ([`fallback_routes`]; the device of the on-link route to the new pair,
-/// [`onlink_dev`], else the device of the current local address), and two
-/// policy rules at preference [`FALLBACK_PREF`], before `main`, that send
-/// exactly this connection's original 5-tuple there, one per direction
-/// ([`fallback_rules`]: `from L to P ipproto tcp sport l dport p` and the
-/// reverse; added after the first fallback route, see `run_actions`).
-/// Without BPF outgoing packets are rewritten in OUTPUT; with an on-link
-/// new pair the fallback route already sends them out of the right device
-/// and the fast path skips the reroute ([`fast_setup`]), otherwise they
-/// are rerouted by their new addresses and the device of the fallback
-/// route only has to exist. With BPF the tc egress program rewrites them
-/// *after* the kernel's own neighbour lookup for the original destination,
-/// so the fallback route goes through the new pair's next hop (`via`, the
-/// new peer itself on a link), and the program hands the packet to the
-/// pair's device whichever device the route chose.
+/// for a moved connection the daemon adds, in its fallback table (4242,
+/// `--fallback-table`), `local <orig local>/128 dev lo` and `<orig
+/// peer>/128 dev <device>` ([`Fallback::routes`]; the device of the
+/// on-link route to the new pair, [`onlink_dev`], else the device of the
+/// current local address), and two policy rules at its preference (32000,
+/// `--fallback-pref`), before `main`, that send exactly this connection's
+/// original 5-tuple there, one per direction ([`Fallback::rules`]: `from L
+/// to P ipproto tcp sport l dport p` and the reverse; added after the
+/// first fallback route, see `run_actions`). Without BPF outgoing packets
+/// are rewritten in OUTPUT; with an on-link new pair the fallback route
+/// already sends them out of the right device and the fast path skips the
+/// reroute ([`fast_setup`]), otherwise they are rerouted by their new
+/// addresses and the device of the fallback route only has to exist. With
+/// BPF the tc egress program rewrites them *after* the kernel's own
+/// neighbour lookup for the original destination, so the fallback route
+/// goes through the new pair's next hop (`via`, the new peer itself on a
+/// link), and the program hands the packet to the pair's device whichever
+/// device the route chose.
+///
 /// The rules only match the original tuple, so other traffic to the same
 /// addresses keeps the host's routes; they are removed when the connection
 /// returns to its original pair or closes. The table's routes stay until
 /// the daemon exits; one route per original peer serves every moved
 /// connection to it (the last move wins; with BPF the daemon writes every
 /// moved connection's route and device again after each rtnetlink batch).
-pub fn fallback_setup() -> Result<(), String> {
-    fallback_teardown();
-    Ok(())
+///
+/// The daemon removes only what it added: it remembers each rule and
+/// route, and [`Fallback::teardown`] deletes exactly those (other rules at
+/// the same preference and other routes in the same table stay). Its
+/// routes and rules also carry the protocol tag [`FALLBACK_PROTO`], by
+/// which [`Fallback::setup`] finds what a daemon killed before its
+/// clean-up left behind.
+#[derive(Debug)]
+pub struct Fallback {
+    /// The routing table (as `ip` wants it).
+    table: String,
+    /// The preference of the policy rules.
+    pref: String,
+    /// [`FALLBACK_PROTO`] as a string.
+    proto: String,
+    /// Connections (original tuple) whose two policy rules this daemon
+    /// added.
+    rules: Mutex<HashSet<FourTuple>>,
+    /// Routes this daemon put in the table: whether it is a `local` route,
+    /// and its destination (a /128).
+    routes: Mutex<HashSet<(bool, Ipv6Addr)>>,
 }
 
-/// Removes the fallback rules and table.
-pub fn fallback_teardown() {
-    while ip(&["-6", "rule", "del", "pref", FALLBACK_PREF]).is_ok() {}
-    let _ = ip(&["-6", "route", "flush", "table", FALLBACK_TABLE]);
+impl Fallback {
+    /// Fallback routing in `table` with rules at preference `pref`
+    /// (nothing is changed yet).
+    pub fn new(table: u32, pref: u32) -> Self {
+        Self {
+            table: table.to_string(),
+            pref: pref.to_string(),
+            proto: FALLBACK_PROTO.to_string(),
+            rules: Mutex::new(HashSet::new()),
+            routes: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Removes the rules (at this preference) and routes (in this table)
+    /// tagged [`FALLBACK_PROTO`]: what a daemon that was killed left
+    /// behind. Untagged ones, someone else's, stay.
+    pub fn setup(&self) {
+        let _ = ip(&[
+            "-6",
+            "rule",
+            "flush",
+            "pref",
+            &self.pref,
+            "protocol",
+            &self.proto,
+        ]);
+        let _ = ip(&[
+            "-6",
+            "route",
+            "flush",
+            "table",
+            &self.table,
+            "proto",
+            &self.proto,
+        ]);
+    }
+
+    /// Removes every rule and route this daemon added (errors ignored:
+    /// some may be gone already).
+    pub fn teardown(&self) {
+        let rules: Vec<FourTuple> = lock(&self.rules).drain().collect();
+        for t in rules {
+            let _ = self.change_rules(&t, false);
+        }
+        let routes: Vec<(bool, Ipv6Addr)> = lock(&self.routes).drain().collect();
+        for (local, dst) in routes {
+            let dst = format!("{dst}/128");
+            let mut a = vec!["-6", "route", "del"];
+            if local {
+                a.push("local");
+            }
+            a.extend([dst.as_str(), "table", &self.table]);
+            let _ = ip(&a);
+        }
+    }
+
+    /// Adds the fallback routes for a connection moved to `current_dev`;
+    /// with `via`, the original peer is routed through that next hop (the
+    /// tc programs rewrite after the kernel's neighbour lookup, which must
+    /// succeed for the original destination: through the new pair's next
+    /// hop it does).
+    pub fn routes(
+        &self,
+        t: &FourTuple,
+        current_dev: &str,
+        via: Option<Ipv6Addr>,
+    ) -> Result<(), String> {
+        let l = format!("{}/128", t.local);
+        let p = format!("{}/128", t.peer);
+        let via = via.map(|v| v.to_string());
+        // Remembered before the change: a route that went in is removed at
+        // exit even if the command reported an error.
+        lock(&self.routes).insert((true, t.local));
+        ip(&[
+            "-6",
+            "route",
+            "replace",
+            "local",
+            &l,
+            "dev",
+            "lo",
+            "table",
+            &self.table,
+            "proto",
+            &self.proto,
+        ])?;
+        lock(&self.routes).insert((false, t.peer));
+        let mut a = vec!["-6", "route", "replace", &p];
+        if let Some(v) = &via {
+            a.extend(["via", v.as_str()]);
+        }
+        a.extend([
+            "dev",
+            current_dev,
+            "table",
+            &self.table,
+            "proto",
+            &self.proto,
+        ]);
+        ip(&a)
+    }
+
+    /// Adds (`add`) or removes a connection's fallback rules.
+    pub fn rules(&self, t: &FourTuple, add: bool) -> Result<(), String> {
+        let mut rules = lock(&self.rules);
+        if add {
+            rules.insert(*t);
+        } else {
+            rules.remove(t);
+        }
+        drop(rules);
+        self.change_rules(t, add)
+    }
+
+    /// Adds or deletes both rules of `t` (reports the first failure).
+    fn change_rules(&self, t: &FourTuple, add: bool) -> Result<(), String> {
+        let mut result = Ok(());
+        for sel in fallback_selectors(t) {
+            let mut a: Vec<&str> = vec!["-6", "rule", if add { "add" } else { "del" }];
+            a.extend(["pref", &self.pref]);
+            a.extend(sel.iter().map(String::as_str));
+            a.extend(["table", &self.table, "protocol", &self.proto]);
+            let r = ip(&a);
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result
+    }
+}
+
+/// Locks `m`, also after a panic of another holder (the sets stay usable).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The selectors of a connection's two fallback rules.
@@ -597,54 +912,6 @@ fn fallback_selectors(t: &FourTuple) -> [[String; 10]; 2] {
         sel(t.local, t.peer, t.local_port, t.peer_port),
         sel(t.peer, t.local, t.peer_port, t.local_port),
     ]
-}
-
-/// Adds (`add`) or removes a connection's fallback rules.
-pub fn fallback_rules(t: &FourTuple, add: bool) -> Result<(), String> {
-    let mut result = Ok(());
-    for sel in fallback_selectors(t) {
-        let mut a: Vec<&str> = vec!["-6", "rule", if add { "add" } else { "del" }];
-        a.extend(["pref", FALLBACK_PREF]);
-        a.extend(sel.iter().map(String::as_str));
-        a.extend(["table", FALLBACK_TABLE]);
-        let r = ip(&a);
-        if result.is_ok() {
-            result = r;
-        }
-    }
-    result
-}
-
-/// Adds the fallback routes for a connection moved to `current_dev`; with
-/// `via`, the original peer is routed through that next hop (the tc
-/// programs rewrite after the kernel's neighbour lookup, which must
-/// succeed for the original destination: through the new pair's next hop
-/// it does).
-pub fn fallback_routes(
-    t: &FourTuple,
-    current_dev: &str,
-    via: Option<Ipv6Addr>,
-) -> Result<(), String> {
-    let l = format!("{}/128", t.local);
-    let p = format!("{}/128", t.peer);
-    let via = via.map(|v| v.to_string());
-    ip(&[
-        "-6",
-        "route",
-        "replace",
-        "local",
-        &l,
-        "dev",
-        "lo",
-        "table",
-        FALLBACK_TABLE,
-    ])?;
-    let mut a = vec!["-6", "route", "replace", &p];
-    if let Some(v) = &via {
-        a.extend(["via", v.as_str()]);
-    }
-    a.extend(["dev", current_dev, "table", FALLBACK_TABLE]);
-    ip(&a)
 }
 
 /// The device and the gateway (if any) of the route from `local` to
@@ -741,8 +1008,8 @@ fn nft_script(script: &str) -> Result<(), String> {
 /// of the fast path's extra cost per sent packet in `perf` profiles of
 /// `ptcp_bench` (8192-byte writes after a migration). It is not needed when
 /// the packet already leaves on the right device: the fallback rules send
-/// a moved connection's original tuple to table 4242, whose route for the
-/// original peer leaves on the device of the new pair with the new peer as
+/// a moved connection's original tuple to the fallback table, whose route
+/// for the original peer leaves on the device of the new pair with the new peer as
 /// its next hop when the new pair is on-link, and the neighbour is looked
 /// up by that next hop (`ip6_finish_output2`). So a `filter` chain at -161
 /// (`out_direct`) rewrites the packets whose (original source, next hop,
@@ -964,6 +1231,42 @@ mod tests {
         assert_eq!(parse_route("2001:db8:1::2 via nonsense dev x"), None);
         assert_eq!(parse_route("2001:db8:1::2 from 2001:db8:1::1 dev"), None);
         assert_eq!(parse_route(""), None);
+    }
+
+    #[test]
+    fn fallback_numbers_are_checked() {
+        assert_eq!(check_fallback_table(DEFAULT_FALLBACK_TABLE), Ok(4242));
+        assert_eq!(check_fallback_table(1), Ok(1));
+        for bad in [0, 253, 254, 255] {
+            assert!(check_fallback_table(bad).is_err(), "{bad}");
+        }
+        assert_eq!(check_fallback_pref(DEFAULT_FALLBACK_PREF), Ok(32000));
+        assert_eq!(check_fallback_pref(1), Ok(1));
+        assert_eq!(check_fallback_pref(32765), Ok(32765));
+        for bad in [0, 32766, 32767, u32::MAX] {
+            assert!(check_fallback_pref(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn opt_in_limit_and_errors_read_well() {
+        let r = Rules::new(7, 8, 7, vec![], false, 0);
+        let t = FourTuple {
+            local: "2001:db8::1".parse().unwrap(),
+            local_port: 40000,
+            peer: "2001:db8::2".parse().unwrap(),
+            peer_port: 5001,
+        };
+        // At the limit nothing is run: refused before any ip6tables call.
+        assert_eq!(r.opt_in(&t, Instant::now()), Err(OptInError::Limit(0)));
+        assert!(r.opt_in_tuples().is_empty());
+        assert!(
+            OptInError::Limit(256)
+                .to_string()
+                .contains("opt-in limit reached: 256")
+        );
+        // Tuples not opted in are ignored by the expiry.
+        assert!(r.expire_opt_ins(&[(t, false)], Instant::now()).is_empty());
     }
 
     #[test]
