@@ -16,6 +16,7 @@
 //! | name not found | the resolver's errno (`ENOENT`…) |
 //! | no address pair connects | `ECONNREFUSED` / `ETIMEDOUT` / `EHOSTUNREACH` |
 //! | peer is not a namesocket peer | `EPROTO` |
+//! | session refused (REJECT, or session parameters out of range) | `ECONNREFUSED` |
 //! | resume window expired | `ETIMEDOUT` |
 //! | send after shutdown or close | `EPIPE` |
 //!
@@ -45,13 +46,17 @@ enum Slot {
     },
     Listener(Arc<NameListener>),
     Stream(Arc<NameStream>),
-    /// `nconnect` is running on this descriptor.
-    Connecting,
+    /// `nconnect` or `nlisten` is running on this descriptor; the token
+    /// tells that run from a later one on the same number (the descriptor
+    /// may be closed and reissued meanwhile).
+    Connecting(u64),
 }
 
 struct Table {
     next: i32,
     slots: HashMap<i32, Slot>,
+    /// Source of [`Slot::Connecting`] tokens.
+    tokens: u64,
 }
 
 fn table() -> MutexGuard<'static, Table> {
@@ -61,6 +66,7 @@ fn table() -> MutexGuard<'static, Table> {
             Mutex::new(Table {
                 next: 1,
                 slots: HashMap::new(),
+                tokens: 0,
             })
         })
         .lock()
@@ -104,46 +110,82 @@ pub fn nsocket_with(flags: i32, options: Options) -> Result<i32> {
     }))
 }
 
-fn take_created(nsd: i32) -> Result<(i32, Options)> {
+/// Marks a new namesocket as connecting; returns its flags, options and
+/// the token of this run.
+fn take_created(nsd: i32) -> Result<(i32, Options, u64)> {
     let mut t = table();
-    match t.slots.get_mut(&nsd) {
+    match t.slots.get(&nsd) {
         None => Err(Error::BadDescriptor),
-        Some(Slot::Created { .. }) => match t.slots.insert(nsd, Slot::Connecting) {
-            Some(Slot::Created { flags, options }) => Ok((flags, *options)),
-            _ => Err(Error::BadDescriptor),
-        },
-        Some(Slot::Connecting) => Err(Error::Io(std::io::Error::from_raw_os_error(libc::EALREADY))),
+        Some(Slot::Created { .. }) => {
+            t.tokens += 1;
+            let token = t.tokens;
+            match t.slots.insert(nsd, Slot::Connecting(token)) {
+                Some(Slot::Created { flags, options }) => Ok((flags, *options, token)),
+                _ => Err(Error::BadDescriptor),
+            }
+        }
+        Some(Slot::Connecting(_)) => {
+            Err(Error::Io(std::io::Error::from_raw_os_error(libc::EALREADY)))
+        }
         Some(_) => Err(Error::Io(std::io::Error::from_raw_os_error(libc::EISCONN))),
     }
 }
 
-fn restore_created(nsd: i32, flags: i32, options: Options) {
+/// Replaces the descriptor's slot with `slot` if it is still the one the
+/// run with `token` marked. Otherwise (the descriptor was closed, and maybe
+/// reissued, meanwhile) the slot is handed back: the caller drops it.
+fn finish_connecting(nsd: i32, token: u64, slot: Slot) -> Result<(), Slot> {
     let mut t = table();
-    if let Some(slot) = t.slots.get_mut(&nsd)
-        && matches!(slot, Slot::Connecting)
-    {
-        *slot = Slot::Created {
-            flags,
-            options: Box::new(options),
-        };
+    if matches!(t.slots.get(&nsd), Some(Slot::Connecting(x)) if *x == token) {
+        t.slots.insert(nsd, slot);
+        Ok(())
+    } else {
+        Err(slot)
     }
+}
+
+/// Installs what a successful `nconnect`/`nlisten` created, or, if the
+/// descriptor was closed meanwhile, closes it and reports `EBADF` (the
+/// number may belong to a new namesocket by now, which is left alone).
+fn install(nsd: i32, token: u64, slot: Slot) -> Result<()> {
+    match finish_connecting(nsd, token, slot) {
+        Ok(()) => Ok(()),
+        Err(stale) => {
+            // Dropped outside the table lock: closing a stream or a
+            // listener takes locks of its own.
+            drop(stale);
+            Err(Error::BadDescriptor)
+        }
+    }
+}
+
+/// Puts a namesocket whose `nconnect`/`nlisten` failed back to its new
+/// state, unless the descriptor was closed (and maybe reissued) meanwhile.
+fn restore_created(nsd: i32, token: u64, flags: i32, options: Options) {
+    let created = Slot::Created {
+        flags,
+        options: Box::new(options),
+    };
+    let _ = finish_connecting(nsd, token, created);
 }
 
 /// Turns a new namesocket into a server listening on `service` (port number
 /// or /etc/services name) on the wildcard address of both families.
+///
+/// If the descriptor is closed while this runs, the new listener is closed
+/// again and the call fails with `EBADF`.
 pub fn nlisten(nsd: i32, service: &str, backlog: i32) -> Result<()> {
-    let (flags, mut options) = take_created(nsd)?;
+    let (flags, mut options, token) = take_created(nsd)?;
     if backlog > 0 {
         options.backlog = backlog;
     }
     match NameListener::bind_with(service, &options) {
         Ok(l) => {
             l.set_nonblocking(flags & NS_NONBLOCK != 0);
-            table().slots.insert(nsd, Slot::Listener(Arc::new(l)));
-            Ok(())
+            install(nsd, token, Slot::Listener(Arc::new(l)))
         }
         Err(e) => {
-            restore_created(nsd, flags, options);
+            restore_created(nsd, token, flags, options);
             Err(e)
         }
     }
@@ -163,17 +205,21 @@ pub fn naccept(nsd: i32) -> Result<i32> {
 /// Connects a new namesocket to `service` on the named `host`; blocks until
 /// a TCP connection is up (every address pair is tried) and the session's
 /// NEW is sent. The server's answer is processed by the next call: a refused
-/// session makes the first `nrecv`/`nsend` fail (`EPROTO`).
+/// session makes the first `nrecv`/`nsend` fail (`ECONNREFUSED`; `EPROTO`
+/// when the peer is not a namesocket peer).
+///
+/// If the descriptor is closed while this runs (another thread's `nclose`),
+/// the new session is closed again and the call fails with `EBADF`; a
+/// namesocket that reused the number meanwhile is left alone.
 pub fn nconnect(nsd: i32, host: &str, service: &str) -> Result<()> {
-    let (flags, options) = take_created(nsd)?;
+    let (flags, options, token) = take_created(nsd)?;
     match NameStream::connect_with(host, service, &options) {
         Ok(s) => {
             s.set_nonblocking(flags & NS_NONBLOCK != 0);
-            table().slots.insert(nsd, Slot::Stream(Arc::new(s)));
-            Ok(())
+            install(nsd, token, Slot::Stream(Arc::new(s)))
         }
         Err(e) => {
-            restore_created(nsd, flags, options);
+            restore_created(nsd, token, flags, options);
             Err(e)
         }
     }
@@ -294,7 +340,7 @@ pub fn nselect(
     exceptfds: Option<&mut NsSet>,
     timeout: Option<Duration>,
 ) -> Result<usize> {
-    let deadline = timeout.map(|t| Instant::now() + t);
+    let deadline = timeout.map(|t| driver::deadline_after(Instant::now(), t));
     let mut empty_r = NsSet::new();
     let mut empty_w = NsSet::new();
     let mut empty_e = NsSet::new();
@@ -331,8 +377,16 @@ pub fn nselect(
                     if writefds.contains(*nsd) && s.poll_writable() {
                         w.insert(*nsd);
                     }
-                    if exceptfds.contains(*nsd) && s.has_error() {
-                        x.insert(*nsd);
+                    if exceptfds.contains(*nsd) {
+                        // The checks above processed the input already.
+                        let failed = if readfds.contains(*nsd) || writefds.contains(*nsd) {
+                            s.has_error()
+                        } else {
+                            s.poll_error()
+                        };
+                        if failed {
+                            x.insert(*nsd);
+                        }
                     }
                 }
                 Watched::Listener(l) => {
@@ -419,4 +473,54 @@ fn wait_any(watched: &[(i32, Watched)], writefds: &NsSet, deadline: Option<Insta
 /// with [`NameStream`] methods, e.g. to read its [`PathLog`](crate::PathLog)).
 pub fn nstream(nsd: i32) -> Result<Arc<NameStream>> {
     stream(nsd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `nclose` of a descriptor while `nconnect`/`nlisten` runs on it, and
+    /// `nsocket` reissuing the number, leave the new owner's slot alone:
+    /// the late result is closed and the late call fails with `EBADF`.
+    #[test]
+    fn late_connect_does_not_overwrite_a_reissued_descriptor() {
+        let nsd = nsocket(0).unwrap();
+        let (_, options, token) = take_created(nsd).unwrap();
+        // Another thread closes the descriptor; nsocket reissues the number
+        // (lowest free) and starts a connect of its own on it.
+        nclose(nsd).unwrap();
+        let again = nsocket(NS_NONBLOCK).unwrap();
+        assert_eq!(again, nsd);
+        let (_, _, token2) = take_created(again).unwrap();
+        assert_ne!(token, token2);
+        // The first connect finishes (a listener stands in for what it
+        // created).
+        let late = NameListener::bind_with("0", &options).unwrap();
+        let port = late.local_port();
+        let e = install(nsd, token, Slot::Listener(Arc::new(late))).unwrap_err();
+        assert_eq!(e.errno(), libc::EBADF);
+        assert!(matches!(
+            table().slots.get(&nsd),
+            Some(Slot::Connecting(t)) if *t == token2
+        ));
+        // A failed late run does not restore its old slot either.
+        restore_created(nsd, token, 0, Options::default());
+        assert!(matches!(
+            table().slots.get(&nsd),
+            Some(Slot::Connecting(t)) if *t == token2
+        ));
+        // The late listener was closed: its port refuses connections.
+        let t0 = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            assert!(t0.elapsed() < Duration::from_secs(5), "late listener open");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // The new owner's run completes normally.
+        restore_created(nsd, token2, NS_NONBLOCK, Options::default());
+        assert!(matches!(
+            table().slots.get(&nsd),
+            Some(Slot::Created { flags, .. }) if *flags == NS_NONBLOCK
+        ));
+        nclose(nsd).unwrap();
+    }
 }

@@ -7,7 +7,7 @@
 //! (server). The application side only touches the engine's buffers under a
 //! short lock and wakes the task.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -23,7 +23,7 @@ use tokio::sync::{Notify, mpsc};
 use crate::addrsel::{PathCandidate, plan_paths};
 use crate::connect::{self, AsyncDualListener, PathSet};
 use crate::driver::{self, Options, PathLog};
-use crate::engine::{Event, Session, Stats, WriteError};
+use crate::engine::{AcceptError, Event, Session, Stats, WriteError};
 use crate::error::{Error, Failure, Result};
 use crate::resolve::Resolver;
 use crate::wire::v2::{RejectReason, SessionId};
@@ -131,10 +131,12 @@ impl AsyncNameStream {
         ));
         // Unlike the blocking driver (optimistic connect), the async connect
         // hands the session out only after NEW_ACK.
-        let deadline = Instant::now()
-            + options
+        let deadline = driver::deadline_after(
+            Instant::now(),
+            options
                 .connect_attempt_timeout
-                .max(options.session.dead_timeout * 4);
+                .max(options.session.dead_timeout.saturating_mul(4)),
+        );
         loop {
             let notified = shared.kick.notified();
             {
@@ -380,7 +382,17 @@ fn read_available(shared: &AShared, s: &TcpStream, buf: &mut [u8]) -> bool {
             Ok(0) => break,
             Ok(n) => {
                 total += n;
-                if st.session.handle_input(Instant::now(), &buf[..n]).is_err() {
+                let now = Instant::now();
+                if st.session.handle_input(now, &buf[..n]).is_err() {
+                    // What the engine queued for the peer on failing (an
+                    // ERROR frame refusing its parameters) goes out first,
+                    // as far as the socket takes it.
+                    while let Some(tx) = st.session.poll_transmit(now) {
+                        match s.try_write_vectored(&tx.io_slices()) {
+                            Ok(n) if n > 0 => st.session.advance(n),
+                            _ => break,
+                        }
+                    }
                     break;
                 }
                 if total >= READ_BUDGET {
@@ -536,6 +548,26 @@ async fn session_task(shared: Arc<AShared>, mut stream: Option<TcpStream>, mut r
 type ResumeTx = mpsc::Sender<(TcpStream, Vec<u8>)>;
 type SessionMap = Arc<Mutex<HashMap<SessionId, (Weak<AShared>, ResumeTx)>>>;
 
+/// Handshake tasks whose connection has not sent its first message yet, by
+/// id, oldest first (bounded by [`Options::max_pending_handshakes`]).
+type WaitingQueue = Arc<Mutex<VecDeque<(u64, tokio::task::AbortHandle)>>>;
+
+/// A handshake task's entry in the [`WaitingQueue`].
+struct Waiting {
+    queue: WaitingQueue,
+    id: u64,
+}
+
+impl Waiting {
+    /// The first message arrived (or the connection gave up): unlist.
+    fn done(self) {
+        let mut q = lock(&self.queue);
+        if let Some(i) = q.iter().position(|(id, _)| *id == self.id) {
+            q.remove(i);
+        }
+    }
+}
+
 /// A listening namesocket for tokio.
 pub struct AsyncNameListener {
     ready: tokio::sync::Mutex<mpsc::Receiver<AsyncNameStream>>,
@@ -564,6 +596,11 @@ impl AsyncNameListener {
         if options.backlog <= 0 {
             return Err(Error::InvalidArgument("backlog must be positive"));
         }
+        if options.max_pending_handshakes == 0 {
+            return Err(Error::InvalidArgument(
+                "max_pending_handshakes must be positive",
+            ));
+        }
         let port = Resolver::new(options.resolver.clone()).service_port(service)?;
         let listener = AsyncDualListener::bind(port)?;
         let port = listener.local_port();
@@ -572,7 +609,9 @@ impl AsyncNameListener {
         let sessions: SessionMap = Arc::new(Mutex::new(HashMap::new()));
         let opts = options.clone();
         let st2 = Arc::clone(&stats);
+        let waiting: WaitingQueue = Arc::new(Mutex::new(VecDeque::new()));
         let task = tokio::spawn(async move {
+            let mut next_id = 0u64;
             loop {
                 let Ok((s, _)) = listener.accept().await else {
                     continue;
@@ -583,13 +622,36 @@ impl AsyncNameListener {
                         continue;
                     };
                     lock(&st2).connections += 1;
-                    tokio::spawn(handshake(
+                    next_id += 1;
+                    let slot = Waiting {
+                        queue: Arc::clone(&waiting),
+                        id: next_id,
+                    };
+                    // Listed under the lock, so that the task (which
+                    // unlists itself under it) cannot finish first.
+                    let mut q = lock(&waiting);
+                    let h = tokio::spawn(handshake(
                         s,
                         opts.clone(),
                         Arc::clone(&sessions),
                         ready_tx.clone(),
                         Arc::clone(&st2),
+                        slot,
                     ));
+                    q.push_back((next_id, h.abort_handle()));
+                    // The oldest connections still silent make room.
+                    let cap = opts.max_pending_handshakes.max(1);
+                    let mut dropped = 0;
+                    while q.len() > cap {
+                        if let Some((_, oldest)) = q.pop_front() {
+                            oldest.abort();
+                            dropped += 1;
+                        }
+                    }
+                    drop(q);
+                    if dropped > 0 {
+                        lock(&st2).pending_overflows += dropped;
+                    }
                 }
             }
         });
@@ -633,6 +695,7 @@ async fn handshake(
     sessions: SessionMap,
     ready: mpsc::Sender<AsyncNameStream>,
     stats: Arc<Mutex<crate::listener::ListenerStats>>,
+    waiting: Waiting,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = s;
@@ -654,6 +717,7 @@ async fn handshake(
         }
     })
     .await;
+    waiting.done();
     let (msg, used) = match first {
         Err(_) => {
             lock(&stats).handshake_timeouts += 1;
@@ -682,14 +746,20 @@ async fn handshake(
                     .await;
                 return;
             }
-            let Ok(mut session) = Session::accept_new(
+            let mut session = match Session::accept_new(
                 now,
                 options.session.clone(),
                 driver::current_keys(),
                 &new,
                 &mut rng,
-            ) else {
-                return;
+            ) {
+                Ok(s) => s,
+                Err(AcceptError::Refused { reason, .. }) => {
+                    lock(&stats).rejected_sessions += 1;
+                    let _ = s.write_all(&crate::engine::encode_reject(reason)).await;
+                    return;
+                }
+                Err(AcceptError::Config(_)) => return,
             };
             if !rest.is_empty() {
                 let _ = session.handle_input(now, &rest);

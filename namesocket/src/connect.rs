@@ -426,9 +426,9 @@ pub(crate) fn connect_pairs_first(
                     inflight.push(InFlight {
                         idx,
                         sock,
-                        deadline: now + cfg.per_attempt_timeout,
+                        deadline: crate::driver::deadline_after(now, cfg.per_attempt_timeout),
                     });
-                    next_start = now + stagger;
+                    next_start = crate::driver::deadline_after(now, stagger);
                 }
                 Err(e) => fail(&mut failures, idx, e),
             }
@@ -589,7 +589,7 @@ pub async fn connect_pairs_async_with(
             next += 1;
             let (c, opts, t) = (c.clone(), cfg.socket_options, cfg.per_attempt_timeout);
             set.spawn(async move { (idx, async_attempt(c, opts, t).await) });
-            next_start = now + stagger;
+            next_start = TInstant::from_std(crate::driver::deadline_after(now.into_std(), stagger));
             continue;
         }
         if set.is_empty() {
@@ -889,7 +889,7 @@ impl DualListener {
         &self,
         timeout: Option<Duration>,
     ) -> io::Result<Option<(TcpStream, SocketAddr)>> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = timeout.map(|t| crate::driver::deadline_after(Instant::now(), t));
         loop {
             for l in self.listeners() {
                 match l.accept() {

@@ -65,9 +65,10 @@
 //!   Open): [`NameStream::connect`](crate::NameStream::connect) returns once
 //!   the TCP connection is up and NEW is written, without waiting for
 //!   NEW_ACK — no extra round trip and no sleep in connect. The first
-//!   receive, send, poll or close processes NEW_ACK; a refusal (REJECT, bad
-//!   version, a peer that is not namesocket) is reported by that call
-//!   (`EPROTO`), and a session without NEW_ACK within
+//!   receive, send, poll or close processes NEW_ACK; a refusal is reported
+//!   by that call (`ECONNREFUSED` for a REJECT or session parameters out of
+//!   range, `EPROTO` for a bad version or a peer that is not namesocket),
+//!   and a session without NEW_ACK within
 //!   `max(connect_attempt_timeout, 4 × dead_timeout)` fails with
 //!   [`Error::TimedOut`]. The first *send* waits for NEW_ACK (non-blocking:
 //!   `WouldBlock`, and the stream is not writable until then): a transport
@@ -141,6 +142,13 @@ pub struct Options {
     pub connect_stagger: Duration,
     /// Server: time a new connection has to send NEW or RESUME.
     pub handshake_timeout: Duration,
+    /// Server: most accepted connections that have not sent their first
+    /// message yet (default [`MAX_PENDING_HANDSHAKES`]). When another one
+    /// arrives, the oldest is dropped (counted in
+    /// [`ListenerStats::pending_overflows`](crate::ListenerStats)): clients
+    /// that complete their handshake promptly still get in while silent
+    /// connections cannot pile up for `handshake_timeout` each.
+    pub max_pending_handshakes: usize,
     /// Server: listen backlog (also bounds the queue of sessions not yet
     /// accepted).
     pub backlog: i32,
@@ -165,6 +173,7 @@ impl Default for Options {
             connect_attempt_timeout: Duration::from_secs(3),
             connect_stagger: Duration::from_millis(50),
             handshake_timeout: Duration::from_secs(5),
+            max_pending_handshakes: MAX_PENDING_HANDSHAKES,
             backlog: 128,
             nodelay: true,
             write_coalescing: Some(COALESCE_DELAY),
@@ -189,7 +198,12 @@ impl Options {
             nodelay: self.nodelay,
             // A backstop behind the heartbeat: the kernel gives up on data
             // that stays unacknowledged for twice the dead timeout.
-            user_timeout: Some((self.session.dead_timeout * 2).max(Duration::from_millis(500))),
+            user_timeout: Some(
+                self.session
+                    .dead_timeout
+                    .saturating_mul(2)
+                    .max(Duration::from_millis(500)),
+            ),
             keepalive: None,
         }
     }
@@ -202,6 +216,12 @@ impl Options {
         }
     }
 }
+
+/// Default [`Options::max_pending_handshakes`]: 512 connections (each holds
+/// a descriptor and up to 4 KiB of first message; a client sends its first
+/// message right after the TCP handshake, so only slow or silent peers
+/// wait).
+pub const MAX_PENDING_HANDSHAKES: usize = 512;
 
 /// A send this soon after the previous send on the same connection is
 /// coalesced with it (see [`Options::write_coalescing`]).
@@ -492,6 +512,16 @@ impl Conn {
     }
 }
 
+/// `now + d` for a deadline, with `d` capped at a century (a timeout in
+/// [`Options`] or a stream's read/write timeout may be as large as
+/// `Duration::MAX`, meaning "never", and must not overflow `Instant`).
+pub(crate) fn deadline_after(now: Instant, d: Duration) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+    now.checked_add(d.min(CENTURY))
+        .or_else(|| now.checked_add(Duration::from_secs(24 * 60 * 60)))
+        .unwrap_or(now)
+}
+
 pub(crate) fn poll_timeout(deadline: Option<Instant>) -> PollTimeout {
     match deadline {
         None => PollTimeout::NONE,
@@ -654,7 +684,7 @@ impl ConnState {
         match self.flush_due {
             Some(_) => (true, None),
             None => {
-                let due = now + delay;
+                let due = deadline_after(now, delay);
                 self.flush_due = Some(due);
                 (true, Some(due))
             }
@@ -685,7 +715,10 @@ fn read_input(st: &mut ConnState, now: Instant) -> bool {
                     if let Err(e) = st.session.handle_input(now, &buf[..n]) {
                         tracing::debug!(error = %e, "namesocket: bad input on transport");
                         // The engine raised PathDead or failed the session;
-                        // either way this transport is done.
+                        // either way this transport is done, once what the
+                        // engine queued for the peer on failing (an ERROR
+                        // frame refusing its parameters) is written.
+                        flush(st, now);
                         st.transport_lost(now);
                         return;
                     }
@@ -751,6 +784,7 @@ pub(crate) fn pump_into(
                     delivered = d;
                     if let Err(e) = r {
                         tracing::debug!(error = %e, "namesocket: bad input on transport");
+                        flush(st, now);
                         st.transport_lost(now);
                     }
                 }

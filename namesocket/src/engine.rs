@@ -37,8 +37,9 @@
 //!   the peer acknowledges it with an `ACK` frame. An ACK carries the
 //!   cumulative count of bytes *delivered to the peer application* (read), so
 //!   the retained buffer doubles as flow control: the sender's limit
-//!   ([`Config::send_buffer_limit`], announced in NEW/NEW_ACK) bounds both
-//!   its memory and the receiver's unread data. [`Session::write`] accepts 0
+//!   ([`Config::send_buffer_limit`], announced in NEW/NEW_ACK and at most
+//!   the receiver's [`Config::recv_buffer_limit`]) bounds both its memory
+//!   and the receiver's unread data. [`Session::write`] accepts 0
 //!   bytes when the buffer is full. ACKs go out when the unacknowledged
 //!   delivered count reaches `min(ack_every_bytes, peer_limit / 4)`, or
 //!   [`Config::ack_delay`] after data arrived, and are coalesced.
@@ -74,9 +75,39 @@
 //!   150 ms is a valid faster setting. A waiting client counts RESUME_ACK /
 //!   NEW_ACK silence the same way.
 //! * **Parking.** A session whose transport is down (server: parked) waits
-//!   [`Config::resume_window`] (default 30 s), then reports
-//!   [`Event::ResumeWindowExpired`] and fails. The client gives up after the
-//!   same window.
+//!   for the effective resume window, the smaller of
+//!   [`Config::resume_window`] (default 30 s) and the peer's announced
+//!   `resume_window_ms`, then reports [`Event::ResumeWindowExpired`] and
+//!   fails. Both ends so give up together: a client does not keep
+//!   reconnecting to a server that already dropped the session (it would be
+//!   refused as an unknown session, `ECONNRESET`); it reports the expiry
+//!   (`ETIMEDOUT`) instead. The window runs from the loss of the last
+//!   established transport: a transport that connects but never completes
+//!   the RESUME does not restart it.
+//! * **Peer parameters.** The parameters a peer announces in NEW / NEW_ACK
+//!   are checked before they are used:
+//!   - `send_buffer_limit` (how much unread data the peer may make us
+//!     buffer) must be within `1..=`[`Config::recv_buffer_limit`] (ours,
+//!     default 16 MiB, a hard cap whatever the peer says). It cannot be
+//!     clamped: the peer sends up to its own limit, so a lower receive limit
+//!     would turn its correct flow control into violations.
+//!   - `dead_timeout_ms` must be at least [`MIN_DEAD_TIMEOUT`] (30 ms, the
+//!     smallest this implementation lets anyone configure): it sets how
+//!     often we PING (a third of it), so a tiny value would make us ping
+//!     every millisecond. Larger values cost nothing (we ping at the smaller
+//!     of our own interval and a third of the peer's dead timeout).
+//!   - `resume_window_ms` is accepted whatever its value and combined with
+//!     ours by `min` (see Parking); `heartbeat_ms` is informational (the
+//!     peer adapts its PINGs to our dead timeout, so we rely on nothing it
+//!     says about its own interval) and accepted whatever its value.
+//!
+//!   A server refuses a NEW outside these bounds with
+//!   `REJECT(`[`RejectReason::BadParams`]`)` ([`Session::accept_new`] returns
+//!   [`AcceptError::Refused`]); the client reports
+//!   [`SessionError::Rejected`] (`ECONNREFUSED`). A client that receives a
+//!   NEW_ACK outside them fails the session with [`SessionError::PeerParams`]
+//!   (`ECONNREFUSED`) and sends `ERROR(`[`ERROR_BAD_PARAMS`]`)` so that the
+//!   server drops its side at once (it reports [`SessionError::PeerError`]).
 //! * **Pipelined NEW.** The client may send data frames right after NEW,
 //!   before NEW_ACK arrives, if [`Config::pipeline_data`] is set (default:
 //!   data written before NEW_ACK is held back until it arrives). After RESUME it waits for RESUME_ACK (it needs
@@ -149,6 +180,23 @@ impl KeyPair {
     }
 }
 
+/// Longest timer a [`Config`] accepts (heartbeat interval, dead timeout,
+/// resume window, ACK delay): 24 hours. It keeps every deadline the engine
+/// computes (`now + timer`, `2 × heartbeat`, `4 × dead timeout` in the
+/// drivers) far from overflowing and every timer exactly representable in
+/// the 32-bit milliseconds of the wire parameters.
+pub const MAX_TIMER: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Shortest dead timeout, our own ([`Config::validate`]) and the one a peer
+/// announces (see "Peer parameters" in the module docs): 30 ms. We PING
+/// every third of the peer's dead timeout, so this bounds the PING rate a
+/// peer can ask for to one per 10 ms.
+pub const MIN_DEAD_TIMEOUT: Duration = Duration::from_millis(30);
+
+/// Code of the ERROR frame a client sends when it refuses the parameters of
+/// the server's NEW_ACK (the same value as [`RejectReason::BadParams`]).
+pub const ERROR_BAD_PARAMS: u16 = 7;
+
 /// Errors in a [`Config`].
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ConfigError {
@@ -168,6 +216,10 @@ pub struct Config {
     pub resume_window: Duration,
     /// Most written-but-unacknowledged bytes retained (default 4 MiB).
     pub send_buffer_limit: usize,
+    /// Most received-but-unread bytes we agree to buffer (default 16 MiB):
+    /// a peer announcing a larger `send_buffer_limit` (its bound on our
+    /// unread data) is refused (see "Peer parameters" in the module docs).
+    pub recv_buffer_limit: usize,
     /// Send an ACK at least every this many delivered bytes (default
     /// 256 KiB: the sender reads ACKs only when its retained buffer is half
     /// full, so finer ACKs cost the receiver a write each for nothing;
@@ -197,6 +249,7 @@ impl Default for Config {
             dead_timeout: Duration::from_millis(600),
             resume_window: Duration::from_secs(30),
             send_buffer_limit: 4 << 20,
+            recv_buffer_limit: 16 << 20,
             ack_every_bytes: 256 << 10,
             ack_delay: Duration::from_millis(10),
             max_frame_payload: wire::MAX_DATA_PAYLOAD,
@@ -210,12 +263,29 @@ fn ms(d: Duration) -> u32 {
 }
 
 impl Config {
-    /// Checks the values for consistency.
+    /// Checks the values for consistency and range: every timer at most
+    /// [`MAX_TIMER`], heartbeat at least 1 ms, dead timeout at least
+    /// [`MIN_DEAD_TIMEOUT`] and twice the heartbeat, buffer limits
+    /// `1..=u32::MAX`, frame payload `1..=65535`, `ack_every_bytes > 0`.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let timers = [
+            self.heartbeat_interval,
+            self.dead_timeout,
+            self.resume_window,
+            self.ack_delay,
+        ];
+        if timers.iter().any(|t| *t > MAX_TIMER) {
+            return Err(ConfigError::Invalid(
+                "heartbeat_interval, dead_timeout, resume_window and ack_delay must be <= 24 h",
+            ));
+        }
         if self.heartbeat_interval.is_zero() || ms(self.heartbeat_interval) == 0 {
             return Err(ConfigError::Invalid("heartbeat_interval must be >= 1 ms"));
         }
-        if self.dead_timeout < self.heartbeat_interval * 2 {
+        if self.dead_timeout < MIN_DEAD_TIMEOUT {
+            return Err(ConfigError::Invalid("dead_timeout must be >= 30 ms"));
+        }
+        if self.dead_timeout < self.heartbeat_interval.saturating_mul(2) {
             return Err(ConfigError::Invalid(
                 "dead_timeout must be at least twice heartbeat_interval",
             ));
@@ -225,11 +295,32 @@ impl Config {
                 "send_buffer_limit must be 1..=u32::MAX",
             ));
         }
+        if self.recv_buffer_limit == 0 || self.recv_buffer_limit > u32::MAX as usize {
+            return Err(ConfigError::Invalid(
+                "recv_buffer_limit must be 1..=u32::MAX",
+            ));
+        }
         if self.ack_every_bytes == 0 {
             return Err(ConfigError::Invalid("ack_every_bytes must be > 0"));
         }
         if self.max_frame_payload == 0 || self.max_frame_payload > wire::MAX_DATA_PAYLOAD {
             return Err(ConfigError::Invalid("max_frame_payload must be 1..=65535"));
+        }
+        Ok(())
+    }
+
+    /// Checks the parameters a peer announced in NEW / NEW_ACK against this
+    /// configuration (see "Peer parameters" in the module docs); the error
+    /// says which bound was broken.
+    pub fn check_peer_params(&self, p: &Params) -> Result<(), &'static str> {
+        if p.send_buffer_limit == 0 {
+            return Err("send_buffer_limit is 0");
+        }
+        if p.send_buffer_limit as usize > self.recv_buffer_limit {
+            return Err("send_buffer_limit exceeds our recv_buffer_limit");
+        }
+        if u128::from(p.dead_timeout_ms) < MIN_DEAD_TIMEOUT.as_millis() {
+            return Err("dead_timeout_ms is below 30 ms");
         }
         Ok(())
     }
@@ -242,6 +333,23 @@ impl Config {
             send_buffer_limit: u32::try_from(self.send_buffer_limit).unwrap_or(u32::MAX),
         }
     }
+}
+
+/// Why [`Session::accept_new`] created no session.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum AcceptError {
+    /// Our own configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The client's NEW is refused: write [`encode_reject`] of `reason` on
+    /// the transport and close it.
+    #[error("NEW refused ({reason}): {detail}")]
+    Refused {
+        /// The reason to send in REJECT.
+        reason: RejectReason,
+        /// What was wrong, for logs.
+        detail: &'static str,
+    },
 }
 
 /// Which end of the session this is.
@@ -271,6 +379,10 @@ pub enum SessionError {
     /// The peer sent an ERROR frame.
     #[error("peer reported error code {0}")]
     PeerError(u16),
+    /// The server's NEW_ACK announced parameters outside the accepted range
+    /// (see "Peer parameters" in the module docs).
+    #[error("peer announced unacceptable session parameters: {0}")]
+    PeerParams(&'static str),
     /// The operation is not valid in the current state.
     #[error("invalid in the current session state: {0}")]
     InvalidState(&'static str),
@@ -423,6 +535,9 @@ pub struct Session {
     established_once: bool,
     /// Client: last generation sent; server: last generation accepted.
     generation: u64,
+    /// When the last established transport was lost (the resume window
+    /// runs from then); `None` while established.
+    lost_at: Option<Instant>,
     resume_nonce: [u8; 16],
 
     // send side
@@ -498,6 +613,7 @@ impl Session {
             peer: None,
             established_once: false,
             generation: 0,
+            lost_at: None,
             resume_nonce: [0; 16],
             send_buf: VecDeque::new(),
             snd_acked: 0,
@@ -546,14 +662,24 @@ impl Session {
     /// transport. NEW_ACK is queued for transmission and
     /// [`Event::Connected`] is raised. Feed the bytes that followed NEW to
     /// [`Session::handle_input`].
+    ///
+    /// A NEW whose parameters are out of range (see "Peer parameters" in
+    /// the module docs) is refused with [`AcceptError::Refused`]: write
+    /// [`encode_reject`] of its reason and close the transport.
     pub fn accept_new<R: CryptoRng + ?Sized>(
         now: Instant,
         config: Config,
         keys: Arc<KeyPair>,
         new: &v2::New,
         rng: &mut R,
-    ) -> Result<Self, ConfigError> {
+    ) -> Result<Self, AcceptError> {
         let mut s = Self::new(Role::Server, config, keys)?;
+        if let Err(detail) = s.config.check_peer_params(&new.params) {
+            return Err(AcceptError::Refused {
+                reason: RejectReason::BadParams,
+                detail,
+            });
+        }
         let mut server_nonce = [0u8; 16];
         rng.fill_bytes(&mut server_nonce);
         s.sid = new.session_id;
@@ -733,10 +859,24 @@ impl Session {
         self.config.ack_every_bytes.min(peer_limit / 4).max(1)
     }
 
+    /// Most unread bytes the peer may make us buffer: its announced send
+    /// buffer limit, never more than our [`Config::recv_buffer_limit`].
     fn recv_limit(&self) -> usize {
         self.peer
-            .map(|p| p.send_buffer_limit as usize)
-            .unwrap_or(self.config.send_buffer_limit)
+            .map_or(self.config.recv_buffer_limit, |p| {
+                p.send_buffer_limit as usize
+            })
+            .min(self.config.recv_buffer_limit)
+    }
+
+    /// The effective resume window: the smaller of ours and the one the
+    /// peer announced (ours until the peer's parameters are known).
+    pub fn resume_window(&self) -> Duration {
+        let own = self.config.resume_window;
+        match self.peer {
+            Some(p) => own.min(Duration::from_millis(u64::from(p.resume_window_ms))),
+            None => own,
+        }
     }
 
     /// Stops writing: after the last written byte, SHUTDOWN is sent and the
@@ -865,7 +1005,10 @@ impl Session {
             self.reset_transport_state();
             // Everything not acknowledged may need sending again.
             self.snd_next = self.snd_acked;
-            self.phase = Phase::Disconnected { since: now };
+            // A transport that never completed its RESUME does not restart
+            // the resume window.
+            let since = *self.lost_at.get_or_insert(now);
+            self.phase = Phase::Disconnected { since };
             if by_timeout {
                 self.stats.dead_paths += 1;
             }
@@ -976,6 +1119,7 @@ impl Session {
 
     fn on_resumed(&mut self, now: Instant) {
         self.phase = Phase::Established;
+        self.lost_at = None;
         self.last_rx = Some(now);
         self.last_tx = Some(now);
         self.stats.resumes += 1;
@@ -1182,12 +1326,21 @@ impl Session {
                 Err(e)
             }
             (Phase::AwaitNewAck, Handshake::NewAck(ack)) => {
+                if let Err(detail) = self.config.check_peer_params(&ack.params) {
+                    let e = SessionError::PeerParams(detail);
+                    self.fail(e.clone());
+                    // Tell the server, which created the session at NEW, so
+                    // that it drops it at once instead of parking it.
+                    Control::Error(ERROR_BAD_PARAMS).emit(&mut self.ctrl_pending);
+                    return Err(e);
+                }
                 if let Some(hs) = self.hs.as_mut() {
                     hs.server_nonce = ack.server_nonce;
                     hs.server_public = ack.server_public;
                 }
                 self.peer = Some(ack.params);
                 self.phase = Phase::Established;
+                self.lost_at = None;
                 self.established_once = true;
                 self.events.push_back(Event::Connected);
                 Ok(())
@@ -1299,14 +1452,17 @@ impl Session {
         Ok(())
     }
 
+    /// `min(own heartbeat, peer dead timeout / 3)`; the peer's share is
+    /// never below a third of [`MIN_DEAD_TIMEOUT`] (also checked at NEW /
+    /// NEW_ACK).
     fn effective_heartbeat(&self) -> Duration {
         let own = self.config.heartbeat_interval;
         match self.peer {
-            Some(p) if p.dead_timeout_ms > 0 => own.min(
-                Duration::from_millis(u64::from(p.dead_timeout_ms) / 3)
-                    .max(Duration::from_millis(1)),
-            ),
-            _ => own,
+            Some(p) => {
+                let dead = Duration::from_millis(u64::from(p.dead_timeout_ms));
+                own.min(dead.max(MIN_DEAD_TIMEOUT) / 3)
+            }
+            None => own,
         }
     }
 
@@ -1324,7 +1480,7 @@ impl Session {
     /// The next instant at which [`Session::handle_timeout`] must be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.phase {
-            Phase::Disconnected { since } => Some(since + self.config.resume_window),
+            Phase::Disconnected { since } => Some(since + self.resume_window()),
             Phase::AwaitNewAck | Phase::AwaitResumeAck | Phase::Established => {
                 let mut t = self.last_rx.map(|r| r + self.config.dead_timeout);
                 let mut min = |x: Option<Instant>| {
@@ -1348,7 +1504,7 @@ impl Session {
     /// resume window.
     pub fn handle_timeout(&mut self, now: Instant) {
         match self.phase {
-            Phase::Disconnected { since } if now >= since + self.config.resume_window => {
+            Phase::Disconnected { since } if now >= since + self.resume_window() => {
                 self.phase = Phase::Failed;
                 self.events.push_back(Event::ResumeWindowExpired);
             }

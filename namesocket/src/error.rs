@@ -95,6 +95,7 @@ fn session_errno(e: &SessionError) -> i32 {
         SessionError::Rejected(_) => libc::ECONNREFUSED,
         SessionError::BadResumeAck => libc::EACCES,
         SessionError::PeerError(_) => libc::ECONNRESET,
+        SessionError::PeerParams(_) => libc::ECONNREFUSED,
         SessionError::InvalidState(_) => libc::EINVAL,
     }
 }

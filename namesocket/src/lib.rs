@@ -19,7 +19,10 @@ mod stream;
 pub mod wire;
 
 pub use async_io::{AsyncNameListener, AsyncNameStream};
-pub use driver::{COALESCE_BYTES, COALESCE_DELAY, COALESCE_GAP, KEY_ROTATION, Options, PathLog};
+pub use driver::{
+    COALESCE_BYTES, COALESCE_DELAY, COALESCE_GAP, KEY_ROTATION, MAX_PENDING_HANDSHAKES, Options,
+    PathLog,
+};
 pub use error::{Error, Result};
 pub use listener::{ListenerStats, NameListener};
 pub use stream::NameStream;

@@ -17,7 +17,7 @@ use socket2::SockRef;
 
 use crate::connect::{self, DualListener};
 use crate::driver::{self, Conn, ConnState, Options, Transport};
-use crate::engine::Session;
+use crate::engine::{AcceptError, Session};
 use crate::error::{Error, Result};
 use crate::stream::NameStream;
 use crate::wire::v2::{RejectReason, SessionId};
@@ -42,6 +42,13 @@ pub struct ListenerStats {
     pub handshake_timeouts: u64,
     /// New sessions refused because the accept queue was full.
     pub queue_overflows: u64,
+    /// NEWs refused with `REJECT(BadParams)`: the client announced session
+    /// parameters out of range (see "Peer parameters" in the engine docs).
+    pub rejected_sessions: u64,
+    /// Connections dropped before their first message because
+    /// [`Options::max_pending_handshakes`] others were waiting (the oldest
+    /// waiting one is dropped).
+    pub pending_overflows: u64,
 }
 
 struct ListenState {
@@ -124,6 +131,11 @@ impl NameListener {
         if options.backlog <= 0 {
             return Err(Error::InvalidArgument("backlog must be positive"));
         }
+        if options.max_pending_handshakes == 0 {
+            return Err(Error::InvalidArgument(
+                "max_pending_handshakes must be positive",
+            ));
+        }
         let port = crate::resolve::Resolver::new(options.resolver.clone()).service_port(service)?;
         let listener = connect::listen_dual_with_backlog(port, options.backlog)?;
         for l in listener.listeners() {
@@ -205,7 +217,7 @@ impl NameListener {
             };
         }
         let shared = &self.shared;
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = timeout.map(|t| driver::deadline_after(Instant::now(), t));
         shared.accepting.fetch_add(1, Ordering::SeqCst);
         if shared.bg_polling.load(Ordering::SeqCst) {
             let _ = (&shared.wake_tx).write(&[1]);
@@ -445,7 +457,7 @@ fn accept_round(shared: &Arc<Shared>, core: &mut AcceptCore, until: Instant, mut
                     stream,
                     peer,
                     buf: Vec::new(),
-                    deadline: now + shared.options.handshake_timeout,
+                    deadline: driver::deadline_after(now, shared.options.handshake_timeout),
                     fresh: true,
                 });
             }
@@ -481,6 +493,7 @@ fn accept_round(shared: &Arc<Shared>, core: &mut AcceptCore, until: Instant, mut
             }
         }
     }
+    drop_excess_pending(shared, pending);
     if now.saturating_duration_since(*last_sweep) > Duration::from_secs(5) {
         *last_sweep = now;
         shared.lock().sessions.retain(|_, w| {
@@ -490,6 +503,23 @@ fn accept_round(shared: &Arc<Shared>, core: &mut AcceptCore, until: Instant, mut
             })
         });
     }
+}
+
+/// Drops the oldest connections still waiting for their first message
+/// while more than [`Options::max_pending_handshakes`] wait.
+fn drop_excess_pending(shared: &Shared, pending: &mut Vec<Pending>) {
+    let cap = shared.options.max_pending_handshakes.max(1);
+    if pending.len() <= cap {
+        return;
+    }
+    // Every deadline is the accept time plus the same timeout: the
+    // earliest deadlines are the oldest connections.
+    pending.sort_by_key(|p| p.deadline);
+    let excess = pending.len() - cap;
+    for p in pending.drain(..excess) {
+        connect::abort_on_close(&p.stream);
+    }
+    shared.lock().stats.pending_overflows += excess as u64;
 }
 
 enum FirstRead {
@@ -563,6 +593,12 @@ fn handle_first(
                 rng,
             ) {
                 Ok(s) => s,
+                Err(AcceptError::Refused { reason, detail }) => {
+                    tracing::debug!(detail, "namesocket: NEW refused");
+                    shared.lock().stats.rejected_sessions += 1;
+                    reject(&p.stream, reason);
+                    return;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "namesocket: cannot create session");
                     return;
@@ -582,7 +618,7 @@ fn handle_first(
             // makes none. Without write coalescing it goes out at once.
             let defer = shared.options.write_coalescing;
             if let Some(delay) = defer {
-                cs.flush_due = Some(now + delay);
+                cs.flush_due = Some(driver::deadline_after(now, delay));
             }
             let conn = Conn::new(cs);
             if defer.is_none() {
@@ -631,7 +667,7 @@ fn handle_first(
                 } else {
                     delay
                 };
-                driver::keeper().wake_before(now + by);
+                driver::keeper().wake_before(driver::deadline_after(now, by));
             }
             if shared.cv_waiters.load(Ordering::SeqCst) > 0 {
                 shared.ready_cv.notify_one();

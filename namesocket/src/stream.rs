@@ -105,11 +105,12 @@ impl NameStream {
         st.transport = Some(Transport::from_nonblocking(won.stream, Some(won.path.dst)));
         // Nothing can have arrived yet: the first receive polls first.
         st.input_drained = true;
-        st.handshake_deadline = Some(
-            now + options
+        st.handshake_deadline = Some(driver::deadline_after(
+            now,
+            options
                 .connect_attempt_timeout
-                .max(options.session.dead_timeout * 4),
-        );
+                .max(options.session.dead_timeout.saturating_mul(4)),
+        ));
         let conn = Conn::new_private(st);
         {
             let mut st = conn.lock();
@@ -147,7 +148,8 @@ impl NameStream {
             return Ok(0);
         }
         let nonblock = dontwait || self.nonblocking.load(Ordering::Relaxed);
-        let deadline = lock_opt(&self.write_timeout).map(|t| Instant::now() + t);
+        let deadline =
+            lock_opt(&self.write_timeout).map(|t| driver::deadline_after(Instant::now(), t));
         let mut st = self.conn.lock();
         loop {
             let now = Instant::now();
@@ -232,7 +234,8 @@ impl NameStream {
             return Ok(0);
         }
         let nonblock = dontwait || self.nonblocking.load(Ordering::Relaxed);
-        let deadline = lock_opt(&self.read_timeout).map(|t| Instant::now() + t);
+        let deadline =
+            lock_opt(&self.read_timeout).map(|t| driver::deadline_after(Instant::now(), t));
         let mut st = self.conn.lock();
         // The first pass reads the transport only if the last read did not
         // find it empty (else it sleeps in poll first: see
@@ -310,7 +313,7 @@ impl NameStream {
     /// Blocks until the peer has acknowledged every byte written so far
     /// (or `timeout` passes). Useful before reporting a transfer complete.
     pub fn wait_acked(&self, timeout: Option<Duration>) -> Result<()> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = timeout.map(|t| driver::deadline_after(Instant::now(), t));
         let mut st = self.conn.lock();
         loop {
             let now = Instant::now();
@@ -434,6 +437,17 @@ impl NameStream {
     /// True when the session has failed.
     pub fn has_error(&self) -> bool {
         let st = self.conn.lock();
+        st.failure
+            .as_ref()
+            .is_some_and(|f| !matches!(f, crate::error::Failure::Closed))
+    }
+
+    /// [`NameStream::has_error`] after processing what the transport has
+    /// (for `nselect`'s exception set: input that fails the session, such as
+    /// a REJECT, must be read to be noticed).
+    pub(crate) fn poll_error(&self) -> bool {
+        let mut st = self.conn.lock();
+        driver::pump(&self.conn, &mut st, Instant::now());
         st.failure
             .as_ref()
             .is_some_and(|f| !matches!(f, crate::error::Failure::Closed))

@@ -55,6 +55,11 @@
 //! params:     heartbeat_ms:32 dead_timeout_ms:32 resume_window_ms:32 send_buffer_limit:32
 //! ```
 //!
+//! REJECT reasons ([`v2::RejectReason`]): unknown session (1), bad proof
+//! (2), stale generation (3), expired (4), duplicate session (5), invalid
+//! counter (6), unacceptable parameters in NEW (7); other codes decode as
+//! `Other(code)`.
+//!
 //! # Version 2 frames
 //!
 //! After the handshake the byte stream is a sequence of frames
@@ -458,6 +463,9 @@ pub mod v2 {
         DuplicateSession,
         /// The byte counter is outside what the session could have sent.
         InvalidCounter,
+        /// NEW announced session parameters outside the range the server
+        /// accepts (see "Peer parameters" in the engine docs).
+        BadParams,
         /// A reason code this version does not know.
         Other(u8),
     }
@@ -472,6 +480,7 @@ pub mod v2 {
                 RejectReason::Expired => 4,
                 RejectReason::DuplicateSession => 5,
                 RejectReason::InvalidCounter => 6,
+                RejectReason::BadParams => 7,
                 RejectReason::Other(c) => c,
             }
         }
@@ -485,6 +494,7 @@ pub mod v2 {
                 4 => RejectReason::Expired,
                 5 => RejectReason::DuplicateSession,
                 6 => RejectReason::InvalidCounter,
+                7 => RejectReason::BadParams,
                 c => RejectReason::Other(c),
             }
         }
@@ -499,6 +509,7 @@ pub mod v2 {
                 RejectReason::Expired => f.write_str("session closed or expired"),
                 RejectReason::DuplicateSession => f.write_str("duplicate session id"),
                 RejectReason::InvalidCounter => f.write_str("invalid byte counter"),
+                RejectReason::BadParams => f.write_str("unacceptable session parameters"),
                 RejectReason::Other(c) => write!(f, "reject reason {c}"),
             }
         }

@@ -8,7 +8,8 @@ use std::thread;
 use std::time::Duration;
 
 use namesocket::api::{self, NsSet};
-use namesocket::wire::v2::{Handshake, Resume, SessionId};
+use namesocket::engine::SessionError;
+use namesocket::wire::v2::{Handshake, New, Params, RejectReason, Resume, SessionId};
 use namesocket::{AsyncNameListener, AsyncNameStream, Error, NameListener, NameStream, Options};
 
 fn fast() -> Options {
@@ -235,6 +236,408 @@ fn nonblocking_api_returns_eagain() {
     api::nclose(srv).unwrap();
 }
 
+/// Waits until `nsd` is writable (NEW_ACK arrived), then sends with
+/// `flags` until the retained send buffer is full; returns the bytes
+/// accepted and the error that ended it.
+fn fill_send_buffer(nsd: i32, flags: i32) -> (usize, Error) {
+    let mut w: NsSet = [nsd].into_iter().collect();
+    assert_eq!(
+        api::nselect(None, Some(&mut w), None, Some(Duration::from_secs(10))).unwrap(),
+        1
+    );
+    assert!(w.contains(nsd));
+    let chunk = [0x5a; 8192];
+    let mut accepted = 0;
+    loop {
+        match api::nsend(nsd, &chunk, flags) {
+            Ok(n) => {
+                assert!(n > 0);
+                accepted += n;
+            }
+            Err(e) => return (accepted, e),
+        }
+    }
+}
+
+/// A non-blocking `nsend` (`NS_NONBLOCK`, or `MSG_DONTWAIT` on a blocking
+/// namesocket) returns EAGAIN once the retained send buffer is full (the
+/// peer application reads nothing, so nothing is acknowledged), and
+/// `nselect`'s write set reports the namesocket only while it has room.
+#[test]
+fn nonblocking_nsend_returns_eagain_on_a_full_send_buffer() {
+    const LIMIT: usize = 64 << 10;
+    let mut o = fast();
+    o.session.send_buffer_limit = LIMIT;
+    let port = free_port().to_string();
+    let srv = api::nsocket_with(0, o.clone()).unwrap();
+    api::nlisten(srv, &port, 4).unwrap();
+
+    let c = api::nsocket_with(api::NS_NONBLOCK, o.clone()).unwrap();
+    api::nconnect(c, "127.0.0.1", &port).unwrap();
+    let (accepted, e) = fill_send_buffer(c, 0);
+    assert_eq!(e.errno(), libc::EAGAIN, "{e:?}");
+    assert!(matches!(e, Error::WouldBlock));
+    assert_eq!(accepted, LIMIT);
+    // Full: not in the write set.
+    let mut w: NsSet = [c].into_iter().collect();
+    assert_eq!(
+        api::nselect(None, Some(&mut w), None, Some(Duration::from_millis(100))).unwrap(),
+        0
+    );
+    assert!(w.is_empty());
+
+    // The same with MSG_DONTWAIT on a blocking namesocket.
+    let b = api::nsocket_with(0, o).unwrap();
+    api::nconnect(b, "127.0.0.1", &port).unwrap();
+    let (accepted, e) = fill_send_buffer(b, libc::MSG_DONTWAIT);
+    assert_eq!(e.errno(), libc::EAGAIN, "{e:?}");
+    assert_eq!(accepted, LIMIT);
+
+    // The server application reads what the first client sent: the ACKs
+    // make room and the write set reports it.
+    let s = api::naccept(srv).unwrap();
+    let mut buf = vec![0u8; LIMIT];
+    assert_eq!(api::nrecv(s, &mut buf, libc::MSG_WAITALL).unwrap(), LIMIT);
+    assert!(buf.iter().all(|&x| x == 0x5a));
+    let mut w: NsSet = [c, b].into_iter().collect();
+    assert_eq!(
+        api::nselect(None, Some(&mut w), None, Some(Duration::from_secs(10))).unwrap(),
+        1
+    );
+    assert!(w.contains(c) && !w.contains(b), "{w:?}");
+    assert_eq!(api::nsend(c, b"more", 0).unwrap(), 4);
+    for nsd in [c, b, s, srv] {
+        api::nclose(nsd).unwrap();
+    }
+}
+
+/// `nselect`'s exception set reports a session that failed (here: the
+/// peer is not a namesocket peer) and not a healthy one; the failure is
+/// then reported by the next call.
+#[test]
+fn nselect_exception_set_reports_failed_sessions() {
+    // A healthy session: nothing exceptional, but writable.
+    let port = free_port().to_string();
+    let srv = api::nsocket_with(0, fast()).unwrap();
+    api::nlisten(srv, &port, 4).unwrap();
+    let good = api::nsocket_with(0, fast()).unwrap();
+    api::nconnect(good, "127.0.0.1", &port).unwrap();
+    let mut w: NsSet = [good].into_iter().collect();
+    let mut x: NsSet = [good].into_iter().collect();
+    assert_eq!(
+        api::nselect(
+            None,
+            Some(&mut w),
+            Some(&mut x),
+            Some(Duration::from_secs(10))
+        )
+        .unwrap(),
+        1
+    );
+    assert!(w.contains(good) && x.is_empty());
+    let mut x: NsSet = [good].into_iter().collect();
+    assert_eq!(
+        api::nselect(None, None, Some(&mut x), Some(Duration::from_millis(100))).unwrap(),
+        0
+    );
+
+    // A peer that answers NEW with HTTP: the session fails.
+    let plain = TcpListener::bind("127.0.0.1:0").unwrap();
+    let plain_port = plain.local_addr().unwrap().port().to_string();
+    let t = thread::spawn(move || {
+        let (mut s, _) = plain.accept().unwrap();
+        s.write_all(
+            b"HTTP/1.1 400 Bad Request
+
+",
+        )
+        .unwrap();
+        thread::sleep(Duration::from_millis(500));
+    });
+    let bad = api::nsocket_with(0, fast()).unwrap();
+    api::nconnect(bad, "127.0.0.1", &plain_port).unwrap();
+    // Only the exception set: nselect itself must read the answer.
+    let mut x: NsSet = [good, bad].into_iter().collect();
+    assert_eq!(
+        api::nselect(None, None, Some(&mut x), Some(Duration::from_secs(10))).unwrap(),
+        1
+    );
+    assert!(x.contains(bad) && !x.contains(good), "{x:?}");
+    let e = api::nrecv(bad, &mut [0u8; 8], 0).unwrap_err();
+    assert_eq!(e.errno(), libc::EPROTO, "{e:?}");
+    // Reported in every set it is in.
+    let mut r: NsSet = [bad].into_iter().collect();
+    let mut x: NsSet = [bad].into_iter().collect();
+    assert_eq!(
+        api::nselect(Some(&mut r), None, Some(&mut x), Some(Duration::ZERO)).unwrap(),
+        2
+    );
+    t.join().unwrap();
+    for nsd in [bad, good, srv] {
+        api::nclose(nsd).unwrap();
+    }
+}
+
+/// Session parameters out of range are refused with a clear error either
+/// way: a client announcing a send buffer beyond the server's receive cap
+/// gets REJECT(BadParams), a server doing so has its NEW_ACK refused by the
+/// client (which tells the server with an ERROR frame).
+#[test]
+fn out_of_range_session_parameters_are_refused() {
+    let mut big = fast();
+    big.session.send_buffer_limit = 32 << 20;
+
+    let l = NameListener::bind_with("0", &fast()).unwrap();
+    let port = l.local_port().to_string();
+    let c = NameStream::connect_with("127.0.0.1", &port, &big).unwrap();
+    let e = c.recv(&mut [0u8; 8]).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Session(SessionError::Rejected(RejectReason::BadParams))
+        ),
+        "{e:?}"
+    );
+    assert_eq!(e.errno(), libc::ECONNREFUSED);
+    assert_eq!(l.stats().rejected_sessions, 1);
+    assert_eq!(l.stats().sessions, 0);
+
+    let l = NameListener::bind_with("0", &big).unwrap();
+    let port = l.local_port().to_string();
+    let c = NameStream::connect_with("127.0.0.1", &port, &fast()).unwrap();
+    let e = c.recv(&mut [0u8; 8]).unwrap_err();
+    assert!(
+        matches!(e, Error::Session(SessionError::PeerParams(_))),
+        "{e:?}"
+    );
+    assert_eq!(e.errno(), libc::ECONNREFUSED);
+    // The server's session hears of it at once (not after its resume
+    // window).
+    let s = l.accept().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5)));
+    let e = s.recv(&mut [0u8; 8]).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Session(SessionError::PeerError(
+                namesocket::engine::ERROR_BAD_PARAMS
+            ))
+        ),
+        "{e:?}"
+    );
+}
+
+/// The tokio driver refuses out-of-range session parameters the same way.
+#[test]
+fn async_driver_refuses_out_of_range_session_parameters() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut big = fast();
+        big.session.send_buffer_limit = 32 << 20;
+        let l = AsyncNameListener::bind_with("0", &fast()).await.unwrap();
+        let port = l.local_port().to_string();
+        let e = AsyncNameStream::connect_with("127.0.0.1", &port, &big)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Session(SessionError::Rejected(RejectReason::BadParams))
+            ),
+            "{e:?}"
+        );
+        assert_eq!(e.errno(), libc::ECONNREFUSED);
+        assert_eq!(l.stats().rejected_sessions, 1);
+
+        let l = AsyncNameListener::bind_with("0", &big).await.unwrap();
+        let port = l.local_port().to_string();
+        let e = AsyncNameStream::connect_with("127.0.0.1", &port, &fast())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, Error::Session(SessionError::PeerParams(_))),
+            "{e:?}"
+        );
+        assert_eq!(e.errno(), libc::ECONNREFUSED);
+    });
+}
+
+/// Timers too large for the engine are refused as invalid arguments; the
+/// drivers' own timeouts may be as large as `Duration::MAX` ("never")
+/// without overflowing a deadline.
+#[test]
+fn huge_timeouts_are_refused_or_mean_never() {
+    let mut o = fast();
+    o.session.dead_timeout = Duration::MAX;
+    o.session.heartbeat_interval = Duration::MAX;
+    let e = NameStream::connect_with("127.0.0.1", "1", &o).unwrap_err();
+    assert_eq!(e.errno(), libc::EINVAL, "{e:?}");
+    let e = NameListener::bind_with("0", &o).unwrap_err();
+    assert_eq!(e.errno(), libc::EINVAL, "{e:?}");
+    assert_eq!(api::nsocket_with(0, o).unwrap_err().errno(), libc::EINVAL);
+
+    let mut o = fast();
+    o.connect_attempt_timeout = Duration::MAX;
+    o.connect_stagger = Duration::MAX;
+    o.handshake_timeout = Duration::MAX;
+    o.write_coalescing = Some(Duration::MAX);
+    let l = NameListener::bind_with("0", &o).unwrap();
+    let port = l.local_port().to_string();
+    let c = NameStream::connect_with("127.0.0.1", &port, &o).unwrap();
+    c.set_read_timeout(Some(Duration::MAX));
+    c.set_write_timeout(Some(Duration::MAX));
+    (&c).write_all(b"ping").unwrap();
+    let s = l.accept_timeout(Some(Duration::MAX)).unwrap();
+    let mut buf = [0u8; 4];
+    (&s).read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ping");
+    (&s).write_all(b"pong").unwrap();
+    (&c).read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"pong");
+}
+
+/// Connections that never send their first message are capped
+/// ([`Options::max_pending_handshakes`]): beyond the cap the oldest is
+/// dropped and counted, and real clients still get in.
+#[test]
+fn silent_connections_beyond_the_cap_are_dropped_oldest_first() {
+    const CAP: usize = 4;
+    const SILENT: usize = 10;
+    let mut o = fast();
+    o.max_pending_handshakes = CAP;
+    o.handshake_timeout = Duration::from_secs(60);
+    let l = NameListener::bind_with("0", &o).unwrap();
+    let port = l.local_port();
+    let mut silent = Vec::new();
+    for i in 0..SILENT {
+        silent.push(TcpStream::connect(("127.0.0.1", port)).unwrap());
+        // One at a time, so that they are accepted in this order.
+        wait_for(|| l.stats().connections > i as u64);
+    }
+    // The round that accepted the last one drops the excess at its end.
+    wait_for(|| l.stats().pending_overflows >= (SILENT - CAP) as u64);
+    assert_eq!(l.stats().pending_overflows, (SILENT - CAP) as u64);
+    // The oldest were dropped (reset), the newest still wait.
+    for (i, s) in silent.iter_mut().enumerate() {
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let r = s.read(&mut [0u8; 1]);
+        if i < SILENT - CAP {
+            assert!(
+                matches!(&r, Ok(0))
+                    || r.as_ref()
+                        .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+                "connection {i}: {r:?}"
+            );
+        } else {
+            assert!(
+                r.as_ref()
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+                "connection {i}: {r:?}"
+            );
+        }
+    }
+    // A real client still gets in.
+    let c = NameStream::connect_with("127.0.0.1", &port.to_string(), &fast()).unwrap();
+    (&c).write_all(b"hi").unwrap();
+    let s = l.accept_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 2];
+    (&s).read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"hi");
+    // Its NEW is normally read right after the accept; if it came late, its
+    // connection waited too and pushed out one more silent one.
+    let overflows = l.stats().pending_overflows;
+    assert!(
+        (SILENT - CAP) as u64 <= overflows && overflows <= (SILENT - CAP + 1) as u64,
+        "{overflows}"
+    );
+    // The newest silent connection, still waiting, speaks at last: NEW_ACK.
+    let late = silent.last_mut().unwrap();
+    let new = Handshake::New(New {
+        session_id: SessionId([0x17; 16]),
+        client_nonce: [1; 16],
+        client_public: [9; 32],
+        params: Params {
+            heartbeat_ms: 200,
+            dead_timeout_ms: 600,
+            resume_window_ms: 30_000,
+            send_buffer_limit: 1 << 20,
+        },
+    });
+    late.write_all(&new.to_vec()).unwrap();
+    late.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 256];
+    let answer = loop {
+        if let Some((h, _)) = Handshake::parse(&reply).unwrap() {
+            break h;
+        }
+        let n = late.read(&mut buf).unwrap();
+        assert!(n > 0, "closed without an answer");
+        reply.extend_from_slice(&buf[..n]);
+    };
+    assert!(matches!(answer, Handshake::NewAck(_)), "{answer:?}");
+}
+
+/// The tokio listener caps silent connections the same way.
+#[test]
+fn async_listener_caps_silent_connections() {
+    const CAP: usize = 3;
+    const SILENT: usize = 8;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut o = fast();
+    o.max_pending_handshakes = CAP;
+    o.handshake_timeout = Duration::from_secs(60);
+    let l = rt.block_on(AsyncNameListener::bind_with("0", &o)).unwrap();
+    let port = l.local_port();
+    let mut silent = Vec::new();
+    for i in 0..SILENT {
+        silent.push(TcpStream::connect(("127.0.0.1", port)).unwrap());
+        wait_for(|| l.stats().connections > i as u64);
+    }
+    // Counted just after the connection.
+    wait_for(|| l.stats().pending_overflows >= (SILENT - CAP) as u64);
+    assert_eq!(l.stats().pending_overflows, (SILENT - CAP) as u64);
+    for (i, s) in silent.iter_mut().enumerate() {
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        if i < SILENT - CAP {
+            let r = s.read(&mut [0u8; 1]);
+            assert!(matches!(r, Ok(0)), "connection {i}: {r:?}");
+        }
+    }
+    // A real client still gets in.
+    rt.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut c = AsyncNameStream::connect_with("127.0.0.1", &port.to_string(), &fast())
+            .await
+            .unwrap();
+        c.write_all(b"hi").await.unwrap();
+        let mut s = l.accept().await.unwrap();
+        let mut buf = [0u8; 2];
+        s.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"hi");
+    });
+    // The client's connection waited too (each one is listed before its
+    // first read), pushing out one more silent connection.
+    assert_eq!(l.stats().pending_overflows, (SILENT - CAP + 1) as u64);
+}
+
+/// Waits up to 10 s for `cond`.
+fn wait_for(cond: impl Fn() -> bool) {
+    let t0 = std::time::Instant::now();
+    while !cond() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "condition not met");
+        thread::sleep(Duration::from_millis(2));
+    }
+}
+
 fn free_port() -> u16 {
     let l = TcpListener::bind("[::]:0").unwrap();
     l.local_addr().unwrap().port()
@@ -301,7 +704,13 @@ fn forged_resume_is_rejected_and_session_unaffected() {
     raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut reply = Vec::new();
     let _ = raw.read_to_end(&mut reply);
-    assert!(!reply.is_empty(), "expected a rejection");
+    match Handshake::parse(&reply) {
+        Ok(Some((Handshake::Reject(reason), used))) => {
+            assert_eq!(reason, RejectReason::BadProof);
+            assert_eq!(used, reply.len(), "nothing after the REJECT");
+        }
+        other => panic!("expected REJECT(BadProof), got {other:?} from {reply:?}"),
+    }
     assert_eq!(l.stats().rejected_resumes, 1);
     assert_eq!(l.stats().resumes, 0);
 

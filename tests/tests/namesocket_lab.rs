@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use mh_tests::Pattern;
 use namesocket::resolve::ResolverConfig;
-use namesocket::wire::v2::{Handshake, Resume, SessionId};
+use namesocket::wire::v2::{Handshake, RejectReason, Resume, SessionId};
 use namesocket::{Error, NameListener, NameStream, Options};
 use netlab::{Family, Host, Lab, Link};
 
@@ -397,7 +397,13 @@ fn forged_resume_from_another_host_is_rejected() {
             reply
         })
         .unwrap();
-    assert!(!reply.is_empty(), "the forged RESUME gets a rejection");
+    match Handshake::parse(&reply) {
+        Ok(Some((Handshake::Reject(reason), used))) => {
+            assert_eq!(reason, RejectReason::BadProof, "the forged RESUME's reason");
+            assert_eq!(used, reply.len(), "nothing after the REJECT");
+        }
+        other => panic!("expected REJECT(BadProof), got {other:?} from {reply:?}"),
+    }
     done_tx.send(()).unwrap();
     (&c).write_all(b"two").unwrap();
     let mut echo = [0u8; 3];

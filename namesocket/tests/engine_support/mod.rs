@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use namesocket::engine::{Config, Event, KeyPair, Session, encode_reject};
+use namesocket::engine::{AcceptError, Config, Event, KeyPair, Session, encode_reject};
 use namesocket::wire::v2::RejectReason;
 use namesocket::wire::{FirstMessage, accept_first};
 use rand::rngs::StdRng;
@@ -117,17 +117,24 @@ impl Pair {
                     self.server_fresh = Some(fresh);
                 }
                 Ok(Some((FirstMessage::New(new), used))) => {
-                    let s = Session::accept_new(
+                    match Session::accept_new(
                         self.now,
                         self.server_config.clone(),
                         self.server_keys.clone(),
                         &new,
                         &mut self.rng,
-                    )
-                    .expect("server config");
-                    self.server = Some(s);
-                    let rest = fresh[used..].to_vec();
-                    self.server_input(&rest);
+                    ) {
+                        Ok(s) => {
+                            self.server = Some(s);
+                            let rest = fresh[used..].to_vec();
+                            self.server_input(&rest);
+                        }
+                        Err(AcceptError::Refused { reason, .. }) => {
+                            self.rejects.push(reason);
+                            self.s2c.extend_from_slice(&encode_reject(reason));
+                        }
+                        Err(e) => panic!("server config: {e}"),
+                    }
                 }
                 Ok(Some((FirstMessage::Resume(r), used))) => {
                     let s = self.server.as_mut().expect("server session");
