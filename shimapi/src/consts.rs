@@ -65,6 +65,19 @@ pub const SHIM_FEEDBACK_NEGATIVE: c_int = 17;
 /// REAP Send Timeout with sub-second resolution; set = the requested
 /// value (0 = default), get = the Send Timeout in effect.
 pub const SHIM_APP_TIMEOUT_MS: c_int = 0x100;
+/// **Project extension**: `int`. Set to 1 on a TCP socket *before*
+/// `connect` to opt it in to preservetcp (the connection offers and learns
+/// alternative addresses in its handshake and may move); 0 opts out. It
+/// sets the socket mark (`SO_MARK`) bits that `preservetcpd` matches
+/// ([`PRESERVETCP_MARK`] under [`PRESERVETCP_MARK_MASK`], other bits kept),
+/// so it needs `CAP_NET_ADMIN` (`EPERM` otherwise); unprivileged programs
+/// are covered by the daemon's port policy. Get: whether the mark is set.
+pub const SHIM_PRESERVETCP: c_int = 0x101;
+/// The `SO_MARK` value that opts a socket in to preservetcp
+/// (`preservetcp::control::OPT_IN_MARK`).
+pub const PRESERVETCP_MARK: u32 = 0x5054_0000;
+/// The mark bits `preservetcpd` compares (`preservetcp::control::OPT_IN_MASK`).
+pub const PRESERVETCP_MARK_MASK: u32 = 0xffff_0000;
 
 /// The most locators in a `SHIM_LOCLIST_*` set (RFC 6316 §13).
 pub const SHIM_MAX_LOCATORS: usize = 32;
@@ -101,7 +114,7 @@ pub const ETOOMANYLOCATORS: c_int = 0x5354;
 
 /// Every option name accepted by `getsockopt`/`setsockopt` at
 /// [`SOL_SHIM`] (the aliases are the same values).
-pub const ALL_OPTIONS: [c_int; 15] = [
+pub const ALL_OPTIONS: [c_int; 16] = [
     SHIM_ASSOCIATED,
     SHIM_DONTSHIM,
     SHIM_HOT_STANDBY,
@@ -117,6 +130,7 @@ pub const ALL_OPTIONS: [c_int; 15] = [
     SHIM_PATHEXPLORE,
     SHIM_DEFERRED_CONTEXT_SETUP,
     SHIM_APP_TIMEOUT_MS,
+    SHIM_PRESERVETCP,
 ];
 
 /// Every control message type at [`SOL_SHIM`].

@@ -10,8 +10,10 @@
 //! persistent connection per process, opened at first use and reopened
 //! once after an error. The daemon keeps per-socket state (sticky SEND,
 //! RECV flags, send markers) for as long as that connection lives or
-//! until [`Shim::release`]. A socket whose peer is not a HIT or LSI has
-//! no context and never causes a daemon request.
+//! until [`Shim::release`]. A TCP socket whose peer is not a HIT or LSI
+//! may be a preservetcp connection: then `preservetcpd` is asked (see
+//! [`ptcp`]: `SHIM_ASSOCIATED`, `SHIM_LOCLIST_*`, `SHIM_LOC_*_PREF`); any
+//! other such socket has no context and never causes a hipd request.
 //!
 //! ## Entry points
 //! * [`getsockopt`] / [`setsockopt`]: `(fd, level, optname, buffer)`;
@@ -50,6 +52,7 @@
 //! | `SHIM_FEEDBACK_POSITIVE` (draft) | 16 | cmsg (sendmsg): feedback, indicator 3 |
 //! | `SHIM_FEEDBACK_NEGATIVE` (draft) | 17 | cmsg (sendmsg): feedback, indicator 2 |
 //! | `SHIM_APP_TIMEOUT_MS` (**project extension**) | `0x100` | option, `int` ms, get/set |
+//! | `SHIM_PRESERVETCP` (**project extension**) | `0x101` | option, `int`, get/set: TCP socket opted in to preservetcp (set before `connect`; `SO_MARK`, needs `CAP_NET_ADMIN`) |
 //! | `SHIM_MAX_LOCATORS` | 32 | RFC 6316 §13 |
 //! | `SHIM_LOC_FLAG_HBA` / `SHIM_LOC_FLAG_CGA` | 0x01 / 0x02 | `lc_flags` (names ours) |
 //! | `EINVALIDLOCATOR` | `0x5351` (21329) | errno |
@@ -175,6 +178,7 @@ pub mod cmsg;
 pub mod consts;
 mod ext;
 mod link;
+pub mod ptcp;
 mod shim;
 mod sys;
 pub mod types;

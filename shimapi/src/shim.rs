@@ -77,6 +77,8 @@ const PRUNE_AT: usize = 1024;
 #[derive(Debug)]
 pub struct Shim {
     inner: Mutex<Inner>,
+    /// preservetcpd's control socket (see [`crate::ptcp`]).
+    ptcp_socket: PathBuf,
 }
 
 /// What `recvmsg` returned besides the data.
@@ -235,7 +237,8 @@ fn shape(name: c_int) -> Option<Shape> {
         | SHIM_LOC_PEER_RECV
         | SHIM_APP_TIMEOUT
         | SHIM_DEFERRED_CONTEXT_SETUP
-        | SHIM_APP_TIMEOUT_MS => Shape::Int,
+        | SHIM_APP_TIMEOUT_MS
+        | SHIM_PRESERVETCP => Shape::Int,
         SHIM_LOC_LOCAL_PREF | SHIM_LOC_PEER_PREF | SHIM_LOC_LOCAL_SEND | SHIM_LOC_PEER_SEND => {
             Shape::Locator
         }
@@ -260,6 +263,53 @@ impl Shim {
                 link: Link::new(control_socket.into()),
                 socks: HashMap::new(),
             }),
+            ptcp_socket: crate::ptcp::default_socket(),
+        }
+    }
+
+    /// The same instance asking preservetcpd at `path` about TCP sockets
+    /// whose peer is not a HIT or LSI (default: `PRESERVETCP_CONTROL_SOCKET`,
+    /// else [`crate::ptcp::DEFAULT_PRESERVETCP_SOCKET`]).
+    pub fn with_preservetcp(mut self, path: impl Into<PathBuf>) -> Shim {
+        self.ptcp_socket = path.into();
+        self
+    }
+
+    /// The preservetcp connection of a connected TCP socket that the HIP
+    /// shim does not map (peer not a HIT or LSI), if preservetcpd tracks it.
+    fn ptcp_conn(&self, info: &SockInfo) -> io::Result<Option<crate::ptcp::Conn>> {
+        match (info.proto, info.local, info.peer) {
+            (libc::IPPROTO_TCP, Some(l), Some(p)) if addr::id_kind(p.ip()).is_none() => {
+                crate::ptcp::find(&self.ptcp_socket, l, p)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// `getsockopt` on a preservetcp context (see [`crate::ptcp`]).
+    fn ptcp_get(conn: &crate::ptcp::Conn, name: c_int, buf: &mut [u8]) -> io::Result<usize> {
+        let loc =
+            |a: std::net::Ipv6Addr| shim_locator::from(Locator::new(IpAddr::V6(a))).to_bytes();
+        match name {
+            SHIM_ASSOCIATED => put_int(buf, 1),
+            SHIM_LOC_LOCAL_PREF => put(buf, &loc(conn.current.local)),
+            SHIM_LOC_PEER_PREF => put(buf, &loc(conn.current.peer)),
+            SHIM_LOCLIST_LOCAL | SHIM_LOCLIST_PEER => {
+                let list = if name == SHIM_LOCLIST_LOCAL {
+                    &conn.locals
+                } else {
+                    &conn.peers
+                };
+                let need = list.len() * shim_locator::SIZE;
+                if need > buf.len() {
+                    return Err(err(ETOOMANYLOCATORS));
+                }
+                for (i, a) in list.iter().enumerate() {
+                    put(&mut buf[i * shim_locator::SIZE..], &loc(*a))?;
+                }
+                Ok(need)
+            }
+            _ => Err(err(libc::EOPNOTSUPP)),
         }
     }
 
@@ -305,6 +355,13 @@ impl Shim {
         if buf.len() < want {
             return einval();
         }
+        if name == SHIM_PRESERVETCP {
+            let mark = sys::get_int(fd, libc::SOL_SOCKET, libc::SO_MARK)? as u32;
+            return put_int(
+                buf,
+                c_int::from(mark & PRESERVETCP_MARK_MASK == PRESERVETCP_MARK),
+            );
+        }
         let mut g = self.lock();
         let dontshim = g.socks.get(&info.key).is_some_and(|s| s.dontshim);
         match name {
@@ -317,7 +374,9 @@ impl Shim {
                     return put_int(buf, 0);
                 }
                 let Some((flow, _)) = flow_of(&info, peer) else {
-                    return put_int(buf, 0);
+                    drop(g);
+                    let ptcp = self.ptcp_conn(&info)?;
+                    return put_int(buf, c_int::from(ptcp.is_some()));
                 };
                 return match g.link.call(&Request::ShimGet { flow }) {
                     Ok(Response::ShimContext { .. }) => put_int(buf, 1),
@@ -333,6 +392,13 @@ impl Shim {
                 return put_int(buf, 0);
             }
             _ => {}
+        }
+        if !dontshim
+            && info.peer.is_some_and(|p| flow_of(&info, p).is_none())
+            && let Some(conn) = self.ptcp_conn(&info)?
+        {
+            drop(g);
+            return Self::ptcp_get(&conn, name, buf);
         }
         let (flow, _) = Self::require_flow(&info, dontshim)?;
         let ctx = Self::context(&mut g, flow)?;
@@ -428,6 +494,19 @@ impl Shim {
         }
         // Parse and validate the value before looking at the socket state.
         let set = match name {
+            SHIM_PRESERVETCP => {
+                let on = bool_of(buf)?;
+                if info.proto != libc::IPPROTO_TCP || info.domain != libc::AF_INET6 {
+                    return Err(err(libc::EOPNOTSUPP)); // IPv6 TCP only
+                }
+                if info.peer.is_some() {
+                    return Err(err(libc::EISCONN)); // the handshake is over
+                }
+                let old = sys::get_int(fd, libc::SOL_SOCKET, libc::SO_MARK)? as u32;
+                let rest = old & !PRESERVETCP_MARK_MASK;
+                let mark = if on { rest | PRESERVETCP_MARK } else { rest };
+                return sys::setsockopt(fd, libc::SOL_SOCKET, libc::SO_MARK, &mark.to_ne_bytes());
+            }
             SHIM_DONTSHIM => {
                 let on = bool_of(buf)?;
                 if info.peer.is_some() {
@@ -490,6 +569,27 @@ impl Shim {
         };
         let mut g = self.lock();
         let dontshim = g.socks.get(&info.key).is_some_and(|s| s.dontshim);
+        if !dontshim
+            && info.peer.is_some_and(|p| flow_of(&info, p).is_none())
+            && let Some(conn) = self.ptcp_conn(&info)?
+        {
+            drop(g);
+            // Preferences move a preservetcp connection at once; nothing
+            // else applies to one.
+            let (local, peer) = (
+                IpAddr::V6(conn.current.local),
+                IpAddr::V6(conn.current.peer),
+            );
+            return match set {
+                ShimSetting::PeerPref { loc } => {
+                    crate::ptcp::move_to(&self.ptcp_socket, &conn, local, loc.addr)
+                }
+                ShimSetting::LocalPref { loc } => {
+                    crate::ptcp::move_to(&self.ptcp_socket, &conn, loc.addr, peer)
+                }
+                _ => Err(err(libc::EOPNOTSUPP)),
+            };
+        }
         let (flow, kind) = Self::require_flow(&info, dontshim)?;
         let recv = match &set {
             ShimSetting::LocalRecv { on } => Some((true, *on)),

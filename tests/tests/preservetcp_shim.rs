@@ -1,0 +1,174 @@
+//! A preservetcp connection seen through the shim API (RFC 6316
+//! `SOL_SHIM`): `SHIM_ASSOCIATED`, the locator lists learned in the
+//! handshake, and `SHIM_LOC_PEER_PREF` moving the connection.
+
+mod preservetcp_support;
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+use preservetcp_support::*;
+use shimapi::{
+    SHIM_ASSOCIATED, SHIM_LOC_PEER_PREF, SHIM_LOCLIST_LOCAL, SHIM_LOCLIST_PEER, SOL_SHIM, Shim,
+    shim_locator,
+};
+
+/// The addresses of a `SHIM_LOCLIST_*` answer.
+fn loclist(shim: &Shim, s: &TcpStream, name: i32) -> Vec<IpAddr> {
+    let mut buf = vec![0u8; 8 * shim_locator::SIZE];
+    let n = shim
+        .getsockopt(s.as_fd(), SOL_SHIM, name, &mut buf)
+        .expect("loclist");
+    buf[..n]
+        .chunks_exact(shim_locator::SIZE)
+        .map(|c| {
+            shimapi::Locator::try_from(shim_locator::from_bytes(c).expect("locator"))
+                .expect("address")
+                .addr
+        })
+        .collect()
+}
+
+fn peer_pref(shim: &Shim, s: &TcpStream) -> IpAddr {
+    let mut buf = vec![0u8; shim_locator::SIZE];
+    shim.getsockopt(s.as_fd(), SOL_SHIM, SHIM_LOC_PEER_PREF, &mut buf)
+        .expect("peer pref");
+    shimapi::Locator::try_from(shim_locator::from_bytes(&buf).expect("locator"))
+        .expect("address")
+        .addr
+}
+
+#[test]
+fn shim_api_shows_and_moves_a_preservetcp_connection() {
+    let t = two_links();
+    let port = 5401;
+    let da = Daemon::start(&t.lab, &t.a, &[port]);
+    let _db = Daemon::start(&t.lab, &t.b, &[port]);
+    let (a0, a1, b0, b1) = (
+        v6(&t.l0, &t.a),
+        v6(&t.l1, &t.a),
+        v6(&t.l0, &t.b),
+        v6(&t.l1, &t.b),
+    );
+    let listener =
+        t.b.run(move || TcpListener::bind(("::", port)))
+            .expect("run")
+            .expect("bind");
+    let dst = SocketAddr::from((b0, port));
+    let mut c: TcpStream =
+        t.a.run(move || TcpStream::connect(dst))
+            .expect("run")
+            .expect("connect");
+    let (mut s, _) = listener.accept().expect("accept");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let ping = |c: &mut TcpStream, s: &mut TcpStream, n: u8| {
+        let data = vec![n; 256 << 10];
+        c.write_all(&data).expect("write");
+        let mut got = vec![0u8; data.len()];
+        s.read_exact(&mut got).expect("read");
+        assert_eq!(got, data);
+    };
+    ping(&mut c, &mut s, 1);
+    // Wait until the daemon tracks it with both of b's addresses.
+    let t0 = Instant::now();
+    while da.connections().first().is_none_or(|c| c.peers.len() < 2) {
+        assert!(t0.elapsed() < Duration::from_secs(10), "not tracked");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The control socket of a's daemon, no hipd at all.
+    let shim = Shim::new("/nonexistent/hipd.sock").with_preservetcp(&da.control);
+    let mut one = [0u8; 4];
+    shim.getsockopt(c.as_fd(), SOL_SHIM, SHIM_ASSOCIATED, &mut one)
+        .expect("associated");
+    assert_eq!(i32::from_ne_bytes(one), 1, "a preservetcp context");
+    let v = |a: Ipv6Addr| IpAddr::V6(a);
+    assert_eq!(loclist(&shim, &c, SHIM_LOCLIST_PEER), vec![v(b0), v(b1)]);
+    assert_eq!(loclist(&shim, &c, SHIM_LOCLIST_LOCAL), vec![v(a0), v(a1)]);
+    assert_eq!(peer_pref(&shim, &c), v(b0));
+
+    // SHIM_LOC_PEER_PREF b1: the connection moves to (a0, b1) at once,
+    // data keeps flowing, and the getter reports the new peer.
+    let pref = shim_locator::from(shimapi::Locator::new(v(b1))).to_bytes();
+    shim.setsockopt(c.as_fd(), SOL_SHIM, SHIM_LOC_PEER_PREF, &pref)
+        .expect("set peer pref");
+    let conn = da.connections();
+    assert_eq!((conn[0].current.local, conn[0].current.peer), (a0, b1));
+    assert_eq!(peer_pref(&shim, &c), v(b1));
+    ping(&mut c, &mut s, 2);
+    // An address not exchanged in the handshake is refused.
+    let bogus =
+        shim_locator::from(shimapi::Locator::new("2001:db8:ffff::1".parse().unwrap())).to_bytes();
+    let e = shim
+        .setsockopt(c.as_fd(), SOL_SHIM, SHIM_LOC_PEER_PREF, &bogus)
+        .expect_err("not a locator of the connection");
+    assert_eq!(e.raw_os_error(), Some(shimapi::EINVALIDLOCATOR));
+    // A plain TCP socket (not tracked) has no context.
+    let plain = TcpListener::bind("[::1]:0").unwrap();
+    let p = TcpStream::connect(plain.local_addr().unwrap()).unwrap();
+    shim.getsockopt(p.as_fd(), SOL_SHIM, SHIM_ASSOCIATED, &mut one)
+        .expect("associated");
+    assert_eq!(i32::from_ne_bytes(one), 0);
+    ping(&mut c, &mut s, 3);
+
+    // SHIM_PRESERVETCP opts a socket in before connect: a port outside
+    // the daemons' --ports is covered for that socket only.
+    let other = port + 1;
+    let l2 =
+        t.b.run(move || TcpListener::bind(("::", other)))
+            .expect("run")
+            .expect("bind");
+    let shim2 = Shim::new("/nonexistent/hipd.sock").with_preservetcp(&da.control);
+    let dst2 = SocketAddr::from((b0, other));
+    let (opted, flag) =
+        t.a.run(move || {
+            let sock = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)?;
+            shim2.setsockopt(
+                sock.as_fd(),
+                SOL_SHIM,
+                shimapi::SHIM_PRESERVETCP,
+                &1i32.to_ne_bytes(),
+            )?;
+            let mut f = [0u8; 4];
+            shim2.getsockopt(sock.as_fd(), SOL_SHIM, shimapi::SHIM_PRESERVETCP, &mut f)?;
+            sock.connect(&dst2.into())?;
+            Ok::<_, std::io::Error>((TcpStream::from(sock), i32::from_ne_bytes(f)))
+        })
+        .expect("run")
+        .expect("opted-in socket");
+    assert_eq!(flag, 1);
+    let plain2: TcpStream =
+        t.a.run(move || TcpStream::connect(dst2))
+            .expect("run")
+            .expect("connect");
+    let (_s2, _) = l2.accept().expect("accept");
+    let (_s3, _) = l2.accept().expect("accept");
+    let port_of = |x: &TcpStream| x.local_addr().expect("local").port();
+    let (opted_port, plain_port) = (port_of(&opted), port_of(&plain2));
+    let t0 = Instant::now();
+    loop {
+        let conns = da.connections();
+        let tracked = |p: u16| conns.iter().any(|c| c.original.local_port == p);
+        if tracked(opted_port) {
+            assert!(!tracked(plain_port), "only the opted-in socket: {conns:?}");
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "not tracked: {conns:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The option is for unconnected sockets.
+    let e = shim
+        .setsockopt(
+            c.as_fd(),
+            SOL_SHIM,
+            shimapi::SHIM_PRESERVETCP,
+            &1i32.to_ne_bytes(),
+        )
+        .expect_err("connected");
+    assert_eq!(e.raw_os_error(), Some(libc::EISCONN));
+}
