@@ -4,14 +4,18 @@
 # Usage: sudo bash scripts/test.sh        (FUZZ_SECONDS=0 skips the fuzz smoke run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/cargo-env.sh
 
 bash scripts/install-deps.sh
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
+(cd fuzz && cargo fmt --all -- --check)
 
 echo "== cargo clippy --all-targets -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The fuzz targets are their own workspace (cargo-fuzz's layout).
+(cd fuzz && cargo clippy --bins -- -D warnings)
 
 echo "== cargo test (unit, property and lab integration tests)"
 # Lab tests each build their own namespaces with unique names, so they may run
