@@ -555,3 +555,68 @@ fn hipd_background_start_reports_the_outcome() {
     });
     assert!(!dir.join("hipd.pid").exists(), "pid file removed");
 }
+
+/// A crash (SIGKILL: no CLOSE, the control socket file left behind) and a
+/// restart with the same configuration directory and socket path: the
+/// daemon comes up (the stale socket replaced, a fresh hip0), keeps its
+/// HIT, runs a new base exchange with the peer (which still holds the old
+/// association and replaces it) and data flows both ways.
+#[test]
+fn hipd_restart_after_sigkill_recovers() {
+    use std::os::unix::process::ExitStatusExt;
+
+    let (lab, a, b, l0) = lab2();
+    let mut ha = Hipd::start(&lab, &a, "", "");
+    let hb = Hipd::start(&lab, &b, "", "");
+    let hit_a = ha.hit();
+    let hit_b = hb.hit();
+    ha.add_map(hit_b, l0.addr(&b, Family::V6), None);
+    transfer_to_hit(&lab, &b, &a, hit_b, 5015, 2 << 20, 15);
+    let old_spi_in = ha.has()[0].spi_in;
+    wait_until("b established", || {
+        hb.has().iter().any(|h| h.state == "ESTABLISHED")
+    });
+
+    let out = ha.proc.take().unwrap().kill().unwrap();
+    assert_eq!(out.status.signal(), Some(9), "{}", out.stderr);
+    assert!(ha.sock.exists(), "a crash leaves the control socket file");
+    assert!(
+        !ha.log_text().contains("associations closed"),
+        "no clean shutdown happened"
+    );
+    // The peer was not told: its association is still up.
+    let before = hb.has();
+    assert!(
+        before
+            .iter()
+            .any(|h| h.state == "ESTABLISHED" && h.peer_hit == Some(hit_a)),
+        "{before:?}"
+    );
+
+    ha.launch();
+    assert_eq!(ha.hit(), hit_a, "same identity after the crash");
+    assert!(ha.has().is_empty(), "no association survives the crash");
+    assert!(
+        a.exec_ok(["ip", "-6", "route", "show", "dev", "hip0"])
+            .unwrap()
+            .contains("2001:20::/28"),
+        "hip0 and its route are back"
+    );
+    let (code, out, err) = ha.hipconf(&["daemon", "get", "hi", "default"]);
+    assert_eq!(code, 0, "{out}{err}");
+    ha.add_map(hit_b, l0.addr(&b, Family::V6), None);
+    transfer_to_hit(&lab, &b, &a, hit_b, 5016, 4 << 20, 16);
+    transfer_to_hit(&lab, &a, &b, hit_a, 5017, 4 << 20, 17);
+    let has = ha.has();
+    assert_eq!(has.len(), 1, "{has:?}");
+    assert_eq!(has[0].state, "ESTABLISHED");
+    // b replaced its stale association with the new one.
+    let hb_has: Vec<_> = hb
+        .has()
+        .into_iter()
+        .filter(|h| h.peer_hit == Some(hit_a) && h.state == "ESTABLISHED")
+        .collect();
+    assert_eq!(hb_has.len(), 1, "{hb_has:?}");
+    assert_eq!(hb_has[0].spi_out, has[0].spi_in);
+    assert_ne!(has[0].spi_in, old_spi_in, "a new SA");
+}

@@ -467,3 +467,142 @@ pub fn udp_transfer(
     assert_eq!(bad, None, "UDP stream differs at that byte");
     resent
 }
+
+/// The engine counter `name` of `h` (0 when absent).
+pub fn engine_counter(h: &Hipd, name: &str) -> u64 {
+    h.stats()
+        .engine
+        .iter()
+        .find(|(k, _)| k == name)
+        .map_or(0, |(_, v)| *v)
+}
+
+/// Polls `f` every 50 ms until it holds; panics with `what` (and the
+/// daemons' `get ha` output) after `limit`.
+pub fn wait_for(what: &str, limit: Duration, hipds: &[&Hipd], mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        if t0.elapsed() >= limit {
+            let has: Vec<String> = hipds
+                .iter()
+                .map(|h| format!("{}: {:?}", h.host.name(), h.has()))
+                .collect();
+            panic!("timed out after {limit:?}: {what}\n{}", has.join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A socat TCP transfer of a random file running in the background (see
+/// [`Transfer::start`]).
+pub struct Transfer {
+    file: PathBuf,
+    out: PathBuf,
+    srv: Option<Process>,
+    cli: Option<Process>,
+}
+
+impl Transfer {
+    /// Starts sending a fresh random file of `len` bytes (seed `seed`)
+    /// from `client` to `server`, which listens on `hit`:`port`; returns
+    /// at once, the data still flowing.
+    pub fn start(
+        lab: &Lab,
+        server: &Host,
+        client: &Host,
+        hit: Ipv6Addr,
+        port: u16,
+        len: usize,
+        seed: u64,
+    ) -> Transfer {
+        let file = lab.artifacts_dir().join(format!("bg-send-{port}"));
+        random_file(&file, len, seed);
+        let out = lab
+            .artifacts_dir()
+            .join(format!("bg-recv-{}-{port}", server.name()));
+        let srv = server
+            .spawn([
+                "socat",
+                "-u",
+                &format!("TCP6-LISTEN:{port},bind=[{hit}],reuseaddr"),
+                &format!("CREATE:{}", out.display()),
+            ])
+            .expect("socat server");
+        std::thread::sleep(Duration::from_millis(300));
+        let cli = client
+            .spawn([
+                "socat",
+                "-u",
+                &format!("OPEN:{}", file.display()),
+                &format!("TCP6:[{hit}]:{port}"),
+            ])
+            .expect("socat client");
+        Transfer {
+            file,
+            out,
+            srv: Some(srv),
+            cli: Some(cli),
+        }
+    }
+
+    /// Bytes received so far.
+    pub fn received(&self) -> u64 {
+        std::fs::metadata(&self.out).map_or(0, |m| m.len())
+    }
+
+    /// Waits until at least `bytes` arrived (panics after `limit`).
+    pub fn wait_received(&self, bytes: u64, limit: Duration) {
+        let t0 = Instant::now();
+        while self.received() < bytes {
+            assert!(
+                t0.elapsed() < limit,
+                "only {} of {bytes} bytes arrived in {limit:?}",
+                self.received()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for both ends (the client at most `limit`) and asserts that
+    /// the file arrived byte-exact.
+    pub fn finish(mut self, limit: Duration) {
+        let c = self
+            .cli
+            .take()
+            .unwrap()
+            .wait_timeout(limit)
+            .expect("socat client finished");
+        assert!(c.status.success(), "socat client: {}", c.stderr);
+        let s = self
+            .srv
+            .take()
+            .unwrap()
+            .wait_timeout(Duration::from_secs(10))
+            .expect("socat server finished");
+        assert!(s.status.success(), "socat server: {}", s.stderr);
+        assert!(
+            same_file(&self.file, &self.out),
+            "data differs: {} received of {}",
+            self.received(),
+            std::fs::metadata(&self.file).map_or(0, |m| m.len())
+        );
+    }
+}
+
+/// The state ("Unverified", "Active", "Deprecated") `h` last logged for its
+/// peer locator `addr` (the daemon's "peer locator state" lines, RFC 8046
+/// §5.4), if any. `get ha` lists deprecated peer locators too, so this is
+/// how a test sees a withdrawn locator.
+pub fn peer_locator_state(h: &Hipd, addr: IpAddr) -> Option<String> {
+    let key = format!("addr={addr}");
+    h.log_text()
+        .lines()
+        .filter(|l| l.contains("peer locator state"))
+        .filter(|l| l.split_whitespace().any(|w| w == key))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("state="))
+                .map(str::to_string)
+        })
+        .next_back()
+}
