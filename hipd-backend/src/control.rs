@@ -570,6 +570,11 @@ pub struct HaInfo {
     pub peer_locator: Option<IpAddr>,
     /// All peer locators known to the association.
     pub peer_locators: Vec<IpAddr>,
+    /// The state of each of `peer_locators`, in the same order:
+    /// "active" (verified), "unverified", or "deprecated" (withdrawn by
+    /// the peer's last LOCATOR_SET or expired; kept as RFC 8046 allows).
+    #[serde(default)]
+    pub peer_locator_states: Vec<String>,
     /// Inbound SPI.
     pub spi_in: u32,
     /// Outbound SPI.

@@ -304,8 +304,8 @@ fn hipd_initiator_readdress_over_udp_mid_transfer() {
     assert_eq!(hb_has[0].transport, "udp");
     assert!(hb_has[0].peer_locators.contains(&new), "{hb_has:?}");
     // The withdrawn address is deprecated at b, the new one verified.
-    assert_eq!(peer_locator_state(&hb, old).as_deref(), Some("Deprecated"));
-    assert_eq!(peer_locator_state(&hb, new).as_deref(), Some("Active"));
+    assert_eq!(peer_locator_state(&hb, old).as_deref(), Some("deprecated"));
+    assert_eq!(peer_locator_state(&hb, new).as_deref(), Some("active"));
     assert!(engine_counter(&hb, "update_received") > updates);
     // And new data still flows both ways over the new address.
     transfer_to_hit(&lab, &b, &a, hit_b, 5032, 4 * MB, 32);
@@ -369,8 +369,8 @@ fn hipd_link_down_then_up_reannounces_the_locator() {
         Duration::from_secs(10),
         &[&ha, &hb],
         || {
-            peer_locator_state(&hb, a0).as_deref() == Some("Deprecated")
-                && peer_locator_state(&ha, b0).as_deref() == Some("Deprecated")
+            peer_locator_state(&hb, a0).as_deref() == Some("deprecated")
+                && peer_locator_state(&ha, b0).as_deref() == Some("deprecated")
         },
     );
 
@@ -383,7 +383,7 @@ fn hipd_link_down_then_up_reannounces_the_locator() {
         || {
             engine_counter(&hb, "update_received") > updates
                 && hb.has()[0].peer_locators.contains(&a0)
-                && peer_locator_state(&hb, a0).is_some_and(|s| s != "Deprecated")
+                && peer_locator_state(&hb, a0).is_some_and(|s| s != "deprecated")
         },
     );
     // b's own l0 locator came back too, and a learned it.
@@ -393,7 +393,7 @@ fn hipd_link_down_then_up_reannounces_the_locator() {
         &[&ha, &hb],
         || {
             ha.has()[0].peer_locators.contains(&b0)
-                && peer_locator_state(&ha, b0).is_some_and(|s| s != "Deprecated")
+                && peer_locator_state(&ha, b0).is_some_and(|s| s != "deprecated")
         },
     );
     assert_eq!(ha.has()[0].state, "ESTABLISHED");
@@ -483,7 +483,7 @@ fn hipd_readdress_updates_every_peer() {
                 let x = h.has();
                 x[0].peer_locator == Some(new)
                     && x[0].peer_locators.contains(&new)
-                    && peer_locator_state(h, old).as_deref() == Some("Deprecated")
+                    && peer_locator_state(h, old).as_deref() == Some("deprecated")
             },
         );
     }

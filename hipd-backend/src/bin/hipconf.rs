@@ -44,7 +44,15 @@ fn print_ha(h: &HaInfo) {
         println!(" Peer  IP    {l}");
     }
     if h.peer_locators.len() > 1 {
-        let v: Vec<String> = h.peer_locators.iter().map(ToString::to_string).collect();
+        let v: Vec<String> = h
+            .peer_locators
+            .iter()
+            .enumerate()
+            .map(|(i, a)| match h.peer_locator_states.get(i) {
+                Some(st) => format!("{a} ({st})"),
+                None => a.to_string(),
+            })
+            .collect();
         println!(" Peer locators {}", v.join(" "));
     }
     println!(" SPI in 0x{:08x} out 0x{:08x}", h.spi_in, h.spi_out);

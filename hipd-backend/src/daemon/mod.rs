@@ -89,7 +89,8 @@ use hip_proto::crypto::{
     CryptoBackend, DhGroup, InnerFamily, OpensslBackend, PrivateIdentity, SecurityAssociation, esp,
 };
 use hip_proto::engine::{
-    AssocId, Config, Datagram, Endpoint, Event, LocalLocator, State, Transmit, Transport,
+    AssocId, Config, Datagram, Endpoint, Event, LocalLocator, LocatorState, State, Transmit,
+    Transport,
 };
 use hip_proto::wire::Hit;
 use rand::RngCore;
@@ -1711,6 +1712,18 @@ impl Shared {
             local_locator: path.map(|p| p.src).or(a.preferred_local_locator()),
             peer_locator: path.map(|p| p.dst).or(a.preferred_peer_locator()),
             peer_locators: a.peer_locators().iter().map(|l| l.addr).collect(),
+            peer_locator_states: a
+                .peer_locators()
+                .iter()
+                .map(|l| {
+                    match l.state {
+                        LocatorState::Active => "active",
+                        LocatorState::Unverified => "unverified",
+                        LocatorState::Deprecated => "deprecated",
+                    }
+                    .to_string()
+                })
+                .collect(),
             spi_in: a.spi_inbound(),
             spi_out: a.spi_outbound(),
             transport: match a.transport() {

@@ -589,20 +589,12 @@ impl Transfer {
     }
 }
 
-/// The state ("Unverified", "Active", "Deprecated") `h` last logged for its
-/// peer locator `addr` (the daemon's "peer locator state" lines, RFC 8046
-/// §5.4), if any. `get ha` lists deprecated peer locators too, so this is
-/// how a test sees a withdrawn locator.
+/// The state ("active", "unverified", "deprecated") of `h`'s peer
+/// locator `addr` as `get ha` reports it (a withdrawn locator stays listed
+/// as deprecated, RFC 8046 §5.4), if any association lists it.
 pub fn peer_locator_state(h: &Hipd, addr: IpAddr) -> Option<String> {
-    let key = format!("addr={addr}");
-    h.log_text()
-        .lines()
-        .filter(|l| l.contains("peer locator state"))
-        .filter(|l| l.split_whitespace().any(|w| w == key))
-        .filter_map(|l| {
-            l.split_whitespace()
-                .find_map(|w| w.strip_prefix("state="))
-                .map(str::to_string)
-        })
-        .next_back()
+    h.has().into_iter().find_map(|ha| {
+        let i = ha.peer_locators.iter().position(|a| *a == addr)?;
+        ha.peer_locator_states.get(i).cloned()
+    })
 }
