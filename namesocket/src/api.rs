@@ -16,6 +16,7 @@
 //! | name not found | the resolver's errno (`ENOENT`…) |
 //! | no address pair connects | `ECONNREFUSED` / `ETIMEDOUT` / `EHOSTUNREACH` |
 //! | peer is not a namesocket peer | `EPROTO` |
+//! | peer is a thesis (version 1) namesocket server | `EPROTONOSUPPORT` |
 //! | session refused (REJECT, or session parameters out of range) | `ECONNREFUSED` |
 //! | resume window expired | `ETIMEDOUT` |
 //! | send after shutdown or close | `EPIPE` |

@@ -39,6 +39,17 @@ struct AState {
     write_waker: Option<Waker>,
     app_closed: bool,
     transport_up: bool,
+    /// Server: a RESUME was accepted on a new transport that the session
+    /// task has not picked up yet. The engine already speaks to the new
+    /// transport (RESUME_ACK is queued for it), so the old one must be
+    /// neither written (the RESUME_ACK would be lost on it) nor read (its
+    /// bytes would be taken for the new transport's); the task drops it.
+    /// The number identifies the transport awaited: a transport of an
+    /// earlier RESUME that reaches the task after a later one was accepted
+    /// is stale and dropped.
+    handover: Option<u64>,
+    /// Numbers the transports of accepted RESUMEs.
+    resume_seq: u64,
 }
 
 struct AShared {
@@ -85,7 +96,8 @@ struct ClientInfo {
 
 enum Role {
     Client(ClientInfo),
-    Server(mpsc::Receiver<(TcpStream, Vec<u8>)>),
+    /// Transports of accepted RESUMEs: (number, stream, bytes after RESUME).
+    Server(mpsc::Receiver<(u64, TcpStream, Vec<u8>)>),
 }
 
 impl AsyncNameStream {
@@ -202,6 +214,8 @@ fn new_state(session: Session, options: Options) -> AState {
         write_waker: None,
         app_closed: false,
         transport_up: false,
+        handover: None,
+        resume_seq: 0,
     }
 }
 
@@ -262,16 +276,51 @@ impl AsyncWrite for AsyncNameStream {
         }
     }
 
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.shared.kick.notify_one();
-        Poll::Ready(Ok(()))
+    /// Completes once every byte written so far has been handed to the
+    /// current transport (TCP's send buffer), like a `TcpStream`'s flush:
+    /// the session task is woken to write it, and the flush waits while the
+    /// path is down (until the session resumes and the bytes are sent
+    /// again, or it fails). Use [`AsyncNameStream::wait_acked`] to wait
+    /// for the peer's acknowledgement instead.
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        poll_output_done(&self.shared, cx)
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    /// Shuts writing down: SHUTDOWN (the session-level end of stream, after
+    /// the last written byte) is queued and the call completes once it and
+    /// every byte before it have been handed to the transport, so that an
+    /// application may exit right after `shutdown().await` without losing
+    /// what it wrote (as long as the path holds; the peer's acknowledgement
+    /// is [`AsyncNameStream::wait_acked`]). The peer's reads then end.
+    /// Reading continues.
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.shared.lock().session.shutdown_write();
-        self.shared.kick.notify_one();
-        Poll::Ready(Ok(()))
+        poll_output_done(&self.shared, cx)
     }
+}
+
+/// `poll_flush` / `poll_shutdown`: ready once the engine's output (data and
+/// a requested SHUTDOWN) is all on the transport, or the session is over.
+fn poll_output_done(shared: &AShared, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    let mut st = shared.lock();
+    if st.session.output_flushed() {
+        return Poll::Ready(Ok(()));
+    }
+    if let Some(f) = &st.failure {
+        return match f {
+            // Closed gracefully: everything written was acknowledged (CLOSE
+            // follows the last ACK) or the peer closed, which discards what
+            // it did not read, as TCP would.
+            Failure::Closed => Poll::Ready(Ok(())),
+            f => Poll::Ready(Err(f.to_error().into())),
+        };
+    }
+    // The task wakes the application after each of its steps (writes
+    // included).
+    st.write_waker = Some(cx.waker().clone());
+    drop(st);
+    shared.kick.notify_one();
+    Poll::Pending
 }
 
 impl Drop for AsyncNameStream {
@@ -299,12 +348,50 @@ struct Step {
 fn service(shared: &AShared, stream: &mut Option<TcpStream>) -> Step {
     let mut st = shared.lock();
     let now = Instant::now();
+    if st.handover.is_some()
+        && let Some(old) = stream.take()
+    {
+        // Replaced by a resumed transport: reset the old one.
+        crate::connect::abort_on_close(&old);
+    }
     if st.session.poll_timeout().is_some_and(|t| t <= now) {
         st.session.handle_timeout(now);
     }
     let mut want_write = flush_async(&mut st, stream, now);
     let mut path_dead = false;
+    // Events may queue output (a resume acknowledgement), and a failed
+    // write raises PathDead: alternate until no event is left, so that no
+    // PathDead outlives this step (handled later, it would drop the
+    // transport a reconnect has attached meanwhile).
+    for _ in 0..4 {
+        if !handle_events(&mut st, stream, now, &mut path_dead) {
+            break;
+        }
+        want_write |= flush_async(&mut st, stream, now);
+    }
+    let finished = st.failure.is_some() || st.session.is_finished();
+    if finished {
+        *stream = None;
+    }
+    st.wake_app();
+    Step {
+        deadline: st.session.poll_timeout(),
+        want_write,
+        finished,
+        path_dead,
+    }
+}
+
+/// Handles the engine's events; true when there were any.
+fn handle_events(
+    st: &mut AState,
+    stream: &mut Option<TcpStream>,
+    now: Instant,
+    path_dead: &mut bool,
+) -> bool {
+    let mut any = false;
     while let Some(ev) = st.session.poll_event() {
+        any = true;
         match ev {
             Event::PathDead => {
                 st.log.path_failures += 1;
@@ -317,7 +404,7 @@ fn service(shared: &AShared, stream: &mut Option<TcpStream>) -> Step {
                 }
                 *stream = None;
                 st.transport_up = false;
-                path_dead = true;
+                *path_dead = true;
             }
             Event::Resumed {
                 retransmitted_bytes,
@@ -336,18 +423,7 @@ fn service(shared: &AShared, stream: &mut Option<TcpStream>) -> Step {
             Event::Connected | Event::PeerClosed => {}
         }
     }
-    want_write |= flush_async(&mut st, stream, now);
-    let finished = st.failure.is_some() || st.session.is_finished();
-    if finished {
-        *stream = None;
-    }
-    st.wake_app();
-    Step {
-        deadline: st.session.poll_timeout(),
-        want_write,
-        finished,
-        path_dead,
-    }
+    any
 }
 
 /// Writes what the engine has; true when the socket is full.
@@ -376,6 +452,11 @@ fn flush_async(st: &mut AState, stream: &mut Option<TcpStream>, now: Instant) ->
 /// Reads what the socket has into the engine; false when the transport ended.
 fn read_available(shared: &AShared, s: &TcpStream, buf: &mut [u8]) -> bool {
     let mut st = shared.lock();
+    if st.handover.is_some() {
+        // `s` was replaced by a resumed transport: leave it unread (the
+        // next service step drops it).
+        return true;
+    }
     let mut total = 0usize;
     loop {
         match s.try_read(buf) {
@@ -532,12 +613,21 @@ async fn session_task(shared: Arc<AShared>, mut stream: Option<TcpStream>, mut r
                     Role::Client(_) => std::future::pending().await,
                 }
             } => {
-                if let Some((s, rest)) = new {
-                    stream = Some(s);
+                if let Some((seq, s, rest)) = new {
                     let mut st = shared.lock();
+                    if st.handover != Some(seq) {
+                        // A later RESUME replaced this transport already.
+                        crate::connect::abort_on_close(&s);
+                    } else {
+                    if let Some(old) = stream.take() {
+                        crate::connect::abort_on_close(&old);
+                    }
+                    stream = Some(s);
+                    st.handover = None;
                     st.transport_up = true;
                     if !rest.is_empty() {
                         let _ = st.session.handle_input(Instant::now(), &rest);
+                    }
                     }
                 }
             }
@@ -545,7 +635,7 @@ async fn session_task(shared: Arc<AShared>, mut stream: Option<TcpStream>, mut r
     }
 }
 
-type ResumeTx = mpsc::Sender<(TcpStream, Vec<u8>)>;
+type ResumeTx = mpsc::Sender<(u64, TcpStream, Vec<u8>)>;
 type SessionMap = Arc<Mutex<HashMap<SessionId, (Weak<AShared>, ResumeTx)>>>;
 
 /// Handshake tasks whose connection has not sent its first message yet, by
@@ -725,7 +815,10 @@ async fn handshake(
         }
         Ok(None) => return,
         Ok(Some(Err(()))) => {
+            // Not a namesocket peer (or a malformed first message): reset
+            // the connection, see `listener::refuse_unsupported`.
             lock(&stats).bad_first_messages += 1;
+            connect::abort_on_close(&s);
             return;
         }
         Ok(Some(Ok(m))) => m,
@@ -797,12 +890,18 @@ async fn handshake(
             let result = {
                 let mut st = shared.lock();
                 let st = &mut *st;
-                st.session.attach_resume(now, &resume, &mut st.rng)
+                st.session
+                    .attach_resume(now, &resume, &mut st.rng)
+                    .map(|()| {
+                        st.resume_seq += 1;
+                        st.handover = Some(st.resume_seq);
+                        st.resume_seq
+                    })
             };
             match result {
-                Ok(()) => {
+                Ok(seq) => {
                     lock(&stats).resumes += 1;
-                    let _ = tx.send((s, rest)).await;
+                    let _ = tx.send((seq, s, rest)).await;
                     shared.kick.notify_one();
                 }
                 Err(reason) => {
@@ -812,7 +911,10 @@ async fn handshake(
             }
         }
         FirstMessage::V1(_) => {
+            // Version 1 has no refusal message: reset the connection (see
+            // `listener::refuse_unsupported`).
             lock(&stats).version1_peers += 1;
+            connect::abort_on_close(&s);
         }
     }
 }

@@ -67,7 +67,8 @@
 //!   NEW_ACK — no extra round trip and no sleep in connect. The first
 //!   receive, send, poll or close processes NEW_ACK; a refusal is reported
 //!   by that call (`ECONNREFUSED` for a REJECT or session parameters out of
-//!   range, `EPROTO` for a bad version or a peer that is not namesocket),
+//!   range, `EPROTO` for an unknown version or a peer that is not
+//!   namesocket, `EPROTONOSUPPORT` for a thesis version 1 server),
 //!   and a session without NEW_ACK within
 //!   `max(connect_attempt_timeout, 4 × dead_timeout)` fails with
 //!   [`Error::TimedOut`]. The first *send* waits for NEW_ACK (non-blocking:
@@ -623,11 +624,31 @@ pub(crate) fn pump_with(conn: &Arc<Conn>, st: &mut ConnState, now: Instant, read
         st.session.handle_timeout(now);
         changed = true;
     }
+    changed |= flush_and_handle(conn, st, now);
+    changed
+}
+
+/// Writes pending output and handles the engine's events until neither
+/// produces more: events may queue output (a resume acknowledgement), and
+/// a write may fail the transport (the peer's RST when one direction of
+/// the path died), which queues `PathDead`. That event must be handled
+/// here: the transport is gone, so nothing would wake a thread that then
+/// sleeps, and the session's next timer is the end of the resume window
+/// (a client so stopped sending for 30 s instead of reconnecting at once).
+/// Returns true when an event was handled.
+pub(crate) fn flush_and_handle(conn: &Arc<Conn>, st: &mut ConnState, now: Instant) -> bool {
+    let mut changed = false;
     flush(st, now);
     st.flush_due = None;
-    changed |= handle_events(conn, st, now);
-    // Events may have queued output (e.g. a resume acknowledgement).
-    flush(st, now);
+    // Each round either ends the transport (PathDead: nothing is written
+    // afterwards) or writes what an event queued; a few rounds suffice.
+    for _ in 0..4 {
+        if !handle_events(conn, st, now) {
+            break;
+        }
+        changed = true;
+        flush(st, now);
+    }
     changed
 }
 

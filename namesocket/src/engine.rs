@@ -789,6 +789,66 @@ impl Session {
         self.send_buf.len()
     }
 
+    /// True when everything the application wrote, and the SHUTDOWN or
+    /// CLOSE it asked for, has been handed to the current transport
+    /// (consumed by [`Session::advance`]): no written byte awaits its first
+    /// transmission, or its retransmission after a resume. False while no
+    /// transport is attached or the handshake is not done (data is then
+    /// held back). This is what a driver's `flush` waits for; it says
+    /// nothing about the peer having received the bytes (see
+    /// [`Session::unacked_bytes`]).
+    pub fn output_flushed(&self) -> bool {
+        let data_done = self.snd_next == self.written()
+            && self.stage_data_pos >= self.stage_data_len
+            && self.data_allowed();
+        let end_done = !self.write_shutdown
+            || (self.shutdown_sent && self.stage_tail_pos >= self.stage_tail.len());
+        data_done && end_done
+    }
+
+    /// **Testing only** (hidden from the docs; not part of the stable API):
+    /// starts the stream counters of a fresh session at `sent` (the offset
+    /// of the first byte this side will write) and `received` (the offset
+    /// of the first byte it will receive) instead of 0, so that tests can
+    /// run the 64-bit counters across 2^32 and beyond without moving
+    /// gigabytes. Both ends of a session must agree (one side's `sent` is
+    /// the other's `received`); otherwise the peer sees impossible counters
+    /// and the session fails or resumes, exactly as with a misbehaving
+    /// peer. Only valid before any byte was written, sent or received
+    /// (client: before or right after [`Session::transport_up`]; server:
+    /// right after [`Session::accept_new`]); errors otherwise.
+    #[doc(hidden)]
+    pub fn set_stream_offsets_for_testing(
+        &mut self,
+        sent: u64,
+        received: u64,
+    ) -> Result<(), SessionError> {
+        let fresh = self.snd_acked == 0
+            && self.snd_next == 0
+            && self.snd_high == 0
+            && self.send_buf.is_empty()
+            && self.rcv_total == 0
+            && self.recv_buf.is_empty()
+            && self.stage_data_len == 0
+            && !self.is_finished();
+        if !fresh {
+            return Err(SessionError::InvalidState(
+                "stream offsets can only be set on a fresh session",
+            ));
+        }
+        // Keep `sent + buffered` and `received + buffered` far from u64
+        // overflow (buffers are at most u32::MAX bytes).
+        if sent > u64::MAX / 2 || received > u64::MAX / 2 {
+            return Err(SessionError::InvalidState("stream offset too large"));
+        }
+        self.snd_acked = sent;
+        self.snd_next = sent;
+        self.snd_high = sent;
+        self.rcv_total = received;
+        self.rcv_acked_sent = received;
+        Ok(())
+    }
+
     /// Received bytes waiting for `read`.
     pub fn readable_bytes(&self) -> usize {
         self.recv_buf.len()

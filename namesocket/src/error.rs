@@ -6,6 +6,7 @@ use crate::connect::ConnectError;
 use crate::engine::{ConfigError, SessionError};
 use crate::resolve::ResolveError;
 use crate::wire::v2::RejectReason;
+use crate::wire::{VERSION_1, WireError};
 
 /// Errors returned by [`NameStream`](crate::NameStream),
 /// [`NameListener`](crate::NameListener), their tokio twins and the thesis
@@ -25,7 +26,11 @@ pub enum Error {
     #[error(transparent)]
     Session(#[from] SessionError),
     /// The peer speaks the thesis's version 1 protocol, which cannot resume
-    /// without loss; version 2 is required.
+    /// without loss; version 2 is required. A client reports it when the
+    /// server answers NEW with a version 1 packet (a session failing with
+    /// [`WireError::UnsupportedVersion`]`(1)` is reported as this error, not
+    /// as [`Error::Session`]). A thesis client gets no error value from our
+    /// listener: its connection is reset (see the listener docs).
     #[error("peer speaks namesocket version 1, which is not supported (no lossless resume)")]
     Version1Peer,
     /// No transport could be re-established within the resume window.
@@ -127,6 +132,9 @@ pub(crate) enum Failure {
 impl Failure {
     pub(crate) fn to_error(&self) -> Error {
         match self {
+            Failure::Session(SessionError::Wire(WireError::UnsupportedVersion(VERSION_1))) => {
+                Error::Version1Peer
+            }
             Failure::Session(e) => Error::Session(e.clone()),
             Failure::ResumeWindowExpired => Error::ResumeWindowExpired,
             Failure::Closed => Error::Closed,

@@ -1,5 +1,23 @@
 //! [`NameListener`]: accepts namesocket sessions on the wildcard address of
 //! both families and routes RESUMEs to parked sessions by session id.
+//!
+//! # Peers that do not speak version 2 (choice, stable)
+//!
+//! A connection whose first message is a thesis (version 1) packet, or not
+//! a namesocket message at all (bad magic cookie, unknown version, a
+//! malformed or oversized first message), is **reset**: the listener writes
+//! nothing and closes the connection abortively (`SO_LINGER` 0, TCP RST),
+//! and counts it in [`ListenerStats::version1_peers`] or
+//! [`ListenerStats::bad_first_messages`]. Version 1 has no refusal message,
+//! and after a version 1 NEW the client takes whatever the server sends as
+//! application data, so any byte we wrote (even a version 2 REJECT) would
+//! reach the thesis client's application as data; an orderly close (FIN)
+//! would look like a server that accepted and then ended the stream. The
+//! RST makes the client's next call fail with `ECONNRESET` instead. The
+//! tokio listener ([`crate::AsyncNameListener`]) does the same. In the
+//! other direction, a version 2 client that receives a version 1 packet
+//! from a thesis server reports [`Error::Version1Peer`]
+//! (`EPROTONOSUPPORT`).
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
@@ -487,6 +505,7 @@ fn accept_round(shared: &Arc<Shared>, core: &mut AcceptCore, until: Instant, mut
             FirstRead::Gone => {}
             FirstRead::Bad => {
                 shared.lock().stats.bad_first_messages += 1;
+                refuse_unsupported(&p.stream);
             }
             FirstRead::Message(msg, used) => {
                 handle_first(shared, p, msg, used, rng, &mut for_app);
@@ -551,6 +570,12 @@ fn read_first(p: &mut Pending) -> FirstRead {
             Err(_) => return FirstRead::Gone,
         }
     }
+}
+
+/// Turns away a peer that does not speak version 2 (see the module docs):
+/// nothing is written and the connection is reset when `stream` is dropped.
+fn refuse_unsupported(stream: &TcpStream) {
+    connect::abort_on_close(stream);
 }
 
 fn reject(stream: &TcpStream, reason: RejectReason) {
@@ -713,6 +738,7 @@ fn handle_first(
         }
         FirstMessage::V1(_) => {
             shared.lock().stats.version1_peers += 1;
+            refuse_unsupported(&p.stream);
         }
     }
 }

@@ -510,9 +510,18 @@ impl Write for &NameStream {
     /// acknowledgement; see [`NameStream::wait_acked`]).
     fn flush(&mut self) -> io::Result<()> {
         let mut st = self.conn.lock();
-        driver::flush(&mut st, Instant::now());
-        if st.unsent_bytes() == 0 {
-            st.flush_due = None;
+        let due = st.flush_due;
+        // A failed write raises PathDead, which must be handled (reconnect)
+        // before the application's next call may sleep.
+        let changed = driver::flush_and_handle(&self.conn, &mut st, Instant::now());
+        if st.unsent_bytes() > 0 {
+            // Still pending (the socket is full): the keeper's deadline
+            // stands.
+            st.flush_due = due;
+        }
+        drop(st);
+        if changed {
+            self.conn.notify();
         }
         Ok(())
     }

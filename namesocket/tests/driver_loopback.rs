@@ -1015,3 +1015,270 @@ fn closing_side_holds_the_time_wait() {
     );
     assert!(server_side >= n / 2, "{server_side} on the server side");
 }
+
+/// What a raw client reads after sending `first` to a listener on `port`:
+/// the bytes before the end, and how the connection ended.
+fn raw_exchange(port: u16, first: &[u8]) -> (Vec<u8>, std::io::Result<usize>) {
+    let mut raw = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    raw.write_all(first).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    loop {
+        match raw.read(&mut buf) {
+            Ok(0) => return (got, Ok(0)),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => return (got, Err(e)),
+        }
+    }
+}
+
+fn v1_new() -> Vec<u8> {
+    let mut b = Vec::new();
+    namesocket::wire::v1::Packet::New.emit(&mut b);
+    b
+}
+
+/// A thesis (version 1) client and a client that is not namesocket at all
+/// are reset by the listener (no bytes, which a v1 client would take for
+/// application data; an RST, not an orderly end of stream) and counted.
+#[test]
+fn version1_and_foreign_clients_are_reset_by_the_listener() {
+    let l = NameListener::bind_with("0", &fast()).unwrap();
+    let port = l.local_port();
+    let (got, end) = raw_exchange(port, &v1_new());
+    assert!(got.is_empty(), "no bytes for a v1 client: {got:?}");
+    let e = end.expect_err("the v1 client's connection is reset");
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e:?}");
+    wait_for(|| l.stats().version1_peers == 1);
+
+    let (got, end) = raw_exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(got.is_empty(), "{got:?}");
+    let e = end.expect_err("a foreign client's connection is reset");
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e:?}");
+    wait_for(|| l.stats().bad_first_messages == 1);
+    assert_eq!(l.stats().sessions, 0);
+
+    // The listener still serves version 2 clients.
+    let c = NameStream::connect_with("127.0.0.1", &port.to_string(), &fast()).unwrap();
+    (&c).write_all(b"v2").unwrap();
+    let s = l.accept().unwrap();
+    let mut buf = [0u8; 2];
+    (&s).read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"v2");
+}
+
+/// The tokio listener turns them away the same way.
+#[test]
+fn async_listener_resets_version1_and_foreign_clients() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let l = rt
+        .block_on(AsyncNameListener::bind_with("0", &fast()))
+        .unwrap();
+    let port = l.local_port();
+    let (got, end) = raw_exchange(port, &v1_new());
+    assert!(got.is_empty(), "no bytes for a v1 client: {got:?}");
+    let e = end.expect_err("the v1 client's connection is reset");
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e:?}");
+    wait_for(|| l.stats().version1_peers == 1);
+
+    let (got, end) = raw_exchange(port, b"SSH-2.0-OpenSSH_9.2\r\n");
+    assert!(got.is_empty(), "{got:?}");
+    let e = end.expect_err("a foreign client's connection is reset");
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e:?}");
+    wait_for(|| l.stats().bad_first_messages == 1);
+    assert_eq!(l.stats().sessions, 0);
+}
+
+/// A plain TCP server that plays a thesis (version 1) server: it reads the
+/// client's first bytes and answers with a version 1 packet, on every
+/// connection until `stop` is set. Returns its port and the number of
+/// connections it served.
+fn fake_v1_server(
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (u16, thread::JoinHandle<usize>) {
+    use std::sync::atomic::Ordering;
+    let plain = TcpListener::bind("127.0.0.1:0").unwrap();
+    plain.set_nonblocking(true).unwrap();
+    let port = plain.local_addr().unwrap().port();
+    let t = thread::spawn(move || {
+        let mut served = 0;
+        while !stop.load(Ordering::Acquire) {
+            let Ok((mut s, _)) = plain.accept() else {
+                thread::sleep(Duration::from_millis(5));
+                continue;
+            };
+            served += 1;
+            thread::spawn(move || {
+                s.set_nonblocking(false).unwrap();
+                let mut buf = [0u8; 256];
+                let _ = s.read(&mut buf);
+                let mut answer = Vec::new();
+                namesocket::wire::v1::Packet::ResumeAck(namesocket::wire::v1::ResumeAck {
+                    data_rcvd: 0,
+                })
+                .emit(&mut answer);
+                let _ = s.write_all(&answer);
+                thread::sleep(Duration::from_millis(300));
+            });
+        }
+        served
+    });
+    (port, t)
+}
+
+/// A version 2 client talking to a thesis server reports `Version1Peer`
+/// (`EPROTONOSUPPORT`), in the std driver, the thesis API and tokio.
+#[test]
+fn version1_server_gives_eprotonosupport() {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (port, t) = fake_v1_server(std::sync::Arc::clone(&stop));
+    let port = port.to_string();
+    let c = NameStream::connect_with("127.0.0.1", &port, &fast()).unwrap();
+    let e = c.recv(&mut [0u8; 16]).unwrap_err();
+    assert!(matches!(e, Error::Version1Peer), "{e:?}");
+    assert_eq!(e.errno(), libc::EPROTONOSUPPORT);
+    let e = c.send(b"x").unwrap_err();
+    assert!(matches!(e, Error::Version1Peer), "later calls too: {e:?}");
+    drop(c);
+
+    let nsd = api::nsocket(0).unwrap();
+    api::nconnect(nsd, "127.0.0.1", &port).unwrap();
+    let e = api::nrecv(nsd, &mut [0u8; 16], 0).unwrap_err();
+    assert_eq!(e.errno(), libc::EPROTONOSUPPORT, "{e:?}");
+    api::nclose(nsd).unwrap();
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let e = rt
+        .block_on(AsyncNameStream::connect_with("127.0.0.1", &port, &fast()))
+        .unwrap_err();
+    assert!(matches!(e, Error::Version1Peer), "{e:?}");
+    assert_eq!(e.errno(), libc::EPROTONOSUPPORT);
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    // One connection each: a version 1 answer ends the session, no retry.
+    assert_eq!(t.join().unwrap(), 3);
+}
+
+/// `flush` and `shutdown` on the tokio stream complete only once the bytes
+/// (and SHUTDOWN) are on the transport: with a current-thread runtime that
+/// is not driven after they return, the peer still gets everything. (They
+/// used to return at once, before the session task had written anything.)
+#[test]
+fn async_flush_and_shutdown_put_the_bytes_on_the_transport() {
+    let l = NameListener::bind("0").unwrap();
+    let port = l.local_port().to_string();
+    let first = pattern(100_000, 11);
+    let rest = pattern(1 << 20, 12);
+    let (first2, rest2) = (first.clone(), rest.clone());
+    let (step_tx, step_rx) = std::sync::mpsc::channel::<()>();
+    let server = thread::spawn(move || {
+        let s = l.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5)));
+        let mut buf = vec![0u8; first2.len()];
+        (&s).read_exact(&mut buf).unwrap();
+        assert!(buf == first2, "flushed bytes");
+        step_tx.send(()).unwrap();
+        let mut got = Vec::new();
+        (&s).read_to_end(&mut got).unwrap();
+        assert!(
+            got == rest2,
+            "bytes before shutdown: {} of {}",
+            got.len(),
+            rest2.len()
+        );
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut c = rt.block_on(async {
+        use tokio::io::AsyncWriteExt;
+        let mut c = AsyncNameStream::connect("127.0.0.1", &port).await.unwrap();
+        c.write_all(&first).await.unwrap();
+        c.flush().await.unwrap();
+        c
+    });
+    // The runtime is idle now: only what flush put on the transport moves.
+    step_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("flushed bytes arrive");
+    rt.block_on(async {
+        use tokio::io::AsyncWriteExt;
+        c.write_all(&rest).await.unwrap();
+        c.shutdown().await.unwrap();
+        // Writing after shutdown is refused.
+        let e = c.write_all(b"x").await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "{e:?}");
+    });
+    server.join().unwrap();
+    drop(c);
+}
+
+/// The tokio listener refuses a RESUME with a made-up proof with
+/// REJECT(BadProof), and the real session goes on unaffected.
+#[test]
+fn async_listener_rejects_a_forged_resume() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = AsyncNameListener::bind_with("0", &fast()).await.unwrap();
+        let port = l.local_port();
+        let mut c = AsyncNameStream::connect_with("127.0.0.1", &port.to_string(), &fast())
+            .await
+            .unwrap();
+        let mut s = l.accept().await.unwrap();
+        c.write_all(b"before").await.unwrap();
+        let mut buf = [0u8; 6];
+        s.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"before");
+
+        let forged = Handshake::Resume(Resume {
+            session_id: SessionId(c.session_id().0),
+            generation: 1,
+            nonce: [9; 16],
+            bytes_received: 0,
+            proof: [0x33; 32],
+        });
+        let mut bytes = Vec::new();
+        forged.emit(&mut bytes);
+        let reply = tokio::task::spawn_blocking(move || {
+            let mut raw = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            raw.write_all(&bytes).unwrap();
+            raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut reply = Vec::new();
+            let _ = raw.read_to_end(&mut reply);
+            reply
+        })
+        .await
+        .unwrap();
+        match Handshake::parse(&reply) {
+            Ok(Some((Handshake::Reject(reason), used))) => {
+                assert_eq!(reason, RejectReason::BadProof);
+                assert_eq!(used, reply.len(), "nothing after the REJECT");
+            }
+            other => panic!("expected REJECT(BadProof), got {other:?} from {reply:?}"),
+        }
+        assert_eq!(l.stats().rejected_resumes, 1);
+        assert_eq!(l.stats().resumes, 0);
+
+        c.write_all(b"after").await.unwrap();
+        let mut buf = [0u8; 5];
+        s.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"after");
+        s.write_all(b"reply").await.unwrap();
+        c.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"reply");
+        assert_eq!(c.path_log().resumes, 0, "the client never resumed");
+    });
+}

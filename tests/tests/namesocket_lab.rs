@@ -1,12 +1,15 @@
 //! namesocket between two lab hosts joined by two veth links: ≥100 MB in each
 //! direction survive the active link being taken down or silently dropped,
-//! resolution through the lab's hosts file and through a real DNS server
-//! (dnsmasq), resume-window expiry, and a forged RESUME.
+//! a failure of one direction only (either way, for data flowing either
+//! way), a session that starts over IPv6 and resumes over IPv4, resolution
+//! through the lab's hosts file and through a real DNS server (dnsmasq),
+//! resume-window expiry, and a forged RESUME. (The tokio driver's lab tests
+//! are in namesocket_async_lab.rs.)
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -14,8 +17,8 @@ use std::time::{Duration, Instant};
 use mh_tests::Pattern;
 use namesocket::resolve::ResolverConfig;
 use namesocket::wire::v2::{Handshake, RejectReason, Resume, SessionId};
-use namesocket::{Error, NameListener, NameStream, Options};
-use netlab::{Family, Host, Lab, Link};
+use namesocket::{Error, ListenerStats, NameListener, NameStream, Options, PathLog};
+use netlab::{Family, FaultStamp, Host, Lab, Link};
 
 const MB: u64 = 1 << 20;
 
@@ -475,4 +478,301 @@ fn open_and_close_takes_seven_segments() {
         "CLOSE_ACK+FIN:\n{text}"
     );
     assert!(!data(lines[6]) && flags[6] == ".", "last ACK:\n{text}");
+}
+
+/// [`send_pattern`] that stops once `gate_at` bytes are written until
+/// `gate` is set (the test breaks the path meanwhile, so the failure
+/// always hits mid-transfer, with data in flight), then writes the rest.
+fn send_pattern_gated(
+    s: &NameStream,
+    seed: u64,
+    total: u64,
+    progress: &AtomicU64,
+    gate_at: u64,
+    gate: &AtomicBool,
+) {
+    let mut p = Pattern::new(seed);
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut sent = 0;
+    let mut w = s;
+    while sent < total {
+        if sent >= gate_at {
+            let t0 = Instant::now();
+            while !gate.load(Ordering::Acquire) {
+                assert!(t0.elapsed() < Duration::from_secs(30), "gate never opened");
+                thread::sleep(Duration::from_millis(1));
+            }
+        }
+        let limit = if sent < gate_at { gate_at } else { total };
+        let n = (limit - sent).min(buf.len() as u64) as usize;
+        p.fill(&mut buf[..n]);
+        if let Err(e) = w.write_all(&buf[..n]) {
+            panic!(
+                "send must never fail across path failures: {e:?} at byte {sent}; path log: {:#?}",
+                s.path_log()
+            );
+        }
+        sent += n as u64;
+        progress.store(sent, Ordering::Release);
+    }
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+}
+
+/// Which ways a gated transfer moves data.
+#[derive(Clone, Copy, Debug)]
+struct Flow {
+    c2s: bool,
+    s2c: bool,
+}
+
+const CLIENT_TO_SERVER: Flow = Flow {
+    c2s: true,
+    s2c: false,
+};
+const SERVER_TO_CLIENT: Flow = Flow {
+    c2s: false,
+    s2c: true,
+};
+
+/// What a gated transfer observed.
+struct Outcome {
+    /// The client's path log at the end.
+    log: PathLog,
+    /// The listener's counters.
+    stats: ListenerStats,
+    /// When the fault was in effect.
+    stamp: FaultStamp,
+    /// The client's path (source, destination) before and after the fault.
+    before: (Option<IpAddr>, SocketAddr),
+    after: (Option<IpAddr>, SocketAddr),
+}
+
+/// Streams `total` bytes over the session the way(s) `flow` says (client
+/// in a, server in b, connecting by name); once `total / 5` bytes are
+/// written each way, `fault` breaks the path (it gets the active link) and
+/// the senders go on. Checks that every stream arrives byte-exact and that
+/// no call failed.
+fn gated_transfer(
+    t: &Topo,
+    port: u16,
+    flow: Flow,
+    base: Options,
+    total: u64,
+    fault: impl FnOnce(&Topo, &Link) -> FaultStamp,
+) -> Outcome {
+    let gate_at = total / 5;
+    let gate = Arc::new(AtomicBool::new(false));
+    let c_progress = Arc::new(AtomicU64::new(0));
+    let s_progress = Arc::new(AtomicU64::new(0));
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let server_opts = opts_for(&t.b, base.clone());
+    let (g, sp) = (Arc::clone(&gate), Arc::clone(&s_progress));
+    let server =
+        t.b.spawn_thread(move || {
+            let l = NameListener::bind_with(&port.to_string(), &server_opts).unwrap();
+            ready_tx.send(()).unwrap();
+            let s = Arc::new(l.accept().unwrap());
+            let s2 = Arc::clone(&s);
+            let reader = thread::spawn(move || {
+                if flow.c2s {
+                    recv_pattern(&s2, 1, total)
+                } else {
+                    recv_pattern(&s2, 1, 0)
+                }
+            });
+            if flow.s2c {
+                send_pattern_gated(&s, 2, total, &sp, gate_at, &g);
+            } else {
+                s.shutdown(std::net::Shutdown::Write).unwrap();
+            }
+            s.wait_acked(Some(Duration::from_secs(60))).unwrap();
+            reader.join().expect("server receiver");
+            l.stats()
+        })
+        .unwrap();
+    ready_rx.recv().unwrap();
+    let (stream_tx, stream_rx) = mpsc::channel();
+    let client_opts = opts_for(&t.a, base);
+    let (g, cp) = (Arc::clone(&gate), Arc::clone(&c_progress));
+    let client =
+        t.a.spawn_thread(move || {
+            let c =
+                Arc::new(NameStream::connect_with("b", &port.to_string(), &client_opts).unwrap());
+            stream_tx.send(Arc::clone(&c)).unwrap();
+            let c2 = Arc::clone(&c);
+            let reader = thread::spawn(move || {
+                if flow.s2c {
+                    recv_pattern(&c2, 2, total)
+                } else {
+                    recv_pattern(&c2, 2, 0)
+                }
+            });
+            if flow.c2s {
+                send_pattern_gated(&c, 1, total, &cp, gate_at, &g);
+            } else {
+                c.shutdown(std::net::Shutdown::Write).unwrap();
+            }
+            c.wait_acked(Some(Duration::from_secs(60))).unwrap();
+            reader.join().expect("client receiver");
+        })
+        .unwrap();
+    let c = stream_rx.recv().unwrap();
+    let t0 = Instant::now();
+    while (flow.c2s && c_progress.load(Ordering::Acquire) < gate_at)
+        || (flow.s2c && s_progress.load(Ordering::Acquire) < gate_at)
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "transfer stalled before the fault"
+        );
+        thread::sleep(Duration::from_millis(2));
+    }
+    let before = c.path_log().current_path.expect("connected");
+    let stamp = fault(t, active_link(t, &c));
+    gate.store(true, Ordering::Release);
+    client.join().expect("client side failed");
+    let stats = server.join().expect("server side failed");
+    let log = c.path_log();
+    let after = log.current_path.expect("connected");
+    Outcome {
+        log,
+        stats,
+        stamp,
+        before,
+        after,
+    }
+}
+
+/// The client noticed the failure, resumed, and now runs over another
+/// address pair. (Not necessarily over the other link only: with one
+/// direction of a link dead, a pair with its source on the other link and
+/// its destination on this one sends over this link's working direction
+/// and receives over the other link, and works.)
+fn assert_failed_over(o: &Outcome, what: &str) {
+    let log = &o.log;
+    assert!(log.path_failures >= 1, "{what}: no path failure: {log:#?}");
+    assert!(log.resumes >= 1, "{what}: no resume: {log:#?}");
+    assert!(o.stats.resumes >= 1, "{what}: listener: {:?}", o.stats);
+    assert_ne!(o.before, o.after, "{what}: moved to another address pair");
+    let detected = log.last_failure_at.expect("failure detected");
+    eprintln!(
+        "{what}: detected {:?} after the fault, resumed {:?} later, {} bytes re-sent",
+        detected.saturating_duration_since(o.stamp.at),
+        log.last_resume_at
+            .map(|r| r.saturating_duration_since(detected)),
+        log.retransmitted_bytes
+    );
+}
+
+/// Client → server data; the server's side of the active link silently
+/// drops everything it receives: the data direction is dead while the
+/// server's PINGs still reach the client. The server notices the silence
+/// and resets the transport (its RST travels the working direction), so the
+/// client reconnects over the other link.
+#[test]
+fn one_way_failure_of_the_data_direction_client_to_server() {
+    let t = topo();
+    let o = gated_transfer(
+        &t,
+        7105,
+        CLIENT_TO_SERVER,
+        Options::default(),
+        20 * MB,
+        |t, l| l.drop_rx(&t.b).unwrap(),
+    );
+    assert_failed_over(&o, "c→s data, drop at server");
+}
+
+/// Client → server data; the client's side drops: the data reaches the
+/// server but no acknowledgement (TCP's or the session's) comes back.
+#[test]
+fn one_way_failure_of_the_ack_direction_client_to_server() {
+    let t = topo();
+    let o = gated_transfer(
+        &t,
+        7106,
+        CLIENT_TO_SERVER,
+        Options::default(),
+        20 * MB,
+        |t, l| l.drop_rx(&t.a).unwrap(),
+    );
+    assert_failed_over(&o, "c→s data, drop at client");
+}
+
+/// Server → client data; the client's side drops it (the client notices
+/// the silence first and resets the transport).
+#[test]
+fn one_way_failure_of_the_data_direction_server_to_client() {
+    let t = topo();
+    let o = gated_transfer(
+        &t,
+        7107,
+        SERVER_TO_CLIENT,
+        Options::default(),
+        20 * MB,
+        |t, l| l.drop_rx(&t.a).unwrap(),
+    );
+    assert_failed_over(&o, "s→c data, drop at client");
+}
+
+/// Server → client data; the server's side drops the acknowledgements.
+#[test]
+fn one_way_failure_of_the_ack_direction_server_to_client() {
+    let t = topo();
+    let o = gated_transfer(
+        &t,
+        7108,
+        SERVER_TO_CLIENT,
+        Options::default(),
+        20 * MB,
+        |t, l| l.drop_rx(&t.b).unwrap(),
+    );
+    assert_failed_over(&o, "s→c data, drop at server");
+}
+
+/// Removes every global IPv6 address of both hosts on every link (IPv4
+/// stays): IPv6 paths die silently.
+fn remove_ipv6(t: &Topo) -> FaultStamp {
+    let t0 = Instant::now();
+    for l in &t.links {
+        for h in [&t.a, &t.b] {
+            h.exec_ok([
+                "ip",
+                "-6",
+                "addr",
+                "flush",
+                "dev",
+                l.dev(h),
+                "scope",
+                "global",
+            ])
+            .unwrap();
+        }
+    }
+    // Address removal is not a netlab fault: stamp it here.
+    FaultStamp {
+        requested: t0,
+        at: Instant::now(),
+        system: std::time::SystemTime::now(),
+    }
+}
+
+/// "b" resolves to both families (the lab's hosts file lists its IPv6 and
+/// IPv4 addresses); the session starts over IPv6 (RFC 6724 prefers it) and,
+/// once every IPv6 address is gone, resumes over IPv4, byte-exact both ways.
+#[test]
+fn session_started_over_ipv6_resumes_over_ipv4() {
+    let t = topo();
+    let both = Flow {
+        c2s: true,
+        s2c: true,
+    };
+    let o = gated_transfer(&t, 7109, both, Options::fast_failover(), 20 * MB, |t, _| {
+        remove_ipv6(t)
+    });
+    assert!(o.before.1.is_ipv6(), "started over IPv6: {:?}", o.before);
+    assert!(o.after.1.is_ipv4(), "resumed over IPv4: {:?}", o.after);
+    assert!(o.log.path_failures >= 1, "{:#?}", o.log);
+    assert!(o.log.resumes >= 1, "{:#?}", o.log);
+    assert!(o.stats.resumes >= 1, "{:?}", o.stats);
 }

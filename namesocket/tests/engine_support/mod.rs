@@ -81,6 +81,32 @@ impl Pair {
         p
     }
 
+    /// A pair whose client→server stream starts at offset `c2s` and whose
+    /// server→client stream starts at `s2c` (through the engine's
+    /// testing-only `set_stream_offsets_for_testing`): NEW is exchanged
+    /// and the server session created, NEW_ACK is still in the server's
+    /// output, no data has moved.
+    pub fn new_at_offsets(
+        seed: u64,
+        client_config: Config,
+        server_config: Config,
+        c2s: u64,
+        s2c: u64,
+    ) -> Pair {
+        let mut p = Pair::new(seed, client_config, server_config);
+        p.client
+            .set_stream_offsets_for_testing(c2s, s2c)
+            .expect("fresh client");
+        p.transmit();
+        p.deliver(usize::MAX, 0);
+        p.server
+            .as_mut()
+            .expect("server created from NEW")
+            .set_stream_offsets_for_testing(s2c, c2s)
+            .expect("fresh server");
+        p
+    }
+
     pub fn default_pair(seed: u64) -> Pair {
         Pair::new(seed, Config::default(), Config::default())
     }
