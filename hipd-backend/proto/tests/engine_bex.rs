@@ -524,11 +524,7 @@ fn close_and_close_ack() {
     );
     let a_hit = p.a.endpoint.local_hits()[0];
     let b_hit = p.b.endpoint.local_hits()[0];
-    let now = p.now;
-    p.a.endpoint
-        .connect(now, Some(b_hit), vec![addr(2)], None)
-        .unwrap();
-    check_bex(&mut p);
+    bex_to(&mut p, b_hit);
     // Lose the first CLOSE: it is retransmitted.
     drop_first(&mut p, Side::A, PacketType::Close, 1);
     let now = p.now;
@@ -537,11 +533,7 @@ fn close_and_close_ack() {
         p.a.endpoint.association_by_peer(b_hit).unwrap().state(),
         State::Closing
     );
-    let closed = |p: &Pair| {
-        p.a.events.iter().any(|e| matches!(e, Event::Closed { .. }))
-            && p.b.events.iter().any(|e| matches!(e, Event::Closed { .. }))
-    };
-    assert!(p.run_until(Duration::from_secs(10), closed));
+    assert!(p.run_until(Duration::from_secs(10), both_closed));
     p.run_for(Duration::from_millis(100));
     assert!(
         p.a.endpoint.association_by_peer(b_hit).is_none(),
@@ -557,11 +549,7 @@ fn close_and_close_ack() {
     p.run_for(Duration::from_secs(300));
     assert_eq!(p.b.endpoint.association_count(), 0);
     // A new BEX works after closing.
-    let now = p.now;
-    p.a.endpoint
-        .connect(now, Some(b_hit), vec![addr(2)], None)
-        .unwrap();
-    check_bex(&mut p);
+    bex_to(&mut p, b_hit);
 }
 
 #[test]
@@ -943,27 +931,30 @@ fn new_bex_while_the_peer_holds_closed() {
     );
     let a_hit = p.a.endpoint.local_hits()[0];
     let b_hit = p.b.endpoint.local_hits()[0];
-    let now = p.now;
-    p.a.endpoint
-        .connect(now, Some(b_hit), vec![addr(2)], None)
-        .unwrap();
-    check_bex(&mut p);
+    bex_to(&mut p, b_hit);
     let now = p.now;
     p.a.endpoint.close(now, b_hit).unwrap();
-    let closed = |p: &Pair| {
-        p.a.events.iter().any(|e| matches!(e, Event::Closed { .. }))
-            && p.b.events.iter().any(|e| matches!(e, Event::Closed { .. }))
-    };
-    assert!(p.run_until(Duration::from_secs(10), closed));
+    assert!(p.run_until(Duration::from_secs(10), both_closed));
     assert_eq!(
         p.b.endpoint.association_by_peer(a_hit).unwrap().state(),
         State::Closed
     );
     p.a.events.clear();
     p.b.events.clear();
+    bex_to(&mut p, b_hit);
+}
+
+/// A connects to B (at address 2) and the exchange completes.
+fn bex_to(p: &mut Pair, b_hit: Hit) {
     let now = p.now;
     p.a.endpoint
         .connect(now, Some(b_hit), vec![addr(2)], None)
         .unwrap();
-    check_bex(&mut p);
+    check_bex(p);
+}
+
+/// Both ends reported the association closed.
+fn both_closed(p: &Pair) -> bool {
+    p.a.events.iter().any(|e| matches!(e, Event::Closed { .. }))
+        && p.b.events.iter().any(|e| matches!(e, Event::Closed { .. }))
 }

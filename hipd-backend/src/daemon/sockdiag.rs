@@ -120,32 +120,18 @@ fn query(
     src: End,
     dst: End,
 ) -> io::Result<Option<(SocketId, u32)>> {
-    let mut hdr = NetlinkHeader::default();
-    hdr.flags = NLM_F_REQUEST;
-    hdr.sequence_number = seq;
-    let socket_id = SocketId {
-        source_port: src.1,
-        destination_port: dst.1,
-        source_address: src.0,
-        destination_address: dst.0,
-        interface_id: 0,
-        cookie: NOCOOKIE,
-    };
-    let mut packet = NetlinkMessage::new(
-        hdr,
-        SockDiagMessage::InetRequest(InetRequest {
+    send_request(
+        sock,
+        NLM_F_REQUEST,
+        seq,
+        InetRequest {
             family,
             protocol: proto,
             extensions: ExtensionFlags::empty(),
             states: StateFlags::all(),
-            socket_id,
-        })
-        .into(),
-    );
-    packet.finalize();
-    let mut req = vec![0; packet.buffer_len()];
-    packet.serialize(&mut req[..]);
-    sock.send(&req, 0)?;
+            socket_id: socket_id(src, dst),
+        },
+    )?;
     let mut buf = vec![0u8; 8192];
     loop {
         let n = sock.recv(&mut &mut buf[..], 0)?;
@@ -164,6 +150,31 @@ fn query(
             _ => Err(io::Error::other("sock_diag: unexpected answer")),
         };
     }
+}
+
+/// A socket id for (`src`, `dst`) without a cookie or interface.
+fn socket_id(src: End, dst: End) -> SocketId {
+    SocketId {
+        source_port: src.1,
+        destination_port: dst.1,
+        source_address: src.0,
+        destination_address: dst.0,
+        interface_id: 0,
+        cookie: NOCOOKIE,
+    }
+}
+
+/// Sends one `SOCK_DIAG_BY_FAMILY` request with netlink `flags`.
+fn send_request(sock: &mut Socket, flags: u16, seq: u32, req: InetRequest) -> io::Result<()> {
+    let mut hdr = NetlinkHeader::default();
+    hdr.flags = flags;
+    hdr.sequence_number = seq;
+    let mut packet = NetlinkMessage::new(hdr, SockDiagMessage::InetRequest(req).into());
+    packet.finalize();
+    let mut bytes = vec![0; packet.buffer_len()];
+    packet.serialize(&mut bytes[..]);
+    sock.send(&bytes, 0)?;
+    Ok(())
 }
 
 /// The uids of every TCP and UDP socket (any state but listening, closed
@@ -204,17 +215,16 @@ fn dump(
     proto: u8,
     mut each: impl FnMut(&SocketId, u32),
 ) -> io::Result<()> {
-    let mut hdr = NetlinkHeader::default();
-    hdr.flags = NLM_F_REQUEST | netlink_packet_core::NLM_F_DUMP;
-    hdr.sequence_number = seq;
     let any = if family == AF_INET6 {
         IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
     } else {
         IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
     };
-    let mut packet = NetlinkMessage::new(
-        hdr,
-        SockDiagMessage::InetRequest(InetRequest {
+    send_request(
+        sock,
+        NLM_F_REQUEST | netlink_packet_core::NLM_F_DUMP,
+        seq,
+        InetRequest {
             family,
             protocol: proto,
             extensions: ExtensionFlags::empty(),
@@ -222,21 +232,9 @@ fn dump(
                 - StateFlags::LISTEN
                 - StateFlags::TIME_WAIT
                 - StateFlags::CLOSE,
-            socket_id: SocketId {
-                source_port: 0,
-                destination_port: 0,
-                source_address: any,
-                destination_address: any,
-                interface_id: 0,
-                cookie: NOCOOKIE,
-            },
-        })
-        .into(),
-    );
-    packet.finalize();
-    let mut req = vec![0; packet.buffer_len()];
-    packet.serialize(&mut req[..]);
-    sock.send(&req, 0)?;
+            socket_id: socket_id((any, 0), (any, 0)),
+        },
+    )?;
     let mut buf = vec![0u8; 65536];
     loop {
         let n = sock.recv(&mut &mut buf[..], 0)?;

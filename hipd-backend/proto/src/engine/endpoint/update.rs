@@ -398,6 +398,12 @@ impl Endpoint {
     /// address). An empty set sends nothing (there is no source address).
     pub fn set_local_locators(&mut self, now: Instant, locators: Vec<LocalLocator>) {
         self.local_locators = Some(locators.clone());
+        self.for_each_established(|ep, a| ep.apply_local_locators(now, a, &locators));
+    }
+
+    /// Runs `f` on every ESTABLISHED (or R2-SENT) association, each taken
+    /// out of the table while `f` has it (so `f` may use the endpoint).
+    fn for_each_established(&mut self, mut f: impl FnMut(&mut Self, &mut Association)) {
         let ids: Vec<AssocId> = self
             .assocs
             .values()
@@ -408,7 +414,7 @@ impl Endpoint {
             let Some(mut a) = self.assocs.remove(&id) else {
                 continue;
             };
-            self.apply_local_locators(now, &mut a, &locators);
+            f(self, &mut a);
             self.assocs.insert(id, a);
         }
     }
@@ -420,17 +426,8 @@ impl Endpoint {
     /// UPDATEs were sent. Associations without a local locator set (none
     /// was ever given) announce the address of their exchange.
     pub fn announce_to_all(&mut self, now: Instant) -> usize {
-        let ids: Vec<AssocId> = self
-            .assocs
-            .values()
-            .filter(|a| Self::require_established(a).is_ok())
-            .map(|a| a.id)
-            .collect();
         let mut sent = 0;
-        for id in ids {
-            let Some(mut a) = self.assocs.remove(&id) else {
-                continue;
-            };
+        self.for_each_established(|ep, a| {
             if a.local_locators.is_empty()
                 && let Some((src, _)) = a.upd.path
             {
@@ -440,11 +437,10 @@ impl Endpoint {
                     preferred: true,
                 }];
             }
-            if self.announce_locators(now, &mut a).is_ok() {
+            if ep.announce_locators(now, a).is_ok() {
                 sent += 1;
             }
-            self.assocs.insert(id, a);
-        }
+        });
         sent
     }
 
