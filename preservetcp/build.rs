@@ -1,5 +1,5 @@
 //! Builds the tc BPF programs in `bpf/` with clang (`-O2 -g -target bpf
-//! -mcpu=v3`: atomic compare-and-swap, kernels >= 5.12)
+//! -mcpu=v3`: atomic compare-and-swap; `bpf_loop` needs kernels >= 5.17)
 //! into `OUT_DIR/ptcp.bpf.o`, which `preservetcpd` embeds and loads.
 
 use std::path::PathBuf;

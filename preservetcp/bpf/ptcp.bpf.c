@@ -34,6 +34,15 @@
 // Incoming handshake packets are never modified or dropped: the kernel
 // skips the options itself (action 00).
 //
+// Received headers follow the rules of the userspace engine (see the
+// preservetcp::engine module docs, "Received options"): a header the
+// kernel will drop teaches nothing (scan_header); only the first
+// PREFIX_SYN and the first PREFIX_ACK count, either malformed makes the
+// handshake plain; the echo holds only the prefixes we accept
+// (build_echo); a SYN while the tuple's request socket exists, or a
+// retransmitted SYN+ACK, keeps the first offer; an offer to a listener
+// bound to one address is not answered (listener_state, thesis 5.3.8).
+//
 // The daemon learns the handshakes from copies of the incoming ones in
 // the ptcp_events ring buffer (EV_LEARN: a SYN with a destination options
 // header, a SYN+ACK answering our offer with or without one, a non-SYN
@@ -91,8 +100,17 @@
 #define MAX_OPT 257
 // A destination options header is at most (255 + 1) * 8 octets.
 #define MAX_HDR 2048
-// Options looked at before giving up on finding PREFIX_SYN.
-#define MAX_SCAN 16
+// What a Linux receiver accepts in a destination options header
+// (ip6_parse_tlv; preservetcp::wire::DestOptsHeader::deliverable): at most
+// MAX_DST_OPTS options other than padding (net.ipv6.max_dst_opts_number,
+// default 8), padding runs of at most MAX_PAD_RUN octets.
+#define MAX_DST_OPTS 8
+#define MAX_PAD_RUN 7
+// The daemon's limits for received prefixes (preservetcp::select::Limits
+// defaults, DEFAULT_MAX_ACCEPTED and DEFAULT_MIN_PREFIX_LEN; a unit test
+// of the crate checks that these agree).
+#define MAX_ACCEPTED 8
+#define MIN_PREFIX_LEN 16
 // Client segments the echo may be skipped on (GSO, BIG TCP, MTU) before
 // the program gives up on the echo (counted as C_ECHO_GIVEN_UP).
 #define MAX_ECHO_TRIES 3
@@ -116,7 +134,10 @@
 #define C_MOVED_REWRITES 14
 #define C_ICMP_TRANSLATED 15
 #define C_ALT_IMPLAUSIBLE 16
-#define C_COUNT 17
+#define C_PREFIXES_REJECTED 17
+#define C_LISTENER_BOUND 18
+#define C_OFFERS_KEPT 19
+#define C_COUNT 20
 
 // Kinds of a ptcp_events record (preservetcp::bpf::Event).
 #define EV_LEARN 1
@@ -168,7 +189,10 @@ struct hs {
 	__u8 tries;            // HS_CLIENT_ECHO: segments the echo was skipped on
 	__u16 len;             // bytes used in opt (received PREFIX_SYN)
 	__u32 isn;             // client: our SYN's sequence number (wire order)
-	__u8 opt[MAX_OPT + 1]; // the received option, type octet included
+	// HS_*_ECHO: our echo of the received PREFIX_SYN, i.e. the option
+	// (its type octet kept) with only the prefixes we accepted
+	// (build_echo)
+	__u8 opt[MAX_OPT + 1];
 };
 
 // The daemon replaces an offer by a map update; without preallocation an
@@ -392,11 +416,36 @@ struct {
 	__type(value, struct offer);
 } ptcp_offer_scratch SEC(".maps");
 
-static __always_inline void count(__u32 idx)
+// State of build_echo's steps (echo_step), per CPU: a bpf_loop callback
+// gets no map value pointer from its caller.
+struct echo_state {
+	__u32 off;        // next prefix in the scratch option
+	__u32 w;          // where the next accepted prefix goes (w <= off)
+	__u32 n;          // prefixes accepted so far
+	__u32 rejected;   // prefixes left out
+	__u32 bad;        // the prefix list is malformed
+	__s32 peer_scope; // scope_rank of the peer's address
+	__u8 peer[16];    // the peer's address for the connection
+	__u8 acc[MAX_ACCEPTED][16]; // the accepted alternative addresses
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct echo_state);
+} ptcp_echo_state SEC(".maps");
+
+static __always_inline void count_n(__u32 idx, __u64 n)
 {
 	__u64 *c = bpf_map_lookup_elem(&ptcp_counters, &idx);
 	if (c)
-		*c += 1;
+		*c += n;
+}
+
+static __always_inline void count(__u32 idx)
+{
+	count_n(idx, 1);
 }
 
 // Copies the incoming packet (from its IPv6 header, at most EV_MAX bytes)
@@ -895,74 +944,361 @@ int ptcp_egress(struct __sk_buff *skb)
 	return TC_ACT_OK;
 }
 
-// Whether the option data (the prefix list) is well formed: each prefix is
-// a length octet of at most 128 bits followed by ceil(len / 8) bytes, and
-// the prefixes fill the data exactly (preservetcp::wire::PrefixOption).
-static __always_inline int prefixes_ok(const struct hs *s)
+// The scope of an address as preservetcp::select::scope_of orders them:
+// -1 none (unspecified, the rest of ::/8, multicast), 0 loopback, 1
+// link-local, 2 site-local, 3 unique-local, 4 global.
+static __always_inline int scope_rank(const __u8 *a)
 {
-	__u32 off = 2;
-	__u32 end = s->len;
-	int i;
+	__u64 hi, lo;
 
-	if (end < 2 || end > MAX_OPT)
-		return 0;
-	// At most 255 prefixes of length 0 fit in 255 bytes.
-	for (i = 0; i < 256; i++) {
-		__u8 bits;
-
-		if (off >= end)
-			return off == end;
-		if (off > MAX_OPT)
-			return 0;
-		bits = s->opt[off];
-		if (bits > 128)
-			return 0;
-		off += 1 + (bits + 7) / 8;
+	if (a[0] == 0) {
+		__builtin_memcpy(&hi, a, 8);
+		__builtin_memcpy(&lo, a + 8, 8);
+		return (hi == 0 && lo == bpf_cpu_to_be64(1)) ? 0 : -1;
 	}
-	return off == end;
+	if (a[0] == 0xff)
+		return -1;
+	if (a[0] == 0xfe && (a[1] & 0xc0) == 0x80)
+		return 1;
+	if (a[0] == 0xfe && (a[1] & 0xc0) == 0xc0)
+		return 2;
+	if ((a[0] & 0xfe) == 0xfc)
+		return 3;
+	return 4;
 }
 
-// Scanning a destination options header for its first PREFIX_SYN, one
-// option per step, at most MAX_SCAN options (Pad1 included). The codec
-// accepts up to 2046 options in a 2048-byte header, but scanning that many
-// is far beyond the verifier's budget (tried: a plain loop and bpf_loop
-// both exceed it); senders put PREFIX_SYN first (the engine and the
-// thesis layout do), and a PREFIX_SYN further back is simply not answered
-// by this path (the connection stays plain TCP on both ends).
+static __always_inline int same_addr(const __u8 *a, const __u8 *b)
+{
+	__u64 a0, a1, b0, b1;
+
+	__builtin_memcpy(&a0, a, 8);
+	__builtin_memcpy(&a1, a + 8, 8);
+	__builtin_memcpy(&b0, b, 8);
+	__builtin_memcpy(&b1, b + 8, 8);
+	return a0 == b0 && a1 == b1;
+}
+
+// One prefix of the received PREFIX_SYN in the ingress scratch entry
+// (bpf_loop callback, so the verifier checks it once however many
+// prefixes there are): checks its framing like
+// preservetcp::wire::PrefixOption::parse, and accepts it like
+// preservetcp::select::validate_received with the default limits (length
+// MIN_PREFIX_LEN..127; the address it forms with the peer's interface
+// identifier usable, of at least the peer's scope, not the peer's own,
+// not a duplicate; at most MAX_ACCEPTED). An accepted prefix's bytes move
+// to the echo being built at the front of the same option (verbatim,
+// padding bits included, in the received order). Returns 1 to stop.
+static long echo_step(__u32 i, void *ctx)
+{
+	__u32 zero = 0, slot = SCRATCH_INGRESS;
+	struct echo_state *st = bpf_map_lookup_elem(&ptcp_echo_state, &zero);
+	struct hs *s = bpf_map_lookup_elem(&ptcp_scratch, &slot);
+	__u32 off, end, w, nb, j, k, n;
+	__u8 bits, addr[16];
+	int sc;
+
+	if (!st || !s)
+		return 1;
+	off = st->off;
+	end = s->len;
+	if (off >= end)
+		return 1;
+	if (end > MAX_OPT || off > MAX_OPT)
+		goto bad;
+	bits = s->opt[off];
+	if (bits > 128)
+		goto bad;
+	nb = ((__u32)bits + 7) / 8;
+	if (off + 1 + nb > end)
+		goto bad;
+	st->off = off + 1 + nb;
+	if (bits < MIN_PREFIX_LEN || bits >= 128)
+		goto reject;
+	// The first `bits` bits from the prefix, the rest from the peer.
+	for (j = 0; j < 16; j++) {
+		__u32 idx = off + 1 + j;
+		__u8 pb = 0, m;
+
+		if (j < nb) {
+			if (idx > MAX_OPT)
+				goto bad;
+			pb = s->opt[idx];
+		}
+		if (8 * j + 8 <= bits) {
+			addr[j] = pb;
+		} else if (8 * j >= bits) {
+			addr[j] = st->peer[j];
+		} else {
+			m = (__u8)(0xff << (8 - (bits - 8 * j)));
+			addr[j] = (pb & m) | (st->peer[j] & (__u8)~m);
+		}
+	}
+	sc = scope_rank(addr);
+	if (sc <= 0 || st->peer_scope < 0 || sc < st->peer_scope)
+		goto reject;
+	if (same_addr(addr, st->peer))
+		goto reject; // the connection's own prefix
+	n = st->n;
+	for (k = 0; k < MAX_ACCEPTED; k++)
+		if (k < n && same_addr(addr, st->acc[k]))
+			goto reject;
+	if (n >= MAX_ACCEPTED)
+		goto reject;
+	__builtin_memcpy(st->acc[n & (MAX_ACCEPTED - 1)], addr, 16);
+	w = st->w;
+	for (j = 0; j < 17; j++) {
+		__u32 from = off + j, to = w + j;
+
+		if (j > nb)
+			break;
+		// (Keeps clang from turning the indexes into moving pointers
+		// whose bounds the verifier does not see.)
+		asm volatile("" : "+r"(from), "+r"(to));
+		if (from > MAX_OPT || to > MAX_OPT)
+			goto bad;
+		s->opt[to] = s->opt[from];
+	}
+	st->w = w + 1 + nb;
+	st->n = n + 1;
+	return 0;
+reject:
+	st->rejected += 1;
+	return 0;
+bad:
+	st->bad = 1;
+	return 1;
+}
+
+// Turns the PREFIX_SYN in the ingress scratch entry (s->opt, s->len)
+// into our echo of it: only the prefixes we accept (echo_step), the type
+// octet kept, the length octet and s->len fixed. `peer` is the peer's
+// address for the connection. The prefixes left out are counted
+// (C_PREFIXES_REJECTED). Nonzero if the prefix list is malformed.
+static __always_inline int build_echo(struct hs *s, const __u8 *peer)
+{
+	__u32 zero = 0;
+	struct echo_state *st = bpf_map_lookup_elem(&ptcp_echo_state, &zero);
+	__u32 w;
+
+	if (!st)
+		return -1;
+	st->off = 2;
+	st->w = 2;
+	st->n = 0;
+	st->rejected = 0;
+	st->bad = 0;
+	__builtin_memcpy(st->peer, peer, 16);
+	st->peer_scope = scope_rank(st->peer);
+	// At most 255 prefixes in 255 octets, and the call that finds the end.
+	bpf_loop(MAX_OPT, echo_step, 0, 0);
+	if (st->bad || st->off != s->len)
+		return -1;
+	w = st->w;
+	if (w < 2 || w > MAX_OPT)
+		return -1;
+	s->opt[1] = (__u8)(w - 2);
+	s->len = (__u16)w;
+	count_n(C_PREFIXES_REJECTED, st->rejected);
+	return 0;
+}
+
+// Scanning a received destination options header, one option per step
+// (a bpf_loop callback, so every option of the largest header can be
+// looked at). It checks what a Linux receiver checks before it processes
+// the packet (ip6_parse_tlv): a header that fails would be dropped by the
+// kernel, so nothing may be learned from it. It also finds the first
+// PREFIX_SYN and the first PREFIX_ACK (later ones are ignored, thesis
+// 4.3.2). The loop state lives in a per-CPU map value, not on the stack:
+// the verifier does not track map contents, so the callback's states
+// converge at once instead of being explored once per iteration (which
+// exceeds its budget).
 struct scan {
-	struct __sk_buff *skb;
 	__u32 off;     // next option, from the start of the header
 	__u32 hdr_len; // header length (at most MAX_HDR)
-	__u32 found;   // offset of the PREFIX_SYN, 0 if none
-	__u32 flen;    // its length with type and length octets
-	__u32 bad;     // an option overruns the header
+	__u32 syn_off; // offset of the first PREFIX_SYN, 0 if none
+	__u32 syn_len; // its length with type and length octets
+	__u32 ack_off; // offset of the first PREFIX_ACK, 0 if none
+	__u32 ack_len;
+	__u32 pad_run; // padding octets since the last other option
+	__u32 tlvs;    // options other than padding
+	__u32 bad;     // the kernel drops the packet
+	__u32 pl_off;  // prefix_list_ok: next length octet
+	__u32 pl_end;  // prefix_list_ok: end of the option data
+	__u32 pl_ok;   // prefix_list_ok: the list fills the data exactly
 };
 
-static __always_inline long scan_option(__u32 i, void *ctx)
-{
-	struct scan *sc = ctx;
-	__u32 off = sc->off;
-	__u8 o[2];
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct scan);
+} ptcp_scan_state SEC(".maps");
 
-	if (off >= sc->hdr_len || off >= MAX_HDR)
+// What the scan callbacks get from their caller.
+struct loop_ctx {
+	struct __sk_buff *skb;
+};
+
+static long scan_option(__u32 i, void *ctx)
+{
+	struct loop_ctx *c = ctx;
+	__u32 zero = 0, off, n;
+	struct scan *sc = bpf_map_lookup_elem(&ptcp_scan_state, &zero);
+	__u8 o[8] = {};
+
+	if (!sc)
 		return 1;
-	if (bpf_skb_load_bytes(sc->skb, L4 + off, o, 2))
+	off = sc->off;
+	if (off >= sc->hdr_len)
 		return 1;
+	// (The TCP header follows the options: 8 octets are always there.)
+	if (off >= MAX_HDR || bpf_skb_load_bytes(c->skb, L4 + off, o, 8))
+		goto bad;
 	if (o[0] == OPT_PAD1) {
+		sc->pad_run += 1;
+		if (sc->pad_run > MAX_PAD_RUN)
+			goto bad;
 		sc->off = off + 1;
 		return 0;
 	}
-	if (off + 2 + o[1] > sc->hdr_len) {
-		sc->bad = 1;
-		return 1;
+	n = o[1];
+	if (off + 2 + n > sc->hdr_len)
+		goto bad;
+	if (o[0] == OPT_PADN) {
+		sc->pad_run += 2 + n;
+		if (sc->pad_run > MAX_PAD_RUN)
+			goto bad;
+		// n <= 5 here; the data must be zero.
+		if ((n > 0 && o[2]) || (n > 1 && o[3]) || (n > 2 && o[4]) ||
+		    (n > 3 && o[5]) || (n > 4 && o[6]))
+			goto bad;
+	} else {
+		sc->tlvs += 1;
+		// Other action bits than 00: the receiver discards the packet.
+		if (sc->tlvs > MAX_DST_OPTS || (o[0] >> 6))
+			goto bad;
+		sc->pad_run = 0;
+		if (o[0] == OPT_PREFIX_SYN && !sc->syn_off) {
+			sc->syn_off = off;
+			sc->syn_len = 2 + n;
+		} else if (o[0] == OPT_PREFIX_ACK && !sc->ack_off) {
+			sc->ack_off = off;
+			sc->ack_len = 2 + n;
+		}
 	}
-	if (o[0] == OPT_PREFIX_SYN) {
-		sc->found = off;
-		sc->flen = 2 + (__u32)o[1];
-		return 1;
-	}
-	sc->off = off + 2 + o[1];
+	sc->off = off + 2 + n;
 	return 0;
+bad:
+	sc->bad = 1;
+	return 1;
+}
+
+// Scans the header of hdr_len octets after the fixed IPv6 header; NULL
+// (counted as malformed) if the receiving kernel will drop the packet,
+// else the scan's result.
+static __always_inline struct scan *scan_header(struct __sk_buff *skb, __u32 hdr_len)
+{
+	__u32 zero = 0;
+	struct scan *sc = bpf_map_lookup_elem(&ptcp_scan_state, &zero);
+	struct loop_ctx c = {.skb = skb};
+
+	if (!sc)
+		return 0;
+	__builtin_memset(sc, 0, sizeof(*sc));
+	sc->off = 2;
+	sc->hdr_len = hdr_len;
+	// At most 2046 options in a 2048-octet header, and the final call.
+	bpf_loop(MAX_HDR, scan_option, &c, 0);
+	if (sc->bad || sc->off != hdr_len) {
+		count(C_MALFORMED);
+		return 0;
+	}
+	return sc;
+}
+
+// One prefix of a prefix list in the packet (the first PREFIX_ACK's
+// data): a length octet of at most 128 bits followed by ceil(len / 8)
+// octets; the prefixes must fill the data exactly.
+static long plist_step(__u32 i, void *ctx)
+{
+	struct loop_ctx *c = ctx;
+	__u32 zero = 0, off;
+	struct scan *sc = bpf_map_lookup_elem(&ptcp_scan_state, &zero);
+	__u8 bits;
+
+	if (!sc)
+		return 1;
+	off = sc->pl_off;
+	if (off >= sc->pl_end) {
+		sc->pl_ok = off == sc->pl_end;
+		return 1;
+	}
+	if (off >= MAX_HDR || bpf_skb_load_bytes(c->skb, L4 + off, &bits, 1) || bits > 128)
+		return 1;
+	sc->pl_off = off + 1 + ((__u32)bits + 7) / 8;
+	return 0;
+}
+
+// Whether the option at `off` (length `len` with type and length octets)
+// holds a well-formed prefix list.
+static __always_inline int prefix_list_ok(struct __sk_buff *skb, struct scan *sc, __u32 off,
+					  __u32 len)
+{
+	struct loop_ctx c = {.skb = skb};
+
+	sc->pl_off = off + 2;
+	sc->pl_end = off + len;
+	sc->pl_ok = 0;
+	// At most 255 prefixes in 255 octets, and the call that finds the end.
+	bpf_loop(MAX_OPT, plist_step, &c, 0);
+	return sc->pl_ok;
+}
+
+// What answers an offering SYN for tuple t (local = ours): LS_NONE no
+// socket will send a SYN+ACK (no listener, or a connection already
+// established on the tuple); LS_PENDING a request socket has the tuple,
+// the handshake is pending (a retransmitted SYN: the first offer stays);
+// LS_WILDCARD a listener on the wildcard address (also after TIME_WAIT);
+// LS_BOUND a listener bound to one specific address, which gets no
+// aliases (thesis 5.3.8: its service is meant to be reached there only).
+#define LS_NONE 0
+#define LS_PENDING 1
+#define LS_WILDCARD 2
+#define LS_BOUND 3
+
+static __always_inline int listener_state(struct __sk_buff *skb, const struct tuple *t)
+{
+	struct bpf_sock_tuple st = {};
+	struct bpf_sock *sk;
+	__u32 state, any;
+
+	__builtin_memcpy(st.ipv6.saddr, t->peer, 16);
+	__builtin_memcpy(st.ipv6.daddr, t->local, 16);
+	st.ipv6.sport = t->peer_port;
+	st.ipv6.dport = t->local_port;
+	sk = bpf_skc_lookup_tcp(skb, &st, sizeof(st.ipv6), BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return LS_NONE;
+	state = sk->state;
+	if (state == BPF_TCP_TIME_WAIT) {
+		// The SYN may reopen the tuple: the listener decides. No
+		// connection has the unspecified source, so the lookup finds
+		// the listener.
+		bpf_sk_release(sk);
+		__builtin_memset(st.ipv6.saddr, 0, 16);
+		st.ipv6.sport = 0;
+		sk = bpf_skc_lookup_tcp(skb, &st, sizeof(st.ipv6), BPF_F_CURRENT_NETNS, 0);
+		if (!sk)
+			return LS_NONE;
+		state = sk->state;
+	}
+	if (state != BPF_TCP_LISTEN) {
+		bpf_sk_release(sk);
+		return state == BPF_TCP_NEW_SYN_RECV ? LS_PENDING : LS_NONE;
+	}
+	any = sk->src_ip6[0] | sk->src_ip6[1] | sk->src_ip6[2] | sk->src_ip6[3];
+	bpf_sk_release(sk);
+	return any ? LS_BOUND : LS_WILDCARD;
 }
 
 // A SYN+ACK answers our SYN: its acknowledgment number is our ISN + 1.
@@ -1192,9 +1528,9 @@ int ptcp_ingress(struct __sk_buff *skb)
 	struct tuple t = {};
 	struct hs *s, *e;
 	__u8 first[2], flags, tcp[14];
-	struct scan sc = {};
+	struct scan *sc;
 	__u32 hdr_len, slot = SCRATCH_INGRESS, found, flen, isn = 0;
-	int i, offered = 0;
+	int ls, offered = 0;
 
 	// Only frames for this host: offered SYNs for other hosts (promiscuous
 	// mode, flooded frames) must not take ptcp_hs entries.
@@ -1257,9 +1593,12 @@ int ptcp_ingress(struct __sk_buff *skb)
 		// The PREFIX_ACK answering our SYN+ACK: the daemon learns it,
 		// once per handshake (the entry's tries octet, unused by a
 		// server entry, records it), so a peer putting the header on
-		// every segment costs no copies.
+		// every segment costs no copies. A header the kernel drops
+		// does not count.
 		e = bpf_map_lookup_elem(&ptcp_hs, &t);
 		if (e && e->state == HS_SERVER_ECHO && !e->tries) {
+			if (!scan_header(skb, hdr_len))
+				return TC_ACT_OK;
 			e->tries = 1;
 			report(skb, EV_LEARN, 0);
 		}
@@ -1269,8 +1608,8 @@ int ptcp_ingress(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	if (flags & TCP_ACK) {
 		// A SYN+ACK: only an answer to our own offer (this SYN's) is
-		// echoed (and learned by the daemon); a retransmitted one
-		// refreshes the learned option.
+		// echoed (and learned by the daemon); the first one's option
+		// stays (a retransmitted SYN+ACK carries the same).
 		e = bpf_map_lookup_elem(&ptcp_hs, &t);
 		if (!e || (e->state != HS_OFFERED && e->state != HS_CLIENT_ECHO) ||
 		    !answers(e->isn, &tcp[8]))
@@ -1278,33 +1617,47 @@ int ptcp_ingress(struct __sk_buff *skb)
 		offered = e->state == HS_OFFERED;
 		isn = e->isn;
 		report(skb, EV_LEARN, 0);
+		if (!offered) {
+			count(C_OFFERS_KEPT);
+			return TC_ACT_OK;
+		}
 	} else {
-		// Every offering SYN is learned by the daemon (it validates);
-		// only one to an address we have an offer for can be answered,
-		// so only that one takes an entry.
+		// An offering SYN: who answers it? A listener bound to one
+		// address gets no aliases (not learned either); while the
+		// handshake is pending the first offer stays.
+		ls = listener_state(skb, &t);
+		if (ls == LS_BOUND) {
+			count(C_LISTENER_BOUND);
+			forget(&t);
+			return TC_ACT_OK;
+		}
+		// Every other offering SYN is learned by the daemon (it
+		// validates); only one to an address we have an offer for,
+		// starting a handshake, can take an entry.
 		report(skb, EV_LEARN, 0);
-		if (!bpf_map_lookup_elem(&ptcp_offers, t.local))
+		if (ls == LS_PENDING) {
+			e = bpf_map_lookup_elem(&ptcp_hs, &t);
+			if (e && e->state == HS_SERVER_ECHO)
+				count(C_OFFERS_KEPT);
+			return TC_ACT_OK;
+		}
+		if (ls != LS_WILDCARD || !bpf_map_lookup_elem(&ptcp_offers, t.local))
 			return TC_ACT_OK;
 	}
-	// The first PREFIX_SYN option; the header must be well framed up to it.
-	sc.skb = skb;
-	sc.off = 2;
-	sc.hdr_len = hdr_len;
-	for (i = 0; i < MAX_SCAN; i++)
-		if (scan_option(i, &sc))
-			break;
-	if (sc.bad) {
-		count(C_MALFORMED);
-		if (offered)
-			bpf_map_delete_elem(&ptcp_hs, &t);
+	// The whole header as the receiving kernel checks it: if it drops the
+	// packet, nothing is learned and an entry stays as it was.
+	sc = scan_header(skb, hdr_len);
+	if (!sc)
 		return TC_ACT_OK;
-	}
-	found = sc.found;
-	flen = sc.flen;
+	// Only the first PREFIX_SYN and the first PREFIX_ACK count; either
+	// malformed makes the header malformed: a plain handshake.
+	found = sc->syn_off;
+	flen = sc->syn_len;
+	if (sc->ack_off && !prefix_list_ok(skb, sc, sc->ack_off, sc->ack_len))
+		goto malformed;
 	if (!found || flen < 2 || flen > MAX_OPT || found >= MAX_HDR) {
 		// (A SYN+ACK without PREFIX_SYN: a plain answer.)
-		if (offered)
-			bpf_map_delete_elem(&ptcp_hs, &t);
+		forget(&t);
 		return TC_ACT_OK;
 	}
 	s = bpf_map_lookup_elem(&ptcp_scratch, &slot);
@@ -1313,12 +1666,9 @@ int ptcp_ingress(struct __sk_buff *skb)
 	if (bpf_skb_load_bytes(skb, L4 + found, s->opt, flen))
 		return TC_ACT_OK;
 	s->len = (__u16)flen;
-	if (!prefixes_ok(s)) {
-		count(C_MALFORMED);
-		if (offered)
-			bpf_map_delete_elem(&ptcp_hs, &t);
-		return TC_ACT_OK;
-	}
+	// The echo: the accepted prefixes only.
+	if (build_echo(s, t.peer))
+		goto malformed;
 	s->tries = 0;
 	s->isn = isn;
 	// A SYN offering: answered on any port (the offer is the client's
@@ -1334,6 +1684,12 @@ int ptcp_ingress(struct __sk_buff *skb)
 			l->echo_until_ns = until;
 	}
 	count(C_LEARNED);
+	return TC_ACT_OK;
+malformed:
+	count(C_MALFORMED);
+	// The packet reaches TCP: the handshake is plain (a new one for a
+	// SYN, the answer to our offer for a SYN+ACK).
+	forget(&t);
 	return TC_ACT_OK;
 }
 

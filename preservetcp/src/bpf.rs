@@ -283,8 +283,11 @@ pub enum Counter {
     SkippedError,
     /// Incoming PREFIX_SYN options remembered for the echo.
     Learned,
-    /// Incoming headers whose options overran the header, or whose
-    /// PREFIX_SYN data was not a well-formed prefix list.
+    /// Incoming headers the receiving kernel drops (an option overrunning
+    /// the header, non-zero PadN data, a padding run over 7 octets, more
+    /// than 8 other options, an option with action bits other than `00`),
+    /// or whose first PREFIX_SYN or first PREFIX_ACK data was not a
+    /// well-formed prefix list: nothing learned from them.
     Malformed,
     /// Client echoes given up after being skipped on three segments (GSO,
     /// BIG TCP or MTU): the connection stays plain TCP.
@@ -319,11 +322,21 @@ pub enum Counter {
     /// acknowledgment number outside the socket's windows (a blind
     /// spoofing attempt or a very late segment). Still delivered.
     AltImplausible,
+    /// Prefixes of received PREFIX_SYN options left out of our echo
+    /// (not accepted: length, address, scope, own prefix, duplicate, or
+    /// beyond the limit of 8).
+    PrefixesRejected,
+    /// Offers not answered because the listening socket is bound to one
+    /// specific address (thesis 5.3.8).
+    ListenerBound,
+    /// Further offers (a SYN while the handshake is pending, a
+    /// retransmitted SYN+ACK) that left the first offer in place.
+    OffersKept,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 17] = [
+    pub const ALL: [Counter; 20] = [
         Counter::SynOffers,
         Counter::SynackAnswers,
         Counter::AckEchoes,
@@ -341,6 +354,9 @@ impl Counter {
         Counter::MovedRewrites,
         Counter::IcmpTranslated,
         Counter::AltImplausible,
+        Counter::PrefixesRejected,
+        Counter::ListenerBound,
+        Counter::OffersKept,
     ];
 
     /// Index in the `ptcp_counters` array.
@@ -363,6 +379,9 @@ impl Counter {
             Counter::MovedRewrites => 14,
             Counter::IcmpTranslated => 15,
             Counter::AltImplausible => 16,
+            Counter::PrefixesRejected => 17,
+            Counter::ListenerBound => 18,
+            Counter::OffersKept => 19,
         }
     }
 
@@ -386,6 +405,9 @@ impl Counter {
             Counter::MovedRewrites => "bpf_moved_rewrites",
             Counter::IcmpTranslated => "bpf_icmp_translated",
             Counter::AltImplausible => "bpf_alt_implausible",
+            Counter::PrefixesRejected => "bpf_prefixes_rejected",
+            Counter::ListenerBound => "bpf_listener_bound",
+            Counter::OffersKept => "bpf_offers_kept",
         }
     }
 }

@@ -16,15 +16,16 @@
 //!   (an empty PREFIX_SYN when there is nothing to offer, so the peer can
 //!   still offer its own); remember the offer.
 //! - Incoming SYN with PREFIX_SYN: validate the prefixes, remember the
-//!   option for the echo; strip the header before the kernel sees it.
+//!   accepted ones for the echo; strip the header before the kernel sees it.
 //! - Outgoing SYN+ACK of such a connection: PREFIX_SYN (our offer) and
-//!   PREFIX_ACK (the echo). A SYN without PREFIX_SYN gets a plain SYN+ACK:
-//!   the server side only answers offers.
+//!   PREFIX_ACK (the echo of the accepted prefixes). A SYN without
+//!   PREFIX_SYN gets a plain SYN+ACK: the server side only answers offers.
 //! - Incoming SYN+ACK: validate the peer's prefixes and compute which of our
 //!   prefixes it acknowledged; strip.
 //! - The client's next outgoing segment (the ACK of the SYN+ACK) gets
-//!   PREFIX_ACK; the connection is entered into the pair table. A SYN+ACK
-//!   without PREFIX_SYN means a peer without PreserveTCP: plain TCP.
+//!   PREFIX_ACK (the accepted prefixes of the server's offer); the
+//!   connection is entered into the pair table. A SYN+ACK without
+//!   PREFIX_SYN means a peer without PreserveTCP: plain TCP.
 //! - Incoming ACK with PREFIX_ACK at the server: the connection is entered.
 //!
 //! [`Engine::observe_inbound`] learns an incoming handshake packet without a
@@ -35,9 +36,52 @@
 //! such a connection is not queued.
 //!
 //! Headers are only stripped when they carry nothing but PREFIX options and
-//! padding; a header with malformed options is counted
-//! ([`Stats::malformed_options`]) and removed, so the segment continues as
-//! plain TCP (the kernel would skip the unknown options anyway).
+//! padding; a header whose first PREFIX option of a kind is malformed is
+//! counted ([`Stats::malformed_options`]) and removed, so the segment
+//! continues as plain TCP (the kernel would skip the unknown options
+//! anyway). A header the kernel would drop (see below) is counted and left
+//! as it is.
+//!
+//! # Received options: the rules both paths apply
+//! The engine (NFQUEUE path, and the learning side of the BPF path) and
+//! the tc BPF programs (`bpf/ptcp.bpf.c`, which answer in the kernel)
+//! interpret a received destination options header the same way, so that
+//! neither end believes the other accepted something it did not:
+//! - *Deliverable headers only.* A header the receiving Linux kernel drops
+//!   the packet for teaches nothing: an option or the header running past
+//!   its end, non-zero PadN data, more than 7 octets of padding in a row,
+//!   more than 8 options other than padding, or an option other than
+//!   padding whose action bits are not `00`
+//!   ([`crate::wire::DestOptsHeader::deliverable`]). Counted as malformed
+//!   (`malformed_options`, `bpf_malformed`); a pending handshake is not
+//!   touched (the packet never reached TCP).
+//! - *First option of each kind.* Only the first PREFIX_SYN and the first
+//!   PREFIX_ACK count; later ones are ignored, malformed or not (thesis
+//!   4.3.2). If the first PREFIX_SYN or the first PREFIX_ACK is not a
+//!   well-formed prefix list, the header is malformed: nothing is learned
+//!   from it and the handshake continues as plain TCP (counted).
+//! - *Echo what was accepted.* The PREFIX_ACK echo (server: in the
+//!   SYN+ACK; client: in the ACK) holds exactly the prefixes accepted from
+//!   the peer's PREFIX_SYN by [`crate::select::validate_received`] with the
+//!   default [`crate::select::Limits`] (length 16–127, usable address,
+//!   scope at least the connection's, not the connection's own prefix, no
+//!   duplicate, at most 8), byte for byte and in the received order; an
+//!   offer with nothing acceptable gets an empty PREFIX_ACK (the peer knows
+//!   we understood, and uses none of its alternatives). Since the peer
+//!   intersects its offer with the echo, it never uses an address we
+//!   refused. The thesis (5.2.4) echoes the PREFIX_SYN whole; with a peer
+//!   that does so, this end still uses only what it accepted itself.
+//! - *First offer of a handshake.* A further offering SYN on a tuple whose
+//!   handshake is pending (a retransmission carries the same option; any
+//!   other is not what the kernel answers) does not replace the first
+//!   offer (`duplicate_offers`); likewise a retransmitted SYN+ACK. The
+//!   kernel path decides "pending" by the socket: a request socket for the
+//!   tuple (the kernel's SYN_RECV state).
+//! - *Bound listeners get no aliases* (thesis 5.3.8): an offer to a
+//!   listening socket bound to one specific address is not answered
+//!   (plain SYN+ACK; `listener_bound`, `bpf_listener_bound`). The kernel
+//!   path looks the listener up itself (`bpf_skc_lookup_tcp`); the engine
+//!   is told by the daemon ([`Engine::listener_bound`]).
 //!
 //! # After the handshake
 //! Outgoing packets of a connection whose current pair differs from the
@@ -62,7 +106,7 @@ use crate::policy::{ChangePolicy, Decision, PolicyConfig, PolicyEvent, SwitchRea
 use crate::select::{
     Limits, LocalAddress, PrefixStats, acknowledged_locals, offer_option, validate_received,
 };
-use crate::wire::{DestOption, DestOptsHeader, IPPROTO_TCP, PrefixOption};
+use crate::wire::{DestOption, DestOptsHeader, IPPROTO_TCP, PrefixOption, WireError};
 
 /// What to do with a queued packet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -217,6 +261,12 @@ pub struct Stats {
     /// Server handshakes rebuilt from what the kernel answered
     /// ([`Engine::kernel_answered`]).
     pub rebuilt: u64,
+    /// Offers not answered because the listening socket is bound to one
+    /// specific address ([`Engine::listener_bound`], thesis 5.3.8).
+    pub listener_bound: u64,
+    /// Further offering SYNs (or SYN+ACKs) of a handshake already holding
+    /// an offer: the first offer was kept.
+    pub duplicate_offers: u64,
     /// Received prefixes and rejections.
     pub prefixes: PrefixStats,
 }
@@ -245,6 +295,8 @@ impl Stats {
             ("expired", self.expired),
             ("echo_events", self.echo_events),
             ("handshakes_rebuilt", self.rebuilt),
+            ("listener_bound", self.listener_bound),
+            ("duplicate_offers", self.duplicate_offers),
             ("prefixes_received", p.received),
             ("prefixes_accepted", p.accepted),
             ("prefixes_rejected", p.rejected()),
@@ -273,7 +325,9 @@ struct Pending {
     created: Instant,
     /// Our PREFIX_SYN.
     sent: Option<PrefixOption>,
-    /// The peer's PREFIX_SYN (echoed verbatim).
+    /// The peer offered (PREFIX_SYN): our PREFIX_ACK echo of it, which
+    /// holds only the prefixes we accepted ([`crate::select::Validation::echo`]).
+    /// Set by the first offer of the handshake; later ones do not replace it.
     peer_syn: Option<PrefixOption>,
     /// Validated peer alternatives.
     peer_alts: Vec<Ipv6Addr>,
@@ -282,6 +336,9 @@ struct Pending {
     /// Client, [`EngineConfig::kernel_echo_events`]: the kernel reported
     /// the echo before the SYN+ACK was learned.
     echoed: bool,
+    /// Server: the address the listening socket is bound to, as the daemon
+    /// reported it ([`Engine::listener_bound`]); `None` while unknown.
+    listener: Option<Ipv6Addr>,
 }
 
 #[derive(Debug, Clone)]
@@ -336,6 +393,7 @@ fn only_ours(h: &DestOptsHeader) -> bool {
                 | DestOption::PadN(_)
                 | DestOption::PrefixSyn(_)
                 | DestOption::PrefixAck(_)
+                | DestOption::Ignored { .. }
         )
     })
 }
@@ -700,6 +758,7 @@ impl Engine {
                         peer_alts: Vec::new(),
                         acked_locals: Vec::new(),
                         echoed: false,
+                        listener: None,
                     };
                     if !self.add_pending(t, p) {
                         return Verdict::Accept;
@@ -729,6 +788,14 @@ impl Engine {
             let Some(echo) = p.peer_syn.clone() else {
                 return Verdict::Accept;
             };
+            if p.listener.is_some_and(|l| !l.is_unspecified()) {
+                // Thesis 5.3.8: a server bound to one address gets no
+                // aliases; the SYN+ACK leaves plain, the client sees a
+                // peer without PreserveTCP.
+                self.pending.remove(&t);
+                self.stats.listener_bound += 1;
+                return Verdict::Accept;
+            }
             let offer = p.sent.get_or_insert(offer).clone();
             return match DestOptsHeader::with_prefixes(IPPROTO_TCP, Some(offer), Some(echo))
                 .ok()
@@ -772,6 +839,47 @@ impl Engine {
         Verdict::Accept
     }
 
+    /// Thesis 5.3.8 (aliases only for connections whose local address
+    /// allows it): the listening socket that answers the server connection
+    /// `t` (local = our address) is bound to `bound` — the unspecified
+    /// address for a wildcard listener. A listener bound to one specific
+    /// address (the firewall case: the service is meant to be reached at
+    /// that address only) gets no alternative addresses: the engine's
+    /// SYN+ACK for `t` then carries no options and the connection stays
+    /// plain on both ends ([`Stats::listener_bound`]). The daemon passes
+    /// this before [`Engine::outbound`] of the SYN+ACK, for the tuples
+    /// [`Engine::listener_query`] names; without it the offer is answered
+    /// (the tc BPF programs look the listener up themselves). Ignored when
+    /// no server handshake with an offer is pending for `t`.
+    pub fn listener_bound(&mut self, t: &FourTuple, bound: Ipv6Addr) {
+        if let Some(p) = self
+            .pending
+            .get_mut(t)
+            .filter(|p| p.role == Role::Server && p.peer_syn.is_some())
+        {
+            p.listener = Some(bound);
+        }
+    }
+
+    /// The tuple (local = our address) of the outgoing packet `pkt` if it
+    /// is a SYN+ACK that would answer an offer and the listener's binding
+    /// is not known yet: the daemon looks up the listening socket of that
+    /// tuple (the one the kernel chose: bound to the tuple's local address
+    /// if there is one, else the wildcard one, on the local port) and calls
+    /// [`Engine::listener_bound`] before [`Engine::outbound`].
+    pub fn listener_query(&self, pkt: &[u8]) -> Option<FourTuple> {
+        let v = parse_ipv6_tcp(pkt).ok()?;
+        let f = v.tcp_header.flags;
+        if !(f.syn && f.ack) || v.dest_opts.is_some() {
+            return None;
+        }
+        let t = v.sender_tuple();
+        self.pending
+            .get(&t)
+            .filter(|p| p.role == Role::Server && p.peer_syn.is_some() && p.listener.is_none())
+            .map(|_| t)
+    }
+
     /// Whether the outgoing packet `pkt` needs an incoming handshake packet
     /// the engine has not observed yet: a SYN+ACK for which no offer was
     /// learned, or the client's ACK before the SYN+ACK was learned. The
@@ -807,6 +915,9 @@ impl Engine {
                 let wire = v.receiver_tuple();
                 let f = v.tcp_header.flags;
                 match v.dest_opts {
+                    // The receiving kernel drops this packet (see
+                    // `DestOptsHeader::deliverable`): nothing to learn.
+                    Some(h) if !h.deliverable() => self.stats.malformed_options += 1,
                     Some(h) if h.prefix_syn().is_some() || h.prefix_ack().is_some() => {
                         self.handshake_options(&wire, f.syn, f.ack, &h, now);
                     }
@@ -872,6 +983,7 @@ impl Engine {
                     peer_alts: Vec::new(),
                     acked_locals: Vec::new(),
                     echoed: true,
+                    listener: None,
                 };
                 self.add_pending(*t, p);
             }
@@ -925,7 +1037,11 @@ impl Engine {
         }
         match parse_ipv6_tcp(pkt) {
             Ok(_) => self.inbound_parsed(pkt, now),
-            Err(crate::packet::PacketError::Wire(_)) => {
+            // A framing error or non-zero PadN data: the kernel drops the
+            // packet itself; stripping the header would deliver it.
+            Err(crate::packet::PacketError::Wire(
+                WireError::PrefixTooLong(_) | WireError::PrefixOverrun { .. },
+            )) => {
                 self.stats.malformed_options += 1;
                 match crate::packet::strip_dest_opts_framing(pkt) {
                     Some(stripped) => match self.inbound_parsed(&stripped, now) {
@@ -934,6 +1050,10 @@ impl Engine {
                     },
                     None => Verdict::Accept,
                 }
+            }
+            Err(crate::packet::PacketError::Wire(_)) => {
+                self.stats.malformed_options += 1;
+                Verdict::Accept
             }
             Err(_) => {
                 self.stats.unparsed += 1;
@@ -973,7 +1093,11 @@ impl Engine {
             return Verdict::Accept;
         };
         let mut out: Option<Vec<u8>> = None;
-        if let Some(h) = opts
+        if opts.as_ref().is_some_and(|h| !h.deliverable()) {
+            // The kernel drops this packet itself: nothing to learn, and
+            // nothing to strip (stripping would make it deliverable).
+            self.stats.malformed_options += 1;
+        } else if let Some(h) = opts
             && (h.prefix_syn().is_some() || h.prefix_ack().is_some())
         {
             self.handshake_options(&wire, f.syn, f.ack, &h, now);
@@ -1013,6 +1137,17 @@ impl Engine {
             if self.pairs.lookup_original(wire).is_some() {
                 return;
             }
+            // The first offer of a handshake is kept: a retransmitted SYN
+            // carries the same option, and anything else on the tuple
+            // while the handshake lasts is not what the kernel answers.
+            if self
+                .pending
+                .get(wire)
+                .is_some_and(|p| p.role == Role::Server && p.peer_syn.is_some())
+            {
+                self.stats.duplicate_offers += 1;
+                return;
+            }
             let val = validate_received(wire.peer, ps, &limits);
             self.stats.prefixes.merge(&val.stats);
             let sent = self.pending.get(wire).and_then(|p| p.sent.clone());
@@ -1024,10 +1159,11 @@ impl Engine {
                 role: Role::Server,
                 created: now,
                 sent,
-                peer_syn: Some(ps.clone()),
+                peer_syn: Some(val.echo()),
                 peer_alts: val.addresses(),
                 acked_locals: Vec::new(),
                 echoed: false,
+                listener: None,
             };
             self.add_pending(*wire, p);
         } else if syn && ack {
@@ -1050,6 +1186,7 @@ impl Engine {
                     peer_alts: Vec::new(),
                     acked_locals: Vec::new(),
                     echoed: false,
+                    listener: None,
                 };
                 if !self.add_pending(*wire, p) {
                     return;
@@ -1062,14 +1199,19 @@ impl Engine {
             else {
                 return;
             };
-            if let Some(ps) = h.prefix_syn() {
-                let val = validate_received(wire.peer, ps, &limits);
-                self.stats.prefixes.merge(&val.stats);
-                p.peer_alts = val.addresses();
-                p.peer_syn = Some(ps.clone());
-            }
-            if let (Some(pa), Some(sent)) = (h.prefix_ack(), p.sent.as_ref()) {
-                p.acked_locals = acknowledged_locals(wire.local, sent, pa);
+            if p.peer_syn.is_some() {
+                // A retransmitted SYN+ACK: the first one's options stay.
+                self.stats.duplicate_offers += 1;
+            } else {
+                if let Some(ps) = h.prefix_syn() {
+                    let val = validate_received(wire.peer, ps, &limits);
+                    self.stats.prefixes.merge(&val.stats);
+                    p.peer_alts = val.addresses();
+                    p.peer_syn = Some(val.echo());
+                }
+                if let (Some(pa), Some(sent)) = (h.prefix_ack(), p.sent.as_ref()) {
+                    p.acked_locals = acknowledged_locals(wire.local, sent, pa);
+                }
             }
             // With echo events, a PREFIX_SYN waits for the kernel's report
             // that the echo left (unless it came first).
@@ -1118,6 +1260,7 @@ mod tests {
     use super::*;
     use crate::checksum::{set_tcp_checksum_v6, verify_tcp_checksum_v6};
     use crate::packet::build_ipv6_tcp;
+    use crate::wire::Prefix;
 
     fn a(s: &str) -> Ipv6Addr {
         s.parse().unwrap()
@@ -1880,5 +2023,266 @@ mod tests {
             assert!(matches!(c.inbound(&too_big(&quoted), t0), Verdict::Accept));
         }
         assert_eq!(c.stats().icmp_translated, 1);
+    }
+
+    /// `pkt` with a destination options header made of `opts` (option
+    /// TLVs, padded here to 8-octet units) before TCP.
+    fn with_raw_opts(p: &[u8], opts: &[u8]) -> Vec<u8> {
+        let mut h = vec![6u8, 0];
+        h.extend_from_slice(opts);
+        match (8 - h.len() % 8) % 8 {
+            0 => {}
+            1 => h.push(0),
+            n => {
+                h.extend_from_slice(&[1, (n - 2) as u8]);
+                h.resize(h.len() + n - 2, 0);
+            }
+        }
+        h[1] = (h.len() / 8 - 1) as u8;
+        let mut out = p[..40].to_vec();
+        out[6] = 60;
+        out.extend_from_slice(&h);
+        out.extend_from_slice(&p[40..]);
+        let plen = (out.len() - 40) as u16;
+        out[4..6].copy_from_slice(&plen.to_be_bytes());
+        out
+    }
+
+    /// The option TLV of a PREFIX option of type `ty` with these prefixes.
+    fn prefix_tlv(ty: u8, prefixes: &[Prefix]) -> Vec<u8> {
+        let mut data = Vec::new();
+        PrefixOption::new(prefixes.to_vec())
+            .unwrap()
+            .emit_data(&mut data);
+        let mut o = vec![ty, data.len() as u8];
+        o.extend(data);
+        o
+    }
+
+    fn pfx(s: &str, n: u8) -> Prefix {
+        Prefix::from_addr(a(s), n).unwrap()
+    }
+
+    /// A hostile offer (link-local and unique-local prefixes for a global
+    /// connection, the connection's own prefix, a duplicate, twenty
+    /// globals): the SYN+ACK echoes only the accepted prefixes, verbatim,
+    /// and the server's pair table holds exactly those; the client in turn
+    /// echoes only what it accepted of a hostile SYN+ACK.
+    #[test]
+    fn echo_holds_only_the_accepted_prefixes() {
+        let World {
+            mut c,
+            mut s,
+            c0,
+            s0,
+            t0,
+            ..
+        } = two_engines();
+        let mut offer = vec![
+            pfx("fe80::", 64),
+            pfx("fd00:1::", 64),
+            pfx("2001:db8:1:0::", 64),
+            pfx("2001:db8:7::", 64),
+            pfx("2001:db8:7::", 64),
+        ];
+        offer.extend((0x10..0x24u16).map(|k| {
+            Prefix::from_addr(Ipv6Addr::new(0x2001, 0xdb8, 0x2, k, 0, 0, 0, 0), 64).unwrap()
+        }));
+        let want = validate_received(
+            c0,
+            &PrefixOption::new(offer.clone()).unwrap(),
+            &Limits::default(),
+        );
+        assert_eq!(want.accepted.len(), 8);
+        let syn = with_raw_opts(&pkt(c0, s0, 40000, 5001, SYN), &prefix_tlv(0x0B, &offer));
+        s.observe_inbound(&syn, t0);
+        let sa = replaced(s.outbound(&pkt(s0, c0, 5001, 40000, SYN | ACK), t0));
+        let h = parse_ipv6_tcp(&sa).unwrap().dest_opts.unwrap();
+        assert_eq!(h.prefix_ack(), Some(&want.echo()));
+        assert_eq!(s.stats().prefixes.rejected_over_limit, 13);
+        assert_eq!(s.stats().prefixes.rejected_scope, 2);
+        assert_eq!(s.stats().prefixes.rejected_own, 1);
+        assert_eq!(s.stats().prefixes.rejected_duplicate, 1);
+        // The client (its own offer, nothing hostile) accepts the echo and
+        // the server's offer; the server enters the accepted addresses.
+        let ack = with_opts(pkt(c0, s0, 40000, 5001, ACK), None, Some(want.echo()));
+        s.observe_inbound(&ack, t0);
+        let sc = s.connections();
+        assert_eq!(sc.len(), 1);
+        let mut peers = vec![c0];
+        peers.extend(want.addresses());
+        assert_eq!(sc[0].peers, peers);
+
+        // Client side: a SYN+ACK with a hostile PREFIX_SYN.
+        let _ = replaced(c.outbound(&pkt(c0, s0, 40001, 5001, SYN), t0));
+        let server_offer = [pfx("fd00:9::", 64), pfx("2001:db8:1:1::", 64)];
+        let sa = with_raw_opts(
+            &pkt(s0, c0, 5001, 40001, SYN | ACK),
+            &prefix_tlv(0x0B, &server_offer),
+        );
+        c.observe_inbound(&sa, t0);
+        let ack = replaced(c.outbound(&pkt(c0, s0, 40001, 5001, ACK), t0));
+        let h = parse_ipv6_tcp(&ack).unwrap().dest_opts.unwrap();
+        assert_eq!(
+            h.prefix_ack().map(PrefixOption::prefixes),
+            Some(&[pfx("2001:db8:1:1::", 64)][..])
+        );
+        // Nothing acceptable at all: an empty echo, still an answer.
+        let syn = with_raw_opts(
+            &pkt(c0, s0, 40002, 5001, SYN),
+            &prefix_tlv(0x0B, &[pfx("fe80::", 64)]),
+        );
+        s.observe_inbound(&syn, t0);
+        let sa = replaced(s.outbound(&pkt(s0, c0, 5001, 40002, SYN | ACK), t0));
+        let h = parse_ipv6_tcp(&sa).unwrap().dest_opts.unwrap();
+        assert_eq!(h.prefix_ack(), Some(&PrefixOption::default()));
+    }
+
+    /// A second offering SYN on a tuple whose handshake is pending does not
+    /// replace the first offer (the echo and the peer's alternatives stay
+    /// those of the first), in both the NFQUEUE and the kernel mode; the
+    /// same for a second SYN+ACK at the client.
+    #[test]
+    fn first_offer_of_a_handshake_is_kept() {
+        for kernel in [false, true] {
+            let (mut w, _) = kernel_world(false);
+            if !kernel {
+                w.s.config = EngineConfig::default();
+            }
+            let (c0, s0, t0) = (w.c0, w.s0, w.t0);
+            let first = [pfx("2001:db8:5::", 64)];
+            let second = [pfx("2001:db8:6::", 64), pfx("2001:db8:7::", 64)];
+            for offer in [&first[..], &second[..]] {
+                let syn = with_raw_opts(&pkt(c0, s0, 40000, 5001, SYN), &prefix_tlv(0x0B, offer));
+                w.s.observe_inbound(&syn, t0);
+            }
+            assert_eq!(w.s.stats().duplicate_offers, 1);
+            assert_eq!(
+                w.s.stats().prefixes.received,
+                1,
+                "the second is not validated"
+            );
+            let first_opt = PrefixOption::new(first.to_vec()).unwrap();
+            if !kernel {
+                let sa = replaced(w.s.outbound(&pkt(s0, c0, 5001, 40000, SYN | ACK), t0));
+                let h = parse_ipv6_tcp(&sa).unwrap().dest_opts.unwrap();
+                assert_eq!(h.prefix_ack(), Some(&first_opt));
+            }
+            let ack = with_opts(pkt(c0, s0, 40000, 5001, ACK), None, Some(w.s.offer_for(s0)));
+            w.s.observe_inbound(&ack, t0);
+            let sc = w.s.connections();
+            assert_eq!(sc.len(), 1, "kernel mode {kernel}");
+            assert_eq!(sc[0].peers, vec![c0, a("2001:db8:5::1")]);
+        }
+        // Client: a second SYN+ACK with other prefixes changes nothing.
+        let World {
+            mut c, c0, s0, t0, ..
+        } = two_engines();
+        let _ = replaced(c.outbound(&pkt(c0, s0, 40000, 5001, SYN), t0));
+        for offer in [pfx("2001:db8:5::", 64), pfx("2001:db8:6::", 64)] {
+            let sa = with_raw_opts(
+                &pkt(s0, c0, 5001, 40000, SYN | ACK),
+                &prefix_tlv(0x0B, &[offer]),
+            );
+            c.observe_inbound(&sa, t0);
+        }
+        assert_eq!(c.stats().duplicate_offers, 1);
+        let ack = replaced(c.outbound(&pkt(c0, s0, 40000, 5001, ACK), t0));
+        let h = parse_ipv6_tcp(&ack).unwrap().dest_opts.unwrap();
+        assert_eq!(
+            h.prefix_ack().map(PrefixOption::prefixes),
+            Some(&[pfx("2001:db8:5::", 64)][..])
+        );
+        assert_eq!(c.connections()[0].peers, vec![s0, a("2001:db8:5::2")]);
+    }
+
+    /// Options after the first PREFIX option of a kind are ignored, even
+    /// malformed; a header the kernel would drop teaches nothing and leaves
+    /// a pending handshake as it was.
+    #[test]
+    fn later_options_ignored_and_undeliverable_headers_teach_nothing() {
+        let World {
+            mut s, c0, s0, t0, ..
+        } = two_engines();
+        let good = prefix_tlv(0x0B, &[pfx("2001:db8:5::", 64)]);
+        let answered = |s: &mut Engine, port: u16| {
+            matches!(
+                s.outbound(&pkt(s0, c0, 5001, port, SYN | ACK), t0),
+                Verdict::Replace(_)
+            )
+        };
+        // A trailing malformed PREFIX_SYN and PREFIX_ACK: answered.
+        let mut opts = good.clone();
+        opts.extend_from_slice(&[0x0B, 2, 200, 1, 0x0C, 0, 0x0C, 1, 64]);
+        s.observe_inbound(&with_raw_opts(&pkt(c0, s0, 40000, 5001, SYN), &opts), t0);
+        assert!(answered(&mut s, 40000));
+        assert_eq!(s.stats().malformed_options, 0);
+        // A malformed first PREFIX_ACK before the PREFIX_SYN: malformed.
+        let mut opts = vec![0x0C, 1, 64];
+        opts.extend_from_slice(&good);
+        s.observe_inbound(&with_raw_opts(&pkt(c0, s0, 40001, 5001, SYN), &opts), t0);
+        assert!(!answered(&mut s, 40001));
+        assert_eq!(s.stats().malformed_options, 1);
+        // Non-zero PadN, eight octets of padding, an option with action
+        // bits 01, nine options: the kernel drops these, nothing learned.
+        let cases: [Vec<u8>; 4] = [
+            [&good[..], &[1, 2, 0, 7]].concat(),
+            [&good[..], &[0, 0, 0, 1, 4, 0, 0, 0, 0]].concat(),
+            [&good[..], &[0x7e, 0]].concat(),
+            [&good[..], &[0x3e, 0].repeat(8)].concat(),
+        ];
+        for (i, opts) in cases.iter().enumerate() {
+            let port = 40010 + i as u16;
+            s.observe_inbound(&with_raw_opts(&pkt(c0, s0, port, 5001, SYN), opts), t0);
+            assert!(!answered(&mut s, port), "case {i}");
+        }
+        assert_eq!(s.stats().malformed_options, 5);
+        // An undeliverable copy of an offer does not disturb the pending
+        // handshake of the genuine one.
+        s.observe_inbound(&with_raw_opts(&pkt(c0, s0, 40020, 5001, SYN), &good), t0);
+        s.observe_inbound(
+            &with_raw_opts(&pkt(c0, s0, 40020, 5001, SYN), &cases[2]),
+            t0,
+        );
+        assert!(answered(&mut s, 40020));
+        // Same through `inbound` (NFQUEUE): counted, passed unchanged.
+        let bad = with_raw_opts(&pkt(c0, s0, 40030, 5001, SYN), &cases[0]);
+        assert_eq!(s.inbound(&bad, t0), Verdict::Accept);
+        assert!(!answered(&mut s, 40030));
+    }
+
+    /// Thesis 5.3.8: an offer to a listener bound to one address is not
+    /// answered once the daemon says so; a wildcard listener's is.
+    #[test]
+    fn listener_bound_to_one_address_gets_no_aliases() {
+        let World {
+            mut s, c0, s0, t0, ..
+        } = two_engines();
+        let good = prefix_tlv(0x0B, &[pfx("2001:db8:5::", 64)]);
+        for (port, bound) in [(40000u16, s0), (40001, Ipv6Addr::UNSPECIFIED)] {
+            s.observe_inbound(&with_raw_opts(&pkt(c0, s0, port, 5001, SYN), &good), t0);
+            let k_sa = pkt(s0, c0, 5001, port, SYN | ACK);
+            let t = FourTuple {
+                local: s0,
+                local_port: 5001,
+                peer: c0,
+                peer_port: port,
+            };
+            assert_eq!(s.listener_query(&k_sa), Some(t));
+            s.listener_bound(&t, bound);
+            assert_eq!(s.listener_query(&k_sa), None, "known now");
+            let v = s.outbound(&k_sa, t0);
+            if bound.is_unspecified() {
+                assert!(matches!(v, Verdict::Replace(_)));
+            } else {
+                assert_eq!(v, Verdict::Accept, "plain SYN+ACK");
+                assert_eq!(s.listener_query(&k_sa), None, "handshake dropped");
+            }
+        }
+        assert_eq!(s.stats().listener_bound, 1);
+        assert_eq!(s.stats().synack_answers, 1);
+        // Not a SYN+ACK, or nothing pending: no query.
+        assert_eq!(s.listener_query(&pkt(s0, c0, 5001, 40009, SYN | ACK)), None);
+        assert_eq!(s.listener_query(&pkt(s0, c0, 5001, 40000, ACK)), None);
     }
 }

@@ -49,9 +49,10 @@
 //!   frames addressed to this host, SYN without RST/FIN, to an address
 //!   that has an offer) or of a SYN+ACK acknowledging our own offered SYN
 //!   (its sequence number is kept in the entry) in an LRU hash keyed by
-//!   the connection's tuple (options scanned: at most 16; header and
-//!   option lengths checked, the prefix list validated like
-//!   [`wire::PrefixOption::parse`]); incoming packets are never modified.
+//!   the connection's tuple (every option scanned as the receiving kernel
+//!   checks it; the first PREFIX_SYN and PREFIX_ACK validated like
+//!   [`wire::PrefixOption::parse`]; the stored echo holds only the
+//!   accepted prefixes); incoming packets are never modified.
 //!   Entries go when the echo has left, on a RST either way, on a plain
 //!   answer to an offer, and when a new SYN reuses the tuple. The offer
 //!   map is not preallocated and the programs copy every map value to
@@ -90,13 +91,10 @@
 //!   NFQUEUE handshake below, which `--no-bpf` selects explicitly. The
 //!   wire bytes of both paths are identical (lab test
 //!   `preservetcp_bpf`).
-//!   Differences kept on purpose: the kernel path checks the framing of
-//!   the options up to the first PREFIX_SYN and that option's prefix list,
-//!   but not PadN contents or later options of a received header (the
-//!   engine, which rejects such a header as a whole, then treats the
-//!   connection as plain while the peer got an echo), and a PREFIX_SYN
-//!   behind more than 16 options is not answered (the verifier's budget;
-//!   the connection is plain TCP on both ends). The engine assumes the
+//!   Both paths apply the same rules to received options (see the
+//!   [`engine`] docs, "Received options"); the kernel looks the listener
+//!   up itself for thesis 5.3.8. With SYN cookies active no request socket
+//!   exists, so a repeated offering SYN replaces the stored one there. The engine assumes the
 //!   offer of the local addresses as of the moment it learns the packet:
 //!   an address change in the few milliseconds between the kernel's
 //!   insertion and that moment makes its record of what was offered
@@ -379,10 +377,27 @@
 //! byte and PadN otherwise.
 //!
 //! ## Choices the thesis leaves open (kept stable)
-//! - Parsing is strict: PadN data must be zero (RFC 8200), any malformed
-//!   PREFIX option in the header makes the whole header an error (the daemon
-//!   then treats the connection as plain TCP), and prefix lengths above 128
-//!   are errors. Unknown options are kept verbatim.
+//! - Parsing is strict about framing: PadN data must be zero (RFC 8200),
+//!   and the *first* PREFIX_SYN and the *first* PREFIX_ACK must be
+//!   well-formed prefix lists (otherwise the header is malformed and the
+//!   handshake plain TCP); later PREFIX options of a kind are ignored,
+//!   malformed or not ([`wire::DestOption::Ignored`]). Headers a Linux
+//!   receiver drops ([`wire::DestOptsHeader::deliverable`]: padding runs
+//!   over 7 octets, more than 8 options, action bits other than `00`)
+//!   teach nothing. Prefix lengths above 128 are errors. Unknown options
+//!   are kept verbatim.
+//! - The PREFIX_ACK echo holds only the prefixes this end accepted
+//!   ([`select::Validation::echo`]), verbatim and in the received order
+//!   (possibly none); the thesis (5.2.4) echoes the whole PREFIX_SYN. The
+//!   peer intersects its offer with the echo, so it never uses an address
+//!   we refused.
+//! - The first offer of a handshake is kept: a further offering SYN while
+//!   the handshake is pending (or a retransmitted SYN+ACK) changes nothing.
+//! - Thesis 5.3.8: an offer to a listening socket bound to one specific
+//!   address is not answered (no aliases for it) in BPF mode (the program
+//!   looks the listener up); [`Engine::listener_bound`] holds the same
+//!   rule for `--no-bpf`, whose daemon does not feed it yet (known gap:
+//!   with `--no-bpf` a bound listener still answers offers).
 //! - On receipt the padding bits of a prefix are ignored: the alternative
 //!   address is the first `len` bits of the prefix plus the remaining bits of
 //!   the peer's address for the connection ([`wire::Prefix::combine`]).

@@ -246,6 +246,16 @@ impl Validation {
     pub fn addresses(&self) -> Vec<Ipv6Addr> {
         self.accepted.iter().map(|a| a.addr).collect()
     }
+
+    /// The PREFIX_ACK echo of the validated option: the accepted prefixes
+    /// only, byte for byte as received (padding bits included) and in the
+    /// received order; empty when nothing was accepted. The peer then
+    /// believes exactly what we accepted ([`acknowledged_locals`] on its
+    /// side intersects its offer with this echo).
+    pub fn echo(&self) -> PrefixOption {
+        // A subset of a received option always fits in 255 octets.
+        PrefixOption::new(self.accepted.iter().map(|a| a.prefix).collect()).unwrap_or_default()
+    }
 }
 
 /// Validates the prefixes of a PREFIX_SYN received from the peer whose
@@ -438,6 +448,45 @@ mod tests {
         assert_eq!(s.rejected_duplicate, 1);
         assert_eq!(s.rejected_length, 2);
         assert_eq!(s.rejected() + s.accepted, s.received);
+    }
+
+    /// The echo holds the accepted prefixes only, verbatim (padding bits
+    /// from the sender's identifier included), in the received order.
+    #[test]
+    fn echo_is_the_accepted_subset_verbatim() {
+        let peer = a("2001:db8:1::dead:beef");
+        let mk = |s: &str, n| Prefix::from_addr(a(s), n).unwrap();
+        let odd = mk("2001:db8:3fff::", 47); // padding bit set
+        let opt = PrefixOption::new(vec![
+            mk("fe80::", 64),
+            mk("2001:db8:2::", 64),
+            mk("2001:db8:1::", 64),
+            odd,
+            mk("2001:db8:2::", 64),
+        ])
+        .unwrap();
+        let v = validate_received(peer, &opt, &Limits::default());
+        let echo = v.echo();
+        assert_eq!(echo.prefixes(), &[mk("2001:db8:2::", 64), odd]);
+        assert_eq!(echo.prefixes()[1].wire_bytes(), odd.wire_bytes());
+        // Re-validating the echo accepts all of it: the same addresses.
+        let again = validate_received(peer, &echo, &Limits::default());
+        assert_eq!(again.addresses(), v.addresses());
+        assert_eq!(again.stats.rejected(), 0);
+        // Nothing acceptable: an empty echo.
+        let none = PrefixOption::new(vec![mk("fd00::", 64)]).unwrap();
+        let v = validate_received(peer, &none, &Limits::default());
+        assert!(v.echo().prefixes().is_empty());
+    }
+
+    /// The tc BPF program validates received prefixes itself (the echo it
+    /// builds in the kernel): its limits are these defaults.
+    #[test]
+    fn bpf_program_uses_the_default_limits() {
+        let src = include_str!("../bpf/ptcp.bpf.c");
+        let l = Limits::default();
+        assert!(src.contains(&format!("#define MAX_ACCEPTED {}\n", l.max_accepted)));
+        assert!(src.contains(&format!("#define MIN_PREFIX_LEN {}\n", l.min_prefix_len)));
     }
 
     #[test]

@@ -39,6 +39,13 @@ pub const MAX_OPTION_DATA: usize = 255;
 pub const MAX_HEADER_LEN: usize = 2048;
 /// Longest prefix, in bits, that the length octet may announce.
 pub const MAX_PREFIX_BITS: u8 = 128;
+/// Most options other than padding a Linux receiver accepts in one
+/// destination options header (`net.ipv6.max_dst_opts_number`, default 8);
+/// see [`DestOptsHeader::deliverable`].
+pub const LINUX_MAX_DST_OPTS: usize = 8;
+/// Longest run of consecutive padding octets (Pad1 and PadN) a Linux
+/// receiver accepts (RFC 4942 2.1.9.5: padding only aligns to 8 octets).
+pub const MAX_PADDING_RUN: usize = 7;
 
 /// Errors of the destination options / prefix option codec.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -85,6 +92,10 @@ pub enum WireError {
     /// A Pad1 or PadN option was passed to a constructor that adds padding itself.
     #[error("explicit padding is not accepted here, it is added automatically")]
     ExplicitPadding,
+    /// A [`DestOption::Ignored`] option was passed to a constructor: those
+    /// only come from parsing received headers.
+    #[error("ignored options only come from parsing, they cannot be sent")]
+    ExplicitIgnored,
 }
 
 /// Number of whole bytes that carry `len_bits` bits.
@@ -263,6 +274,17 @@ pub enum DestOption {
         /// Option data.
         data: Vec<u8>,
     },
+    /// A PREFIX_SYN or PREFIX_ACK option *after the first one of its kind*
+    /// whose data is not a well-formed prefix list, kept verbatim. Only the
+    /// first option of each kind counts (thesis 4.3.2), so a later one is
+    /// ignored whatever it holds rather than making the header an error.
+    /// Only [`DestOptsHeader::parse`] produces it.
+    Ignored {
+        /// Option type octet ([`OPT_PREFIX_SYN`] or [`OPT_PREFIX_ACK`]).
+        ty: u8,
+        /// Option data as received.
+        data: Vec<u8>,
+    },
 }
 
 impl DestOption {
@@ -272,7 +294,7 @@ impl DestOption {
             DestOption::Pad1 => 1,
             DestOption::PadN(n) => 2 + usize::from(*n),
             DestOption::PrefixSyn(p) | DestOption::PrefixAck(p) => 2 + p.data_len(),
-            DestOption::Unknown { data, .. } => 2 + data.len(),
+            DestOption::Unknown { data, .. } | DestOption::Ignored { data, .. } => 2 + data.len(),
         }
     }
 
@@ -283,7 +305,7 @@ impl DestOption {
             DestOption::PadN(_) => OPT_PADN,
             DestOption::PrefixSyn(_) => OPT_PREFIX_SYN,
             DestOption::PrefixAck(_) => OPT_PREFIX_ACK,
-            DestOption::Unknown { ty, .. } => *ty,
+            DestOption::Unknown { ty, .. } | DestOption::Ignored { ty, .. } => *ty,
         }
     }
 
@@ -305,7 +327,7 @@ impl DestOption {
                 out.push(u8::try_from(p.data_len()).unwrap_or(u8::MAX));
                 p.emit_data(out);
             }
-            DestOption::Unknown { ty, data } => {
+            DestOption::Unknown { ty, data } | DestOption::Ignored { ty, data } => {
                 out.push(*ty);
                 out.push(u8::try_from(data.len()).unwrap_or(u8::MAX));
                 out.extend_from_slice(data);
@@ -346,6 +368,9 @@ impl DestOptsHeader {
         for o in &options {
             if o.is_padding() {
                 return Err(WireError::ExplicitPadding);
+            }
+            if matches!(o, DestOption::Ignored { .. }) {
+                return Err(WireError::ExplicitIgnored);
             }
             if let DestOption::Unknown { ty, data } = o {
                 if matches!(*ty, OPT_PAD1 | OPT_PADN | OPT_PREFIX_SYN | OPT_PREFIX_ACK) {
@@ -428,7 +453,8 @@ impl DestOptsHeader {
     }
 
     /// The first PREFIX_SYN option; later PREFIX_SYN options are ignored
-    /// (thesis 4.3.2).
+    /// (thesis 4.3.2), whatever they hold (a malformed one is parsed as
+    /// [`DestOption::Ignored`]).
     pub fn prefix_syn(&self) -> Option<&PrefixOption> {
         self.options.iter().find_map(|o| match o {
             DestOption::PrefixSyn(p) => Some(p),
@@ -436,7 +462,8 @@ impl DestOptsHeader {
         })
     }
 
-    /// The first PREFIX_ACK option; later PREFIX_ACK options are ignored.
+    /// The first PREFIX_ACK option; later PREFIX_ACK options are ignored,
+    /// whatever they hold.
     pub fn prefix_ack(&self) -> Option<&PrefixOption> {
         self.options.iter().find_map(|o| match o {
             DestOption::PrefixAck(p) => Some(p),
@@ -444,9 +471,48 @@ impl DestOptsHeader {
         })
     }
 
+    /// Whether a Linux receiver processes a packet carrying this header
+    /// rather than dropping it (`ip6_parse_tlv`): no run of padding longer
+    /// than [`MAX_PADDING_RUN`] octets, at most [`LINUX_MAX_DST_OPTS`]
+    /// options other than padding, and every such option has the action
+    /// bits `00` (skip if unknown; PREFIX_SYN and PREFIX_ACK do). Framing
+    /// and non-zero PadN data, which Linux drops too, are already
+    /// [`DestOptsHeader::parse`] errors. A packet that fails this never
+    /// reaches the receiver's TCP, so nothing may be learned from it: the
+    /// engine and the tc BPF programs ignore its options (counted as
+    /// malformed).
+    pub fn deliverable(&self) -> bool {
+        let mut run = 0usize;
+        let mut tlvs = 0usize;
+        for o in &self.options {
+            match o {
+                DestOption::Pad1 => run += 1,
+                DestOption::PadN(n) => run += 2 + usize::from(*n),
+                other => {
+                    tlvs += 1;
+                    if tlvs > LINUX_MAX_DST_OPTS || option_action(other.option_type()) != 0 {
+                        return false;
+                    }
+                    run = 0;
+                }
+            }
+            if run > MAX_PADDING_RUN {
+                return false;
+            }
+        }
+        true
+    }
+
     /// Parses a destination options header from the start of `buf`. Returns
     /// the header and the number of bytes it occupies; bytes after it are not
     /// looked at.
+    ///
+    /// Errors: the header or an option's TLV runs past the end, a PadN
+    /// carries non-zero data, or the *first* PREFIX_SYN or the *first*
+    /// PREFIX_ACK option is not a well-formed prefix list. A later PREFIX
+    /// option of a kind already seen is ignored (thesis 4.3.2): kept as
+    /// [`DestOption::PrefixSyn`]/[`DestOption::PrefixAck`] if it parses,
+    /// as [`DestOption::Ignored`] if not.
     pub fn parse(buf: &[u8]) -> Result<(Self, usize), WireError> {
         let (&next_header, rest) = buf.split_first().ok_or(WireError::Truncated {
             needed: 2,
@@ -463,6 +529,7 @@ impl DestOptsHeader {
         })?;
         let mut options = Vec::new();
         let mut off = 2usize;
+        let (mut seen_syn, mut seen_ack) = (false, false);
         while let Some(&ty) = hdr.get(off) {
             if ty == OPT_PAD1 {
                 options.push(DestOption::Pad1);
@@ -484,8 +551,23 @@ impl DestOptsHeader {
                     }
                     DestOption::PadN(len)
                 }
-                OPT_PREFIX_SYN => DestOption::PrefixSyn(PrefixOption::parse(data)?),
-                OPT_PREFIX_ACK => DestOption::PrefixAck(PrefixOption::parse(data)?),
+                OPT_PREFIX_SYN | OPT_PREFIX_ACK => {
+                    let seen = if ty == OPT_PREFIX_SYN {
+                        &mut seen_syn
+                    } else {
+                        &mut seen_ack
+                    };
+                    let first = !std::mem::replace(seen, true);
+                    match PrefixOption::parse(data) {
+                        Ok(p) if ty == OPT_PREFIX_SYN => DestOption::PrefixSyn(p),
+                        Ok(p) => DestOption::PrefixAck(p),
+                        Err(e) if first => return Err(e),
+                        Err(_) => DestOption::Ignored {
+                            ty,
+                            data: data.to_vec(),
+                        },
+                    }
+                }
                 _ => DestOption::Unknown {
                     ty,
                     data: data.to_vec(),
@@ -709,6 +791,107 @@ mod tests {
         assert_eq!(h.to_bytes(), bytes);
     }
 
+    /// Only the first option of each kind counts: a later PREFIX_SYN or
+    /// PREFIX_ACK is ignored even when its data is malformed, while a
+    /// malformed first one makes the header an error.
+    #[test]
+    fn later_malformed_prefix_options_are_ignored() {
+        let p = Prefix::from_addr(a("2001:db8:1::1"), 64).unwrap();
+        let mut first = vec![OPT_PREFIX_SYN, 9, 64];
+        first.extend_from_slice(&p.wire_bytes()[..8]);
+        // PREFIX_SYN, then a PREFIX_SYN with a 200-bit prefix, then a
+        // PREFIX_ACK, then a PREFIX_ACK whose prefix overruns its data.
+        let mut b = vec![6, 0];
+        b.extend_from_slice(&first);
+        b.extend_from_slice(&[OPT_PREFIX_SYN, 2, 200, 1]);
+        b.extend_from_slice(&[OPT_PREFIX_ACK, 0]);
+        b.extend_from_slice(&[OPT_PREFIX_ACK, 3, 64, 1, 2]);
+        assert_eq!(b.len(), 24);
+        b[1] = 2;
+        let (h, used) = DestOptsHeader::parse(&b).unwrap();
+        assert_eq!(used, b.len());
+        assert_eq!(h.prefix_syn().unwrap().prefixes(), &[p]);
+        assert_eq!(h.prefix_ack(), Some(&PrefixOption::default()));
+        assert_eq!(
+            h.options()[1],
+            DestOption::Ignored {
+                ty: OPT_PREFIX_SYN,
+                data: vec![200, 1]
+            }
+        );
+        assert_eq!(
+            h.options()[3],
+            DestOption::Ignored {
+                ty: OPT_PREFIX_ACK,
+                data: vec![64, 1, 2]
+            }
+        );
+        assert_eq!(h.to_bytes(), b, "ignored options are kept verbatim");
+        assert!(h.deliverable());
+        // The same malformed options first: errors.
+        assert_eq!(
+            DestOptsHeader::parse(&[6, 0, OPT_PREFIX_SYN, 2, 200, 1, 1, 0]),
+            Err(WireError::PrefixTooLong(200))
+        );
+        assert_eq!(
+            DestOptsHeader::parse(&[6, 0, OPT_PREFIX_ACK, 2, 64, 1, 1, 0]),
+            Err(WireError::PrefixOverrun { len_bits: 64 })
+        );
+        // Ignored options cannot be built for sending.
+        assert_eq!(
+            DestOptsHeader::new(
+                6,
+                vec![DestOption::Ignored {
+                    ty: OPT_PREFIX_SYN,
+                    data: vec![200]
+                }]
+            ),
+            Err(WireError::ExplicitIgnored)
+        );
+    }
+    /// The tc BPF program checks received headers with the same limits.
+    #[test]
+    fn bpf_program_uses_the_same_receiver_limits() {
+        let src = include_str!("../bpf/ptcp.bpf.c");
+        assert!(src.contains(&format!("#define MAX_DST_OPTS {LINUX_MAX_DST_OPTS}\n")));
+        assert!(src.contains(&format!("#define MAX_PAD_RUN {MAX_PADDING_RUN}\n")));
+    }
+
+    /// The Linux receiver's rules (`ip6_parse_tlv`): padding runs of at
+    /// most 7 octets, at most 8 other options, all of them "skip if
+    /// unknown".
+    #[test]
+    fn deliverable_follows_the_linux_receiver() {
+        let ok = |b: &[u8]| DestOptsHeader::parse(b).unwrap().0.deliverable();
+        // The engine's own headers are deliverable.
+        let p = Prefix::from_addr(a("2001:db8:1::1"), 64).unwrap();
+        let h = DestOptsHeader::with_prefixes(
+            6,
+            Some(PrefixOption::new(vec![p]).unwrap()),
+            Some(PrefixOption::new(vec![p; 3]).unwrap()),
+        )
+        .unwrap();
+        assert!(h.deliverable());
+        // Seven padding octets pass, eight do not (Pad1s, or Pad1 + PadN).
+        assert!(ok(&[6, 1, 0x3e, 5, 1, 2, 3, 4, 5, 0, 0, 0, 0, 0, 0, 0]));
+        assert!(!ok(&[6, 1, 0x3e, 4, 1, 2, 3, 4, 0, 0, 0, 0, 0, 0, 0, 0]));
+        assert!(!ok(&[6, 1, 0x3e, 4, 1, 2, 3, 4, 0, 0, 1, 4, 0, 0, 0, 0]));
+        // Padding between options starts a new run.
+        assert!(ok(&[6, 1, 1, 1, 0, 0x3e, 0, 1, 1, 0, 0x0B, 0, 1, 2, 0, 0]));
+        // An unknown option with action bits other than 00 is dropped.
+        assert!(!ok(&[6, 0, 0x7e, 0, 1, 2, 0, 0]));
+        assert!(!ok(&[6, 0, 0xc9, 0, 1, 2, 0, 0]));
+        // Nine options (empty PREFIX_ACKs after the first count too).
+        let mut b = vec![6, 2];
+        for _ in 0..9 {
+            b.extend_from_slice(&[OPT_PREFIX_ACK, 0]);
+        }
+        b.extend_from_slice(&[1, 2, 0, 0]);
+        assert!(!ok(&b));
+        b[2..4].copy_from_slice(&[1, 0]);
+        assert!(ok(&b), "eight options and padding");
+    }
+
     mod props {
         use super::super::*;
         use proptest::prelude::*;
@@ -760,6 +943,52 @@ mod tests {
                 prop_assert_eq!(used, bytes.len());
                 prop_assert_eq!(&p, &h);
                 prop_assert_eq!(&p.options()[..opts.len()], &opts[..]);
+            }
+
+            /// Any options followed by further PREFIX options with arbitrary
+            /// data: the first PREFIX_SYN and PREFIX_ACK are those of the
+            /// leading options, the rest are kept verbatim and the header
+            /// re-emits to the same bytes.
+            #[test]
+            fn options_after_the_first_prefix_option_are_ignored(
+                lead in proptest::collection::vec(option(), 1..4),
+                trailing in proptest::collection::vec(
+                    (prop_oneof![Just(OPT_PREFIX_SYN), Just(OPT_PREFIX_ACK)],
+                     proptest::collection::vec(any::<u8>(), 0..30)),
+                    0..4,
+                ),
+            ) {
+                let mut lead = lead;
+                lead.push(DestOption::PrefixSyn(PrefixOption::default()));
+                lead.push(DestOption::PrefixAck(PrefixOption::default()));
+                let base = DestOptsHeader::new(IPPROTO_TCP, lead).unwrap();
+                let mut body = Vec::new();
+                for o in base.options().iter().filter(|o| !o.is_padding()) {
+                    o.emit(&mut body);
+                }
+                for (ty, data) in &trailing {
+                    body.push(*ty);
+                    body.push(data.len() as u8);
+                    body.extend_from_slice(data);
+                }
+                let mut b = vec![IPPROTO_TCP, 0];
+                b.extend_from_slice(&body);
+                match (8 - b.len() % 8) % 8 {
+                    0 => {}
+                    1 => b.push(0),
+                    n => {
+                        b.extend_from_slice(&[1, (n - 2) as u8]);
+                        b.resize(b.len() + n - 2, 0);
+                    }
+                }
+                b[1] = (b.len() / 8 - 1) as u8;
+                let (h, used) = DestOptsHeader::parse(&b).unwrap();
+                prop_assert_eq!(used, b.len());
+                prop_assert_eq!(h.prefix_syn(), base.prefix_syn());
+                prop_assert_eq!(h.prefix_ack(), base.prefix_ack());
+                prop_assert_eq!(h.to_bytes(), b);
+                let (again, _) = DestOptsHeader::parse(&h.to_bytes()).unwrap();
+                prop_assert_eq!(again, h);
             }
 
             #[test]

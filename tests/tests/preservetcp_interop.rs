@@ -9,6 +9,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use preservetcp::checksum::set_tcp_checksum_v6;
+use preservetcp::parse_ipv6_tcp;
+use preservetcp::wire::{DestOptsHeader, PrefixOption};
 use preservetcp_support::*;
 
 const PORT: u16 = 5001;
@@ -233,6 +235,30 @@ fn hostile_options_are_counted_and_ignored() {
             "no SYN+ACK for {port}: {answers}"
         );
     }
+    // The echoes hold only the accepted prefixes: 8 of the twenty, none
+    // of the wrongly scoped ones; the malformed offer got no answer.
+    let echoes: Vec<(u16, Option<usize>)> = pcap_ipv6_packets(&file)
+        .iter()
+        .filter_map(|p| {
+            let v = parse_ipv6_tcp(p).ok()?;
+            let f = v.tcp_header.flags;
+            (f.syn && f.ack).then(|| {
+                let n = v
+                    .dest_opts
+                    .and_then(|h| h.prefix_ack().map(|a| a.prefixes().len()));
+                (v.tcp_header.dst_port, n)
+            })
+        })
+        .collect();
+    for (port, want) in [(41001u16, None), (41002, Some(8)), (41003, Some(0))] {
+        assert!(
+            echoes.contains(&(port, want)),
+            "SYN+ACK to {port}: {echoes:?}"
+        );
+    }
+    if db.bpf() {
+        assert_eq!(db.stat("bpf_prefixes_rejected"), 12 + 2);
+    }
     // A normal connection is unaffected.
     let _da = Daemon::start(&t.lab, &t.a, &[PORT]);
     drop(_listener);
@@ -348,5 +374,476 @@ fn handshake_is_learned_without_holding_incoming_packets() {
         // Client: 5 SYNs and 5 ACKs queued; server: 5 SYN+ACKs. Data never.
         assert_eq!(da.stat("packets_out"), 10);
         assert_eq!(db.stat("packets_out"), 5);
+    }
+}
+
+/// Thesis 5.3.8: a server whose listening socket is bound to one address
+/// (the firewall case) offers and accepts no alternative addresses: its
+/// SYN+ACK carries no PREFIX option (counted), while a wildcard listener's
+/// does; both connections carry data.
+#[test]
+fn bound_listener_gets_no_aliases() {
+    let t = two_links();
+    let (bound_port, wild_port) = (5002u16, 5001u16);
+    let da = Daemon::start(&t.lab, &t.a, &[bound_port, wild_port]);
+    let db = Daemon::start(&t.lab, &t.b, &[bound_port, wild_port]);
+    let b0 = v6(&t.l0, &t.b);
+    let bound =
+        t.b.run(move || TcpListener::bind((b0, bound_port)))
+            .expect("run")
+            .expect("bind to the link-0 address");
+    let wild =
+        t.b.run(move || TcpListener::bind(("::", wild_port)))
+            .expect("run")
+            .expect("bind to the wildcard");
+    let cap = t.l0.capture(&t.b).expect("capture");
+    std::thread::sleep(Duration::from_millis(300));
+    for (listener, port) in [(&bound, bound_port), (&wild, wild_port)] {
+        let mut c =
+            t.a.run(move || TcpStream::connect(SocketAddr::from((b0, port))))
+                .expect("run")
+                .expect("connect");
+        let (mut s, _) = listener.accept().expect("accept");
+        let data: Vec<u8> = (0..(256usize << 10)).map(|i| (i % 253) as u8).collect();
+        c.write_all(&data).expect("write");
+        let mut got = vec![0u8; data.len()];
+        s.read_exact(&mut got).expect("read");
+        assert!(got == data, "data intact on port {port}");
+        s.write_all(b"back").expect("write back");
+        let mut back = [0u8; 4];
+        c.read_exact(&mut back).expect("read back");
+        assert_eq!(&back, b"back");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let file = cap.stop().expect("stop capture");
+    let synacks: Vec<(u16, Option<DestOptsHeader>)> = pcap_ipv6_packets(&file)
+        .iter()
+        .filter_map(|p| {
+            let v = parse_ipv6_tcp(p).ok()?;
+            let f = v.tcp_header.flags;
+            (f.syn && f.ack).then(|| (v.tcp_header.src_port, v.dest_opts.clone()))
+        })
+        .collect();
+    let of = |port: u16| {
+        synacks
+            .iter()
+            .filter(|(p, _)| *p == port)
+            .map(|(_, h)| h.clone())
+            .collect::<Vec<_>>()
+    };
+    let bound_answers = of(bound_port);
+    assert!(!bound_answers.is_empty(), "{synacks:?}");
+    assert!(
+        bound_answers.iter().all(Option::is_none),
+        "a bound listener's SYN+ACK carries no options: {bound_answers:?}"
+    );
+    let wild_answers = of(wild_port);
+    assert!(
+        !wild_answers.is_empty()
+            && wild_answers.iter().all(|h| h
+                .as_ref()
+                .is_some_and(|h| h.prefix_syn().is_some() && h.prefix_ack().is_some())),
+        "a wildcard listener answers the offer: {wild_answers:?}"
+    );
+    if db.bpf() {
+        assert_eq!(db.stat("bpf_listener_bound"), 1, "{}", db.log());
+    }
+    assert_eq!(db.answers_sent(), 1);
+    assert_eq!(da.stat("plain_peers"), 1, "the client saw a plain peer");
+    assert_eq!(db.connections().len(), 1, "only the wildcard connection");
+}
+
+/// An IPv6 payload from `src` to `dst`: a destination options header
+/// holding `opts` (option TLVs, padded to 8-octet units; none if `opts` is
+/// empty), then a TCP header with these fields and an MSS of 1440, then
+/// `data`. The TCP checksum is set.
+#[allow(clippy::too_many_arguments)]
+fn tcp_segment(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    ports: (u16, u16),
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    opts: &[u8],
+    data: &[u8],
+) -> Vec<u8> {
+    let mut seg = Vec::new();
+    seg.extend_from_slice(&ports.0.to_be_bytes());
+    seg.extend_from_slice(&ports.1.to_be_bytes());
+    seg.extend_from_slice(&seq.to_be_bytes());
+    seg.extend_from_slice(&ack.to_be_bytes());
+    seg.extend_from_slice(&[0x60, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    seg.extend_from_slice(&[2, 4, 0x05, 0xa0]);
+    seg.extend_from_slice(data);
+    set_tcp_checksum_v6(src, dst, &mut seg);
+    if opts.is_empty() {
+        return seg;
+    }
+    let mut h = vec![6u8, 0];
+    h.extend_from_slice(opts);
+    match (8 - h.len() % 8) % 8 {
+        0 => {}
+        1 => h.push(0),
+        n => {
+            h.extend_from_slice(&[1, (n - 2) as u8]);
+            h.extend(std::iter::repeat_n(0, n - 2));
+        }
+    }
+    h[1] = (h.len() / 8 - 1) as u8;
+    h.extend_from_slice(&seg);
+    h
+}
+
+/// Sends `payload` (from [`tcp_segment`]) from `host` to `dst` through a
+/// raw socket: protocol 60 when it starts with a destination options
+/// header, else TCP.
+fn send_raw(host: &netlab::Host, dst: Ipv6Addr, payload: Vec<u8>, dstopts: bool) {
+    host.run(move || {
+        let proto = if dstopts { 60 } else { 6 };
+        let s = socket2::Socket::new(
+            socket2::Domain::IPV6,
+            socket2::Type::RAW,
+            Some(socket2::Protocol::from(proto)),
+        )
+        .expect("raw socket");
+        s.send_to(&payload, &SocketAddr::from((dst, 0)).into())
+            .expect("send raw segment");
+    })
+    .expect("run");
+}
+
+/// A raw IPv6 TCP socket in `host`: it gets a copy of every TCP segment
+/// the host receives (from the TCP header on).
+fn tcp_tap(host: &netlab::Host) -> socket2::Socket {
+    host.run(|| {
+        let s = socket2::Socket::new(
+            socket2::Domain::IPV6,
+            socket2::Type::RAW,
+            Some(socket2::Protocol::TCP),
+        )
+        .expect("raw TCP socket");
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        s
+    })
+    .expect("run")
+}
+
+/// The next segment `tap` receives to local port `port` with exactly the
+/// flags `flags` (within 5 s): (source port, sequence number,
+/// acknowledgment number).
+fn next_segment(tap: &socket2::Socket, port: u16, flags: u8) -> (u16, u32, u32) {
+    let t0 = std::time::Instant::now();
+    let mut buf = [0u8; 2048];
+    while t0.elapsed() < Duration::from_secs(5) {
+        let Ok(n) = (&*tap).read(&mut buf) else {
+            continue;
+        };
+        let s = &buf[..n];
+        if n >= 20 && u16::from_be_bytes([s[2], s[3]]) == port && s[13] == flags {
+            let word = |o: usize| u32::from_be_bytes([s[o], s[o + 1], s[o + 2], s[o + 3]]);
+            return (u16::from_be_bytes([s[0], s[1]]), word(4), word(8));
+        }
+    }
+    panic!("no segment with flags {flags:#x} to port {port}");
+}
+
+/// While alive, `host` sends no TCP RST (an nftables output rule): the
+/// test plays one end of a connection with raw segments, which the
+/// host's own TCP, knowing no socket for them, would otherwise reset.
+struct NoRst<'a>(&'a netlab::Host);
+
+impl<'a> NoRst<'a> {
+    fn new(host: &'a netlab::Host) -> Self {
+        host.exec_ok(["nft", "add", "table", "inet", "ptcptest"])
+            .expect("nft table");
+        host.exec_ok([
+            "nft",
+            "add chain inet ptcptest out { type filter hook output priority 0 ; }",
+        ])
+        .expect("nft chain");
+        host.exec_ok(["nft", "add rule inet ptcptest out tcp flags rst drop"])
+            .expect("nft rule");
+        NoRst(host)
+    }
+}
+
+impl Drop for NoRst<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.exec(["nft", "delete", "table", "inet", "ptcptest"]);
+    }
+}
+
+/// A connected TCP socket in `host` from `local` to `peer` whose
+/// handshake the test did with raw segments: made with TCP_REPAIR, next
+/// sequence number to send `snd`, next to receive `rcv`, MSS 1440, the
+/// peer's (unscaled) window 65535.
+fn repaired_socket(
+    host: &netlab::Host,
+    local: std::net::SocketAddrV6,
+    peer: std::net::SocketAddrV6,
+    snd: u32,
+    rcv: u32,
+) -> TcpStream {
+    use std::os::fd::AsRawFd;
+    host.run(move || {
+        let s = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)
+            .expect("socket");
+        let fd = s.as_raw_fd();
+        let set = |name: libc::c_int, val: &[u8]| {
+            // SAFETY: `val` is a live buffer of `val.len()` bytes holding
+            // the option value the kernel reads for `name`; `fd` is open.
+            let r = unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_TCP,
+                    name,
+                    val.as_ptr().cast(),
+                    libc::socklen_t::try_from(val.len()).expect("len"),
+                )
+            };
+            assert_eq!(
+                r,
+                0,
+                "setsockopt {name}: {}",
+                std::io::Error::last_os_error()
+            );
+        };
+        let int = |v: i32| v.to_ne_bytes();
+        set(libc::TCP_REPAIR, &int(1));
+        set(libc::TCP_REPAIR_QUEUE, &int(2)); // TCP_SEND_QUEUE
+        set(libc::TCP_QUEUE_SEQ, &snd.to_ne_bytes());
+        set(libc::TCP_REPAIR_QUEUE, &int(1)); // TCP_RECV_QUEUE
+        set(libc::TCP_QUEUE_SEQ, &rcv.to_ne_bytes());
+        s.bind(&local.into()).expect("bind");
+        s.connect(&peer.into()).expect("repair connect");
+        // struct tcp_repair_opt { opt_code, opt_val }: TCPOPT_MSS 1440,
+        // TCPOPT_WINDOW with both shifts 0 (the SYN+ACK offered no
+        // scaling, so the windows are unscaled).
+        let opts: Vec<u8> = [2u32, 1440, 3, 0]
+            .iter()
+            .flat_map(|v| v.to_ne_bytes())
+            .collect();
+        set(libc::TCP_REPAIR_OPTIONS, &opts);
+        // struct tcp_repair_window: snd_wl1, snd_wnd, max_window, rcv_wnd,
+        // rcv_wup.
+        let w: Vec<u8> = [rcv, 65535, 65535, 65535, rcv]
+            .iter()
+            .flat_map(|v| v.to_ne_bytes())
+            .collect();
+        set(libc::TCP_REPAIR_WINDOW, &w);
+        set(libc::TCP_REPAIR, &int(0));
+        TcpStream::from(s)
+    })
+    .expect("run")
+}
+
+/// Sends 256 KiB from `from` to `to` and a short answer back, checking
+/// both arrive intact.
+fn carries_data(from: &mut TcpStream, to: &mut TcpStream, what: &str) {
+    let data: Vec<u8> = (0..(256usize << 10))
+        .map(|i| (i * 13 % 251) as u8)
+        .collect();
+    let expect = data.clone();
+    let mut writer = from.try_clone().expect("clone");
+    let w = std::thread::spawn(move || writer.write_all(&data));
+    let mut got = vec![0u8; expect.len()];
+    to.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    to.read_exact(&mut got)
+        .unwrap_or_else(|e| panic!("{what}: read: {e}"));
+    w.join().expect("writer").expect("write");
+    assert!(got == expect, "{what}: data differs");
+    to.write_all(b"answer").expect("answer");
+    let mut back = [0u8; 6];
+    from.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    from.read_exact(&mut back)
+        .unwrap_or_else(|e| panic!("{what}: read answer: {e}"));
+    assert_eq!(&back, b"answer", "{what}");
+}
+
+/// The PREFIX_ACK of the first segment from `src_port` with ACK and
+/// without SYN in a capture (the client's echo), if it has one.
+fn echo_in_ack(file: &std::path::Path, src_port: u16) -> Option<PrefixOption> {
+    pcap_ipv6_packets(file).iter().find_map(|p| {
+        let v = parse_ipv6_tcp(p).ok()?;
+        let f = v.tcp_header.flags;
+        (v.tcp_header.src_port == src_port && f.ack && !f.syn)
+            .then(|| v.dest_opts.and_then(|h| h.prefix_ack().cloned()))
+    })?
+}
+
+/// A client with the daemon meets hostile SYN+ACKs (the test plays the
+/// server with raw segments): a malformed first PREFIX_SYN, too many
+/// prefixes, prefixes of the wrong scope, a truncated option, non-zero
+/// PadN, duplicate and trailing PREFIX options. Each is counted, the echo
+/// in the client's ACK holds only what it accepted, headers the kernel
+/// drops teach nothing (a clean SYN+ACK then completes the handshake), and
+/// every connection carries data both ways afterwards.
+#[test]
+fn hostile_synack_towards_a_client_bpf() {
+    hostile_synack_towards_a_client(&[]);
+}
+
+/// [`hostile_synack_towards_a_client_bpf`] with the handshake through
+/// NFQUEUE (`--no-bpf`): the engine alone decides, with the same results.
+#[test]
+fn hostile_synack_towards_a_client_nfqueue() {
+    hostile_synack_towards_a_client(&["--no-bpf"]);
+}
+
+fn hostile_synack_towards_a_client(extra: &[&str]) {
+    let t = two_links();
+    let ports: Vec<u16> = (0..6).map(|i| PORT + 100 + i).collect();
+    let da = Daemon::start_with(&t.lab, &t.a, &ports, extra);
+    assert_eq!(da.bpf(), extra.is_empty(), "{}", da.log());
+    let (a0, b0, b1) = (v6(&t.l0, &t.a), v6(&t.l0, &t.b), v6(&t.l1, &t.b));
+    let net = t.lab.v6_net().to_be_bytes();
+    let glob = |k: u8| [0x20, 0x01, 0x0d, 0xb8, net[0], net[1], 0, k];
+    let l1: [u8; 8] = b1.octets()[..8].try_into().expect("prefix");
+    let good = prefix_opt(0x0B, &[(64, l1)]);
+    let many: Vec<(u8, [u8; 8])> = (10..30).map(|k| (64, glob(k))).collect();
+    let scoped = [
+        (64, [0xfe, 0x80, 0, 0, 0, 0, 0, 0]),
+        (64, [0xfd, 0x00, 0, 0, 0, 0, 0, 1]),
+        (64, l1),
+    ];
+    struct Case {
+        name: &'static str,
+        opts: Vec<u8>,
+        /// The kernel drops the SYN+ACK (a clean one follows).
+        dropped: bool,
+        /// Prefixes the client's echo holds (`None`: no echo).
+        echoed: Option<usize>,
+    }
+    let cases = [
+        Case {
+            name: "malformed first PREFIX_SYN",
+            opts: vec![0x0B, 4, 200, 1, 2, 3],
+            dropped: false,
+            echoed: None,
+        },
+        Case {
+            name: "twenty prefixes",
+            opts: prefix_opt(0x0B, &many),
+            dropped: false,
+            echoed: Some(8),
+        },
+        Case {
+            name: "wrong scope",
+            opts: prefix_opt(0x0B, &scoped),
+            dropped: false,
+            echoed: Some(1),
+        },
+        Case {
+            name: "truncated option",
+            opts: [&good[..], &[0x3e, 30, 1, 2]].concat(),
+            dropped: true,
+            echoed: None,
+        },
+        Case {
+            name: "non-zero PadN",
+            opts: [&good[..], &[1, 2, 0, 9]].concat(),
+            dropped: true,
+            echoed: None,
+        },
+        Case {
+            name: "duplicate and trailing PREFIX options",
+            opts: [
+                &good[..],
+                &prefix_opt(0x0B, &many[..2]),
+                &[0x0B, 2, 64, 1, 0x0C, 0, 0x0C, 1, 200],
+            ]
+            .concat(),
+            dropped: false,
+            echoed: Some(1),
+        },
+    ];
+    let _no_rst = NoRst::new(&t.b);
+    let tap = tcp_tap(&t.b);
+    let mut malformed = 0;
+    for (i, case) in cases.iter().enumerate() {
+        let before = |n: &str| da.stat(n);
+        let (m0, bm0, over0, scope0) = (
+            before("malformed_options"),
+            if da.bpf() { before("bpf_malformed") } else { 0 },
+            before("prefixes_rejected_over_limit"),
+            before("prefixes_rejected_scope"),
+        );
+        let cap = t.l0.capture(&t.b).expect("capture");
+        std::thread::sleep(Duration::from_millis(200));
+        let port = PORT + 100 + i as u16;
+        let client =
+            t.a.spawn_thread(move || TcpStream::connect(SocketAddr::from((b0, port))))
+                .expect("client thread");
+        let (cport, isn, _) = next_segment(&tap, port, 0x02);
+        let iss = 0x1000_0000u32.wrapping_mul(i as u32 + 1);
+        let synack =
+            |opts: &[u8]| tcp_segment(b0, a0, (port, cport), iss, isn + 1, 0x12, opts, &[]);
+        send_raw(&t.b, a0, synack(&case.opts), true);
+        if case.dropped {
+            std::thread::sleep(Duration::from_millis(300));
+            send_raw(&t.b, a0, synack(&[]), false);
+        }
+        let mut c = client
+            .join()
+            .expect("client")
+            .unwrap_or_else(|e| panic!("{}: connect: {e}", case.name));
+        let _ = next_segment(&tap, port, 0x10);
+        let mut s = repaired_socket(
+            &t.b,
+            std::net::SocketAddrV6::new(b0, port, 0, 0),
+            std::net::SocketAddrV6::new(a0, cport, 0, 0),
+            iss + 1,
+            isn + 1,
+        );
+        carries_data(&mut c, &mut s, case.name);
+        std::thread::sleep(Duration::from_millis(200));
+        let file = cap.stop().expect("stop");
+        let echo = echo_in_ack(&file, cport);
+        assert_eq!(
+            echo.as_ref().map(|e| e.prefixes().len()),
+            case.echoed,
+            "{}: the client's echo {echo:?}",
+            case.name
+        );
+        if case.dropped || case.echoed.is_none() {
+            malformed += 1;
+        }
+        assert_eq!(
+            da.stat("malformed_options") - m0,
+            u64::from(case.dropped || case.echoed.is_none()),
+            "{}: {}",
+            case.name,
+            da.log()
+        );
+        if da.bpf() {
+            assert_eq!(
+                da.stat("bpf_malformed") - bm0,
+                u64::from(case.dropped || case.echoed.is_none()),
+                "{}",
+                case.name
+            );
+        }
+        match case.name {
+            "twenty prefixes" => {
+                assert_eq!(da.stat("prefixes_rejected_over_limit") - over0, 12)
+            }
+            "wrong scope" => assert_eq!(da.stat("prefixes_rejected_scope") - scope0, 2),
+            _ => {}
+        }
+        // Tracked exactly when the client echoed.
+        std::thread::sleep(Duration::from_millis(200));
+        let tracked = da
+            .connections()
+            .iter()
+            .any(|c| c.original.local_port == cport);
+        assert_eq!(tracked, case.echoed.is_some(), "{}", case.name);
+    }
+    assert_eq!(da.stat("malformed_options"), malformed);
+    if da.bpf() {
+        assert_eq!(da.stat("bpf_prefixes_rejected"), 12 + 2);
     }
 }
