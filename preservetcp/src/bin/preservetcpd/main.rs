@@ -975,6 +975,12 @@ fn run(args: Args) -> Result<(), String> {
                 shared.engine_drained()
             };
             let v = if msg.get_queue_num() == q_out {
+                // Thesis 5.3.8: a SYN+ACK answering an offer first learns
+                // how its listening socket is bound.
+                if let Some(t) = eng.listener_query(msg.get_payload()) {
+                    let bound = listener_binding(t.local, t.local_port);
+                    eng.listener_bound(&t, bound);
+                }
                 eng.outbound(msg.get_payload(), now)
             } else {
                 eng.inbound(msg.get_payload(), now)
@@ -1532,6 +1538,31 @@ fn socket_owner(t: &TupleInfo) -> Option<u32> {
 
 /// TCP state `TIME_WAIT` in `/proc/net/tcp6`.
 const PROC_TIME_WAIT: &str = "06";
+/// TCP state `LISTEN` in `/proc/net/tcp6`.
+const PROC_LISTEN: &str = "0A";
+
+/// The address the listening socket that accepts connections to
+/// `local`:`port` is bound to: `local` if a listener is bound to exactly
+/// it, else `::` (a wildcard listener, or none found: the kernel already
+/// answered, so a missing entry means the wildcard).
+fn listener_binding(local: std::net::Ipv6Addr, port: u16) -> std::net::Ipv6Addr {
+    let table = std::fs::read_to_string("/proc/self/net/tcp6").unwrap_or_default();
+    tcp6_listener(&table, local, port)
+}
+
+/// [`listener_binding`] on the text of `/proc/net/tcp6`.
+fn tcp6_listener(table: &str, local: std::net::Ipv6Addr, port: u16) -> std::net::Ipv6Addr {
+    let exact = table.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.get(3) == Some(&PROC_LISTEN)
+            && f.get(1).and_then(|a| proc_tcp6_addr(a)) == Some((local, port))
+    });
+    if exact {
+        local
+    } else {
+        std::net::Ipv6Addr::UNSPECIFIED
+    }
+}
 
 /// The uid column of the line for `t` in the text of `/proc/net/tcp6`
 /// (columns: sl, local address:port, remote address:port, state,
@@ -1645,7 +1676,7 @@ fn handle(sh: &Shared, req: Request) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::{is_pure_syn, nfqueue_portid};
+    use super::{is_pure_syn, nfqueue_portid, tcp6_listener};
 
     #[test]
     fn nfqueue_portid_from_proc() {
@@ -1703,6 +1734,27 @@ mod tests {
 
     #[test]
     #[cfg(target_endian = "little")]
+    fn listener_binding_from_proc_tcp6() {
+        // A listener on [2001:db8::1]:5001 (bound) and one on [::]:5002.
+        let table = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: B80D0120000000000000000001000000:1389 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0
+   1: 00000000000000000000000000000000:138A 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2 1 0 100 0 0 10 0
+";
+        let a: std::net::Ipv6Addr = "2001:db8::1".parse().unwrap();
+        assert_eq!(tcp6_listener(table, a, 5001), a, "bound listener");
+        assert_eq!(
+            tcp6_listener(table, a, 5002),
+            std::net::Ipv6Addr::UNSPECIFIED,
+            "wildcard listener"
+        );
+        assert_eq!(
+            tcp6_listener(table, "2001:db8::2".parse().unwrap(), 5001),
+            std::net::Ipv6Addr::UNSPECIFIED,
+            "another address"
+        );
+    }
+
+    #[test]
     fn socket_owner_from_proc_tcp6() {
         let a: std::net::Ipv6Addr = "2001:db8::1".parse().unwrap();
         let t = |local_port, peer_port| preservetcp::control::TupleInfo {
