@@ -394,10 +394,10 @@
 //! - The first offer of a handshake is kept: a further offering SYN while
 //!   the handshake is pending (or a retransmitted SYN+ACK) changes nothing.
 //! - Thesis 5.3.8: an offer to a listening socket bound to one specific
-//!   address is not answered (no aliases for it) in BPF mode (the program
-//!   looks the listener up); [`Engine::listener_bound`] holds the same
-//!   rule for `--no-bpf`, whose daemon does not feed it yet (known gap:
-//!   with `--no-bpf` a bound listener still answers offers).
+//!   address is not answered (no aliases for it): the BPF program looks
+//!   the listener up; with `--no-bpf` the daemon reads its binding from
+//!   `/proc/net/tcp6` for each SYN+ACK that would answer an offer and
+//!   tells the engine ([`Engine::listener_bound`]).
 //! - On receipt the padding bits of a prefix are ignored: the alternative
 //!   address is the first `len` bits of the prefix plus the remaining bits of
 //!   the peer's address for the connection ([`wire::Prefix::combine`]).
