@@ -380,13 +380,24 @@ fn handshake_is_learned_without_holding_incoming_packets() {
 /// Thesis 5.3.8: a server whose listening socket is bound to one address
 /// (the firewall case) offers and accepts no alternative addresses: its
 /// SYN+ACK carries no PREFIX option (counted), while a wildcard listener's
-/// does; both connections carry data.
+/// does; both connections carry data. With the tc programs and with
+/// `--no-bpf` (the daemon reads the listener's binding from
+/// `/proc/net/tcp6`).
 #[test]
 fn bound_listener_gets_no_aliases() {
+    bound_listener_round(&[]);
+}
+
+#[test]
+fn bound_listener_gets_no_aliases_nfqueue() {
+    bound_listener_round(&["--no-bpf"]);
+}
+
+fn bound_listener_round(extra: &[&str]) {
     let t = two_links();
     let (bound_port, wild_port) = (5002u16, 5001u16);
-    let da = Daemon::start(&t.lab, &t.a, &[bound_port, wild_port]);
-    let db = Daemon::start(&t.lab, &t.b, &[bound_port, wild_port]);
+    let da = Daemon::start_with(&t.lab, &t.a, &[bound_port, wild_port], extra);
+    let db = Daemon::start_with(&t.lab, &t.b, &[bound_port, wild_port], extra);
     let b0 = v6(&t.l0, &t.b);
     let bound =
         t.b.run(move || TcpListener::bind((b0, bound_port)))
@@ -447,6 +458,8 @@ fn bound_listener_gets_no_aliases() {
     );
     if db.bpf() {
         assert_eq!(db.stat("bpf_listener_bound"), 1, "{}", db.log());
+    } else {
+        assert_eq!(db.stat("listener_bound"), 1, "{}", db.log());
     }
     assert_eq!(db.answers_sent(), 1);
     assert_eq!(da.stat("plain_peers"), 1, "the client saw a plain peer");
