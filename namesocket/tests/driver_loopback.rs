@@ -16,6 +16,70 @@ fn fast() -> Options {
     Options::fast_failover()
 }
 
+/// A tokio runtime with two worker threads.
+fn multi_thread_rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// `to` reads exactly `msg` (its peer sent it).
+fn expect_msg(to: &NameStream, msg: &[u8]) {
+    let mut buf = vec![0u8; msg.len()];
+    let mut r = to;
+    r.read_exact(&mut buf).unwrap();
+    assert_eq!(buf, msg);
+}
+
+/// `from` sends `msg` and its peer `to` reads exactly that.
+fn pass_msg(from: &NameStream, to: &NameStream, msg: &[u8]) {
+    let mut w = from;
+    w.write_all(msg).unwrap();
+    expect_msg(to, msg);
+}
+
+/// The tokio driver's [`pass_msg`].
+async fn pass_msg_async(from: &mut AsyncNameStream, to: &mut AsyncNameStream, msg: &[u8]) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    from.write_all(msg).await.unwrap();
+    let mut buf = vec![0u8; msg.len()];
+    to.read_exact(&mut buf).await.unwrap();
+    assert_eq!(buf, msg);
+}
+
+/// What a raw client reads after sending a forged RESUME (for session `id`,
+/// with a made-up proof) to a listener on `port`.
+fn forged_resume_reply(port: u16, id: SessionId, nonce: u8, proof: u8) -> Vec<u8> {
+    let forged = Handshake::Resume(Resume {
+        session_id: id,
+        generation: 1,
+        nonce: [nonce; 16],
+        bytes_received: 0,
+        proof: [proof; 32],
+    });
+    let mut bytes = Vec::new();
+    forged.emit(&mut bytes);
+    let mut raw = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    raw.write_all(&bytes).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut reply = Vec::new();
+    let _ = raw.read_to_end(&mut reply);
+    reply
+}
+
+/// `reply` is a REJECT(BadProof) and nothing else.
+fn assert_bad_proof_reject(reply: &[u8]) {
+    match Handshake::parse(reply) {
+        Ok(Some((Handshake::Reject(reason), used))) => {
+            assert_eq!(reason, RejectReason::BadProof);
+            assert_eq!(used, reply.len(), "nothing after the REJECT");
+        }
+        other => panic!("expected REJECT(BadProof), got {other:?} from {reply:?}"),
+    }
+}
+
 /// Deterministic pseudo-random bytes (xorshift) so both ends can check.
 fn pattern(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
@@ -378,27 +442,47 @@ fn nselect_exception_set_reports_failed_sessions() {
     }
 }
 
+/// Options announcing a send buffer beyond the default receive cap.
+fn big_send_buffer() -> Options {
+    let mut big = fast();
+    big.session.send_buffer_limit = 32 << 20;
+    big
+}
+
+/// `e` refuses a session for its parameters (ECONNREFUSED): the server's
+/// REJECT(BadParams) if `by_server`, else the client's own refusal of the
+/// server's.
+fn assert_refused(e: &Error, by_server: bool) {
+    if by_server {
+        assert!(
+            matches!(
+                e,
+                Error::Session(SessionError::Rejected(RejectReason::BadParams))
+            ),
+            "{e:?}"
+        );
+    } else {
+        assert!(
+            matches!(e, Error::Session(SessionError::PeerParams(_))),
+            "{e:?}"
+        );
+    }
+    assert_eq!(e.errno(), libc::ECONNREFUSED);
+}
+
 /// Session parameters out of range are refused with a clear error either
 /// way: a client announcing a send buffer beyond the server's receive cap
 /// gets REJECT(BadParams), a server doing so has its NEW_ACK refused by the
 /// client (which tells the server with an ERROR frame).
 #[test]
 fn out_of_range_session_parameters_are_refused() {
-    let mut big = fast();
-    big.session.send_buffer_limit = 32 << 20;
+    let big = big_send_buffer();
 
     let l = NameListener::bind_with("0", &fast()).unwrap();
     let port = l.local_port().to_string();
     let c = NameStream::connect_with("127.0.0.1", &port, &big).unwrap();
     let e = c.recv(&mut [0u8; 8]).unwrap_err();
-    assert!(
-        matches!(
-            e,
-            Error::Session(SessionError::Rejected(RejectReason::BadParams))
-        ),
-        "{e:?}"
-    );
-    assert_eq!(e.errno(), libc::ECONNREFUSED);
+    assert_refused(&e, true);
     assert_eq!(l.stats().rejected_sessions, 1);
     assert_eq!(l.stats().sessions, 0);
 
@@ -406,11 +490,7 @@ fn out_of_range_session_parameters_are_refused() {
     let port = l.local_port().to_string();
     let c = NameStream::connect_with("127.0.0.1", &port, &fast()).unwrap();
     let e = c.recv(&mut [0u8; 8]).unwrap_err();
-    assert!(
-        matches!(e, Error::Session(SessionError::PeerParams(_))),
-        "{e:?}"
-    );
-    assert_eq!(e.errno(), libc::ECONNREFUSED);
+    assert_refused(&e, false);
     // The server's session hears of it at once (not after its resume
     // window).
     let s = l.accept().unwrap();
@@ -430,27 +510,15 @@ fn out_of_range_session_parameters_are_refused() {
 /// The tokio driver refuses out-of-range session parameters the same way.
 #[test]
 fn async_driver_refuses_out_of_range_session_parameters() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = multi_thread_rt();
     rt.block_on(async {
-        let mut big = fast();
-        big.session.send_buffer_limit = 32 << 20;
+        let big = big_send_buffer();
         let l = AsyncNameListener::bind_with("0", &fast()).await.unwrap();
         let port = l.local_port().to_string();
         let e = AsyncNameStream::connect_with("127.0.0.1", &port, &big)
             .await
             .unwrap_err();
-        assert!(
-            matches!(
-                e,
-                Error::Session(SessionError::Rejected(RejectReason::BadParams))
-            ),
-            "{e:?}"
-        );
-        assert_eq!(e.errno(), libc::ECONNREFUSED);
+        assert_refused(&e, true);
         assert_eq!(l.stats().rejected_sessions, 1);
 
         let l = AsyncNameListener::bind_with("0", &big).await.unwrap();
@@ -458,11 +526,7 @@ fn async_driver_refuses_out_of_range_session_parameters() {
         let e = AsyncNameStream::connect_with("127.0.0.1", &port, &fast())
             .await
             .unwrap_err();
-        assert!(
-            matches!(e, Error::Session(SessionError::PeerParams(_))),
-            "{e:?}"
-        );
-        assert_eq!(e.errno(), libc::ECONNREFUSED);
+        assert_refused(&e, false);
     });
 }
 
@@ -492,12 +556,8 @@ fn huge_timeouts_are_refused_or_mean_never() {
     c.set_write_timeout(Some(Duration::MAX));
     (&c).write_all(b"ping").unwrap();
     let s = l.accept_timeout(Some(Duration::MAX)).unwrap();
-    let mut buf = [0u8; 4];
-    (&s).read_exact(&mut buf).unwrap();
-    assert_eq!(&buf, b"ping");
-    (&s).write_all(b"pong").unwrap();
-    (&c).read_exact(&mut buf).unwrap();
-    assert_eq!(&buf, b"pong");
+    expect_msg(&s, b"ping");
+    pass_msg(&s, &c, b"pong");
 }
 
 /// Connections that never send their first message are capped
@@ -507,20 +567,10 @@ fn huge_timeouts_are_refused_or_mean_never() {
 fn silent_connections_beyond_the_cap_are_dropped_oldest_first() {
     const CAP: usize = 4;
     const SILENT: usize = 10;
-    let mut o = fast();
-    o.max_pending_handshakes = CAP;
-    o.handshake_timeout = Duration::from_secs(60);
-    let l = NameListener::bind_with("0", &o).unwrap();
+    let l = NameListener::bind_with("0", &capped(CAP)).unwrap();
     let port = l.local_port();
-    let mut silent = Vec::new();
-    for i in 0..SILENT {
-        silent.push(TcpStream::connect(("127.0.0.1", port)).unwrap());
-        // One at a time, so that they are accepted in this order.
-        wait_for(|| l.stats().connections > i as u64);
-    }
     // The round that accepted the last one drops the excess at its end.
-    wait_for(|| l.stats().pending_overflows >= (SILENT - CAP) as u64);
-    assert_eq!(l.stats().pending_overflows, (SILENT - CAP) as u64);
+    let mut silent = open_silent(port, SILENT, CAP, || l.stats());
     // The oldest were dropped (reset), the newest still wait.
     for (i, s) in silent.iter_mut().enumerate() {
         s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
@@ -544,9 +594,7 @@ fn silent_connections_beyond_the_cap_are_dropped_oldest_first() {
     let c = NameStream::connect_with("127.0.0.1", &port.to_string(), &fast()).unwrap();
     (&c).write_all(b"hi").unwrap();
     let s = l.accept_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut buf = [0u8; 2];
-    (&s).read_exact(&mut buf).unwrap();
-    assert_eq!(&buf, b"hi");
+    expect_msg(&s, b"hi");
     // Its NEW is normally read right after the accept; if it came late, its
     // connection waited too and pushed out one more silent one.
     let overflows = l.stats().pending_overflows;
@@ -587,24 +635,13 @@ fn silent_connections_beyond_the_cap_are_dropped_oldest_first() {
 fn async_listener_caps_silent_connections() {
     const CAP: usize = 3;
     const SILENT: usize = 8;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
+    let rt = multi_thread_rt();
+    let l = rt
+        .block_on(AsyncNameListener::bind_with("0", &capped(CAP)))
         .unwrap();
-    let mut o = fast();
-    o.max_pending_handshakes = CAP;
-    o.handshake_timeout = Duration::from_secs(60);
-    let l = rt.block_on(AsyncNameListener::bind_with("0", &o)).unwrap();
     let port = l.local_port();
-    let mut silent = Vec::new();
-    for i in 0..SILENT {
-        silent.push(TcpStream::connect(("127.0.0.1", port)).unwrap());
-        wait_for(|| l.stats().connections > i as u64);
-    }
     // Counted just after the connection.
-    wait_for(|| l.stats().pending_overflows >= (SILENT - CAP) as u64);
-    assert_eq!(l.stats().pending_overflows, (SILENT - CAP) as u64);
+    let mut silent = open_silent(port, SILENT, CAP, || l.stats());
     for (i, s) in silent.iter_mut().enumerate() {
         s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         if i < SILENT - CAP {
@@ -627,6 +664,35 @@ fn async_listener_caps_silent_connections() {
     // The client's connection waited too (each one is listed before its
     // first read), pushing out one more silent connection.
     assert_eq!(l.stats().pending_overflows, (SILENT - CAP + 1) as u64);
+}
+
+/// Options whose listener keeps at most `cap` connections that have not
+/// sent their first message (and would wait a minute for it).
+fn capped(cap: usize) -> Options {
+    let mut o = fast();
+    o.max_pending_handshakes = cap;
+    o.handshake_timeout = Duration::from_secs(60);
+    o
+}
+
+/// Opens `n` silent raw connections to the listener on `port`, one at a
+/// time (each counted in `stats` before the next, so that they are
+/// accepted in this order); waits until all but `cap` of them are dropped
+/// and checks that no more were.
+fn open_silent(
+    port: u16,
+    n: usize,
+    cap: usize,
+    stats: impl Fn() -> namesocket::ListenerStats,
+) -> Vec<TcpStream> {
+    let mut silent = Vec::new();
+    for i in 0..n {
+        silent.push(TcpStream::connect(("127.0.0.1", port)).unwrap());
+        wait_for(|| stats().connections > i as u64);
+    }
+    wait_for(|| stats().pending_overflows >= (n - cap) as u64);
+    assert_eq!(stats().pending_overflows, (n - cap) as u64);
+    silent
 }
 
 /// Waits up to 10 s for `cond`.
@@ -684,53 +750,23 @@ fn forged_resume_is_rejected_and_session_unaffected() {
     let c = NameStream::connect_with("127.0.0.1", &port.to_string(), &fast()).unwrap();
     (&c).write_all(b"before").unwrap();
     let s = l.accept().unwrap();
-    let mut buf = [0u8; 6];
-    (&s).read_exact(&mut buf).unwrap();
-    assert_eq!(&buf, b"before");
+    expect_msg(&s, b"before");
 
     // An attacker who knows the session id (it travels in clear) but not the
     // secret sends RESUME with a made-up proof.
-    let forged = Handshake::Resume(Resume {
-        session_id: SessionId(c.session_id().0),
-        generation: 1,
-        nonce: [7; 16],
-        bytes_received: 0,
-        proof: [0x55; 32],
-    });
-    let mut bytes = Vec::new();
-    forged.emit(&mut bytes);
-    let mut raw = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    raw.write_all(&bytes).unwrap();
-    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut reply = Vec::new();
-    let _ = raw.read_to_end(&mut reply);
-    match Handshake::parse(&reply) {
-        Ok(Some((Handshake::Reject(reason), used))) => {
-            assert_eq!(reason, RejectReason::BadProof);
-            assert_eq!(used, reply.len(), "nothing after the REJECT");
-        }
-        other => panic!("expected REJECT(BadProof), got {other:?} from {reply:?}"),
-    }
+    let reply = forged_resume_reply(port, SessionId(c.session_id().0), 7, 0x55);
+    assert_bad_proof_reject(&reply);
     assert_eq!(l.stats().rejected_resumes, 1);
     assert_eq!(l.stats().resumes, 0);
 
     // The real session still works in both directions.
-    (&c).write_all(b"after").unwrap();
-    let mut buf = [0u8; 5];
-    (&s).read_exact(&mut buf).unwrap();
-    assert_eq!(&buf, b"after");
-    (&s).write_all(b"reply").unwrap();
-    (&c).read_exact(&mut buf).unwrap();
-    assert_eq!(&buf, b"reply");
+    pass_msg(&c, &s, b"after");
+    pass_msg(&s, &c, b"reply");
 }
 
 #[test]
 fn tokio_stream_roundtrip() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = multi_thread_rt();
     rt.block_on(async {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let l = AsyncNameListener::bind_with("0", &fast()).await.unwrap();
@@ -1033,6 +1069,19 @@ fn raw_exchange(port: u16, first: &[u8]) -> (Vec<u8>, std::io::Result<usize>) {
     }
 }
 
+/// A raw client that sends `first` to a listener on `port` gets no bytes,
+/// and its connection is reset (an RST, not an orderly end of stream).
+fn assert_reset(port: u16, first: &[u8], who: &str) {
+    let (got, end) = raw_exchange(port, first);
+    assert!(got.is_empty(), "no bytes for {who}: {got:?}");
+    let e = end.expect_err("the connection is reset");
+    assert_eq!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionReset,
+        "{who}: {e:?}"
+    );
+}
+
 fn v1_new() -> Vec<u8> {
     let mut b = Vec::new();
     namesocket::wire::v1::Packet::New.emit(&mut b);
@@ -1046,16 +1095,14 @@ fn v1_new() -> Vec<u8> {
 fn version1_and_foreign_clients_are_reset_by_the_listener() {
     let l = NameListener::bind_with("0", &fast()).unwrap();
     let port = l.local_port();
-    let (got, end) = raw_exchange(port, &v1_new());
-    assert!(got.is_empty(), "no bytes for a v1 client: {got:?}");
-    let e = end.expect_err("the v1 client's connection is reset");
-    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e:?}");
+    assert_reset(port, &v1_new(), "the v1 client");
     wait_for(|| l.stats().version1_peers == 1);
 
-    let (got, end) = raw_exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
-    assert!(got.is_empty(), "{got:?}");
-    let e = end.expect_err("a foreign client's connection is reset");
-    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e:?}");
+    assert_reset(
+        port,
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        "a foreign client",
+    );
     wait_for(|| l.stats().bad_first_messages == 1);
     assert_eq!(l.stats().sessions, 0);
 
@@ -1063,33 +1110,21 @@ fn version1_and_foreign_clients_are_reset_by_the_listener() {
     let c = NameStream::connect_with("127.0.0.1", &port.to_string(), &fast()).unwrap();
     (&c).write_all(b"v2").unwrap();
     let s = l.accept().unwrap();
-    let mut buf = [0u8; 2];
-    (&s).read_exact(&mut buf).unwrap();
-    assert_eq!(&buf, b"v2");
+    expect_msg(&s, b"v2");
 }
 
 /// The tokio listener turns them away the same way.
 #[test]
 fn async_listener_resets_version1_and_foreign_clients() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = multi_thread_rt();
     let l = rt
         .block_on(AsyncNameListener::bind_with("0", &fast()))
         .unwrap();
     let port = l.local_port();
-    let (got, end) = raw_exchange(port, &v1_new());
-    assert!(got.is_empty(), "no bytes for a v1 client: {got:?}");
-    let e = end.expect_err("the v1 client's connection is reset");
-    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e:?}");
+    assert_reset(port, &v1_new(), "the v1 client");
     wait_for(|| l.stats().version1_peers == 1);
 
-    let (got, end) = raw_exchange(port, b"SSH-2.0-OpenSSH_9.2\r\n");
-    assert!(got.is_empty(), "{got:?}");
-    let e = end.expect_err("a foreign client's connection is reset");
-    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e:?}");
+    assert_reset(port, b"SSH-2.0-OpenSSH_9.2\r\n", "a foreign client");
     wait_for(|| l.stats().bad_first_messages == 1);
     assert_eq!(l.stats().sessions, 0);
 }
@@ -1225,60 +1260,26 @@ fn async_flush_and_shutdown_put_the_bytes_on_the_transport() {
 /// REJECT(BadProof), and the real session goes on unaffected.
 #[test]
 fn async_listener_rejects_a_forged_resume() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = multi_thread_rt();
     rt.block_on(async {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let l = AsyncNameListener::bind_with("0", &fast()).await.unwrap();
         let port = l.local_port();
         let mut c = AsyncNameStream::connect_with("127.0.0.1", &port.to_string(), &fast())
             .await
             .unwrap();
         let mut s = l.accept().await.unwrap();
-        c.write_all(b"before").await.unwrap();
-        let mut buf = [0u8; 6];
-        s.read_exact(&mut buf).await.unwrap();
-        assert_eq!(&buf, b"before");
+        pass_msg_async(&mut c, &mut s, b"before").await;
 
-        let forged = Handshake::Resume(Resume {
-            session_id: SessionId(c.session_id().0),
-            generation: 1,
-            nonce: [9; 16],
-            bytes_received: 0,
-            proof: [0x33; 32],
-        });
-        let mut bytes = Vec::new();
-        forged.emit(&mut bytes);
-        let reply = tokio::task::spawn_blocking(move || {
-            let mut raw = TcpStream::connect(("127.0.0.1", port)).unwrap();
-            raw.write_all(&bytes).unwrap();
-            raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            let mut reply = Vec::new();
-            let _ = raw.read_to_end(&mut reply);
-            reply
-        })
-        .await
-        .unwrap();
-        match Handshake::parse(&reply) {
-            Ok(Some((Handshake::Reject(reason), used))) => {
-                assert_eq!(reason, RejectReason::BadProof);
-                assert_eq!(used, reply.len(), "nothing after the REJECT");
-            }
-            other => panic!("expected REJECT(BadProof), got {other:?} from {reply:?}"),
-        }
+        let id = SessionId(c.session_id().0);
+        let reply = tokio::task::spawn_blocking(move || forged_resume_reply(port, id, 9, 0x33))
+            .await
+            .unwrap();
+        assert_bad_proof_reject(&reply);
         assert_eq!(l.stats().rejected_resumes, 1);
         assert_eq!(l.stats().resumes, 0);
 
-        c.write_all(b"after").await.unwrap();
-        let mut buf = [0u8; 5];
-        s.read_exact(&mut buf).await.unwrap();
-        assert_eq!(&buf, b"after");
-        s.write_all(b"reply").await.unwrap();
-        c.read_exact(&mut buf).await.unwrap();
-        assert_eq!(&buf, b"reply");
+        pass_msg_async(&mut c, &mut s, b"after").await;
+        pass_msg_async(&mut s, &mut c, b"reply").await;
         assert_eq!(c.path_log().resumes, 0, "the client never resumed");
     });
 }

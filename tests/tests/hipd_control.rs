@@ -22,6 +22,21 @@ fn lab2() -> (Lab, netlab::Host, netlab::Host, netlab::Link) {
     (lab, a, b, l0)
 }
 
+/// hipd in `a` and `b` (default configuration), a's mapping b's HIT to
+/// b's address on `l0`: (a's daemon, b's daemon, a's HIT, b's HIT).
+fn mapped_pair(
+    lab: &Lab,
+    a: &netlab::Host,
+    b: &netlab::Host,
+    l0: &netlab::Link,
+) -> (Hipd, Hipd, Ipv6Addr, Ipv6Addr) {
+    let ha = Hipd::start(lab, a, "", "");
+    let hb = Hipd::start(lab, b, "", "");
+    let (hit_a, hit_b) = (ha.hit(), hb.hit());
+    ha.add_map(hit_b, l0.addr(b, Family::V6), None);
+    (ha, hb, hit_a, hit_b)
+}
+
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let t0 = Instant::now();
     while !f() {
@@ -350,11 +365,7 @@ fn hipd_hosts_file_resolution() {
 #[test]
 fn hipd_shutdown_closes_and_restart_is_clean() {
     let (lab, a, b, l0) = lab2();
-    let mut ha = Hipd::start(&lab, &a, "", "");
-    let hb = Hipd::start(&lab, &b, "", "");
-    let hit_a = ha.hit();
-    let hit_b = hb.hit();
-    ha.add_map(hit_b, l0.addr(&b, Family::V6), None);
+    let (mut ha, hb, hit_a, hit_b) = mapped_pair(&lab, &a, &b, &l0);
     assert_eq!(ha.hipconf(&["daemon", "connect", &hit_b.to_string()]).0, 0);
     assert!(
         a.exec_ok(["ip", "-6", "route", "show", "dev", "hip0"])
@@ -566,11 +577,7 @@ fn hipd_restart_after_sigkill_recovers() {
     use std::os::unix::process::ExitStatusExt;
 
     let (lab, a, b, l0) = lab2();
-    let mut ha = Hipd::start(&lab, &a, "", "");
-    let hb = Hipd::start(&lab, &b, "", "");
-    let hit_a = ha.hit();
-    let hit_b = hb.hit();
-    ha.add_map(hit_b, l0.addr(&b, Family::V6), None);
+    let (mut ha, hb, hit_a, hit_b) = mapped_pair(&lab, &a, &b, &l0);
     transfer_to_hit(&lab, &b, &a, hit_b, 5015, 2 << 20, 15);
     let old_spi_in = ha.has()[0].spi_in;
     wait_until("b established", || {

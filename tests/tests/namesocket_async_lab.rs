@@ -7,6 +7,8 @@
 //! and its own listener with RESUME handling, so the std driver's lab tests
 //! in namesocket_lab.rs do not cover it.)
 
+mod namesocket_support;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,43 +17,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use mh_tests::Pattern;
-use namesocket::resolve::ResolverConfig;
 use namesocket::{AsyncNameListener, AsyncNameStream, ListenerStats, Options, PathLog};
-use netlab::{Family, FaultStamp, Host, Lab, Link};
+use namesocket_support::{MB, Topo, opts_for, topo};
+use netlab::{Family, FaultStamp, Link};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
-
-const MB: u64 = 1 << 20;
-
-struct Topo {
-    _lab: Lab,
-    a: Host,
-    b: Host,
-    links: [Link; 2],
-}
-
-fn topo() -> Topo {
-    let lab = Lab::new().expect("lab (root and iproute2 needed)");
-    let a = lab.add_host("a").unwrap();
-    let b = lab.add_host("b").unwrap();
-    let l0 = lab.link(&a, &b).unwrap();
-    let l1 = lab.link(&a, &b).unwrap();
-    lab.wait_usable(Duration::from_secs(10)).unwrap();
-    Topo {
-        _lab: lab,
-        a,
-        b,
-        links: [l0, l1],
-    }
-}
-
-/// Options for a host: resolve through the lab's hosts file of `h` only.
-fn opts_for(h: &Host, base: Options) -> Options {
-    let mut o = base;
-    o.resolver = ResolverConfig::default()
-        .with_hosts_file(h.hosts_file())
-        .without_dns();
-    o
-}
 
 /// The index of the link whose address of b is `dst`.
 fn link_of(t: &Topo, dst: &SocketAddr) -> usize {

@@ -6,6 +6,8 @@
 //! resume-window expiry, and a forged RESUME. (The tokio driver's lab tests
 //! are in namesocket_async_lab.rs.)
 
+mod namesocket_support;
+
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::Arc;
@@ -18,40 +20,8 @@ use mh_tests::Pattern;
 use namesocket::resolve::ResolverConfig;
 use namesocket::wire::v2::{Handshake, RejectReason, Resume, SessionId};
 use namesocket::{Error, ListenerStats, NameListener, NameStream, Options, PathLog};
-use netlab::{Family, FaultStamp, Host, Lab, Link};
-
-const MB: u64 = 1 << 20;
-
-struct Topo {
-    lab: Lab,
-    a: Host,
-    b: Host,
-    links: [Link; 2],
-}
-
-fn topo() -> Topo {
-    let lab = Lab::new().expect("lab (root and iproute2 needed)");
-    let a = lab.add_host("a").unwrap();
-    let b = lab.add_host("b").unwrap();
-    let l0 = lab.link(&a, &b).unwrap();
-    let l1 = lab.link(&a, &b).unwrap();
-    lab.wait_usable(Duration::from_secs(10)).unwrap();
-    Topo {
-        lab,
-        a,
-        b,
-        links: [l0, l1],
-    }
-}
-
-/// Options for a host: resolve through the lab's hosts file of `h` only.
-fn opts_for(h: &Host, base: Options) -> Options {
-    let mut o = base;
-    o.resolver = ResolverConfig::default()
-        .with_hosts_file(h.hosts_file())
-        .without_dns();
-    o
-}
+use namesocket_support::{MB, Topo, opts_for, topo};
+use netlab::{Family, FaultStamp, Link};
 
 /// The link whose address of `b` is the destination of the stream's path.
 fn active_link<'a>(t: &'a Topo, c: &NameStream) -> &'a Link {
@@ -547,6 +517,36 @@ struct Outcome {
     after: (Option<IpAddr>, SocketAddr),
 }
 
+/// One end of a gated transfer (the client sends pattern 1, the server
+/// pattern 2): receives the peer's stream (`total` bytes if `flow` moves
+/// data that way, else none) while sending its own, gated, or only shutting
+/// its write side; then waits until all it sent is acknowledged.
+fn gated_end(
+    s: &Arc<NameStream>,
+    client: bool,
+    flow: Flow,
+    total: u64,
+    progress: &AtomicU64,
+    gate_at: u64,
+    gate: &AtomicBool,
+) {
+    let (own_seed, peer_seed, sends, receives, who) = if client {
+        (1, 2, flow.c2s, flow.s2c, "client")
+    } else {
+        (2, 1, flow.s2c, flow.c2s, "server")
+    };
+    let s2 = Arc::clone(s);
+    let reader =
+        thread::spawn(move || recv_pattern(&s2, peer_seed, if receives { total } else { 0 }));
+    if sends {
+        send_pattern_gated(s, own_seed, total, progress, gate_at, gate);
+    } else {
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+    }
+    s.wait_acked(Some(Duration::from_secs(60))).unwrap();
+    reader.join().unwrap_or_else(|_| panic!("{who} receiver"));
+}
+
 /// Streams `total` bytes over the session the way(s) `flow` says (client
 /// in a, server in b, connecting by name); once `total / 5` bytes are
 /// written each way, `fault` breaks the path (it gets the active link) and
@@ -572,21 +572,7 @@ fn gated_transfer(
             let l = NameListener::bind_with(&port.to_string(), &server_opts).unwrap();
             ready_tx.send(()).unwrap();
             let s = Arc::new(l.accept().unwrap());
-            let s2 = Arc::clone(&s);
-            let reader = thread::spawn(move || {
-                if flow.c2s {
-                    recv_pattern(&s2, 1, total)
-                } else {
-                    recv_pattern(&s2, 1, 0)
-                }
-            });
-            if flow.s2c {
-                send_pattern_gated(&s, 2, total, &sp, gate_at, &g);
-            } else {
-                s.shutdown(std::net::Shutdown::Write).unwrap();
-            }
-            s.wait_acked(Some(Duration::from_secs(60))).unwrap();
-            reader.join().expect("server receiver");
+            gated_end(&s, false, flow, total, &sp, gate_at, &g);
             l.stats()
         })
         .unwrap();
@@ -599,21 +585,7 @@ fn gated_transfer(
             let c =
                 Arc::new(NameStream::connect_with("b", &port.to_string(), &client_opts).unwrap());
             stream_tx.send(Arc::clone(&c)).unwrap();
-            let c2 = Arc::clone(&c);
-            let reader = thread::spawn(move || {
-                if flow.s2c {
-                    recv_pattern(&c2, 2, total)
-                } else {
-                    recv_pattern(&c2, 2, 0)
-                }
-            });
-            if flow.c2s {
-                send_pattern_gated(&c, 1, total, &cp, gate_at, &g);
-            } else {
-                c.shutdown(std::net::Shutdown::Write).unwrap();
-            }
-            c.wait_acked(Some(Duration::from_secs(60))).unwrap();
-            reader.join().expect("client receiver");
+            gated_end(&c, true, flow, total, &cp, gate_at, &g);
         })
         .unwrap();
     let c = stream_rx.recv().unwrap();
@@ -664,6 +636,32 @@ fn assert_failed_over(o: &Outcome, what: &str) {
     );
 }
 
+/// Which host's side of the active link silently drops what it receives.
+#[derive(Clone, Copy)]
+enum DropAt {
+    Client,
+    Server,
+}
+
+/// Streams 20 MB the way `flow` says; once under way, the `drop_at` side of
+/// the active link drops everything it receives (one direction of the link
+/// dies). Checks that the session fails over.
+fn one_way_failure(port: u16, flow: Flow, drop_at: DropAt, what: &str) {
+    let t = topo();
+    let o = gated_transfer(
+        &t,
+        port,
+        flow,
+        Options::default(),
+        20 * MB,
+        |t, l| match drop_at {
+            DropAt::Client => l.drop_rx(&t.a).unwrap(),
+            DropAt::Server => l.drop_rx(&t.b).unwrap(),
+        },
+    );
+    assert_failed_over(&o, what);
+}
+
 /// Client → server data; the server's side of the active link silently
 /// drops everything it receives: the data direction is dead while the
 /// server's PINGs still reach the client. The server notices the silence
@@ -671,63 +669,47 @@ fn assert_failed_over(o: &Outcome, what: &str) {
 /// client reconnects over the other link.
 #[test]
 fn one_way_failure_of_the_data_direction_client_to_server() {
-    let t = topo();
-    let o = gated_transfer(
-        &t,
+    one_way_failure(
         7105,
         CLIENT_TO_SERVER,
-        Options::default(),
-        20 * MB,
-        |t, l| l.drop_rx(&t.b).unwrap(),
+        DropAt::Server,
+        "c→s data, drop at server",
     );
-    assert_failed_over(&o, "c→s data, drop at server");
 }
 
 /// Client → server data; the client's side drops: the data reaches the
 /// server but no acknowledgement (TCP's or the session's) comes back.
 #[test]
 fn one_way_failure_of_the_ack_direction_client_to_server() {
-    let t = topo();
-    let o = gated_transfer(
-        &t,
+    one_way_failure(
         7106,
         CLIENT_TO_SERVER,
-        Options::default(),
-        20 * MB,
-        |t, l| l.drop_rx(&t.a).unwrap(),
+        DropAt::Client,
+        "c→s data, drop at client",
     );
-    assert_failed_over(&o, "c→s data, drop at client");
 }
 
 /// Server → client data; the client's side drops it (the client notices
 /// the silence first and resets the transport).
 #[test]
 fn one_way_failure_of_the_data_direction_server_to_client() {
-    let t = topo();
-    let o = gated_transfer(
-        &t,
+    one_way_failure(
         7107,
         SERVER_TO_CLIENT,
-        Options::default(),
-        20 * MB,
-        |t, l| l.drop_rx(&t.a).unwrap(),
+        DropAt::Client,
+        "s→c data, drop at client",
     );
-    assert_failed_over(&o, "s→c data, drop at client");
 }
 
 /// Server → client data; the server's side drops the acknowledgements.
 #[test]
 fn one_way_failure_of_the_ack_direction_server_to_client() {
-    let t = topo();
-    let o = gated_transfer(
-        &t,
+    one_way_failure(
         7108,
         SERVER_TO_CLIENT,
-        Options::default(),
-        20 * MB,
-        |t, l| l.drop_rx(&t.b).unwrap(),
+        DropAt::Server,
+        "s→c data, drop at server",
     );
-    assert_failed_over(&o, "s→c data, drop at server");
 }
 
 /// Removes every global IPv6 address of both hosts on every link (IPv4

@@ -37,12 +37,7 @@ fn option_headers(pkts: &[Vec<u8>], cport: u16) -> Vec<((bool, bool), Vec<u8>)> 
 /// Connects from `a` over link 0 (kept open), exchanges a few bytes and
 /// returns both ends and the client's port.
 fn connect(t: &TwoLinks, listener: &TcpListener) -> (TcpStream, TcpStream, u16) {
-    let dst = SocketAddr::from((v6(&t.l0, &t.b), PORT));
-    let mut c =
-        t.a.run(move || TcpStream::connect(dst))
-            .expect("run")
-            .expect("connect");
-    let (mut s, _) = listener.accept().expect("accept");
+    let (mut c, mut s) = connect_l0(t, listener, PORT);
     c.write_all(b"hello").expect("write");
     let mut b = [0u8; 5];
     s.read_exact(&mut b).expect("read");
@@ -54,13 +49,8 @@ fn connect(t: &TwoLinks, listener: &TcpListener) -> (TcpStream, TcpStream, u16) 
 
 /// BPF daemons on both hosts (covering `PORT`) and a listener on b.
 fn bpf_daemons(t: &TwoLinks) -> (Daemon, Daemon, TcpListener) {
-    let da = Daemon::start(&t.lab, &t.a, &[PORT]);
-    let db = Daemon::start(&t.lab, &t.b, &[PORT]);
+    let (da, db, listener) = daemons_and_listener(t, PORT, &[]);
     assert!(da.bpf() && db.bpf(), "{}\n{}", da.log(), db.log());
-    let listener =
-        t.b.run(|| TcpListener::bind(("::", PORT)))
-            .expect("run")
-            .expect("bind");
     (da, db, listener)
 }
 
@@ -80,10 +70,7 @@ fn handshake_in_the_kernel_matches_the_engine_and_migrates() {
     let t = two_links();
     let (a0, a1) = (v6(&t.l0, &t.a), v6(&t.l1, &t.a));
     let (b0, b1) = (v6(&t.l0, &t.b), v6(&t.l1, &t.b));
-    let listener =
-        t.b.run(|| TcpListener::bind(("::", PORT)))
-            .expect("run")
-            .expect("bind");
+    let listener = listen(&t.b, PORT);
     let expected = [
         (
             (true, false),
@@ -192,12 +179,7 @@ fn handshake_in_the_kernel_matches_the_engine_and_migrates() {
     assert_eq!((nfqueue_queued(&t.a), nfqueue_queued(&t.b)), (0, 0));
     let conns = da.connections();
     assert_eq!(conns.len(), 1, "{}", da.log());
-    let ok = da.request(&preservetcp::control::Request::Move {
-        id: conns[0].id,
-        local: a1,
-        peer: b1,
-    });
-    assert!(ok.ok, "{:?}", ok.error);
+    da.move_to(conns[0].id, a1, b1);
     t.l0.drop_both().expect("drop link 0");
     let data: Vec<u8> = (0..(2usize << 20)).map(|i| (i % 253) as u8).collect();
     let expect = data.clone();
@@ -241,10 +223,7 @@ fn oversized_syn_keeps_no_option() {
     let da = Daemon::start(&t.lab, &t.a, &[PORT]);
     let _db = Daemon::start(&t.lab, &t.b, &[PORT]);
     assert!(da.bpf());
-    let listener =
-        t.b.run(|| TcpListener::bind(("::", PORT)))
-            .expect("run")
-            .expect("bind");
+    let listener = listen(&t.b, PORT);
     let dst = SocketAddr::from((v6(&t.l0, &t.b), PORT));
     let data: Vec<u8> = (0..4000).map(|i| (i % 241) as u8).collect();
     let sent = data.clone();
@@ -294,10 +273,7 @@ fn links_that_appear_later_get_the_programs() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let listener =
-        t.b.run(|| TcpListener::bind(("::", PORT)))
-            .expect("run")
-            .expect("bind");
+    let listener = listen(&t.b, PORT);
     let dst = SocketAddr::from((v6(&l2, &t.b), PORT));
     let mut c =
         t.a.run(move || TcpStream::connect(dst))
@@ -481,10 +457,7 @@ fn only_the_opt_in_mark_or_a_covered_port_makes_an_offer() {
     let da = Daemon::start(&t.lab, &t.a, &[PORT]);
     let db = Daemon::start(&t.lab, &t.b, &[PORT]);
     assert!(da.bpf() && db.bpf());
-    let other =
-        t.b.run(|| TcpListener::bind(("::", OTHER)))
-            .expect("run")
-            .expect("bind");
+    let other = listen(&t.b, OTHER);
     let dst = SocketAddr::from((v6(&t.l0, &t.b), OTHER));
     let marked = move |mark: u32| {
         let s = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)?;
@@ -508,27 +481,11 @@ fn only_the_opt_in_mark_or_a_covered_port_makes_an_offer() {
     drop((c, s));
     assert_eq!(da.stat("bpf_syn_offers"), 1, "{}", da.log());
     assert_eq!(db.stat("bpf_synack_answers"), 1, "{}", db.log());
-    let listener =
-        t.b.run(|| TcpListener::bind(("::", PORT)))
-            .expect("run")
-            .expect("bind");
+    let listener = listen(&t.b, PORT);
     let (c, s, _) = connect(&t, &listener);
     drop((c, s));
     assert_eq!(da.stat("bpf_syn_offers"), 2, "{}", da.log());
-    db.proc
-        .signal(nix::sys::signal::Signal::SIGTERM)
-        .expect("SIGTERM");
-    let out = db
-        .proc
-        .wait_timeout(Duration::from_secs(5))
-        .expect("daemon exits");
-    assert!(
-        out.status.success(),
-        "exit {:?}: {}",
-        out.status,
-        out.stderr
-    );
-    assert!(out.stderr.contains("SIGTERM: exiting"), "{}", out.stderr);
+    db.terminate(Duration::from_secs(5));
 }
 
 /// The base chains (hooks) of every nftables table in `host` (iptables-nft
@@ -554,6 +511,37 @@ fn conntrack_entries(host: &netlab::Host) -> u64 {
     .trim()
     .parse()
     .expect("a number")
+}
+
+/// Sets read timeouts on both ends, passes a first MiB c→s and waits until
+/// both daemons track the connection.
+fn pass_until_tracked(
+    da: &Daemon,
+    db: &Daemon,
+    (c, s): (&mut TcpStream, &mut TcpStream),
+    what: &str,
+) {
+    read_timeouts(&[c, s]);
+    pass(c, s, 1);
+    wait_until(what, || {
+        da.connections().len() == 1 && db.connections().len() == 1
+    });
+}
+
+/// Passes data c→s (seeds counting up from `seed`) until b's daemon `db`
+/// has the connection on its local address `b`.
+fn pass_until_followed(
+    db: &Daemon,
+    (c, s): (&mut TcpStream, &mut TcpStream),
+    mut seed: u8,
+    b: Ipv6Addr,
+    what: &str,
+) {
+    wait_until(what, || {
+        pass(c, s, seed);
+        seed = seed.wrapping_add(1);
+        db.connections()[0].current.local == b
+    });
 }
 
 fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
@@ -609,12 +597,7 @@ fn unmoved_connections_meet_no_netfilter_hook() {
     let (a0, a1) = (v6(&t.l0, &t.a), v6(&t.l1, &t.a));
     let (b0, b1) = (v6(&t.l0, &t.b), v6(&t.l1, &t.b));
     let id = da.connections()[0].id;
-    let r = da.request(&preservetcp::control::Request::Move {
-        id,
-        local: a1,
-        peer: b1,
-    });
-    assert!(r.ok, "{:?}", r.error);
+    da.move_to(id, a1, b1);
     pass(&mut c, &mut s, 2);
     pass(&mut s, &mut c, 3);
     wait_until("server followed", || {
@@ -638,18 +621,8 @@ fn unmoved_connections_meet_no_netfilter_hook() {
     // preservetcp::policy): the server follows back (it sees the client's
     // segments on the original tuple), no rewriting is left.
     std::thread::sleep(Duration::from_millis(700));
-    let r = da.request(&preservetcp::control::Request::Move {
-        id,
-        local: a0,
-        peer: b0,
-    });
-    assert!(r.ok, "{:?}", r.error);
-    let mut seed = 4;
-    wait_until("server followed back", || {
-        pass(&mut c, &mut s, seed);
-        seed = seed.wrapping_add(1);
-        db.connections()[0].current.local == b0
-    });
+    da.move_to(id, a0, b0);
+    pass_until_followed(&db, (&mut c, &mut s), 4, b0, "server followed back");
     pass(&mut s, &mut c, 99);
     // (Past the server's follow window.)
     std::thread::sleep(Duration::from_millis(300));
@@ -866,42 +839,17 @@ fn exit_removes_what_the_daemon_added(port: u16, extra: &[&str]) {
     let before = [foreign(&t.a), foreign(&t.b)];
     assert_eq!(before[0].0.len(), 1, "{:?}", before[0]);
     let bpf = extra.is_empty();
-    let da = Daemon::start_with(&t.lab, &t.a, &[port], extra);
-    let db = Daemon::start_with(&t.lab, &t.b, &[port], extra);
+    let (da, db, listener) = daemons_and_listener(&t, port, extra);
     assert_eq!((da.bpf(), db.bpf()), (bpf, bpf), "{}", da.log());
-    let listener =
-        t.b.run(move || TcpListener::bind(("::", port)))
-            .expect("run")
-            .expect("bind");
-    let dst = SocketAddr::from((b0, port));
-    let mut c =
-        t.a.run(move || TcpStream::connect(dst))
-            .expect("run")
-            .expect("connect");
-    let (mut s, _) = listener.accept().expect("accept");
+    let (mut c, mut s) = connect_l0(&t, &listener, port);
     for x in [&c, &s] {
-        x.set_read_timeout(Some(Duration::from_secs(20)))
-            .expect("timeout");
         x.set_write_timeout(Some(Duration::from_secs(20)))
             .expect("timeout");
     }
-    pass(&mut c, &mut s, 1);
-    wait_until("both track the connection", || {
-        da.connections().len() == 1 && db.connections().len() == 1
-    });
+    pass_until_tracked(&da, &db, (&mut c, &mut s), "both track the connection");
     let id = da.connections()[0].id;
-    let r = da.request(&preservetcp::control::Request::Move {
-        id,
-        local: a1,
-        peer: b1,
-    });
-    assert!(r.ok, "{:?}", r.error);
-    let mut seed = 2;
-    wait_until("server followed", || {
-        pass(&mut c, &mut s, seed);
-        seed = seed.wrapping_add(1);
-        db.connections()[0].current.local == b1
-    });
+    da.move_to(id, a1, b1);
+    pass_until_followed(&db, (&mut c, &mut s), 2, b1, "server followed");
     // Both daemons have their fallback routing in: two rules of the moved
     // connection next to the foreign one, routes tagged with their
     // protocol (80); their programs or rules are in place.
@@ -942,21 +890,9 @@ fn exit_removes_what_the_daemon_added(port: u16, extra: &[&str]) {
     });
     std::thread::sleep(Duration::from_millis(300));
     for d in [da, db] {
-        d.proc
-            .signal(nix::sys::signal::Signal::SIGTERM)
-            .expect("SIGTERM");
-        let out = d
-            .proc
-            .wait_timeout(Duration::from_secs(10))
-            .expect("daemon exits");
-        assert!(
-            out.status.success(),
-            "exit {:?}: {}",
-            out.status,
-            out.stderr
-        );
-        assert!(out.stderr.contains("SIGTERM: exiting"), "{}", out.stderr);
-        assert!(!d.control.exists(), "control socket removed");
+        let control = d.control.clone();
+        d.terminate(Duration::from_secs(10));
+        assert!(!control.exists(), "control socket removed");
     }
     assert!(mover.join().expect("mover") > 0, "moves were answered");
     for ((h, devs), before) in [(&t.a, &devs), (&t.b, &devs_b)].into_iter().zip(before) {
@@ -986,22 +922,23 @@ fn exit_removes_what_the_daemon_added_nfqueue() {
     exit_removes_what_the_daemon_added(5012, &["--no-bpf"]);
 }
 
+/// The command prefix that runs a command as uid and gid 65534.
+const AS_NOBODY: [&str; 6] = [
+    "setpriv",
+    "--reuid",
+    "65534",
+    "--regid",
+    "65534",
+    "--clear-groups",
+];
+
 /// Sends one request line to the control socket at `control` as uid and
 /// gid 65534 (`setpriv` + `socat`) and returns the answer.
 fn control_as_nobody(control: &std::path::Path, line: &str) -> preservetcp::control::Response {
     use std::process::{Command, Stdio};
-    let mut child = Command::new("setpriv")
-        .args([
-            "--reuid",
-            "65534",
-            "--regid",
-            "65534",
-            "--clear-groups",
-            "socat",
-            "-t",
-            "5",
-            "-",
-        ])
+    let mut child = Command::new(AS_NOBODY[0])
+        .args(&AS_NOBODY[1..])
+        .args(["socat", "-t", "5", "-"])
         .arg(format!("UNIX-CONNECT:{}", control.display()))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -1048,31 +985,17 @@ fn control_requests_are_checked_against_the_senders_uid() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o666, "{mode:o}");
-    let listener =
-        t.b.run(|| TcpListener::bind(("::", P)))
-            .expect("run")
-            .expect("bind");
-    let dst = SocketAddr::from((b0, P));
-    let root_conn =
-        t.a.run(move || TcpStream::connect(dst))
-            .expect("run")
-            .expect("connect");
-    let (_root_srv, _) = listener.accept().expect("accept");
+    let listener = listen(&t.b, P);
+    let (root_conn, _root_srv) = connect_l0(&t, &listener, P);
     let root_port = root_conn.local_addr().expect("addr").port();
     // A connection of uid 65534's own.
     let _nobody_conn =
-        t.a.spawn([
-            "setpriv",
-            "--reuid",
-            "65534",
-            "--regid",
-            "65534",
-            "--clear-groups",
+        t.a.spawn(AS_NOBODY.into_iter().chain([
             "socat",
             "-u",
             &format!("TCP6:[{b0}]:{P}"),
             "/dev/null",
-        ])
+        ]))
         .expect("socat as nobody");
     let (_nobody_srv, from) = listener.accept().expect("accept nobody's");
     wait_until("both connections tracked", || da.connections().len() == 2);
@@ -1199,10 +1122,7 @@ fn opt_in_request_covers_a_tuple_without_bpf() {
     let da = Daemon::start_with(&t.lab, &t.a, &[], &["--no-bpf", "--max-opt-ins", "2"]);
     let db = Daemon::start_with(&t.lab, &t.b, &[], &["--no-bpf"]);
     assert!(!da.bpf() && !db.bpf());
-    let listener =
-        t.b.run(|| TcpListener::bind(("::", P)))
-            .expect("run")
-            .expect("bind");
+    let listener = listen(&t.b, P);
     let bound = || {
         t.a.run(move || {
             let s = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)?;
@@ -1246,14 +1166,7 @@ fn opt_in_request_covers_a_tuple_without_bpf() {
         .expect("connect");
     let mut c = TcpStream::from(sock);
     let (mut s, _) = listener.accept().expect("accept");
-    for x in [&c, &s] {
-        x.set_read_timeout(Some(Duration::from_secs(20)))
-            .expect("timeout");
-    }
-    pass(&mut c, &mut s, 1);
-    wait_until("tracked on both hosts", || {
-        da.connections().len() == 1 && db.connections().len() == 1
-    });
+    pass_until_tracked(&da, &db, (&mut c, &mut s), "tracked on both hosts");
     assert_eq!(da.connections()[0].original.local_port, port);
     assert_eq!(da.stat("syn_offers"), 1, "{}", da.log());
     assert_eq!(db.stat("synack_answers"), 1, "{}", db.log());

@@ -4,7 +4,6 @@
 
 mod preservetcp_support;
 
-use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
@@ -44,33 +43,11 @@ fn peer_pref(shim: &Shim, s: &TcpStream) -> IpAddr {
 fn shim_api_shows_and_moves_a_preservetcp_connection() {
     let t = two_links();
     let port = 5401;
-    let da = Daemon::start(&t.lab, &t.a, &[port]);
-    let _db = Daemon::start(&t.lab, &t.b, &[port]);
-    let (a0, a1, b0, b1) = (
-        v6(&t.l0, &t.a),
-        v6(&t.l1, &t.a),
-        v6(&t.l0, &t.b),
-        v6(&t.l1, &t.b),
-    );
-    let listener =
-        t.b.run(move || TcpListener::bind(("::", port)))
-            .expect("run")
-            .expect("bind");
-    let dst = SocketAddr::from((b0, port));
-    let mut c: TcpStream =
-        t.a.run(move || TcpStream::connect(dst))
-            .expect("run")
-            .expect("connect");
-    let (mut s, _) = listener.accept().expect("accept");
-    s.set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
-    let ping = |c: &mut TcpStream, s: &mut TcpStream, n: u8| {
-        let data = vec![n; 256 << 10];
-        c.write_all(&data).expect("write");
-        let mut got = vec![0u8; data.len()];
-        s.read_exact(&mut got).expect("read");
-        assert_eq!(got, data);
-    };
+    let (da, _db, listener) = daemons_and_listener(&t, port, &[]);
+    let (a0, a1, b0, b1) = t.addrs();
+    let (mut c, mut s) = connect_l0(&t, &listener, port);
+    read_timeouts(&[&s]);
+    let ping = |c: &mut TcpStream, s: &mut TcpStream, n: u8| ping(c, s, n, 256 << 10);
     ping(&mut c, &mut s, 1);
     // Wait until the daemon tracks it with both of b's addresses.
     let t0 = Instant::now();
@@ -116,10 +93,7 @@ fn shim_api_shows_and_moves_a_preservetcp_connection() {
     // SHIM_PRESERVETCP opts a socket in before connect: a port outside
     // the daemons' --ports is covered for that socket only.
     let other = port + 1;
-    let l2 =
-        t.b.run(move || TcpListener::bind(("::", other)))
-            .expect("run")
-            .expect("bind");
+    let l2 = listen(&t.b, other);
     let shim2 = Shim::new("/nonexistent/hipd.sock").with_preservetcp(&da.control);
     let dst2 = SocketAddr::from((b0, other));
     let (opted, flag) =

@@ -6,8 +6,7 @@
 
 mod preservetcp_support;
 
-use std::io::{Read, Write};
-use std::net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv6Addr, SocketAddr, TcpStream};
 use std::time::Duration;
 
 use preservetcp_support::*;
@@ -54,36 +53,12 @@ const RST_ACK: u8 = 0x14;
 fn blind_spoofed_segments_do_not_move_a_connection() {
     let t = two_links();
     let port = 5301;
-    let da = Daemon::start(&t.lab, &t.a, &[port]);
-    let db = Daemon::start(&t.lab, &t.b, &[port]);
+    let (da, db, listener) = daemons_and_listener(&t, port, &[]);
     assert!(da.bpf() && db.bpf(), "the tc programs are loaded");
-    let listener =
-        t.b.run(move || TcpListener::bind(("::", port)))
-            .expect("run")
-            .expect("bind");
-    let (a0, a1, b0, b1) = (
-        v6(&t.l0, &t.a),
-        v6(&t.l1, &t.a),
-        v6(&t.l0, &t.b),
-        v6(&t.l1, &t.b),
-    );
-    let dst = SocketAddr::from((b0, port));
-    let mut c: TcpStream =
-        t.a.run(move || TcpStream::connect(dst))
-            .expect("run")
-            .expect("connect");
-    let (mut s, _) = listener.accept().expect("accept");
-    for x in [&c, &s] {
-        x.set_read_timeout(Some(Duration::from_secs(20)))
-            .expect("timeout");
-    }
-    let ping = |from: &mut TcpStream, to: &mut TcpStream, n: u8| {
-        let data = vec![n; 64 << 10];
-        from.write_all(&data).expect("write");
-        let mut got = vec![0u8; data.len()];
-        to.read_exact(&mut got).expect("read");
-        assert_eq!(got, data, "data intact");
-    };
+    let (a0, a1, b0, b1) = t.addrs();
+    let (mut c, mut s) = connect_l0(&t, &listener, port);
+    read_timeouts(&[&c, &s]);
+    let ping = |from: &mut TcpStream, to: &mut TcpStream, n: u8| ping(from, to, n, 64 << 10);
     ping(&mut c, &mut s, 1);
     ping(&mut s, &mut c, 2);
     let conn = da.connections();

@@ -243,18 +243,7 @@ pub fn transfer_to_hit(
     len: usize,
     seed: u64,
 ) {
-    let file = lab.artifacts_dir().join(format!("send-{port}"));
-    random_file(&file, len, seed);
-    let got = socat_tcp(
-        lab,
-        server,
-        client,
-        IpAddr::V6(hit),
-        IpAddr::V6(hit),
-        port,
-        &file,
-    );
-    assert!(same_file(&file, &got), "data over {hit}:{port} differs");
+    Transfer::start(lab, server, client, hit, port, len, seed).finish(Duration::from_secs(45));
 }
 
 /// Sends `file` with socat over TCP from `client` to `server` at `dst`
@@ -276,26 +265,45 @@ pub fn socat_tcp(
         IpAddr::V6(a) => format!("TCP6-LISTEN:{port},bind=[{a}],reuseaddr"),
         IpAddr::V4(a) => format!("TCP4-LISTEN:{port},bind={a},reuseaddr"),
     };
-    let srv = server
-        .spawn(["socat", "-u", &listen, &format!("CREATE:{}", out.display())])
-        .expect("socat server");
-    std::thread::sleep(Duration::from_millis(300));
     let target = match dst {
         IpAddr::V6(a) => format!("TCP6:[{a}]:{port}"),
         IpAddr::V4(a) => format!("TCP4:{a}:{port}"),
     };
+    let (srv, cli) = spawn_socat(server, client, &listen, &target, file, &out);
+    wait_socat(cli, srv, Duration::from_secs(45));
+    out
+}
+
+/// Starts a socat server in `server` listening with the address `listen`
+/// into the file `out`, and (after a moment) a socat client in `client`
+/// sending `file` to `target`: (server, client).
+fn spawn_socat(
+    server: &Host,
+    client: &Host,
+    listen: &str,
+    target: &str,
+    file: &Path,
+    out: &Path,
+) -> (Process, Process) {
+    let srv = server
+        .spawn(["socat", "-u", listen, &format!("CREATE:{}", out.display())])
+        .expect("socat server");
+    std::thread::sleep(Duration::from_millis(300));
     let cli = client
-        .spawn(["socat", "-u", &format!("OPEN:{}", file.display()), &target])
+        .spawn(["socat", "-u", &format!("OPEN:{}", file.display()), target])
         .expect("socat client");
-    let c = cli
-        .wait_timeout(Duration::from_secs(45))
-        .expect("client finished");
+    (srv, cli)
+}
+
+/// Waits for a socat client (at most `limit`), then its server, and
+/// asserts that both succeeded.
+fn wait_socat(cli: Process, srv: Process, limit: Duration) {
+    let c = cli.wait_timeout(limit).expect("socat client finished");
     assert!(c.status.success(), "socat client: {}", c.stderr);
     let s = srv
         .wait_timeout(Duration::from_secs(10))
-        .expect("server finished");
+        .expect("socat server finished");
     assert!(s.status.success(), "socat server: {}", s.stderr);
-    out
 }
 
 /// Payload bytes per datagram of [`udp_transfer`].
@@ -520,23 +528,14 @@ impl Transfer {
         let out = lab
             .artifacts_dir()
             .join(format!("bg-recv-{}-{port}", server.name()));
-        let srv = server
-            .spawn([
-                "socat",
-                "-u",
-                &format!("TCP6-LISTEN:{port},bind=[{hit}],reuseaddr"),
-                &format!("CREATE:{}", out.display()),
-            ])
-            .expect("socat server");
-        std::thread::sleep(Duration::from_millis(300));
-        let cli = client
-            .spawn([
-                "socat",
-                "-u",
-                &format!("OPEN:{}", file.display()),
-                &format!("TCP6:[{hit}]:{port}"),
-            ])
-            .expect("socat client");
+        let (srv, cli) = spawn_socat(
+            server,
+            client,
+            &format!("TCP6-LISTEN:{port},bind=[{hit}],reuseaddr"),
+            &format!("TCP6:[{hit}]:{port}"),
+            &file,
+            &out,
+        );
         Transfer {
             file,
             out,
@@ -566,20 +565,7 @@ impl Transfer {
     /// Waits for both ends (the client at most `limit`) and asserts that
     /// the file arrived byte-exact.
     pub fn finish(mut self, limit: Duration) {
-        let c = self
-            .cli
-            .take()
-            .unwrap()
-            .wait_timeout(limit)
-            .expect("socat client finished");
-        assert!(c.status.success(), "socat client: {}", c.stderr);
-        let s = self
-            .srv
-            .take()
-            .unwrap()
-            .wait_timeout(Duration::from_secs(10))
-            .expect("socat server finished");
-        assert!(s.status.success(), "socat server: {}", s.stderr);
+        wait_socat(self.cli.take().unwrap(), self.srv.take().unwrap(), limit);
         assert!(
             same_file(&self.file, &self.out),
             "data differs: {} received of {}",

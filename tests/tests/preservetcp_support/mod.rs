@@ -2,6 +2,8 @@
 //! `preservetcpd` inside lab hosts, test files and checksums.
 #![allow(dead_code)]
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -96,6 +98,13 @@ impl Daemon {
         *s.get(name).unwrap_or_else(|| panic!("no counter {name}"))
     }
 
+    /// Asks the daemon to move connection `id` to the pair (`local`,
+    /// `peer`) and checks that it agreed.
+    pub fn move_to(&self, id: u64, local: std::net::Ipv6Addr, peer: std::net::Ipv6Addr) {
+        let r = self.request(&preservetcp::control::Request::Move { id, local, peer });
+        assert!(r.ok, "{:?}", r.error);
+    }
+
     pub fn log(&self) -> String {
         self.proc.stderr_so_far()
     }
@@ -104,6 +113,23 @@ impl Daemon {
     /// (the default) rather than through NFQUEUE (`--no-bpf`).
     pub fn bpf(&self) -> bool {
         self.stat("bpf") == 1
+    }
+
+    /// Ends the daemon with SIGTERM and checks that it exits cleanly (within
+    /// `timeout`, through its clean-up); returns its output.
+    pub fn terminate(self, timeout: Duration) -> netlab::ProcessOutput {
+        self.proc
+            .signal(nix::sys::signal::Signal::SIGTERM)
+            .expect("SIGTERM");
+        let out = self.proc.wait_timeout(timeout).expect("daemon exits");
+        assert!(
+            out.status.success(),
+            "exit {:?}: {}",
+            out.status,
+            out.stderr
+        );
+        assert!(out.stderr.contains("SIGTERM: exiting"), "{}", out.stderr);
+        out
     }
 
     /// SYNs that got PREFIX_SYN, by the engine (NFQUEUE) or the kernel.
@@ -204,6 +230,26 @@ pub struct TwoLinks {
     pub l1: Link,
 }
 
+impl TwoLinks {
+    /// The IPv6 addresses (a on link 0, a on link 1, b on link 0, b on
+    /// link 1).
+    pub fn addrs(
+        &self,
+    ) -> (
+        std::net::Ipv6Addr,
+        std::net::Ipv6Addr,
+        std::net::Ipv6Addr,
+        std::net::Ipv6Addr,
+    ) {
+        (
+            v6(&self.l0, &self.a),
+            v6(&self.l1, &self.a),
+            v6(&self.l0, &self.b),
+            v6(&self.l1, &self.b),
+        )
+    }
+}
+
 pub fn two_links() -> TwoLinks {
     let lab = Lab::new().expect("lab");
     let a = lab.add_host("a").expect("host a");
@@ -212,6 +258,55 @@ pub fn two_links() -> TwoLinks {
     let l1 = lab.link(&a, &b).expect("link 1");
     lab.wait_usable(Duration::from_secs(10)).expect("usable");
     TwoLinks { lab, a, b, l0, l1 }
+}
+
+/// A TCP listener on `port` (any IPv6 address) in `host`.
+pub fn listen(host: &Host, port: u16) -> TcpListener {
+    host.run(move || TcpListener::bind(("::", port)))
+        .expect("run")
+        .expect("bind")
+}
+
+/// Daemons on both hosts (covering `port`, started with `extra` command
+/// line arguments) and a listener on `port` in b.
+pub fn daemons_and_listener(
+    t: &TwoLinks,
+    port: u16,
+    extra: &[&str],
+) -> (Daemon, Daemon, TcpListener) {
+    let da = Daemon::start_with(&t.lab, &t.a, &[port], extra);
+    let db = Daemon::start_with(&t.lab, &t.b, &[port], extra);
+    (da, db, listen(&t.b, port))
+}
+
+/// Connects from a to b's address on link 0 at `port` and accepts the
+/// connection on `listener`: (client end, server end).
+pub fn connect_l0(t: &TwoLinks, listener: &TcpListener, port: u16) -> (TcpStream, TcpStream) {
+    let dst = SocketAddr::from((v6(&t.l0, &t.b), port));
+    let c =
+        t.a.run(move || TcpStream::connect(dst))
+            .expect("run")
+            .expect("connect");
+    let (s, _) = listener.accept().expect("accept");
+    (c, s)
+}
+
+/// Sets a read timeout of 20 s on each of `streams`.
+pub fn read_timeouts(streams: &[&TcpStream]) {
+    for x in streams {
+        x.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+    }
+}
+
+/// Sends `len` bytes of value `n` from `from` and checks that `to` reads
+/// exactly them.
+pub fn ping(from: &mut TcpStream, to: &mut TcpStream, n: u8, len: usize) {
+    let data = vec![n; len];
+    from.write_all(&data).expect("write");
+    let mut got = vec![0u8; data.len()];
+    to.read_exact(&mut got).expect("read");
+    assert_eq!(got, data, "data intact");
 }
 
 /// Writes `mb` MiB of pseudo-random bytes (xorshift, seeded) to `path`.
