@@ -1254,6 +1254,20 @@ static __always_inline int prefix_list_ok(struct __sk_buff *skb, struct scan *sc
 	return sc->pl_ok;
 }
 
+// The socket (full, request or TIME_WAIT) of tuple t (local = ours), as
+// the receive path would find it for a packet from the peer; the caller
+// releases it.
+static __always_inline struct bpf_sock *skc_of(struct __sk_buff *skb, const struct tuple *t)
+{
+	struct bpf_sock_tuple st = {};
+
+	__builtin_memcpy(st.ipv6.saddr, t->peer, 16);
+	__builtin_memcpy(st.ipv6.daddr, t->local, 16);
+	st.ipv6.sport = t->peer_port;
+	st.ipv6.dport = t->local_port;
+	return bpf_skc_lookup_tcp(skb, &st, sizeof(st.ipv6), BPF_F_CURRENT_NETNS, 0);
+}
+
 // What answers an offering SYN for tuple t (local = ours): LS_NONE no
 // socket will send a SYN+ACK (no listener, or a connection already
 // established on the tuple); LS_PENDING a request socket has the tuple,
@@ -1268,15 +1282,11 @@ static __always_inline int prefix_list_ok(struct __sk_buff *skb, struct scan *sc
 
 static __always_inline int listener_state(struct __sk_buff *skb, const struct tuple *t)
 {
-	struct bpf_sock_tuple st = {};
+	struct tuple from_any;
 	struct bpf_sock *sk;
 	__u32 state, any;
 
-	__builtin_memcpy(st.ipv6.saddr, t->peer, 16);
-	__builtin_memcpy(st.ipv6.daddr, t->local, 16);
-	st.ipv6.sport = t->peer_port;
-	st.ipv6.dport = t->local_port;
-	sk = bpf_skc_lookup_tcp(skb, &st, sizeof(st.ipv6), BPF_F_CURRENT_NETNS, 0);
+	sk = skc_of(skb, t);
 	if (!sk)
 		return LS_NONE;
 	state = sk->state;
@@ -1285,9 +1295,10 @@ static __always_inline int listener_state(struct __sk_buff *skb, const struct tu
 		// connection has the unspecified source, so the lookup finds
 		// the listener.
 		bpf_sk_release(sk);
-		__builtin_memset(st.ipv6.saddr, 0, 16);
-		st.ipv6.sport = 0;
-		sk = bpf_skc_lookup_tcp(skb, &st, sizeof(st.ipv6), BPF_F_CURRENT_NETNS, 0);
+		from_any = *t;
+		__builtin_memset(from_any.peer, 0, 16);
+		from_any.peer_port = 0;
+		sk = skc_of(skb, &from_any);
 		if (!sk)
 			return LS_NONE;
 		state = sk->state;
@@ -1317,15 +1328,10 @@ static __always_inline int answers(__u32 isn, const __u8 *ack)
 // the tuple on the wire as well.) Counted.
 static __always_inline int owned(struct __sk_buff *skb, const struct tuple *t)
 {
-	struct bpf_sock_tuple st = {};
 	struct bpf_sock *sk;
 	__u32 state;
 
-	__builtin_memcpy(st.ipv6.saddr, t->peer, 16);
-	__builtin_memcpy(st.ipv6.daddr, t->local, 16);
-	st.ipv6.sport = t->peer_port;
-	st.ipv6.dport = t->local_port;
-	sk = bpf_skc_lookup_tcp(skb, &st, sizeof(st.ipv6), BPF_F_CURRENT_NETNS, 0);
+	sk = skc_of(skb, t);
 	if (!sk)
 		return 0;
 	state = sk->state;

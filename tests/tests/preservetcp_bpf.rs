@@ -922,15 +922,7 @@ fn exit_removes_what_the_daemon_added_nfqueue() {
     exit_removes_what_the_daemon_added(5012, &["--no-bpf"]);
 }
 
-/// The command prefix that runs a command as uid and gid 65534.
-const AS_NOBODY: [&str; 6] = [
-    "setpriv",
-    "--reuid",
-    "65534",
-    "--regid",
-    "65534",
-    "--clear-groups",
-];
+use netlab::AS_NOBODY;
 
 /// Sends one request line to the control socket at `control` as uid and
 /// gid 65534 (`setpriv` + `socat`) and returns the answer.

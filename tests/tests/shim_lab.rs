@@ -873,18 +873,12 @@ fn context_settings_need_every_socket_of_the_context() {
     let (root_s, _) = listener.accept().unwrap();
     // nobody's connection, idle for up to 60 s.
     let nobody =
-        t.a.spawn([
-            "setpriv",
-            "--reuid",
-            "65534",
-            "--regid",
-            "65534",
-            "--clear-groups",
+        t.a.spawn(netlab::AS_NOBODY.into_iter().chain([
             "socat",
             "-u",
             "EXEC:sleep 60",
             &format!("TCP6:[{hit_b}]:{port}"),
-        ])
+        ]))
         .unwrap();
     let (nobody_s, nobody_peer) = listener.accept().unwrap();
     let flow = FlowId {

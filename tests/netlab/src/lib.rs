@@ -123,6 +123,17 @@ pub use fault::{FaultAction, FaultEvent, FaultStamp, RateLimit};
 pub use host::Host;
 pub use lab::{ETC_NETNS, HOST_SYSCTLS, Lab, NETNS_PREFIX};
 pub use link::{Family, Link};
+
+/// The command prefix that runs a command in a host as uid and gid 65534
+/// (`nobody`), for tests of what an unprivileged user may do.
+pub const AS_NOBODY: [&str; 6] = [
+    "setpriv",
+    "--reuid",
+    "65534",
+    "--regid",
+    "65534",
+    "--clear-groups",
+];
 pub use netns::{NETNS_RUN_DIR, NetnsGuard, netns_path};
 pub use process::{Process, ProcessOutput};
 pub use tools::{Tool, find_in_path};
