@@ -204,6 +204,8 @@ impl Host {
     /// Starts `args` (program first) inside the host in the background. Stdout and stderr
     /// go to files in the lab's artifacts directory; the returned [`Process`] kills the
     /// program when dropped, and closing the lab kills whatever still runs in the host.
+    /// When this returns the process is inside the host's namespace (or has already
+    /// ended), so closing the lab right after finds it.
     pub fn spawn<I, S>(&self, args: I) -> Result<Process>
     where
         I: IntoIterator<Item = S>,
@@ -231,15 +233,25 @@ impl Host {
             .stderr(err);
         let text = tools::describe(&c);
         let child = c.spawn().map_err(io_err(format!("spawning `{text}`")))?;
+        crate::lab::wait_entered(child.id(), &self.netns);
         Ok(Process::new(child, text, Some(out_path), Some(err_path)))
     }
 
     /// Starts a prepared command (normally from [`Host::command`]) with its own stdio
-    /// settings; the returned [`Process`] kills it when dropped.
+    /// settings; the returned [`Process`] kills it when dropped. Like [`Host::spawn`],
+    /// a command from [`Host::command`] has entered the host when this returns.
     pub fn spawn_command(&self, mut cmd: Command) -> Result<Process> {
         self.lab.check_open()?;
         let text = tools::describe(&cmd);
+        let ours = cmd.get_program() == "ip"
+            && cmd
+                .get_args()
+                .take(3)
+                .eq(["netns", "exec", self.netns.as_str()].map(OsStr::new));
         let child = cmd.spawn().map_err(io_err(format!("spawning `{text}`")))?;
+        if ours {
+            crate::lab::wait_entered(child.id(), &self.netns);
+        }
         Ok(Process::new(child, text, None, None))
     }
 

@@ -504,6 +504,31 @@ pub(crate) fn netns_pids(name: &str) -> Vec<Pid> {
         .collect()
 }
 
+/// Waits (at most [`ENTER_TIMEOUT`]) until process `pid`, started as
+/// `ip netns exec <name> …`, is inside the namespace or has ended, so that
+/// a lab closed right after a spawn finds it there: `ip` opens the
+/// namespace and enters it some time after the fork, and a process that
+/// entered only after [`kill_netns_processes`] looked would outlive the lab
+/// in a namespace nobody can see (seen under load in CI).
+pub(crate) fn wait_entered(pid: u32, name: &str) {
+    let Ok(target) = fs::metadata(netns_path(name)) else {
+        return;
+    };
+    let deadline = Instant::now() + ENTER_TIMEOUT;
+    while Instant::now() < deadline {
+        // Gone, a zombie (no namespace links), or inside.
+        match fs::metadata(format!("/proc/{pid}/ns/net")) {
+            Err(_) => return,
+            Ok(m) if m.dev() == target.dev() && m.ino() == target.ino() => return,
+            Ok(_) => std::thread::sleep(Duration::from_micros(200)),
+        }
+    }
+    tracing::warn!("netlab: process {pid} did not enter {name} within {ENTER_TIMEOUT:?}");
+}
+
+/// How long a spawn waits for its process to enter the host's namespace.
+const ENTER_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// SIGTERM everything in the namespace, give it a moment, then SIGKILL what is left.
 pub(crate) fn kill_netns_processes(name: &str) {
     let pids = netns_pids(name);
