@@ -100,7 +100,9 @@ use std::net::Ipv6Addr;
 use std::time::{Duration, Instant};
 
 use crate::control::{ConnInfo, PairInfo, TupleInfo};
-use crate::packet::{insert_dest_opts, parse_ipv6_tcp, rewrite_addresses_v6, strip_dest_opts};
+use crate::packet::{
+    TcpHeader, insert_dest_opts, parse_ipv6_tcp, rewrite_addresses_v6, strip_dest_opts,
+};
 use crate::pairs::{AddrPair, AddressPairs, ConnId, FourTuple};
 use crate::policy::{ChangePolicy, Decision, PolicyConfig, PolicyEvent, SwitchReason};
 use crate::select::{
@@ -158,6 +160,58 @@ pub struct LocalAddr {
     pub up: bool,
 }
 
+/// What the kernel tells of a connection's socket for
+/// [`Engine::inbound_checked`] (sock_diag `tcp_info`): byte counts since
+/// the handshake, from which the engine, knowing the initial sequence
+/// numbers, rebuilds the socket's sequence state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SocketProgress {
+    /// `tcpi_bytes_acked`: `snd_una` − ISS − 1.
+    pub bytes_acked: u64,
+    /// `tcpi_bytes_received`: `rcv_nxt` − IRS − 1.
+    pub bytes_received: u64,
+    /// `tcpi_bytes_sent` (data bytes, retransmissions included): bounds
+    /// `snd_nxt` from above.
+    pub bytes_sent: u64,
+}
+
+/// How far (bytes of sequence space) a segment's sequence number may lie
+/// from the socket's next expected byte for the segment to move its
+/// connection: a peer that moved retransmits from its oldest
+/// unacknowledged byte, behind our `rcv_nxt` by what our lost ACKs covered
+/// (at most a receive window; `tcp_rmem`'s default maximum is 6 MiB). The
+/// tc ingress program uses the same window (`FOLLOW_SEQ_WINDOW`).
+pub const FOLLOW_SEQ_WINDOW: u32 = 1 << 23;
+
+/// Initial sequence numbers of a connection, this host's view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Isn {
+    /// Ours (ISS).
+    local: u32,
+    /// The peer's (IRS).
+    peer: u32,
+}
+
+/// Whether a segment with `seq`/`ack` (ACK flag set, no RST) could have
+/// come from the peer of a socket in state `p`: the acknowledgment number
+/// within [`snd_una`, `snd_nxt`] (RFC 5961 §5 without the allowance for
+/// old ACKs: a late ACK just moves nothing; `snd_nxt` over-estimated by
+/// the retransmitted bytes, plus a FIN) and the sequence number within
+/// [`FOLLOW_SEQ_WINDOW`] of `rcv_nxt`. The counts are 64-bit; sequence
+/// space wraps at 2^32, so only their low 32 bits matter.
+fn plausible(isn: Isn, p: &SocketProgress, seq: u32, ack: u32) -> bool {
+    let low = |n: u64| (n & u64::from(u32::MAX)) as u32;
+    let rcv_nxt = isn.peer.wrapping_add(1).wrapping_add(low(p.bytes_received));
+    let snd_una = isn.local.wrapping_add(1).wrapping_add(low(p.bytes_acked));
+    let in_flight = p
+        .bytes_sent
+        .saturating_sub(p.bytes_acked)
+        .saturating_add(1)
+        .min(u64::from(u32::MAX >> 1));
+    u64::from(ack.wrapping_sub(snd_una)) <= in_flight
+        && seq.wrapping_sub(rcv_nxt).wrapping_add(FOLLOW_SEQ_WINDOW) <= 2 * FOLLOW_SEQ_WINDOW
+}
+
 /// Engine tunables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EngineConfig {
@@ -201,6 +255,13 @@ pub struct EngineConfig {
     /// programs, segments on an alternative pair are rewritten to the
     /// original tuple in the kernel and only reported to the engine.
     pub pair_actions: bool,
+    /// Check that a segment on another pair of a connection is one its
+    /// peer could have sent before it moves the connection (see
+    /// [`Engine::inbound_checked`]): on for preservetcpd's NFQUEUE mode
+    /// (`--no-bpf`), where nothing in front of the engine has looked at the
+    /// segment; off where the tc programs have already checked it (they
+    /// only report plausible segments) and in the engine's own tests.
+    pub check_peer_segments: bool,
 }
 
 impl Default for EngineConfig {
@@ -214,6 +275,7 @@ impl Default for EngineConfig {
             kernel_options: false,
             kernel_echo_events: false,
             pair_actions: false,
+            check_peer_segments: false,
         }
     }
 }
@@ -267,6 +329,10 @@ pub struct Stats {
     /// Further offering SYNs (or SYN+ACKs) of a handshake already holding
     /// an offer: the first offer was kept.
     pub duplicate_offers: u64,
+    /// Segments on another pair of a connection that could not have come
+    /// from its peer ([`EngineConfig::check_peer_segments`]): rewritten and
+    /// delivered (the socket's own checks apply) but moved nothing.
+    pub implausible_segments: u64,
     /// Received prefixes and rejections.
     pub prefixes: PrefixStats,
 }
@@ -297,6 +363,7 @@ impl Stats {
             ("handshakes_rebuilt", self.rebuilt),
             ("listener_bound", self.listener_bound),
             ("duplicate_offers", self.duplicate_offers),
+            ("implausible_segments", self.implausible_segments),
             ("prefixes_received", p.received),
             ("prefixes_accepted", p.accepted),
             ("prefixes_rejected", p.rejected()),
@@ -333,6 +400,8 @@ struct Pending {
     peer_alts: Vec<Ipv6Addr>,
     /// Our alternatives the peer acknowledged.
     acked_locals: Vec<Ipv6Addr>,
+    /// Initial sequence numbers, from the SYN+ACK (ours or the peer's).
+    isn: Option<Isn>,
     /// Client, [`EngineConfig::kernel_echo_events`]: the kernel reported
     /// the echo before the SYN+ACK was learned.
     echoed: bool,
@@ -344,6 +413,9 @@ struct Pending {
 #[derive(Debug, Clone)]
 struct Conn {
     original: FourTuple,
+    /// Initial sequence numbers (`None` where the engine saw no SYN+ACK:
+    /// the kernel's handshakes).
+    isn: Option<Isn>,
     policy: ChangePolicy,
     redirected: bool,
     last_reason: Option<SwitchReason>,
@@ -671,6 +743,7 @@ impl Engine {
         original: FourTuple,
         local_alts: &[Ipv6Addr],
         peer_alts: &[Ipv6Addr],
+        isn: Option<Isn>,
         now: Instant,
     ) {
         if self.conns.len() >= self.config.max_connections {
@@ -716,6 +789,7 @@ impl Engine {
                 redirected: false,
                 last_reason: None,
                 installed: now,
+                isn,
             },
         );
     }
@@ -732,12 +806,13 @@ impl Engine {
     /// A packet the local TCP sends (OUTPUT hook, original tuple).
     pub fn outbound(&mut self, pkt: &[u8], now: Instant) -> Verdict {
         self.stats.packets_out += 1;
-        let Ok((t, f, has_opts)) = parse_ipv6_tcp(pkt)
-            .map(|v| (v.sender_tuple(), v.tcp_header.flags, v.dest_opts.is_some()))
+        let Ok((t, tcp, has_opts)) =
+            parse_ipv6_tcp(pkt).map(|v| (v.sender_tuple(), v.tcp_header, v.dest_opts.is_some()))
         else {
             self.stats.unparsed += 1;
             return Verdict::Accept;
         };
+        let f = tcp.flags;
         if f.syn && !f.ack {
             if has_opts || self.pairs.lookup_original(&t).is_some() {
                 return Verdict::Accept;
@@ -758,6 +833,7 @@ impl Engine {
                         peer_alts: Vec::new(),
                         acked_locals: Vec::new(),
                         echoed: false,
+                        isn: None,
                         listener: None,
                     };
                     if !self.add_pending(t, p) {
@@ -788,6 +864,10 @@ impl Engine {
             let Some(echo) = p.peer_syn.clone() else {
                 return Verdict::Accept;
             };
+            p.isn.get_or_insert(Isn {
+                local: tcp.seq,
+                peer: tcp.ack.wrapping_sub(1),
+            });
             if p.listener.is_some_and(|l| !l.is_unspecified()) {
                 // Thesis 5.3.8: a server bound to one address gets no
                 // aliases; the SYN+ACK leaves plain, the client sees a
@@ -815,7 +895,7 @@ impl Engine {
                 self.stats.plain_peers += 1;
                 return Verdict::Accept;
             };
-            self.install(t, &p.acked_locals, &p.peer_alts, now);
+            self.install(t, &p.acked_locals, &p.peer_alts, p.isn, now);
             if has_opts {
                 return Verdict::Accept;
             }
@@ -919,7 +999,7 @@ impl Engine {
                     // `DestOptsHeader::deliverable`): nothing to learn.
                     Some(h) if !h.deliverable() => self.stats.malformed_options += 1,
                     Some(h) if h.prefix_syn().is_some() || h.prefix_ack().is_some() => {
-                        self.handshake_options(&wire, f.syn, f.ack, &h, now);
+                        self.handshake_options(&wire, &v.tcp_header, &h, now);
                     }
                     // A SYN+ACK without options answering our offer: a peer
                     // without PreserveTCP (the daemon does not queue the
@@ -963,7 +1043,7 @@ impl Engine {
             Some(p) if p.role == Role::Client => {
                 if p.peer_syn.is_some() {
                     if let Some(p) = self.pending.remove(t) {
-                        self.install(*t, &p.acked_locals, &p.peer_alts, now);
+                        self.install(*t, &p.acked_locals, &p.peer_alts, p.isn, now);
                     }
                 } else {
                     p.echoed = true;
@@ -983,6 +1063,7 @@ impl Engine {
                     peer_alts: Vec::new(),
                     acked_locals: Vec::new(),
                     echoed: true,
+                    isn: None,
                     listener: None,
                 };
                 self.add_pending(*t, p);
@@ -1026,17 +1107,44 @@ impl Engine {
         let sent = self.offer(t.local);
         let acked = acknowledged_locals(t.local, &sent, &pa);
         self.stats.rebuilt += 1;
-        self.install(*t, &acked, &val.addresses(), now);
+        self.install(*t, &acked, &val.addresses(), None, now);
     }
 
-    /// A received packet (PREROUTING, wire tuple).
+    /// A received packet (PREROUTING, wire tuple). With
+    /// [`EngineConfig::check_peer_segments`] no segment moves a connection
+    /// through this call (there is no socket to check it against): use
+    /// [`Engine::inbound_checked`].
     pub fn inbound(&mut self, pkt: &[u8], now: Instant) -> Verdict {
+        self.inbound_checked(pkt, now, &mut |_| None)
+    }
+
+    /// [`Engine::inbound`] for [`EngineConfig::check_peer_segments`]: a
+    /// segment on another pair of a tracked connection than its current
+    /// one (the peer moved, or went back) moves the connection only if the
+    /// peer could have sent it: the ACK flag set, no RST, and, against the
+    /// socket's state *before* the segment (`progress` of the original
+    /// tuple, asked only for such segments; `None`: no socket, no answer),
+    /// the acknowledgment number within [`snd_una`, `snd_nxt`] and the
+    /// sequence number within [`FOLLOW_SEQ_WINDOW`] of `rcv_nxt`, the
+    /// checks the tc ingress program makes. So a blind attacker who knows
+    /// the tuple and one of the peer's other addresses must guess both
+    /// 32-bit numbers. Other segments are still rewritten and delivered
+    /// (the socket's own RFC 5961 checks apply) but move nothing
+    /// ([`Stats::implausible_segments`]). A connection whose handshake the
+    /// engine did not see (no initial sequence numbers) is never moved by
+    /// its peer's segments.
+    pub fn inbound_checked(
+        &mut self,
+        pkt: &[u8],
+        now: Instant,
+        progress: &mut dyn FnMut(&FourTuple) -> Option<SocketProgress>,
+    ) -> Verdict {
         self.stats.packets_in += 1;
         if let Some(quoted) = crate::packet::too_big_quote(pkt) {
             return self.inbound_too_big(pkt, &quoted);
         }
         match parse_ipv6_tcp(pkt) {
-            Ok(_) => self.inbound_parsed(pkt, now),
+            Ok(_) => self.inbound_parsed(pkt, now, progress),
             // A framing error or non-zero PadN data: the kernel drops the
             // packet itself; stripping the header would deliver it.
             Err(crate::packet::PacketError::Wire(
@@ -1044,7 +1152,7 @@ impl Engine {
             )) => {
                 self.stats.malformed_options += 1;
                 match crate::packet::strip_dest_opts_framing(pkt) {
-                    Some(stripped) => match self.inbound_parsed(&stripped, now) {
+                    Some(stripped) => match self.inbound_parsed(&stripped, now, progress) {
                         Verdict::Accept => Verdict::Replace(stripped),
                         r => r,
                     },
@@ -1085,9 +1193,14 @@ impl Engine {
         }
     }
 
-    fn inbound_parsed(&mut self, pkt: &[u8], now: Instant) -> Verdict {
-        let Ok((wire, f, opts)) =
-            parse_ipv6_tcp(pkt).map(|v| (v.receiver_tuple(), v.tcp_header.flags, v.dest_opts))
+    fn inbound_parsed(
+        &mut self,
+        pkt: &[u8],
+        now: Instant,
+        progress: &mut dyn FnMut(&FourTuple) -> Option<SocketProgress>,
+    ) -> Verdict {
+        let Ok((wire, tcp, opts)) =
+            parse_ipv6_tcp(pkt).map(|v| (v.receiver_tuple(), v.tcp_header, v.dest_opts))
         else {
             self.stats.unparsed += 1;
             return Verdict::Accept;
@@ -1100,13 +1213,13 @@ impl Engine {
         } else if let Some(h) = opts
             && (h.prefix_syn().is_some() || h.prefix_ack().is_some())
         {
-            self.handshake_options(&wire, f.syn, f.ack, &h, now);
+            self.handshake_options(&wire, &tcp, &h, now);
             if only_ours(&h) {
                 out = strip_dest_opts(pkt).ok().map(|(p, _)| p);
             }
         }
         if let Some(m) = self.pairs.lookup_wire(&wire) {
-            if !m.on_current {
+            if !m.on_current && self.peer_could_send(m.id, &m.original, &tcp, progress) {
                 self.feed(m.id, PolicyEvent::PeerSegment(wire.pair()), now);
             }
             if wire != m.original {
@@ -1123,14 +1236,40 @@ impl Engine {
         }
     }
 
+    /// Whether the segment `tcp` on another pair of connection `id` may
+    /// move it (see [`Engine::inbound_checked`]).
+    fn peer_could_send(
+        &mut self,
+        id: ConnId,
+        original: &FourTuple,
+        tcp: &TcpHeader,
+        progress: &mut dyn FnMut(&FourTuple) -> Option<SocketProgress>,
+    ) -> bool {
+        if !self.config.check_peer_segments {
+            return true;
+        }
+        let ok = tcp.flags.ack
+            && !tcp.flags.rst
+            && self
+                .conns
+                .get(&id)
+                .and_then(|c| c.isn)
+                .zip(progress(original))
+                .is_some_and(|(isn, p)| plausible(isn, &p, tcp.seq, tcp.ack));
+        if !ok {
+            self.stats.implausible_segments += 1;
+        }
+        ok
+    }
+
     fn handshake_options(
         &mut self,
         wire: &FourTuple,
-        syn: bool,
-        ack: bool,
+        tcp: &TcpHeader,
         h: &DestOptsHeader,
         now: Instant,
     ) {
+        let (syn, ack) = (tcp.flags.syn, tcp.flags.ack);
         let limits = self.config.limits;
         if syn && !ack {
             let Some(ps) = h.prefix_syn() else { return };
@@ -1163,6 +1302,7 @@ impl Engine {
                 peer_alts: val.addresses(),
                 acked_locals: Vec::new(),
                 echoed: false,
+                isn: None,
                 listener: None,
             };
             self.add_pending(*wire, p);
@@ -1186,6 +1326,7 @@ impl Engine {
                     peer_alts: Vec::new(),
                     acked_locals: Vec::new(),
                     echoed: false,
+                    isn: None,
                     listener: None,
                 };
                 if !self.add_pending(*wire, p) {
@@ -1199,6 +1340,10 @@ impl Engine {
             else {
                 return;
             };
+            p.isn.get_or_insert(Isn {
+                local: tcp.ack.wrapping_sub(1),
+                peer: tcp.seq,
+            });
             if p.peer_syn.is_some() {
                 // A retransmitted SYN+ACK: the first one's options stay.
                 self.stats.duplicate_offers += 1;
@@ -1223,7 +1368,7 @@ impl Engine {
                 // The kernel echoes the PREFIX_SYN in our ACK: the
                 // connection is set up as the ACK leaves.
                 if p.peer_syn.is_some() {
-                    self.install(*wire, &p.acked_locals, &p.peer_alts, now);
+                    self.install(*wire, &p.acked_locals, &p.peer_alts, p.isn, now);
                 } else {
                     self.stats.plain_peers += 1;
                 }
@@ -1248,9 +1393,9 @@ impl Engine {
                 return;
             };
             let acked = acknowledged_locals(wire.local, sent, pa);
-            let peers = p.peer_alts.clone();
+            let (peers, isn) = (p.peer_alts.clone(), p.isn);
             self.pending.remove(wire);
-            self.install(*wire, &acked, &peers, now);
+            self.install(*wire, &acked, &peers, isn, now);
         }
     }
 }
@@ -1267,12 +1412,26 @@ mod tests {
     }
     const SYN: u8 = 0x02;
     const ACK: u8 = 0x10;
+    const RST: u8 = 0x04;
 
     fn pkt(src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+        pkt_seq(src, dst, (sport, dport), flags, (1, 2))
+    }
+
+    /// [`pkt`] with the given sequence and acknowledgment numbers.
+    fn pkt_seq(
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        (sport, dport): (u16, u16),
+        flags: u8,
+        (seq, ack): (u32, u32),
+    ) -> Vec<u8> {
         let mut t = Vec::new();
         t.extend_from_slice(&sport.to_be_bytes());
         t.extend_from_slice(&dport.to_be_bytes());
-        t.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 2, 0x50, flags, 0x20, 0, 0, 0, 0, 0]);
+        t.extend_from_slice(&seq.to_be_bytes());
+        t.extend_from_slice(&ack.to_be_bytes());
+        t.extend_from_slice(&[0x50, flags, 0x20, 0, 0, 0, 0, 0]);
         t.extend_from_slice(b"data");
         set_tcp_checksum_v6(src, dst, &mut t);
         build_ipv6_tcp(src, dst, 64, &t).unwrap()
@@ -1311,11 +1470,15 @@ mod tests {
     /// Client and server engines with two links each (client addresses
     /// c0, c1; server s0, s1), no connection yet.
     fn two_engines() -> World {
+        two_engines_with(EngineConfig::default())
+    }
+
+    fn two_engines_with(config: EngineConfig) -> World {
         let (c0, c1) = (a("2001:db8:1:0::1"), a("2001:db8:1:1::1"));
         let (s0, s1) = (a("2001:db8:1:0::2"), a("2001:db8:1:1::2"));
         let t0 = Instant::now();
-        let mut c = Engine::new(EngineConfig::default());
-        let mut s = Engine::new(EngineConfig::default());
+        let mut c = Engine::new(config);
+        let mut s = Engine::new(config);
         c.set_locals(locals(&[c0, c1]), t0);
         s.set_locals(locals(&[s0, s1]), t0);
         World {
@@ -1332,6 +1495,10 @@ mod tests {
     /// [`two_engines`] with the handshake run through both engines (the
     /// kernel's packets in, wire packets across).
     fn handshake() -> World {
+        handshake_with(EngineConfig::default())
+    }
+
+    fn handshake_with(config: EngineConfig) -> World {
         let World {
             mut c,
             mut s,
@@ -1340,7 +1507,7 @@ mod tests {
             s0,
             s1,
             t0,
-        } = two_engines();
+        } = two_engines_with(config);
         let syn = replaced(c.outbound(&pkt(c0, s0, 40000, 5001, SYN), t0));
         assert!(parse_ipv6_tcp(&syn).unwrap().dest_opts.is_some());
         let syn_k = replaced(s.inbound(&syn, t0));
@@ -1917,6 +2084,112 @@ mod tests {
             w.s.connections()[0].last_reason.as_deref(),
             Some("peer_moved")
         );
+    }
+
+    /// preservetcpd's NFQUEUE mode: a segment on another pair moves the
+    /// connection only with numbers its peer could have sent, checked
+    /// against the socket's state; everything else is still rewritten and
+    /// delivered, and counted.
+    #[test]
+    fn checked_peer_segments_need_plausible_numbers() {
+        let mut w = handshake_with(EngineConfig {
+            check_peer_segments: true,
+            ..EngineConfig::default()
+        });
+        let orig = FourTuple {
+            local: w.s0,
+            local_port: 5001,
+            peer: w.c0,
+            peer_port: 40000,
+        };
+        // The handshake's packets all carry seq 1, ack 2: the server's
+        // ISS and IRS are both 1. The socket has received 1,000 bytes and
+        // sent 800, 500 of them acknowledged: rcv_nxt 1,002, snd_una 502,
+        // snd_nxt at most 803 (with a FIN).
+        let state = SocketProgress {
+            bytes_acked: 500,
+            bytes_received: 1000,
+            bytes_sent: 800,
+        };
+        let mut asked = Vec::new();
+        let mut oracle = |t: &FourTuple| {
+            asked.push(*t);
+            Some(state)
+        };
+        let t1 = w.t0 + Duration::from_secs(1);
+        let on_alt = |flags, nums| pkt_seq(w.c1, w.s1, (40000, 5001), flags, nums);
+        let kernel = |flags, nums| pkt_seq(w.c0, w.s0, (40000, 5001), flags, nums);
+        let window = FOLLOW_SEQ_WINDOW;
+        for (flags, (seq, ack)) in [
+            (ACK, (1002, 501)),                             // ack before snd_una
+            (ACK, (1002, 804)),                             // ack beyond snd_nxt
+            (ACK, (1002 + window + 1, 700)),                // seq far ahead
+            (ACK, (1002u32.wrapping_sub(window + 1), 700)), // seq far behind
+            (RST | ACK, (1002, 700)),                       // a reset never moves
+            (0x08, (1002, 700)),                            // no ACK flag
+        ] {
+            let seg = on_alt(flags, (seq, ack));
+            assert_eq!(
+                replaced(w.s.inbound_checked(&seg, t1, &mut oracle)),
+                kernel(flags, (seq, ack)),
+                "rewritten and delivered all the same"
+            );
+            assert_eq!(w.s.current_pair(&orig), Some(orig.pair()), "{seq} {ack}");
+        }
+        // No answer about the socket, or no way to ask: nothing moves.
+        let good = on_alt(ACK, (1002u32.wrapping_sub(4096), 700));
+        let _ = w.s.inbound_checked(&good, t1, &mut |_| None);
+        let _ = w.s.inbound(&good, t1);
+        assert_eq!(w.s.current_pair(&orig), Some(orig.pair()));
+        assert_eq!(w.s.stats().implausible_segments, 8);
+        // Numbers at both edges of the windows: followed.
+        let edge = on_alt(ACK, (1002u32.wrapping_sub(window), 803));
+        let _ = w.s.inbound_checked(&edge, t1, &mut oracle);
+        assert_eq!(w.s.current_pair(&orig).unwrap().local, w.s1);
+        assert_eq!(w.s.stats().implausible_segments, 8);
+        // The socket was asked about by its original tuple, only for
+        // segments off the current pair (two of the six were settled by
+        // their flags first).
+        assert!(asked.iter().all(|t| *t == orig));
+        assert_eq!(asked.len(), 5);
+        let now_current = on_alt(ACK, (5, 5));
+        let _ =
+            w.s.inbound_checked(&now_current, t1, &mut |_| panic!("not asked"));
+    }
+
+    /// The sequence arithmetic wraps at 2^32, and byte counts beyond 2^32
+    /// count by their low bits.
+    #[test]
+    fn plausibility_wraps_around_the_sequence_space() {
+        let isn = Isn {
+            local: u32::MAX - 10,
+            peer: u32::MAX - 100,
+        };
+        let p = SocketProgress {
+            bytes_acked: (5 << 32) + 20,
+            bytes_received: (7 << 32) + 200,
+            bytes_sent: (5 << 32) + 60,
+        };
+        // snd_una = ISS + 1 + 20 = 10 (wrapped), snd_nxt ≤ 51;
+        // rcv_nxt = IRS + 1 + 200 = 100 (wrapped).
+        assert!(plausible(isn, &p, 100, 10));
+        assert!(plausible(isn, &p, 100, 51));
+        assert!(!plausible(isn, &p, 100, 52));
+        assert!(!plausible(isn, &p, 100, 9));
+        assert!(plausible(
+            isn,
+            &p,
+            100u32.wrapping_sub(FOLLOW_SEQ_WINDOW),
+            20
+        ));
+        assert!(!plausible(
+            isn,
+            &p,
+            100u32.wrapping_sub(FOLLOW_SEQ_WINDOW + 1),
+            20
+        ));
+        assert!(plausible(isn, &p, 100 + FOLLOW_SEQ_WINDOW, 20));
+        assert!(!plausible(isn, &p, 101 + FOLLOW_SEQ_WINDOW, 20));
     }
 
     #[test]

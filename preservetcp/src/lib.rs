@@ -145,9 +145,16 @@
 //!   the tuple and one of the peer's other addresses cannot move the
 //!   connection without guessing both numbers (lab test
 //!   `blind_spoofed_segments_do_not_move_a_connection`). With `--no-bpf`
-//!   netfilter gives the daemon no view of the socket's sequence state and
-//!   any segment on an alternative pair is followed: use the default mode
-//!   where off-path spoofing matters.
+//!   the engine makes the same checks itself
+//!   ([`engine::Engine::inbound_checked`],
+//!   [`engine::EngineConfig::check_peer_segments`]): it keeps the initial
+//!   sequence numbers of each handshake it handled (from the SYN+ACK) and,
+//!   for a segment on another pair, asks sock_diag for the socket's byte
+//!   counts (`tcpi_bytes_acked`, `tcpi_bytes_received`, `tcpi_bytes_sent`)
+//!   while the segment waits in the queue, which gives `snd_una`,
+//!   `rcv_nxt` and an upper bound of `snd_nxt` (counter
+//!   `implausible_segments`; lab test
+//!   `blind_spoofed_segments_do_not_move_a_connection_nfqueue`).
 //!   So in BPF mode there is no netfilter rule of ours at all, and no
 //!   NFQUEUE trip, before or after a move: what stays outside the
 //!   programs are the fallback routes and rules below (the fallback route

@@ -89,6 +89,10 @@ pub struct TcpHeader {
     pub src_port: u16,
     /// Destination port.
     pub dst_port: u16,
+    /// Sequence number.
+    pub seq: u32,
+    /// Acknowledgment number (meaningful with the ACK flag).
+    pub ack: u32,
     /// Control flags.
     pub flags: TcpFlags,
     /// Header length in bytes (data offset * 4).
@@ -110,9 +114,17 @@ impl TcpHeader {
         if header_len < 20 || header_len > segment.len() {
             return Err(PacketError::BadTcp);
         }
+        let word = |at: usize| {
+            segment
+                .get(at..at + 4)
+                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                .map_or(0, u32::from_be_bytes)
+        };
         Ok(Self {
             src_port,
             dst_port,
+            seq: word(4),
+            ack: word(8),
             flags: TcpFlags {
                 fin: flag_byte & 0x01 != 0,
                 syn: flag_byte & 0x02 != 0,

@@ -805,6 +805,9 @@ fn run(args: Args) -> Result<(), String> {
         kernel_options: bpf.is_some(),
         kernel_echo_events: bpf.is_some(),
         pair_actions: bpf.is_some(),
+        // With the programs, only segments they found plausible reach the
+        // engine; through NFQUEUE every one does.
+        check_peer_segments: bpf.is_none(),
         ..EngineConfig::default()
     };
     let fast = if bpf.is_some() {
@@ -951,6 +954,9 @@ fn run(args: Args) -> Result<(), String> {
     ));
 
     let q_out = args.queue;
+    // For the checks of segments on a connection's other pairs
+    // (`Engine::inbound_checked`): one lookup per such segment.
+    let mut seq_diag = sys::Diag::new().map_err(|e| format!("sock_diag: {e}"))?;
     while !stop.load(Ordering::Relaxed) {
         let mut msg = match queue.recv() {
             Ok(m) => m,
@@ -983,7 +989,9 @@ fn run(args: Args) -> Result<(), String> {
                 }
                 eng.outbound(msg.get_payload(), now)
             } else {
-                eng.inbound(msg.get_payload(), now)
+                eng.inbound_checked(msg.get_payload(), now, &mut |t| {
+                    seq_diag.query(t).ok().flatten().and_then(|s| s.progress)
+                })
             };
             (v, eng.take_actions())
         };

@@ -16,13 +16,16 @@ use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, Stat
 use netlink_sys::protocols::NETLINK_SOCK_DIAG;
 use netlink_sys::{Socket, SocketAddr as NlAddr};
 use preservetcp::FourTuple;
-use preservetcp::engine::TcpSample;
+use preservetcp::engine::{SocketProgress, TcpSample};
 
 /// One TCP socket from the dump.
 #[derive(Debug, Clone, Copy)]
 pub struct SockState {
     pub tuple: FourTuple,
     pub sample: Option<TcpSample>,
+    /// Byte counts since the handshake (for the checks of
+    /// `Engine::inbound_checked`).
+    pub progress: Option<SocketProgress>,
 }
 
 pub struct Diag {
@@ -149,15 +152,23 @@ fn sock_state(r: &netlink_packet_sock_diag::inet::InetResponse) -> Option<SockSt
         peer: p,
         peer_port: id.destination_port,
     };
-    let sample = r.nlas.iter().find_map(|n| match n {
-        Nla::TcpInfo(i) => Some(TcpSample {
+    let info = r.nlas.iter().find_map(|n| match n {
+        Nla::TcpInfo(i) => Some(i),
+        _ => None,
+    });
+    Some(SockState {
+        tuple,
+        sample: info.map(|i| TcpSample {
             retransmits: u32::from(i.retransmits),
             unacked: i.unacked,
             since_last_ack: Duration::from_millis(u64::from(i.last_ack_recv)),
         }),
-        _ => None,
-    });
-    Some(SockState { tuple, sample })
+        progress: info.map(|i| SocketProgress {
+            bytes_acked: i.bytes_acked,
+            bytes_received: i.bytes_received,
+            bytes_sent: i.bytes_sent,
+        }),
+    })
 }
 
 /// Whether `peer` is routable from `local`: a UDP socket bound to `local`
