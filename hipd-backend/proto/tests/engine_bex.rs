@@ -333,6 +333,42 @@ fn dh_negotiation_uses_responder_order() {
 }
 
 #[test]
+fn group3_only_initiator_completes_with_default_responder() {
+    // DH group 3 (MODP-1536) is MUST (RFC 7401 §5.2.7): the default list
+    // carries it last, so an Initiator offering only group 3 succeeds.
+    assert_eq!(
+        Config::default().dh_groups.last(),
+        Some(&DhGroup::Modp1536),
+        "group 3 is the least preferred default group"
+    );
+    let ca = Config {
+        dh_groups: vec![DhGroup::Modp1536],
+        ..fast_config()
+    };
+    let mut p = pair(
+        test_identity(IdentityKind::EcdsaP256, 0),
+        test_identity(IdentityKind::EcdsaP384, 1),
+        ca,
+        fast_config(),
+    );
+    let b_hit = p.b.endpoint.local_hits()[0];
+    let now = p.now;
+    p.a.endpoint
+        .connect(now, Some(b_hit), vec![addr(2)], None)
+        .unwrap();
+    check_bex(&mut p);
+    assert_eq!(p.count_sent(Side::B, PacketType::R1), 1);
+    assert_eq!(p.a.endpoint.stats().downgrade, 0);
+    let a_hit = p.a.endpoint.local_hits()[0];
+    for s in [
+        p.a.endpoint.association_by_peer(b_hit).unwrap().suites(),
+        p.b.endpoint.association_by_peer(a_hit).unwrap().suites(),
+    ] {
+        assert_eq!(s.unwrap().dh_group, DhGroup::Modp1536);
+    }
+}
+
+#[test]
 fn opportunistic_bex_learns_the_hit() {
     let mut p = pair(
         test_identity(IdentityKind::EcdsaP256, 0),

@@ -13,7 +13,11 @@ pub const MAX_SHOTGUN_PAIRS: usize = 16;
 /// preference order. See the [module docs](super) for the defaults' rationale.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// DH groups (I1 DH_GROUP_LIST and the Responder's R1 list).
+    /// DH groups (I1 DH_GROUP_LIST and the Responder's R1 list). One R1
+    /// is precomputed per (local identity, group) and rotation. Default
+    /// {8, 7, 4, 11, 3}: NIST P-384, P-256, MODP-3072, MODP-2048 and,
+    /// least preferred, MODP-1536 (group 3, MUST in RFC 7401 §5.2.7), so a
+    /// group-3-only Initiator can complete a base exchange.
     pub dh_groups: Vec<DhGroup>,
     /// HIP ciphers (R1 list; the Initiator's preference).
     pub hip_ciphers: Vec<HipCipher>,
@@ -99,6 +103,8 @@ impl Default for Config {
                 DhGroup::EcdhP256,
                 DhGroup::Modp3072,
                 DhGroup::Modp2048,
+                // MUST (RFC 7401 §5.2.7); last: the weakest group.
+                DhGroup::Modp1536,
             ],
             hip_ciphers: vec![HipCipher::Aes256Cbc, HipCipher::Aes128Cbc],
             hit_suites: vec![

@@ -2430,4 +2430,29 @@ mod tests {
         assert!(pkt.receiver_hit().is_zero());
         assert_eq!(pkt.packet_type(), PacketType::R1);
     }
+
+    #[test]
+    fn default_config_precomputes_an_r1_per_group_including_group_3() {
+        let id = crate::engine::testing::test_identity(
+            crate::engine::testing::IdentityKind::EcdsaP256,
+            0,
+        );
+        let be: Arc<dyn CryptoBackend> = Arc::new(crypto::OpensslBackend::new());
+        let ep = Endpoint::new(Config::default(), vec![id], be, [4; 32], Instant::now())
+            .expect("endpoint");
+        let mut groups: Vec<u8> = ep.gen_cur.r1s.keys().map(|&(_, g)| g).collect();
+        groups.sort_unstable();
+        assert_eq!(groups, vec![3, 4, 7, 8, 11]);
+        let r1 = &ep.gen_cur.r1s[&(0, 3)];
+        let pkt = Packet::new_checked(&r1.bytes[..]).expect("r1 parses");
+        let repr = PacketRepr::parse(&pkt).expect("r1 repr");
+        match repr.param(pt::DIFFIE_HELLMAN) {
+            Some(Param::DiffieHellman(dh)) => {
+                assert_eq!(dh.group.value(), 3);
+                assert_eq!(dh.public_value.len(), 192, "1536-bit public value");
+            }
+            other => panic!("no DIFFIE_HELLMAN in R1: {other:?}"),
+        }
+        assert_eq!(r1.dh.group(), DhGroup::Modp1536);
+    }
 }
