@@ -148,6 +148,9 @@ pub struct Association {
     pub(crate) puzzle_ij: Option<(Vec<u8>, Vec<u8>)>,
     /// UPDATE / mobility / rekey state.
     pub(crate) upd: super::endpoint::update::UpdateState,
+    /// NOTIFY token bucket: (tokens in millionths, last refill); `None`
+    /// while full and unused.
+    pub(crate) notify_bucket: Option<(u64, Instant)>,
 }
 
 impl Association {
@@ -180,6 +183,7 @@ impl Association {
             tried_identities: vec![local_identity],
             puzzle_ij: None,
             upd: super::endpoint::update::UpdateState::default(),
+            notify_bucket: None,
         }
     }
 

@@ -93,6 +93,19 @@ pub struct Config {
     /// Bucket size of the R1 rate limit (burst of R1s answered at once).
     /// Default 200. Values below 1 act as 1.
     pub r1_burst: u32,
+    /// Per-association NOTIFY rate limit: a token bucket holding at most
+    /// `notify_burst` tokens, refilled with one token per
+    /// [`Config::notify_interval`]; each error NOTIFY sent takes one, a
+    /// NOTIFY finding the bucket empty is not sent
+    /// ([`Stats::notify_rate_limited`](super::Stats::notify_rate_limited)).
+    /// Default 5 (with 1 s: a burst of 5, then 1 per second), enough for
+    /// the few errors a real peer can cause per exchange, while a flood of
+    /// bad packets draws at most one signed NOTIFY per second per
+    /// association. 0 sends no error NOTIFY at all.
+    pub notify_burst: u32,
+    /// Refill period of the NOTIFY token bucket (one token per period).
+    /// Default 1 s; zero refills the bucket at once (no rate limit).
+    pub notify_interval: Duration,
 }
 
 impl Default for Config {
@@ -141,6 +154,8 @@ impl Default for Config {
             locator_lifetime: u32::MAX,
             r1_rate: 1000,
             r1_burst: 200,
+            notify_burst: 5,
+            notify_interval: Duration::from_secs(1),
         }
     }
 }

@@ -503,6 +503,75 @@ impl Endpoint {
         }
     }
 
+    /// Sends an error NOTIFY to the peer of `a` in answer to `d` (from
+    /// `d.dst` to `d.src`), only when `d.src` may receive one
+    /// ([`Endpoint::notify_dst_allowed`]) and the association's token
+    /// bucket has a token; otherwise counts it as suppressed / rate-limited.
+    fn notify_peer(
+        &mut self,
+        a: &mut Association,
+        now: Instant,
+        d: &Datagram,
+        ty: NotifyType,
+        data: Vec<u8>,
+    ) {
+        if !Self::notify_dst_allowed(a, d.src) {
+            self.stats.notify_suppressed += 1;
+            return;
+        }
+        if !self.take_notify_token(a, now) {
+            self.stats.notify_rate_limited += 1;
+            return;
+        }
+        let peer = a.peer_hit.unwrap_or(Hit::ZERO);
+        self.send_notify(
+            a.local_identity,
+            peer,
+            Some(d.dst),
+            d.src,
+            d.transport.reply(),
+            ty,
+            data,
+        );
+    }
+
+    /// Whether an error NOTIFY of association `a` may go to `dst`: an ACTIVE
+    /// peer locator (the base-exchange address, which for a Responder is the
+    /// source of the puzzle-solving I2, or a verified one), or, for an
+    /// Initiator in I1-SENT, an address its I1 went to (chosen by us). Never
+    /// the arbitrary source of an unauthenticated packet.
+    fn notify_dst_allowed(a: &Association, dst: IpAddr) -> bool {
+        let i1_sent = a.role == Role::Initiator && a.state == State::I1Sent;
+        a.peer_locators
+            .iter()
+            .any(|l| l.addr == dst && (l.state == super::LocatorState::Active || i1_sent))
+    }
+
+    /// Takes one token of the association's NOTIFY bucket (refilling it
+    /// first): at most [`Config::notify_burst`] tokens, one more per
+    /// [`Config::notify_interval`].
+    fn take_notify_token(&self, a: &mut Association, now: Instant) -> bool {
+        const SCALE: u128 = 1_000_000;
+        let cap = u128::from(self.config.notify_burst) * SCALE;
+        if cap == 0 {
+            return false;
+        }
+        let (tokens, at) = a.notify_bucket.unwrap_or((cap as u64, now));
+        let elapsed = now.saturating_duration_since(at).as_nanos();
+        let period = self.config.notify_interval.as_nanos();
+        let refill = elapsed
+            .saturating_mul(SCALE)
+            .checked_div(period)
+            .unwrap_or(cap);
+        let mut tokens = u128::from(tokens).saturating_add(refill).min(cap);
+        let ok = tokens >= SCALE;
+        if ok {
+            tokens -= SCALE;
+        }
+        a.notify_bucket = Some((u64::try_from(tokens).unwrap_or(u64::MAX), now.max(at)));
+        ok
+    }
+
     fn verify_mac(
         &self,
         pkt: &Packet<&[u8]>,
@@ -1033,7 +1102,7 @@ impl Endpoint {
             PacketType::I2 => self.on_i2(now, &d, &pkt),
             PacketType::R2 => self.on_r2(now, &d, &pkt),
             PacketType::Close => self.on_close(now, &d, &pkt),
-            PacketType::CloseAck => self.on_close_ack(&d, &pkt),
+            PacketType::CloseAck => self.on_close_ack(now, &d, &pkt),
             PacketType::Notify => self.on_notify(now, &d, &pkt),
             PacketType::Update => self.on_update(now, &d, &pkt),
             _ => self.stats.malformed += 1,
@@ -1041,8 +1110,16 @@ impl Endpoint {
     }
 
     /// Parses a packet; on failure counts, and answers with a NOTIFY when
-    /// the sender belongs to an association that has keys.
-    fn parse_or_reject(&mut self, d: &Datagram, pkt: &Packet<&[u8]>) -> Option<PacketRepr> {
+    /// the HIT pair names an association that has keys and the packet came
+    /// from one of its ACTIVE peer locators ([`Endpoint::notify_peer`]:
+    /// the packet itself is unauthenticated, so an arbitrary source never
+    /// gets one).
+    fn parse_or_reject(
+        &mut self,
+        now: Instant,
+        d: &Datagram,
+        pkt: &Packet<&[u8]>,
+    ) -> Option<PacketRepr> {
         match PacketRepr::parse(pkt) {
             Ok(r) => Some(r),
             Err(e) => {
@@ -1056,12 +1133,14 @@ impl Endpoint {
                 };
                 self.count(reason);
                 let key = (pkt.receiver_hit(), pkt.sender_hit());
-                if let Some(a) = self.by_hits.get(&key).and_then(|id| self.assocs.get(id))
-                    && a.hip_keys.is_some()
-                    && pkt.packet_type() != PacketType::Notify
+                if pkt.packet_type() != PacketType::Notify
+                    && let Some(&id) = self.by_hits.get(&key)
+                    && let Some(mut a) = self.assocs.remove(&id)
                 {
-                    let (ident, tr) = (a.local_identity, d.transport.reply());
-                    self.send_notify(ident, key.1, Some(d.dst), d.src, tr, ty, data);
+                    if a.hip_keys.is_some() {
+                        self.notify_peer(&mut a, now, d, ty, data);
+                    }
+                    self.assocs.insert(id, a);
                 }
                 None
             }
@@ -1078,16 +1157,7 @@ impl Endpoint {
         self.count(rej.reason);
         if let Some(a) = a {
             if let Some((ty, data)) = rej.notify {
-                let peer = a.peer_hit.unwrap_or(Hit::ZERO);
-                self.send_notify(
-                    a.local_identity,
-                    peer,
-                    Some(d.dst),
-                    d.src,
-                    d.transport.reply(),
-                    ty,
-                    data,
-                );
+                self.notify_peer(a, now, d, ty, data);
             }
             if let Some(f) = rej.fail {
                 self.fail(a, now, f);
@@ -1098,7 +1168,7 @@ impl Endpoint {
     // ------------------------------------------------------------------ I1
 
     fn on_i1(&mut self, now: Instant, d: &Datagram, pkt: &Packet<&[u8]>) {
-        let Some(repr) = self.parse_or_reject(d, pkt) else {
+        let Some(repr) = self.parse_or_reject(now, d, pkt) else {
             return;
         };
         let init_hit = repr.sender_hit;
@@ -1217,7 +1287,7 @@ impl Endpoint {
                 }
             },
         };
-        let Some(repr) = self.parse_or_reject(d, pkt) else {
+        let Some(repr) = self.parse_or_reject(now, d, pkt) else {
             return;
         };
         let Some(mut a) = self.assocs.remove(&id) else {
@@ -1640,8 +1710,12 @@ impl Endpoint {
             }
         }
         // The peer solved our puzzle: from here on errors may be NOTIFYed.
+        // The puzzle (#I bound to the I2's addresses) makes its source the
+        // one address an error NOTIFY may go to; a fresh scratch association
+        // per solved puzzle: at most `notify_burst` NOTIFYs per solution.
         let mut scratch = Association::new(AssocId(0), Role::Responder, local_hit, ident);
         scratch.peer_hit = Some(init_hit);
+        scratch.set_exchange_locators(d.dst, d.src);
         let repr = match PacketRepr::parse(pkt) {
             Ok(r) => r,
             Err(e) => {
@@ -1965,7 +2039,7 @@ impl Endpoint {
             self.stats.unknown_association += 1;
             return;
         };
-        let Some(repr) = self.parse_or_reject(d, pkt) else {
+        let Some(repr) = self.parse_or_reject(now, d, pkt) else {
             return;
         };
         let Some(mut a) = self.assocs.remove(&id) else {
@@ -1980,15 +2054,7 @@ impl Endpoint {
             // the I2 retransmission continues.
             self.count(rej.reason);
             if let Some((ty, data)) = rej.notify {
-                self.send_notify(
-                    a.local_identity,
-                    key.1,
-                    Some(d.dst),
-                    d.src,
-                    d.transport.reply(),
-                    ty,
-                    data,
-                );
+                self.notify_peer(&mut a, now, d, ty, data);
             }
         }
         self.assocs.insert(id, a);
@@ -2121,7 +2187,7 @@ impl Endpoint {
             self.stats.unknown_association += 1;
             return;
         };
-        let Some(repr) = self.parse_or_reject(d, pkt) else {
+        let Some(repr) = self.parse_or_reject(now, d, pkt) else {
             return;
         };
         let Some(mut a) = self.assocs.remove(&id) else {
@@ -2130,15 +2196,7 @@ impl Endpoint {
         if let Err(rej) = self.close_inner(now, &mut a, d, pkt, &repr) {
             self.count(rej.reason);
             if let Some((ty, data)) = rej.notify {
-                self.send_notify(
-                    a.local_identity,
-                    key.1,
-                    Some(d.dst),
-                    d.src,
-                    d.transport.reply(),
-                    ty,
-                    data,
-                );
+                self.notify_peer(&mut a, now, d, ty, data);
             }
         }
         self.assocs.insert(id, a);
@@ -2182,13 +2240,13 @@ impl Endpoint {
         Ok(())
     }
 
-    fn on_close_ack(&mut self, d: &Datagram, pkt: &Packet<&[u8]>) {
+    fn on_close_ack(&mut self, now: Instant, d: &Datagram, pkt: &Packet<&[u8]>) {
         let key = (pkt.receiver_hit(), pkt.sender_hit());
         let Some(&id) = self.by_hits.get(&key) else {
             self.stats.unknown_association += 1;
             return;
         };
-        let Some(repr) = self.parse_or_reject(d, pkt) else {
+        let Some(repr) = self.parse_or_reject(now, d, pkt) else {
             return;
         };
         let Some(a) = self.assocs.get(&id) else {
@@ -2222,7 +2280,7 @@ impl Endpoint {
     // -------------------------------------------------------------- NOTIFY
 
     fn on_notify(&mut self, now: Instant, d: &Datagram, pkt: &Packet<&[u8]>) {
-        let Some(repr) = self.parse_or_reject(d, pkt) else {
+        let Some(repr) = self.parse_or_reject(now, d, pkt) else {
             return;
         };
         let sender = repr.sender_hit;

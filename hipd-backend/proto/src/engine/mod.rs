@@ -83,9 +83,17 @@
 //!   AUTHENTICATION_FAILED, INVALID_HIT); R1 negotiation failures on the
 //!   Initiator (NO_DH_PROPOSAL_CHOSEN, NO_HIP_PROPOSAL_CHOSEN,
 //!   NO_ESP_PROPOSAL_CHOSEN, UNSUPPORTED_HIT_SUITE); and for bad packets of
-//!   an association whose peer has keys (R2/CLOSE/CLOSE_ACK). Nothing is
-//!   ever sent in answer to a packet that failed its checksum, a bad
-//!   puzzle, or an I1. Every NOTIFY is signed and carries no HOST_ID. A
+//!   an association whose peer has keys (R2/CLOSE/CLOSE_ACK, and packets
+//!   that do not parse). Such a NOTIFY goes only to an address that earned
+//!   it (RFC 7401 §5.2.19: no NOTIFICATION to a host that has not solved a
+//!   puzzle): the source of the puzzle-solving I2, an ACTIVE peer locator
+//!   of the association, or (Initiator in I1-SENT) an address our I1 went
+//!   to; a packet from any other source, which may be spoofed, is dropped
+//!   without answer ([`Stats::notify_suppressed`]). Each association has a
+//!   token bucket ([`Config::notify_burst`] = 5, one token per
+//!   [`Config::notify_interval`] = 1 s; [`Stats::notify_rate_limited`]).
+//!   Nothing is ever sent in answer to a packet that failed its checksum,
+//!   a bad puzzle, or an I1. Every NOTIFY is signed and carries no HOST_ID. A
 //!   received NOTIFY never changes state: it becomes
 //!   [`Event::NotifyReceived`], `authenticated` when the signature verified
 //!   with the association's peer HI; with no known HI it is reported

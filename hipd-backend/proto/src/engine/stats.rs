@@ -12,6 +12,14 @@ pub struct Stats {
     pub r1_sent: u64,
     /// NOTIFYs sent.
     pub notify_sent: u64,
+    /// Error NOTIFYs not sent because the packet that caused them came
+    /// from an address that is not an ACTIVE locator of the association
+    /// (a possibly spoofed source; see the `endpoint` module docs).
+    pub notify_suppressed: u64,
+    /// Error NOTIFYs not sent because the association's NOTIFY token
+    /// bucket ([`Config::notify_burst`](super::Config::notify_burst)) was
+    /// empty.
+    pub notify_rate_limited: u64,
     /// Dropped: wrong checksum.
     pub bad_checksum: u64,
     /// Dropped: HIP_MAC / HIP_MAC_2 did not verify.

@@ -1107,7 +1107,7 @@ impl Endpoint {
             self.stats.unknown_association += 1;
             return;
         };
-        let Some(repr) = self.parse_or_reject(d, pkt) else {
+        let Some(repr) = self.parse_or_reject(now, d, pkt) else {
             return;
         };
         let Some(mut a) = self.assocs.remove(&id) else {
