@@ -18,7 +18,7 @@ use hip_proto::engine::Transport;
 use hip_proto::engine::testing::{IdentityKind, LinkConfig, Pair, Side, test_identity};
 use hip_proto::engine::{
     Config, Datagram, Endpoint, EngineError, Event, LocalLocator, LocatorState, MAX_SA_PAIRS,
-    SaChange, State, Transmit,
+    RekeyAnswerDh, SaChange, State, Transmit,
 };
 #[cfg(feature = "fuzzing")]
 use hip_proto::wire::EspInfo;
@@ -614,6 +614,103 @@ fn rekey_without_new_dh() {
 #[test]
 fn rekey_with_new_dh() {
     rekey_test(true);
+}
+
+/// One rekey requested by `from`: asserts which UPDATEs carried a new DH
+/// (request, answer) and that the new SAs seal on one side and open on the
+/// other in both directions (and old inbound SAs do not open new traffic).
+fn rekey_once(p: &mut Pair, from: Side, req_dh: bool, answer_dh: bool) {
+    let (a_hit, b_hit) = hits(p);
+    let seen: Rc<RefCell<Vec<(Side, bool)>>> = Rc::default();
+    let s = seen.clone();
+    p.set_filter(Some(Box::new(move |side, t: &mut Transmit| {
+        if let Some(r) = update_repr(t)
+            && r.has(pt::ESP_INFO)
+        {
+            s.borrow_mut().push((side, r.has(pt::DIFFIE_HELLMAN)));
+        }
+        true
+    })));
+    let before = (
+        p.a.endpoint.stats().rekeys,
+        p.b.endpoint.stats().rekeys,
+        p.a.endpoint
+            .association_by_peer(b_hit)
+            .expect("a")
+            .spi_inbound(),
+        p.b.endpoint
+            .association_by_peer(a_hit)
+            .expect("b")
+            .spi_inbound(),
+    );
+    let t = p.now;
+    match from {
+        Side::A => p.a.endpoint.rekey(t, b_hit, req_dh),
+        Side::B => p.b.endpoint.rekey(t, a_hit, req_dh),
+    }
+    .expect("rekey");
+    let rekeyed = |e: &Vec<Event>| e.iter().any(|e| matches!(e, Event::SasRekeyed { .. }));
+    assert!(p.run_until(Duration::from_secs(5), |p| {
+        rekeyed(&p.a.events) && rekeyed(&p.b.events)
+    }));
+    p.run_for(Duration::from_millis(100));
+    p.set_filter(None);
+    assert_eq!(
+        *seen.borrow(),
+        vec![(from, req_dh), (from.other(), answer_dh)],
+        "DH in request / answer"
+    );
+    assert_eq!(p.a.endpoint.stats().rekeys, before.0 + 1);
+    assert_eq!(p.b.endpoint.stats().rekeys, before.1 + 1);
+    let (mut a_out, mut a_in) = take_sas(&mut p.a.events);
+    let (mut b_out, mut b_in) = take_sas(&mut p.b.events);
+    assert_eq!(a_out.spi(), b_in.spi());
+    assert_eq!(b_out.spi(), a_in.spi());
+    assert_ne!(a_in.spi(), before.2);
+    assert_ne!(b_in.spi(), before.3);
+    let esp = seal(&mut a_out, a_hit, b_hit);
+    assert!(opens(&mut b_in, &esp), "A → B on the new SAs");
+    let esp = seal(&mut b_out, b_hit, a_hit);
+    assert!(opens(&mut a_in, &esp), "B → A on the new SAs");
+    p.a.events.clear();
+    p.b.events.clear();
+}
+
+#[test]
+fn rekey_with_one_sided_dh_reuses_the_other_sides_last_key() {
+    // (request carries DH, answer policy, answer carries DH)
+    let cases = [
+        (true, RekeyAnswerDh::Mirror, true),
+        (true, RekeyAnswerDh::Never, false),
+        (false, RekeyAnswerDh::Always, true),
+        (false, RekeyAnswerDh::Mirror, false),
+    ];
+    for (req_dh, policy, answer_dh) in cases {
+        let c = Config {
+            rekey_answer_dh: policy,
+            ..cfg()
+        };
+        let (mut p, [mut a_out, _, _, mut b_in]) = established_pair(c);
+        let (a_hit, b_hit) = hits(&p);
+        rekey_once(&mut p, Side::A, req_dh, answer_dh);
+        // The BEX pair still works until it is retired.
+        let esp = seal(&mut a_out, a_hit, b_hit);
+        assert!(opens(&mut b_in, &esp));
+        // Then rekeys from the other side and again from A: each one-sided
+        // DH combines with the last DH value the other side sent (from the
+        // BEX or a previous rekey), so both ends keep deriving equal keys.
+        rekey_once(&mut p, Side::B, req_dh, answer_dh);
+        rekey_once(&mut p, Side::A, !req_dh, policy_answer(policy, !req_dh));
+        rekey_once(&mut p, Side::B, !req_dh, policy_answer(policy, !req_dh));
+    }
+}
+
+fn policy_answer(policy: RekeyAnswerDh, req_dh: bool) -> bool {
+    match policy {
+        RekeyAnswerDh::Mirror => req_dh,
+        RekeyAnswerDh::Always => true,
+        RekeyAnswerDh::Never => false,
+    }
 }
 
 #[test]

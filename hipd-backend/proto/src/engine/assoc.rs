@@ -6,10 +6,11 @@
 //! the base exchange, and the SPIs are indexed by the endpoint's SPI map.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{AssocId, Transport};
-use crate::crypto::{self, DhGroup, EspSuite, HashAlg, HipCipher, HipKeys, Keymat};
+use crate::crypto::{self, DhGroup, DhKeyPair, EspSuite, HashAlg, HipCipher, HipKeys, Keymat};
 use crate::wire::Hit;
 
 /// RFC 7401 §4.4 association states.
@@ -146,6 +147,11 @@ pub struct Association {
     pub(crate) tried_identities: Vec<usize>,
     /// #I and #J of the base exchange (the KEYMAT salt, reused on rekey).
     pub(crate) puzzle_ij: Option<(Vec<u8>, Vec<u8>)>,
+    /// Our last DH key pair (base exchange, or the last rekey that sent a
+    /// new one), reused when only the peer sends a new DH (RFC 7402).
+    pub(crate) dh_local: Option<Arc<dyn DhKeyPair>>,
+    /// The peer's last DH public value, reused when only we send a new DH.
+    pub(crate) dh_peer_public: Option<Vec<u8>>,
     /// UPDATE / mobility / rekey state.
     pub(crate) upd: super::endpoint::update::UpdateState,
     /// NOTIFY token bucket: (tokens in millionths, last refill); `None`
@@ -182,6 +188,8 @@ impl Association {
             offered_groups: Vec::new(),
             tried_identities: vec![local_identity],
             puzzle_ij: None,
+            dh_local: None,
+            dh_peer_public: None,
             upd: super::endpoint::update::UpdateState::default(),
             notify_bucket: None,
         }

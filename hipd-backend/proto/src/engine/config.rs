@@ -9,6 +9,22 @@ use crate::crypto::{DhGroup, EspSuite, GcmKeySize, HipCipher, HitSuite};
 /// ([`Config::shotgun`]).
 pub const MAX_SHOTGUN_PAIRS: usize = 16;
 
+/// Whether the answer to a peer's rekey (or SA addition) request carries a
+/// new DIFFIE_HELLMAN ([`Config::rekey_answer_dh`]). RFC 7402 §6.9 lets
+/// each side decide; when only one side sends a new DH public value, the
+/// other side's previous DH key is reused for the new Kij.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum RekeyAnswerDh {
+    /// A new DH key exactly when the request carried one (the default).
+    #[default]
+    Mirror,
+    /// Always a new DH key.
+    Always,
+    /// Never a new DH key (the request's DH, if any, is combined with our
+    /// previous key).
+    Never,
+}
+
 /// Configuration of an [`Endpoint`](super::Endpoint). Lists are in
 /// preference order. See the [module docs](super) for the defaults' rationale.
 #[derive(Debug, Clone)]
@@ -106,6 +122,9 @@ pub struct Config {
     /// Refill period of the NOTIFY token bucket (one token per period).
     /// Default 1 s; zero refills the bucket at once (no rate limit).
     pub notify_interval: Duration,
+    /// Whether our answer to a peer's rekey / SA addition request carries
+    /// a new DH key. Default [`RekeyAnswerDh::Mirror`].
+    pub rekey_answer_dh: RekeyAnswerDh,
 }
 
 impl Default for Config {
@@ -156,6 +175,7 @@ impl Default for Config {
             r1_burst: 200,
             notify_burst: 5,
             notify_interval: Duration::from_secs(1),
+            rekey_answer_dh: RekeyAnswerDh::Mirror,
         }
     }
 }

@@ -74,7 +74,8 @@ struct PrecomputedR1 {
     bytes: Vec<u8>,
     opaque_off: usize,
     i_off: usize,
-    dh: Box<dyn DhKeyPair>,
+    /// Shared with the associations it builds (their last DH key).
+    dh: Arc<dyn DhKeyPair>,
     host_id_tlv: Vec<u8>,
 }
 
@@ -1584,6 +1585,8 @@ impl Endpoint {
         a.keymat = Some(keymat);
         a.hip_keys = Some(hip_keys);
         a.keymat_index = index;
+        a.dh_local = Some(Arc::from(my_dh));
+        a.dh_peer_public = Some(dh.public_value.clone());
         if a.state == State::I2Sent {
             // Restarted I2: the SPI announced in the previous one is void.
             self.by_spi.remove(&a.spi_in);
@@ -1767,7 +1770,7 @@ impl Endpoint {
             return Err(syntax());
         }
         // DH against the R1 we sent (same generation, identity, group).
-        let (kij, group, r1_tlv, echo) = {
+        let (kij, group, r1_tlv, echo, r1_dh) = {
             let generation = if counter == self.gen_cur.counter {
                 &self.gen_cur
             } else {
@@ -1789,6 +1792,7 @@ impl Endpoint {
                 r1.dh.group(),
                 r1.host_id_tlv.clone(),
                 generation.echo.clone(),
+                Arc::clone(&r1.dh),
             )
         };
         // HIP cipher: exactly one, one we offered.
@@ -1966,6 +1970,8 @@ impl Endpoint {
         a.spi_out = esp_info.new_spi;
         a.r1_counter = Some(counter);
         a.puzzle_ij = Some((sol.random_i.clone(), sol.solution_j.clone()));
+        a.dh_local = Some(r1_dh);
+        a.dh_peer_public = Some(dh.public_value.clone());
         a.set_exchange_locators(d.dst, d.src);
         a.transport = transport;
         a.state = State::R2Sent;
@@ -2437,7 +2443,7 @@ fn build_generation(
                     bytes,
                     opaque_off,
                     i_off,
-                    dh,
+                    dh: Arc::from(dh),
                     host_id_tlv,
                 },
             );

@@ -212,13 +212,18 @@
 //!   ACTIVE locators never touch the credit.
 //! * **Rekey** ([`Endpoint::rekey`]): `UPDATE(ESP_INFO(OLD, NEW, index),
 //!   SEQ, [DIFFIE_HELLMAN])` → `UPDATE(ESP_INFO, SEQ, ACK, [DH])` →
-//!   `UPDATE(ACK)`. The answering side mirrors the DH choice: a request
-//!   with DH is answered with a fresh DH key of the association's group
-//!   (no old DH key is kept), the new KEYMAT uses the new Kij with the base
-//!   exchange's `#I ‖ #J` salt and index 0; without DH both sides draw the
-//!   four ESP keys from the existing KEYMAT at the larger of the two
-//!   indexes. An answer whose DH presence differs from the request is
-//!   dropped. The answering side hands out the new SAs
+//!   `UPDATE(ACK)`. Each association keeps its last DH key pair (ours:
+//!   from the base exchange, for a Responder the R1's key, or the last
+//!   rekey that sent one) and the peer's last DH public value. The
+//!   answering side sends a fresh DH key of the association's group as
+//!   [`Config::rekey_answer_dh`] says (default: exactly when the request
+//!   had one). When either side sent a new DH public value, the new Kij
+//!   combines the new key on that side with the other side's last one
+//!   (RFC 7402: "if only one side sent a new DH, the other side's old DH
+//!   key is reused"; both new when both sent one), and the new KEYMAT uses
+//!   it with the base exchange's `#I ‖ #J` salt and index 0; without DH on
+//!   either side both draw the four ESP keys from the existing KEYMAT at
+//!   the larger of the two indexes. The answering side hands out the new SAs
 //!   ([`Event::SasRekeyed`]) when it sends its answer, the requesting side
 //!   when the answer arrives; both keep the old inbound SPI mapped until
 //!   ESP arrives on the new one ([`Endpoint::esp_received`] →
@@ -230,10 +235,10 @@
 //!   [`Endpoint::add_sa`] sends `UPDATE(ESP_INFO(OLD = 0, NEW, index),
 //!   SEQ, [DH])`, answered `UPDATE(ESP_INFO(OLD = 0, NEW = the peer's new
 //!   inbound SPI, index), SEQ, ACK, [DH])` → `UPDATE(ACK)`; keys as for a
-//!   rekey (mirrored DH → new KEYMAT at index 0, else the four ESP keys
-//!   from the existing KEYMAT at the larger index). The new pair is handed
-//!   out with [`Event::SasRekeyed`] and [`SaChange::Added`] and becomes
-//!   the **primary** pair (the one rekeyed, announced in LOCATOR_SETs and
+//!   rekey (a new DH on either side → new KEYMAT at index 0, else the
+//!   four ESP keys from the existing KEYMAT at the larger index). The new
+//!   pair is handed out with [`Event::SasRekeyed`] and
+//!   [`SaChange::Added`] and becomes the **primary** pair (the one rekeyed, announced in LOCATOR_SETs and
 //!   reported by `Association::spi_inbound`/`spi_outbound`); the previous
 //!   pair stays live in both directions and is *not* retired by traffic.
 //!   [`Endpoint::delete_sa`] sends `UPDATE(ESP_INFO(OLD = inbound SPI, NEW
@@ -291,7 +296,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 pub use assoc::{Association, LocalLocator, LocatorState, PeerLocator, Role, State, Suites};
-pub use config::{Config, MAX_SHOTGUN_PAIRS};
+pub use config::{Config, MAX_SHOTGUN_PAIRS, RekeyAnswerDh};
 pub use endpoint::Endpoint;
 pub use endpoint::update::{EXPLORING_MARKER, LocatorsView, MAX_SA_PAIRS, SEQ_WINDOW};
 pub use stats::Stats;

@@ -7,14 +7,17 @@
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv6Addr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use zeroize::Zeroizing;
 
 use super::{Endpoint, Reason, Reject, Res};
 use crate::crypto::{BeetAddrs, DhKeyPair, InnerFamily, Keymat, SaDirection};
 use crate::engine::assoc::{Association, State};
 use crate::engine::{
     AssocId, Datagram, EngineError, EstablishedSas, Event, LocalLocator, LocatorState, PeerLocator,
-    SaChange, Transmit,
+    RekeyAnswerDh, SaChange, Transmit,
 };
 use crate::wire::{
     self, DhGroupId, Hit, Locator, LocatorKind, Packet, PacketRepr, PacketType, Param, TrafficType,
@@ -1674,24 +1677,32 @@ impl Endpoint {
                 new_spi: 0,
             })]);
         }
+        if let Some(dh) = dh
+            && (dh.group != DhGroupId::from(s.dh_group) || info.keymat_index != 0)
+        {
+            return Err(Reject::drop(Reason::Malformed));
+        }
+        let send_dh = match self.config.rekey_answer_dh {
+            RekeyAnswerDh::Mirror => dh.is_some(),
+            RekeyAnswerDh::Always => true,
+            RekeyAnswerDh::Never => false,
+        };
         let mut params = Vec::new();
         let new_spi_in = self.new_spi();
-        let (mut keymat, index) = match dh {
-            Some(dh) => {
-                if dh.group != DhGroupId::from(s.dh_group) || info.keymat_index != 0 {
-                    return Err(Reject::drop(Reason::Malformed));
-                }
-                let ent = self.rand_bytes(s.dh_group.private_entropy_len());
-                let mine = self.backend.dh_generate(s.dh_group, &ent)?;
-                let kij = mine
-                    .shared_secret(&dh.public_value)
-                    .map_err(|_| Reject::drop(Reason::Malformed))?;
-                params.push(Param::DiffieHellman(wire::DiffieHellman {
-                    group: dh.group,
-                    public_value: mine.public_value().to_vec(),
-                }));
-                (self.new_keymat(a, &kij)?, 0u16)
-            }
+        let mine = if send_dh {
+            let ent = self.rand_bytes(s.dh_group.private_entropy_len());
+            let mine: Arc<dyn DhKeyPair> = Arc::from(self.backend.dh_generate(s.dh_group, &ent)?);
+            params.push(Param::DiffieHellman(wire::DiffieHellman {
+                group: DhGroupId::from(s.dh_group),
+                public_value: mine.public_value().to_vec(),
+            }));
+            Some(mine)
+        } else {
+            None
+        };
+        let theirs = dh.map(|d| d.public_value.clone());
+        let (mut keymat, index) = match self.rekey_kij(a, mine.as_ref(), theirs.as_deref())? {
+            Some(kij) => (self.new_keymat(a, &kij)?, 0u16),
             None => {
                 let km = a
                     .keymat
@@ -1705,6 +1716,7 @@ impl Endpoint {
         let r = self.rekey_sas(a, &mut keymat, index, new_spi_in, info.new_spi);
         a.keymat = Some(keymat);
         let sas = r?;
+        Self::keep_rekey_dh(a, mine, theirs);
         let (old_spi, kind) = match op {
             SaOp::Add => (0, SaChange::Added),
             _ => (a.spi_in, SaChange::Rekey),
@@ -1750,24 +1762,32 @@ impl Endpoint {
                 return Err(Reject::drop(Reason::Malformed));
             }
         };
-        let (mut keymat, index) = match (&r.dh, dh) {
-            (Some(mine), Some(theirs)) => {
-                let kij = mine
-                    .shared_secret(&theirs.public_value)
-                    .map_err(|_| Reject::drop(Reason::Malformed))?;
-                (self.new_keymat(a, &kij)?, 0u16)
+        let group_ok = a
+            .suites
+            .is_some_and(|s| dh.is_none_or(|d| d.group == DhGroupId::from(s.dh_group)));
+        let mine: Option<Arc<dyn DhKeyPair>> = r.dh.map(Arc::from);
+        let theirs = dh.map(|d| d.public_value.clone());
+        let kij = if group_ok {
+            self.rekey_kij(a, mine.as_ref(), theirs.as_deref())
+        } else {
+            Err(Reject::drop(Reason::Malformed))
+        };
+        let kij = match kij {
+            Ok(k) => k,
+            Err(e) => {
+                // Give up this rekey.
+                self.by_spi.remove(&r.new_spi_in);
+                return Err(e);
             }
-            (None, None) => {
+        };
+        let (mut keymat, index) = match kij {
+            Some(kij) => (self.new_keymat(a, &kij)?, 0u16),
+            None => {
                 let km = a
                     .keymat
                     .take()
                     .ok_or(Reject::drop(Reason::UnexpectedState))?;
                 (km, r.index.max(info.keymat_index))
-            }
-            _ => {
-                // The peer must mirror our DH choice; give up this rekey.
-                self.by_spi.remove(&r.new_spi_in);
-                return Err(Reject::drop(Reason::Malformed));
             }
         };
         let res = self.rekey_sas(a, &mut keymat, index, r.new_spi_in, info.new_spi);
@@ -1779,8 +1799,49 @@ impl Endpoint {
                 return Err(e);
             }
         };
+        Self::keep_rekey_dh(a, mine, theirs);
         self.install_rekey(a, sas, r.new_spi_in, info.new_spi, kind);
         Ok(())
+    }
+
+    /// The Kij of a rekey (RFC 7402 §6.9–6.10, digest §17): `None` when
+    /// neither side sent a new DH public value (the ESP keys then come from
+    /// the existing KEYMAT); otherwise our new key (`mine`) or, when only
+    /// the peer sent one, our last DH key, combined with the peer's new
+    /// public value (`theirs`) or, when only we sent one, its last one.
+    fn rekey_kij(
+        &self,
+        a: &Association,
+        mine: Option<&Arc<dyn DhKeyPair>>,
+        theirs: Option<&[u8]>,
+    ) -> Res<Option<Zeroizing<Vec<u8>>>> {
+        if mine.is_none() && theirs.is_none() {
+            return Ok(None);
+        }
+        let key = mine
+            .or(a.dh_local.as_ref())
+            .ok_or(Reject::drop(Reason::UnexpectedState))?;
+        let public = theirs
+            .or(a.dh_peer_public.as_deref())
+            .ok_or(Reject::drop(Reason::UnexpectedState))?;
+        key.shared_secret(public)
+            .map(Some)
+            .map_err(|_| Reject::drop(Reason::Malformed))
+    }
+
+    /// After a rekey: the DH values sent in it become the association's
+    /// last ones (a side that sent none keeps its previous one).
+    fn keep_rekey_dh(
+        a: &mut Association,
+        mine: Option<Arc<dyn DhKeyPair>>,
+        theirs: Option<Vec<u8>>,
+    ) {
+        if let Some(m) = mine {
+            a.dh_local = Some(m);
+        }
+        if let Some(t) = theirs {
+            a.dh_peer_public = Some(t);
+        }
     }
 
     /// ESP arrived on inbound `spi` of association `id`: retires the old
