@@ -676,6 +676,31 @@ fn r1s_sent(ep: &mut Endpoint) -> usize {
 }
 
 #[test]
+fn i1_with_odd_fixed_bits_is_answered_with_a_correct_r1() {
+    // RFC 7401 §5.1: the fixed bits P and S are ignored on receive.
+    let now = Instant::now();
+    let mut b = endpoint(
+        test_identity(IdentityKind::EcdsaP256, 1),
+        fast_config(),
+        2,
+        now,
+    );
+    let b_hit = b.local_hits()[0];
+    let mut d = i1_from(fake_hit(1), b_hit, addr(1), addr(2));
+    d.payload[2] |= 0x80; // P = 1
+    d.payload[3] &= !0x01; // S = 0
+    Packet::new_unchecked(&mut d.payload[..])
+        .fill_checksum(ChecksumMode::from_addrs(addr(1), addr(2)).unwrap());
+    b.handle(now, d);
+    let r1 = b.poll_transmit().expect("R1 sent");
+    let pkt = Packet::new_checked(&r1.payload[..]).unwrap();
+    assert_eq!(pkt.packet_type(), PacketType::R1);
+    assert_eq!(r1.payload[2] & 0x80, 0, "we send P = 0");
+    assert_eq!(r1.payload[3], 0x21, "we send version 2, S = 1");
+    assert_eq!(b.stats().malformed, 0);
+}
+
+#[test]
 fn r1_rate_limit_token_bucket() {
     let now = Instant::now();
     let cfg = Config {

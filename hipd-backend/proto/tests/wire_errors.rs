@@ -102,19 +102,19 @@ fn wrong_version() {
 }
 
 #[test]
-fn wrong_fixed_bits() {
+fn fixed_bits_are_ignored_on_receive() {
+    // RFC 7401 §5.1: P and S are ignored by receivers.
     let mut b = i1_bytes();
-    b[3] = 0x20; // S bit clear (Shim6)
-    assert!(matches!(
-        Packet::new_checked(&b[..]),
-        Err(WireError::BadFixedBits { byte3: 0x20, .. })
-    ));
+    b[3] = 0x20; // S bit clear
+    let p = Packet::new_checked(&b[..]).expect("S = 0 accepted");
+    assert_eq!(p.packet_type(), PacketType::I1);
+    assert_eq!(p.version(), 2);
     let mut b = i1_bytes();
     b[2] |= 0x80; // P bit set
-    assert!(matches!(
-        Packet::new_checked(&b[..]),
-        Err(WireError::BadFixedBits { byte2: 0x81, .. })
-    ));
+    let p = Packet::new_checked(&b[..]).expect("P = 1 accepted");
+    assert_eq!(p.packet_type(), PacketType::I1);
+    b[3] = 0x20; // both
+    assert!(PacketRepr::parse_bytes(&b).is_ok());
     // RES bits are ignored.
     let mut b = i1_bytes();
     b[3] = 0x2F;

@@ -27,6 +27,9 @@ pub enum WireError {
     #[error("unsupported HIP version {0}")]
     BadVersion(u8),
     /// The fixed header bits (P = 0 in byte 2, S = 1 in byte 3) are wrong.
+    /// [`Packet::check`](super::Packet::check) no longer returns it: the
+    /// fixed bits are ignored on receive (RFC 7401 §5.1); kept so that
+    /// callers matching on it keep compiling.
     #[error(
         "fixed header bits are not set as HIP requires (byte2 {byte2:#04x}, byte3 {byte3:#04x})"
     )]

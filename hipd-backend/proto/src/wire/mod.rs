@@ -40,12 +40,10 @@
 //!
 //! ## Decisions on points the standards leave open (kept stable)
 //!
-//! * **Fixed header bits.** RFC 7401 says the fixed bits (P = 0 in byte 2,
-//!   S = 1 in byte 3) are ignored on receive, but a packet with S = 0 is a
-//!   Shim6 packet and not HIP. [`Packet::check`] rejects wrong fixed bits
-//!   with [`WireError::BadFixedBits`]; an engine that wants the lenient RFC
-//!   rule can inspect the header fields itself. Emitted packets always carry
-//!   P = 0, S = 1, RES = 0.
+//! * **Fixed header bits.** RFC 7401 §5.1: the fixed bits (P = 0 in byte
+//!   2, S = 1 in byte 3) are ignored on receive. [`Packet::check`] accepts
+//!   any value of them (and of RES); the Packet Type is the low 7 bits of
+//!   byte 2. Emitted packets always carry P = 0, S = 1, RES = 0.
 //! * **Version.** Only version 2 is accepted ([`WireError::BadVersion`]).
 //! * **Header Length.** Must be ≥ 4 and `(HL + 1)·8` must fit the buffer;
 //!   bytes after the HIP packet are allowed and exposed by

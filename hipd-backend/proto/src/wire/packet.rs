@@ -138,7 +138,8 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     /// Validates the fixed header: at least 40 bytes; Header Length ≥ 4 and
-    /// not past the buffer; Version 2; fixed bits P = 0 and S = 1.
+    /// not past the buffer; Version 2. The fixed bits (P in byte 2, S in
+    /// byte 3) and RES are ignored, as RFC 7401 §5.1 says for receivers.
     ///
     /// Bytes after `(Header Length + 1) · 8` are allowed (e.g. data after a
     /// non-`IPPROTO_NONE` Next Header) and are not part of the HIP packet.
@@ -159,13 +160,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
         }
         if self.version() != HIP_VERSION {
             return Err(WireError::BadVersion(self.version()));
-        }
-        let (b2, b3) = (self.byte(field::PACKET_TYPE), self.byte(field::VERSION));
-        if b2 & 0x80 != 0 || b3 & 0x01 != 1 {
-            return Err(WireError::BadFixedBits {
-                byte2: b2,
-                byte3: b3,
-            });
         }
         Ok(())
     }
