@@ -613,6 +613,67 @@ fn r1_rotation_and_counter() {
     check_bex(&mut p);
 }
 
+/// A in I2-SENT with B, whose I2 is lost; B restarts with R1 counter
+/// `restart_counter` and answers a late duplicate I1 of A. Returns the pair
+/// after 10 s.
+fn responder_restart(restart_counter: u64) -> Pair {
+    let cfg = Config {
+        r1_counter_start: 1_000,
+        ..fast_config()
+    };
+    let mut p = pair(
+        test_identity(IdentityKind::EcdsaP256, 0),
+        test_identity(IdentityKind::EcdsaP256, 1),
+        cfg.clone(),
+        cfg.clone(),
+    );
+    assert_eq!(p.b.endpoint.r1_counter(), 1_000);
+    let (a_hit, b_hit) = (p.a.endpoint.local_hits()[0], p.b.endpoint.local_hits()[0]);
+    p.set_filter(Some(Box::new(|side, t| {
+        !(side == Side::A && Packet::new_unchecked(&t.payload[..]).packet_type() == PacketType::I2)
+    })));
+    let now = p.now;
+    p.a.endpoint
+        .connect(now, Some(b_hit), vec![addr(2)], None)
+        .unwrap();
+    assert!(p.run_until(Duration::from_secs(1), |p| {
+        p.a.endpoint
+            .association_by_peer(b_hit)
+            .is_some_and(|a| a.state() == State::I2Sent)
+    }));
+    // B restarts (same identity, fresh state).
+    let restarted = Config {
+        r1_counter_start: restart_counter,
+        ..cfg
+    };
+    p.b.endpoint = endpoint(
+        test_identity(IdentityKind::EcdsaP256, 1),
+        restarted,
+        9,
+        p.now,
+    );
+    p.set_filter(None);
+    p.inject(Side::B, i1_from(a_hit, b_hit, addr(1), addr(2)));
+    p.run_for(Duration::from_secs(10));
+    p
+}
+
+#[test]
+fn r1_counter_starts_from_the_configured_value_and_survives_a_restart() {
+    // Seeded from the wall clock (a later start → a higher counter), the
+    // restarted Responder's R1 restarts the Initiator's I2 (RFC 7401 §6.8).
+    let p = responder_restart(2_000);
+    assert_eq!(p.a.endpoint.stats().i2_restarted, 1);
+    assert_eq!(p.a.endpoint.stats().replay, 0);
+    assert!(both_established(&p), "BEX completes with the restarted B");
+    // A counter that restarted lower (the old fixed start at 1) is taken
+    // for a replay: A keeps retransmitting an I2 the new B cannot use.
+    let p = responder_restart(1);
+    assert_eq!(p.a.endpoint.stats().i2_restarted, 0);
+    assert!(p.a.endpoint.stats().replay >= 1);
+    assert_eq!(established(&p.a.events), 0);
+}
+
 #[test]
 fn udp_transport_bex() {
     let cfg = Config {

@@ -45,6 +45,14 @@ pub struct Config {
     pub puzzle_k: u8,
     /// R1 / puzzle secret rotation period.
     pub r1_rotation: Duration,
+    /// R1 generation counter of the first R1 generation (incremented per
+    /// rotation). RFC 7401 §5.2.3: the counter should survive a restart,
+    /// and a peer in I2-SENT treats an R1 with a lower counter as a replay.
+    /// The engine reads no clock: set it from the wall clock, e.g. seconds
+    /// since the Unix epoch at start, so a restarted responder's R1s carry
+    /// higher counters than before (as long as it rotated less than once
+    /// per second on average). Default 1 (deterministic tests).
+    pub r1_counter_start: u64,
     /// Highest #K this host will solve as Initiator.
     pub max_puzzle_k: u8,
     /// Maximum puzzle attempts per R1 (inline solving).
@@ -151,6 +159,7 @@ impl Default for Config {
             ],
             puzzle_k: 10,
             r1_rotation: Duration::from_secs(120),
+            r1_counter_start: 1,
             max_puzzle_k: 24,
             puzzle_budget: 1 << 26,
             i1_timeout: Duration::from_secs(1),

@@ -237,7 +237,13 @@ impl Endpoint {
             });
         }
         let mut rng = ChaCha20Rng::from_seed(seed);
-        let gen_cur = build_generation(&config, backend.as_ref(), &idents, &mut rng, 1)?;
+        let gen_cur = build_generation(
+            &config,
+            backend.as_ref(),
+            &idents,
+            &mut rng,
+            config.r1_counter_start,
+        )?;
         let r1_tokens = u64::from(config.r1_burst.max(1)) * 1_000_000;
         Ok(Endpoint {
             next_rotation: now + config.r1_rotation,
@@ -659,7 +665,7 @@ impl Endpoint {
     }
 
     fn rotate(&mut self, now: Instant) -> Result<(), EngineError> {
-        let counter = self.gen_cur.counter + 1;
+        let counter = self.gen_cur.counter.saturating_add(1);
         let g = build_generation(
             &self.config,
             self.backend.as_ref(),

@@ -38,7 +38,9 @@
 //!   i.e. for one to two rotation periods; the PUZZLE Lifetime field
 //!   announces at least one rotation period. An I2 must therefore come from
 //!   the same address pair as its I1. R1_COUNTER is always sent and is
-//!   required in I2. R1s are rate-limited by a token bucket
+//!   required in I2; the first generation's counter is
+//!   [`Config::r1_counter_start`] (set it from the wall clock so a
+//!   restarted Responder's R1s are not taken for replays). R1s are rate-limited by a token bucket
 //!   ([`Config::r1_rate`], [`Config::r1_burst`]; see the `endpoint` module
 //!   docs).
 //! * **DH group.** The Responder chooses the first group of its own list
