@@ -42,7 +42,8 @@
 //!   the host started over LSIs, or when nothing listens on the destination
 //!   port over IPv6 but something does over IPv4 (`/proc/net/{tcp,udp}`),
 //!   otherwise as IPv6/HIT.
-//! * DH groups: ECDH P-256, P-384, MODP-3072, MODP-2048 (in this order);
+//! * DH groups: ECDH P-256, P-384, MODP-3072, MODP-2048, MODP-1536 (group
+//!   3, the RFC 7401 MUST group, least preferred) in this order;
 //!   other algorithm lists are the engine defaults.
 //! * Puzzle difficulty #K = [`DEFAULT_PUZZLE_K`] (4): RFC 7401 lets the
 //!   Responder pick a low #K when not under attack; it keeps the
@@ -331,6 +332,9 @@ fn engine_config(puzzle_k: u8, opportunistic: bool, udp: Option<u16>) -> Config 
             DhGroup::EcdhP384,
             DhGroup::Modp3072,
             DhGroup::Modp2048,
+            // MUST in RFC 7401 §5.2.7; last: the weakest group, only for
+            // peers that offer nothing else.
+            DhGroup::Modp1536,
         ],
         puzzle_k,
         accept_opportunistic: opportunistic,
