@@ -32,9 +32,12 @@
 //! hipconf exit code 4).
 //!
 //! ## Known gaps
-//! * ESP to an UNVERIFIED peer locator is not gated by the engine's
-//!   credit-based authorization (`authorize_send`); received bytes are
-//!   reported to the engine (`on_data_received`).
+//! * Credit-based authorization (RFC 8046 §5.6) gates the ESP data the
+//!   daemon seals towards an UNVERIFIED peer locator (refused packets are
+//!   dropped, stats `esp_cba_dropped`); the ESP keepalives and failover
+//!   re-sends of failure detection are not charged against the credit.
+//!   The credit the data plane spends is refreshed every 20 ms, so across
+//!   a 5 s ageing step it may overspend by at most that step (1/8).
 //! * ICMPv4 inside LSI flows is translated for echo request/reply only;
 //!   other ICMPv4 messages from the application are dropped (counted as
 //!   `no_mapping`). Path MTU towards LSI applications is signalled with

@@ -62,7 +62,16 @@
 //!   `hipd_tells_an_lsi_application_the_inner_path_mtu`).
 //! * `set puzzle` re-signs the precomputed R1s with the new #K at once; live
 //!   associations are unaffected.
+//! * ESP to an UNVERIFIED peer locator (RFC 8046 §5.6, credit-based
+//!   authorization, module `cba`): allowed only within the association's
+//!   credit (ESP bytes received from the peer, aged by the engine), debited
+//!   per packet by the sealing threads from a mirror of the credit that the
+//!   driver refreshes on locator and path events and every 20 ms; packets
+//!   beyond it are dropped (not held), counted as `esp_cba_dropped` in the
+//!   stats' counter list (`esp_cba_bytes`: bytes sent within the credit).
+//!   With every peer locator verified the check is one relaxed load.
 
+mod cba;
 mod failover;
 mod files;
 mod lsi;
@@ -172,6 +181,11 @@ struct Counters {
     icmp_fragment_lost: AtomicU64,
     ptb_to_tun: AtomicU64,
     repaired: AtomicU64,
+    /// ESP packets to an UNVERIFIED peer locator dropped for lack of
+    /// credit (module `cba`).
+    esp_cba_dropped: AtomicU64,
+    /// ESP bytes sent to UNVERIFIED peer locators within the credit.
+    esp_cba_bytes: AtomicU64,
 }
 
 fn inc(c: &AtomicU64) {
@@ -196,6 +210,9 @@ struct OutSa {
     id: AssocId,
     /// Traffic stamps for failure detection (shared with the inbound SA).
     live: Arc<failover::Liveness>,
+    /// Credit-based authorization towards UNVERIFIED peer locators (one
+    /// per association, shared by its outbound SAs).
+    cba: Arc<cba::Gate>,
 }
 
 #[derive(Debug)]
@@ -536,7 +553,9 @@ impl Shared {
                     ep,
                     id,
                     live: live.clone(),
+                    cba: Arc::new(cba::Gate::default()),
                 });
+                cba::sync(&out.cba, &mut core.eps[ep], Instant::now(), peer_hit);
                 let spi_in = sas.inbound.spi();
                 let inb = Arc::new(InSa {
                     sa: Mutex::new(sas.inbound),
@@ -607,6 +626,9 @@ impl Shared {
             }
             Event::PathChanged { peer_hit, src, dst } => {
                 tracing::info!(%peer_hit, %src, %dst, "path changed");
+                // The gate first: a sealing thread that sees the new path
+                // (under its mutex) sees the gate's state too.
+                self.cba_sync_peer(core, ep, peer_hit);
                 let dp = self.dp.read().unwrap_or_else(|p| p.into_inner());
                 for ((_, p), out) in dp.out.iter() {
                     if *p == peer_hit && out.ep == ep {
@@ -648,6 +670,7 @@ impl Shared {
                             ep,
                             id,
                             live: live.clone(),
+                            cba: out.cba.clone(),
                         }),
                     );
                 }
@@ -697,9 +720,11 @@ impl Shared {
                 state,
             } => {
                 tracing::info!(%peer_hit, %addr, ?state, "peer locator state");
+                self.cba_sync_peer(core, ep, peer_hit);
             }
             Event::VerificationFailed { peer_hit, addr } => {
                 tracing::info!(%peer_hit, %addr, "peer locator verification failed");
+                self.cba_sync_peer(core, ep, peer_hit);
             }
             Event::ProbeReply {
                 peer_hit, dst, rtt, ..
@@ -718,6 +743,64 @@ impl Shared {
                 tracing::debug!(%peer_hit, %src, %dst, exploring, "probed by the peer");
             }
         }
+    }
+
+    /// Credit-based authorization of one sealed ESP packet of `len` bytes
+    /// on `path` (module [`cba`]): whether it may be sent; counts what
+    /// goes to UNVERIFIED locators and what is refused.
+    #[inline]
+    fn cba_admit(&self, out: &OutSa, path: &Path, len: usize) -> bool {
+        match out.cba.admit(path.dst, len) {
+            cba::Admit::Free => true,
+            cba::Admit::Debited => {
+                self.ctr
+                    .esp_cba_bytes
+                    .fetch_add(len as u64, Ordering::Relaxed);
+                true
+            }
+            cba::Admit::Refused => {
+                inc(&self.ctr.esp_cba_dropped);
+                false
+            }
+        }
+    }
+
+    /// Refreshes the credit gates of engine `ep`'s associations with
+    /// `peer` ([`cba::sync`]).
+    fn cba_sync_peer(&self, core: &mut Core, ep: usize, peer: Hit) {
+        let gates: Vec<Arc<cba::Gate>> = {
+            let dp = self.dp.read().unwrap_or_else(|p| p.into_inner());
+            dp.out
+                .iter()
+                .filter(|((_, p), o)| *p == peer && o.ep == ep)
+                .map(|(_, o)| o.cba.clone())
+                .collect()
+        };
+        if let Some(e) = core.eps.get_mut(ep) {
+            let now = Instant::now();
+            for g in gates {
+                cba::sync(&g, e, now, peer);
+            }
+        }
+    }
+
+    /// Refreshes every credit gate ([`cba::sync`]); returns whether any is
+    /// limited (then the driver comes back within [`cba::TICK`]).
+    fn cba_tick(&self, core: &mut Core, now: Instant) -> bool {
+        let gates: Vec<(usize, Hit, Arc<cba::Gate>)> = {
+            let dp = self.dp.read().unwrap_or_else(|p| p.into_inner());
+            dp.out
+                .iter()
+                .map(|((_, p), o)| (o.ep, *p, o.cba.clone()))
+                .collect()
+        };
+        let mut limited = false;
+        for (ep, peer, g) in gates {
+            if let Some(e) = core.eps.get_mut(ep) {
+                limited |= cba::sync(&g, e, now, peer);
+            }
+        }
+        limited
     }
 
     fn send_esp(&self, out: &OutSa, inner: &[u8], buf: &mut Vec<u8>) {
@@ -741,6 +824,9 @@ impl Shared {
             }
         };
         let path = via.unwrap_or_else(|| *out.path.lock().unwrap_or_else(|p| p.into_inner()));
+        if !self.cba_admit(out, &path, n) {
+            return;
+        }
         if self.send_sealed(&path, buf.get(..n).unwrap_or(&[])) {
             inc(&self.ctr.esp_tx);
             out.packets.fetch_add(1, Ordering::Relaxed);
@@ -782,6 +868,10 @@ impl Shared {
         }
         let path = via.unwrap_or_else(|| *out.path.lock().unwrap_or_else(|p| p.into_inner()));
         let esp_len = tx.data.len() - start;
+        if !self.cba_admit(out, &path, esp_len) {
+            tx.data.truncate(start);
+            return;
+        }
         self.check_pmtu(&path, inner, v4_orig, esp_len);
         tx.items.push((start..tx.data.len(), path, out.clone()));
     }
@@ -1120,6 +1210,9 @@ fn is_hip_addr(a: IpAddr) -> bool {
 
 fn driver_thread(sh: Arc<Shared>) {
     let mut core = sh.lock_core();
+    // Last refresh of the credit gates, and whether one was limited then.
+    let mut cba_at = Instant::now();
+    let mut cba_limited = false;
     loop {
         if sh.shutting_down.load(Ordering::Relaxed)
             && core.eps.iter().all(|e| e.association_count() == 0)
@@ -1138,6 +1231,10 @@ fn driver_thread(sh: Arc<Shared>) {
                 }
             }
         }
+        if now.saturating_duration_since(cba_at) >= cba::TICK {
+            cba_at = now;
+            cba_limited = sh.cba_tick(&mut core, now);
+        }
         for i in 0..core.eps.len() {
             if core.eps[i].poll_timeout().is_some_and(|t| t <= now) {
                 core.eps[i].handle_timeout(now);
@@ -1155,6 +1252,9 @@ fn driver_thread(sh: Arc<Shared>) {
             .unwrap_or(now + Duration::from_secs(1));
         if !core.failover.is_empty() {
             next = next.min(now + failover::TICK);
+        }
+        if cba_limited {
+            next = next.min(cba_at + cba::TICK);
         }
         let wait = next
             .saturating_duration_since(Instant::now())
@@ -2116,7 +2216,12 @@ impl Shared {
             repaired: l(&c.repaired),
             failover_switches: core.shim.values().map(|c| c.switches).sum(),
             associations: core.eps.iter().map(|e| e.association_count() as u64).sum(),
-            engine: engine.into_iter().collect(),
+            engine: {
+                // Daemon counters without a field of their own (yet).
+                engine.insert("esp_cba_dropped".into(), l(&c.esp_cba_dropped));
+                engine.insert("esp_cba_bytes".into(), l(&c.esp_cba_bytes));
+                engine.into_iter().collect()
+            },
         }
     }
 
