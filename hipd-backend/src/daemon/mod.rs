@@ -354,6 +354,13 @@ fn engine_config(puzzle_k: u8, opportunistic: bool, udp: Option<u16>) -> Config 
             DhGroup::Modp1536,
         ],
         puzzle_k,
+        // A restarted daemon's R1s must count on from where the last run's
+        // did, or an Initiator still in I2-SENT takes the fresh R1 for a
+        // replay: the wall clock in seconds only grows between runs (the
+        // counter advances far less than once a second).
+        r1_counter_start: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_secs()),
         accept_opportunistic: opportunistic,
         initiator_transport: match udp {
             None => Transport::Native,
@@ -2179,6 +2186,8 @@ impl Shared {
                 ("r1_rate_limited", s.r1_rate_limited),
                 ("update_sent", s.update_sent),
                 ("update_received", s.update_received),
+                ("notify_suppressed", s.notify_suppressed),
+                ("notify_rate_limited", s.notify_rate_limited),
             ];
             for (k, v) in fields {
                 *engine.entry(k.to_string()).or_default() += v;
@@ -2190,6 +2199,8 @@ impl Shared {
                         | "r1_rate_limited"
                         | "update_sent"
                         | "update_received"
+                        | "notify_suppressed"
+                        | "notify_rate_limited"
                 ) {
                     dropped += v;
                 }
