@@ -8,9 +8,11 @@
 // outgoing handshake packets without a trip through userspace:
 //
 //   egress SYN of covered traffic (a port in ptcp_ports, a socket mark
-//   matching opt_in_mark/opt_in_mask, or a tuple in ptcp_optin):
+//   matching opt_in_mark/opt_in_mask, or a tuple in ptcp_optin; never a
+//   socket whose mark matches opt_out_mark/opt_in_mask):
 //       DSTOPTS[PREFIX_SYN(our offer for the source address)]
-//   egress SYN+ACK answering a received PREFIX_SYN:
+//   egress SYN+ACK answering a received PREFIX_SYN (unless the listener's
+//   mark, which its SYN+ACK carries, matches opt_out_mark):
 //       DSTOPTS[PREFIX_SYN(our offer), PREFIX_ACK(echo)]
 //   egress first non-SYN segment after a SYN+ACK that answered our offer
 //   with PREFIX_SYN:
@@ -170,6 +172,10 @@
 // loader, preservetcp::control::OPT_IN_MARK / OPT_IN_MASK).
 const volatile __u32 opt_in_mark = 0;
 const volatile __u32 opt_in_mask = 0;
+// Sockets opted out by mark (preservetcp::control::OPT_OUT_MARK, same
+// mask): never covered, whatever the ports or opt-ins say, and a
+// listener's SYN+ACK (it carries the listener's mark) answers no offer.
+const volatile __u32 opt_out_mark = 0;
 
 struct offer {
 	__u16 len;        // bytes used in opt: 2 + option data length
@@ -483,13 +489,23 @@ static __always_inline void report(struct __sk_buff *skb, __u8 kind, __u64 flags
 		count(kind == EV_ALT ? C_ALT_REPORTS : C_LEARN_EVENTS);
 }
 
+// Whether an outgoing packet's socket opted out by its mark.
+static __always_inline int opted_out(struct __sk_buff *skb)
+{
+	return opt_in_mask && opt_out_mark &&
+	       (skb->mark & opt_in_mask) == opt_out_mark;
+}
+
 // Whether an outgoing SYN (sender's tuple) is covered: its socket mark
-// opted in, one of its ports is in ptcp_ports, or its tuple opted in.
+// opted in, one of its ports is in ptcp_ports, or its tuple opted in; an
+// opted-out socket never is.
 static __always_inline int covered(struct __sk_buff *skb, struct tuple *t)
 {
 	__u32 port;
 	__u8 *on;
 
+	if (opted_out(skb))
+		return 0;
 	if (opt_in_mask && (skb->mark & opt_in_mask) == opt_in_mark)
 		return 1;
 	port = bpf_ntohs(t->local_port);
@@ -848,6 +864,12 @@ int ptcp_egress(struct __sk_buff *skb)
 
 		if (!e || e->state != HS_SERVER_ECHO)
 			return TC_ACT_OK;
+		if (opted_out(skb)) {
+			// The listener opted out: a plain answer, and the
+			// offer learned for the tuple is dropped.
+			forget(&t);
+			return TC_ACT_OK;
+		}
 		s = bpf_map_lookup_elem(&ptcp_scratch, &slot);
 		if (!s)
 			return TC_ACT_OK;

@@ -31,7 +31,9 @@ use crate::wire::{OPT_PREFIX_SYN, PrefixOption};
 /// port in the `ptcp_ports` array ([`PORTS_LEN`] one-octet entries indexed
 /// by the port, nonzero = covered, local or peer port), a socket mark with
 /// `mark & OPT_IN_MASK == OPT_IN_MARK` ([`crate::control::OPT_IN_MARK`]),
-/// or the sender's tuple in the `ptcp_optin` hash ([`hs_key`] layout).
+/// or the sender's tuple in the `ptcp_optin` hash ([`hs_key`] layout) —
+/// unless the mark is [`crate::control::OPT_OUT_MARK`] (under the same
+/// mask), which also keeps a listener's SYN+ACK from answering an offer.
 pub const PORTS_LEN: u32 = 65536;
 
 /// Largest encoded option: type, length and 255 data octets.

@@ -22,7 +22,8 @@
 //! (or when no socket with the tuple appeared within 30 s). A program can
 //! instead mark its socket with [`OPT_IN_MARK`] before `connect`
 //! ([`opt_in`]); the daemon's rules catch marked SYNs in addition to the
-//! configured ports.
+//! configured ports. A socket marked with [`OPT_OUT_MARK`] ([`opt_out`])
+//! is left alone even on a configured port.
 //!
 //! # Who may ask what
 //!
@@ -66,6 +67,14 @@ pub const PERMISSION_DENIED: &str = "permission denied";
 pub const OPT_IN_MARK: u32 = 0x5054_0000;
 /// The mark bits the daemon's rules look at.
 pub const OPT_IN_MASK: u32 = 0xffff_0000;
+/// The socket mark (`SO_MARK`) that opts a socket *out*: the daemon's rules
+/// match `mark & OPT_IN_MASK == OPT_OUT_MARK` and leave such a socket's
+/// handshake plain even if one of its ports is in `--ports` or its tuple
+/// was opted in — no PREFIX_SYN on its SYN, no answer to an offer on the
+/// SYN+ACK of a listener carrying it (the SYN+ACK carries the listener's
+/// mark), so the connection is never tracked nor moved. The opt-out wins
+/// over every opt-in. (The shim API's `SHIM_DONTSHIM` sets it.)
+pub const OPT_OUT_MARK: u32 = 0x5055_0000;
 
 /// Opts a not yet connected socket in by setting its mark to
 /// [`OPT_IN_MARK`] (needs `CAP_NET_ADMIN` or `CAP_NET_RAW`). Call it between
@@ -74,6 +83,16 @@ pub const OPT_IN_MASK: u32 = 0xffff_0000;
 pub fn opt_in(socket: &impl AsFd) -> std::io::Result<()> {
     nix::sys::socket::setsockopt(socket, nix::sys::socket::sockopt::Mark, &OPT_IN_MARK)
         .map_err(std::io::Error::from)
+}
+
+/// Opts a not yet connected (or listening) socket out by setting the
+/// [`OPT_IN_MASK`] bits of its mark to [`OPT_OUT_MARK`], keeping the other
+/// bits (needs `CAP_NET_ADMIN` or `CAP_NET_RAW`). Call it before `connect()`
+/// or `listen()`; sockets a listener accepts inherit its mark.
+pub fn opt_out(socket: &impl AsFd) -> std::io::Result<()> {
+    use nix::sys::socket::{getsockopt, setsockopt, sockopt::Mark};
+    let old = getsockopt(socket, Mark).map_err(std::io::Error::from)?;
+    setsockopt(socket, Mark, &((old & !OPT_IN_MASK) | OPT_OUT_MARK)).map_err(std::io::Error::from)
 }
 
 /// A TCP 4-tuple in control messages.

@@ -20,7 +20,8 @@
 //! - [`engine`]: the daemon's sans-IO packet engine (handshake, pair
 //!   table, policy, rewriting) that `preservetcpd` drives;
 //! - [`control`]: the daemon's control protocol (JSON lines over a Unix
-//!   socket) and the per-socket opt-in ([`opt_in`], `SO_MARK`).
+//!   socket), the per-socket opt-in ([`opt_in`], `SO_MARK`) and opt-out
+//!   ([`opt_out`], [`OPT_OUT_MARK`], which wins over `--ports`).
 //!
 //! ## The daemon (`preservetcpd`, Linux)
 //!
@@ -38,7 +39,8 @@
 //!   handshake packet waits in userspace: egress inserts PREFIX_SYN into
 //!   SYNs of covered traffic, which it decides itself (a port from
 //!   `--ports` in an array map, a socket mark matching [`OPT_IN_MARK`], or
-//!   a tuple opted in through the control socket; see [`bpf::PORTS_LEN`]),
+//!   a tuple opted in through the control socket, unless the socket's mark
+//!   is [`OPT_OUT_MARK`]; see [`bpf::PORTS_LEN`]),
 //!   PREFIX_SYN + PREFIX_ACK into a SYN+ACK
 //!   answering a received offer, and PREFIX_ACK into the first segment
 //!   after a SYN+ACK that answered our offer. The offers are precomputed by
@@ -214,7 +216,9 @@
 //!   (nf_tables backend) rules in `mangle` feed NFQUEUE `N` (OUTPUT: SYNs
 //!   of covered traffic — configured ports or sockets marked with
 //!   [`OPT_IN_MARK`] —, SYN+ACKs answering an offer, the client's ACK of a
-//!   SYN+ACK that carried options, and every packet of a moved connection)
+//!   SYN+ACK that carried options, and every packet of a moved connection;
+//!   a packet of a socket marked [`OPT_OUT_MARK`] returns before the
+//!   offer, answer and ACK rules)
 //!   and NFQUEUE `N+1` (PREROUTING: non-SYN TCP that matches no local
 //!   socket, i.e. arrives on an alternative pair). Incoming handshake
 //!   packets (SYN and SYN+ACK with a destination options header, the SYN+ACK
@@ -430,7 +434,7 @@ pub mod policy;
 pub mod select;
 pub mod wire;
 
-pub use control::{OPT_IN_MARK, opt_in};
+pub use control::{OPT_IN_MARK, OPT_OUT_MARK, opt_in, opt_out};
 pub use engine::{Action, Engine, EngineConfig, TcpSample, Verdict};
 pub use packet::{PacketError, insert_dest_opts, parse_ipv6_tcp, strip_dest_opts};
 pub use pairs::{AddrPair, AddressPairs, ConnId, FourTuple};

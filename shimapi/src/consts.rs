@@ -78,6 +78,12 @@ pub const SHIM_PRESERVETCP: c_int = 0x101;
 pub const PRESERVETCP_MARK: u32 = 0x5054_0000;
 /// The mark bits `preservetcpd` compares (`preservetcp::control::OPT_IN_MASK`).
 pub const PRESERVETCP_MARK_MASK: u32 = 0xffff_0000;
+/// The `SO_MARK` value (under [`PRESERVETCP_MARK_MASK`]) that opts a
+/// socket *out* of preservetcp (`preservetcp::control::OPT_OUT_MARK`):
+/// `preservetcpd` leaves its handshake plain even on a port of its
+/// `--ports` list, in BPF and `--no-bpf` mode, and a listener carrying it
+/// answers no offer. `SHIM_DONTSHIM` sets it on IPv6 TCP sockets.
+pub const PRESERVETCP_OPT_OUT_MARK: u32 = 0x5055_0000;
 
 /// The most locators in a `SHIM_LOCLIST_*` set (RFC 6316 §13).
 pub const SHIM_MAX_LOCATORS: usize = 32;

@@ -84,16 +84,32 @@
 //!   32); `getsockopt` needs at least the size, writes the size and returns
 //!   the length used.
 //! * **`SHIM_ASSOCIATED`** (get only; set → `ENOPROTOOPT`): 1 if the daemon
-//!   has a context for the flow, 0 if not (peer not a HIT/LSI, protocol
-//!   other than TCP/UDP, `DONTSHIM`, daemon not running), **2 for an
-//!   unconnected socket** (digest §9 #1: the RFC's EOPNOTSUPP and "2 only
-//!   for unconnected" conflict; 2 wins), except 0 for an unconnected
-//!   `DONTSHIM` socket.
+//!   has a context for the flow (or preservetcpd tracks the connection), 0
+//!   if not (peer not a HIT/LSI and not tracked, protocol other than
+//!   TCP/UDP, daemon not running), **2 for an unconnected socket** (digest
+//!   §9 #1: the RFC's EOPNOTSUPP and "2 only for unconnected" conflict; 2
+//!   wins), except 0 for an unconnected `DONTSHIM` socket. A connected
+//!   socket always gets the daemons' answer, `DONTSHIM` or not.
 //! * **`SHIM_DONTSHIM`**: kept in this process per socket; set only while
-//!   unconnected (`EOPNOTSUPP` after), values 0/1. A `DONTSHIM` socket is
-//!   never mapped by this library (`ASSOCIATED` 0, options `ENOENT`): HIP
-//!   maps only HIT/LSI traffic, so such a socket addressing a real IP never
-//!   touches the daemon.
+//!   unconnected (`EOPNOTSUPP` after), values 0/1. What it does depends on
+//!   the peer:
+//!   - an IP peer: the shims leave the socket alone. HIP maps only HIT/LSI
+//!     traffic, so the daemon is never asked; on an IPv6 TCP socket the
+//!     library also sets preservetcpd's opt-out mark
+//!     ([`PRESERVETCP_OPT_OUT_MARK`] in the [`PRESERVETCP_MARK_MASK`] bits
+//!     of `SO_MARK`, replacing an opt-in, other bits kept; setting 0 clears
+//!     it), which preservetcpd honours over its `--ports` list: no offer on
+//!     the SYN, no answer from a listener, never tracked or moved. Setting
+//!     the mark needs `CAP_NET_ADMIN`: without it the option fails with
+//!     `EPERM` while a preservetcpd answers on the control socket, and is
+//!     only recorded when none does. Sockets accepted from a `DONTSHIM`
+//!     listener inherit the mark and read `DONTSHIM` 1.
+//!   - a HIT or LSI peer: accepted but without effect. Such a socket only
+//!     exists through the HIP shim (the identifier is not routable), so the
+//!     flow is still carried by HIP, its `SOL_SHIM` options work as on any
+//!     other HIP socket and `SHIM_ASSOCIATED` reports the daemon's answer.
+//!
+//!   `SHIM_PRESERVETCP` 1 on a `DONTSHIM` socket is `EINVAL`.
 //! * **`SHIM_DEFERRED_CONTEXT_SETUP`** (get only): always 0 (HIP builds the
 //!   context before data flows); `EOPNOTSUPP` on unconnected sockets as the
 //!   RFC's table says.

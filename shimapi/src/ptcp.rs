@@ -88,6 +88,12 @@ fn call(path: &PathBuf, line: &str) -> io::Result<Answer> {
     serde_json::from_str(&answer).map_err(|_| io::Error::from_raw_os_error(libc::EPROTO))
 }
 
+/// Whether a preservetcpd answers on `path` (its control socket accepts a
+/// connection).
+pub(crate) fn running(path: &PathBuf) -> bool {
+    UnixStream::connect(path).is_ok()
+}
+
 /// The preservetcp connection of a TCP socket with this local and peer
 /// address, if the daemon runs and tracks it.
 pub(crate) fn find(

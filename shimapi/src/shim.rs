@@ -365,14 +365,22 @@ impl Shim {
         let mut g = self.lock();
         let dontshim = g.socks.get(&info.key).is_some_and(|s| s.dontshim);
         match name {
-            SHIM_DONTSHIM => return put_int(buf, c_int::from(dontshim)),
+            SHIM_DONTSHIM => {
+                drop(g);
+                // A socket a DONTSHIM listener accepted inherits its mark.
+                let marked = Self::ptcp_markable(&info)
+                    && sys::get_int(fd, libc::SOL_SOCKET, libc::SO_MARK)? as u32
+                        & PRESERVETCP_MARK_MASK
+                        == PRESERVETCP_OPT_OUT_MARK;
+                return put_int(buf, c_int::from(dontshim || marked));
+            }
             SHIM_ASSOCIATED => {
                 let Some(peer) = info.peer else {
                     return put_int(buf, if dontshim { 0 } else { 2 });
                 };
-                if dontshim {
-                    return put_int(buf, 0);
-                }
+                // Connected: the truth, DONTSHIM or not (a HIT/LSI peer is
+                // reached through HIP only; an IP peer of a DONTSHIM socket
+                // is not tracked by preservetcpd, so the answer is 0).
                 let Some((flow, _)) = flow_of(&info, peer) else {
                     drop(g);
                     let ptcp = self.ptcp_conn(&info)?;
@@ -393,14 +401,13 @@ impl Shim {
             }
             _ => {}
         }
-        if !dontshim
-            && info.peer.is_some_and(|p| flow_of(&info, p).is_none())
+        if info.peer.is_some_and(|p| flow_of(&info, p).is_none())
             && let Some(conn) = self.ptcp_conn(&info)?
         {
             drop(g);
             return Self::ptcp_get(&conn, name, buf);
         }
-        let (flow, _) = Self::require_flow(&info, dontshim)?;
+        let (flow, _) = Self::require_flow(&info)?;
         let ctx = Self::context(&mut g, flow)?;
         drop(g);
         match name {
@@ -504,13 +511,22 @@ impl Shim {
                 }
                 let old = sys::get_int(fd, libc::SOL_SOCKET, libc::SO_MARK)? as u32;
                 let rest = old & !PRESERVETCP_MARK_MASK;
-                let mark = if on { rest | PRESERVETCP_MARK } else { rest };
+                let mark = match (on, old & PRESERVETCP_MARK_MASK) {
+                    // Opting in and out at once contradicts itself.
+                    (true, PRESERVETCP_OPT_OUT_MARK) => return einval(),
+                    (true, _) => rest | PRESERVETCP_MARK,
+                    (false, PRESERVETCP_MARK) => rest,
+                    (false, _) => return Ok(()), // not opted in: unchanged
+                };
                 return sys::setsockopt(fd, libc::SOL_SOCKET, libc::SO_MARK, &mark.to_ne_bytes());
             }
             SHIM_DONTSHIM => {
                 let on = bool_of(buf)?;
                 if info.peer.is_some() {
                     return Err(err(libc::EOPNOTSUPP));
+                }
+                if Self::ptcp_markable(&info) {
+                    self.set_opt_out_mark(fd, on)?;
                 }
                 let mut g = self.lock();
                 Self::state(&mut g, &info).dontshim = on;
@@ -568,9 +584,7 @@ impl Shim {
             _ => return Err(err(libc::ENOPROTOOPT)),
         };
         let mut g = self.lock();
-        let dontshim = g.socks.get(&info.key).is_some_and(|s| s.dontshim);
-        if !dontshim
-            && info.peer.is_some_and(|p| flow_of(&info, p).is_none())
+        if info.peer.is_some_and(|p| flow_of(&info, p).is_none())
             && let Some(conn) = self.ptcp_conn(&info)?
         {
             drop(g);
@@ -590,7 +604,7 @@ impl Shim {
                 _ => Err(err(libc::EOPNOTSUPP)),
             };
         }
-        let (flow, kind) = Self::require_flow(&info, dontshim)?;
+        let (flow, kind) = Self::require_flow(&info)?;
         let recv = match &set {
             ShimSetting::LocalRecv { on } => Some((true, *on)),
             ShimSetting::PeerRecv { on } => Some((false, *on)),
@@ -685,14 +699,49 @@ impl Shim {
         st
     }
 
-    fn require_flow(info: &SockInfo, dontshim: bool) -> io::Result<(FlowId, IdKind)> {
+    /// The HIP flow of a connected socket. `SHIM_DONTSHIM` plays no part:
+    /// a socket addressing a HIT or LSI is only reachable through the HIP
+    /// shim, so its flow is mapped either way; any other peer has no flow.
+    fn require_flow(info: &SockInfo) -> io::Result<(FlowId, IdKind)> {
         let Some(peer) = info.peer else {
             return Err(err(libc::EOPNOTSUPP));
         };
-        if dontshim {
-            return Err(err(libc::ENOENT));
-        }
         flow_of(info, peer).ok_or_else(|| err(libc::ENOENT))
+    }
+
+    /// Sockets preservetcpd can cover, hence the ones `SHIM_DONTSHIM`
+    /// marks: IPv6 TCP.
+    fn ptcp_markable(info: &SockInfo) -> bool {
+        info.proto == libc::IPPROTO_TCP && info.domain == libc::AF_INET6
+    }
+
+    /// `SHIM_DONTSHIM` on an IPv6 TCP socket: sets (or, if it is the
+    /// opt-out value, clears) [`PRESERVETCP_OPT_OUT_MARK`] in the
+    /// [`PRESERVETCP_MARK_MASK`] bits of the socket mark, replacing an
+    /// opt-in and keeping the other bits. Without `CAP_NET_ADMIN` the mark
+    /// cannot be set: that is `EPERM` if preservetcpd runs (its `--ports`
+    /// would otherwise cover the socket), and only recorded if no
+    /// preservetcpd control socket answers.
+    fn set_opt_out_mark(&self, fd: RawFd, on: bool) -> io::Result<()> {
+        let old = sys::get_int(fd, libc::SOL_SOCKET, libc::SO_MARK)? as u32;
+        let rest = old & !PRESERVETCP_MARK_MASK;
+        let mark = match (on, old & PRESERVETCP_MARK_MASK) {
+            (true, _) => rest | PRESERVETCP_OPT_OUT_MARK,
+            (false, PRESERVETCP_OPT_OUT_MARK) => rest,
+            (false, _) => return Ok(()),
+        };
+        if mark == old {
+            return Ok(());
+        }
+        match sys::setsockopt(fd, libc::SOL_SOCKET, libc::SO_MARK, &mark.to_ne_bytes()) {
+            Err(e)
+                if e.raw_os_error() == Some(libc::EPERM)
+                    && !crate::ptcp::running(&self.ptcp_socket) =>
+            {
+                Ok(())
+            }
+            r => r,
+        }
     }
 
     fn context(g: &mut Inner, flow: FlowId) -> io::Result<ShimContextInfo> {
@@ -810,8 +859,7 @@ impl Shim {
             info.local = addr::parse_sockaddr(&sys::getsockname(fd)?);
         }
         let mut g = self.lock();
-        let dontshim = g.socks.get(&info.key).is_some_and(|s| s.dontshim);
-        let Some((flow, kind)) = flow_of(&info, peer).filter(|_| !dontshim) else {
+        let Some((flow, kind)) = flow_of(&info, peer) else {
             return Err(err(libc::ENOENT));
         };
         for (direction, indicator) in feedback {
@@ -935,8 +983,7 @@ impl Shim {
             // no exact match promised).
             let info = sock_info(fd)?;
             let mut g = self.lock();
-            let dontshim = g.socks.get(&key).is_some_and(|s| s.dontshim);
-            pair = Self::require_flow(&info, dontshim)
+            pair = Self::require_flow(&info)
                 .ok()
                 .and_then(|(flow, _)| Self::context(&mut g, flow).ok())
                 .and_then(|c| c.socket.last_rx);
@@ -975,16 +1022,14 @@ impl Shim {
     pub fn release(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
         let info = sock_info(fd.as_raw_fd())?;
         let mut g = self.lock();
-        let st = g.socks.remove(&info.key);
-        let dontshim = st.as_ref().is_some_and(|s| s.dontshim);
-        if let Some(mut st) = st {
+        if let Some(mut st) = g.socks.remove(&info.key) {
             st.local_recv = false;
             st.peer_recv = false;
             if let Some(k) = st.lib_rxopt {
                 Self::sync_rxopt(&mut st, info.fd, k)?;
             }
         }
-        let Ok((flow, _)) = Self::require_flow(&info, dontshim) else {
+        let Ok((flow, _)) = Self::require_flow(&info) else {
             return Ok(());
         };
         match g.link.call(&Request::ShimRelease { flow }) {

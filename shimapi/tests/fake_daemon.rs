@@ -351,8 +351,11 @@ fn no_context_and_no_daemon() {
     });
 }
 
+/// `SHIM_DONTSHIM` on a socket to a HIT is accepted but changes nothing:
+/// the flow only exists through the HIP shim, so `SHIM_ASSOCIATED` is the
+/// daemon's answer (1 here) and the other options reach the daemon.
 #[test]
-fn dontshim_socket_never_touches_the_daemon() {
+fn dontshim_hit_socket_is_still_carried_by_hip() {
     in_netns(|| {
         let d = daemon(Arc::new(Mutex::new(None)));
         let s = Shim::new(&d.path);
@@ -361,15 +364,65 @@ fn dontshim_socket_never_touches_the_daemon() {
             socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None).unwrap();
         s.setsockopt(sock.as_fd(), SOL_SHIM, SHIM_DONTSHIM, &int(1))
             .unwrap();
+        assert!(d.requests().is_empty(), "setting DONTSHIM asks no daemon");
         sock.connect(&l.local_addr().unwrap().into()).unwrap();
         let fd = sock.as_fd();
         assert_eq!(get_int(&s, fd, SHIM_DONTSHIM), 1);
-        assert_eq!(get_int(&s, fd, SHIM_ASSOCIATED), 0);
-        assert_eq!(
-            errno(s.getsockopt(fd, SOL_SHIM, SHIM_HOT_STANDBY, &mut [0u8; 4])),
-            libc::ENOENT
+        assert_eq!(get_int(&s, fd, SHIM_ASSOCIATED), 1);
+        assert_eq!(get_int(&s, fd, SHIM_HOT_STANDBY), 1);
+        let reqs = d.requests();
+        assert_eq!(reqs.len(), 2, "{reqs:?}");
+        assert!(
+            reqs.iter().all(|r| matches!(r, Request::ShimGet { .. })),
+            "{reqs:?}"
         );
-        assert!(d.requests().is_empty());
+    });
+}
+
+/// `SHIM_DONTSHIM` on an IPv6 TCP socket sets preservetcpd's opt-out mark
+/// in the mark's upper bits (replacing an opt-in, keeping the low bits);
+/// 0 clears it again; `SHIM_PRESERVETCP` 1 contradicts it (`EINVAL`); a
+/// UDP socket's mark is untouched.
+#[test]
+fn dontshim_sets_the_preservetcp_opt_out_mark() {
+    in_netns(|| {
+        let s = Shim::new("/nonexistent/hipd.sock");
+        let mark = |fd: std::os::fd::BorrowedFd<'_>| {
+            let mut b = [0u8; 4];
+            s.getsockopt(fd, libc::SOL_SOCKET, libc::SO_MARK, &mut b)
+                .unwrap();
+            u32::from_ne_bytes(b)
+        };
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None).unwrap();
+        let fd = sock.as_fd();
+        // Opted in, low bits 7.
+        s.setsockopt(fd, libc::SOL_SOCKET, libc::SO_MARK, &int(0x5054_0007))
+            .unwrap();
+        s.setsockopt(fd, SOL_SHIM, SHIM_DONTSHIM, &int(1)).unwrap();
+        assert_eq!(mark(fd), PRESERVETCP_OPT_OUT_MARK | 7);
+        assert_eq!(get_int(&s, fd, SHIM_PRESERVETCP), 0);
+        assert_eq!(
+            errno(s.setsockopt(fd, SOL_SHIM, SHIM_PRESERVETCP, &int(1))),
+            libc::EINVAL
+        );
+        s.setsockopt(fd, SOL_SHIM, SHIM_PRESERVETCP, &int(0))
+            .unwrap();
+        assert_eq!(mark(fd), PRESERVETCP_OPT_OUT_MARK | 7, "not an opt-in");
+        s.setsockopt(fd, SOL_SHIM, SHIM_DONTSHIM, &int(0)).unwrap();
+        assert_eq!(mark(fd), 7);
+        assert_eq!(get_int(&s, fd, SHIM_DONTSHIM), 0);
+        // Another instance sees the opt-out through the mark.
+        s.setsockopt(fd, SOL_SHIM, SHIM_DONTSHIM, &int(1)).unwrap();
+        assert_eq!(
+            get_int(&Shim::new("/nonexistent/hipd.sock"), fd, SHIM_DONTSHIM),
+            1
+        );
+        let u = UdpSocket::bind("[::1]:0").unwrap();
+        s.setsockopt(u.as_fd(), SOL_SHIM, SHIM_DONTSHIM, &int(1))
+            .unwrap();
+        assert_eq!(mark(u.as_fd()), 0);
+        assert_eq!(get_int(&s, u.as_fd(), SHIM_DONTSHIM), 1);
     });
 }
 

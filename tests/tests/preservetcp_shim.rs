@@ -146,3 +146,130 @@ fn shim_api_shows_and_moves_a_preservetcp_connection() {
         .expect_err("connected");
     assert_eq!(e.raw_os_error(), Some(libc::EISCONN));
 }
+
+/// A socket set up with `SHIM_DONTSHIM` through the shim API.
+fn dontshim_socket(shim: &Shim) -> std::io::Result<socket2::Socket> {
+    let sock = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)?;
+    shim.setsockopt(
+        sock.as_fd(),
+        SOL_SHIM,
+        shimapi::SHIM_DONTSHIM,
+        &1i32.to_ne_bytes(),
+    )?;
+    Ok(sock)
+}
+
+fn get_int(shim: &Shim, s: &TcpStream, name: i32) -> i32 {
+    let mut v = [0u8; 4];
+    shim.getsockopt(s.as_fd(), SOL_SHIM, name, &mut v)
+        .expect("getsockopt");
+    i32::from_ne_bytes(v)
+}
+
+/// `SHIM_DONTSHIM` opts a socket out of preservetcp although its port is
+/// in both daemons' `--ports`: a DONTSHIM client's SYN carries no
+/// PREFIX_SYN, a DONTSHIM listener answers no offer, and neither
+/// connection is tracked; a plain connection to the same ports right
+/// after is offered on, answered and tracked (so the daemons did run).
+fn dontshim_is_left_alone(extra: &[&str], port: u16) {
+    let t = two_links();
+    let listen_port = port + 1;
+    let da = Daemon::start_with(&t.lab, &t.a, &[port, listen_port], extra);
+    let db = Daemon::start_with(&t.lab, &t.b, &[port, listen_port], extra);
+    assert_eq!(da.bpf(), extra.is_empty(), "mode");
+    let (_, _, b0, _) = t.addrs();
+    let plain_listener = listen(&t.b, port);
+    let shim_a = Shim::new("/nonexistent/hipd.sock").with_preservetcp(&da.control);
+    let shim_b = Shim::new("/nonexistent/hipd.sock").with_preservetcp(&db.control);
+    // A DONTSHIM listener in b.
+    let dontshim_listener: TcpListener = {
+        let shim_b = Shim::new("/nonexistent/hipd.sock").with_preservetcp(&db.control);
+        t.b.run(move || {
+            let s = dontshim_socket(&shim_b)?;
+            s.set_reuse_address(true)?;
+            s.bind(&SocketAddr::from((Ipv6Addr::UNSPECIFIED, listen_port)).into())?;
+            s.listen(16)?;
+            Ok::<_, std::io::Error>(TcpListener::from(s))
+        })
+        .expect("run")
+        .expect("DONTSHIM listener")
+    };
+    let (offers_a, answers_b) = (da.offers_sent(), db.answers_sent());
+    let (offers_b, answers_a) = (db.offers_sent(), da.answers_sent());
+
+    // 1. A DONTSHIM client to a covered port.
+    let dst = SocketAddr::from((b0, port));
+    let shim_a2 = Shim::new("/nonexistent/hipd.sock").with_preservetcp(&da.control);
+    let mut c1: TcpStream =
+        t.a.run(move || {
+            let s = dontshim_socket(&shim_a2)?;
+            s.connect(&dst.into())?;
+            Ok::<_, std::io::Error>(TcpStream::from(s))
+        })
+        .expect("run")
+        .expect("DONTSHIM client");
+    let (mut s1, _) = plain_listener.accept().expect("accept");
+    assert_eq!(get_int(&shim_a, &c1, shimapi::SHIM_DONTSHIM), 1);
+    // 2. A plain client to the DONTSHIM listener (a covered port).
+    let dst2 = SocketAddr::from((b0, listen_port));
+    let mut c2: TcpStream =
+        t.a.run(move || TcpStream::connect(dst2))
+            .expect("run")
+            .expect("connect to the DONTSHIM listener");
+    let (mut s2, _) = dontshim_listener.accept().expect("accept");
+    // The accepted socket inherits the listener's opt-out.
+    assert_eq!(get_int(&shim_b, &s2, shimapi::SHIM_DONTSHIM), 1);
+    read_timeouts(&[&s1, &c1, &s2, &c2]);
+    ping(&mut c1, &mut s1, 1, 64 << 10);
+    ping(&mut s1, &mut c1, 2, 64 << 10);
+    ping(&mut c2, &mut s2, 3, 64 << 10);
+    ping(&mut s2, &mut c2, 4, 64 << 10);
+    // 3. The control: a plain connection to the covered port.
+    let (mut c3, mut s3) = connect_l0(&t, &plain_listener, port);
+    read_timeouts(&[&s3, &c3]);
+    ping(&mut c3, &mut s3, 5, 64 << 10);
+    let port_of = |x: &TcpStream| x.local_addr().expect("local").port();
+    let (p1, p2, p3) = (port_of(&c1), port_of(&c2), port_of(&c3));
+    let t0 = Instant::now();
+    loop {
+        let (ca, cb) = (da.connections(), db.connections());
+        let tracked = |conns: &[preservetcp::control::ConnInfo], p: u16| {
+            conns
+                .iter()
+                .any(|c| c.original.local_port == p || c.original.peer_port == p)
+        };
+        if tracked(&ca, p3) && tracked(&cb, p3) {
+            for p in [p1, p2] {
+                assert!(!tracked(&ca, p), "a tracks DONTSHIM port {p}: {ca:?}");
+                assert!(!tracked(&cb, p), "b tracks DONTSHIM port {p}: {cb:?}");
+            }
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "control connection not tracked: {ca:?} {cb:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Exactly one offer (the control's) left a and was answered by b; the
+    // plain client's offer to the DONTSHIM listener got no answer.
+    assert_eq!(da.offers_sent() - offers_a, 2, "a's offers: c2 and c3 only");
+    assert_eq!(db.answers_sent() - answers_b, 1, "b answered c3 only");
+    assert_eq!(db.offers_sent() - offers_b, 0);
+    assert_eq!(da.answers_sent() - answers_a, 0);
+    assert_eq!(get_int(&shim_a, &c1, SHIM_ASSOCIATED), 0, "DONTSHIM client");
+    assert_eq!(get_int(&shim_a, &c2, SHIM_ASSOCIATED), 0, "unanswered");
+    assert_eq!(get_int(&shim_a, &c3, SHIM_ASSOCIATED), 1, "control");
+    ping(&mut c1, &mut s1, 6, 1024);
+    ping(&mut c2, &mut s2, 7, 1024);
+}
+
+#[test]
+fn dontshim_sockets_are_left_alone_bpf() {
+    dontshim_is_left_alone(&[], 5410);
+}
+
+#[test]
+fn dontshim_sockets_are_left_alone_nfqueue() {
+    dontshim_is_left_alone(&["--no-bpf"], 5420);
+}

@@ -55,7 +55,7 @@ use preservetcp::bpf::{
     OFFER_VALUE_LEN, alt_entries, alt_slot, decode_event, echo_event, hs_key, moved_value,
     server_echo_option,
 };
-use preservetcp::control::{OPT_IN_MARK, OPT_IN_MASK};
+use preservetcp::control::{OPT_IN_MARK, OPT_IN_MASK, OPT_OUT_MARK};
 use preservetcp::pairs::FourTuple;
 use preservetcp::wire::PrefixOption;
 
@@ -108,6 +108,7 @@ impl Bpf {
         let mut ebpf = EbpfLoader::new()
             .override_global("opt_in_mark", &OPT_IN_MARK, true)
             .override_global("opt_in_mask", &OPT_IN_MASK, true)
+            .override_global("opt_out_mark", &OPT_OUT_MARK, true)
             .load(OBJECT)
             .map_err(|e| format!("loading ptcp.bpf.o: {e}"))?;
         for name in [EGRESS, INGRESS] {

@@ -17,6 +17,9 @@
 //! ```text
 //! OUTPUT     -> PTCP_OUT:
 //!   -p tcp -j PTCP_MOVED                         (per moved connection: queue)
+//!   mark OPT_OUT_MARK/OPT_IN_MASK     -> RETURN (opted out: no offer, no
+//!                                        answer, no PREFIX_ACK)
+//!   per-tuple opt-ins (SYN)           -> PTCP_OFFER
 //!   ct state established, >= 3 packets original -> RETURN (data segments)
 //!   SYN (no ACK) of covered traffic   -> PTCP_OFFER: connmark OFFER_BIT, queue OUT
 //!   non-SYN, connmark CT_BIT, ct direction original, 2nd packet in the
@@ -67,7 +70,11 @@
 //! list and `-m mark --mark OPT_IN_MARK/OPT_IN_MASK` for opted-in sockets;
 //! [`Rules::opt_in`] adds a rule for one 4-tuple (at most
 //! `--max-opt-ins` of them, [`DEFAULT_MAX_OPT_INS`]; each is removed again
-//! once its connection is gone, see [`Rules::expire_opt_ins`]). Every
+//! once its connection is gone, see [`Rules::expire_opt_ins`]). A socket
+//! marked `OPT_OUT_MARK/OPT_IN_MASK` is never covered: the rule letting its
+//! packets leave `PTCP_OUT` comes before every queue rule (its SYN gets no
+//! offer; a listener's SYN+ACK, which carries the listener's mark, answers
+//! none). Every
 //! NFQUEUE rule has `--queue-bypass`: without a daemon, traffic is plain
 //! TCP.
 //!
@@ -94,7 +101,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use preservetcp::FourTuple;
-use preservetcp::control::{OPT_IN_MARK, OPT_IN_MASK};
+use preservetcp::control::{OPT_IN_MARK, OPT_IN_MASK, OPT_OUT_MARK};
 
 const OUT: &str = "PTCP_OUT";
 const PRE: &str = "PTCP_PRE";
@@ -387,6 +394,13 @@ impl Rules {
         mangle(&["-A", LEARN, "-j", "NFLOG", "--nflog-group", &group])?;
 
         mangle(&["-A", OUT, "-p", "tcp", "-j", MOVED])?;
+        // Opted-out sockets (SHIM_DONTSHIM): rule 2, before every queue
+        // rule and the per-tuple opt-ins inserted after it, so neither
+        // their SYN nor a listener's SYN+ACK nor the ACK is queued.
+        let out_mark = format!("{OPT_OUT_MARK:#x}/{OPT_IN_MASK:#x}");
+        mangle(&[
+            "-A", OUT, "-p", "tcp", "-m", "mark", "--mark", &out_mark, "-j", "RETURN",
+        ])?;
         mangle(&established_after_handshake(OUT, false))?;
         for cov in self.covered() {
             let mut a = s(&[
@@ -565,7 +579,8 @@ impl Rules {
         if opt_ins.len() >= self.max_opt_ins {
             return Err(OptInError::Limit(self.max_opt_ins));
         }
-        let mut a = s(&["-t", "mangle", "-I", OUT, "2"]);
+        // After the MOVED jump and the opt-out rule.
+        let mut a = s(&["-t", "mangle", "-I", OUT, "3"]);
         a.extend(Self::opt_in_rule(t));
         ip6t(&a).map_err(OptInError::Rule)?;
         opt_ins.insert(
