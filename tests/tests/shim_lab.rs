@@ -932,3 +932,97 @@ fn context_settings_need_every_socket_of_the_context() {
     drop(nobody_s);
     drop(nobody);
 }
+
+/// A refused context setting changes nothing (F2): a `SHIM_LOCLIST_LOCAL`
+/// naming only an IPv4 locator of a while the context's destination is
+/// IPv6 cannot be applied (`EINVALIDLOCATOR`); afterwards the list reads
+/// as before (unrestricted), the path is the same and a preference still
+/// applies. A timeout set in milliseconds reads back through
+/// `SHIM_APP_TIMEOUT` rounded up to whole seconds (F5).
+#[test]
+fn shim_refused_settings_leave_the_previous_ones() {
+    let t = two_hosts("");
+    let (mut s, sink) = tcp_pair(&t, 6500);
+    let shim = Shim::new(&t.ha.sock);
+    let flow = flow_of_tcp(&s);
+    let b2 = t.l2.addr(&t.b, Family::V6);
+    wait_for("b's link-2 locator at a", Duration::from_secs(10), || {
+        shim_ctx(&t.ha, flow).peer.iter().any(|l| l.addr == b2)
+    });
+    let before = shim_ctx(&t.ha, flow);
+    let path = before.path.expect("a path");
+    assert!(path.1.is_ipv6());
+    let mut locals_before = get_loclist(&shim, &s, SHIM_LOCLIST_LOCAL);
+    locals_before.sort();
+    let a_v4 = *locals_before
+        .iter()
+        .find(|a| a.is_ipv4())
+        .expect("an IPv4 locator of a");
+    let e = shim
+        .setsockopt(
+            s.as_fd(),
+            SOL_SHIM,
+            SHIM_LOCLIST_LOCAL,
+            &locator_bytes(a_v4, 1),
+        )
+        .unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(shimapi::EINVALIDLOCATOR));
+    let mut locals_after = get_loclist(&shim, &s, SHIM_LOCLIST_LOCAL);
+    locals_after.sort();
+    assert_eq!(
+        locals_after, locals_before,
+        "the refused list is not in force"
+    );
+    let after = shim_ctx(&t.ha, flow);
+    assert!(!after.loclist_local_set, "no local list recorded");
+    assert_eq!(after.path, Some(path), "the path did not move");
+    assert_eq!(after.switches, before.switches);
+    s.write_all(&[1u8; 1 << 16]).unwrap();
+    // The context still follows preferences (nothing half-applied).
+    shim.setsockopt(
+        s.as_fd(),
+        SOL_SHIM,
+        SHIM_LOC_PEER_PREF,
+        &locator_bytes(b2, 1),
+    )
+    .unwrap();
+    wait_for("path on link 2", Duration::from_secs(5), || {
+        shim_ctx(&t.ha, flow).path.is_some_and(|p| p.1 == b2)
+    });
+    // A refused peer preference keeps the accepted one.
+    let stranger: IpAddr = "2001:db8:ffff::9".parse().unwrap();
+    let e = shim
+        .setsockopt(
+            s.as_fd(),
+            SOL_SHIM,
+            SHIM_LOC_PEER_PREF,
+            &locator_bytes(stranger, 0),
+        )
+        .unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(shimapi::EINVALIDLOCATOR));
+    let mut got = [0u8; 32];
+    shim.getsockopt(s.as_fd(), SOL_SHIM, SHIM_LOC_PEER_PREF, &mut got)
+        .unwrap();
+    let pref = shimapi::Locator::try_from(shim_locator::from_bytes(&got).unwrap()).unwrap();
+    assert_eq!(pref.addr, b2);
+
+    // SHIM_APP_TIMEOUT_MS 1500 reads as SHIM_APP_TIMEOUT 2, not 0.
+    shim.setsockopt(
+        s.as_fd(),
+        SOL_SHIM,
+        shimapi::SHIM_APP_TIMEOUT_MS,
+        &1500i32.to_ne_bytes(),
+    )
+    .unwrap();
+    let mut v = [0u8; 4];
+    shim.getsockopt(s.as_fd(), SOL_SHIM, shimapi::SHIM_APP_TIMEOUT, &mut v)
+        .unwrap();
+    assert_eq!(i32::from_ne_bytes(v), 2);
+    shim.getsockopt(s.as_fd(), SOL_SHIM, shimapi::SHIM_APP_TIMEOUT_MS, &mut v)
+        .unwrap();
+    assert_eq!(i32::from_ne_bytes(v), 1500);
+    s.write_all(&[2u8; 1 << 16]).unwrap();
+    drop(s);
+    assert_eq!(sink.join().unwrap(), 2 << 16, "every byte arrived");
+    drop(t.lab);
+}

@@ -361,8 +361,8 @@ impl Shared {
         let p = self.reap_params(core, local, peer);
         let pe = PathExplore {
             probenum: p.initial_probes,
-            keepaliveto: u16::try_from(p.keepalive_timeout.as_secs()).unwrap_or(u16::MAX),
-            keepaliveint: u16::try_from(p.keepalive_interval.as_secs()).unwrap_or(u16::MAX),
+            keepaliveto: whole_secs_up(p.keepalive_timeout),
+            keepaliveint: whole_secs_up(p.keepalive_interval),
             initprobeto: u16::try_from(p.initial_probe_timeout.as_millis()).unwrap_or(u16::MAX),
         };
         let ms = u32::try_from(p.send_timeout.as_millis()).unwrap_or(u32::MAX);
@@ -724,6 +724,14 @@ impl Shared {
     }
 }
 
+/// A duration in whole seconds for the `shim_pathexplore` keepalive
+/// fields, rounded up: a sub-second value (e.g. 500 ms) reads as 1, never
+/// as 0, which would mean "default" (RFC 6316 §5.11).
+fn whole_secs_up(d: Duration) -> u16 {
+    let s = d.as_secs() + u64::from(d.subsec_nanos() != 0);
+    u16::try_from(s).unwrap_or(u16::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -747,5 +755,17 @@ mod tests {
             r.push(i * 10, &[i as u8]);
         }
         assert_eq!(r.take_since(25), vec![vec![3u8], vec![4u8]]);
+    }
+
+    #[test]
+    fn pathexplore_keepalive_seconds_round_up() {
+        let ms = Duration::from_millis;
+        assert_eq!(whole_secs_up(ms(0)), 0);
+        assert_eq!(whole_secs_up(ms(100)), 1);
+        assert_eq!(whole_secs_up(ms(500)), 1);
+        assert_eq!(whole_secs_up(ms(1000)), 1);
+        assert_eq!(whole_secs_up(ms(1001)), 2);
+        assert_eq!(whole_secs_up(ms(3000)), 3);
+        assert_eq!(whole_secs_up(Duration::from_secs(1 << 20)), u16::MAX);
     }
 }

@@ -309,7 +309,13 @@ impl Shared {
             loclist_local_set: ctx.loclist_local.is_some(),
             loclist_peer_set: ctx.loclist_peer.is_some(),
             hot_standby: ctx.hot_standby,
-            app_timeout_secs: ctx.app_timeout_secs,
+            // A timeout set in milliseconds (SHIM_APP_TIMEOUT_MS) reads
+            // back rounded up to whole seconds, never as 0 ("default").
+            app_timeout_secs: if ctx.app_timeout_ms != 0 {
+                ctx.app_timeout_ms.div_ceil(1000)
+            } else {
+                ctx.app_timeout_secs
+            },
             send_timeout_ms,
             path_explore: ctx.path_explore,
             effective_explore,
@@ -559,44 +565,25 @@ impl Shared {
         match set {
             ShimSetting::LocalPref { loc } => {
                 Self::check_local(&core, ep, peer, loc.addr)?;
-                let c = core.shim.entry((local, peer)).or_default();
-                c.local_prefs.insert(loc.addr, (loc.prio, loc.weight));
-                self.apply_prefs(&mut core, ep, local, peer, now)?;
+                self.change_prefs(&mut core, ep, local, peer, now, |c| {
+                    c.local_prefs.insert(loc.addr, (loc.prio, loc.weight));
+                })?;
             }
             ShimSetting::PeerPref { loc } => {
-                let known = core.eps[ep]
-                    .locators(peer)
-                    .is_some_and(|v| v.peer.iter().any(|l| l.addr == loc.addr));
-                if !known {
-                    return err(
-                        ErrorCode::InvalidLocator,
-                        format!("{} is not a locator of the peer", loc.addr),
-                    );
-                }
-                let c = core.shim.entry((local, peer)).or_default();
-                if c.unreachable.contains(&loc.addr) {
-                    return err(
-                        ErrorCode::UnreachableLocator,
-                        format!("{} was found unreachable", loc.addr),
-                    );
-                }
-                c.peer_prefs.insert(loc.addr, (loc.prio, loc.weight));
-                self.apply_prefs(&mut core, ep, local, peer, now)?;
+                Self::check_peer_usable(&core, ep, local, peer, loc.addr)?;
+                self.change_prefs(&mut core, ep, local, peer, now, |c| {
+                    c.peer_prefs.insert(loc.addr, (loc.prio, loc.weight));
+                })?;
             }
             ShimSetting::LocalSend { addr } => {
+                // Everything is checked before the sticky pair changes: a
+                // refused set leaves the previous one in force.
+                let mut dst_for_local = None;
                 if let Some(a) = addr {
                     Self::check_local(&core, ep, peer, a)?;
-                }
-                drop(core);
-                let f = self.register_flow(key, conn_flows);
-                let mut s = f.sticky.lock().unwrap_or_else(|p| p.into_inner());
-                s.local = addr;
-                s.dst_for_local = None;
-                if let Some(a) = addr {
                     // A destination of the same family when the context's
                     // is of the other one.
-                    let core = self.lock_core();
-                    s.dst_for_local = core.eps[ep].locators(peer).and_then(|v| {
+                    dst_for_local = core.eps[ep].locators(peer).and_then(|v| {
                         v.peer
                             .iter()
                             .find(|l| {
@@ -604,14 +591,29 @@ impl Shared {
                             })
                             .map(|l| l.addr)
                     });
-                    if s.dst_for_local.is_none() && s.peer.is_none() {
-                        s.local = None;
+                }
+                drop(core);
+                if let Some(a) = addr
+                    && dst_for_local.is_none()
+                {
+                    let sticky_peer = self.flow_dp(&key).is_some_and(|f| {
+                        f.sticky
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .peer
+                            .is_some()
+                    });
+                    if !sticky_peer {
                         return err(
                             ErrorCode::InvalidLocator,
                             format!("no verified peer locator of the family of {a}"),
                         );
                     }
                 }
+                let f = self.register_flow(key, conn_flows);
+                let mut s = f.sticky.lock().unwrap_or_else(|p| p.into_inner());
+                s.local = addr;
+                s.dst_for_local = dst_for_local;
                 drop(s);
                 return self.reply_ctx(key, Some(&f));
             }
@@ -647,12 +649,12 @@ impl Shared {
                 return self.reply_ctx(key, Some(&f));
             }
             ShimSetting::LoclistLocal { locs } => {
-                Self::set_loclist(&mut core, ep, local, peer, locs, true)?;
-                self.apply_prefs(&mut core, ep, local, peer, now)?;
+                let set = Self::check_loclist(&core, ep, local, peer, locs, true)?;
+                self.change_prefs(&mut core, ep, local, peer, now, set)?;
             }
             ShimSetting::LoclistPeer { locs } => {
-                Self::set_loclist(&mut core, ep, local, peer, locs, false)?;
-                self.apply_prefs(&mut core, ep, local, peer, now)?;
+                let set = Self::check_loclist(&core, ep, local, peer, locs, false)?;
+                self.change_prefs(&mut core, ep, local, peer, now, set)?;
             }
             ShimSetting::HotStandby { on } => {
                 core.shim.entry((local, peer)).or_default().hot_standby = on;
@@ -710,17 +712,87 @@ impl Shared {
             .ok_or((ErrorCode::NoContext, "the context went away".into()))
     }
 
-    /// `SHIM_LOCLIST_LOCAL` / `SHIM_LOCLIST_PEER` set: every entry must be
-    /// a locator of the context; the entries' prio/weight become the
-    /// preferences; an empty list lifts the restriction.
-    fn set_loclist(
+    /// Changes the context's preferences with `change` and applies them;
+    /// if applying fails, the settings are put back as they were (and, if
+    /// the association had been changed half-way, the previous
+    /// preferences applied again), so a refused `setsockopt` changes
+    /// nothing.
+    fn change_prefs(
+        &self,
         core: &mut Core,
+        ep: usize,
+        local: Hit,
+        peer: Hit,
+        now: Instant,
+        change: impl FnOnce(&mut ShimCtx),
+    ) -> ShimResult<()> {
+        let before = core.shim.get(&(local, peer)).cloned();
+        change(core.shim.entry((local, peer)).or_default());
+        let Err(e) = self.apply_prefs(core, ep, local, peer, now) else {
+            return Ok(());
+        };
+        match before {
+            Some(c) => core.shim.insert((local, peer), c),
+            None => core.shim.remove(&(local, peer)),
+        };
+        if e.0 == ErrorCode::Failed {
+            // The engine refused a step after an earlier one may have
+            // taken: go back to what the previous settings choose.
+            let _ = self.apply_prefs(core, ep, local, peer, now);
+        }
+        Err(e)
+    }
+
+    /// A peer locator a preference may name: known, not expired
+    /// (`Deprecated`, as for `SHIM_LOC_PEER_SEND`) and not found
+    /// unreachable by failure detection.
+    fn check_peer_usable(
+        core: &Core,
+        ep: usize,
+        local: Hit,
+        peer: Hit,
+        addr: IpAddr,
+    ) -> ShimResult<()> {
+        let state = core.eps[ep]
+            .locators(peer)
+            .and_then(|v| v.peer.iter().find(|l| l.addr == addr).map(|l| l.state));
+        match state {
+            None => err(
+                ErrorCode::InvalidLocator,
+                format!("{addr} is not a locator of the peer"),
+            ),
+            Some(LocatorState::Deprecated) => {
+                err(ErrorCode::UnreachableLocator, format!("{addr} has expired"))
+            }
+            Some(_)
+                if core
+                    .shim
+                    .get(&(local, peer))
+                    .is_some_and(|c| c.unreachable.contains(&addr)) =>
+            {
+                err(
+                    ErrorCode::UnreachableLocator,
+                    format!("{addr} was found unreachable"),
+                )
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// `SHIM_LOCLIST_LOCAL` / `SHIM_LOCLIST_PEER` set: every entry must be
+    /// a locator of the context, and a peer list must name at least one
+    /// usable locator (not expired, not found unreachable:
+    /// `EUNREACHABLELOCATOR` otherwise); the entries' prio/weight become
+    /// the preferences; an empty list lifts the restriction. Returns the
+    /// change to make (see [`Self::change_prefs`]).
+    fn check_loclist(
+        core: &Core,
         ep: usize,
         local: Hit,
         peer: Hit,
         locs: Vec<LocPref>,
         is_local: bool,
-    ) -> ShimResult<()> {
+    ) -> ShimResult<impl FnOnce(&mut ShimCtx) + use<>> {
         if locs.len() > SHIM_MAX_LOCATORS {
             return err(ErrorCode::TooManyLocators, "more than SHIM_MAX_LOCATORS");
         }
@@ -741,21 +813,32 @@ impl Shared {
                 );
             }
         }
-        let c = core.shim.entry((local, peer)).or_default();
-        let (prefs, list) = if is_local {
-            (&mut c.local_prefs, &mut c.loclist_local)
-        } else {
-            (&mut c.peer_prefs, &mut c.loclist_peer)
-        };
-        if locs.is_empty() {
-            *list = None;
-        } else {
-            for l in &locs {
-                prefs.insert(l.addr, (l.prio, l.weight));
-            }
-            *list = Some(locs);
+        if !is_local
+            && !locs.is_empty()
+            && !locs
+                .iter()
+                .any(|l| Self::check_peer_usable(core, ep, local, peer, l.addr).is_ok())
+        {
+            return err(
+                ErrorCode::UnreachableLocator,
+                "no locator of the list is usable (expired or found unreachable)",
+            );
         }
-        Ok(())
+        Ok(move |c: &mut ShimCtx| {
+            let (prefs, list) = if is_local {
+                (&mut c.local_prefs, &mut c.loclist_local)
+            } else {
+                (&mut c.peer_prefs, &mut c.loclist_peer)
+            };
+            if locs.is_empty() {
+                *list = None;
+            } else {
+                for l in &locs {
+                    prefs.insert(l.addr, (l.prio, l.weight));
+                }
+                *list = Some(locs);
+            }
+        })
     }
 
     fn reply_ctx(&self, key: FlowKey, f: Option<&FlowDp>) -> ShimResult<Response> {
