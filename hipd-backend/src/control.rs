@@ -437,6 +437,15 @@ pub struct ShimLocInfo {
     pub ifindex: u32,
     /// `lc_flags` (HIP: 0; HBA = 0x01, CGA = 0x02 are Shim6's).
     pub flags: u16,
+    /// `lc_proto` (RFC 6316 §8.1): 17 (`IPPROTO_UDP`) when the association
+    /// runs over hipd's UDP encapsulation, else 0 (absent from older
+    /// daemons' answers: 0).
+    #[serde(default)]
+    pub proto: u8,
+    /// `lc_port`: the UDP encapsulation port (host order) with `proto` 17
+    /// (hipd's UDP underlay port, 10500 by default), else 0.
+    #[serde(default)]
+    pub port: u16,
     /// State.
     pub state: LocState,
     /// Part of the pair in use now.

@@ -178,8 +178,8 @@ fn clamp_int(v: u32) -> c_int {
 fn loc_of(i: &ShimLocInfo) -> Locator {
     Locator {
         addr: i.addr,
-        proto: 0,
-        port: 0,
+        proto: i.proto,
+        port: i.port,
         prio: i.prio,
         weight: i.weight,
         ifindex: i.ifindex,

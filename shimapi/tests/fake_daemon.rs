@@ -153,6 +153,16 @@ fn tcp_hit_flow_options_map_to_requests() {
                 "198.51.100.2".parse().unwrap()
             ]
         );
+        // lc_proto / lc_port come from the daemon.
+        let raw: Vec<shim_locator> = b[..n]
+            .chunks(32)
+            .map(|c| shim_locator::from_bytes(c).unwrap())
+            .collect();
+        assert_eq!((raw[0].lc_proto, raw[0].lc_port), (0, 0));
+        assert_eq!(
+            (raw[1].lc_proto, raw[1].lc_port),
+            (libc::IPPROTO_UDP as u8, 10500)
+        );
         assert_eq!(
             errno(s.getsockopt(fd, SOL_SHIM, SHIM_LOCLIST_PEER, &mut [0u8; 32])),
             ETOOMANYLOCATORS

@@ -57,6 +57,10 @@ use crate::control::{
 };
 use crate::shimtag;
 
+/// The index in `Core::eps` of the engine whose associations run over UDP
+/// encapsulation (`build_engines` makes the native one first).
+const UDP_ENGINE: usize = 1;
+
 /// A flow keyed by HITs (LSI flows are mapped to their HITs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) struct FlowKey {
@@ -220,6 +224,13 @@ impl Shared {
         let view = core.eps[ep].locators(peer)?;
         let ctx = core.shim.get(&(local, peer)).cloned().unwrap_or_default();
         let path = self.ctx_path(local, peer).or(view.path);
+        // lc_proto / lc_port: the association's underlay (engine 1 runs
+        // over UDP, RFC 5770/9028 framing, on both ends' configured port).
+        let (lc_proto, lc_port) = if ep == UDP_ENGINE {
+            (17, self.opts.udp_port)
+        } else {
+            (0, 0)
+        };
         let allowed = |list: &Option<Vec<LocPref>>, a: IpAddr| {
             list.as_ref().is_none_or(|l| l.iter().any(|x| x.addr == a))
         };
@@ -238,6 +249,8 @@ impl Shared {
                     weight,
                     ifindex: l.ifindex,
                     flags: 0,
+                    proto: lc_proto,
+                    port: lc_port,
                     state: LocState::Local,
                     in_use: path.is_some_and(|p| p.0 == l.addr),
                     allowed: allowed(&ctx.loclist_local, l.addr),
@@ -265,6 +278,8 @@ impl Shared {
                     weight,
                     ifindex: 0,
                     flags: 0,
+                    proto: lc_proto,
+                    port: lc_port,
                     state,
                     in_use: path.is_some_and(|p| p.1 == l.addr),
                     allowed: allowed(&ctx.loclist_peer, l.addr),

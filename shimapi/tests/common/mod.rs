@@ -104,6 +104,8 @@ pub fn loc(addr: &str, prio: u16, weight: u16, state: LocState, in_use: bool) ->
         weight,
         ifindex: 0,
         flags: 0,
+        proto: 0,
+        port: 0,
         state,
         in_use,
         allowed: true,
@@ -125,6 +127,9 @@ pub fn context() -> ShimContextInfo {
         loc("2001:db8:9::9", 0, 0, LocState::Unreachable, false),
     ];
     peer[2].allowed = false;
+    // A UDP-encapsulated locator (lc_proto / lc_port, RFC 6316 §8.1).
+    peer[1].proto = 17;
+    peer[1].port = 10500;
     ShimContextInfo {
         local_hit: "2001:20::1".parse().unwrap(),
         peer_hit: "2001:20::2".parse().unwrap(),
