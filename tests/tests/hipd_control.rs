@@ -9,7 +9,7 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use hipd_backend::control::{Client, Request, Response};
+use hipd_backend::control::{Client, ErrorCode, Request, Response};
 use hipd_support::{Hipd, bins, transfer_to_hit};
 use netlab::{Family, Lab};
 
@@ -263,6 +263,60 @@ fn hipd_hipconf_verbs_exit_codes_and_permissions() {
     };
     let (on, off) = (exchange("on"), exchange("off"));
     assert!(on > off, "HIP packets sent with shotgun on {on}, off {off}");
+    // Shotgun limits (RFC 7401, digest §14: I1 to at most 3 addresses in
+    // parallel, to one on retry). With two more IPv6 addresses a has four
+    // pairs toward b's locator; I1s for a HIT b does not own go
+    // unanswered: the first I1 goes to three pairs, each retransmission
+    // (1 s, then 2 s later) to one.
+    let mut extra = Vec::new();
+    for last in [0xa2, 0xa3] {
+        seg[7] = last;
+        let ip = Ipv6Addr::from(seg);
+        a.exec_ok([
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{ip}/64"),
+            "dev",
+            l0.dev(&a),
+            "nodad",
+        ])
+        .unwrap();
+        extra.push(ip.to_string());
+    }
+    wait_until("hipd saw the extra addresses", || {
+        let (_, out, _) = ha.hipconf(&["daemon", "manual-update"]);
+        extra.iter().all(|ip| out.contains(ip))
+    });
+    assert_eq!(ha.hipconf(&["daemon", "shotgun", "on"]).0, 0);
+    let ghost: Ipv6Addr = "2001:2a::5ca7".parse().unwrap();
+    ha.add_map(ghost, b_ip, None);
+    let before = ha.stats().hip_tx;
+    let t0 = Instant::now();
+    let mut c = Client::connect(&ha.sock).expect("control socket");
+    let r = c.call(&Request::Connect {
+        hit: ghost,
+        wait_ms: 0,
+    });
+    assert!(
+        matches!(&r, Err(e) if e.code() == Some(ErrorCode::Timeout)),
+        "{r:?}"
+    );
+    // Every change of the count of HIP packets sent: (time, count).
+    let mut seen: Vec<(Duration, u64)> = Vec::new();
+    while t0.elapsed() < Duration::from_secs(10) && seen.last().is_none_or(|s| s.1 < 5) {
+        let sent = ha.stats().hip_tx - before;
+        if sent > 0 && seen.last().is_none_or(|s| s.1 != sent) {
+            seen.push((t0.elapsed(), sent));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let counts: Vec<u64> = seen.iter().map(|s| s.1).collect();
+    assert_eq!(counts, [3, 4, 5], "I1 copies sent over time: {seen:?}");
+    assert!(seen[1].0 >= Duration::from_secs(1), "{seen:?}");
+    assert!(seen[2].0 >= Duration::from_secs(3), "{seen:?}");
+    assert_eq!(ha.hipconf(&["daemon", "shotgun", "off"]).0, 0);
     // del map
     assert_eq!(
         ha.hipconf(&["daemon", "del", "map", &hit_b.to_string()]).0,

@@ -588,6 +588,101 @@ fn close_and_close_ack() {
     bex_to(&mut p, b_hit);
 }
 
+/// A closes toward B, every CLOSE is lost: returns (offsets of A's
+/// CLOSEs from the `close` call, offset of A's give-up, i.e. its
+/// [`Event::Closed`]). Checks A stays CLOSING until then and is removed.
+fn unanswered_close(cfg: Config) -> (Vec<Duration>, Duration) {
+    let mut p = pair(
+        test_identity(IdentityKind::EcdsaP256, 0),
+        test_identity(IdentityKind::EcdsaP256, 1),
+        cfg,
+        fast_config(),
+    );
+    let b_hit = p.b.endpoint.local_hits()[0];
+    bex_to(&mut p, b_hit);
+    p.set_filter(Some(Box::new(|side, t| {
+        let pt = hip_proto::wire::Packet::new_unchecked(&t.payload[..]).packet_type();
+        !(side == Side::A && pt == PacketType::Close)
+    })));
+    let t0 = p.now;
+    let log_start = p.log.len();
+    p.a.endpoint.close(t0, b_hit).unwrap();
+    let a_closed = |p: &Pair| p.a.events.iter().any(|e| matches!(e, Event::Closed { .. }));
+    assert!(p.run_until(Duration::from_secs(3600), |p| {
+        if !a_closed(p) {
+            assert_eq!(
+                p.a.endpoint.association_by_peer(b_hit).map(|a| a.state()),
+                Some(State::Closing),
+                "at {:?}",
+                p.now - t0
+            );
+        }
+        a_closed(p)
+    }));
+    let gave_up = p.now - t0;
+    assert!(p.a.endpoint.association_by_peer(b_hit).is_none(), "removed");
+    // Nothing more is sent.
+    p.run_for(Duration::from_secs(600));
+    let closes: Vec<Duration> = p.log[log_start..]
+        .iter()
+        .filter(|l| l.from == Side::A && l.packet_type == PacketType::Close)
+        .map(|l| {
+            assert!(!l.sent, "dropped by the filter");
+            l.at - t0
+        })
+        .collect();
+    assert!(closes.last().is_some_and(|&l| l < gave_up), "{closes:?}");
+    (closes, gave_up)
+}
+
+/// RFC 7401 §4.4 (CLOSING): CLOSE is resent until the summed timeouts
+/// exceed UAL + MSL. Defaults: 1 s doubling to 64 s, UAL 15 min + MSL
+/// 2 min = 1020 s: CLOSEs at 0, 1, 3, 7, 15, 31, 63, then every 64 s to
+/// 959 s (21 in all); the sum reaches 1023 s > 1020 s: give-up at 1023 s.
+#[test]
+fn close_is_resent_until_the_summed_timeouts_exceed_ual_plus_msl() {
+    let s = Duration::from_secs;
+    let (closes, gave_up) = unanswered_close(fast_config());
+    let mut want: Vec<Duration> = [0, 1, 3, 7, 15, 31, 63].map(s).to_vec();
+    want.extend((1..=14).map(|k| s(63 + 64 * k)));
+    assert_eq!(closes.len(), 21);
+    assert_eq!(closes, want);
+    assert_eq!(gave_up, s(1023));
+    let c = Config::default();
+    assert!(gave_up > c.ual + c.msl, "summed timeouts exceed UAL + MSL");
+    assert!(
+        gave_up - c.close_timeout_max <= c.ual + c.msl,
+        "not one more"
+    );
+}
+
+/// The same with configured UAL, MSL and maximum interval: 1 s doubling
+/// to 4 s, UAL 10 s + MSL 5 s: sums 1, 3, 7, 11, 15 (not above 15:
+/// resent), 19 (give up).
+#[test]
+fn close_retransmission_follows_the_configured_ual_msl_and_cap() {
+    let s = Duration::from_secs;
+    let cfg = Config {
+        ual: s(10),
+        msl: s(5),
+        close_timeout_max: s(4),
+        ..fast_config()
+    };
+    let (closes, gave_up) = unanswered_close(cfg);
+    assert_eq!(closes, [0, 1, 3, 7, 11, 15].map(s));
+    assert_eq!(gave_up, s(19));
+    // A larger initial timeout, no cap reached: 2, 4, 8 → give-up at 14.
+    let cfg = Config {
+        ual: s(5),
+        msl: s(1),
+        close_timeout: s(2),
+        ..fast_config()
+    };
+    let (closes, gave_up) = unanswered_close(cfg);
+    assert_eq!(closes, [0, 2, 6].map(s));
+    assert_eq!(gave_up, s(14));
+}
+
 #[test]
 fn r1_rotation_and_counter() {
     let cfg = Config {

@@ -1756,56 +1756,95 @@ fn i1_pairs(e: &mut Endpoint) -> Vec<(Option<IpAddr>, IpAddr)> {
 }
 
 /// Shotgun off: the first I1 goes to up to three peer locators from the
-/// routing table's source, retransmissions to the first. On: every pair
-/// of a local and a peer locator of the same family, first sending and
-/// retransmitting, each from its local address.
+/// routing table's source, retransmissions to the first. On: the first
+/// I1 goes to the first three pairs of a local and a peer locator of the
+/// same family (peer locators in order, each from our locators in order),
+/// each from its local address; every retransmission to the first pair
+/// only (RFC 7401, digest §14: at most 3 addresses in parallel, one on retry).
 #[test]
-fn shotgun_sends_i1s_to_every_locator_pair() {
+fn shotgun_sends_the_first_i1_to_three_pairs_and_retries_to_one() {
     let now = std::time::Instant::now();
-    let mut e = Endpoint::new(
-        cfg(),
-        vec![test_identity(IdentityKind::EcdsaP256, 0)],
-        backend(),
-        [1; 32],
-        now,
-    )
-    .expect("endpoint");
     let v4: IpAddr = "192.0.2.1".parse().unwrap();
-    e.set_local_locators(
-        now,
-        vec![
-            local(A1, 1, true),
-            local(3, 2, false),
-            LocalLocator {
-                addr: v4,
-                ifindex: 3,
-                preferred: false,
-            },
-        ],
-    );
-    let peer = |i: u16| Hit::from(Ipv6Addr::new(0x2001, 0x20, 0, 0, 0, 0, 0, i));
-    let peers = vec![addr(B1), addr(B2)];
-    e.connect(now, Some(peer(1)), peers.clone(), None)
-        .expect("connect");
-    assert_eq!(i1_pairs(&mut e), vec![(None, addr(B1)), (None, addr(B2))]);
-    let later = now + Duration::from_millis(1100);
-    e.handle_timeout(later);
-    assert_eq!(i1_pairs(&mut e), vec![(None, addr(B1))], "retransmission");
+    let endpoint = || {
+        let mut e = Endpoint::new(
+            cfg(),
+            vec![test_identity(IdentityKind::EcdsaP256, 0)],
+            backend(),
+            [1; 32],
+            now,
+        )
+        .expect("endpoint");
+        e.set_local_locators(
+            now,
+            vec![
+                local(A1, 1, true),
+                local(3, 2, false),
+                LocalLocator {
+                    addr: v4,
+                    ifindex: 3,
+                    preferred: false,
+                },
+            ],
+        );
+        e
+    };
+    let peer = Hit::from(Ipv6Addr::new(0x2001, 0x20, 0, 0, 0, 0, 0, 1));
+    let peers = vec![addr(B1), addr(B2), addr(0x23), addr(0x24)];
+    // Every I1 sent in the first 70 s, in 100 ms steps: (offset, pairs).
+    let run = |e: &mut Endpoint| {
+        let mut seen = Vec::new();
+        for step in 0..=700u64 {
+            let at = Duration::from_millis(100 * step);
+            e.handle_timeout(now + at);
+            let got = i1_pairs(e);
+            if !got.is_empty() {
+                seen.push((at, got));
+            }
+        }
+        seen
+    };
+    let s = Duration::from_secs;
 
-    e.set_shotgun(true);
-    e.connect(later, Some(peer(2)), peers, None)
+    let mut e = endpoint();
+    e.connect(now, Some(peer), peers.clone(), None)
         .expect("connect");
-    let all = vec![
+    let first = vec![(None, addr(B1)), (None, addr(B2)), (None, addr(0x23))];
+    assert_eq!(i1_pairs(&mut e), first, "shotgun off: three peer locators");
+    let retx: Vec<_> = [1, 3, 7, 15, 31]
+        .into_iter()
+        .map(|t| (s(t), vec![(None, addr(B1))]))
+        .collect();
+    assert_eq!(run(&mut e), retx, "shotgun off: retransmissions");
+
+    let mut e = endpoint();
+    e.set_shotgun(true);
+    e.connect(now, Some(peer), peers, None).expect("connect");
+    // 8 IPv6 pairs (no IPv4 source for IPv6 peers): the first three.
+    assert_eq!(hip_proto::engine::MAX_SHOTGUN_I1, 3);
+    let first = vec![
         (Some(addr(A1)), addr(B1)),
         (Some(addr(3)), addr(B1)),
         (Some(addr(A1)), addr(B2)),
-        (Some(addr(3)), addr(B2)),
     ];
-    assert_eq!(i1_pairs(&mut e), all, "no IPv4 source for IPv6 peers");
-    e.handle_timeout(later + Duration::from_millis(1100));
-    let mut got = i1_pairs(&mut e);
-    got.retain(|p| p.0.is_some());
-    assert_eq!(got, all, "retransmitted to every pair");
+    assert_eq!(i1_pairs(&mut e), first, "shotgun on: first I1");
+    // Each retransmission goes to the first pair only.
+    let retx: Vec<_> = [1, 3, 7, 15, 31]
+        .into_iter()
+        .map(|t| (s(t), vec![(Some(addr(A1)), addr(B1))]))
+        .collect();
+    assert_eq!(run(&mut e), retx, "shotgun on: retransmissions");
+
+    // Fewer pairs than three: all of them, retransmissions to the first.
+    let mut e = endpoint();
+    e.set_shotgun(true);
+    e.connect(now, Some(peer), vec![addr(B1)], None)
+        .expect("connect");
+    assert_eq!(
+        i1_pairs(&mut e),
+        vec![(Some(addr(A1)), addr(B1)), (Some(addr(3)), addr(B1))]
+    );
+    e.handle_timeout(now + s(1));
+    assert_eq!(i1_pairs(&mut e), vec![(Some(addr(A1)), addr(B1))]);
 }
 
 /// Shotgun on: a LOCATOR_SET announcement also goes to every other pair

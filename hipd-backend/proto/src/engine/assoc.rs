@@ -97,17 +97,85 @@ pub struct Suites {
     pub rhash: HashAlg,
 }
 
+/// A retransmitted packet (I1, I2, CLOSE): every retransmission goes to
+/// the single pair `src` → `dst` (even when the first I1 went to several).
 #[derive(Debug, Clone)]
 pub(crate) struct Retx {
     pub src: Option<IpAddr>,
     pub dst: IpAddr,
-    /// Further (source, destination) pairs each (re)transmission also goes
-    /// to (shotgun mode).
-    pub also: Vec<(Option<IpAddr>, IpAddr)>,
     pub payload: Vec<u8>,
     pub deadline: Instant,
+    /// The running timeout (the one ending at `deadline`).
     pub timeout: Duration,
-    pub retries_left: u32,
+    pub limit: RetxLimit,
+}
+
+/// When a [`Retx`] gives up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RetxLimit {
+    /// After this many more retransmissions (timeout doubled each time):
+    /// I1, I2.
+    Retries(u32),
+    /// Once the summed timeouts exceed `budget` (CLOSE: UAL + MSL); the
+    /// timeout doubles up to `max_timeout`. `spent` sums the timeouts
+    /// expired so far.
+    Summed {
+        spent: Duration,
+        budget: Duration,
+        max_timeout: Duration,
+    },
+}
+
+impl Retx {
+    /// A packet first sent at `now`, retransmitted after `timeout`.
+    pub fn new(
+        src: Option<IpAddr>,
+        dst: IpAddr,
+        payload: Vec<u8>,
+        now: Instant,
+        timeout: Duration,
+        limit: RetxLimit,
+    ) -> Retx {
+        Retx {
+            src,
+            dst,
+            payload,
+            deadline: now + timeout,
+            timeout,
+            limit,
+        }
+    }
+
+    /// The running timeout expired at `now`: returns true to retransmit
+    /// (the next timeout is armed), false to give up.
+    pub fn expire(&mut self, now: Instant) -> bool {
+        let next = match &mut self.limit {
+            RetxLimit::Retries(0) => return false,
+            RetxLimit::Retries(n) => {
+                *n -= 1;
+                self.timeout.saturating_mul(2)
+            }
+            RetxLimit::Summed {
+                spent,
+                budget,
+                max_timeout,
+            } => {
+                *spent = spent.saturating_add(self.timeout);
+                if *spent > *budget {
+                    return false;
+                }
+                // Never below the current timeout (a cap under the
+                // initial timeout acts as the initial timeout).
+                self.timeout
+                    .saturating_mul(2)
+                    .min(*max_timeout)
+                    .max(self.timeout)
+            }
+        };
+        self.timeout = next;
+        self.deadline = now + next;
+        true
+    }
 }
 
 /// One association (one per HIT pair).
@@ -357,15 +425,66 @@ mod tests {
         let t = Instant::now();
         assert_eq!(s.next_deadline(), None);
         s.state_deadline = Some(t + Duration::from_secs(5));
-        s.retx = Some(Retx {
-            src: None,
-            dst: a(1),
-            also: Vec::new(),
-            payload: vec![],
-            deadline: t + Duration::from_secs(2),
-            timeout: Duration::from_secs(1),
-            retries_left: 1,
-        });
+        s.retx = Some(Retx::new(
+            None,
+            a(1),
+            vec![],
+            t,
+            Duration::from_secs(2),
+            RetxLimit::Retries(1),
+        ));
         assert_eq!(s.next_deadline(), Some(t + Duration::from_secs(2)));
+    }
+
+    /// Expires `r` on time until it gives up: (offsets of the
+    /// retransmissions, offset of the give-up).
+    fn run_out(mut r: Retx, t: Instant) -> (Vec<Duration>, Duration) {
+        let mut sent = Vec::new();
+        loop {
+            let now = r.deadline;
+            if !r.expire(now) {
+                return (sent, now - t);
+            }
+            sent.push(now - t);
+        }
+    }
+
+    #[test]
+    fn retries_limit_doubles_the_timeout() {
+        let t = Instant::now();
+        let s = Duration::from_secs;
+        let r = Retx::new(None, a(1), vec![], t, s(1), RetxLimit::Retries(5));
+        let (sent, gave_up) = run_out(r, t);
+        assert_eq!(sent, [1, 3, 7, 15, 31].map(s));
+        assert_eq!(gave_up, s(63));
+    }
+
+    #[test]
+    fn summed_limit_caps_the_timeout_and_stops_past_the_budget() {
+        let t = Instant::now();
+        let s = Duration::from_secs;
+        let summed = |budget, max| RetxLimit::Summed {
+            spent: Duration::ZERO,
+            budget: s(budget),
+            max_timeout: s(max),
+        };
+        // Timeouts 1, 2, 4, 4, 4, 4: sums 1, 3, 7, 11, 15 (= the budget,
+        // not above it: resent), 19 (above: give up).
+        let r = Retx::new(None, a(1), vec![], t, s(1), summed(15, 4));
+        let (sent, gave_up) = run_out(r, t);
+        assert_eq!(sent, [1, 3, 7, 11, 15].map(s));
+        assert_eq!(gave_up, s(19));
+        // A cap below the initial timeout keeps the initial timeout.
+        let r = Retx::new(None, a(1), vec![], t, s(2), summed(7, 1));
+        let (sent, gave_up) = run_out(r, t);
+        assert_eq!(sent, [2, 4, 6].map(s));
+        assert_eq!(gave_up, s(8));
+        // The defaults: UAL + MSL = 1020 s, 1 s doubling to 64 s.
+        let r = Retx::new(None, a(1), vec![], t, s(1), summed(1020, 64));
+        let (sent, gave_up) = run_out(r, t);
+        let mut want: Vec<Duration> = [1, 3, 7, 15, 31, 63].map(s).to_vec();
+        want.extend((1..=14).map(|k| s(63 + 64 * k)));
+        assert_eq!(sent, want);
+        assert_eq!(gave_up, s(1023));
     }
 }

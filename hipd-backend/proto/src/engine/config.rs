@@ -5,9 +5,25 @@ use std::time::Duration;
 use super::Transport;
 use crate::crypto::{DhGroup, EspSuite, GcmKeySize, HipCipher, HitSuite};
 
-/// The most locator pairs shotgun mode sends one packet to
-/// ([`Config::shotgun`]).
-pub const MAX_SHOTGUN_PAIRS: usize = 16;
+/// The most locator pairs shotgun mode sends the first I1 to
+/// ([`Config::shotgun`]): RFC 7401 (digest §14) allows an I1 to at
+/// most 3 addresses in parallel, and to a single address on retry.
+pub const MAX_SHOTGUN_I1: usize = 3;
+
+/// The most locator pairs shotgun mode sends a LOCATOR_SET announcement
+/// to ([`Config::shotgun`]), the pair in use included. Announcements are
+/// UPDATEs of an established association, not bound by the I1 limit
+/// ([`MAX_SHOTGUN_I1`]).
+pub const MAX_SHOTGUN_UPDATE_PAIRS: usize = 16;
+
+/// Default [`Config::msl`]: the Maximum Segment Lifetime of RFC 7401
+/// §4.4, 2 minutes.
+pub const DEFAULT_MSL: Duration = Duration::from_secs(120);
+
+/// Default [`Config::ual`]: the Unused Association Lifetime. RFC 7401
+/// leaves its value to the implementation and gives 15 minutes as an
+/// example (§4.4); we use that example.
+pub const DEFAULT_UAL: Duration = Duration::from_secs(15 * 60);
 
 /// Whether the answer to a peer's rekey (or SA addition) request carries a
 /// new DIFFIE_HELLMAN ([`Config::rekey_answer_dh`]). RFC 7402 §6.9 lets
@@ -65,10 +81,31 @@ pub struct Config {
     pub i2_timeout: Duration,
     /// I2 retransmissions before E-FAILED.
     pub i2_retries: u32,
-    /// Initial CLOSE retransmission timeout.
+    /// Initial CLOSE retransmission timeout, doubled per retransmission up
+    /// to [`Config::close_timeout_max`]. CLOSE is resent until the summed
+    /// timeouts exceed [`Config::ual`] + [`Config::msl`] (RFC 7401 §4.4,
+    /// CLOSING); then the association is removed ([`Event::Closed`]).
+    /// Must not be zero. Default 1 s.
+    ///
+    /// [`Event::Closed`]: super::Event::Closed
     pub close_timeout: Duration,
-    /// CLOSE retransmissions before giving up.
-    pub close_retries: u32,
+    /// Largest CLOSE retransmission timeout (the doubling stops there;
+    /// values below [`Config::close_timeout`] act as that). Default 64 s:
+    /// the doubling from 1 s reaches it after six retransmissions, so with
+    /// the default UAL + MSL (17 min) CLOSE is sent at 0, 1, 3, 7, 15, 31,
+    /// 63 s and then every 64 s up to 959 s (21 CLOSEs), and the
+    /// association gives up at 1023 s, the first sum above 1020 s.
+    pub close_timeout_max: Duration,
+    /// UAL, the Unused Association Lifetime (RFC 7401 §4.4): together
+    /// with [`Config::msl`] it bounds how long CLOSE is retransmitted
+    /// ([`Config::close_timeout`]). RFC 7401 leaves it to the
+    /// implementation; default 15 min, the RFC's example
+    /// ([`DEFAULT_UAL`]). The engine does not close idle associations on
+    /// its own; UAL only bounds CLOSING.
+    pub ual: Duration,
+    /// MSL, the Maximum Segment Lifetime (RFC 7401 §4.4). Default 2 min
+    /// ([`DEFAULT_MSL`]).
+    pub msl: Duration,
     /// How long CLOSED is held (answers retransmitted CLOSEs).
     pub closed_hold: Duration,
     /// How long E-FAILED is held before the association is removed.
@@ -81,13 +118,17 @@ pub struct Config {
     pub replay_window: usize,
     /// Transport of I1s sent by [`Endpoint::connect`](super::Endpoint::connect).
     pub initiator_transport: Transport,
-    /// Shotgun mode (HIPL's `hipconf daemon shotgun on`): I1s and their
-    /// retransmissions go to every pair of a local locator and a peer
-    /// locator of the same family (at most [`MAX_SHOTGUN_PAIRS`]), each
-    /// from that local address, and a LOCATOR_SET announcement is copied
-    /// to every such pair. Off (the default): I1s go to up to three peer
-    /// locators from the source the routing table picks, retransmissions
-    /// to the first, and an announcement to the peer locator in use.
+    /// Shotgun mode (HIPL's `hipconf daemon shotgun on`): the first I1 goes
+    /// to the first [`MAX_SHOTGUN_I1`] (3) pairs of a local locator and a
+    /// peer locator of the same family (peer locators in the given order,
+    /// local locators in theirs for each), each from that local address;
+    /// its retransmissions go to the first pair only (RFC 7401, digest §14: at
+    /// most 3 addresses in parallel, a single one on retry). A LOCATOR_SET
+    /// announcement is copied to every such pair (at most
+    /// [`MAX_SHOTGUN_UPDATE_PAIRS`]). Off (the default): I1s go to up to
+    /// three peer locators from the source the routing table picks,
+    /// retransmissions to the first, and an announcement to the peer
+    /// locator in use.
     pub shotgun: bool,
     /// Initial UPDATE retransmission timeout, used until an RTT sample
     /// exists (then 2 × smoothed RTT, at least
@@ -167,7 +208,9 @@ impl Default for Config {
             i2_timeout: Duration::from_secs(1),
             i2_retries: 5,
             close_timeout: Duration::from_secs(1),
-            close_retries: 5,
+            close_timeout_max: Duration::from_secs(64),
+            ual: DEFAULT_UAL,
+            msl: DEFAULT_MSL,
             closed_hold: Duration::from_secs(240),
             failed_hold: Duration::from_secs(30),
             r1_echo_signed: false,
@@ -207,6 +250,9 @@ impl Config {
         }
         if self.r1_rotation.is_zero() {
             return Err(E("zero R1 rotation period"));
+        }
+        if self.close_timeout.is_zero() {
+            return Err(E("zero CLOSE retransmission timeout"));
         }
         if self.dh_groups.len() > 255 || self.hip_ciphers.len() > 6 || self.esp_suites.len() > 6 {
             return Err(E(
@@ -262,5 +308,20 @@ mod tests {
             ..Config::default()
         };
         assert!(zero.validate().is_err());
+        let zero_close = Config {
+            close_timeout: Duration::ZERO,
+            ..Config::default()
+        };
+        assert!(zero_close.validate().is_err());
+    }
+
+    #[test]
+    fn close_defaults_follow_the_digest() {
+        let c = Config::default();
+        assert_eq!(c.msl, Duration::from_secs(120), "MSL = 2 min");
+        assert_eq!(c.ual, Duration::from_secs(900), "UAL = RFC example");
+        assert_eq!(c.close_timeout, Duration::from_secs(1));
+        assert_eq!(c.close_timeout_max, Duration::from_secs(64));
+        assert_eq!(MAX_SHOTGUN_I1, 3);
     }
 }

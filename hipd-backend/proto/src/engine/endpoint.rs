@@ -33,7 +33,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
 use rand_chacha::ChaCha20Rng;
@@ -41,7 +41,7 @@ use rand_core::{RngCore, SeedableRng};
 use sha2::Sha384;
 use subtle::ConstantTimeEq;
 
-use super::assoc::{Association, Retx, Role, State, Suites};
+use super::assoc::{Association, Retx, RetxLimit, Role, State, Suites};
 use super::{
     AssocId, Config, Datagram, EngineError, EstablishedSas, Event, FailReason, Stats, Transmit,
     Transport,
@@ -710,7 +710,7 @@ impl Endpoint {
         if let Some(r) = a.retx.as_mut()
             && r.deadline <= now
         {
-            if r.retries_left == 0 {
+            if !r.expire(now) {
                 a.retx = None;
                 match a.state {
                     State::I1Sent => self.fail(a, now, FailReason::I1Timeout),
@@ -727,15 +727,10 @@ impl Endpoint {
                     _ => {}
                 }
             } else {
-                r.retries_left -= 1;
-                r.timeout = r.timeout.saturating_mul(2);
-                r.deadline = now + r.timeout;
+                // One pair only, also after a shotgun I1 (RFC 7401, digest §14).
                 // (The checksum is recomputed for a given source: shotgun
                 // I1s share one payload among their pairs.)
                 self.push_copy(r.src, r.dst, a.transport, &r.payload);
-                for &(src, dst) in &r.also {
-                    self.push_copy(src, dst, a.transport, &r.payload);
-                }
             }
         }
         if let Some(d) = a.state_deadline
@@ -835,21 +830,16 @@ impl Endpoint {
         for &(src, dst) in &pairs {
             self.push_copy(src, dst, a.transport, &payload);
         }
+        // Retransmissions go to the first pair only.
         let (src, dst) = pairs.first().copied().unwrap_or((None, first));
-        let also = if self.config.shotgun {
-            pairs.get(1..).unwrap_or(&[]).to_vec()
-        } else {
-            Vec::new()
-        };
-        a.retx = Some(Retx {
+        a.retx = Some(Retx::new(
             src,
             dst,
-            also,
             payload,
-            deadline: now + self.config.i1_timeout,
-            timeout: self.config.i1_timeout,
-            retries_left: self.config.i1_retries,
-        });
+            now,
+            self.config.i1_timeout,
+            RetxLimit::Retries(self.config.i1_retries),
+        ));
         if let Some(p) = peer_hit {
             self.by_hits.insert((hit, p), id);
         }
@@ -857,10 +847,13 @@ impl Endpoint {
         Ok(id)
     }
 
-    /// Shotgun mode's (source, destination) pairs: every local locator
-    /// with every peer locator of its family, peer locators in the given
-    /// order, at most [`MAX_SHOTGUN_PAIRS`]. Empty when no local locator
-    /// is known (the routing table then picks the source).
+    /// Shotgun mode's (source, destination) pairs for the first I1: every
+    /// local locator with every peer locator of its family, peer locators
+    /// in the given order, the first [`MAX_SHOTGUN_I1`] of them. Empty
+    /// when no local locator is known (the routing table then picks the
+    /// source).
+    ///
+    /// [`MAX_SHOTGUN_I1`]: super::MAX_SHOTGUN_I1
     pub(crate) fn shotgun_pairs(&self, peers: &[IpAddr]) -> Vec<(Option<IpAddr>, IpAddr)> {
         let Some(locals) = self.local_locators.as_ref() else {
             return Vec::new();
@@ -873,7 +866,7 @@ impl Endpoint {
                 }
             }
         }
-        v.truncate(super::MAX_SHOTGUN_PAIRS);
+        v.truncate(super::MAX_SHOTGUN_I1);
         v
     }
 
@@ -971,15 +964,14 @@ impl Endpoint {
             transport: a.transport,
             payload: payload.clone(),
         });
-        a.retx = Some(Retx {
-            src: None,
+        a.retx = Some(Retx::new(
+            None,
             dst,
-            also: Vec::new(),
             payload,
-            deadline: now + self.config.i1_timeout,
-            timeout: self.config.i1_timeout,
-            retries_left: self.config.i1_retries,
-        });
+            now,
+            self.config.i1_timeout,
+            RetxLimit::Retries(self.config.i1_retries),
+        ));
         self.stats.hit_suite_retries += 1;
         true
     }
@@ -1064,15 +1056,20 @@ impl Endpoint {
         self.sign_packet(a.local_identity, &mut repr, Some((s.rhash, &key)), None)?;
         let src = a.preferred_local_locator();
         let t = Self::make_transmit(&repr, src, dst, a.transport)?;
-        a.retx = Some(Retx {
+        // RFC 7401 §4.4 (CLOSING): resent until the summed timeouts
+        // exceed UAL + MSL.
+        a.retx = Some(Retx::new(
             src,
             dst,
-            also: Vec::new(),
-            payload: t.payload.clone(),
-            deadline: now + self.config.close_timeout,
-            timeout: self.config.close_timeout,
-            retries_left: self.config.close_retries,
-        });
+            t.payload.clone(),
+            now,
+            self.config.close_timeout,
+            RetxLimit::Summed {
+                spent: Duration::ZERO,
+                budget: self.config.ual.saturating_add(self.config.msl),
+                max_timeout: self.config.close_timeout_max,
+            },
+        ));
         self.push_tx(t);
         a.close_echo = Some(echo);
         a.state = State::Closing;
@@ -1605,15 +1602,14 @@ impl Endpoint {
         a.set_exchange_locators(d.dst, d.src);
         a.transport = transport;
         a.state = State::I2Sent;
-        a.retx = Some(Retx {
-            src: Some(d.dst),
-            dst: d.src,
-            also: Vec::new(),
-            payload: t.payload.clone(),
-            deadline: now + self.config.i2_timeout,
-            timeout: self.config.i2_timeout,
-            retries_left: self.config.i2_retries,
-        });
+        a.retx = Some(Retx::new(
+            Some(d.dst),
+            d.src,
+            t.payload.clone(),
+            now,
+            self.config.i2_timeout,
+            RetxLimit::Retries(self.config.i2_retries),
+        ));
         self.push_tx(t);
         Ok(())
     }

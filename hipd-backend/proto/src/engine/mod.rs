@@ -60,10 +60,15 @@
 //!   ([`FailReason::PuzzleTooHard`]). K ≤ 20 is fine inline.
 //! * **Retransmission.** I1: [`Config::i1_timeout`] (1 s), doubled per
 //!   retry, [`Config::i1_retries`] (5) retries, then E-FAILED. The first I1
-//!   goes to up to 3 peer locators, retries only to the first. I2: 1 s,
-//!   doubled, 5 retries. CLOSE: 1 s, doubled, 5 retries, then the
-//!   association is removed. CLOSED is held for [`Config::closed_hold`]
-//!   (2·MSL = 4 min), E-FAILED for [`Config::failed_hold`] (30 s).
+//!   goes to up to 3 peer locators (shotgun mode: up to
+//!   [`MAX_SHOTGUN_I1`] = 3 locator pairs), retries only to the first.
+//!   I2: 1 s, doubled, 5 retries. CLOSE: [`Config::close_timeout`] (1 s),
+//!   doubled up to [`Config::close_timeout_max`] (64 s), resent until the
+//!   summed timeouts exceed UAL + MSL ([`Config::ual`] 15 min +
+//!   [`Config::msl`] 2 min: 21 CLOSEs, the last at 959 s, give-up at
+//!   1023 s), then the association is removed. CLOSED is held for
+//!   [`Config::closed_hold`] (2·MSL = 4 min), E-FAILED for
+//!   [`Config::failed_hold`] (30 s).
 //! * **R2-SENT.** The Responder hands the SAs out in
 //!   [`Event::Established`] as soon as it sends R2 (they are usable), but
 //!   the association stays R2-SENT until the data plane reports ESP traffic
@@ -298,7 +303,9 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 pub use assoc::{Association, LocalLocator, LocatorState, PeerLocator, Role, State, Suites};
-pub use config::{Config, MAX_SHOTGUN_PAIRS, RekeyAnswerDh};
+pub use config::{
+    Config, DEFAULT_MSL, DEFAULT_UAL, MAX_SHOTGUN_I1, MAX_SHOTGUN_UPDATE_PAIRS, RekeyAnswerDh,
+};
 pub use endpoint::Endpoint;
 pub use endpoint::update::{EXPLORING_MARKER, LocatorsView, MAX_SA_PAIRS, SEQ_WINDOW};
 pub use stats::Stats;

@@ -1010,7 +1010,7 @@ impl Endpoint {
             let mut copies = 0;
             'pairs: for &d in &peers {
                 for &l in &locals {
-                    if copies + 1 >= crate::engine::MAX_SHOTGUN_PAIRS {
+                    if copies + 1 >= crate::engine::MAX_SHOTGUN_UPDATE_PAIRS {
                         break 'pairs;
                     }
                     if same_family(l, d) && (Some(l), d) != (src, dst) {
