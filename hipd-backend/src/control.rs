@@ -172,7 +172,8 @@ pub enum Request {
     /// Re-read local locators now and announce them (UPDATE with
     /// LOCATOR_SET) to every established association, changed or not.
     ManualUpdate,
-    /// Shotgun mode: send I1s to every known peer locator.
+    /// Shotgun mode: the first I1 goes to up to three local × peer locator
+    /// pairs (the RFC 7401 limit), retransmissions to the first one.
     Shotgun {
         /// On or off.
         on: bool,

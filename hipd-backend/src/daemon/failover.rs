@@ -686,7 +686,9 @@ impl Shared {
         };
         let mut n = 0u64;
         for p in &pkts {
-            if self.send_sealed(&path, p) {
+            // Credit-based authorization applies to re-sent packets too
+            // (the new pair's peer locator may still be UNVERIFIED).
+            if self.cba_admit(&out, &path, p.len()) && self.send_sealed(&path, p) {
                 n += 1;
             }
         }
@@ -718,7 +720,8 @@ impl Shared {
             dst: pair.1,
             udp,
         };
-        if self.send_sealed(&path, buf.get(..n).unwrap_or(&[])) {
+        let pkt = buf.get(..n).unwrap_or(&[]);
+        if self.cba_admit(&out, &path, pkt.len()) && self.send_sealed(&path, pkt) {
             super::inc(&self.ctr.keepalives_tx);
         }
     }
