@@ -207,7 +207,7 @@ pub use consts::*;
 #[cfg(feature = "tokio")]
 pub use ext::ShimTokioUdpExt;
 pub use ext::{Association, ShimSocketExt, ShimUdpExt, recv_locators, send_locators_cmsg};
-pub use shim::{RecvMeta, Shim};
+pub use shim::{RecvMeta, Shim, TOKEN_RECHECK};
 pub use types::*;
 
 /// `getsockopt` on any socket through the process-wide [`Shim`]; returns

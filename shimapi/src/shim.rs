@@ -8,6 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
 use hipd_backend::control::{
     self, FlowId, LocPref, Request, Response, ShimContextInfo, ShimLocInfo, ShimSetting,
@@ -55,9 +56,24 @@ struct SockState {
     lib_rxopt: Option<IdKind>,
     /// Control-connection generation the daemon state belongs to.
     generation: u64,
-    /// Send markers: (flow, local, peer, base traffic class) → token.
-    tokens: HashMap<(FlowId, Option<IpAddr>, Option<IpAddr>, u8), u8>,
+    /// Send markers: (flow, local, peer, base traffic class) → token and
+    /// when the daemon granted it (re-checked after [`TOKEN_RECHECK`]).
+    tokens: HashMap<MarkerKey, (u8, Instant)>,
 }
+
+/// A send marker's key: flow, `SHIM_LOC_LOCAL_SEND`, `SHIM_LOC_PEER_SEND`,
+/// the socket's own traffic class.
+type MarkerKey = (FlowId, Option<IpAddr>, Option<IpAddr>, u8);
+
+/// How long a per-datagram send marker is used without asking the daemon
+/// again: its locator checks (`EINVALIDLOCATOR`, `EUNVERIFIEDLOCATOR`,
+/// `EUNREACHABLELOCATOR`) run when the marker is granted, so a locator
+/// that failure detection finds unreachable, or the peer withdraws, is
+/// reported by the first `sendmsg` at most this long after the change
+/// (until then the daemon itself no longer sends marked datagrams there:
+/// it forgets the marker when the locator goes). Costs one control-socket
+/// round trip per socket, locator pair and 50 ms of sending.
+pub const TOKEN_RECHECK: Duration = Duration::from_millis(50);
 
 #[derive(Debug)]
 struct Inner {
@@ -883,6 +899,8 @@ impl Shim {
                 (s.generation == generation)
                     .then(|| s.tokens.get(&(flow, local_send, peer_send, base)).copied())
                     .flatten()
+                    .filter(|(_, at)| at.elapsed() < TOKEN_RECHECK)
+                    .map(|(t, _)| t)
             });
             let token = match cached {
                 Some(t) => t,
@@ -900,7 +918,12 @@ impl Shim {
                             token
                         }
                         Ok(_) => return Err(err(libc::EPROTO)),
-                        Err(e) => return Err(err(errno_of(&e))),
+                        Err(e) => {
+                            if let Some(st) = g.socks.get_mut(&info.key) {
+                                st.tokens.remove(&(flow, local_send, peer_send, base));
+                            }
+                            return Err(err(errno_of(&e)));
+                        }
                     };
                     let generation = g.link.generation;
                     let st = Self::state(&mut g, &info);
@@ -908,7 +931,8 @@ impl Shim {
                         st.generation = generation;
                         st.tokens.clear();
                     }
-                    st.tokens.insert((flow, local_send, peer_send, base), t);
+                    st.tokens
+                        .insert((flow, local_send, peer_send, base), (t, Instant::now()));
                     t
                 }
             };

@@ -583,6 +583,50 @@ fn per_datagram_send_marks_the_traffic_class() {
     });
 }
 
+/// A send marker is used without asking the daemon again for
+/// `TOKEN_RECHECK`; after that the daemon checks the locators again, and
+/// its refusal (a locator gone unreachable meanwhile) reaches the
+/// application and drops the cached marker.
+#[test]
+fn send_markers_are_checked_again_after_the_recheck_interval() {
+    in_netns(|| {
+        let fail = Arc::new(Mutex::new(None));
+        let d = daemon(fail.clone());
+        let s = Shim::new(&d.path);
+        let (a, b) = udp_pair("1.0.0.1:0", "1.0.0.2:0");
+        let c = send_locators_cmsg(&LocatorPair {
+            local: None,
+            peer: Some("192.0.2.2".parse().unwrap()),
+        });
+        let send = || s.sendmsg(a.as_fd(), &[IoSlice::new(b"d")], None, c.as_bytes(), 0);
+        let tokens = |d: &FakeDaemon| {
+            d.requests()
+                .iter()
+                .filter(|r| matches!(r, Request::ShimSendToken { .. }))
+                .count()
+        };
+        send().unwrap();
+        send().unwrap();
+        assert_eq!(tokens(&d), 1, "cached within the interval");
+        std::thread::sleep(TOKEN_RECHECK + std::time::Duration::from_millis(10));
+        send().unwrap();
+        assert_eq!(tokens(&d), 2, "asked again after the interval");
+        std::thread::sleep(TOKEN_RECHECK + std::time::Duration::from_millis(10));
+        *fail.lock().unwrap() = Some(ErrorCode::UnreachableLocator);
+        assert_eq!(errno(send()), EUNREACHABLELOCATOR);
+        assert_eq!(tokens(&d), 3);
+        // The refused marker is not used again: the next send asks.
+        send().unwrap();
+        assert_eq!(tokens(&d), 4);
+        let mut buf = [0u8; 8];
+        b.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        for _ in 0..4 {
+            assert_eq!(b.recv(&mut buf).unwrap(), 1);
+        }
+    });
+}
+
 /// Sends a datagram carrying the daemon's receive tag, the way hipd
 /// delivers it through the TUN device.
 fn send_tagged(tx: &UdpSocket, v6: bool, l: IpAddr, p: IpAddr, data: &[u8]) {

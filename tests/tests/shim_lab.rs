@@ -298,6 +298,111 @@ fn recv_with(shim: &Shim, s: &UdpSocket, buf: &mut [u8]) -> (usize, LocatorPair)
     (r.bytes, shimapi::recv_locators(&control[..r.control_len]))
 }
 
+/// Sends a "warm" datagram on `ss` with per-datagram SEND cmsgs for the
+/// pair (`local`, `peer`), retrying while the peer locator is being
+/// verified (it is on first use: `EUNVERIFIEDLOCATOR` until then).
+fn send_marked_when_verified(shim: &Shim, ss: &UdpSocket, local: IpAddr, peer: IpAddr) {
+    let c = shimapi::send_locators_cmsg(&LocatorPair {
+        local: Some(local),
+        peer: Some(peer),
+    });
+    let t0 = Instant::now();
+    loop {
+        match shim.sendmsg(ss.as_fd(), &[IoSlice::new(b"warm")], None, c.as_bytes(), 0) {
+            Ok(_) => return,
+            Err(e) if e.raw_os_error() == Some(shimapi::EUNVERIFIEDLOCATOR) => {
+                assert!(t0.elapsed() < Duration::from_secs(10), "never verified");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => panic!("sendmsg with locators: {e}"),
+        }
+    }
+}
+
+/// A per-datagram SEND pair whose peer locator the peer withdraws: the
+/// daemon forgets the marker at once (datagrams sent with the library's
+/// cached marker still arrive, over the context's new path) and within
+/// `shimapi::TOKEN_RECHECK` the library asks again and `sendmsg` fails
+/// with EUNREACHABLELOCATOR (RFC 6316 §7) instead of sending into the
+/// void.
+#[test]
+fn shim_send_to_a_withdrawn_locator_gets_the_rfc_errno() {
+    let t = two_hosts("");
+    let (rs, ss) = udp_pair(&t, 6500);
+    let sa = Shim::new(&t.ha.sock);
+    let (a1, b1) = (t.l1.addr(&t.a, Family::V6), t.l1.addr(&t.b, Family::V6));
+    let b2 = t.l2.addr(&t.b, Family::V6);
+    let l = ss.local_addr().unwrap();
+    let flow = FlowId {
+        proto: 17,
+        local: l.ip(),
+        local_port: l.port(),
+        peer: ss.peer_addr().unwrap().ip(),
+        peer_port: ss.peer_addr().unwrap().port(),
+    };
+    wait_for("b's link-2 locator at a", Duration::from_secs(10), || {
+        shim_ctx(&t.ha, flow).peer.iter().any(|x| x.addr == b2)
+    });
+    // b2 verified first, so the move there is not held back by the
+    // credit-based authorization of an unverified locator.
+    let a2 = t.l2.addr(&t.a, Family::V6);
+    let mut buf = [0u8; 64];
+    for (l, p) in [(a2, b2), (a1, b1)] {
+        send_marked_when_verified(&sa, &ss, l, p);
+        let n = rs.recv(&mut buf).expect("the warm datagram");
+        assert_eq!(&buf[..n], b"warm");
+    }
+
+    // b withdraws its link-1 address: its UPDATE leaves b1 out of the
+    // LOCATOR_SET and a deprecates b1.
+    let dev = t.l1.dev(&t.b).to_string();
+    t.b.exec_ok(["ip", "-6", "addr", "del", &format!("{b1}/64"), "dev", &dev])
+        .unwrap();
+    wait_for("b1 deprecated at a", Duration::from_secs(10), || {
+        shim_ctx(&t.ha, flow)
+            .peer
+            .iter()
+            .any(|x| x.addr == b1 && x.state == LocState::Deprecated)
+    });
+    let c = shimapi::send_locators_cmsg(&LocatorPair {
+        local: Some(a1),
+        peer: Some(b1),
+    });
+    let t0 = Instant::now();
+    let mut sent = 0u32;
+    let refused = loop {
+        match sa.sendmsg(
+            ss.as_fd(),
+            &[IoSlice::new(&sent.to_be_bytes())],
+            None,
+            c.as_bytes(),
+            0,
+        ) {
+            Ok(_) => sent += 1,
+            Err(e) => break e,
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "sendmsg to a withdrawn locator kept succeeding ({sent} datagrams)"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    assert_eq!(
+        refused.raw_os_error(),
+        Some(shimapi::EUNREACHABLELOCATOR),
+        "{refused}"
+    );
+    // What was sent with the cached marker meanwhile took the new path.
+    rs.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    for i in 0..sent {
+        let n = rs
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("datagram {i} of {sent} lost: {e}"));
+        assert_eq!(&buf[..n], &i.to_be_bytes());
+    }
+    drop(t.lab);
+}
+
 /// Per-datagram SHIM_LOC_*_SEND cmsgs alternate the pair datagram by
 /// datagram; the receiver's SHIM_LOC_*_RECV cmsgs report exactly the pair
 /// each datagram arrived on.
@@ -317,24 +422,8 @@ fn shim_recv_cmsgs_follow_per_datagram_send_locators() {
         (t.l1.addr(&t.a, Family::V6), t.l1.addr(&t.b, Family::V6)),
         (t.l2.addr(&t.a, Family::V6), t.l2.addr(&t.b, Family::V6)),
     ];
-    // Register both pairs; a peer locator is verified on first use
-    // (EUNVERIFIEDLOCATOR until then).
     for (l, p) in pairs {
-        let c = shimapi::send_locators_cmsg(&LocatorPair {
-            local: Some(l),
-            peer: Some(p),
-        });
-        let t0 = Instant::now();
-        loop {
-            match sa.sendmsg(ss.as_fd(), &[IoSlice::new(b"warm")], None, c.as_bytes(), 0) {
-                Ok(_) => break,
-                Err(e) if e.raw_os_error() == Some(shimapi::EUNVERIFIEDLOCATOR) => {
-                    assert!(t0.elapsed() < Duration::from_secs(10), "never verified");
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                Err(e) => panic!("sendmsg with locators: {e}"),
-            }
-        }
+        send_marked_when_verified(&sa, &ss, l, p);
     }
     // Drain the warm-up datagrams.
     rs.set_read_timeout(Some(Duration::from_millis(300)))

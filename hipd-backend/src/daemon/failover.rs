@@ -513,6 +513,12 @@ impl Shared {
                                     u
                                 })
                                 .unwrap_or_default();
+                            {
+                                let dp = self.dp.read().unwrap_or_else(|p| p.into_inner());
+                                super::shim::forget_markers_to(&dp, Some(local), peer, |a| {
+                                    unreachable.contains(&a)
+                                });
+                            }
                             let c = core.shim.entry((local, peer)).or_default();
                             c.switches += 1;
                             c.unreachable = unreachable;

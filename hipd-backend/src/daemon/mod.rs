@@ -728,6 +728,12 @@ impl Shared {
             } => {
                 tracing::info!(%peer_hit, %addr, ?state, "peer locator state");
                 self.cba_sync_peer(core, ep, peer_hit);
+                if state == LocatorState::Deprecated {
+                    // Withdrawn by the peer: per-datagram send markers
+                    // naming it are forgotten (SHIM_LOC_PEER_SEND).
+                    let dp = self.dp.read().unwrap_or_else(|p| p.into_inner());
+                    shim::forget_markers_to(&dp, None, peer_hit, |a| a == addr);
+                }
             }
             Event::VerificationFailed { peer_hit, addr } => {
                 tracing::info!(%peer_hit, %addr, "peer locator verification failed");

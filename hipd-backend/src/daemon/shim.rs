@@ -520,7 +520,9 @@ impl Shared {
         }
     }
 
-    /// Validates a peer locator for sending (verified, reachable).
+    /// Validates a peer locator for sending: usable
+    /// ([`Self::check_peer_usable`]) and verified; an UNVERIFIED one is
+    /// probed now (an answered probe verifies it) and refused until then.
     fn check_peer_send(
         core: &mut Core,
         ep: usize,
@@ -528,41 +530,22 @@ impl Shared {
         peer: Hit,
         addr: IpAddr,
     ) -> ShimResult<()> {
-        let state = core.eps[ep]
-            .locators(peer)
-            .and_then(|v| v.peer.iter().find(|l| l.addr == addr).map(|l| l.state));
-        match state {
-            None => err(
-                ErrorCode::InvalidLocator,
-                format!("{addr} is not a locator of the peer"),
-            ),
-            Some(LocatorState::Deprecated) => {
-                err(ErrorCode::UnreachableLocator, format!("{addr} has expired"))
-            }
-            Some(_)
-                if core
-                    .shim
-                    .get(&(local, peer))
-                    .is_some_and(|c| c.unreachable.contains(&addr)) =>
-            {
-                err(
-                    ErrorCode::UnreachableLocator,
-                    format!("{addr} was found unreachable"),
-                )
-            }
-            Some(LocatorState::Unverified) => {
-                // Verify it now (an answered probe verifies the locator).
-                let src = super::net::route_source(addr);
-                if let Some(src) = src {
-                    let _ = core.eps[ep].probe(Instant::now(), peer, src, addr);
-                }
-                err(
-                    ErrorCode::UnverifiedLocator,
-                    format!("{addr} is being verified; retry later"),
-                )
-            }
-            Some(LocatorState::Active) => Ok(()),
+        Self::check_peer_usable(core, ep, local, peer, addr)?;
+        let unverified = core.eps[ep].locators(peer).is_some_and(|v| {
+            v.peer
+                .iter()
+                .any(|l| l.addr == addr && l.state == LocatorState::Unverified)
+        });
+        if !unverified {
+            return Ok(());
         }
+        if let Some(src) = super::net::route_source(addr) {
+            let _ = core.eps[ep].probe(Instant::now(), peer, src, addr);
+        }
+        err(
+            ErrorCode::UnverifiedLocator,
+            format!("{addr} is being verified; retry later"),
+        )
     }
 
     fn shim_set(
@@ -1060,6 +1043,35 @@ fn l4_ports(pkt: &[u8]) -> Option<(u8, u16, u16)> {
 
 /// Outbound: the socket's locator override for this packet, if any. May
 /// rewrite the traffic class of a marked datagram.
+/// Forgets the per-datagram send markers of the flows between `local`
+/// (`None`: any local HIT) and `peer` whose pair names a peer locator for which `gone` holds (found
+/// unreachable by failure detection, withdrawn by the peer): their
+/// datagrams take the context's path again instead of a dead or withdrawn
+/// locator, and the library, which re-asks for a marker after
+/// `shimapi::TOKEN_RECHECK`, gets the RFC 6316 error for the pair then.
+/// Returns how many markers were forgotten.
+pub(super) fn forget_markers_to(
+    dp: &DataPlane,
+    local: Option<Hit>,
+    peer: Hit,
+    gone: impl Fn(IpAddr) -> bool,
+) -> usize {
+    let mut n = 0;
+    for (k, f) in &dp.flows {
+        if local.is_some_and(|l| k.local != l) || k.peer != peer {
+            continue;
+        }
+        let mut tokens = f.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        for t in tokens.iter_mut() {
+            if t.is_some_and(|(_, dst)| gone(dst)) {
+                *t = None;
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
 pub(super) fn out_override(
     dp: &DataPlane,
     inner: &mut [u8],
@@ -1289,6 +1301,17 @@ mod tests {
         // Another flow is not affected.
         let mut other = udp6(local, peer, 4001, 5000, 0);
         assert!(out_override(&dp, &mut other, local, peer, &ctx).is_none());
+        // The marker's peer locator goes (withdrawn, unreachable): the
+        // marker is forgotten, its datagrams take the context's path; an
+        // unrelated locator or another peer forgets nothing.
+        f.sticky.lock().unwrap().peer = None;
+        f.sticky.lock().unwrap().src_for_peer = None;
+        let other_peer: Hit = "2001:2a::3".parse().unwrap();
+        assert_eq!(forget_markers_to(&dp, None, other_peer, |a| a == p2), 0);
+        assert_eq!(forget_markers_to(&dp, Some(local), peer, |a| a == l2), 0);
+        assert_eq!(forget_markers_to(&dp, None, peer, |a| a == p2), 1);
+        let mut pkt = udp6(local, peer, 4000, 5000, shimtag::token_tclass(5));
+        assert!(out_override(&dp, &mut pkt, local, peer, &ctx).is_none());
     }
 
     #[test]
