@@ -570,6 +570,8 @@ fn close_and_close_ack() {
         State::Closing
     );
     assert!(p.run_until(Duration::from_secs(10), both_closed));
+    // B entered CLOSED on the CLOSE, a round trip before A's CLOSE_ACK.
+    let closed_at = p.now;
     p.run_for(Duration::from_millis(100));
     assert!(
         p.a.endpoint.association_by_peer(b_hit).is_none(),
@@ -581,9 +583,17 @@ fn close_and_close_ack() {
     );
     assert_eq!(p.count_sent(Side::A, PacketType::Close), 2);
     assert!(p.count_sent(Side::B, PacketType::CloseAck) >= 1);
-    // CLOSED is held, then removed.
-    p.run_for(Duration::from_secs(300));
-    assert_eq!(p.b.endpoint.association_count(), 0);
+    // CLOSED is held for UAL + 2·MSL (19 min with the defaults), then
+    // removed.
+    assert!(p.run_until(Duration::from_secs(25 * 60), |p| {
+        p.b.endpoint.association_count() == 0
+    }));
+    let held = p.now - closed_at;
+    let hold = Duration::from_secs(19 * 60);
+    assert!(
+        held >= hold - Duration::from_secs(1) && held <= hold + Duration::from_secs(1),
+        "CLOSED held {held:?}"
+    );
     // A new BEX works after closing.
     bex_to(&mut p, b_hit);
 }

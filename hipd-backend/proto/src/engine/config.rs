@@ -106,7 +106,10 @@ pub struct Config {
     /// MSL, the Maximum Segment Lifetime (RFC 7401 §4.4). Default 2 min
     /// ([`DEFAULT_MSL`]).
     pub msl: Duration,
-    /// How long CLOSED is held (answers retransmitted CLOSEs).
+    /// How long CLOSED is held (answers retransmitted CLOSEs): UAL + 2·MSL
+    /// by default (RFC 7401 §4.4.4's CLOSED timeout, 19 min with the
+    /// defaults), so a peer still resending CLOSE for up to UAL + MSL gets
+    /// its CLOSE_ACK.
     pub closed_hold: Duration,
     /// How long E-FAILED is held before the association is removed.
     pub failed_hold: Duration,
@@ -211,7 +214,7 @@ impl Default for Config {
             close_timeout_max: Duration::from_secs(64),
             ual: DEFAULT_UAL,
             msl: DEFAULT_MSL,
-            closed_hold: Duration::from_secs(240),
+            closed_hold: DEFAULT_UAL.saturating_add(DEFAULT_MSL.saturating_mul(2)),
             failed_hold: Duration::from_secs(30),
             r1_echo_signed: false,
             accept_opportunistic: true,

@@ -67,7 +67,7 @@
 //!   summed timeouts exceed UAL + MSL ([`Config::ual`] 15 min +
 //!   [`Config::msl`] 2 min: 21 CLOSEs, the last at 959 s, give-up at
 //!   1023 s), then the association is removed. CLOSED is held for
-//!   [`Config::closed_hold`] (2·MSL = 4 min), E-FAILED for
+//!   [`Config::closed_hold`] (UAL + 2·MSL = 19 min), E-FAILED for
 //!   [`Config::failed_hold`] (30 s).
 //! * **R2-SENT.** The Responder hands the SAs out in
 //!   [`Event::Established`] as soon as it sends R2 (they are usable), but
