@@ -2,7 +2,7 @@
 //! opportunistic, simultaneous open, loss recovery, CLOSE.
 
 use std::cell::{Cell, RefCell};
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,22 +10,15 @@ use std::time::{Duration, Instant};
 use hip_proto::crypto::HitSuite;
 use hip_proto::crypto::esp::open_buffer_len;
 use hip_proto::crypto::{
-    CryptoBackend, DhGroup, EspSuite, GcmKeySize, HashAlg, HipCipher, OpensslBackend,
-    PrivateIdentity, SecurityAssociation,
+    DhGroup, EspSuite, GcmKeySize, HashAlg, HipCipher, PrivateIdentity, SecurityAssociation,
 };
-use hip_proto::engine::testing::{IdentityKind, LinkConfig, Pair, Side, test_identity};
+use hip_proto::engine::testing::{
+    IdentityKind, LinkConfig, Pair, Side, addr, backend, test_identity,
+};
 use hip_proto::engine::{Config, Datagram, Endpoint, Event, FailReason, Role, State, Transport};
 use hip_proto::wire::{
     ChecksumMode, Hit, Notification, NotifyType, Packet, PacketRepr, PacketType, Param,
 };
-
-fn backend() -> Arc<dyn CryptoBackend> {
-    Arc::new(OpensslBackend::new())
-}
-
-fn addr(n: u16) -> IpAddr {
-    IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, n))
-}
 
 fn endpoint(id: Arc<dyn PrivateIdentity>, cfg: Config, seed: u8, now: Instant) -> Endpoint {
     Endpoint::new(cfg, vec![id], backend(), [seed; 32], now).expect("endpoint")

@@ -7,22 +7,16 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hip_proto::crypto::{CryptoBackend, HipCipher, OpensslBackend, PrivateIdentity};
-use hip_proto::engine::testing::{IdentityKind, LinkConfig, Pair, Side, test_identity};
+use hip_proto::crypto::{HipCipher, PrivateIdentity};
+use hip_proto::engine::testing::{
+    IdentityKind, LinkConfig, Pair, Side, addr, backend, test_identity,
+};
 use hip_proto::engine::{Config, Datagram, Endpoint, Event, FailReason, Transmit, Transport};
 use hip_proto::wire::{
     ChecksumMode, DhGroupId, Hit, NotifyType, Packet, PacketRepr, PacketType, Param,
     param_type as pt,
 };
 use proptest::prelude::*;
-
-fn backend() -> Arc<dyn CryptoBackend> {
-    Arc::new(OpensslBackend::new())
-}
-
-fn addr(n: u16) -> IpAddr {
-    IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, n))
-}
 
 fn cfg() -> Config {
     Config {

@@ -3,25 +3,18 @@
 //! locator of the association, never the (possibly spoofed) source of an
 //! unauthenticated packet; and a per-association token bucket limits them.
 
-use std::net::{IpAddr, Ipv6Addr};
-use std::sync::Arc;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use hip_proto::crypto::{CryptoBackend, DhGroup, OpensslBackend};
-use hip_proto::engine::testing::{IdentityKind, LinkConfig, Pair, Side, test_identity};
+use hip_proto::crypto::DhGroup;
+use hip_proto::engine::testing::{
+    IdentityKind, LinkConfig, Pair, Side, addr, backend, test_identity,
+};
 use hip_proto::engine::{Config, Datagram, Endpoint, Event, State, Transmit, Transport};
 use hip_proto::wire::{
     ChecksumMode, EspInfo, HiAlgorithm, Hit, NotifyType, Packet, PacketRepr, PacketType, Param,
     Signature,
 };
-
-fn backend() -> Arc<dyn CryptoBackend> {
-    Arc::new(OpensslBackend::new())
-}
-
-fn addr(n: u16) -> IpAddr {
-    IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, n))
-}
 
 /// The peer's real address and an address an attacker claims.
 const A_ADDR: u16 = 1;

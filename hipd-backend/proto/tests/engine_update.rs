@@ -8,14 +8,15 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Duration;
 
 use hip_proto::crypto::esp::open_buffer_len;
-use hip_proto::crypto::{CryptoBackend, DhGroup, OpensslBackend, SecurityAssociation};
+use hip_proto::crypto::{DhGroup, SecurityAssociation};
 #[cfg(feature = "fuzzing")]
 use hip_proto::engine::Transport;
-use hip_proto::engine::testing::{IdentityKind, LinkConfig, Pair, Side, test_identity};
+use hip_proto::engine::testing::{
+    IdentityKind, LinkConfig, Pair, Side, addr, backend, test_identity,
+};
 use hip_proto::engine::{
     Config, Datagram, Endpoint, EngineError, Event, LocalLocator, LocatorState, MAX_SA_PAIRS,
     RekeyAnswerDh, SaChange, State, Transmit,
@@ -23,14 +24,6 @@ use hip_proto::engine::{
 #[cfg(feature = "fuzzing")]
 use hip_proto::wire::EspInfo;
 use hip_proto::wire::{ChecksumMode, Hit, PacketRepr, PacketType, Param, param_type as pt};
-
-fn backend() -> Arc<dyn CryptoBackend> {
-    Arc::new(OpensslBackend::new())
-}
-
-fn addr(n: u16) -> IpAddr {
-    IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, n))
-}
 
 const A1: u16 = 1;
 const B1: u16 = 2;

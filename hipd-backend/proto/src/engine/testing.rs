@@ -402,3 +402,13 @@ pub fn test_identity(
     c.push(((kind, n), id.clone()));
     id
 }
+
+/// The crypto backend the engine tests use (OpenSSL).
+pub fn backend() -> std::sync::Arc<dyn crate::crypto::CryptoBackend> {
+    std::sync::Arc::new(crate::crypto::OpensslBackend::new())
+}
+
+/// `2001:db8::n`, a test host address.
+pub fn addr(n: u16) -> IpAddr {
+    IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, n))
+}
