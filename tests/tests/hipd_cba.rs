@@ -117,20 +117,7 @@ fn hipd_esp_to_an_unverified_locator_stays_within_the_credit() {
         &format!("add rule inet hipdcba in ip6 daddr {new} meta l4proto 139 drop"),
     );
     let dev = l0.dev(&b).to_string();
-    b.exec_ok([
-        "ip",
-        "-6",
-        "addr",
-        "add",
-        &format!("{new}/64"),
-        "dev",
-        &dev,
-        "nodad",
-    ])
-    .unwrap();
-    std::thread::sleep(Duration::from_millis(100));
-    b.exec_ok(["ip", "-6", "addr", "del", &format!("{old}/64"), "dev", &dev])
-        .unwrap();
+    hipd_support::readdress_v6(&b, &dev, old, new);
     wait_for(
         "a's path uses b's new, unverified locator",
         Duration::from_secs(10),

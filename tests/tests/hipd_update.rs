@@ -69,20 +69,7 @@ fn hipd_readdress_mid_transfer_keeps_tcp_alive() {
     }
     let dev = l0.dev(&b).to_string();
     let new = new_addr(old);
-    b.exec_ok([
-        "ip",
-        "-6",
-        "addr",
-        "add",
-        &format!("{new}/64"),
-        "dev",
-        &dev,
-        "nodad",
-    ])
-    .unwrap();
-    std::thread::sleep(Duration::from_millis(100));
-    b.exec_ok(["ip", "-6", "addr", "del", &format!("{old}/64"), "dev", &dev])
-        .unwrap();
+    hipd_support::readdress_v6(&b, &dev, old, new);
     let moved_at = std::fs::metadata(&out).unwrap().len();
     assert!(moved_at < 90 * MB as u64, "moved too late: {moved_at}");
 
@@ -131,20 +118,7 @@ fn hipd_tshark_parses_bex_update_close() {
     // Readdress b → UPDATE exchange.
     let dev = l0.dev(&b).to_string();
     let new = new_addr(old);
-    b.exec_ok([
-        "ip",
-        "-6",
-        "addr",
-        "add",
-        &format!("{new}/64"),
-        "dev",
-        &dev,
-        "nodad",
-    ])
-    .unwrap();
-    std::thread::sleep(Duration::from_millis(100));
-    b.exec_ok(["ip", "-6", "addr", "del", &format!("{old}/64"), "dev", &dev])
-        .unwrap();
+    hipd_support::readdress_v6(&b, &dev, old, new);
     let t0 = Instant::now();
     while ha.has()[0].peer_locator != Some(IpAddr::V6(new)) {
         assert!(

@@ -584,3 +584,20 @@ pub fn peer_locator_state(h: &Hipd, addr: IpAddr) -> Option<String> {
         ha.peer_locator_states.get(i).cloned()
     })
 }
+
+/// Moves `host` from address `old` to `new` on `dev` (both /64, no DAD):
+/// the new address first, the old one 100 ms later, as a host that
+/// renumbers would.
+pub fn readdress_v6(
+    host: &netlab::Host,
+    dev: &str,
+    old: impl std::fmt::Display,
+    new: impl std::fmt::Display,
+) {
+    let (old, new) = (format!("{old}/64"), format!("{new}/64"));
+    host.exec_ok(["ip", "-6", "addr", "add", &new, "dev", dev, "nodad"])
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    host.exec_ok(["ip", "-6", "addr", "del", &old, "dev", dev])
+        .unwrap();
+}
