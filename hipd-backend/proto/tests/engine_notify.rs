@@ -10,7 +10,7 @@ use hip_proto::crypto::DhGroup;
 use hip_proto::engine::testing::{
     IdentityKind, LinkConfig, Pair, Side, addr, backend, test_identity,
 };
-use hip_proto::engine::{Config, Datagram, Endpoint, Event, State, Transmit, Transport};
+use hip_proto::engine::{Config, Datagram, Endpoint, State, Transmit, Transport};
 use hip_proto::wire::{
     ChecksumMode, EspInfo, HiAlgorithm, Hit, NotifyType, Packet, PacketRepr, PacketType, Param,
     Signature,
@@ -65,20 +65,7 @@ fn hits(p: &Pair) -> (Hit, Hit) {
 /// A pair whose BEX completed (A initiated; A is ESTABLISHED).
 fn established() -> Pair {
     let mut p = pair();
-    let (_, b_hit) = hits(&p);
-    let t = p.now;
-    p.a.endpoint
-        .connect(t, Some(b_hit), vec![addr(B_ADDR)], None)
-        .expect("connect");
-    assert!(p.run_until(Duration::from_secs(10), |p| {
-        p.a.endpoint
-            .association_by_peer(b_hit)
-            .is_some_and(|a| a.state() == State::Established)
-            && p.b
-                .events
-                .iter()
-                .any(|e| matches!(e, Event::Established { .. }))
-    }));
+    assert!(p.establish(addr(B_ADDR)));
     p
 }
 

@@ -58,20 +58,7 @@ fn established_pair(c: Config) -> (Pair, [SecurityAssociation; 4]) {
     )
     .expect("endpoint b");
     let mut p = Pair::new(ea, addr(A1), eb, addr(B1), now, LinkConfig::default(), 11);
-    let b_hit = p.b.endpoint.local_hits()[0];
-    let t = p.now;
-    p.a.endpoint
-        .connect(t, Some(b_hit), vec![addr(B1)], None)
-        .expect("connect");
-    assert!(p.run_until(Duration::from_secs(10), |p| {
-        p.a.endpoint
-            .association_by_peer(b_hit)
-            .is_some_and(|a| a.state() == State::Established)
-            && p.b
-                .events
-                .iter()
-                .any(|e| matches!(e, Event::Established { .. }))
-    }));
+    assert!(p.establish(addr(B1)));
     let (ao, ai) = take_sas(&mut p.a.events);
     let (bo, bi) = take_sas(&mut p.b.events);
     (p, [ao, ai, bo, bi])

@@ -216,18 +216,13 @@ pub(super) fn sync(gate: &Gate, ep: &mut Endpoint, now: Instant, peer: Hit) -> b
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv6Addr;
-    use std::sync::Arc;
-
-    use hip_proto::crypto::{DhGroup, OpensslBackend};
-    use hip_proto::engine::testing::{IdentityKind, LinkConfig, Pair, Side, test_identity};
-    use hip_proto::engine::{Config, LocalLocator, State, Transmit};
+    use hip_proto::crypto::DhGroup;
+    use hip_proto::engine::testing::{
+        IdentityKind, LinkConfig, Pair, Side, addr, backend, test_identity,
+    };
+    use hip_proto::engine::{Config, LocalLocator, Transmit};
 
     use super::*;
-
-    fn addr(n: u16) -> IpAddr {
-        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, n))
-    }
 
     const A1: u16 = 1;
     const B1: u16 = 2;
@@ -242,7 +237,7 @@ mod tests {
         Endpoint::new(
             c,
             vec![test_identity(IdentityKind::EcdsaP256, n)],
-            Arc::new(OpensslBackend::new()),
+            backend(),
             [seed; 32],
             now,
         )
@@ -262,15 +257,7 @@ mod tests {
             5,
         );
         let b_hit = p.b.endpoint.local_hits()[0];
-        let t = p.now;
-        p.a.endpoint
-            .connect(t, Some(b_hit), vec![addr(B1)], None)
-            .expect("connect");
-        assert!(p.run_until(Duration::from_secs(10), |p| {
-            p.a.endpoint
-                .association_by_peer(b_hit)
-                .is_some_and(|a| a.state() == State::Established)
-        }));
+        assert!(p.establish(addr(B1)));
         (p, b_hit)
     }
 

@@ -331,6 +331,31 @@ impl Pair {
         }
     }
 
+    /// A connects to B's HIT at `b_addr` and the pair runs (at most 10 s
+    /// of simulated time) until A's association is ESTABLISHED and B has
+    /// reported [`Event::Established`]; returns whether it got there.
+    pub fn establish(&mut self, b_addr: IpAddr) -> bool {
+        let b_hit = self.b.endpoint.local_hits()[0];
+        let t = self.now;
+        if self
+            .a
+            .endpoint
+            .connect(t, Some(b_hit), vec![b_addr], None)
+            .is_err()
+        {
+            return false;
+        }
+        self.run_until(Duration::from_secs(10), |p| {
+            p.a.endpoint
+                .association_by_peer(b_hit)
+                .is_some_and(|a| a.state() == super::State::Established)
+                && p.b
+                    .events
+                    .iter()
+                    .any(|e| matches!(e, Event::Established { .. }))
+        })
+    }
+
     /// Steps for `d` of simulated time.
     pub fn run_for(&mut self, d: Duration) {
         self.run_until(d, |_| false);
